@@ -1,0 +1,120 @@
+"""Parameter files: defaults, loading, validation.
+
+A parameter file is YAML. Every key must exist in :data:`DEFAULTS` (unknown or mistyped keys are
+rejected with a suggestion, before any notebook starts), values must have the default's type, and
+relative paths are resolved against the folder of the file that names them.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+#: Every parameter with its default. ``None`` defaults accept any scalar or None.
+DEFAULTS: dict[str, Any] = {
+    "run_name": "default",
+    "runs_dir": "../runs",                # relative to the parameter file
+    "notebooks_dir": "../notebooks",
+    "stages": ["00_data_quality"],        # notebook names, executed in this order
+    "data": {
+        "dir": "../data/sample",          # CSV or Parquet files named after the tables
+        "url": None,                      # SQLAlchemy URL; when set, tables are read from it
+        "sql_schema": None,
+        "systems": [],                    # customer source systems; [] = every customers_<system> found
+    },
+    "quality": {
+        "examples": 5,                    # offending rows shown per finding
+        "top_values": 10,
+    },
+    "report": {
+        "html": True,
+        "reviewer_html": True,            # a --no-input copy for reviewers
+        "cell_timeout": 1800,
+    },
+    "seed": 42,
+}
+
+_PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir")}
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check(user: dict, defaults: dict, where: str, origin: str) -> None:
+    if not isinstance(user, dict):
+        raise ConfigError(f"{origin}: '{where or 'top level'}' must be a mapping, got {type(user).__name__}")
+    for key, value in user.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in defaults:
+            raise ConfigError(f"{origin}: unknown parameter '{path}'{_suggest(str(key), defaults)}; "
+                              f"known here: {', '.join(sorted(defaults))}")
+        default = defaults[key]
+        if isinstance(default, dict):
+            _check(value, default, path, origin)
+        elif default is None or value is None:
+            continue
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{origin}: parameter '{path}' must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(default, int) and not isinstance(value, int)):
+                raise ConfigError(f"{origin}: parameter '{path}' must be {type(default).__name__}, got {value!r}")
+        elif not isinstance(value, type(default)):
+            raise ConfigError(f"{origin}: parameter '{path}' must be {type(default).__name__}, got {value!r}")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Load a parameter file, apply ``key.sub=value`` overrides, validate, resolve paths.
+
+    The result is a plain dict with every key present; paths are absolute strings and
+    ``params_file`` records where it came from.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file not found: {path}")
+    try:
+        user = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(user, key.strip(), yaml.safe_load(raw))
+    _check(user, DEFAULTS, "", str(path))
+    params = _merge(DEFAULTS, user)
+    base = path.resolve().parent
+    for keys in _PATH_KEYS:
+        node = params
+        for k in keys[:-1]:
+            node = node[k]
+        if node[keys[-1]] is not None:
+            node[keys[-1]] = str((base / node[keys[-1]]).resolve())
+    params["params_file"] = str(path.resolve())
+    return params
+
+
+def dump(params: dict, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(params, sort_keys=False))

@@ -1,0 +1,327 @@
+"""The run chain: validate inputs, execute the stage notebooks with papermill, render reports.
+
+``run("params/default.yaml")`` creates ``runs/<run_id>/`` holding
+
+* ``params.yaml``: the parameters as resolved (defaults merged, paths absolute);
+* ``artifacts/``: Parquet outputs (``sources/`` holds the validated, standardised inputs);
+* ``notebooks/``: executed notebooks; ``reports/``: HTML with code and a ``.reviewer.html`` without;
+* ``manifest.json``: parameters, input fingerprints, package versions, per-stage timings, row
+  counts and status; ``index.html`` links it all.
+
+A failing step stops the run (non-zero exit from the CLI) with the notebook and cell named; the
+run folder keeps what happened, and nothing outside it is written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from . import config
+from .errors import ConfigError, CrmlabError, StageError
+from .sources import Sources, SourcesInvalid, load_params
+
+PACKAGES = ("crmlab", "numpy", "pandas", "numba", "scikit-learn", "mlxtend", "pyarrow", "papermill",
+            "nbconvert", "ipykernel", "sqlalchemy", "matplotlib")
+KERNEL_NAME = "crmlab"
+
+
+# ----------------------------------------------------------------------------- stage side
+
+@dataclass
+class StageContext:
+    """What a stage notebook needs: its parameters and the run folder it reads from and writes to."""
+
+    params: dict
+    run_dir: Path
+
+    @classmethod
+    def open(cls, params_file: str, run_dir: str | None = None) -> "StageContext":
+        """Load parameters; without a run folder (interactive use) work in ``<runs_dir>/interactive``."""
+        params = config.load(params_file)
+        run_dir = Path(run_dir) if run_dir else Path(params["runs_dir"]) / "interactive"
+        (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+        return cls(params, run_dir)
+
+    def artifact_path(self, name: str) -> Path:
+        return self.run_dir / "artifacts" / f"{name}.parquet"
+
+    def write_artifact(self, name: str, df: pd.DataFrame) -> Path:
+        """Write a Parquet artifact atomically (a reader never sees half a file)."""
+        path = self.artifact_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def read_artifact(self, name: str) -> pd.DataFrame:
+        path = self.artifact_path(name)
+        if not path.exists():
+            raise CrmlabError(f"artifact '{name}' not found in {path.parent}: run the stage that writes it first")
+        return pd.read_parquet(path)
+
+    def sources(self) -> Sources:
+        """The validated inputs of this run (loaded and validated here when run interactively)."""
+        folder = self.run_dir / "artifacts" / "sources"
+        if folder.is_dir() and any(folder.glob("*.parquet")):
+            return Sources.read_artifacts(folder)
+        src = load_params(self.params)
+        src.write(folder)
+        return src
+
+
+# ----------------------------------------------------------------------------- kernel
+
+def ensure_kernelspec(user: bool = False) -> str:
+    """Install (or refresh) the 'crmlab' Jupyter kernel for this interpreter; returns its folder.
+
+    Installed into this environment (``sys.prefix``) so JupyterLab started from it lists
+    "Python (crmlab)"; ``user=True`` installs for the user instead.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(KERNEL_NAME)
+        if spec.argv and spec.argv[0] == sys.executable:
+            return spec.resource_dir
+    except Exception:  # noqa: BLE001 - not installed yet
+        pass
+    from ipykernel.kernelspec import install
+
+    kwargs = {"user": True} if user else {"prefix": sys.prefix}
+    return install(kernel_name=KERNEL_NAME, display_name="Python (crmlab)", **kwargs)
+
+
+def _lean_imports() -> None:
+    """Skip the optional rfc3987-syntax grammar that jsonschema builds at import (about 1.4 s per
+    process, measured); nbformat's schema uses no IRI formats, so validation is unchanged."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)
+
+
+def _kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode
+
+    class IPCKernelManager(AsyncKernelManager):
+        """Local kernels over IPC sockets: no TCP ports, no 'running without encryption' warning."""
+
+        transport = Unicode("ipc" if os.name != "nt" else "tcp")
+
+    return IPCKernelManager
+
+
+# ----------------------------------------------------------------------------- reports
+
+def render_html(notebook: Path, out: Path, no_input: bool = False) -> Path:
+    """Render an executed notebook to HTML (``no_input``: reviewer copy without code)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    if no_input:
+        exporter.exclude_input = True
+        exporter.exclude_input_prompt = True
+        exporter.exclude_output_prompt = True
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def _artifact_rows(folder: Path, since: float) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for p in sorted(folder.rglob("*.parquet")):
+        if p.stat().st_mtime >= since:
+            rows[str(p.relative_to(folder).with_suffix(""))] = pq.ParquetFile(p).metadata.num_rows
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_index(run_dir: Path, manifest: dict) -> Path:
+    """index.html: status, stages with timings and links to both reports, inputs and versions."""
+    esc = html.escape
+    rows = []
+    for s in manifest["stages"]:
+        links = " ".join(f'<a href="{esc(s[k])}">{label}</a>' for k, label in
+                         (("html", "report"), ("reviewer_html", "reviewer report"), ("notebook", "notebook"))
+                         if s.get(k))
+        arts = ", ".join(f"{esc(k)} ({v:,})" for k, v in s.get("artifacts", {}).items())
+        err = f'<div class="err">{esc(s["error"])}</div>' if s.get("error") else ""
+        rows.append(f"<tr class='{s['status']}'><td>{esc(s['name'])}</td><td>{s['status']}</td>"
+                    f"<td>{s.get('seconds', 0):.1f} s</td><td>{links}</td><td>{arts}{err}</td></tr>")
+    inputs = "".join(f"<tr><td>{esc(k)}</td><td>{v.get('rows', ''):,}</td><td><code>{esc(v.get('path', ''))}</code>"
+                     f"</td><td><code>{esc(v.get('sha256', '') or '')}</code></td></tr>"
+                     for k, v in manifest.get("inputs", {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in manifest["packages"].items() if v)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>crmlab run {esc(manifest['run_id'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left;vertical-align:top}}
+tr.failed td{{background:#fde8e8}} tr.ok td:nth-child(2){{color:#176b2c}} .err{{color:#a11;white-space:pre-wrap}}
+.status-ok{{color:#176b2c}} .status-failed{{color:#a11}}</style></head><body>
+<h1>crmlab run <code>{esc(manifest['run_id'])}</code></h1>
+<p>Status: <b class="status-{esc(manifest['status'])}">{esc(manifest['status'])}</b> &middot;
+parameters <code>{esc(manifest['params_file'])}</code> &middot; started {esc(manifest['started_at'])}
+&middot; {manifest.get('seconds', 0):.1f} s &middot; <a href="manifest.json">manifest.json</a></p>
+<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>reports</th><th>artifacts (rows)</th></tr>
+{''.join(rows)}</table>
+<h2>Inputs</h2><table><tr><th>table</th><th>rows</th><th>read from</th><th>sha256</th></tr>{inputs}</table>
+<p><small>{esc(versions)}</small></p></body></html>"""
+    path = run_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- the chain
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def new_run_id(run_name: str) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{run_name}-{uuid.uuid4().hex[:6]}"
+
+
+def check_stages(params: dict) -> list[Path]:
+    """The stage notebooks, in order; a missing one is a parameter error (found before any kernel starts)."""
+    nb_dir = Path(params["notebooks_dir"])
+    paths = [nb_dir / f"{s}.ipynb" for s in params["stages"]]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        have = sorted(p.stem for p in nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
+        raise ConfigError(f"stage notebook(s) not found: {', '.join(map(str, missing))}; "
+                          f"available in {nb_dir}: {', '.join(have) or 'none'}")
+    return paths
+
+
+def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
+    """Execute the chain for a parameter file; returns the run folder. Raises CrmlabError on failure."""
+    say = (lambda m: None) if quiet else _say
+    params = config.load(params_file, overrides)            # unknown keys rejected here, before any kernel
+    notebooks = check_stages(params)
+    run_id = new_run_id(params["run_name"])
+    run_dir = Path(params["runs_dir"]) / run_id
+    for sub in ("artifacts", "notebooks", "reports"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    stored = {k: v for k, v in params.items() if k != "params_file"}
+    config.dump(stored, run_dir / "params.yaml")
+    manifest = {"run_id": run_id, "status": "running", "params_file": params["params_file"],
+                "params": stored, "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+                "packages": _versions(), "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                "inputs": {}, "stages": []}
+    t_run = time.perf_counter()
+    total = len(notebooks) + 1
+    say(f"crmlab run {run_id} -> {run_dir}")
+
+    def finish(status: str, error: str | None = None) -> None:
+        manifest.update(status=status, finished_at=dt.datetime.now().isoformat(timespec="seconds"),
+                        seconds=round(time.perf_counter() - t_run, 2))
+        if error:
+            manifest["error"] = error
+        _write_json(run_dir / "manifest.json", manifest)
+        write_index(run_dir, manifest)
+
+    # step 1: inputs
+    t0 = time.perf_counter()
+    say(f"[1/{total}] load and validate inputs from {params['data']['url'] or params['data']['dir']}")
+    stage = {"name": "load_sources", "status": "running"}
+    manifest["stages"].append(stage)
+    try:
+        src = load_params(params)
+    except (SourcesInvalid, CrmlabError) as exc:
+        stage.update(status="failed", seconds=round(time.perf_counter() - t0, 2), error=str(exc))
+        (run_dir / "error.txt").write_text(str(exc) + "\n")
+        finish("failed", str(exc))
+        raise
+    written = src.write(run_dir / "artifacts" / "sources")
+    counts = src.row_counts()
+    per_system = src.customers["source_system"].value_counts()
+    manifest["inputs"] = {
+        name: {"path": path, "sha256": src.fingerprints.get(name),
+               "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
+               else counts[name]}
+        for name, path in src.origin.items()}
+    stage.update(status="ok", seconds=round(time.perf_counter() - t0, 2),
+                 artifacts={f"sources/{k}": counts[k] for k in written})
+    say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    _write_json(run_dir / "manifest.json", manifest)
+    del src
+
+    # step 2..: notebooks
+    _lean_imports()
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    ensure_kernelspec()
+    km_class = _kernel_manager_class()
+    show_bar = not quiet and sys.stderr.isatty()
+    for i, nb in enumerate(notebooks, start=2):
+        name = nb.stem
+        out_nb = run_dir / "notebooks" / nb.name
+        stage = {"name": name, "status": "running", "notebook": f"notebooks/{nb.name}"}
+        manifest["stages"].append(stage)
+        _write_json(run_dir / "manifest.json", manifest)
+        say(f"[{i}/{total}] {name}")
+        t0 = time.time()
+        error = None
+        try:
+            pm.execute_notebook(
+                str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),
+                                                  "run_dir": str(run_dir)},
+                kernel_name=KERNEL_NAME, progress_bar=show_bar, cwd=str(run_dir),
+                execution_timeout=params["report"]["cell_timeout"], kernel_manager_class=km_class,
+                report_mode=False)
+        except PapermillExecutionError as exc:
+            error = (f"stage '{name}' failed in cell {exc.exec_count} (cell #{exc.cell_index + 1} of "
+                     f"{nb.name}): {exc.ename}: {exc.evalue}")
+        except Exception as exc:  # noqa: BLE001 - kernel died, timeout, ...: report, do not hide
+            error = f"stage '{name}' failed ({nb.name}): {type(exc).__name__}: {exc}"
+        stage["seconds"] = round(time.time() - t0, 2)
+        stage["artifacts"] = _artifact_rows(run_dir / "artifacts", t0)
+        if out_nb.exists() and params["report"]["html"]:
+            stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
+            if params["report"]["reviewer_html"]:
+                stage["reviewer_html"] = str(render_html(
+                    out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
+        if error:
+            stage.update(status="failed", error=error)
+            msg = f"{error}\n  executed notebook: {out_nb}"
+            (run_dir / "error.txt").write_text(msg + "\n")
+            finish("failed", error)
+            raise StageError(msg)
+        stage["status"] = "ok"
+        say(f"      ok in {stage['seconds']:.1f} s")
+    finish("ok")
+    say(f"done in {manifest['seconds']:.1f} s: open {run_dir / 'index.html'}")
+    return run_dir

@@ -1,0 +1,416 @@
+"""Input tables: documented schemas, reading (CSV, Parquet, SQL) and validation.
+
+Tables (one file per table in a folder, named ``<table>.csv`` / ``.csv.gz`` / ``.parquet``, or one
+database table each):
+
+=====================  ==========================================================================
+``customers_<system>``  one per source system (store, web, callcentre, ...): ``source_id`` (key),
+                        ``first_name``, ``last_name`` and optional ``dob``, ``email``, ``phone``,
+                        ``address``, ``town``, ``postcode``, ``created_at``, ``*_opt_in``
+``products``            ``product_id`` (key), ``product_name``, ``category``, ``department``,
+                        ``list_price`` >= 0, optional ``sensitive``
+``orders``              ``order_id`` (key), ``source_system``, ``source_id`` -> customers_<system>,
+                        ``order_date``, optional ``channel``, ``ref_code``
+``order_lines``         (``order_id`` -> orders, ``line_no``) key, ``product_id`` -> products,
+                        ``quantity`` > 0, ``unit_price`` >= 0
+``campaigns``           optional: ``campaign_id`` (key), ``name``, ``start_date``, optional
+                        ``media``, ``window_days`` > 0
+``contacts``            optional: ``contact_id`` (key), ``campaign_id`` -> campaigns,
+                        ``source_system``, ``source_id`` -> customers_<system>, ``contact_date``,
+                        optional ``medium``, ``ref_code``, ``group`` in {treatment, control}
+=====================  ==========================================================================
+
+:func:`load` reads every table, checks it against its schema (missing column, wrong type,
+unparseable date, nulls in a required field, duplicate key, out-of-range value, empty table,
+orphan foreign key) and raises :class:`SourcesInvalid` listing each problem with table, column,
+file and a few offending rows. Raw inputs are never modified.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError, SourceError
+from .standardise import standardise_customers
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    kind: str                    # str | id | date | int | float | bool
+    required: bool = True        # the column must exist
+    nullable: bool = False
+    min: float | None = None     # inclusive lower bound
+    min_exclusive: bool = False
+    allowed: tuple | None = None
+
+
+CUSTOMER_COLUMNS = (
+    Col("source_id", "id"), Col("first_name", "str", nullable=True), Col("last_name", "str", nullable=True),
+    Col("dob", "date", False, True), Col("email", "str", False, True), Col("phone", "str", False, True),
+    Col("address", "str", False, True), Col("town", "str", False, True), Col("postcode", "str", False, True),
+    Col("created_at", "date", False, True), Col("email_opt_in", "bool", False, True),
+    Col("mail_opt_in", "bool", False, True), Col("sms_opt_in", "bool", False, True),
+)
+
+SCHEMAS: dict[str, dict] = {
+    "customers": dict(columns=CUSTOMER_COLUMNS, key=("source_id",)),
+    "products": dict(columns=(Col("product_id", "id"), Col("product_name", "str"), Col("category", "str"),
+                              Col("department", "str"), Col("list_price", "float", min=0),
+                              Col("sensitive", "bool", False, True)), key=("product_id",)),
+    "orders": dict(columns=(Col("order_id", "id"), Col("source_system", "str"), Col("source_id", "id"),
+                            Col("order_date", "date"), Col("channel", "str", False, True),
+                            Col("ref_code", "str", False, True)), key=("order_id",)),
+    "order_lines": dict(columns=(Col("order_id", "id"), Col("line_no", "int", min=1), Col("product_id", "id"),
+                                 Col("quantity", "float", min=0, min_exclusive=True),
+                                 Col("unit_price", "float", min=0)), key=("order_id", "line_no")),
+    "campaigns": dict(columns=(Col("campaign_id", "id"), Col("name", "str", False, True),
+                               Col("start_date", "date"), Col("media", "str", False, True),
+                               Col("window_days", "int", min=1)), key=("campaign_id",), optional=True),
+    "contacts": dict(columns=(Col("contact_id", "id"), Col("campaign_id", "id"), Col("source_system", "str"),
+                              Col("source_id", "id"), Col("contact_date", "date"),
+                              Col("medium", "str", False, True), Col("ref_code", "str", False, True),
+                              Col("group", "str", allowed=("treatment", "control"))),
+                     key=("contact_id",), optional=True),
+}
+
+#: (table, columns) -> (parent table, columns); ``customers`` means the customer table of the row's system
+FOREIGN_KEYS = [
+    ("orders", ("source_system", "source_id"), "customers", ("source_system", "source_id")),
+    ("order_lines", ("order_id",), "orders", ("order_id",)),
+    ("order_lines", ("product_id",), "products", ("product_id",)),
+    ("contacts", ("campaign_id",), "campaigns", ("campaign_id",)),
+    ("contacts", ("source_system", "source_id"), "customers", ("source_system", "source_id")),
+]
+
+_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False,
+         "t": True, "f": False, "y": True, "n": False}
+_EXTS = (".parquet", ".csv", ".csv.gz")
+
+
+class SourcesInvalid(CrmlabError):
+    """One or more input tables failed validation; ``errors`` holds a SourceError per problem."""
+
+    def __init__(self, errors: list[SourceError]):
+        self.errors = errors
+        head = f"{len(errors)} problem{'s' if len(errors) > 1 else ''} in the input tables:"
+        super().__init__(head + "\n" + "\n".join(f"- {e}" for e in errors))
+
+
+@dataclass
+class Sources:
+    """Validated, typed input tables with standardised person fields.
+
+    ``tables`` maps table name to DataFrame; ``customers`` is all customer tables stacked with a
+    ``source_system`` column and ``*_std`` columns; ``origin`` maps table name to file path or URL.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    systems: list[str]
+    origin: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def customers(self) -> pd.DataFrame:
+        return self.tables["customers"]
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+    def row_counts(self) -> dict[str, int]:
+        return {k: int(len(v)) for k, v in self.tables.items()}
+
+    def write(self, folder: str | Path) -> dict[str, str]:
+        """Write every table as Parquet into ``folder``; returns name -> path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for name, df in self.tables.items():
+            path = folder / f"{name}.parquet"
+            df.to_parquet(path, index=False)
+            out[name] = str(path)
+        return out
+
+    @classmethod
+    def read_artifacts(cls, folder: str | Path) -> "Sources":
+        """Read tables written by :meth:`write` (already validated; no checks repeated)."""
+        folder = Path(folder)
+        tables = {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+        systems = sorted(tables["customers"]["source_system"].unique().tolist()) if "customers" in tables else []
+        return cls(tables, systems, {k: str(folder / f"{k}.parquet") for k in tables})
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _file_for(folder: Path, name: str) -> Path | None:
+    for ext in _EXTS:
+        p = folder / f"{name}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    # everything as text: typing happens in validation, so errors can name the bad values
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=False)
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_raw(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
+             systems: list[str] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Read the raw tables from a folder or a SQLAlchemy URL, untyped; returns (tables, origin)."""
+    tables, origin = {}, {}
+    if url:
+        import sqlalchemy as sa
+        engine = sa.create_engine(url)
+        try:
+            names = sa.inspect(engine).get_table_names(schema=schema)
+            wanted = [n for n in names if n in SCHEMAS or n.startswith("customers_")]
+            for n in wanted:
+                with engine.connect() as conn:
+                    tables[n] = pd.read_sql_table(n, conn, schema=schema)
+                origin[n] = f"{engine.url.render_as_string(hide_password=True)} table {n}"
+        finally:
+            engine.dispose()
+    else:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CrmlabError(f"data folder not found: {folder}")
+        for name in SCHEMAS:
+            if name == "customers":
+                continue
+            p = _file_for(folder, name)
+            if p is not None:
+                tables[name], origin[name] = _read_file(p), str(p)
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith("customers_") and any(p.name.endswith(e) for e in _EXTS):
+                name = p.name.split(".")[0]
+                tables[name], origin[name] = _read_file(p), str(p)
+    if systems:
+        for s in systems:
+            if f"customers_{s}" not in tables:
+                where = url or folder
+                raise SourceError(f"customers_{s}", None, f"table not found in {where} (listed in data.systems)")
+        tables = {k: v for k, v in tables.items()
+                  if not k.startswith("customers_") or k[len("customers_"):] in systems}
+    return tables, origin
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: list) -> pd.Series | None:
+    raw = df[col.name]
+    present = raw.notna()
+    if col.kind in ("str", "id"):
+        s = raw.astype("string")
+        if col.kind == "id":
+            num = pd.to_numeric(s, errors="coerce")
+            if s.notna().any() and num[present].notna().all() and (num[present] % 1 == 0).all() \
+                    and not s[present].str.match(r"^0\d").any():
+                return num.astype("Int64")
+        return s.str.strip()
+    if col.kind == "date":
+        if pd.api.types.is_datetime64_any_dtype(raw):
+            return raw.astype("datetime64[s]") if getattr(raw.dt, "tz", None) is None else raw.dt.tz_convert(None)
+        parsed = pd.to_datetime(raw.astype("string"), errors="coerce", format="ISO8601")
+        bad = present & parsed.isna()
+        if bad.any():
+            errors.append(SourceError(table, col.name, "unparseable date (expected ISO 8601, e.g. 2025-03-31)",
+                                      df.loc[bad, [col.name]], path, int(bad.sum())))
+            return None
+        return parsed.astype("datetime64[s]")
+    if col.kind in ("int", "float"):
+        if pd.api.types.is_bool_dtype(raw):
+            parsed = pd.Series(np.nan, index=raw.index)
+        else:
+            parsed = pd.to_numeric(raw, errors="coerce")
+        bad = present & parsed.isna()
+        if bad.any():
+            errors.append(SourceError(table, col.name, f"not a number (expected {col.kind})",
+                                      df.loc[bad, [col.name]], path, int(bad.sum())))
+            return None
+        if col.kind == "int":
+            frac = parsed.notna() & (parsed % 1 != 0)
+            if frac.any():
+                errors.append(SourceError(table, col.name, "not a whole number", df.loc[frac, [col.name]],
+                                          path, int(frac.sum())))
+                return None
+            return parsed.astype("Int64")
+        return parsed.astype("float64")
+    if col.kind == "bool":
+        if pd.api.types.is_bool_dtype(raw):
+            return raw.astype("boolean")
+        parsed = raw.astype("string").str.strip().str.lower().map(_BOOL, na_action="ignore")
+        bad = present & parsed.isna()
+        if bad.any():
+            errors.append(SourceError(table, col.name, "not a boolean (true/false, yes/no, 1/0)",
+                                      df.loc[bad, [col.name]], path, int(bad.sum())))
+            return None
+        return parsed.astype("boolean")
+    raise ValueError(col.kind)
+
+
+def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = None) -> tuple[pd.DataFrame, list]:
+    """Type and check one table against ``SCHEMAS[kind]``; returns (typed frame, errors)."""
+    spec = SCHEMAS[kind]
+    errors: list[SourceError] = []
+    if len(df) == 0:
+        return df, [SourceError(table, None, "table is empty", path=path)]
+    missing = [c.name for c in spec["columns"] if c.required and c.name not in df.columns]
+    for m in missing:
+        close = [c for c in df.columns if c.lower().replace(" ", "_") == m]
+        hint = f" (found '{close[0]}': names are case-sensitive)" if close else ""
+        errors.append(SourceError(table, m, f"required column is missing{hint}; columns present: "
+                                  f"{', '.join(map(str, df.columns))}", path=path))
+    if missing:
+        return df, errors
+    out = df.copy()
+    for col in spec["columns"]:
+        if col.name not in df.columns:
+            continue
+        typed = _coerce(df, col, table, path, errors)
+        if typed is None:
+            continue
+        out[col.name] = typed
+        if not col.nullable:
+            nul = typed.isna()
+            if nul.all():
+                errors.append(SourceError(table, col.name, "column is entirely empty", path=path))
+                continue
+            if nul.any():
+                errors.append(SourceError(table, col.name, "missing values in a required field",
+                                          df.loc[nul], path, int(nul.sum())))
+            elif str(typed.dtype) in ("Int64", "boolean"):
+                out[col.name] = typed.astype("int64" if typed.dtype == "Int64" else bool)
+        if col.min is not None:
+            below = (typed <= col.min) if col.min_exclusive else (typed < col.min)
+            below = below.fillna(False).astype(bool)
+            if below.any():
+                rel = ">" if col.min_exclusive else ">="
+                what = ("negative value" if not col.min_exclusive else "negative or zero value") \
+                    if col.min == 0 else "value out of range"
+                errors.append(SourceError(table, col.name, f"{what} (must be {rel} {col.min:g})",
+                                          df.loc[below], path, int(below.sum())))
+        if col.allowed is not None:
+            bad = typed.notna() & ~typed.isin(col.allowed)
+            if bad.any():
+                errors.append(SourceError(table, col.name, f"value not in {list(col.allowed)}",
+                                          df.loc[bad, [col.name]], path, int(bad.sum())))
+    key = list(spec["key"])
+    if not any(e.column in key for e in errors):
+        dup = out.duplicated(key, keep=False)
+        if dup.any():
+            errors.append(SourceError(table, ", ".join(key), "duplicate key",
+                                      df.loc[dup].sort_values(key), path, int(dup.sum())))
+    return out, errors
+
+
+def _check_foreign_keys(tables: dict, origin: dict, broken: set, errors: list) -> None:
+    for child, cols, parent, pcols in FOREIGN_KEYS:
+        if child not in tables or child in broken:
+            continue
+        c = tables[child]
+        if parent == "customers":
+            if "customers" not in tables:                      # a customer table is itself invalid
+                continue
+            known = tables["customers"][["source_system", "source_id"]]
+            systems = set(known["source_system"].unique())
+            bad_sys = ~c["source_system"].isin(systems)
+            if bad_sys.any():
+                errors.append(SourceError(child, "source_system", f"unknown source system (customer tables "
+                                          f"present: {sorted(systems)})", c.loc[bad_sys],
+                                          origin.get(child), int(bad_sys.sum())))
+                continue
+        elif parent not in tables or parent in broken:
+            if parent not in tables:
+                errors.append(SourceError(child, cols[0], f"refers to table '{parent}', which is missing",
+                                          path=origin.get(child)))
+            continue
+        else:
+            known = tables[parent][list(pcols)]
+        left = c[list(cols)].astype("string")
+        right = known.astype("string")
+        right.columns = list(cols)
+        m = left.merge(right.drop_duplicates(), how="left", on=list(cols), indicator=True)
+        orphan = (m["_merge"] == "left_only").to_numpy() & left.notna().all(axis=1).to_numpy()
+        if orphan.any():
+            errors.append(SourceError(child, ", ".join(cols), f"orphan foreign key: no matching "
+                                      f"{', '.join(pcols)} in '{parent}'", c.loc[orphan],
+                                      origin.get(child), int(orphan.sum())))
+
+
+def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None, where: str = "") -> Sources:
+    """Validate raw tables; returns :class:`Sources` or raises :class:`SourcesInvalid`.
+
+    ``where`` (folder or URL) is named in messages about missing tables.
+    """
+    origin = origin or {}
+    errors: list[SourceError] = []
+    typed, broken = {}, set()
+    cust_names = sorted(k for k in raw if k.startswith("customers_"))
+    if not cust_names:
+        errors.append(SourceError("customers_<system>", None, "no customer table found (expected at least "
+                                  "one file or table named customers_<system>)", path=where or None))
+    for name, spec in SCHEMAS.items():
+        if name == "customers":
+            continue
+        if name not in raw:
+            if not spec.get("optional"):
+                errors.append(SourceError(name, None, "required table not found", path=where or None))
+            continue
+    for name in [*cust_names, *(n for n in SCHEMAS if n in raw and n != "customers")]:
+        kind = "customers" if name.startswith("customers_") else name
+        df, errs = validate_table(raw[name], name, kind, origin.get(name))
+        typed[name] = df
+        if errs:
+            broken.add(name)
+            errors += errs
+    if cust_names and not any(n in broken for n in cust_names):
+        parts = [typed[n].assign(source_system=n[len("customers_"):]) for n in cust_names]
+        customers = pd.concat(parts, ignore_index=True)
+        customers["source_id"] = customers["source_id"].astype("string")
+        typed["customers"] = customers[["source_system", *(c for c in customers if c != "source_system")]]
+    _check_foreign_keys(typed, origin, broken, errors)
+    if errors:
+        raise SourcesInvalid(errors)
+    customers = standardise_customers(typed["customers"])
+    customers["source_system"] = customers["source_system"].astype("string")
+    tables = {"customers": customers}
+    for n in SCHEMAS:
+        if n != "customers" and n in typed:
+            tables[n] = typed[n]
+    for n in ("orders", "contacts"):
+        if n in tables:
+            tables[n]["source_id"] = tables[n]["source_id"].astype("string")
+    systems = [n[len("customers_"):] for n in cust_names]
+    return Sources(tables, systems, dict(origin))
+
+
+def load(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
+         systems: list[str] | None = None) -> Sources:
+    """Read, validate and standardise all input tables (see module docstring)."""
+    raw, origin = read_raw(folder, url, schema, systems)
+    src = validate(raw, origin, str(url or folder))
+    if folder and not url:
+        src.fingerprints = {k: fingerprint(v) for k, v in origin.items()}
+    return src
+
+
+def load_params(params: dict) -> Sources:
+    """:func:`load` with the ``data`` section of a parameter dict."""
+    d = params["data"]
+    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None)

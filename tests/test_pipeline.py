@@ -1,0 +1,126 @@
+"""The run chain end to end on params/ci.yaml, its failure modes, and nbval on the executed notebooks."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from crmlab import pipeline
+from crmlab.cli import main
+from crmlab.errors import ConfigError, StageError
+from crmlab.sources import SourcesInvalid
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / "params" / "ci.yaml"
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    return pipeline.run(CI, [f"runs_dir={runs}"], quiet=True)
+
+
+def test_run_leaves_notebooks_reports_manifest_index(ci_run):
+    m = json.loads((ci_run / "manifest.json").read_text())
+    assert m["status"] == "ok"
+    assert [s["name"] for s in m["stages"]] == ["load_sources", "00_data_quality"]
+    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in m["stages"])
+    nb_stage = m["stages"][1]
+    for key in ("notebook", "html", "reviewer_html"):
+        assert (ci_run / nb_stage[key]).is_file()
+    assert nb_stage["artifacts"]["data_quality/overview"] > 0
+    assert m["inputs"]["orders"]["rows"] == 16781 and len(m["inputs"]["orders"]["sha256"]) == 16
+    assert m["packages"]["numpy"] and m["params"]["seed"] == 7
+    index = (ci_run / "index.html").read_text()
+    assert "00_data_quality.reviewer.html" in index and "manifest.json" in index
+    # the reviewer copy has the outputs but not the code
+    full = (ci_run / nb_stage["html"]).read_text()
+    reviewer = (ci_run / nb_stage["reviewer_html"]).read_text()
+    assert "StageContext" in full and "StageContext" not in reviewer
+    assert "data:image/png;base64" in reviewer
+    for name in ("customers", "orders", "order_lines"):
+        assert (ci_run / "artifacts" / "sources" / f"{name}.parquet").is_file()
+
+
+def test_executed_notebook_has_no_errors_and_expected_counts(ci_run):
+    nb = nbformat.read(ci_run / "notebooks" / "00_data_quality.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "order_lines    63067" in text
+    assert "injected-parameters" in str([c.metadata.get("tags") for c in nb.cells])
+
+
+def test_nbval_reproduces_checked_cells(ci_run):
+    """Re-execute the executed notebook with nbval (--nbval-lax): cells marked NBVAL_CHECK_OUTPUT must match."""
+    nb = ci_run / "notebooks" / "00_data_quality.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                           "--nbval-kernel-name", pipeline.KERNEL_NAME, str(nb)],
+                          capture_output=True, text=True, cwd=ci_run, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
+
+
+def test_unknown_parameter_rejected_before_anything_runs(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text(CI.read_text().replace("seed: 7", "sed: 7").replace("../", str(ROOT) + "/")
+                 + f"\nruns_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(ConfigError, match="unknown parameter 'sed'.*did you mean 'seed'"):
+        pipeline.run(p, quiet=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_column_fails_run_and_writes_only_its_run_folder(sample_copy, tmp_path, capsys):
+    orders = pd.read_csv(sample_copy / "orders.csv", dtype=str)
+    orders.drop(columns="order_date").to_csv(sample_copy / "orders.csv", index=False)
+    before = {p: p.stat().st_mtime_ns for p in sample_copy.rglob("*")}
+    runs = tmp_path / "runs"
+    rc = main(["run", "--params", str(CI), "--set", f"data.dir={sample_copy}", "--set", f"runs_dir={runs}",
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "orders.csv" in err and "order_date" in err and "required column is missing" in err
+    (run_dir,) = runs.iterdir()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["stages"][0]["status"] == "failed"
+    assert not list((run_dir / "notebooks").iterdir())                  # no kernel was started
+    assert {p: p.stat().st_mtime_ns for p in sample_copy.rglob("*")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]
+    with pytest.raises(SourcesInvalid):
+        pipeline.run(CI, [f"data.dir={sample_copy}", f"runs_dir={runs}"], quiet=True)
+
+
+def test_failing_stage_names_notebook_and_cell(tmp_path, capsys):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    shutil.copy(ROOT / "notebooks" / "00_data_quality.ipynb", nbs)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("params_file = None\nrun_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise RuntimeError('planted failure')"),
+        nbformat.v4.new_code_cell("print('never')")])
+    nb.metadata["kernelspec"] = {"name": "crmlab", "display_name": "Python (crmlab)", "language": "python"}
+    nbformat.write(nb, nbs / "99_broken.ipynb")
+    runs = tmp_path / "runs"
+    args = ["run", "--params", str(CI), "--set", f"notebooks_dir={nbs}", "--set", f"runs_dir={runs}",
+            "--set", "stages=[99_broken, 00_data_quality]", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "stage '99_broken' failed in cell" in err and "RuntimeError: planted failure" in err
+    (run_dir,) = runs.iterdir()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "failed"
+    assert [s["status"] for s in m["stages"]] == ["ok", "failed"]       # 00 never started
+    assert (run_dir / m["stages"][1]["html"]).is_file()                  # the failure is readable as HTML
+    with pytest.raises(StageError, match="99_broken"):
+        pipeline.run(CI, [f"notebooks_dir={nbs}", f"runs_dir={runs}", "stages=[99_broken]"], quiet=True)
+
+
+def test_missing_stage_notebook_is_a_parameter_error(tmp_path):
+    with pytest.raises(ConfigError, match="stage notebook.*not found.*available.*00_data_quality"):
+        pipeline.run(CI, ["stages=[00_data_qualty]", f"runs_dir={tmp_path}"], quiet=True)
+    assert not list(tmp_path.iterdir())

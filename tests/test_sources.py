@@ -1,0 +1,166 @@
+"""Validation gives one clear message naming table, column, file and offending rows."""
+import os
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from crmlab import sources
+from crmlab.cli import main
+from crmlab.sources import SourcesInvalid
+
+
+def _rewrite(folder, table, fn):
+    path = folder / f"{table}.csv"
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    fn(df).to_csv(path, index=False)
+    return path
+
+
+def _problem(folder):
+    with pytest.raises(SourcesInvalid) as info:
+        sources.load(folder)
+    return info.value
+
+
+def test_sample_loads_typed_and_standardised(sample_copy):
+    src = sources.load(sample_copy)
+    assert src.systems == ["callcentre", "store", "web"]
+    o = src["orders"]
+    assert str(o["order_date"].dtype).startswith("datetime64") and o["order_id"].dtype == "int64"
+    assert src["order_lines"]["quantity"].dtype == "float64"
+    assert {"first_name_std", "phone_std", "postcode_std", "email_std"} <= set(src.customers.columns)
+    assert set(src.fingerprints) == set(src.origin) and all(len(v) == 16 for v in src.fingerprints.values())
+
+
+def test_missing_column(sample_copy):
+    path = _rewrite(sample_copy, "orders", lambda d: d.drop(columns="order_date"))
+    err = _problem(sample_copy)
+    (e,) = err.errors
+    assert (e.table, e.column, e.path) == ("orders", "order_date", str(path))
+    assert "required column is missing" in str(err) and str(path) in str(err)
+
+
+def test_wrong_type_and_unparseable_date(sample_copy):
+    def bad(d):
+        d.loc[3, "unit_price"] = "twelve"
+        return d
+    _rewrite(sample_copy, "order_lines", bad)
+
+    def bad_date(d):
+        d.loc[5, "order_date"] = "31/31/2025"
+        return d
+    _rewrite(sample_copy, "orders", bad_date)
+    err = _problem(sample_copy)
+    found = {(e.table, e.column): e for e in err.errors}
+    assert "not a number" in str(found[("order_lines", "unit_price")])
+    assert "twelve" in str(found[("order_lines", "unit_price")])
+    assert "unparseable date" in str(found[("orders", "order_date")]) and "31/31/2025" in str(err)
+
+
+def test_duplicate_key(sample_copy):
+    _rewrite(sample_copy, "products", lambda d: pd.concat([d, d.iloc[[7]]]))
+    (e,) = _problem(sample_copy).errors
+    assert (e.table, e.column) == ("products", "product_id") and "duplicate key" in str(e)
+    assert e.n_bad == 2 and "P0008" in str(e)
+
+
+def test_negative_quantity(sample_copy):
+    def neg(d):
+        d.loc[10, "quantity"] = "-2"
+        return d
+    _rewrite(sample_copy, "order_lines", neg)
+    (e,) = _problem(sample_copy).errors
+    assert (e.table, e.column) == ("order_lines", "quantity") and "negative" in str(e) and "-2" in str(e)
+
+
+def test_empty_table(sample_copy):
+    _rewrite(sample_copy, "campaigns", lambda d: d.iloc[:0])
+    err = _problem(sample_copy)
+    assert any(e.table == "campaigns" and "empty" in str(e) for e in err.errors)
+
+
+def test_orphan_foreign_keys(sample_copy):
+    def orphan(d):
+        d.loc[0, "product_id"] = "P9999"
+        return d
+    _rewrite(sample_copy, "order_lines", orphan)
+
+    def orphan_customer(d):
+        d.loc[1, "source_id"] = "L0000000000"
+        return d
+    _rewrite(sample_copy, "orders", orphan_customer)
+    err = _problem(sample_copy)
+    cols = {(e.table, e.column) for e in err.errors}
+    assert ("order_lines", "product_id") in cols and ("orders", "source_system, source_id") in cols
+    assert "P9999" in str(err) and "L0000000000" in str(err) and "orphan foreign key" in str(err)
+
+
+def test_missing_required_table_and_no_customers(sample_copy):
+    os.remove(sample_copy / "orders.csv")
+    for f in sample_copy.glob("customers_*.csv"):
+        f.unlink()
+    msg = str(_problem(sample_copy))
+    assert "table 'orders'" in msg and "required table not found" in msg and "customers_<system>" in msg
+
+
+def test_cli_validate_exit_codes(sample_copy, capsys):
+    assert main(["validate", "--data", str(sample_copy)]) == 0
+    _rewrite(sample_copy, "customers_web", lambda d: d.drop(columns="source_id"))
+    assert main(["validate", "--data", str(sample_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "customers_web" in err and "source_id" in err and "Traceback" not in err
+
+
+def test_parquet_and_csv_read_the_same(world, tmp_path):
+    pq_src = sources.load(world)
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    for f in world.glob("*.parquet"):
+        pd.read_parquet(f).to_csv(csv_dir / f"{f.stem}.csv", index=False, date_format="%Y-%m-%d")
+    csv_src = sources.load(csv_dir)
+    for name in ("orders", "order_lines", "products", "contacts"):
+        pd.testing.assert_frame_equal(pq_src[name], csv_src[name], check_dtype=False)
+
+
+def _to_sql(world, engine, schema=None):
+    for f in world.glob("*.parquet"):
+        pd.read_parquet(f).to_sql(f.stem, engine, schema=schema, index=False, if_exists="replace", chunksize=20000)
+
+
+def test_sql_source_sqlite(world, tmp_path):
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    engine = sa.create_engine(url)
+    _to_sql(world, engine)
+    engine.dispose()
+    src = sources.load(url=url)
+    assert src.row_counts() == sources.load(world).row_counts()
+    assert "table orders" in src.origin["orders"]
+
+
+def _postgres_url():
+    url = os.environ.get("CRMLAB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg  # noqa: F401
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        return url, engine
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no PostgreSQL server reachable at {url} ({type(exc).__name__}); set CRMLAB_TEST_POSTGRES")
+
+
+@pytest.mark.postgres
+def test_sql_source_postgres(world):
+    url, engine = _postgres_url()
+    schema = f"crmlab_src_{os.getpid()}"
+    with engine.begin() as c:
+        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        _to_sql(world, engine, schema)
+        src = sources.load(url=url, schema=schema)
+        assert src.row_counts() == sources.load(world).row_counts()
+    finally:
+        with engine.begin() as c:
+            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
