@@ -74,7 +74,7 @@ class StageContext:
     def sources(self) -> Sources:
         """The validated inputs of this run (loaded and validated here when run interactively)."""
         folder = self.run_dir / "artifacts" / "sources"
-        if folder.is_dir() and any(folder.glob("*.parquet")):
+        if (folder / "sources.json").is_file():
             return Sources.read_artifacts(folder)
         src = load_params(self.params)
         src.write(folder)

@@ -28,6 +28,7 @@ file and a few offending rows. Raw inputs are never modified.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,15 +134,18 @@ class Sources:
             path = folder / f"{name}.parquet"
             df.to_parquet(path, index=False)
             out[name] = str(path)
+        meta = {"tables": list(self.tables), "systems": self.systems, "origin": self.origin,
+                "fingerprints": self.fingerprints}
+        (folder / "sources.json").write_text(json.dumps(meta, indent=2))
         return out
 
     @classmethod
     def read_artifacts(cls, folder: str | Path) -> "Sources":
         """Read tables written by :meth:`write` (already validated; no checks repeated)."""
         folder = Path(folder)
-        tables = {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
-        systems = sorted(tables["customers"]["source_system"].unique().tolist()) if "customers" in tables else []
-        return cls(tables, systems, {k: str(folder / f"{k}.parquet") for k in tables})
+        meta = json.loads((folder / "sources.json").read_text())
+        tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in meta["tables"]}
+        return cls(tables, meta["systems"], meta["origin"], meta["fingerprints"])
 
 
 # ----------------------------------------------------------------------------- reading
