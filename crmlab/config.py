@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "run_name": "default",
     "runs_dir": "../runs",                # relative to the parameter file
     "notebooks_dir": "../notebooks",
-    "stages": ["00_data_quality"],        # notebook names, executed in this order
+    "stages": ["00_data_quality", "30_value"],   # notebook names, executed in this order
     "data": {
         "dir": "../data/sample",          # CSV or Parquet files named after the tables
         "url": None,                      # SQLAlchemy URL; when set, tables are read from it
@@ -30,6 +30,15 @@ DEFAULTS: dict[str, Any] = {
     "quality": {
         "examples": 5,                    # offending rows shown per finding
         "top_values": 10,
+    },
+    "value": {
+        "model": "bgnbd",                 # bgnbd | mbgnbd | pareto
+        "time_unit_days": 7.0,            # model time unit (7: weeks)
+        "holdout_days": 182,              # last days held out to check accuracy (0: no check)
+        "clv_months": 12,
+        "discount_rate": 0.01,            # per month
+        "margin": 0.3,                    # CLV counts margin x spend
+        "covariates": [],                 # e.g. [first_channel]: acquisition channel
     },
     "report": {
         "html": True,

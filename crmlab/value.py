@@ -85,6 +85,54 @@ def rfm_summary(transactions: pd.DataFrame, customer_col: str = "customer_key", 
     return out
 
 
+def read_cdnow(path) -> pd.DataFrame:
+    """The CDNOW sample as shipped with lifetimes (customer, id, yyyymmdd, CDs, dollars) -> transactions."""
+    df = pd.read_csv(path, sep=r"\s+", header=None, names=["customer_key", "_id", "date", "quantity", "value"],
+                     dtype={"date": str})
+    df["order_date"] = pd.to_datetime(df["date"], format="%Y%m%d")
+    return df[["customer_key", "order_date", "quantity", "value"]]
+
+
+def order_values(orders: pd.DataFrame, order_lines: pd.DataFrame) -> pd.DataFrame:
+    """Orders with their ``value`` (sum of quantity x unit price over the lines)."""
+    v = (order_lines["quantity"] * order_lines["unit_price"]).groupby(order_lines["order_id"]).sum()
+    return orders.assign(value=orders["order_id"].map(v).fillna(0.0).to_numpy())
+
+
+def transactions(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per order keyed by customer: ``customer_key``, ``order_date``, ``value``, ``channel``.
+
+    ``key_map`` (source_system, source_id -> customer_key) comes from record matching; without it
+    every source record counts as its own customer (key ``<system>:<source id>``).
+    """
+    o = order_values(src["orders"], src["order_lines"])
+    if key_map is None:
+        key = o["source_system"].astype("string") + ":" + o["source_id"].astype("string")
+        o = o.assign(customer_key=key.to_numpy())
+    else:
+        km = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"})
+        o = o.astype({"source_id": "string"}).merge(km, on=["source_system", "source_id"], how="left")
+        missing = o["customer_key"].isna()
+        if missing.any():
+            raise CrmlabError(f"{int(missing.sum()):,} orders reference source records missing from the "
+                              f"customer key map, e.g. {o.loc[missing, ['source_system', 'source_id']].head(3).to_dict('records')}")
+    cols = ["customer_key", "order_date", "value"] + (["channel"] if "channel" in o else [])
+    return o[cols]
+
+
+def true_customer_transactions(world_dir) -> pd.DataFrame:
+    """Transactions of a synthetic world keyed by the true customer (for checks against planted truth)."""
+    from pathlib import Path
+
+    from .sources import load
+
+    world_dir = Path(world_dir)
+    truth = next(p for p in (world_dir / "truth" / "record_truth.parquet", world_dir / "truth" / "record_truth.csv")
+                 if p.exists())
+    rt = pd.read_parquet(truth) if truth.suffix == ".parquet" else pd.read_csv(truth, dtype={"source_id": str})
+    return transactions(load(world_dir), rt.rename(columns={"customer_id": "customer_key"}))
+
+
 def _rfm_arrays(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(X, pd.DataFrame):
         missing = [c for c in ("frequency", "recency", "T") if c not in X]
@@ -293,8 +341,6 @@ class BetaGeo:
         x, tx, T = _rfm_arrays(X)
         if np.sum(x > 0) == 0:
             raise CrmlabError("no customer made a repeat purchase: BG/NBD cannot estimate dropout")
-        if np.any(T <= 0):
-            raise CrmlabError("T must be > 0 for fitting (customers acquired on the calibration end day?)")
         Z = self._design(X)
         k = Z.shape[1]
         if k == 0:                                           # tabled fast path
@@ -553,12 +599,16 @@ class GammaGamma:
 # ----------------------------------------------------------------------------- CLV and the scored table
 
 def clv(purchase_model, spend_model, X, months: int = 12, discount_rate: float = 0.01, margin: float = 1.0,
-        time_unit: float = 7.0) -> np.ndarray:
+        time_unit: float = 7.0, month: float | None = None) -> np.ndarray:
     """Customer lifetime value over ``months``: discounted (monthly ``discount_rate``) expected purchases
-    per month times expected spend times ``margin`` (the lifetimes convention)."""
+    per month times expected spend times ``margin`` (the lifetimes convention).
+
+    ``month``: length of a month in model time units (default 30.44 days / ``time_unit``; lifetimes
+    uses 4.345 weeks).
+    """
     if months < 1:
         raise ValueError("months must be >= 1")
-    horizons = np.arange(1, months + 1) * DAYS_PER_MONTH / time_unit
+    horizons = np.arange(1, months + 1) * (month or DAYS_PER_MONTH / time_unit)
     return margin * spend_model.expected_spend(X) * purchase_model.discounted_purchases(X, horizons, discount_rate)
 
 
@@ -661,3 +711,97 @@ def simulate_bgnbd(n: int, r: float, alpha: float, a: float, b: float, T, seed: 
         tx = np.floor(tx * day_resolution) / day_resolution
         T = np.floor(T * day_resolution) / day_resolution
     return x.astype(np.float64), tx, T
+
+
+def add_first(rfm: pd.DataFrame, transactions: pd.DataFrame, column: str, customer_col: str = "customer_key",
+              date_col: str = "order_date") -> pd.DataFrame:
+    """Add the value of ``column`` at each customer's first purchase (e.g. acquisition channel)."""
+    first = transactions.sort_values(date_col, kind="stable").drop_duplicates(customer_col)
+    return rfm.join(first.set_index(customer_col)[column].rename(f"first_{column}"))
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_calibration_holdout(report: HoldoutReport):
+    import matplotlib.pyplot as plt
+
+    by = report.by_frequency
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(by.index, by["actual"], "o-", label="actual", color="black")
+    ax.plot(by.index, by["model"], "s--", label="model", color="#4c72b0")
+    ax.plot(by.index, by["naive"], "^:", label="naive (past rate)", color="#c44e52", alpha=0.7)
+    ax.set(xlabel="purchases in calibration period", ylabel="mean purchases in holdout",
+           title="Calibration vs holdout by frequency")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tracking(track: pd.DataFrame, holdout_start=None):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    for ax, (col, title) in zip(axes, (("", "Weekly repeat purchases"), ("_cumulative", "Cumulative repeat purchases"))):
+        ax.plot(track.index, track[f"actual{col}"], color="black", label="actual")
+        ax.plot(track.index, track[f"expected{col}"], "--", color="#4c72b0", label="model")
+        if holdout_start is not None:
+            ax.axvline(pd.Timestamp(holdout_start), color="grey", ls=":", label="holdout starts")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmaps(model, T: float, horizon: float, max_frequency: int = 20, horizon_label: str | None = None):
+    """P(alive) and expected purchases in the next ``horizon`` over recency x frequency, for tenure T."""
+    import matplotlib.pyplot as plt
+
+    f = np.arange(0, max_frequency + 1, dtype=float)
+    rec = np.linspace(0, T, 41)
+    F, R = np.meshgrid(f, rec)
+    grid = pd.DataFrame({"frequency": F.ravel(), "recency": np.where(F.ravel() == 0, 0.0, R.ravel()),
+                         "T": np.full(F.size, T)})
+    pa = model.p_alive(grid).reshape(F.shape)
+    ex = model.expected_purchases(grid, horizon).reshape(F.shape)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, z, title, cmap in ((axes[0], pa, "P(alive)", "RdYlGn"),
+                               (axes[1], ex, f"Expected purchases, next {horizon_label or f'{horizon:g} time units'}",
+                                "viridis")):
+        im = ax.imshow(z, origin="lower", aspect="auto", cmap=cmap, extent=(-0.5, max_frequency + 0.5, 0, T))
+        ax.set(xlabel="frequency (repeat purchases)", ylabel="recency (time of last purchase)", title=title)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"Customers with tenure T = {T:.0f} time units")
+    fig.tight_layout()
+    return fig
+
+
+def plot_value(table: pd.DataFrame, months: int = 12):
+    import matplotlib.pyplot as plt
+
+    col = f"clv_{months}m"
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    v = table[col]
+    axes[0].hist(v.clip(upper=v.quantile(0.99)), bins=60, color="#55a868")
+    axes[0].set(title=f"{months}-month CLV (99th pct. clipped)", xlabel="CLV", yscale="log")
+    share = table.groupby("value_decile")[col].sum() / v.sum()
+    axes[1].bar(share.index, share.values, color="#8172b2")
+    axes[1].set(title="Share of total CLV by value decile", xlabel="decile (10 = most valuable)",
+                ylabel="share of CLV")
+    axes[1].set_xticks(range(1, 11))
+    fig.tight_layout()
+    return fig
+
+
+def make_model(name: str, covariates: list[str] | None = None):
+    """A purchase model by its parameter-file name: bgnbd, mbgnbd or pareto."""
+    if name == "bgnbd":
+        return BetaGeo(covariates=covariates or None)
+    if name == "mbgnbd":
+        return BetaGeo(modified=True, covariates=covariates or None)
+    if name == "pareto":
+        if covariates:
+            raise CrmlabError("covariates are supported for bgnbd and mbgnbd, not pareto")
+        return ParetoNBD()
+    raise CrmlabError(f"unknown value model '{name}' (choose bgnbd, mbgnbd or pareto)")

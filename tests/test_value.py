@@ -1,0 +1,176 @@
+"""Customer value models: published CDNOW figures, recovery of planted truth, predictions, errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmlab import value
+from crmlab.errors import CrmlabError
+
+import naive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cdnow():
+    df = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    return value.rfm_summary(df, calibration_end="1997-09-30", observation_end="1998-06-30")
+
+
+def _sig3(x, ref):
+    return float(f"{x:.3g}") == float(f"{ref:.3g}")
+
+
+def test_cdnow_rfm(cdnow):
+    assert len(cdnow) == 2357 and (cdnow["frequency"] > 0).sum() == 946
+    assert cdnow["duration_holdout"].iloc[0] == 39.0
+
+
+def test_cdnow_bgnbd_published_figures(cdnow):
+    """Fader, Hardie & Lee (2005): r=0.243, alpha=4.414, a=0.793, b=2.426, LL -9582.4."""
+    m = value.BetaGeo().fit(cdnow)
+    for k, ref in dict(r=0.243, alpha=4.414, a=0.793, b=2.426).items():
+        assert _sig3(m.params_[k], ref), (k, m.params_[k])
+    assert m.loglik_ == pytest.approx(-9582.4, abs=0.05)
+    assert m.n_patterns_ < len(cdnow)
+    assert m.summary_.loc["r", "se"] == pytest.approx(0.0126, rel=0.05)     # SEs as reported elsewhere
+
+
+def test_cdnow_pareto_published_figures(cdnow):
+    m = value.ParetoNBD().fit(cdnow)
+    for k, ref in dict(r=0.553, alpha=10.578, s=0.606, beta=11.669).items():
+        assert _sig3(m.params_[k], ref), (k, m.params_[k])
+    assert m.loglik_ == pytest.approx(-9595.0, abs=0.05)
+
+
+def test_cdnow_gamma_gamma_published_figures(cdnow):
+    m = value.GammaGamma().fit(cdnow)
+    assert m.n_customers_ == 946
+    for k, ref in dict(p=6.25, q=3.74, gamma=15.44).items():
+        assert _sig3(m.params_[k], ref), (k, m.params_[k])
+    assert m.loglik_ == pytest.approx(-4055.92, abs=0.01)
+
+
+def test_predictions_match_reference_formulas(cdnow):
+    m = value.BetaGeo().fit(cdnow)
+    p = m.params_
+    x, tx, T = (cdnow[c].to_numpy() for c in ("frequency", "recency", "T"))
+    p_ref, e_ref = naive.bgnbd_predict_ref(p["r"], p["alpha"], p["a"], p["b"], x, tx, T, 39.0)
+    np.testing.assert_allclose(m.p_alive(cdnow), p_ref, rtol=1e-10)
+    np.testing.assert_allclose(m.expected_purchases(cdnow, 39.0), e_ref, rtol=1e-8)
+    rep = value.holdout_report(m, cdnow)
+    raw = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    hold = raw[(raw["order_date"] > "1997-09-30") & (raw["order_date"] <= "1998-06-30")]
+    assert rep.table.loc["model", "actual_total"] == len(hold.drop_duplicates(["customer_key", "order_date"]))
+    assert rep.table.loc["model", "predicted_total"] == pytest.approx(e_ref.sum(), rel=1e-9)
+    assert rep.table.loc["model", "mae"] < rep.table.loc["naive: past rate continues", "mae"]
+
+
+def test_p_alive_at_future_date_monte_carlo():
+    """P(alive at T+t) against simulation of the same posterior process."""
+    m = value.BetaGeo()
+    m.params_ = dict(r=0.5, alpha=6.0, a=0.9, b=3.0)
+    m.theta_ = np.log(list(m.params_.values()))
+    rfm = pd.DataFrame({"frequency": [0.0, 3.0], "recency": [0.0, 20.0], "T": [30.0, 30.0]})
+    got = m.p_alive_at(rfm, 26.0)
+    rng = np.random.default_rng(0)
+    n = 400_000
+    for i, (x, tx, T) in enumerate(rfm.to_numpy()):
+        lam = rng.gamma(0.5 + x, 1 / (6.0 + T), n)
+        p = rng.beta(0.9, 3.0 + x, n)
+        alive_now = rng.random(n) < m.p_alive(rfm)[i]
+        survive = rng.random(n) < np.exp(-lam * p * 26.0)
+        assert (alive_now & survive).mean() == pytest.approx(got[i], abs=3e-3)
+    assert np.all(got <= m.p_alive(rfm))
+
+
+def test_recovers_planted_truth_of_the_synthetic_world():
+    sample = ROOT / "data" / "sample"
+    meta = json.loads((sample / "truth" / "truth.json").read_text())
+    tx = value.true_customer_transactions(sample)
+    rfm = value.rfm_summary(tx, observation_end=meta["spec"]["end"])
+    bg = value.BetaGeo().fit(rfm)
+    for k in ("r", "alpha", "a", "b"):
+        row = bg.summary_.loc[k]
+        assert row["ci_low"] <= meta["btyd"][k] <= row["ci_high"], (k, row.to_dict(), meta["btyd"][k])
+    gg = value.GammaGamma().fit(rfm)
+    for k, name in (("p", "p"), ("q", "q"), ("gamma", "gamma")):
+        row = gg.summary_.loc[name]
+        assert row["ci_low"] <= meta["gamma_gamma"][k] <= row["ci_high"], (k, row.to_dict())
+
+
+def test_covariates_recover_group_effect():
+    rng = np.random.default_rng(4)
+    n = 20000
+    grp = rng.random(n) < 0.5
+    T = rng.integers(30, 80 * 7, n) / 7
+    xa, ta, Ta = value.simulate_bgnbd(n, 0.8, 5.0, 1.2, 3.0, T, seed=1)
+    xb, tb, Tb = value.simulate_bgnbd(n, 0.8, 2.5, 1.2, 3.0, T, seed=2)       # web: twice the purchase rate
+    rfm = pd.DataFrame({"frequency": np.where(grp, xb, xa), "recency": np.where(grp, tb, ta),
+                        "T": np.where(grp, Tb, Ta), "channel": np.where(grp, "web", "store")})
+    m = value.BetaGeo(covariates=["channel"]).fit(rfm)
+    assert m.coef_.loc["channel_web", "alpha"] == pytest.approx(np.log(0.5), abs=0.12)
+    assert abs(m.coef_.loc["channel_web", "a"]) < 0.3 and abs(m.coef_.loc["channel_web", "b"]) < 0.5
+    plain = value.BetaGeo().fit(rfm)
+    assert m.loglik_ > plain.loglik_ + 50
+    e = m.expected_purchases(rfm, 52.0)
+    for g in (grp, ~grp):                                   # agrees with a separate model per group
+        sep = value.BetaGeo().fit(rfm[g]).expected_purchases(rfm[g], 52.0)
+        assert e[g].mean() == pytest.approx(sep.mean(), rel=0.03)
+
+
+def test_clv_and_customer_value_table(cdnow):
+    bg, gg = value.BetaGeo().fit(cdnow), value.GammaGamma().fit(cdnow)
+    c = value.clv(bg, gg, cdnow, months=12, discount_rate=0.01, margin=0.3)
+    months = np.arange(1, 13) * value.DAYS_PER_MONTH / 7
+    e = bg.expected_purchases(cdnow, months)
+    ref = 0.3 * naive.discounted_ref(e, gg.expected_spend(cdnow), 0.01)
+    np.testing.assert_allclose(c, ref, rtol=1e-10)
+    table = value.customer_value(bg, gg, cdnow)
+    assert list(table.columns[:1]) == ["customer_key"] and len(table) == len(cdnow)
+    assert set(table["value_decile"]) == set(range(1, 11))
+    top = table.groupby("value_decile")["clv_12m"].mean()
+    assert top.is_monotonic_increasing
+    assert (table["expected_purchases_365d"] >= table["expected_purchases_90d"]).all()
+
+
+def test_rfm_summary_by_hand():
+    tx = pd.DataFrame({"customer_key": ["a", "a", "a", "a", "b", "c"],
+                       "order_date": ["2025-01-01", "2025-01-01", "2025-01-15", "2025-02-05", "2025-01-08",
+                                      "2025-03-01"],
+                       "value": [10.0, 5.0, 20.0, 30.0, 7.0, 3.0]})
+    out = value.rfm_summary(tx, calibration_end="2025-02-01", observation_end="2025-03-05")
+    assert list(out.index) == ["a", "b"]                        # c first buys after calibration
+    a = out.loc["a"]
+    assert a["frequency"] == 1 and a["recency"] == 2.0 and a["T"] == pytest.approx(31 / 7)
+    assert a["monetary_value"] == 20.0                          # repeat purchases only; same-day merged
+    assert a["frequency_holdout"] == 1 and a["monetary_holdout"] == 30.0
+    assert out.loc["b", "frequency"] == 0 and out.loc["b", "monetary_value"] == 0.0
+
+
+def test_clear_errors():
+    rfm = pd.DataFrame({"frequency": [0.0, 0.0], "recency": [0.0, 0.0], "T": [5.0, 6.0]})
+    with pytest.raises(CrmlabError, match="no customer made a repeat purchase"):
+        value.BetaGeo().fit(rfm)
+    bad = pd.DataFrame({"frequency": [1.0, -1.0], "recency": [1.0, 0.0], "T": [5.0, 6.0]})
+    with pytest.raises(CrmlabError, match=r"invalid RFM rows \[1\]"):
+        value.BetaGeo().fit(bad)
+    with pytest.raises(CrmlabError, match="recency <= T"):
+        value.BetaGeo().fit(pd.DataFrame({"frequency": [1.0], "recency": [9.0], "T": [5.0]}))
+    with pytest.raises(CrmlabError, match="lacks column"):
+        value.BetaGeo().fit(pd.DataFrame({"frequency": [1.0]}))
+    with pytest.raises(CrmlabError, match="not fitted"):
+        value.BetaGeo().p_alive(rfm)
+    with pytest.raises(CrmlabError, match="negative values"):
+        value.rfm_summary(pd.DataFrame({"customer_key": [1], "order_date": ["2025-01-01"], "value": [-1.0]}))
+    with pytest.raises(CrmlabError, match="column 'order_date' not found"):
+        value.rfm_summary(pd.DataFrame({"customer_key": [1]}))
+
+
+def test_mbgnbd_fits_and_differs(cdnow):
+    m = value.BetaGeo(modified=True).fit(cdnow)
+    assert m.loglik_ > -9590
+    assert (m.p_alive(cdnow)[cdnow["frequency"].to_numpy() == 0] < 1).all()   # MBG: non-repeaters may be gone
