@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "run_name": "default",
     "runs_dir": "../runs",                # relative to the parameter file
     "notebooks_dir": "../notebooks",
-    "stages": ["00_data_quality", "30_value"],   # notebook names, executed in this order
+    "stages": ["00_data_quality", "20_affinity", "30_value"],   # notebook names, in order
     "data": {
         "dir": "../data/sample",          # CSV or Parquet files named after the tables
         "url": None,                      # SQLAlchemy URL; when set, tables are read from it
@@ -30,6 +30,20 @@ DEFAULTS: dict[str, Any] = {
     "quality": {
         "examples": 5,                    # offending rows shown per finding
         "top_values": 10,
+    },
+    "affinity": {
+        "level": "product",               # product | category | department
+        "min_support": 0.002,             # share of order baskets
+        "min_confidence": 0.1,
+        "max_len": 3,
+        "fdr": 0.05,                      # false-discovery rate for rule significance
+        "min_lift": 1.5,                  # customer-facing rules need at least this lift
+        "max_rules": 500,                 # at most this many customer-facing rules
+        "sensitive_categories": [],       # besides products flagged sensitive
+        "top_k": 5,                       # recommendations per customer
+        "holdout_days": 90,               # last days held out to evaluate recommendations
+        "similarity": "cosine",           # cosine | lift
+        "neighbours": 30,
     },
     "value": {
         "model": "bgnbd",                 # bgnbd | mbgnbd | pareto

@@ -120,3 +120,48 @@ def discounted_ref(expected, spend, rate):
 def grid_codes_ref(v):
     values, codes = np.unique(v, return_inverse=True)
     return values, codes.ravel()
+
+
+# --- baskets: brute force counting over Python sets
+def itemsets_ref(baskets: list[set], min_count: int, max_len: int) -> dict:
+    """Apriori by brute force: {frozenset: count} of every itemset in >= min_count baskets."""
+    from collections import Counter
+    from itertools import combinations
+
+    out = {}
+    level = Counter(frozenset([i]) for b in baskets for i in b)
+    level = {k: v for k, v in level.items() if v >= min_count}
+    size = 1
+    while level and size <= max_len:
+        out.update(level)
+        size += 1
+        items = sorted({i for s in level for i in s})
+        cands = Counter()
+        for b in baskets:
+            bi = sorted(set(b) & set(items))
+            for c in combinations(bi, size):
+                fc = frozenset(c)
+                if all(fc - {x} in level for x in fc):
+                    cands[fc] += 1
+        level = {k: v for k, v in cands.items() if v >= min_count}
+    return out
+
+
+def top_k_ref(baskets: list[set], sim: dict, banned: set, k: int, popularity):
+    """Per basket: unseen, not banned items ranked by summed similarity to owned items, then popularity."""
+    out = []
+    pop_order = sorted(range(len(popularity)), key=lambda j: (-popularity[j], j))
+    for b in baskets:
+        score = {}
+        for i in b:
+            for j, s in sim.get(i, {}).items():
+                if j not in b and j not in banned:
+                    score[j] = score.get(j, 0.0) + s
+        ranked = sorted(score, key=lambda j: (-score[j], -popularity[j], j))[:k]
+        for j in pop_order:
+            if len(ranked) >= k:
+                break
+            if j not in b and j not in banned and j not in ranked:
+                ranked.append(j)
+        out.append(ranked)
+    return out

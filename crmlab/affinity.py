@@ -1,0 +1,505 @@
+"""Product affinity: frequent itemsets, association rules with significance, guards, recommendations.
+
+``frequent_itemsets`` and ``association_rules`` take and return the same shapes as mlxtend's
+(``support`` / ``itemsets`` frames; ``antecedents`` / ``consequents`` with mlxtend's metric columns),
+so users can switch; the counting runs in Numba kernels (:mod:`crmlab.kernels.baskets`). Rules also
+get all-confidence, a one-sided Fisher exact test and Benjamini-Hochberg q-values: a rule that is
+frequent but not significant is marked. ``guard_rules`` keeps sensitive items and weak rules away
+from customers (they stay visible to reviewers), and ``ItemRecommender`` turns co-occurrence into
+per-customer top-k recommendations, evaluated on a time holdout against popularity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError
+from .kernels import baskets as K
+from .kernels import recommend as R
+
+MLXTEND_COLUMNS = ["antecedents", "consequents", "antecedent support", "consequent support", "support",
+                   "confidence", "lift", "representativity", "leverage", "conviction", "zhangs_metric",
+                   "jaccard", "certainty", "kulczynski"]
+
+
+# ----------------------------------------------------------------------------- baskets
+
+@dataclass
+class Baskets:
+    """Baskets as CSR over an item vocabulary: basket ``b`` holds ``items[indices[indptr[b]:indptr[b+1]]]``."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    items: pd.Index
+    ids: np.ndarray | None = None
+
+    @property
+    def n_baskets(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, basket_col: str, item_col: str, items=None) -> "Baskets":
+        """Baskets from long rows (one row per basket and item; repeats are merged).
+
+        ``items``: the known item vocabulary (e.g. the product table); an item outside it is an error.
+        """
+        for c in (basket_col, item_col):
+            if c not in df:
+                raise CrmlabError(f"baskets: column '{c}' not found (columns: {', '.join(map(str, df.columns))})")
+        if df[[basket_col, item_col]].isna().any().any():
+            raise CrmlabError(f"baskets: missing values in '{basket_col}' or '{item_col}'")
+        if items is None:
+            vocab = pd.Index(pd.unique(df[item_col])).sort_values()
+        else:
+            vocab = pd.Index(items)
+            unknown = ~df[item_col].isin(vocab)
+            if unknown.any():
+                bad = df.loc[unknown, item_col].unique()[:5].tolist()
+                raise CrmlabError(f"baskets: {int(unknown.sum()):,} rows have item ids not in the item table, "
+                                  f"e.g. {bad}")
+        item_code = vocab.get_indexer(df[item_col])
+        b_code, b_ids = pd.factorize(df[basket_col], sort=True)
+        key = np.unique(b_code.astype(np.int64) * len(vocab) + item_code)
+        b, it = key // len(vocab), (key % len(vocab)).astype(np.int32)
+        indptr = np.r_[0, np.cumsum(np.bincount(b, minlength=len(b_ids)))].astype(np.int64)
+        if len(b_ids) == 0:
+            raise CrmlabError("baskets: no baskets (empty input)")
+        return cls(indptr, it, vocab, np.asarray(b_ids))
+
+    @classmethod
+    def from_lists(cls, lists) -> "Baskets":
+        rows = [(i, item) for i, basket in enumerate(lists) for item in basket]
+        if not rows:
+            raise CrmlabError("baskets: no items in any basket")
+        df = pd.DataFrame(rows, columns=["basket", "item"])
+        out = cls.from_frame(df, "basket", "item")
+        if out.n_baskets != len(lists):                       # keep empty baskets in the count
+            counts = np.zeros(len(lists), np.int64)
+            counts[out.ids] = np.diff(out.indptr)
+            out = cls(np.r_[0, np.cumsum(counts)].astype(np.int64), out.indices, out.items, np.arange(len(lists)))
+        return out
+
+    @classmethod
+    def from_onehot(cls, df: pd.DataFrame) -> "Baskets":
+        """From a boolean one-hot frame (mlxtend's input: rows baskets, columns items)."""
+        arr = df.to_numpy()
+        if arr.dtype != bool and not np.isin(arr, [0, 1]).all():
+            raise CrmlabError("one-hot input must hold only True/False or 0/1")
+        rows, cols = np.nonzero(arr)
+        indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=arr.shape[0]))].astype(np.int64)
+        return cls(indptr, cols.astype(np.int32), pd.Index(df.columns), np.asarray(df.index))
+
+    def to_onehot(self) -> pd.DataFrame:
+        m = np.zeros((self.n_baskets, self.n_items), bool)
+        m[np.repeat(np.arange(self.n_baskets), np.diff(self.indptr)), self.indices] = True
+        return pd.DataFrame(m, columns=self.items)
+
+    def roll_up(self, mapping: pd.Series) -> "Baskets":
+        """Baskets over a coarser vocabulary (item -> category, say)."""
+        missing = ~self.items.isin(mapping.index)
+        if missing.any():
+            raise CrmlabError(f"roll_up: {int(missing.sum())} items have no mapping, e.g. {list(self.items[missing][:3])}")
+        b = np.repeat(np.arange(self.n_baskets), np.diff(self.indptr))
+        df = pd.DataFrame({"b": b, "item": mapping.reindex(self.items).to_numpy()[self.indices]})
+        out = Baskets.from_frame(df, "b", "item")
+        counts = np.zeros(self.n_baskets, np.int64)
+        counts[out.ids] = np.diff(out.indptr)
+        return Baskets(np.r_[0, np.cumsum(counts)].astype(np.int64), out.indices, out.items, self.ids)
+
+
+def read_groceries(path) -> Baskets:
+    """The Groceries data set (one basket per line, items comma-separated) as Baskets."""
+    from pathlib import Path
+
+    lines = Path(path).read_text().splitlines()
+    return Baskets.from_lists([[i.strip() for i in line.split(",") if i.strip()] for line in lines])
+
+
+def _as_baskets(data) -> Baskets:
+    if isinstance(data, Baskets):
+        return data
+    if isinstance(data, pd.DataFrame):
+        return Baskets.from_onehot(data)
+    raise CrmlabError("expected Baskets or a one-hot DataFrame")
+
+
+def _min_count(min_support: float, n: int) -> int:
+    """Smallest count c with c / n >= min_support (the comparison mlxtend makes)."""
+    if not 0 < min_support <= 1:
+        raise ValueError(f"min_support must be in (0, 1], got {min_support}")
+    c = max(1, int(np.floor(min_support * n)))
+    while c / n < min_support:
+        c += 1
+    while c > 1 and (c - 1) / n >= min_support:
+        c -= 1
+    return c
+
+
+# ----------------------------------------------------------------------------- itemsets and rules
+
+def frequent_itemsets(data, min_support: float = 0.5, max_len: int | None = None,
+                      use_colnames: bool = False) -> pd.DataFrame:
+    """Itemsets in at least ``min_support`` of the baskets (mlxtend's ``fpgrowth`` result shape).
+
+    ``data``: :class:`Baskets` or a one-hot DataFrame. Returns columns ``support`` and ``itemsets``
+    (frozensets of item labels with ``use_colnames``, else of item positions); ``attrs`` carry
+    ``n_baskets`` and the single-item supports for :func:`association_rules`.
+    """
+    b = _as_baskets(data)
+    if b.n_baskets == 0:
+        raise CrmlabError("no baskets")
+    mc = _min_count(min_support, b.n_baskets)
+    flat, lens, counts = K.frequent_itemsets(b.indptr, b.indices, b.n_items, mc, max_len)
+    labels = b.items.to_numpy(dtype=object) if use_colnames else np.arange(b.n_items)
+    sets, pos = [], 0
+    for size in np.unique(lens):                              # itemsets come grouped by size
+        n_k = int(np.sum(lens == size))
+        block = labels[flat[pos:pos + n_k * size]].reshape(n_k, size)
+        sets.extend(map(frozenset, block.tolist()))
+        pos += n_k * size
+    support = counts / b.n_baskets
+    out = pd.DataFrame({"support": support, "itemsets": sets})
+    n1 = int(np.sum(lens == 1))
+    out.attrs.update(n_baskets=b.n_baskets,
+                     item_support=dict(zip(labels[flat[:n1]].tolist(), support[:n1].tolist())))
+    return out
+
+
+def association_rules(df: pd.DataFrame, num_itemsets: int | None = None, metric: str = "confidence",
+                      min_threshold: float = 0.8, max_consequent_len: int | None = None,
+                      fdr: float = 0.05) -> pd.DataFrame:
+    """Rules A -> C from frequent itemsets, with mlxtend's columns plus significance.
+
+    Every split of every itemset (size >= 2) into antecedent and consequent is a rule (mlxtend);
+    ``max_consequent_len=1`` gives arules' single-item consequents. Rules with ``metric`` below
+    ``min_threshold`` are dropped. Added columns: ``all_confidence``, the counts, ``p_value``
+    (one-sided Fisher exact test of positive association), ``q_value`` (Benjamini-Hochberg over the
+    rules returned) and ``significant`` (q <= ``fdr``).
+    """
+    from scipy.stats import hypergeom
+
+    if df.empty:
+        raise CrmlabError("no frequent itemsets: lower min_support")
+    if not {"support", "itemsets"} <= set(df.columns):
+        raise CrmlabError("the itemsets frame needs columns 'support' and 'itemsets'")
+    n = num_itemsets or df.attrs.get("n_baskets")
+    if not n:
+        raise CrmlabError("num_itemsets (the number of baskets) is needed for counts and significance")
+    sup = dict(zip(df["itemsets"], df["support"]))
+    ants, cons, s_ac = [], [], []
+    for itemset, s in zip(df["itemsets"], df["support"]):
+        k = len(itemset)
+        if k < 2:
+            continue
+        items = sorted(itemset, key=str)
+        for size in range(k - 1, 0, -1):
+            if max_consequent_len is not None and k - size > max_consequent_len:
+                continue
+            for a in combinations(items, size):
+                a = frozenset(a)
+                ants.append(a)
+                cons.append(itemset - a)
+                s_ac.append(s)
+    if not ants:
+        return pd.DataFrame(columns=MLXTEND_COLUMNS)
+    try:
+        sA = np.array([sup[a] for a in ants])
+        sC = np.array([sup[c] for c in cons])
+    except KeyError as exc:
+        raise CrmlabError(f"itemset {set(exc.args[0])} is missing: the itemsets are not downward closed") from None
+    sAC = np.array(s_ac)
+    conf = sAC / sA
+    lift = conf / sC
+    lev = sAC - sA * sC
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conv = np.where(conf < 1.0, (1.0 - sC) / (1.0 - conf), np.inf)
+        den = np.maximum(sAC * (1 - sA), sA * (sC - sAC))
+        zhang = np.where(den == 0, 0.0, lev / den)
+        cert = np.where(1 - sC == 0, 0.0, (conf - sC) / (1 - sC))
+    rules = pd.DataFrame({
+        "antecedents": ants, "consequents": cons, "antecedent support": sA, "consequent support": sC,
+        "support": sAC, "confidence": conf, "lift": lift, "representativity": 1.0, "leverage": lev,
+        "conviction": conv, "zhangs_metric": zhang, "jaccard": sAC / (sA + sC - sAC), "certainty": cert,
+        "kulczynski": (sAC / sA + sAC / sC) / 2})
+    if metric not in rules.columns or metric in ("antecedents", "consequents"):
+        raise CrmlabError(f"metric must be one of {MLXTEND_COLUMNS[2:]}, got '{metric}'")
+    rules = rules[rules[metric] >= min_threshold].reset_index(drop=True)
+    single = df.attrs.get("item_support") or {next(iter(k)): v for k, v in sup.items() if len(k) == 1}
+    rules["all_confidence"] = [s / max(single[i] for i in a | c) for s, a, c in
+                               zip(rules["support"], rules["antecedents"], rules["consequents"])]
+    nA = np.rint(rules["antecedent support"].to_numpy() * n).astype(np.int64)
+    nC = np.rint(rules["consequent support"].to_numpy() * n).astype(np.int64)
+    nAC = np.rint(rules["support"].to_numpy() * n).astype(np.int64)
+    rules["n_antecedent"], rules["n_consequent"], rules["n_both"] = nA, nC, nAC
+    rules["p_value"] = hypergeom.sf(nAC - 1, n, nC, nA) if len(rules) else []
+    rules["q_value"] = benjamini_hochberg(rules["p_value"].to_numpy())
+    rules["significant"] = rules["q_value"] <= fdr
+    return rules
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), monotone, capped at 1."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    q = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(q[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def guard_rules(rules: pd.DataFrame, sensitive_items=(), min_lift: float = 1.0, require_significant: bool = True,
+                max_rules: int | None = None) -> pd.DataFrame:
+    """Mark which rules may face customers; the others keep a ``guard`` reason for reviewers.
+
+    Guards, in order: a sensitive item anywhere in the rule; not significant after FDR control;
+    lift below ``min_lift``; beyond the ``max_rules`` strongest by lift.
+    """
+    out = rules.copy()
+    sens = set(sensitive_items)
+    reason = np.full(len(out), None, dtype=object)
+    in_c = out["consequents"].map(lambda s: bool(s & sens)).to_numpy(bool)
+    in_a = out["antecedents"].map(lambda s: bool(s & sens)).to_numpy(bool)
+    reason[in_a & ~in_c] = "sensitive item in antecedent"
+    reason[in_c] = "sensitive item in consequent"
+    if require_significant and "significant" in out:
+        reason[(reason == None) & ~out["significant"].to_numpy(bool)] = "not significant (FDR)"  # noqa: E711
+    reason[(reason == None) & (out["lift"].to_numpy() < min_lift)] = f"lift below {min_lift:g}"  # noqa: E711
+    ok = reason == None  # noqa: E711
+    if max_rules is not None and ok.sum() > max_rules:
+        ranked = out.index[ok][np.argsort(-out["lift"].to_numpy()[ok], kind="stable")]
+        reason[out.index.get_indexer(ranked[max_rules:])] = f"beyond the {max_rules} strongest rules"
+    out["customer_facing"] = reason == None  # noqa: E711
+    out["guard"] = pd.array(reason, dtype="string")
+    return out
+
+
+def rules_table(rules: pd.DataFrame, names: pd.Series | None = None) -> pd.DataFrame:
+    """Rules with readable, joined antecedent/consequent labels (for reports and the artifact)."""
+    def fmt(s):
+        labels = sorted(names.get(i, str(i)) if names is not None else str(i) for i in s)
+        return " + ".join(labels)
+
+    out = rules.copy()
+    out.insert(0, "rule", [f"{fmt(a)} -> {fmt(c)}" for a, c in zip(out["antecedents"], out["consequents"])])
+    out["antecedents"] = out["antecedents"].map(lambda s: "|".join(sorted(map(str, s))))
+    out["consequents"] = out["consequents"].map(lambda s: "|".join(sorted(map(str, s))))
+    return out
+
+
+# ----------------------------------------------------------------------------- recommendations
+
+class ItemRecommender:
+    """Top-k items per customer from item-item co-occurrence (customer-level baskets).
+
+    Parameters
+    ----------
+    k : recommendations per customer.
+    similarity : 'cosine' (co-occurrence / sqrt of both counts) or 'lift'.
+    neighbours : strongest neighbours kept per item.
+    min_co : co-occurrences needed for a neighbour.
+
+    Attributes: ``items_`` (vocabulary), ``popularity_`` (customers per item), ``nbr_ptr_``,
+    ``nbr_idx_``, ``nbr_sim_`` (neighbour CSR).
+    """
+
+    def __init__(self, k: int = 5, similarity: str = "cosine", neighbours: int = 30, min_co: int = 2):
+        self.k = k
+        self.similarity = similarity
+        self.neighbours = neighbours
+        self.min_co = min_co
+
+    def fit(self, customer_baskets: Baskets) -> "ItemRecommender":
+        if self.similarity not in ("cosine", "lift"):
+            raise CrmlabError(f"similarity must be 'cosine' or 'lift', got '{self.similarity}'")
+        b = customer_baskets
+        a, c, n_ab = K.pair_counts(b.indptr, b.indices, b.n_items, self.min_co)
+        pop = K.item_counts(b.indptr, b.indices, b.n_items).astype(np.float64)
+        if self.similarity == "cosine":
+            sim = n_ab / np.sqrt(pop[a] * pop[c])
+        else:
+            sim = n_ab * b.n_baskets / (pop[a] * pop[c])
+        src = np.r_[a, c]
+        dst = np.r_[c, a]
+        w = np.r_[sim, sim]
+        order = np.lexsort((-w, src))
+        src, dst, w = src[order], dst[order], w[order]
+        first = np.r_[0, np.cumsum(np.bincount(src, minlength=b.n_items))]
+        rank = np.arange(len(src)) - first[src]
+        keep = rank < self.neighbours
+        self.nbr_ptr_ = np.r_[0, np.cumsum(np.bincount(src[keep], minlength=b.n_items))].astype(np.int64)
+        self.nbr_idx_ = dst[keep].astype(np.int32)
+        self.nbr_sim_ = w[keep].astype(np.float64)
+        self.items_ = b.items
+        self.popularity_ = pop
+        return self
+
+    def recommend(self, customer_baskets: Baskets, exclude_items=(), k: int | None = None,
+                  popularity: bool = False) -> pd.DataFrame:
+        """Top-k unseen items per customer (long format: customer, rank, item, score).
+
+        ``exclude_items`` (e.g. sensitive products) are never recommended; ``popularity=True`` gives
+        the popularity baseline instead (most bought items the customer does not have).
+        """
+        if not hasattr(self, "items_"):
+            raise CrmlabError("ItemRecommender is not fitted yet: call fit() first")
+        b = customer_baskets
+        if not b.items.equals(self.items_):
+            raise CrmlabError("baskets must use the vocabulary the recommender was fitted on")
+        k = k or self.k
+        banned = np.zeros(len(self.items_), bool)
+        banned[self.items_.get_indexer(list(exclude_items))] = True
+        if popularity:
+            items, scores = R.top_k_popular(b.indptr, b.indices, self.popularity_, banned, k)
+        else:
+            items, scores = R.top_k(b.indptr, b.indices, self.nbr_ptr_, self.nbr_idx_, self.nbr_sim_, banned, k,
+                                    self.popularity_)
+        valid = items >= 0
+        cust = np.repeat(np.arange(b.n_baskets), k).reshape(-1, k)
+        ids = b.ids if b.ids is not None else np.arange(b.n_baskets)
+        return pd.DataFrame({"customer": ids[cust[valid]], "rank": np.tile(np.arange(1, k + 1), (b.n_baskets, 1))[valid],
+                             "item": self.items_.to_numpy()[items[valid]], "score": scores[valid]})
+
+
+def evaluate_recommendations(recs: pd.DataFrame, bought_before: pd.DataFrame, bought_after: pd.DataFrame,
+                             k: int) -> dict:
+    """Hit rate@k, precision@k and recall@k on items customers bought for the first time after the cutoff.
+
+    ``bought_before`` / ``bought_after``: long frames (customer, item). Evaluated customers: those
+    with a recommendation list who bought at least one new item after the cutoff.
+    """
+    before = set(zip(bought_before["customer"], bought_before["item"]))
+    new = bought_after[[(c, i) not in before for c, i in zip(bought_after["customer"], bought_after["item"])]]
+    new = new.drop_duplicates(["customer", "item"])
+    targets = new.groupby("customer")["item"].agg(set)
+    targets = targets[targets.index.isin(recs["customer"].unique())]
+    r = recs[recs["rank"] <= k]
+    r = r[r["customer"].isin(targets.index)]
+    hits = r[[i in targets[c] for c, i in zip(r["customer"], r["item"])]].groupby("customer").size()
+    hits = hits.reindex(targets.index, fill_value=0)
+    n_new = targets.map(len)
+    return {"customers": int(len(targets)), f"hit_rate@{k}": float((hits > 0).mean()),
+            f"precision@{k}": float((hits / k).mean()), f"recall@{k}": float((hits / n_new).mean())}
+
+
+# ----------------------------------------------------------------------------- pipeline helpers
+
+def keyed_lines(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Order lines with ``customer_key`` and ``order_date`` (record keys without a key map, as in value)."""
+    from .value import transactions
+
+    orders = src["orders"].assign(_row=np.arange(len(src["orders"])))
+    keys = transactions(src, key_map)["customer_key"].to_numpy()
+    o = pd.DataFrame({"order_id": orders["order_id"].to_numpy(), "customer_key": keys,
+                      "order_date": orders["order_date"].to_numpy()})
+    return src["order_lines"].merge(o, on="order_id", how="left")
+
+
+def sensitive_items(products: pd.DataFrame, categories=()) -> set:
+    """Product ids never to recommend: flagged ``sensitive`` or in one of ``categories``."""
+    flag = products["sensitive"].fillna(False).astype(bool) if "sensitive" in products else False
+    return set(products.loc[flag | products["category"].isin(list(categories)), "product_id"])
+
+
+def mine_rules(b: Baskets, p: dict, sensitive=(), names: pd.Series | None = None) -> pd.DataFrame:
+    """Itemsets -> rules -> significance -> guards with the ``affinity`` parameters; readable table."""
+    fi = frequent_itemsets(b, min_support=p["min_support"], max_len=p["max_len"], use_colnames=True)
+    rules = association_rules(fi, metric="confidence", min_threshold=p["min_confidence"], fdr=p["fdr"])
+    g = guard_rules(rules, sensitive_items=sensitive, min_lift=p["min_lift"], max_rules=p["max_rules"])
+    t = rules_table(g, names)
+    return t.sort_values(["customer_facing", "lift"], ascending=[False, False]).reset_index(drop=True)
+
+
+def lift_matrix(b: Baskets) -> pd.DataFrame:
+    """Pairwise lift between all items of (usually rolled-up) baskets; diagonal NaN."""
+    a, c, n_ab = K.pair_counts(b.indptr, b.indices, b.n_items, 1)
+    pop = K.item_counts(b.indptr, b.indices, b.n_items).astype(float)
+    m = np.full((b.n_items, b.n_items), np.nan)
+    lift = n_ab * b.n_baskets / (pop[a] * pop[c])
+    m[a, c] = lift
+    m[c, a] = lift
+    return pd.DataFrame(m, index=b.items, columns=b.items)
+
+
+def holdout_evaluation(lines: pd.DataFrame, cutoff, k: int, exclude=(), **recommender) -> pd.DataFrame:
+    """Fit on customer baskets before ``cutoff``, recommend, score on first purchases after it;
+    co-occurrence recommender vs popularity. ``lines``: product_id, customer_key, order_date."""
+    cutoff = pd.Timestamp(cutoff)
+    before = lines[lines["order_date"] <= cutoff]
+    after = lines[lines["order_date"] > cutoff]
+    items = pd.Index(np.sort(lines["product_id"].unique()))
+    b = Baskets.from_frame(before, "customer_key", "product_id", items=items)
+    model = ItemRecommender(k=k, **recommender).fit(b)
+    long_before = before[["customer_key", "product_id"]].set_axis(["customer", "item"], axis=1)
+    long_after = after[["customer_key", "product_id"]].set_axis(["customer", "item"], axis=1)
+    rows = {}
+    for name, pop in (("co-occurrence recommender", False), ("popularity baseline", True)):
+        recs = model.recommend(b, exclude_items=exclude, popularity=pop)
+        rows[name] = evaluate_recommendations(recs, long_before, long_after, k)
+    return pd.DataFrame(rows).T
+
+
+def plot_rules(rules: pd.DataFrame, top: int = 15):
+    """Support vs lift of all rules (colour: customer-facing, guarded, not significant) and the top rules."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 1.3]})
+    ax = axes[0]
+    groups = (("customer-facing", rules["customer_facing"], "#2a9d8f"),
+              ("not significant", rules["guard"].fillna("").str.startswith("not significant"), "#bbbbbb"),
+              ("sensitive (guarded)", rules["guard"].fillna("").str.startswith("sensitive"), "#e63946"),
+              ("other guard", ~rules["customer_facing"] & ~rules["guard"].fillna("").str.match("(not sig|sens)"),
+               "#f4a261"))
+    for label, mask, colour in groups:
+        d = rules[mask.to_numpy(bool)]
+        ax.scatter(d["support"], d["lift"], s=10 + 40 * d["confidence"], alpha=0.6, c=colour,
+                   label=f"{label} ({len(d):,})")
+    ax.set(xscale="log", yscale="log", xlabel="support", ylabel="lift", title="Rules: support vs lift (size: confidence)")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.legend(fontsize=8)
+    t = rules[rules["customer_facing"]].nlargest(top, "lift").iloc[::-1]
+    axes[1].barh(t["rule"].str.slice(0, 60), t["lift"], color="#2a9d8f")
+    axes[1].set(title=f"Top {top} customer-facing rules by lift", xlabel="lift")
+    axes[1].tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lift_heatmap(lift: pd.DataFrame, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(0.5 * len(lift) + 3, 0.45 * len(lift) + 2))
+    v = np.log2(lift.to_numpy(dtype=float))
+    lim = np.nanmax(np.abs(v)) if np.isfinite(v).any() else 1
+    im = ax.imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(lift)), lift.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(lift)), lift.index, fontsize=8)
+    fig.colorbar(im, ax=ax, label="log2 lift")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_recommendation_eval(table: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    metrics = [c for c in table.columns if "@" in c]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(metrics))
+    for i, (name, row) in enumerate(table.iterrows()):
+        ax.bar(x + 0.38 * i, row[metrics].astype(float), width=0.36, label=name)
+    ax.set_xticks(x + 0.19, metrics)
+    ax.set(title="Recommendations on the time holdout", ylabel="value")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,290 @@
+"""Basket counting: item and pair supports over CSR baskets, and depth-first itemset mining.
+
+Baskets are CSR arrays: ``indptr`` (n_baskets + 1) and ``indices`` (item ids, each basket's items
+unique). Mining is hybrid: singles by bincount, pairs by a parallel scan of the baskets into a
+triangular count matrix over frequent items (no candidate lists), longer itemsets by Eclat over
+basket-id lists restricted to candidates whose every pair is frequent.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+
+def _csr(indptr, indices):
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    if indptr.ndim != 1 or indices.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices):
+        raise ValueError("baskets must be CSR: indptr[0] == 0 and indptr[-1] == len(indices)")
+    if np.any(np.diff(indptr) < 0):
+        raise ValueError("baskets: indptr must be non-decreasing")
+    return indptr, indices
+
+
+@njit(cache=True, inline="always")
+def _tri(i, j, m):
+    """Position of the pair (i < j) in a packed upper-triangular array over m items."""
+    return i * m - (i * (i + 1)) // 2 + (j - i - 1)
+
+
+@njit(cache=True, parallel=True)
+def _pair_counts(indptr, indices, rank, m, nt):
+    """Support counts of all pairs of frequent items (rank[item] >= 0), packed triangular, int64.
+
+    ``nt`` thread-local count arrays are filled from basket chunks, then summed.
+    """
+    n = indptr.shape[0] - 1
+    size = m * (m - 1) // 2
+    local = np.zeros((nt, size), np.int32)
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        buf = np.empty(indices.shape[0] if indices.shape[0] < 4096 else 4096, np.int64)
+        for bkt in range(t * chunk, min(n, (t + 1) * chunk)):
+            k = 0
+            for p in range(indptr[bkt], indptr[bkt + 1]):
+                r = rank[indices[p]]
+                if r >= 0:
+                    if k == buf.shape[0]:
+                        nb = np.empty(2 * k, np.int64)
+                        nb[:k] = buf
+                        buf = nb
+                    buf[k] = r
+                    k += 1
+            if k < 2:
+                continue
+            buf[:k].sort()
+            for a in range(k - 1):
+                ia = buf[a]
+                base = ia * m - (ia * (ia + 1)) // 2 - ia - 1
+                for b in range(a + 1, k):
+                    local[t, base + buf[b]] += 1
+    out = np.zeros(size, np.int64)
+    for t in range(nt):
+        for s in prange(size):
+            out[s] += local[t, s]
+    return out
+
+
+@njit(cache=True)
+def _tidlists(indptr, indices, rank, m):
+    """Basket ids per frequent item (CSC of the frequent part), each list sorted."""
+    counts = np.zeros(m + 1, np.int64)
+    for p in range(indices.shape[0]):
+        r = rank[indices[p]]
+        if r >= 0:
+            counts[r + 1] += 1
+    ptr = np.cumsum(counts)
+    fill = ptr[:-1].copy()
+    tids = np.empty(ptr[-1], np.int32)
+    for bkt in range(indptr.shape[0] - 1):
+        for p in range(indptr[bkt], indptr[bkt + 1]):
+            r = rank[indices[p]]
+            if r >= 0:
+                tids[fill[r]] = bkt
+                fill[r] += 1
+    return ptr, tids
+
+
+@njit(cache=True, inline="always")
+def _intersect(a, na, b, nb, out):
+    i = 0
+    j = 0
+    k = 0
+    while i < na and j < nb:
+        x, y = a[i], b[j]
+        if x == y:
+            out[k] = x
+            k += 1
+            i += 1
+            j += 1
+        elif x < y:
+            i += 1
+        else:
+            j += 1
+    return k
+
+
+@njit(cache=True)
+def _bitsets(ptr, tids, m, n_baskets):
+    """One bit per basket for each frequent item."""
+    words = (n_baskets + 63) // 64
+    bits = np.zeros((m, words), np.uint64)
+    for r in range(m):
+        for q in range(ptr[r], ptr[r + 1]):
+            t = tids[q]
+            bits[r, t >> 6] |= np.uint64(1) << np.uint64(t & 63)
+    return bits
+
+
+@njit(cache=True, inline="always")
+def _intersect_bits(a, na, bits_row, out):
+    """Basket ids of ``a`` whose bit is set: O(len(a)) whatever the other list's length."""
+    k = 0
+    for q in range(na):
+        t = a[q]
+        if (bits_row[t >> 6] >> np.uint64(t & 63)) & np.uint64(1):
+            out[k] = t
+            k += 1
+    return k
+
+
+@njit(cache=True)
+def _grow(arr, need):
+    if need <= arr.shape[0]:
+        return arr
+    new = np.empty(max(need, 2 * arr.shape[0]), arr.dtype)
+    new[:arr.shape[0]] = arr
+    return new
+
+
+@njit(cache=True)
+def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits):
+    """Itemsets of size 3..max_len: depth-first from each frequent pair, candidates pruned by the pairs.
+
+    Returns (flat items, lengths, counts) in ranks. Basket-id lists are intersected against the
+    other item's bitset when ``use_bits`` (cost of the shorter list only), else by merging.
+    """
+    out_items = np.empty(1024, np.int32)
+    out_len = np.empty(256, np.int32)
+    out_cnt = np.empty(256, np.int64)
+    n_out = 0
+    n_items_out = 0
+    maxc = 0
+    for r in range(m):
+        maxc = max(maxc, ptr[r + 1] - ptr[r])
+    depth_cap = max_len + 1
+    buf = np.empty((depth_cap, maxc), np.int32)
+    blen = np.zeros(depth_cap, np.int64)
+    cand = np.empty((depth_cap, m), np.int32)
+    ncand = np.zeros(depth_cap, np.int64)
+    pos = np.zeros(depth_cap, np.int64)
+    prefix = np.empty(depth_cap, np.int32)
+    for i in range(m):
+        for j in range(i + 1, m):
+            if pair_cnt[_tri(i, j, m)] < min_count:
+                continue
+            # candidates l > j frequent with both i and j
+            nc = 0
+            for l in range(j + 1, m):
+                if pair_cnt[_tri(i, l, m)] >= min_count and pair_cnt[_tri(j, l, m)] >= min_count:
+                    cand[2, nc] = l
+                    nc += 1
+            if nc == 0:
+                continue
+            prefix[0] = i
+            prefix[1] = j
+            if use_bits:
+                blen[2] = _intersect_bits(tids[ptr[i]:ptr[i + 1]], ptr[i + 1] - ptr[i], bits[j], buf[2])
+            else:
+                blen[2] = _intersect(tids[ptr[i]:ptr[i + 1]], ptr[i + 1] - ptr[i], tids[ptr[j]:ptr[j + 1]],
+                                     ptr[j + 1] - ptr[j], buf[2])
+            ncand[2] = nc
+            pos[2] = 0
+            d = 2
+            while d >= 2:
+                if pos[d] >= ncand[d]:
+                    d -= 1
+                    continue
+                l = cand[d, pos[d]]
+                pos[d] += 1
+                if use_bits:
+                    c = _intersect_bits(buf[d], blen[d], bits[l], buf[d + 1])
+                else:
+                    c = _intersect(buf[d], blen[d], tids[ptr[l]:ptr[l + 1]], ptr[l + 1] - ptr[l], buf[d + 1])
+                if c < min_count:
+                    continue
+                size = d + 1
+                out_items = _grow(out_items, n_items_out + size)
+                out_len = _grow(out_len, n_out + 1)
+                out_cnt = _grow(out_cnt, n_out + 1)
+                for q in range(d):
+                    out_items[n_items_out + q] = prefix[q]
+                out_items[n_items_out + d] = l
+                n_items_out += size
+                out_len[n_out] = size
+                out_cnt[n_out] = c
+                n_out += 1
+                if size < max_len:
+                    nc2 = 0
+                    for q in range(pos[d], ncand[d]):
+                        l2 = cand[d, q]
+                        if pair_cnt[_tri(l, l2, m)] >= min_count:
+                            cand[d + 1, nc2] = l2
+                            nc2 += 1
+                    if nc2 > 0:
+                        prefix[d] = l
+                        blen[d + 1] = c
+                        ncand[d + 1] = nc2
+                        pos[d + 1] = 0
+                        d += 1
+    return out_items[:n_items_out], out_len[:n_out], out_cnt[:n_out]
+
+
+def item_counts(indptr, indices, n_items: int) -> np.ndarray:
+    """Number of baskets containing each item."""
+    indptr, indices = _csr(indptr, indices)
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+        raise ValueError(f"baskets: item ids must lie in [0, {n_items})")
+    return np.bincount(indices, minlength=n_items).astype(np.int64)
+
+
+def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: int | None = None):
+    """All itemsets contained in at least ``min_count`` baskets, up to ``max_len`` items.
+
+    Returns ``(items, lengths, counts)``: itemsets as a flat array of item ids (each itemset
+    sorted ascending) with their sizes and support counts, ordered by size.
+    """
+    indptr, indices = _csr(indptr, indices)
+    if min_count < 1:
+        raise ValueError("min_count must be >= 1")
+    max_len = n_items if max_len is None else int(max_len)
+    counts = item_counts(indptr, indices, n_items)
+    freq = np.flatnonzero(counts >= min_count)
+    freq = freq[np.argsort(counts[freq], kind="stable")].astype(np.int32)   # rank = ascending support
+    items, lens, cnts = [np.sort(freq)], [np.ones(len(freq), np.int32)], [counts[np.sort(freq)]]
+    m = len(freq)
+    if max_len >= 2 and m >= 2:
+        if m * (m - 1) // 2 > 400_000_000:
+            raise MemoryError(f"{m:,} frequent items: the pair matrix would be too large; raise min_support")
+        rank = np.full(n_items, -1, np.int64)
+        rank[freq] = np.arange(m)
+        pc = _pair_counts(indptr, indices, rank, m, get_num_threads())
+        sel = np.flatnonzero(pc >= min_count)
+        if len(sel):
+            # invert the packed index: row i holds positions [start_i, start_i + m - i - 1)
+            starts = np.arange(m) * m - np.arange(m) * (np.arange(m) + 1) // 2
+            i = np.searchsorted(starts, sel, side="right") - 1
+            j = sel - starts[i] + i + 1
+            a, b = freq[i], freq[j]
+            items.append(np.column_stack([np.minimum(a, b), np.maximum(a, b)]).ravel())
+            lens.append(np.full(len(sel), 2, np.int32))
+            cnts.append(pc[sel])
+        if max_len >= 3 and len(sel):
+            ptr, tids = _tidlists(indptr, indices, rank, m)
+            n = len(indptr) - 1
+            use_bits = m * ((n + 63) // 64) * 8 <= 256 * 2**20
+            bits = _bitsets(ptr, tids, m, n) if use_bits else np.zeros((1, 1), np.uint64)
+            it, ln, ct = _eclat_deep(pc, m, ptr, tids, int(min_count), max_len, bits, use_bits)
+            if len(ln):
+                group = np.repeat(np.arange(len(ln)), ln)
+                ids = freq[it]
+                ids = ids[np.lexsort((ids, group))]            # items ascending within each itemset
+                items.append(ids)
+                lens.append(ln)
+                cnts.append(ct)
+    items, lens, cnts = np.concatenate(items), np.concatenate(lens).astype(np.int64), np.concatenate(cnts)
+    order = np.argsort(lens, kind="stable")                 # by size; the depth-first part mixes sizes
+    starts = np.r_[0, np.cumsum(lens)[:-1]]
+    new_lens = lens[order]
+    within = np.arange(new_lens.sum()) - np.repeat(np.cumsum(new_lens) - new_lens, new_lens)
+    flat = items[np.repeat(starts[order], new_lens) + within]
+    return flat.astype(np.int32), new_lens.astype(np.int32), cnts[order]
+
+
+def pair_counts(indptr, indices, n_items: int, min_count: int):
+    """Frequent pairs only (the fast path for very large basket sets): (item_a, item_b, count), a < b."""
+    flat, lens, cnts = frequent_itemsets(indptr, indices, n_items, min_count, max_len=2)
+    two = lens == 2
+    start = int(np.sum(lens == 1))
+    pairs = flat[start:].reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1], cnts[two]

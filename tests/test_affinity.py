@@ -1,0 +1,169 @@
+"""Affinity: kernels vs brute force, identical results to mlxtend, Groceries figures, guards, recommendations."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlxtend.frequent_patterns import association_rules as mlx_rules
+from mlxtend.frequent_patterns import fpgrowth
+
+from crmlab import affinity
+from crmlab.affinity import Baskets
+from crmlab.errors import CrmlabError
+from crmlab.kernels import baskets as K
+
+import naive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def groceries() -> Baskets:
+    return affinity.read_groceries(ROOT / "data" / "groceries" / "groceries.csv")
+
+
+def _random_baskets(seed, n=600, m=25):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.02, 0.4, m)
+    lists = [set(np.flatnonzero(rng.random(m) < p).tolist()) for _ in range(n)]
+    lists[0] = set()                                            # an empty basket counts in the denominator
+    return lists
+
+
+@pytest.mark.parametrize("seed,min_count,max_len", [(0, 30, 6), (1, 12, 4), (2, 60, 2)])
+def test_itemset_kernel_matches_brute_force(seed, min_count, max_len):
+    lists = _random_baskets(seed)
+    indptr = np.r_[0, np.cumsum([len(b) for b in lists])]
+    indices = np.array([i for b in lists for i in sorted(b)], dtype=np.int32)
+    flat, lens, counts = K.frequent_itemsets(indptr, indices, 25, min_count, max_len)
+    starts = np.r_[0, np.cumsum(lens)[:-1]]
+    got = {frozenset(flat[s:s + n].tolist()): int(c) for s, n, c in zip(starts, lens, counts)}
+    assert got == naive.itemsets_ref(lists, min_count, max_len)
+    assert np.all(np.diff(lens) >= 0)
+
+
+def test_same_itemsets_and_rules_as_mlxtend():
+    lists = _random_baskets(3, n=800, m=20)
+    b = Baskets.from_lists(lists)
+    onehot = b.to_onehot()
+    ours = affinity.frequent_itemsets(b, min_support=0.03, use_colnames=True)
+    ref = fpgrowth(onehot, min_support=0.03, use_colnames=True)
+    assert dict(zip(ours["itemsets"], ours["support"].round(12))) == dict(zip(ref["itemsets"], ref["support"].round(12)))
+    r_ours = affinity.association_rules(ours, metric="confidence", min_threshold=0.3)
+    r_ref = mlx_rules(ref, num_itemsets=len(onehot), metric="confidence", min_threshold=0.3)
+    key = ["antecedents", "consequents"]
+    merged = r_ours.merge(r_ref, on=key, suffixes=("", "_mlx"))
+    assert len(merged) == len(r_ours) == len(r_ref)
+    for col in affinity.MLXTEND_COLUMNS[2:]:
+        np.testing.assert_allclose(merged[col].to_numpy(float), merged[f"{col}_mlx"].to_numpy(float), rtol=1e-9,
+                                   err_msg=col)
+    # the one-hot (mlxtend) input gives the same result
+    again = affinity.frequent_itemsets(onehot, min_support=0.03, use_colnames=True)
+    assert set(again["itemsets"]) == set(ours["itemsets"])
+
+
+@pytest.mark.parametrize("support,expected", [(0.01, 333), (0.005, 1001), (0.001, 13492)])
+def test_groceries_itemset_counts(groceries, support, expected):
+    assert groceries.n_baskets == 9835 and groceries.n_items == 169
+    assert len(affinity.frequent_itemsets(groceries, min_support=support)) == expected
+
+
+def test_groceries_rules_as_arules_and_mlxtend(groceries):
+    fi = affinity.frequent_itemsets(groceries, min_support=0.001, use_colnames=True)
+    single = affinity.association_rules(fi, metric="confidence", min_threshold=0.5, max_consequent_len=1)
+    anysize = affinity.association_rules(fi, metric="confidence", min_threshold=0.5)
+    assert len(single) == 5668 and len(anysize) == 5829
+    assert single["significant"].all()                          # confident rules here are all significant
+    every = affinity.association_rules(fi, metric="support", min_threshold=0.001, max_consequent_len=1)
+    weak = every[~every["significant"]]
+    assert len(weak) > 1000                                     # frequent but not significant: marked
+    assert weak["lift"].median() < every.loc[every["significant"], "lift"].median()
+
+
+def test_groceries_identical_to_mlxtend_at_0005(groceries):
+    onehot = groceries.to_onehot()
+    ref = fpgrowth(onehot, min_support=0.005, use_colnames=True)
+    ours = affinity.frequent_itemsets(groceries, min_support=0.005, use_colnames=True)
+    assert set(ref["itemsets"]) == set(ours["itemsets"])
+    rr = mlx_rules(ref, num_itemsets=len(onehot), metric="lift", min_threshold=1.2)
+    ro = affinity.association_rules(ours, metric="lift", min_threshold=1.2)
+    assert set(zip(rr["antecedents"], rr["consequents"])) == set(zip(ro["antecedents"], ro["consequents"]))
+
+
+def test_significance_and_fdr():
+    p = np.array([0.001, 0.02, 0.04, 0.5])
+    np.testing.assert_allclose(affinity.benjamini_hochberg(p), [0.004, 0.04, 0.05333333, 0.5])
+    from scipy.stats import fisher_exact
+
+    lists = _random_baskets(4, n=300, m=10)
+    fi = affinity.frequent_itemsets(Baskets.from_lists(lists), min_support=0.05)
+    rules = affinity.association_rules(fi, metric="support", min_threshold=0.05)
+    for _, r in rules.head(20).iterrows():
+        a, c, ac, n = r["n_antecedent"], r["n_consequent"], r["n_both"], 300
+        table = [[ac, a - ac], [c - ac, n - a - c + ac]]
+        assert r["p_value"] == pytest.approx(fisher_exact(table, alternative="greater")[1], rel=1e-9)
+
+
+def test_guards():
+    lists = [{"quilt", "bra"}] * 30 + [{"quilt"}] * 10 + [{"bread", "butter"}] * 40 + [{"bread"}] * 20 + [{"milk"}] * 100
+    fi = affinity.frequent_itemsets(Baskets.from_lists(lists), min_support=0.01, use_colnames=True)
+    rules = affinity.association_rules(fi, metric="confidence", min_threshold=0.1)
+    g = affinity.guard_rules(rules, sensitive_items={"bra"}, min_lift=1.0)
+    quilt_bra = g[(g["antecedents"] == frozenset({"quilt"})) & (g["consequents"] == frozenset({"bra"}))].iloc[0]
+    assert not quilt_bra["customer_facing"] and quilt_bra["guard"] == "sensitive item in consequent"
+    bread = g[(g["antecedents"] == frozenset({"bread"})) & (g["consequents"] == frozenset({"butter"}))].iloc[0]
+    assert bread["customer_facing"]
+    capped = affinity.guard_rules(rules, sensitive_items={"bra"}, max_rules=1)
+    assert capped["customer_facing"].sum() == 1
+
+
+def test_recommender_kernel_matches_reference():
+    lists = _random_baskets(5, n=300, m=30)
+    b = Baskets.from_lists(lists)
+    rec = affinity.ItemRecommender(k=4, neighbours=8, min_co=3).fit(b)
+    sim = {}
+    for i in range(b.n_items):
+        for q in range(rec.nbr_ptr_[i], rec.nbr_ptr_[i + 1]):
+            sim.setdefault(int(b.items[i]), {})[int(b.items[rec.nbr_idx_[q]])] = rec.nbr_sim_[q]
+    banned = {3, 7}
+    out = rec.recommend(b, exclude_items=banned)
+    pop = {int(b.items[j]): rec.popularity_[j] for j in range(b.n_items)}
+    ref = naive.top_k_ref(lists, sim, banned, 4, [pop.get(j, 0) for j in range(30)])
+    got = out.groupby("customer")["item"].agg(list)
+    for c, items in enumerate(ref):
+        assert got.get(c, []) == items, c
+    assert not out["item"].isin(banned).any()
+
+
+def test_synthetic_planted_affinities_and_sensitive_pair(world):
+    from crmlab import sources
+
+    src = sources.load(world)
+    names = src["products"].set_index("product_id")["product_name"]
+    b = Baskets.from_frame(src["order_lines"], "order_id", "product_id", items=src["products"]["product_id"])
+    fi = affinity.frequent_itemsets(b, min_support=0.002, max_len=3, use_colnames=True)
+    rules = affinity.association_rules(fi, metric="lift", min_threshold=1.0)
+    sensitive = set(src["products"].loc[src["products"]["sensitive"], "product_id"])
+    g = affinity.guard_rules(rules, sensitive_items=sensitive, min_lift=2.0)
+    t = affinity.rules_table(g, names)
+    pairs = t[(t["antecedents"].str.count(r"\|") == 0) & (t["consequents"].str.count(r"\|") == 0)]
+    top = pairs.sort_values("lift", ascending=False).head(25)["rule"].tolist()
+    for rule in ("Printer -> Ink Cartridge", "Tent -> Sleeping Bag", "Tortilla Chips -> Salsa Dip",
+                 "Charcoal -> Firelighters", "Spaghetti -> Tomato Pasta Sauce"):
+        assert rule in top, rule
+    bra = t[t["rule"] == "Duvet Quilt -> Push-up Bra"].iloc[0]
+    assert bra["lift"] > 5 and bra["significant"] and not bra["customer_facing"]
+    assert bra["guard"] == "sensitive item in consequent"
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="min_support"):
+        affinity.frequent_itemsets(Baskets.from_lists([{1, 2}]), min_support=0)
+    with pytest.raises(ValueError, match="min_support"):
+        affinity.frequent_itemsets(Baskets.from_lists([{1, 2}]), min_support=1.5)
+    with pytest.raises(CrmlabError, match="not in the item table"):
+        Baskets.from_frame(pd.DataFrame({"o": [1, 1], "p": ["A", "Z"]}), "o", "p", items=["A", "B"])
+    with pytest.raises(CrmlabError, match="no items"):
+        Baskets.from_lists([set(), set()])
+    with pytest.raises(CrmlabError, match="no frequent itemsets"):
+        affinity.association_rules(pd.DataFrame(columns=["support", "itemsets"]))
