@@ -229,6 +229,9 @@ def make_customers(rng: np.random.Generator, spec: WorldSpec) -> dict:
     old_phone = _s(rng.integers(10**8, 10**9, n).astype(str)).radd("07")
     email = _emails(rng, first, last, n)
     old_email = _emails(rng, first, last, n)
+    clash = old_email.isin(set(email)).to_numpy()            # an address belongs to one person only
+    parts = old_email[clash].str.split("@", n=1)
+    old_email[clash] = parts.str[0] + "." + _s(np.flatnonzero(clash).astype(str)) .to_numpy() + "@" + parts.str[1]
 
     acq_day = rng.integers(0, horizon - 28, n)
     lam = rng.gamma(spec.r, 1.0 / spec.alpha, n)

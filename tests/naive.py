@@ -165,3 +165,59 @@ def top_k_ref(baskets: list[set], sim: dict, banned: set, k: int, popularity):
                 ranked.append(j)
         out.append(ranked)
     return out
+
+
+# --- strings: textbook definitions over Python str (code points)
+def jaro_winkler_ref(a: str, b: str, p: float = 0.1) -> float:
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    window = max(0, max(len(a), len(b)) // 2 - 1)
+    ma, mb = [False] * len(a), [False] * len(b)
+    m = 0
+    for i, ch in enumerate(a):
+        for j in range(max(0, i - window), min(len(b), i + window + 1)):
+            if not mb[j] and b[j] == ch:
+                ma[i] = mb[j] = True
+                m += 1
+                break
+    if m == 0:
+        return 0.0
+    sa = [c for c, f in zip(a, ma) if f]
+    sb = [c for c, f in zip(b, mb) if f]
+    t = sum(x != y for x, y in zip(sa, sb)) / 2
+    jaro = (m / len(a) + m / len(b) + (m - t) / m) / 3
+    if jaro <= 0.7:
+        return jaro
+    prefix = 0
+    for x, y in zip(a[:4], b[:4]):
+        if x != y:
+            break
+        prefix += 1
+    return jaro + prefix * p * (1 - jaro)
+
+
+def edit_distance_ref(a: str, b: str, transpositions: bool = False) -> int:
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        d[i][0] = i
+    for j in range(len(b) + 1):
+        d[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if transpositions and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def bigram_dice_ref(a: str, b: str) -> float:
+    from collections import Counter
+
+    if len(a) < 2 or len(b) < 2:
+        return 1.0 if (len(a) == len(b) and a[:1] == b[:1]) else 0.0
+    ga = Counter(a[i:i + 2] for i in range(len(a) - 1))
+    gb = Counter(b[i:i + 2] for i in range(len(b) - 1))
+    return 2 * sum((ga & gb).values()) / (len(a) - 1 + len(b) - 1)
