@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "run_name": "default",
     "runs_dir": "../runs",                # relative to the parameter file
     "notebooks_dir": "../notebooks",
-    "stages": ["00_data_quality", "20_affinity", "30_value"],   # notebook names, in order
+    "stages": ["00_data_quality", "10_identity", "20_affinity", "30_value"],   # notebook names, in order
     "data": {
         "dir": "../data/sample",          # CSV or Parquet files named after the tables
         "url": None,                      # SQLAlchemy URL; when set, tables are read from it
@@ -30,6 +30,15 @@ DEFAULTS: dict[str, Any] = {
     "quality": {
         "examples": 5,                    # offending rows shown per finding
         "top_values": 10,
+    },
+    "identity": {
+        "threshold": 0.9,                 # match probability at which two records are one customer
+        "mode": "link_and_dedupe",        # link_and_dedupe | link | dedupe
+        "max_block": 2000,                # larger blocks are skipped (and reported)
+        "max_cluster": 25,                # larger clusters are split by raising the threshold
+        "u_sample": 2000000,              # random pairs for the u-probabilities
+        "previous_key_map": "auto",       # 'auto': the latest successful run's; a path; or null
+        "review_pairs": 10,
     },
     "affinity": {
         "level": "product",               # product | category | department

@@ -451,7 +451,7 @@ class RecordMatcher:
         df = add_keys(records.reset_index(drop=True))
         i, j = pairs.left[index], pairs.right[index]
         bf = self._weights(df, pairs.levels[[index]], pairs.left[[index]], pairs.right[[index]])[0]
-        rows = [("prior (match rate among candidates)", "", "", "", np.log2(self.lambda_ / (1 - self.lambda_)))]
+        rows = [("prior (match rate among all pairs)", "", "", "", np.log2(self.lambda_ / (1 - self.lambda_)))]
         for k, c in enumerate(self.comparisons_):
             lv = pairs.levels[index, k]
             rows.append((c.column, df.at[i, c.column], df.at[j, c.column],
@@ -690,3 +690,117 @@ def bcubed_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     prec = float(np.mean(nj / np.bincount(p)[p]))
     rec = float(np.mean(nj / np.bincount(t)[t]))
     return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec)}
+
+
+# ----------------------------------------------------------------------------- report helpers
+
+def m_u_table(matcher: RecordMatcher) -> pd.DataFrame:
+    """Per comparison level: m, u and the log2 Bayes factor (the model in one table)."""
+    rows = []
+    for c, m, u in zip(matcher.comparisons_, matcher.m_, matcher.u_):
+        for lv, label in enumerate(c.labels()):
+            rows.append((c.column, label, m[lv], u[lv], np.log2(m[lv] / u[lv])))
+    return pd.DataFrame(rows, columns=["comparison", "level", "m", "u", "log2_bayes_factor"])
+
+
+def threshold_curve(pairs: PairScores, truth: np.ndarray | None = None, thresholds=None) -> pd.DataFrame:
+    """Pair-level precision / recall by threshold: measured against ``truth`` when given, else as the
+    model expects them (sums of match probabilities)."""
+    thresholds = np.asarray(thresholds if thresholds is not None else
+                            [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999])
+    p = pairs.probability
+    rows = []
+    if truth is not None:
+        same = truth[pairs.left] == truth[pairs.right]
+        t = pd.factorize(truth)[0]
+        c = np.bincount(t).astype(float)
+        all_true = float(np.sum(c * (c - 1) / 2))
+    for th in thresholds:
+        acc = p >= th
+        if truth is not None:
+            tp, fp = float(np.sum(acc & same)), float(np.sum(acc & ~same))
+            fn = all_true - tp
+        else:
+            tp, fp, fn = float(p[acc].sum()), float((1 - p[acc]).sum()), float(p[~acc].sum())
+        prec = tp / (tp + fp) if tp + fp else 1.0
+        rec = tp / (tp + fn) if tp + fn else 1.0
+        rows.append((th, int(acc.sum()), prec, rec, 2 * prec * rec / (prec + rec) if prec + rec else 0.0))
+    return pd.DataFrame(rows, columns=["threshold", "accepted_pairs", "precision", "recall", "f1"])
+
+
+def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n: int = 10,
+                  columns=("first_name", "last_name", "dob", "email", "phone", "address", "postcode"),
+                  seed: int = 0) -> pd.DataFrame:
+    """Pairs closest to the threshold (in match weight), side by side, for clerical review."""
+    w_th = np.log2(threshold / (1 - threshold))
+    order = np.argsort(np.abs(pairs.weight - w_th))[:n]
+    cols = [c for c in columns if c in records]
+    rows = []
+    for q in order:
+        i, j = pairs.left[q], pairs.right[q]
+        row = {"probability": pairs.probability[q], "weight": pairs.weight[q]}
+        for c in ["source_system", *cols]:
+            row[f"{c} (1)"] = records.iloc[i][c]
+            row[f"{c} (2)"] = records.iloc[j][c]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cluster_sizes(key_map_: pd.DataFrame) -> pd.Series:
+    return key_map_.groupby("customer_key").size().value_counts().sort_index().rename("customers")
+
+
+def find_previous_key_map(runs_dir, exclude=None):
+    """The key map of the most recent successful run under ``runs_dir`` (for stable keys), or None."""
+    import json
+    from pathlib import Path
+
+    runs = sorted((p for p in Path(runs_dir).glob("*/manifest.json") if p.parent != exclude), reverse=True)
+    for m in runs:
+        try:
+            if json.loads(m.read_text()).get("status") != "ok":
+                continue
+        except (OSError, ValueError):
+            continue
+        km = m.parent / "artifacts" / "customer_key_map.parquet"
+        if km.exists():
+            return km
+    return None
+
+
+def plot_weights(pairs: PairScores, threshold: float, truth: np.ndarray | None = None):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    bins = np.linspace(max(pairs.weight.min(), -40), min(pairs.weight.max(), 60), 80)
+    if truth is None:
+        ax.hist(pairs.weight, bins=bins, color="#4c72b0")
+    else:
+        same = truth[pairs.left] == truth[pairs.right]
+        ax.hist([pairs.weight[~same], pairs.weight[same]], bins=bins, stacked=True,
+                color=["#e76f51", "#2a9d8f"], label=["different customers (truth)", "same customer (truth)"])
+        ax.legend()
+    ax.axvline(np.log2(threshold / (1 - threshold)), color="black", ls="--", label="threshold")
+    ax.set(yscale="log", xlabel="match weight (log2 odds)", ylabel="candidate pairs",
+           title="Match weights of candidate pairs")
+    fig.tight_layout()
+    return fig
+
+
+def plot_waterfall(explanation: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    e = explanation
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(e) + 1.5))
+    start = e["cumulative"] - e["log2_bayes_factor"]
+    colours = np.where(e["log2_bayes_factor"] >= 0, "#2a9d8f", "#e76f51")
+    labels = [f"{c}: {lv}" if lv else c for c, lv in zip(e["comparison"], e["level"])]
+    ax.barh(range(len(e)), e["log2_bayes_factor"], left=start, color=colours)
+    ax.set_yticks(range(len(e)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", lw=0.8)
+    total = e["cumulative"].iloc[-1]
+    ax.set(xlabel="match weight (log2 odds)",
+           title=f"Why this pair: weight {total:.1f}, probability {1 / (1 + 2 ** -total):.3f}")
+    fig.tight_layout()
+    return fig

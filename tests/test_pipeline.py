@@ -27,15 +27,21 @@ def ci_run(tmp_path_factory) -> Path:
 def test_run_leaves_notebooks_reports_manifest_index(ci_run):
     m = json.loads((ci_run / "manifest.json").read_text())
     assert m["status"] == "ok"
-    assert [s["name"] for s in m["stages"]] == ["load_sources", "00_data_quality", "20_affinity", "30_value"]
+    assert [s["name"] for s in m["stages"]] == ["load_sources", "00_data_quality", "10_identity", "20_affinity",
+                                                "30_value"]
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in m["stages"])
     nb_stage = m["stages"][1]
     for key in ("notebook", "html", "reviewer_html"):
         assert (ci_run / nb_stage[key]).is_file()
     assert nb_stage["artifacts"]["data_quality/overview"] > 0
-    assert m["stages"][2]["artifacts"]["affinity_rules"] > 100
-    assert m["stages"][2]["artifacts"]["customer_recommendations"] == 5 * 6794
-    assert m["stages"][3]["artifacts"]["customer_value"] == 6794
+    key_map = pd.read_parquet(ci_run / "artifacts" / "customer_key_map.parquet")
+    customers = key_map["customer_key"].nunique()
+    assert m["stages"][2]["artifacts"]["customer_key_map"] == 10334 and 4900 < customers < 5300
+    assert m["stages"][3]["artifacts"]["affinity_rules"] > 100
+    orders = pd.read_parquet(ci_run / "artifacts" / "sources" / "orders.parquet")
+    buyers = orders.merge(key_map, on=["source_system", "source_id"])["customer_key"].nunique()
+    assert m["stages"][3]["artifacts"]["customer_recommendations"] == 5 * buyers
+    assert m["stages"][4]["artifacts"]["customer_value"] == buyers
     assert m["inputs"]["orders"]["rows"] == 16781 and len(m["inputs"]["orders"]["sha256"]) == 16
     assert m["packages"]["numpy"] and m["params"]["seed"] == 7
     index = (ci_run / "index.html").read_text()
@@ -61,7 +67,7 @@ def test_executed_notebook_has_no_errors_and_expected_counts(ci_run):
 def test_nbval_reproduces_checked_cells(ci_run):
     """Re-execute the executed notebooks with nbval (--nbval-lax): cells marked NBVAL_CHECK_OUTPUT must match."""
     nbs = sorted(str(p) for p in (ci_run / "notebooks").glob("*.ipynb"))
-    assert len(nbs) == 3
+    assert len(nbs) == 4
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                            "--nbval-kernel-name", pipeline.KERNEL_NAME, *nbs],
                           capture_output=True, text=True, cwd=ci_run, timeout=600)
