@@ -82,13 +82,14 @@ def add_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 #: blocking rules for CRM customer records: candidate pairs share all fields of at least one rule
 DEFAULT_BLOCKING = [
-    ("last_name_std", "postcode_district"),
-    ("names_sorted",),
-    ("dob_str",),
+    ("last_name_std", "postcode_sector"),
+    ("names_sorted", "postcode_area"),           # transposed names too
+    ("dob_str", "first_initial"),
     ("email_std",),
     ("phone_std",),
-    ("last_soundex", "first_initial", "postcode_area"),
+    ("last_soundex", "first_initial", "postcode_district"),
     ("first_name_std", "postcode_std"),
+    ("names_sorted", "dob_year"),
 ]
 
 
@@ -271,8 +272,7 @@ class RecordMatcher:
             if df[c].notna().sum() == 0:
                 raise CrmlabError(f"column '{c}' is empty in every record: drop it from the comparisons "
                                   "and blocking rules")
-            non_str = df[c].dropna().map(lambda v: not isinstance(v, str)).any()
-            if non_str and not pd.api.types.is_string_dtype(df[c]):
+            if pd.api.types.infer_dtype(df[c], skipna=True) not in ("string", "empty"):
                 raise CrmlabError(f"column '{c}' must hold text (found {df[c].dtype}); convert it first")
         if self.mode != "link_and_dedupe" and self.source_col not in df:
             raise CrmlabError(f"mode '{self.mode}' needs the column '{self.source_col}'")
@@ -306,7 +306,8 @@ class RecordMatcher:
             if true_pairs:
                 row["pairs_completeness"] = float(np.sum(t[left] == t[right]) / true_pairs)
             stats.append(row)
-        allk = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        allk = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        allk = allk[np.r_[True, allk[1:] != allk[:-1]]] if len(allk) else allk
         left, right = allk // n, allk % n
         row = {"rule": "all rules (union)", "pairs": len(allk), "reduction_ratio": 1 - len(allk) / max(total, 1),
                "blocks_skipped": sum(s["blocks_skipped"] for s in stats)}
@@ -366,7 +367,7 @@ class RecordMatcher:
                 tl, tr = tl[pick], tr[pick]
             active = [k for k, c in enumerate(comps) if not set(c.needs()) & set(rule)]
             L = self._levels(arenas, [comps[k] for k in active], tl, tr)
-            patterns, counts = np.unique(L, axis=0, return_counts=True)
+            patterns, counts = _patterns(L, [n_levels[k] for k in active])
             m_s, lam_s, it = _em_m(patterns, counts, [self.u_[k] for k in active], [n_levels[k] for k in active],
                                    self.max_iter, self.tol)
             for j, k in enumerate(active):
@@ -381,7 +382,8 @@ class RecordMatcher:
         self.m_ = [s / c for s, c in zip(sums, counts_k)]
         # prior: expected matches among the candidates over all comparable pairs (fixed point)
         L = self._levels(arenas, comps, left, right)
-        patterns, counts = np.unique(L, axis=0, return_counts=True)
+        self._cache = (_fingerprint(records), left, right, L, self.blocking_)
+        patterns, counts = _patterns(L, n_levels)
         n_rec = len(df)
         total = n_rec * (n_rec - 1) / 2
         if self.mode != "link_and_dedupe":
@@ -425,9 +427,8 @@ class RecordMatcher:
                 top = len(c.labels()) - 1
                 ex = lv == top
                 if ex.any():
-                    vals = df[c.column].to_numpy(dtype=object)[left[ex]]
-                    tf = np.array([self.tf_[c.column].get(v, 0.0) for v in vals])
-                    u_tf = np.maximum(tf, self.tf_min_u_)
+                    tf_rec = df[c.column].map(self.tf_[c.column]).astype("float64").fillna(0.0).to_numpy()
+                    u_tf = np.maximum(tf_rec[left[ex]], self.tf_min_u_)
                     # Splink's adjustment, downwards only: agreeing on a common value ('smith') weighs
                     # less than an average exact match; a rare value gets no extra credit, because
                     # rare surnames cluster in households (same name and address, another person)
@@ -437,9 +438,14 @@ class RecordMatcher:
     def score_pairs(self, records: pd.DataFrame) -> PairScores:
         """Candidate pairs with levels, match weight (log2 odds) and probability."""
         self._check_fitted()
-        df, arenas, comps = self._prepare(records)
-        left, right, stats = self.candidate_pairs(df)
-        levels = self._levels(arenas, self.comparisons_, left, right)
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache[0] == _fingerprint(records):
+            _, left, right, levels, stats = cache                  # fit just scored these records
+            df = add_keys(records.reset_index(drop=True))
+        else:
+            df, arenas, comps = self._prepare(records)
+            left, right, stats = self.candidate_pairs(df)
+            levels = self._levels(arenas, self.comparisons_, left, right)
         bf = self._weights(df, levels, left, right)
         prior = np.log2(self.lambda_ / (1 - self.lambda_))
         weight = prior + bf.sum(axis=1)
@@ -535,6 +541,26 @@ class RecordMatcher:
         return out
 
 
+def _patterns(L: np.ndarray, n_levels) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a level matrix with their counts (levels encoded into one small integer)."""
+    code = np.zeros(len(L), np.int64)
+    for k, n in enumerate(n_levels):
+        code = code * (n + 1) + (L[:, k].astype(np.int64) + 1)
+    counts = np.bincount(code) if int(np.prod([n + 1 for n in n_levels])) < 50_000_000 else None
+    if counts is None:
+        uniq, counts = np.unique(code, return_counts=True)
+    else:
+        uniq = np.flatnonzero(counts)
+        counts = counts[uniq]
+    rows = np.empty((len(uniq), len(n_levels)), np.int8)
+    rest = uniq.copy()
+    for k in range(len(n_levels) - 1, -1, -1):
+        n = n_levels[k] + 1
+        rows[:, k] = rest % n - 1
+        rest //= n
+    return rows, counts
+
+
 def _em_m(patterns, counts, u, n_levels, max_iter, tol):
     """EM for m-probabilities and the match share with u fixed; returns (m, share, iterations)."""
     m = [np.linspace(0.05, 1.0, n) ** 3 for n in n_levels]
@@ -552,6 +578,12 @@ def _em_m(patterns, counts, u, n_levels, max_iter, tol):
         if delta < tol:
             break
     return m, lam, it + 1
+
+
+def _fingerprint(records: pd.DataFrame) -> tuple:
+    """Cheap content hash of a record table (all columns), to reuse pairs scored in fit."""
+    ids = pd.util.hash_pandas_object(records, index=False).to_numpy()
+    return len(records), int(ids.sum()), int((ids * np.arange(1, len(ids) + 1, dtype=np.uint64)).sum())
 
 
 def _freq(col: np.ndarray, n: int, weights=None, prior: float = 0.0) -> np.ndarray:

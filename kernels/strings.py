@@ -21,7 +21,7 @@ def to_arena(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     texts = ["" if n else str(v) for v, n in zip(s.tolist(), null)]
     joined = "".join(texts)
     chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).copy() if joined else np.zeros(0, np.uint32)
-    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     offsets = np.zeros(len(texts) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return chars, offsets, null
