@@ -27,7 +27,8 @@ def scores(pairs):
 
 def run_splink(folder):
     import splink.comparison_library as cl
-    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+    from splink import Linker, SettingsCreator, block_on
+    from splink.backends.duckdb import DuckDBAPI
 
     a, b = load(folder)
     a, b = a.reset_index(), b.reset_index()
@@ -49,7 +50,11 @@ def run_splink(folder):
                      cl.ExactMatch("state")],
         retain_intermediate_calculation_columns=False)
     w, c = time.perf_counter(), time.process_time()
-    linker = Linker([a, b], settings, db_api=DuckDBAPI())
+    db = DuckDBAPI()
+    try:                                       # Splink 5: tables are registered with the backend
+        linker = Linker([db.register(a), db.register(b)], settings)
+    except (AttributeError, TypeError):        # Splink 4
+        linker = Linker([a, b], settings, db_api=db)
     linker.training.estimate_probability_two_random_records_match(
         [block_on("given_name", "surname", "date_of_birth")], recall=0.6)
     linker.training.estimate_u_using_random_sampling(max_pairs=1e6)

@@ -136,8 +136,9 @@ class Comparison:
         if k in ("name", "string"):
             jw = S.jaro_winkler(a, a, left, right)
             base = 1
-            if k == "string":
-                lv[S.bigram_dice(a, a, left, right) >= self.dice] = 1
+            if k == "string":                          # Dice only where Jaro-Winkler says 'different'
+                low = np.flatnonzero(~(jw >= min(self.thresholds)) & ~null)
+                lv[low[S.bigram_dice(a, a, left[low], right[low]) >= self.dice]] = 1
                 base = 2
             elif self.swap_with:
                 b = arenas[self.swap_with]
@@ -235,7 +236,7 @@ class RecordMatcher:
 
     def __init__(self, comparisons=None, blocking=None, training=None, mode: str = "link_and_dedupe",
                  threshold: float = 0.9,
-                 u_sample: int = 2_000_000, max_block: int = 2000, max_cluster: int = 25, tf_min_u: float | None = None,
+                 u_sample: int = 300_000, max_block: int = 2000, max_cluster: int = 25, tf_min_u: float | None = None,
                  max_iter: int = 200, tol: float = 1e-6, source_col: str = "source_system", seed: int = 0):
         self.comparisons = comparisons
         self.blocking = blocking
@@ -350,6 +351,16 @@ class RecordMatcher:
         ul, ur = self._random_pairs(df, rng)
         U = self._levels(arenas, comps, ul, ur)
         self.u_ = [_freq(U[:, k], n_levels[k], prior=1.0) for k in range(len(comps))]
+        # the exact level's u is known exactly from the value frequencies (sum of squared shares);
+        # the sample only has to resolve the fuzzy levels, which are far more common
+        for k, c in enumerate(comps):
+            if c.kind == "address":
+                continue
+            shares = df[c.column].value_counts(normalize=True, dropna=True).to_numpy()
+            if len(shares):
+                u_exact = float(np.sum(shares ** 2))
+                rest = self.u_[k][:-1]
+                self.u_[k] = np.r_[rest / rest.sum() * (1.0 - u_exact), u_exact]
         left, right, self.blocking_ = self.candidate_pairs(df)
         if len(left) == 0:
             raise CrmlabError("blocking produced no candidate pairs: check the blocking rules and fields")

@@ -9,7 +9,7 @@ is missing. All run in parallel over pairs.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 
 def to_arena(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,7 +28,8 @@ def to_arena(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, inline="always")
-def _jaro_winkler(a, b, prefix_scale):
+def _jaro_winkler(a, b, prefix_scale, ma, mb):
+    """Jaro-Winkler of two code-point arrays; ``ma``/``mb`` are scratch flags at least as long."""
     la, lb = a.shape[0], b.shape[0]
     if la == 0 and lb == 0:
         return 1.0
@@ -37,8 +38,8 @@ def _jaro_winkler(a, b, prefix_scale):
     window = max(la, lb) // 2 - 1
     if window < 0:
         window = 0
-    ma = np.zeros(la, np.bool_)
-    mb = np.zeros(lb, np.bool_)
+    ma[:la] = False
+    mb[:lb] = False
     m = 0
     for i in range(la):
         lo = max(0, i - window)
@@ -73,14 +74,24 @@ def _jaro_winkler(a, b, prefix_scale):
 
 
 @njit(cache=True, parallel=True)
-def _jaro_winkler_pairs(ca, oa, na, cb, ob, nb, left, right, prefix_scale):
-    out = np.empty(left.shape[0])
-    for p in prange(left.shape[0]):
-        i, j = left[p], right[p]
-        if na[i] or nb[j]:
-            out[p] = np.nan
-        else:
-            out[p] = _jaro_winkler(ca[oa[i]:oa[i + 1]], cb[ob[j]:ob[j + 1]], prefix_scale)
+def _jaro_winkler_pairs(ca, oa, na, cb, ob, nb, left, right, prefix_scale, nt):
+    n = left.shape[0]
+    out = np.empty(n)
+    longest = 1
+    for i in range(oa.shape[0] - 1):
+        longest = max(longest, oa[i + 1] - oa[i])
+    for j in range(ob.shape[0] - 1):
+        longest = max(longest, ob[j + 1] - ob[j])
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        ma = np.empty(longest, np.bool_)              # scratch reused across this thread's pairs
+        mb = np.empty(longest, np.bool_)
+        for p in range(t * chunk, min(n, (t + 1) * chunk)):
+            i, j = left[p], right[p]
+            if na[i] or nb[j]:
+                out[p] = np.nan
+            else:
+                out[p] = _jaro_winkler(ca[oa[i]:oa[i + 1]], cb[ob[j]:ob[j + 1]], prefix_scale, ma, mb)
     return out
 
 
@@ -189,7 +200,7 @@ def jaro_winkler(a, b, left, right, prefix_scale: float = 0.1) -> np.ndarray:
     """Jaro-Winkler similarity of pairs (arena ``a`` rows ``left`` vs arena ``b`` rows ``right``)."""
     if not 0 <= prefix_scale <= 0.25:
         raise ValueError("prefix_scale must be in [0, 0.25]")
-    return _jaro_winkler_pairs(*_pairs_args(a, b, left, right), float(prefix_scale))
+    return _jaro_winkler_pairs(*_pairs_args(a, b, left, right), float(prefix_scale), get_num_threads())
 
 
 def levenshtein(a, b, left, right, max_dist: int = 3) -> np.ndarray:
