@@ -7,6 +7,8 @@ basket-id lists restricted to candidates whose every pair is frequent.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -137,12 +139,14 @@ def _grow(arr, need):
     return new
 
 
-@njit(cache=True)
-def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits):
+@njit(cache=True, nogil=True)
+def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits, firsts):
     """Itemsets of size 3..max_len: depth-first from each frequent pair, candidates pruned by the pairs.
 
     Returns (flat items, lengths, counts) in ranks. Basket-id lists are intersected against the
-    other item's bitset when ``use_bits`` (cost of the shorter list only), else by merging.
+    other item's bitset when ``use_bits`` (cost of the shorter list only), else by merging. Only
+    itemsets whose first item is in ``firsts`` are mined: threads split the work by first item
+    (the kernel releases the GIL).
     """
     out_items = np.empty(1024, np.int32)
     out_len = np.empty(256, np.int32)
@@ -159,7 +163,7 @@ def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits):
     ncand = np.zeros(depth_cap, np.int64)
     pos = np.zeros(depth_cap, np.int64)
     prefix = np.empty(depth_cap, np.int32)
-    for i in range(m):
+    for i in firsts:
         for j in range(i + 1, m):
             if pair_cnt[_tri(i, j, m)] < min_count:
                 continue
@@ -220,6 +224,17 @@ def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits):
     return out_items[:n_items_out], out_len[:n_out], out_cnt[:n_out]
 
 
+_POOL: list = []
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A process-wide pool for GIL-free kernels (created once: thread start-up would cost more than
+    the work on small data)."""
+    if not _POOL or _POOL[0]._max_workers < n:
+        _POOL[:] = [ThreadPoolExecutor(n, thread_name_prefix="crmlab-baskets")]
+    return _POOL[0]
+
+
 def item_counts(indptr, indices, n_items: int) -> np.ndarray:
     """Number of baskets containing each item."""
     indptr, indices = _csr(indptr, indices)
@@ -264,7 +279,19 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
             n = len(indptr) - 1
             use_bits = m * ((n + 63) // 64) * 8 <= 256 * 2**20
             bits = _bitsets(ptr, tids, m, n) if use_bits else np.zeros((1, 1), np.uint64)
-            it, ln, ct = _eclat_deep(pc, m, ptr, tids, int(min_count), max_len, bits, use_bits)
+            nt = max(1, min(get_num_threads(), m // 8))
+            parts = [np.arange(t, m, nt, dtype=np.int64) for t in range(nt)]   # round-robin balances load
+
+            def run(firsts):
+                return _eclat_deep(pc, m, ptr, tids, int(min_count), max_len, bits, use_bits, firsts)
+
+            if nt > 1:
+                res = list(_pool(nt).map(run, parts))
+            else:
+                res = [run(parts[0])]
+            it = np.concatenate([r[0] for r in res])
+            ln = np.concatenate([r[1] for r in res])
+            ct = np.concatenate([r[2] for r in res])
             if len(ln):
                 group = np.repeat(np.arange(len(ln)), ln)
                 ids = freq[it]
