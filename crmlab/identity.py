@@ -277,7 +277,8 @@ class RecordMatcher:
                 raise CrmlabError(f"column '{c}' must hold text (found {df[c].dtype}); convert it first")
         if self.mode != "link_and_dedupe" and self.source_col not in df:
             raise CrmlabError(f"mode '{self.mode}' needs the column '{self.source_col}'")
-        arenas = {c: S.to_arena(df[c].astype("string").tolist()) for c in needed}
+        compared = sorted({c for comp in comps for c in comp.needs()})   # blocking needs no arenas
+        arenas = {c: S.to_arena(df[c].astype("string").tolist()) for c in compared}
         return df, arenas, comps
 
     def _mode_filter(self, df, left, right):
