@@ -96,5 +96,6 @@ def run_recordlinkage(folder):
 
 if __name__ == "__main__":
     tool, folder = sys.argv[1], sys.argv[2]
-    out = run_splink(folder) if tool == "splink" else run_recordlinkage(folder)
-    print(json.dumps(out))
+    reps = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    runs = [run_splink(folder) if tool == "splink" else run_recordlinkage(folder) for _ in range(reps)]
+    print(json.dumps(min(runs, key=lambda r: r["cpu_s"])))          # best of the repeats, as for crmlab

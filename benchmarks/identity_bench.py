@@ -6,7 +6,7 @@
    the largest difference between the two).
 2. FEBRL 4 end to end (5,000 x 5,000, no soc_sec_id, unsupervised, default threshold): crmlab, and in
    their own environment (they need pandas < 3) Splink 4 on DuckDB and recordlinkage (ECM):
-   wall and CPU seconds, precision, recall, F1.
+   wall and CPU seconds (best of ``--repeats`` runs each), precision, recall, F1.
 3. Dedup of a synthetic world with about ``--dedup-records`` source records: wall time, peak memory,
    pairwise and B-cubed F1 against the planted truth.
 """
@@ -56,16 +56,19 @@ def jaro_winkler_speed(n_pairs: int = 5_000_000) -> dict:
     return out
 
 
-def febrl_crmlab() -> dict:
+def febrl_crmlab(reps: int) -> dict:
     from crmlab import identity
 
     records, truth = identity.read_febrl4(ROOT / "data" / "febrl")
     identity.febrl_matcher().fit_predict(records.iloc[::10])                 # load compiled kernels
-    w, c = time.perf_counter(), time.process_time()
-    km = identity.febrl_matcher().fit_predict(records)
-    wall, cpu = time.perf_counter() - w, time.process_time() - c
-    s = identity.pairwise_scores(km["customer_key"].to_numpy(), truth)
-    return {"tool": "crmlab", "wall_s": wall, "cpu_s": cpu, **s}
+    runs = []
+    for _ in range(reps):
+        w, c = time.perf_counter(), time.process_time()
+        km = identity.febrl_matcher().fit_predict(records)
+        wall, cpu = time.perf_counter() - w, time.process_time() - c
+        runs.append({"tool": "crmlab", "wall_s": wall, "cpu_s": cpu,
+                     **identity.pairwise_scores(km["customer_key"].to_numpy(), truth)})
+    return min(runs, key=lambda r: r["cpu_s"])
 
 
 def dedup(n_records: int) -> dict:
@@ -95,15 +98,16 @@ def main() -> None:
                     help="python of an environment with splink and recordlinkage (omit to skip them)")
     ap.add_argument("--dedup-records", type=int, default=1_000_000)
     ap.add_argument("--jw-pairs", type=int, default=5_000_000)
+    ap.add_argument("--repeats", type=int, default=3, help="FEBRL runs per tool; the best (least CPU) is reported")
     a = ap.parse_args()
     jw = jaro_winkler_speed(a.jw_pairs)
     print("Jaro-Winkler on candidate pairs:", json.dumps({k: round(v, 6) if isinstance(v, float) else v
                                                           for k, v in jw.items()}), flush=True)
-    rows = [febrl_crmlab()]
+    rows = [febrl_crmlab(a.repeats)]
     if a.linkage_python:
         for tool in ("splink", "recordlinkage"):
             proc = subprocess.run([a.linkage_python, str(Path(__file__).with_name("_linkage_worker.py")), tool,
-                                   str(ROOT / "data" / "febrl")], capture_output=True, text=True)
+                                   str(ROOT / "data" / "febrl"), str(a.repeats)], capture_output=True, text=True)
             if proc.returncode:
                 rows.append({"tool": tool, "error": proc.stderr[-800:]})
             else:

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "mode": "link_and_dedupe",        # link_and_dedupe | link | dedupe
         "max_block": 2000,                # larger blocks are skipped (and reported)
         "max_cluster": 25,                # larger clusters are split by raising the threshold
-        "u_sample": 300000,               # random pairs for the fuzzy levels' u-probabilities
+        "u_sample": 100000,               # random pairs for the fuzzy levels u-probabilities
         "previous_key_map": "auto",       # 'auto': the latest successful run's; a path; or null
         "review_pairs": 10,
     },

@@ -56,7 +56,6 @@ def add_keys(df: pd.DataFrame) -> pd.DataFrame:
     """Derived fields used by blocking rules and comparisons."""
     out = df.copy()
     if "first_name_std" in out:
-        out["first_soundex"] = soundex(out["first_name_std"])
         out["first_initial"] = out["first_name_std"].str[:1]
     if "last_name_std" in out:
         out["last_soundex"] = soundex(out["last_name_std"])
@@ -101,7 +100,8 @@ class Comparison:
 
     ``kind``: 'name' (exact / Jaro-Winkler >= thresholds / swapped with ``swap_with`` / else),
     'exact' (exact / else), 'string' (exact / JW thresholds / bigram Dice >= dice / else),
-    'date' or 'code' (exact / one typo or transposition, e.g. in yyyymmdd / else), 'postcode' (exact / sector /
+    'date' or 'code' (exact / one typo or transposition, e.g. in yyyymmdd / else), 'numeric'
+    (exact / absolute difference within each of ``thresholds`` / else; a numeric column), 'postcode' (exact / sector /
     district / else), 'email' (exact / same local part / else), 'phone' (exact / same last 7 / else).
     ``tf``: term-frequency adjustment of the exact level (common values weigh less).
     """
@@ -122,12 +122,23 @@ class Comparison:
             return ["else", f"dice>={self.dice:g}"] + [f"JW>={t:g}" for t in sorted(self.thresholds)] + ["exact"]
         if k == "address":
             return ["else", "district", "sector", "postcode", "postcode + similar street", "exact"]
+        if k == "numeric":
+            return ["else"] + [f"within {t:g}" for t in sorted(self.thresholds, reverse=True)] + ["exact"]
         return {"exact": ["else", "exact"], "date": ["else", "1 edit", "exact"], "code": ["else", "1 edit", "exact"],
                 "postcode": ["else", "district", "sector", "exact"], "email": ["else", "exact"],
                 "phone": ["else", "last 7 digits", "exact"]}[k]
 
     def levels(self, arenas: dict, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Level index per pair (NULL where either value is missing)."""
+        if self.kind == "numeric":                   # absolute difference within tolerances
+            v = arenas[self.column]
+            d = np.abs(v[left] - v[right])
+            lv = np.zeros(len(left), np.int8)
+            for n, tol in enumerate(sorted(self.thresholds, reverse=True), start=1):
+                lv[d <= tol] = n
+            lv[d == 0] = len(self.thresholds) + 1
+            lv[np.isnan(d)] = NULL
+            return lv
         a = arenas[self.column]
         null = a[2][left] | a[2][right]
         exact = S.exact(a, a, left, right) == 1.0
@@ -236,7 +247,7 @@ class RecordMatcher:
 
     def __init__(self, comparisons=None, blocking=None, training=None, mode: str = "link_and_dedupe",
                  threshold: float = 0.9,
-                 u_sample: int = 300_000, max_block: int = 2000, max_cluster: int = 25, tf_min_u: float | None = None,
+                 u_sample: int = 100_000, max_block: int = 2000, max_cluster: int = 25, tf_min_u: float | None = None,
                  max_iter: int = 200, tol: float = 1e-6, source_col: str = "source_system", seed: int = 0):
         self.comparisons = comparisons
         self.blocking = blocking
@@ -262,23 +273,33 @@ class RecordMatcher:
         if self.mode not in ("link_and_dedupe", "link", "dedupe"):
             raise CrmlabError(f"mode must be link_and_dedupe, link or dedupe, got '{self.mode}'")
         df = add_keys(records.reset_index(drop=True))
+        self._codes_memo = {}
         comps = self._comps()
         rules = [*(self.blocking or DEFAULT_BLOCKING), *(self.training or DEFAULT_TRAINING)]
         needed = sorted({c for comp in comps for c in comp.needs()} | {c for rule in rules for c in rule})
-        missing = [c for c in needed if c not in df]
+        numeric = {comp.column for comp in comps if comp.kind == "numeric"}
+        missing = [c for c in ["source_id", *needed] if c not in df]
         if missing:
             raise CrmlabError(f"records lack column(s) {missing} needed by the comparisons/blocking rules "
                               f"(standardise them with crmlab.sources / identity.add_keys)")
+        if df["source_id"].isna().any() or df.duplicated(["source_id", *([self.source_col] if self.source_col in df
+                                                                          else [])]).any():
+            raise CrmlabError("source_id must be present and unique within each source system")
         for c in needed:
             if df[c].notna().sum() == 0:
                 raise CrmlabError(f"column '{c}' is empty in every record: drop it from the comparisons "
                                   "and blocking rules")
-            if pd.api.types.infer_dtype(df[c], skipna=True) not in ("string", "empty"):
+            if c in numeric:
+                if not pd.api.types.is_numeric_dtype(df[c]):
+                    raise CrmlabError(f"column '{c}' is compared as a number but holds {df[c].dtype}")
+            elif pd.api.types.infer_dtype(df[c], skipna=True) not in ("string", "empty"):
                 raise CrmlabError(f"column '{c}' must hold text (found {df[c].dtype}); convert it first")
         if self.mode != "link_and_dedupe" and self.source_col not in df:
             raise CrmlabError(f"mode '{self.mode}' needs the column '{self.source_col}'")
+        numeric = {comp.column for comp in comps if comp.kind == "numeric"}
         compared = sorted({c for comp in comps for c in comp.needs()})   # blocking needs no arenas
-        arenas = {c: S.to_arena(df[c].astype("string").tolist()) for c in compared}
+        arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
+                      else S.to_arena(df[c].astype("string").tolist())) for c in compared}
         return df, arenas, comps
 
     def _mode_filter(self, df, left, right):
@@ -318,14 +339,23 @@ class RecordMatcher:
         stats.append(row)
         return left, right, pd.DataFrame(stats)
 
+    def _column_codes(self, df, col):
+        """Integer code per record for one column (-1 = missing), memoised per record table."""
+        memo = self.__dict__.setdefault("_codes_memo", {})
+        key = (id(df), col)
+        if key not in memo:
+            memo[key] = pd.factorize(df[col], use_na_sentinel=True)[0].astype(np.int64)
+        return memo[key]
+
     def _rule_pairs(self, df, cols):
         n = len(df)
-        sub = df[cols]
-        ok = sub.notna().all(axis=1).to_numpy()
-        codes = np.full(n, -1, np.int64)
-        if ok.any():
-            codes[ok] = pd.MultiIndex.from_frame(sub[ok].astype("string")).factorize()[0] if len(cols) > 1 \
-                else pd.factorize(sub[ok][cols[0]])[0]
+        codes = np.zeros(n, np.int64)
+        ok = np.ones(n, bool)
+        for c in cols:                                   # combine per-column codes, re-densified
+            cc = self._column_codes(df, c)
+            ok &= cc >= 0
+            codes = pd.factorize(codes * (int(cc.max()) + 2) + cc + 1)[0].astype(np.int64)
+        codes[~ok] = -1
         left, right, skipped = graph.block_pairs(codes, self.max_block)
         keep = self._mode_filter(df, left, right)
         return left[keep], right[keep], skipped
@@ -394,7 +424,7 @@ class RecordMatcher:
         self.m_ = [s / c for s, c in zip(sums, counts_k)]
         # prior: expected matches among the candidates over all comparable pairs (fixed point)
         L = self._levels(arenas, comps, left, right)
-        self._cache = (_fingerprint(records), left, right, L, self.blocking_)
+        self._cache = (_fingerprint(records), left, right, L, self.blocking_, df)
         patterns, counts = _patterns(L, n_levels)
         n_rec = len(df)
         total = n_rec * (n_rec - 1) / 2
@@ -452,8 +482,7 @@ class RecordMatcher:
         self._check_fitted()
         cache = getattr(self, "_cache", None)
         if cache is not None and cache[0] == _fingerprint(records):
-            _, left, right, levels, stats = cache                  # fit just scored these records
-            df = add_keys(records.reset_index(drop=True))
+            _, left, right, levels, stats, df = cache              # fit just scored these records
         else:
             df, arenas, comps = self._prepare(records)
             left, right, stats = self.candidate_pairs(df)

@@ -109,6 +109,14 @@ def test_keys_stable_when_one_percent_is_new(world_records):
             == full.sort_values("source_id")["customer_key"].to_numpy()).mean() > 0.95
 
 
+def test_numeric_comparison_levels():
+    c = identity.Comparison("age", "numeric", thresholds=(1, 5))
+    arenas = {"age": np.array([30.0, 30.0, 31.0, 34.0, 50.0, np.nan])}
+    left, right = np.zeros(5, np.int64), np.arange(1, 6)
+    assert c.labels() == ["else", "within 5", "within 1", "exact"]
+    assert c.levels(arenas, left, right).tolist() == [3, 2, 1, 0, identity.NULL]
+
+
 def test_bad_input():
     with pytest.raises(CrmlabError, match="non-empty"):
         identity.RecordMatcher().fit(pd.DataFrame())
@@ -123,5 +131,10 @@ def test_bad_input():
     recs2["street_number"] = pd.to_numeric(recs2["street_number"])
     with pytest.raises(CrmlabError, match="must hold text"):
         identity.febrl_matcher().fit(recs2)
+    with pytest.raises(CrmlabError, match=r"lack column\(s\) \['source_id'\]"):
+        identity.febrl_matcher().fit(recs2.drop(columns="source_id"))
+    dup = pd.concat([recs2.head(3), recs2.head(1)])
+    with pytest.raises(CrmlabError, match="unique within each source system"):
+        identity.febrl_matcher().fit(dup.assign(street_number=dup["street_number"].astype("string")))
     with pytest.raises(CrmlabError, match="not fitted"):
         identity.RecordMatcher().score_pairs(recs2)
