@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "max_cluster": 25,                # larger clusters are split by raising the threshold
         "u_sample": 100000,               # random pairs for the fuzzy levels u-probabilities
         "previous_key_map": "auto",       # 'auto': the latest successful run's; a path; or null
+        "incremental": False,             # with a previous key map: only records new since then are matched
         "review_pairs": 10,
     },
     "affinity": {
