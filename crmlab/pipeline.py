@@ -44,14 +44,16 @@ class StageContext:
 
     params: dict
     run_dir: Path
+    interactive: bool = False
 
     @classmethod
     def open(cls, params_file: str, run_dir: str | None = None) -> "StageContext":
         """Load parameters; without a run folder (interactive use) work in ``<runs_dir>/interactive``."""
         params = config.load(params_file)
+        interactive = not run_dir
         run_dir = Path(run_dir) if run_dir else Path(params["runs_dir"]) / "interactive"
         (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-        return cls(params, run_dir)
+        return cls(params, run_dir, interactive)
 
     def artifact_path(self, name: str) -> Path:
         return self.run_dir / "artifacts" / f"{name}.parquet"
@@ -75,10 +77,24 @@ class StageContext:
         """The validated inputs of this run (loaded and validated here when run interactively)."""
         folder = self.run_dir / "artifacts" / "sources"
         if (folder / "sources.json").is_file():
-            return Sources.read_artifacts(folder)
+            cached = Sources.read_artifacts(folder)
+            if not self.interactive or _unchanged(cached):
+                return cached                  # interactive: re-read when an input file changed
         src = load_params(self.params)
         src.write(folder)
         return src
+
+
+def _unchanged(src: Sources) -> bool:
+    """True when every input file a cached Sources was read from still has the same fingerprint."""
+    from .sources import fingerprint
+
+    if not src.fingerprints:
+        return False
+    try:
+        return all(fingerprint(src.origin[k]) == v for k, v in src.fingerprints.items())
+    except (OSError, KeyError):
+        return False
 
 
 # ----------------------------------------------------------------------------- kernel

@@ -134,3 +134,15 @@ def test_missing_stage_notebook_is_a_parameter_error(tmp_path):
     with pytest.raises(ConfigError, match="stage notebook.*not found.*available.*00_data_quality"):
         pipeline.run(CI, ["stages=[00_data_qualty]", f"runs_dir={tmp_path}"], quiet=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_interactive_context_rereads_changed_inputs(sample_copy, tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text(f"data:\n  dir: {sample_copy}\nruns_dir: {tmp_path / 'runs'}\nnotebooks_dir: {ROOT / 'notebooks'}\n")
+    ctx = pipeline.StageContext.open(str(p))
+    assert ctx.interactive and len(ctx.sources()["campaigns"]) == 3
+    camp = pd.read_csv(sample_copy / "campaigns.csv", dtype=str)
+    camp.loc[0, "name"] = "Renamed"
+    camp.to_csv(sample_copy / "campaigns.csv", index=False)                # an input changes
+    again = pipeline.StageContext.open(str(p)).sources()
+    assert again["campaigns"]["name"].iloc[0] == "Renamed"
