@@ -12,7 +12,6 @@ stay stable across runs.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -444,7 +443,7 @@ class RecordMatcher:
         self.lambda_, self.n_iter_ = lam, it + 1
         self.comparisons_ = comps
         self.tf_ = {}
-        for k, c in enumerate(comps):
+        for c in comps:
             if c.tf:
                 vc = df[c.column].value_counts(dropna=True)
                 self.tf_[c.column] = (vc / vc.sum()).to_dict()

@@ -145,7 +145,7 @@ def _typo(s: str, rnd: random.Random) -> str:
 def make_products(rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
     """Product table (department-major order) and each product's popularity weight within its department."""
     rows, weights = [], []
-    for d_i, (dept, cats) in enumerate(W.TAXONOMY.items()):
+    for dept, cats in W.TAXONOMY.items():
         base_price = W.DEPT_PRICE[dept]
         for cat, items in cats.items():
             for item in items:
@@ -167,7 +167,8 @@ def make_products(rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _addresses(rng, n):
     towns = W.TOWNS
-    tw = np.array([t[3] for t in towns]); tw /= tw.sum()
+    tw = np.array([t[3] for t in towns])
+    tw /= tw.sum()
     t_idx = rng.choice(len(towns), n, p=tw)
     district = 1 + (rng.random(n) * np.array([t[2] for t in towns])[t_idx]).astype(int)
     letters = np.array(list("ABDEFGHJLNPQRSTUWXYZ"), dtype=object)
@@ -252,9 +253,11 @@ def make_customers(rng: np.random.Generator, spec: WorldSpec) -> dict:
     base = np.full(len(depts), 0.6)
     base[:4] = 1.5                                               # groceries are everyone's staple
     dept_alpha = np.tile(base, (3, 1))
-    dept_alpha[0, depts.index("Electronics")] *= 3; dept_alpha[0, depts.index("Clothing")] *= 2
-    dept_alpha[1, depts.index("Baby")] *= 5; dept_alpha[1, depts.index("Leisure")] *= 2
-    dept_alpha[2, depts.index("Garden & Outdoor")] *= 3; dept_alpha[2, depts.index("Health & Beauty")] *= 2
+    boosts = {0: {"Electronics": 3, "Clothing": 2}, 1: {"Baby": 5, "Leisure": 2},   # by life stage
+              2: {"Garden & Outdoor": 3, "Health & Beauty": 2}}
+    for stage, by_dept in boosts.items():
+        for d, f in by_dept.items():
+            dept_alpha[stage, depts.index(d)] *= f
     dept_alpha[[0, 2], depts.index("Baby")] *= 0.1
     dept = rng.gamma(dept_alpha[life]).astype(np.float32)
     dept /= dept.sum(1, keepdims=True)
