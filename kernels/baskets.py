@@ -119,10 +119,15 @@ def _bitsets(ptr, tids, m, n_baskets):
 
 
 @njit(cache=True, inline="always")
-def _intersect_bits(a, na, bits_row, out):
-    """Basket ids of ``a`` whose bit is set: O(len(a)) whatever the other list's length."""
+def _intersect_bits(a, na, bits_row, out, need):
+    """Basket ids of ``a`` whose bit is set: O(len(a)) whatever the other list's length.
+
+    Stops early (returning a count below ``need``) once ``need`` can no longer be reached.
+    """
     k = 0
     for q in range(na):
+        if k + na - q < need:
+            return k
         t = a[q]
         if (bits_row[t >> 6] >> np.uint64(t & 63)) & np.uint64(1):
             out[k] = t
@@ -178,7 +183,7 @@ def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits, firs
             prefix[0] = i
             prefix[1] = j
             if use_bits:
-                blen[2] = _intersect_bits(tids[ptr[i]:ptr[i + 1]], ptr[i + 1] - ptr[i], bits[j], buf[2])
+                blen[2] = _intersect_bits(tids[ptr[i]:ptr[i + 1]], ptr[i + 1] - ptr[i], bits[j], buf[2], 0)
             else:
                 blen[2] = _intersect(tids[ptr[i]:ptr[i + 1]], ptr[i + 1] - ptr[i], tids[ptr[j]:ptr[j + 1]],
                                      ptr[j + 1] - ptr[j], buf[2])
@@ -192,7 +197,7 @@ def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits, firs
                 l = cand[d, pos[d]]
                 pos[d] += 1
                 if use_bits:
-                    c = _intersect_bits(buf[d], blen[d], bits[l], buf[d + 1])
+                    c = _intersect_bits(buf[d], blen[d], bits[l], buf[d + 1], min_count)
                 else:
                     c = _intersect(buf[d], blen[d], tids[ptr[l]:ptr[l + 1]], ptr[l + 1] - ptr[l], buf[d + 1])
                 if c < min_count:
