@@ -79,12 +79,14 @@ class Baskets:
         if not rows:
             raise CrmlabError("baskets: no items in any basket")
         df = pd.DataFrame(rows, columns=["basket", "item"])
-        out = cls.from_frame(df, "basket", "item")
-        if out.n_baskets != len(lists):                       # keep empty baskets in the count
-            counts = np.zeros(len(lists), np.int64)
-            counts[out.ids] = np.diff(out.indptr)
-            out = cls(np.r_[0, np.cumsum(counts)].astype(np.int64), out.indices, out.items, np.arange(len(lists)))
-        return out
+        return cls.from_frame(df, "basket", "item")._padded(len(lists), np.arange(len(lists)))
+
+    def _padded(self, n: int, ids) -> "Baskets":
+        """These baskets (whose ``ids`` are positions 0..n-1) with the empty ones put back, so that
+        supports keep every basket in the denominator."""
+        counts = np.zeros(n, np.int64)
+        counts[self.ids] = np.diff(self.indptr)
+        return Baskets(np.r_[0, np.cumsum(counts)].astype(np.int64), self.indices, self.items, ids)
 
     @classmethod
     def from_onehot(cls, df: pd.DataFrame) -> "Baskets":
@@ -108,10 +110,7 @@ class Baskets:
             raise CrmlabError(f"roll_up: {int(missing.sum())} items have no mapping, e.g. {list(self.items[missing][:3])}")
         b = np.repeat(np.arange(self.n_baskets), np.diff(self.indptr))
         df = pd.DataFrame({"b": b, "item": mapping.reindex(self.items).to_numpy()[self.indices]})
-        out = Baskets.from_frame(df, "b", "item")
-        counts = np.zeros(self.n_baskets, np.int64)
-        counts[out.ids] = np.diff(out.indptr)
-        return Baskets(np.r_[0, np.cumsum(counts)].astype(np.int64), out.indices, out.items, self.ids)
+        return Baskets.from_frame(df, "b", "item")._padded(self.n_baskets, self.ids)
 
 
 def read_groceries(path) -> Baskets:

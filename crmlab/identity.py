@@ -295,7 +295,6 @@ class RecordMatcher:
                 raise CrmlabError(f"column '{c}' must hold text (found {df[c].dtype}); convert it first")
         if self.mode != "link_and_dedupe" and self.source_col not in df:
             raise CrmlabError(f"mode '{self.mode}' needs the column '{self.source_col}'")
-        numeric = {comp.column for comp in comps if comp.kind == "numeric"}
         compared = sorted({c for comp in comps for c in comp.needs()})   # blocking needs no arenas
         arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
                       else S.to_arena(df[c].astype("string").tolist())) for c in compared}
@@ -567,18 +566,13 @@ class RecordMatcher:
                                 how="left")["customer_key"].to_numpy()
         codes, uniq = pd.factorize(key_of_old)
         # existing customers are fixed nodes: link every old record to its customer's first record
-        first = np.full(len(uniq), -1)
-        for i, c in enumerate(codes):
-            if first[c] < 0:
-                first[c] = i
+        first = np.unique(codes, return_index=True)[1]
         old_l, old_r = first[codes], np.arange(n_old)
         labels = graph.connected_components(len(allrec), np.r_[old_l, left[acc]], np.r_[old_r, right[acc]])
         bridge = pd.Series(codes).groupby(labels[:n_old]).nunique()
         self.bridges_ = int((bridge > 1).sum())
         scores = PairScores(left, right, levels, weight, prob)
-        out = key_map(allrec.rename(columns={self.source_col: "source_system"}) if self.source_col != "source_system"
-                      else allrec, labels, scores, km, self.threshold)
-        return out
+        return key_map(allrec, labels, scores, km, self.threshold, self.source_col)
 
 
 def _patterns(L: np.ndarray, n_levels) -> tuple[np.ndarray, np.ndarray]:

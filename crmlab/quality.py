@@ -99,12 +99,11 @@ def date_ranges(src: Sources) -> pd.DataFrame:
 
 def order_facts(src: Sources) -> pd.DataFrame:
     """Order-level facts: value, lines, units, channel, date (one row per order)."""
+    from .value import order_values
+
     lines = src["order_lines"]
-    val = (lines["quantity"] * lines["unit_price"]).groupby(lines["order_id"]).sum()
     agg = lines.groupby("order_id").agg(lines=("line_no", "size"), units=("quantity", "sum"))
-    o = src["orders"].set_index("order_id")
-    out = o.join(agg).assign(value=val)
-    return out.reset_index()
+    return order_values(src["orders"], lines).join(agg, on="order_id")
 
 
 # ----------------------------------------------------------------------------- plots
