@@ -221,3 +221,45 @@ def bigram_dice_ref(a: str, b: str) -> float:
     ga = Counter(a[i:i + 2] for i in range(len(a) - 1))
     gb = Counter(b[i:i + 2] for i in range(len(b) - 1))
     return 2 * sum((ga & gb).values()) / (len(a) - 1 + len(b) - 1)
+
+
+# --- scoring: a logistic model and a tree ensemble, row by row
+def _link_ref(raw, calib):
+    if calib is None:
+        return 1.0 / (1.0 + np.exp(-raw))
+    if calib[0] == "sigmoid":
+        return 1.0 / (1.0 + np.exp(calib[1] * raw + calib[2]))
+    return float(np.interp(raw, calib[1], calib[2]))
+
+
+def linear_proba_ref(X, w, bias, fill, codes, table, calib=None):
+    out = np.empty(len(X))
+    for i in range(len(X)):
+        x = np.where(np.isnan(X[i]), fill, X[i]).astype(float)
+        z = bias + float(x @ w) + sum(table[c, k] for c, k in enumerate(codes[i]) if k >= 0)
+        out[i] = np.nan if np.isnan(z) or np.isinf(X[i]).any() else _link_ref(z, calib)
+    return out
+
+
+def tree_proba_ref(X, trees, codes, calib=None):
+    """Walk every tree for every row; trees as nested dicts {'feature', 'kind', 'thr', 'left', 'right',
+    'missing_left', 'left_cats', 'known_cats'} or {'value'} for leaves."""
+    out = np.empty(len(X))
+    for i in range(len(X)):
+        raw = trees["baseline"]
+        for tree in trees["trees"]:
+            node = tree
+            while "value" not in node:
+                if node["kind"] == "num":
+                    v = X[i, node["feature"]]
+                    go_left = node["missing_left"] if np.isnan(v) else v <= node["thr"]
+                else:
+                    k = codes[i, node["feature"]]
+                    if k < 0 or (k not in node["left_cats"] and k not in node["known_cats"]):
+                        go_left = node["missing_left"]
+                    else:
+                        go_left = k in node["left_cats"]
+                node = node["left"] if go_left else node["right"]
+            raw += node["value"]
+        out[i] = np.nan if np.isinf(X[i]).any() else _link_ref(raw, calib)
+    return out

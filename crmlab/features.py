@@ -1,0 +1,191 @@
+"""Customer features at a cut-off date, strictly from what happened before it, and labels after it.
+
+``CustomerEvents.from_sources`` gathers orders, order lines, contacts (with their attributed
+responses) and a profile per recognised customer. ``FeatureBuilder`` learns its vocabularies
+(channels, departments, media) from rows before the training cut-off, so a table built at any
+later cut-off has the same columns. ``labels`` reads the window after a cut-off.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError
+
+DAY = pd.Timedelta(days=1)
+
+
+def _slug(s) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", str(s).lower()).strip("_")
+
+
+@dataclass
+class CustomerEvents:
+    """Everything known about each customer, dated: the input to features and labels.
+
+    ``orders``: order_id, customer_key, order_date, value, channel, ref_code; ``lines``: order_id,
+    customer_key, order_date, department, value; ``contacts``: one row per contact with its
+    response (see :func:`crmlab.measure.attribute_responses`), or None; ``profile``: per
+    customer_key, undated attributes (dob, opt-ins, number of source systems).
+    """
+
+    orders: pd.DataFrame
+    lines: pd.DataFrame
+    contacts: pd.DataFrame | None
+    profile: pd.DataFrame
+
+    @classmethod
+    def from_sources(cls, src, key_map: pd.DataFrame | None = None) -> "CustomerEvents":
+        from . import measure
+        from .value import order_values, transactions
+
+        o = order_values(src["orders"], src["order_lines"])
+        o = o.assign(customer_key=transactions(src, key_map)["customer_key"].to_numpy())
+        orders = o[["order_id", "customer_key", "order_date", "value", "channel", "ref_code"]]
+        dept = src["products"].set_index("product_id")["department"]
+        ln = src["order_lines"]
+        lines = pd.DataFrame({"order_id": ln["order_id"].to_numpy(),
+                              "department": ln["product_id"].map(dept).to_numpy(),
+                              "value": (ln["quantity"] * ln["unit_price"]).to_numpy()})
+        lines = lines.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
+        contacts = None
+        if "contacts" in src.tables and "campaigns" in src.tables:
+            contacts = measure.attribute_responses(measure.keyed_contacts(src, key_map), orders)
+        return cls(orders, lines, contacts, _profile(src.customers, key_map))
+
+    @property
+    def last_date(self) -> pd.Timestamp:
+        """The last order date: scores made "now" use the day after it as cut-off."""
+        return self.orders["order_date"].max()
+
+
+def _profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFrame:
+    c = customers.astype({"source_id": "string"})
+    if key_map is None:
+        key = c["source_system"].astype("string") + ":" + c["source_id"]
+    else:
+        km = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"})
+        key = c[["source_system", "source_id"]].merge(km, on=["source_system", "source_id"], how="left")["customer_key"]
+    c = c.assign(customer_key=key.to_numpy())
+    g = c.groupby("customer_key", sort=False)
+    prof = pd.DataFrame({"dob": g["dob"].min(), "n_systems": g["source_system"].nunique()})
+    for col in ("email_opt_in", "mail_opt_in", "sms_opt_in"):
+        if col in c:
+            prof[col] = g[col].max().astype("float64")
+    prof["has_email"] = g["email"].count().gt(0).astype("float64") if "email" in c else np.nan
+    prof["has_phone"] = g["phone"].count().gt(0).astype("float64") if "phone" in c else np.nan
+    return prof
+
+
+class FeatureBuilder:
+    """Point-in-time customer features (one row per customer with an order before the cut-off).
+
+    Parameters
+    ----------
+    windows : recent-activity windows in days (orders and spend in the last w days, and in the w before).
+
+    Attributes
+    ----------
+    channels_, departments_, media_ : vocabularies seen before the training cut-off.
+    feature_names_, categorical_ : output columns, and those that are categorical.
+    """
+
+    def __init__(self, windows: tuple[int, ...] = (90, 365)):
+        self.windows = windows
+
+    def fit(self, ev: CustomerEvents, cutoff) -> "FeatureBuilder":
+        cutoff = pd.Timestamp(cutoff)
+        o = ev.orders[ev.orders["order_date"] < cutoff]
+        if o.empty:
+            raise CrmlabError(f"no orders before the cut-off {cutoff:%Y-%m-%d}: nothing to build features from")
+        self.channels_ = sorted(o["channel"].dropna().unique().tolist())
+        self.departments_ = sorted(ev.lines.loc[ev.lines["order_date"] < cutoff, "department"].dropna().unique())
+        c = ev.contacts
+        self.media_ = ([] if c is None else
+                       sorted(c.loc[c["contact_date"] < cutoff, "medium"].dropna().unique().tolist()))
+        self.categorical_ = ["first_channel", "top_department"]
+        self.feature_names_ = list(self.transform(ev, cutoff).columns)
+        return self
+
+    def transform(self, ev: CustomerEvents, cutoff) -> pd.DataFrame:
+        if not hasattr(self, "channels_"):
+            raise CrmlabError("FeatureBuilder is not fitted: call fit(events, training_cutoff) first")
+        cutoff = pd.Timestamp(cutoff)
+        o = ev.orders[ev.orders["order_date"] < cutoff]
+        g = o.groupby("customer_key", sort=True)
+        first, last, n = g["order_date"].min(), g["order_date"].max(), g.size()
+        f = pd.DataFrame(index=n.index)
+        f["recency_days"] = (cutoff - last) / DAY
+        f["tenure_days"] = (cutoff - first) / DAY
+        f["orders"] = n.astype("float64")
+        f["spend"] = g["value"].sum()
+        f["order_value"] = f["spend"] / f["orders"]
+        span = (last - first) / DAY
+        f["interpurchase_days"] = (span / (n - 1)).where(n > 1).clip(lower=1.0)
+        f["overdue"] = f["recency_days"] / f["interpurchase_days"]
+        for w in self.windows:
+            recent = o["order_date"] >= cutoff - w * DAY
+            before = ~recent & (o["order_date"] >= cutoff - 2 * w * DAY)
+            f[f"orders_{w}d"] = recent.groupby(o["customer_key"]).sum().reindex(f.index, fill_value=0).astype("float64")
+            prev = before.groupby(o["customer_key"]).sum().reindex(f.index, fill_value=0)
+            f[f"trend_{w}d"] = f[f"orders_{w}d"] - prev
+            f[f"spend_{w}d"] = o["value"].where(recent, 0.0).groupby(o["customer_key"]).sum().reindex(f.index)
+        ch = pd.crosstab(o["customer_key"], pd.Categorical(o["channel"], categories=self.channels_),
+                         normalize="index", dropna=False)
+        for c in self.channels_:
+            f[f"share_channel_{_slug(c)}"] = ch[c].reindex(f.index, fill_value=0.0) if c in ch else 0.0
+        ln = ev.lines[ev.lines["order_date"] < cutoff]
+        dcat = pd.Categorical(ln["department"], categories=self.departments_)
+        dv = ln["value"].groupby([ln["customer_key"].to_numpy(), dcat], observed=False).sum().unstack(fill_value=0.0)
+        dv = dv.reindex(index=f.index, columns=self.departments_, fill_value=0.0)
+        tot = dv.sum(axis=1).replace(0.0, np.nan)
+        for d in self.departments_:
+            f[f"share_dept_{_slug(d)}"] = (dv[d] / tot).fillna(0.0)
+        if ev.contacts is not None:
+            self._contact_features(f, ev.contacts, cutoff)
+        prof = ev.profile.reindex(f.index)
+        f["age"] = ((cutoff - prof["dob"]) / DAY / 365.25).where(prof["dob"] < cutoff)
+        for col in ("n_systems", "email_opt_in", "mail_opt_in", "sms_opt_in", "has_email", "has_phone"):
+            f[col] = prof[col].astype("float64") if col in prof else np.nan
+        first_ch = o.sort_values(["order_date", "order_id"]).drop_duplicates("customer_key").set_index("customer_key")
+        f["first_channel"] = first_ch["channel"].reindex(f.index).astype(object)
+        f["top_department"] = dv.idxmax(axis=1).where(dv.max(axis=1) > 0).astype(object) if len(dv.columns) else None
+        f.index.name = "customer_key"
+        return f
+
+    def _contact_features(self, f: pd.DataFrame, contacts: pd.DataFrame, cutoff) -> None:
+        c = contacts[contacts["contact_date"] < cutoff]
+        key = c["customer_key"]
+        answered = c["responded"] & (c["response_date"] < cutoff).fillna(False)
+        f["contacts"] = c.groupby(key).size().reindex(f.index, fill_value=0).astype("float64")
+        f["responses"] = answered.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
+        f["response_rate"] = (f["responses"] / f["contacts"]).where(f["contacts"] > 0)
+        recent = c["contact_date"] >= cutoff - 365 * DAY
+        f["contacts_365d"] = recent.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
+        for m in self.media_:
+            hit = c["medium"] == m
+            f[f"contacts_{_slug(m)}"] = hit.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
+        last = c.groupby(key)["contact_date"].max().reindex(f.index)
+        f["days_since_contact"] = (cutoff - last) / DAY
+
+
+def labels(ev: CustomerEvents, customers: pd.Index, cutoff, horizon_days: int, departments=()) -> pd.DataFrame:
+    """Outcomes in ``[cutoff, cutoff + horizon)`` for ``customers``.
+
+    ``attrition``: no order in the window; ``buy_<department>``: bought from the department.
+    """
+    cutoff = pd.Timestamp(cutoff)
+    end = cutoff + horizon_days * DAY
+    if end > ev.last_date + DAY:
+        raise CrmlabError(f"the label window {cutoff:%Y-%m-%d} .. {end:%Y-%m-%d} runs past the last order "
+                          f"({ev.last_date:%Y-%m-%d}): choose an earlier cut-off or a shorter horizon")
+    o = ev.orders[(ev.orders["order_date"] >= cutoff) & (ev.orders["order_date"] < end)]
+    y = pd.DataFrame(index=customers)
+    y["attrition"] = ~customers.isin(o["customer_key"].unique())
+    ln = ev.lines[(ev.lines["order_date"] >= cutoff) & (ev.lines["order_date"] < end)]
+    for d in departments:
+        y[f"buy_{_slug(d)}"] = customers.isin(ln.loc[ln["department"] == d, "customer_key"].unique())
+    return y.astype(np.int8)

@@ -1,0 +1,491 @@
+"""Propensity and attrition models: fit, calibrate, evaluate, explain, export to compiled scoring.
+
+``PropensityModel`` is a scikit-learn-style estimator around one of two pipelines:
+
+* ``logistic``: median imputation + standard scaling of numeric columns, one-hot categories (a
+  missing value is its own category), ``LogisticRegression``;
+* ``hgb``: ordinal-coded categories + ``HistGradientBoostingClassifier`` (native missing values).
+
+Probabilities are calibrated (Platt ``sigmoid`` or ``isotonic``) on cross-validated predictions
+with one final estimator (``CalibratedClassifierCV(ensemble=False)``), so the whole model exports
+to flat arrays: ``PropensityModel.compile()`` returns a :class:`CompiledModel` whose
+``predict_proba`` runs the Numba kernels of ``crmlab.kernels.scoring`` and equals scikit-learn's
+``predict_proba`` (to 1e-6; bit-for-bit on the trees), including missing values and categories.
+Compiled models save to a folder (arrays + JSON) and load without scikit-learn's pickles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError
+from .kernels import scoring
+
+MISSING = "(missing)"
+KINDS = ("logistic", "hgb")
+CALIBRATIONS = ("sigmoid", "isotonic", "none")
+
+
+class ScoringError(CrmlabError):
+    """Input that a model cannot score: missing columns, wrong types, values it cannot take."""
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _split_columns(X: pd.DataFrame) -> tuple[list[str], list[str]]:
+    num, cat = [], []
+    for c in X.columns:
+        dt_ = X[c].dtype
+        if pd.api.types.is_bool_dtype(dt_) or pd.api.types.is_numeric_dtype(dt_):
+            num.append(c)
+        elif isinstance(dt_, pd.CategoricalDtype) or pd.api.types.is_object_dtype(dt_) or \
+                pd.api.types.is_string_dtype(dt_):
+            cat.append(c)
+        else:
+            raise ScoringError(f"column '{c}' has type {dt_}, which is neither numeric nor categorical; "
+                               f"convert it (dates: to days since an event) before modelling")
+    return num, cat
+
+
+def _check_frame(X, numeric: list[str], categorical: list[str], where: str) -> pd.DataFrame:
+    if not isinstance(X, pd.DataFrame):
+        raise ScoringError(f"{where}: expected a pandas DataFrame with columns {numeric + categorical}, "
+                           f"got {type(X).__name__}")
+    missing = [c for c in numeric + categorical if c not in X.columns]
+    if missing:
+        raise ScoringError(f"{where}: feature column(s) missing: {', '.join(missing)} "
+                           f"(the model was fitted with {len(numeric) + len(categorical)} columns)")
+    bad = [f"'{c}' ({X[c].dtype})" for c in numeric
+           if not (pd.api.types.is_numeric_dtype(X[c].dtype) or pd.api.types.is_bool_dtype(X[c].dtype))]
+    if bad:
+        raise ScoringError(f"{where}: numeric feature column(s) hold non-numeric data: {', '.join(bad)}")
+    return X
+
+
+def _numeric_matrix(X: pd.DataFrame, numeric: list[str], dtype=None) -> np.ndarray:
+    if not numeric:
+        return np.zeros((len(X), 0))
+    cols = [X[c].to_numpy(dtype=np.float64, na_value=np.nan) if not pd.api.types.is_float_dtype(X[c].dtype)
+            else X[c].to_numpy() for c in numeric]
+    dtype = dtype or np.result_type(*[c.dtype for c in cols])
+    if dtype not in (np.float32, np.float64):
+        dtype = np.float64
+    return np.ascontiguousarray(np.column_stack(cols).astype(dtype, copy=False))
+
+
+def _as_object(X: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    if not categorical:
+        return X
+    X = X.copy()
+    for c in categorical:
+        s = X[c].astype(object)
+        X[c] = s.where(s.notna(), np.nan)
+    return X
+
+
+# ----------------------------------------------------------------------------- the estimator
+
+class PropensityModel:
+    """A calibrated binary classifier over a customer feature table.
+
+    Parameters
+    ----------
+    kind : ``'logistic'`` or ``'hgb'``.
+    calibration : ``'sigmoid'``, ``'isotonic'`` or ``'none'``.
+    cv : folds for the calibration's cross-validated predictions.
+    C : inverse regularisation strength (logistic).
+    max_iter, learning_rate, max_leaf_nodes, l2_regularization : tree ensemble settings (hgb).
+    random_state : seed for folds and trees.
+
+    Attributes
+    ----------
+    numeric_, categorical_ : feature columns by kind, in model order.
+    model_ : the fitted scikit-learn estimator (a ``CalibratedClassifierCV`` unless calibration is 'none').
+    pipeline_ : the fitted pipeline inside it.
+    base_rate_ : share of positives in training.
+    """
+
+    def __init__(self, kind: str = "logistic", calibration: str = "sigmoid", cv: int = 5, C: float = 1.0,
+                 max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+                 l2_regularization: float = 0.0, random_state: int = 0):
+        self.kind = kind
+        self.calibration = calibration
+        self.cv = cv
+        self.C = C
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
+        self.random_state = random_state
+
+    def _pipeline(self):
+        from sklearn.compose import ColumnTransformer
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+        num, cat = self.numeric_, self.categorical_
+        if self.kind == "logistic":
+            parts = []
+            if num:
+                parts.append(("num", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                                               ("scale", StandardScaler())]), num))
+            if cat:
+                parts.append(("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value=MISSING)),
+                                               ("onehot", OneHotEncoder(handle_unknown="ignore"))]), cat))
+            model = LogisticRegression(C=self.C, max_iter=5000)
+        else:
+            parts = []
+            if cat:
+                parts.append(("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
+                                                    encoded_missing_value=np.nan), cat))
+            if num:
+                parts.append(("num", "passthrough", num))
+            model = HistGradientBoostingClassifier(
+                max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+                l2_regularization=self.l2_regularization, categorical_features=list(range(len(cat))) or None,
+                early_stopping=False, random_state=self.random_state)
+        return Pipeline([("prep", ColumnTransformer(parts, sparse_threshold=0.0)), ("model", model)])
+
+    def fit(self, X: pd.DataFrame, y) -> "PropensityModel":
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.model_selection import StratifiedKFold
+
+        if self.kind not in KINDS:
+            raise CrmlabError(f"unknown model kind '{self.kind}'; choose one of {', '.join(KINDS)}")
+        if self.calibration not in CALIBRATIONS:
+            raise CrmlabError(f"unknown calibration '{self.calibration}'; choose one of {', '.join(CALIBRATIONS)}")
+        if not isinstance(X, pd.DataFrame):
+            raise CrmlabError("PropensityModel.fit: X must be a pandas DataFrame (column names are the contract)")
+        y = np.asarray(y).astype(int).ravel()
+        if len(y) != len(X):
+            raise CrmlabError(f"PropensityModel.fit: {len(X)} rows of features but {len(y)} labels")
+        if set(np.unique(y)) != {0, 1}:
+            raise CrmlabError(f"PropensityModel.fit: the target needs both classes 0 and 1, got {sorted(set(y))}")
+        self.numeric_, self.categorical_ = _split_columns(X)
+        if self.kind == "hgb":
+            too_many = [c for c in self.categorical_ if X[c].nunique() > 254]
+            if too_many:
+                raise CrmlabError(f"categorical column(s) with more than 254 values cannot go into the tree model: "
+                                  f"{', '.join(too_many)}")
+        Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
+        pipe = self._pipeline()
+        if self.calibration == "none":
+            self.model_ = pipe.fit(Xo, y)
+            self.pipeline_ = self.model_
+        else:
+            folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
+            self.model_ = CalibratedClassifierCV(pipe, method=self.calibration, cv=folds, ensemble=False).fit(Xo, y)
+            self.pipeline_ = self.model_.calibrated_classifiers_[0].estimator
+        self.base_rate_ = float(y.mean())
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "model_"):
+            raise CrmlabError("PropensityModel is not fitted: call fit(X, y) first")
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Class probabilities (n, 2) by scikit-learn (the reference for the compiled model)."""
+        self._check_fitted()
+        _check_frame(X, self.numeric_, self.categorical_, "PropensityModel.predict_proba")
+        return self.model_.predict_proba(_as_object(X[self.numeric_ + self.categorical_], self.categorical_))
+
+    def compile(self, name: str = "model", meta: dict | None = None) -> "CompiledModel":
+        """Export to flat arrays scored by Numba (see :class:`CompiledModel`)."""
+        self._check_fitted()
+        ct = self.pipeline_.named_steps["prep"]
+        est = self.pipeline_.named_steps["model"]
+        if self.kind == "logistic":
+            arrays, cats, fill = _export_logistic(ct, est, self.numeric_, self.categorical_)
+        else:
+            arrays, cats, fill = _export_hgb(ct, est, self.numeric_, self.categorical_)
+        calib = None
+        if self.calibration != "none":
+            cal = self.model_.calibrated_classifiers_[0].calibrators[0]
+            if self.calibration == "sigmoid":
+                calib = ["sigmoid", float(cal.a_), float(cal.b_)]
+            else:
+                arrays["iso_x"] = np.asarray(cal.X_thresholds_, np.float64)
+                arrays["iso_y"] = np.asarray(cal.y_thresholds_, np.float64)
+                calib = ["isotonic"]
+        info = {"name": name, "kind": self.kind, "calibration": calib, "numeric": list(self.numeric_),
+                "categorical": list(self.categorical_), "categories": cats, "category_fill": fill,
+                "base_rate": self.base_rate_, "created_at": dt.datetime.now().isoformat(timespec="seconds"),
+                **(meta or {})}
+        return CompiledModel(info, arrays)
+
+    def coefficients(self) -> pd.Series:
+        """Logistic coefficients per (scaled) input, largest magnitude first."""
+        self._check_fitted()
+        if self.kind != "logistic":
+            raise CrmlabError("coefficients exist for the logistic model only; use permutation_importance")
+        ct = self.pipeline_.named_steps["prep"]
+        coef = self.pipeline_.named_steps["model"].coef_.ravel()
+        s = pd.Series(coef, index=ct.get_feature_names_out())
+        return s.reindex(s.abs().sort_values(ascending=False).index)
+
+    def permutation_importance(self, X: pd.DataFrame, y, n_repeats: int = 5, scoring: str = "roc_auc") -> pd.DataFrame:
+        """Drop in ``scoring`` when each feature is shuffled (mean and sd over repeats)."""
+        from sklearn.inspection import permutation_importance
+
+        self._check_fitted()
+        Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
+        r = permutation_importance(self.model_, Xo, np.asarray(y).astype(int), n_repeats=n_repeats,
+                                   scoring=scoring, random_state=self.random_state)
+        return pd.DataFrame({"importance": r.importances_mean, "sd": r.importances_std},
+                            index=Xo.columns).sort_values("importance", ascending=False)
+
+
+def _export_logistic(ct, lr, numeric, categorical):
+    coef = lr.coef_.ravel().astype(np.float64)
+    bias = float(lr.intercept_[0])
+    p = len(numeric)
+    w = np.zeros(p)
+    fill = np.zeros(p)
+    if p:
+        num = ct.named_transformers_["num"]
+        mean, scale = num["scale"].mean_, num["scale"].scale_
+        w = coef[:p] / scale
+        bias -= float(np.sum(coef[:p] * mean / scale))
+        fill = num["impute"].statistics_.astype(np.float64)
+    cats, table = [], np.zeros((len(categorical), 1))
+    if categorical:
+        enc = ct.named_transformers_["cat"]["onehot"]
+        cats = [list(map(str, c)) for c in enc.categories_]
+        table = np.zeros((len(categorical), max(len(c) for c in cats)))
+        off = p
+        for j, c in enumerate(cats):
+            table[j, :len(c)] = coef[off:off + len(c)]
+            off += len(c)
+    arrays = {"w": w, "fill": fill, "table": table, "bias": np.array([bias])}
+    return arrays, cats, MISSING
+
+
+def _export_hgb(ct, hgb, numeric, categorical):
+    q = len(categorical)
+    cats = [list(map(str, c)) for c in ct.named_transformers_["cat"].categories_] if q else []
+    kind, feat, thr, left, right, miss, bitset, value, roots, bitsets = [], [], [], [], [], [], [], [], [], []
+    n_nodes = n_bitsets = 0
+    for it in hgb._predictors:
+        pred = it[0]
+        nodes = pred.nodes
+        is_cat = nodes["is_categorical"].astype(bool)
+        leaf = nodes["is_leaf"].astype(bool)
+        f = nodes["feature_idx"].astype(np.int32)
+        kind.append(np.where(leaf, scoring.LEAF, np.where(is_cat, scoring.CATEGORICAL, scoring.NUMERIC)))
+        feat.append(np.where(is_cat | leaf, np.where(leaf, 0, f), f - q))
+        thr.append(nodes["num_threshold"].astype(np.float64))
+        left.append(nodes["left"].astype(np.int64) + n_nodes)
+        right.append(nodes["right"].astype(np.int64) + n_nodes)
+        miss.append(nodes["missing_go_to_left"].astype(np.uint8))
+        bitset.append(nodes["bitset_idx"].astype(np.int64) + n_bitsets)
+        value.append(nodes["value"].astype(np.float64))
+        roots.append(n_nodes)
+        b = np.asarray(pred.raw_left_cat_bitsets, np.uint32).reshape(-1, 8)
+        bitsets.append(b)
+        n_nodes += len(nodes)
+        n_bitsets += len(b)
+    known, f_idx_map = hgb._bin_mapper.make_known_categories_bitsets()
+    arrays = {
+        "kind": np.concatenate(kind).astype(np.uint8), "feat": np.concatenate(feat).astype(np.int32),
+        "thr": np.concatenate(thr), "left": np.concatenate(left).astype(np.int32),
+        "right": np.concatenate(right).astype(np.int32), "miss_left": np.concatenate(miss),
+        "bitset": np.concatenate(bitset).astype(np.int32), "value": np.concatenate(value),
+        "roots": np.asarray(roots, np.int32),
+        "cat_bitsets": np.ascontiguousarray(np.concatenate(bitsets) if n_bitsets else np.zeros((1, 8), np.uint32)),
+        "known_bitsets": np.ascontiguousarray(np.asarray(known, np.uint32).reshape(-1, 8) if len(known)
+                                              else np.zeros((1, 8), np.uint32)),
+        "known_row": np.asarray(f_idx_map[:q] if q else np.zeros(1), np.int32),
+        "baseline": np.asarray(hgb._baseline_prediction, np.float64).ravel(),
+    }
+    return arrays, cats, None
+
+
+# ----------------------------------------------------------------------------- compiled model
+
+@dataclass
+class CompiledModel:
+    """A fitted model as flat arrays plus a JSON description; scored by Numba kernels.
+
+    ``info`` holds name, kind, calibration, feature columns, categories and provenance; ``version``
+    is a hash of the arrays and the scoring-relevant description.
+    """
+
+    info: dict
+    arrays: dict = field(repr=False)
+
+    @property
+    def version(self) -> str:
+        h = hashlib.sha256()
+        keys = ("kind", "calibration", "numeric", "categorical", "categories", "category_fill")
+        h.update(json.dumps({k: self.info[k] for k in keys}, sort_keys=True).encode())
+        for k in sorted(self.arrays):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(self.arrays[k]).tobytes())
+        return h.hexdigest()[:12]
+
+    @property
+    def features(self) -> list[str]:
+        return self.info["numeric"] + self.info["categorical"]
+
+    def _codes(self, X: pd.DataFrame) -> np.ndarray:
+        cat = self.info["categorical"]
+        codes = np.empty((len(X), len(cat)), np.int32)
+        fill = self.info["category_fill"]
+        for j, (c, cats) in enumerate(zip(cat, self.info["categories"])):
+            s = X[c]
+            if fill is not None:
+                s = s.astype(object).where(s.notna(), fill)
+            codes[:, j] = pd.Categorical(s.astype("string"), categories=cats).codes
+        return codes
+
+    def _calib(self):
+        c = self.info["calibration"]
+        if c is None:
+            return None
+        if c[0] == "isotonic":
+            return ("isotonic", self.arrays["iso_x"], self.arrays["iso_y"])
+        return tuple(c)
+
+    def predict_proba(self, X: pd.DataFrame, dtype=None) -> np.ndarray:
+        """P(positive) per row of ``X`` (a DataFrame with the model's feature columns)."""
+        num = self.info["numeric"]
+        _check_frame(X, num, self.info["categorical"], f"model '{self.info['name']}'")
+        M = _numeric_matrix(X, num, dtype)
+        codes = self._codes(X)
+        a = self.arrays
+        if self.info["kind"] == "logistic":
+            p = scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], self._calib())
+        else:
+            p = scoring.tree_proba(M, {**a, "baseline": a["baseline"][0]}, codes, self._calib())
+        bad = np.isnan(p)
+        if bad.any():
+            raise ScoringError(self._explain_bad(X, M, bad))
+        return p
+
+    def _explain_bad(self, X, M, bad) -> str:
+        rows = np.flatnonzero(bad)
+        sub = M[rows]
+        fill = self.arrays.get("fill")
+        probs = []
+        for j, c in enumerate(self.info["numeric"]):
+            col = sub[:, j]
+            if np.isinf(col).any():
+                probs.append(f"'{c}' holds infinite values")
+            elif fill is not None and np.isnan(fill[j]) and np.isnan(col).any():
+                probs.append(f"'{c}' holds missing values, which this model cannot impute")
+        idx = list(X.index[rows[:5]])
+        return (f"model '{self.info['name']}': {len(rows):,} rows cannot be scored: {'; '.join(probs) or 'bad values'} "
+                f"(e.g. rows {idx})")
+
+    def save(self, folder) -> Path:
+        """Write ``arrays.npz`` and ``model.json`` into ``folder`` (created; replaced atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".arrays.tmp.npz"
+        np.savez(tmp, **self.arrays)
+        tmp.replace(folder / "arrays.npz")
+        (folder / ".model.tmp").write_text(json.dumps({**self.info, "version": self.version}, indent=1))
+        (folder / ".model.tmp").replace(folder / "model.json")
+        return folder
+
+    @classmethod
+    def load(cls, folder) -> "CompiledModel":
+        folder = Path(folder)
+        if not (folder / "model.json").is_file() or not (folder / "arrays.npz").is_file():
+            raise CrmlabError(f"no compiled model in {folder} (expected model.json and arrays.npz)")
+        info = json.loads((folder / "model.json").read_text())
+        with np.load(folder / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        m = cls({k: v for k, v in info.items() if k != "version"}, arrays)
+        if info.get("version") and info["version"] != m.version:
+            raise CrmlabError(f"compiled model in {folder} does not match its recorded version "
+                              f"({info['version']} vs {m.version}): the files were changed")
+        return m
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(y, p) -> dict:
+    """ROC AUC, PR AUC (average precision), Brier score, log loss, top-decile lift, base rate."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, np.float64)
+    g = gains(y, p)
+    return {"n": int(len(y)), "base_rate": float(y.mean()), "roc_auc": float(roc_auc_score(y, p)),
+            "pr_auc": float(average_precision_score(y, p)), "brier": float(brier_score_loss(y, p)),
+            "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
+            "top_decile_lift": float(g["lift"].iloc[0])}
+
+
+def gains(y, p, bins: int = 10) -> pd.DataFrame:
+    """Cumulative gains and lift by score decile (decile 1 = highest scores)."""
+    y = np.asarray(y).astype(int)
+    order = np.argsort(-np.asarray(p), kind="stable")
+    dec = np.minimum((np.arange(len(y)) * bins) // max(len(y), 1), bins - 1) + 1
+    df = pd.DataFrame({"decile": dec, "y": y[order], "p": np.asarray(p)[order]})
+    g = df.groupby("decile").agg(customers=("y", "size"), positives=("y", "sum"), mean_score=("p", "mean"))
+    g["rate"] = g["positives"] / g["customers"]
+    g["lift"] = g["rate"] / max(y.mean(), 1e-12)
+    g["cum_share_customers"] = g["customers"].cumsum() / len(y)
+    g["cum_share_positives"] = g["positives"].cumsum() / max(y.sum(), 1)
+    g["cum_lift"] = g["cum_share_positives"] / g["cum_share_customers"]
+    return g
+
+
+def calibration_table(y, p, bins: int = 10) -> pd.DataFrame:
+    """Mean predicted vs observed rate in equal-count bins of the score."""
+    df = pd.DataFrame({"y": np.asarray(y).astype(int), "p": np.asarray(p)})
+    df["bin"] = pd.qcut(df["p"].rank(method="first"), bins, labels=False)
+    return df.groupby("bin").agg(predicted=("p", "mean"), observed=("y", "mean"), customers=("y", "size"))
+
+
+def cross_validate(X: pd.DataFrame, y, folds: int = 5, random_state: int = 0, **model) -> pd.DataFrame:
+    """Stratified k-fold metrics of a :class:`PropensityModel` (one row per fold, plus the mean)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y).astype(int)
+    rows = []
+    for k, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=random_state).split(X, y)):
+        m = PropensityModel(random_state=random_state, **model).fit(X.iloc[tr], y[tr])
+        rows.append({"fold": k + 1, **evaluate(y[te], m.predict_proba(X.iloc[te])[:, 1])})
+    out = pd.DataFrame(rows).set_index("fold")
+    out.loc["mean"] = out.mean()
+    return out
+
+
+def plot_evaluation(results: dict, title: str = ""):
+    """ROC curves, calibration and cumulative gains for {label: (y, p)}."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2))
+    for label, (y, p) in results.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax[0].plot(fpr, tpr, label=f"{label} (AUC {evaluate(y, p)['roc_auc']:.3f})")
+        ct = calibration_table(y, p)
+        ax[1].plot(ct["predicted"], ct["observed"], "o-", label=label)
+        g = gains(y, p)
+        ax[2].plot(np.r_[0, g["cum_share_customers"]], np.r_[0, g["cum_share_positives"]], "o-", label=label)
+    ax[0].plot([0, 1], [0, 1], "k:", lw=1)
+    ax[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax[1].plot([0, 1], [0, 1], "k:", lw=1)
+    ax[1].set(xlabel="mean predicted", ylabel="observed rate", title="Calibration (deciles)")
+    ax[2].plot([0, 1], [0, 1], "k:", lw=1)
+    ax[2].set(xlabel="share of customers targeted (by score)", ylabel="share of positives reached",
+              title="Cumulative gains")
+    for a in ax:
+        a.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,108 @@
+"""Scoring kernels against the row-by-row references in tests/naive.py."""
+import numpy as np
+import pytest
+
+from crmlab.kernels import scoring
+from naive import linear_proba_ref, tree_proba_ref
+
+CALIBS = [None, ("sigmoid", -1.3, 0.2), ("isotonic", np.array([-2.0, -0.5, 0.0, 0.0, 1.5]),
+                                          np.array([0.05, 0.2, 0.3, 0.4, 0.9]))]
+
+
+@pytest.mark.parametrize("calib", CALIBS, ids=["logistic", "sigmoid", "isotonic"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_matches_reference(calib, dtype):
+    rng = np.random.default_rng(1)
+    n, p, q = 500, 7, 3
+    X = rng.normal(size=(n, p)).astype(dtype)
+    X[rng.random((n, p)) < 0.1] = np.nan
+    X[3, 2] = np.inf
+    fill = rng.normal(size=p)
+    fill[5] = np.nan                                # column 5 takes no missing values
+    codes = rng.integers(-1, 4, size=(n, q)).astype(np.int32)
+    table = rng.normal(size=(q, 4))
+    w = rng.normal(size=p)
+    got = scoring.linear_proba(X, w, 0.3, fill, codes, table, calib)
+    want = linear_proba_ref(X.astype(float), w, 0.3, fill, codes, table, calib)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[3]) and np.isnan(got).sum() > 10
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def _random_trees(rng, n_trees, p, q, n_cats=6):
+    """Random trees both as nested dicts (reference) and as the kernel's flat arrays."""
+    flat = {k: [] for k in ("kind", "feat", "thr", "left", "right", "miss_left", "bitset", "value")}
+    bitsets, roots, nested = [], [], []
+    known = np.zeros((max(q, 1), 8), np.uint32)
+    known_sets = [set(rng.choice(n_cats, size=n_cats - 1, replace=False).tolist()) for _ in range(q)]
+    for c, s in enumerate(known_sets):
+        for k in s:
+            known[c, k >> 5] |= np.uint32(1 << (k & 31))
+
+    def grow(depth):
+        idx = len(flat["kind"])
+        for k in flat:
+            flat[k].append(0)
+        if depth == 0 or rng.random() < 0.15:
+            v = float(rng.normal())
+            flat["kind"][idx], flat["value"][idx] = scoring.LEAF, v
+            return idx, {"value": v}
+        miss = bool(rng.random() < 0.5)
+        if q and rng.random() < 0.3:
+            f = int(rng.integers(q))
+            left_cats = set(rng.choice(sorted(known_sets[f]), size=2, replace=False).tolist())
+            b = np.zeros(8, np.uint32)
+            for k in left_cats:
+                b[k >> 5] |= np.uint32(1 << (k & 31))
+            flat["kind"][idx], flat["bitset"][idx] = scoring.CATEGORICAL, len(bitsets)
+            bitsets.append(b)
+            node = {"kind": "cat", "feature": f, "left_cats": left_cats, "known_cats": known_sets[f]}
+        else:
+            f = int(rng.integers(p))
+            thr = float(rng.normal())
+            flat["kind"][idx], flat["thr"][idx] = scoring.NUMERIC, thr
+            node = {"kind": "num", "feature": f, "thr": thr}
+        flat["feat"][idx], flat["miss_left"][idx] = f, miss
+        li, ln = grow(depth - 1)
+        ri, rn = grow(depth - 1)
+        flat["left"][idx], flat["right"][idx] = li, ri
+        return idx, {**node, "missing_left": miss, "left": ln, "right": rn}
+
+    for _ in range(n_trees):
+        root, tree = grow(5)
+        roots.append(root)
+        nested.append(tree)
+    arrays = {"kind": np.array(flat["kind"], np.uint8), "feat": np.array(flat["feat"], np.int32),
+              "thr": np.array(flat["thr"], float), "left": np.array(flat["left"], np.int32),
+              "right": np.array(flat["right"], np.int32), "miss_left": np.array(flat["miss_left"], np.uint8),
+              "bitset": np.array(flat["bitset"], np.int32), "value": np.array(flat["value"], float),
+              "roots": np.array(roots, np.int32), "cat_bitsets": np.array(bitsets or [np.zeros(8, np.uint32)]),
+              "known_bitsets": known, "known_row": np.arange(max(q, 1), dtype=np.int32), "baseline": -0.4}
+    return arrays, {"baseline": -0.4, "trees": nested}
+
+
+@pytest.mark.parametrize("calib", CALIBS, ids=["logistic", "sigmoid", "isotonic"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_trees_match_reference(calib, dtype):
+    rng = np.random.default_rng(2)
+    n, p, q = 700, 5, 2
+    arrays, nested = _random_trees(rng, 25, p, q)
+    X = rng.normal(size=(n, p)).astype(dtype)
+    X[rng.random((n, p)) < 0.1] = np.nan
+    X[7, 1] = -np.inf
+    codes = rng.integers(-1, 6, size=(n, q)).astype(np.int32)      # includes unknown category 5 sometimes
+    got = scoring.tree_proba(X, arrays, codes, calib)
+    want = tree_proba_ref(X, nested, codes, calib)
+    assert np.isnan(got[7])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_wrappers_reject_bad_shapes():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        scoring.linear_proba(np.zeros((3, 2), np.int64), np.zeros(2), 0.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        scoring.linear_proba(np.zeros((3, 2)), np.zeros(3), 0.0)
+    rng = np.random.default_rng(0)
+    arrays, _ = _random_trees(rng, 2, 5, 0)
+    with pytest.raises(ValueError, match="more columns"):
+        scoring.tree_proba(np.zeros((3, 2)), arrays)
