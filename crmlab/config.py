@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "run_name": "default",
     "runs_dir": "../runs",                # relative to the parameter file
     "notebooks_dir": "../notebooks",
-    "stages": ["00_data_quality", "10_identity", "20_affinity", "30_value"],   # notebook names, in order
+    "stages": ["00_data_quality", "10_identity", "20_affinity", "30_value", "40_propensity"],   # notebook names, in order
     "data": {
         "dir": "../data/sample",          # CSV or Parquet files named after the tables
         "url": None,                      # SQLAlchemy URL; when set, tables are read from it
@@ -64,6 +64,19 @@ DEFAULTS: dict[str, Any] = {
         "margin": 0.3,                    # CLV counts margin x spend
         "covariates": [],                 # e.g. [first_channel]: acquisition channel
     },
+    "propensity": {
+        "horizon_days": 90,               # attrition = no order in the next N days; purchase windows too
+        "model": "logistic",              # logistic | hgb
+        "calibration": "sigmoid",         # sigmoid | isotonic | none
+        "cv": 5,                          # folds for the calibration's out-of-fold predictions
+        "max_iter": 200,                  # boosting iterations (hgb)
+        "attrition": True,
+        "departments": [],                # purchase-propensity targets; [] = the most bought ones
+        "top_departments": 4,
+        "response": True,                 # campaign response model (needs contacts with >= 2 campaigns)
+        "models": None,                   # folder of saved models: score with them, no refitting
+        "importance_repeats": 3,          # permutation-importance repeats in the report (0: skip)
+    },
     "report": {
         "html": True,
         "reviewer_html": True,            # a --no-input copy for reviewers
@@ -72,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
 }
 
-_PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir")}
+_PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir"), ("propensity", "models")}
 
 
 def _suggest(key: str, options) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .features import _slug
 from .kernels import scoring
 
 MISSING = "(missing)"
@@ -102,6 +103,8 @@ class PropensityModel:
     C : inverse regularisation strength (logistic).
     max_iter, learning_rate, max_leaf_nodes, l2_regularization : tree ensemble settings (hgb).
     random_state : seed for folds and trees.
+    impute : logistic only; False leaves numeric columns without imputation (a missing value is then
+        an error at scoring time, as in scikit-learn).
 
     Attributes
     ----------
@@ -113,7 +116,7 @@ class PropensityModel:
 
     def __init__(self, kind: str = "logistic", calibration: str = "sigmoid", cv: int = 5, C: float = 1.0,
                  max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
-                 l2_regularization: float = 0.0, random_state: int = 0):
+                 l2_regularization: float = 0.0, random_state: int = 0, impute: bool = True):
         self.kind = kind
         self.calibration = calibration
         self.cv = cv
@@ -123,6 +126,7 @@ class PropensityModel:
         self.max_leaf_nodes = max_leaf_nodes
         self.l2_regularization = l2_regularization
         self.random_state = random_state
+        self.impute = impute
 
     def _pipeline(self):
         from sklearn.compose import ColumnTransformer
@@ -136,8 +140,8 @@ class PropensityModel:
         if self.kind == "logistic":
             parts = []
             if num:
-                parts.append(("num", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                                               ("scale", StandardScaler())]), num))
+                steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))] if self.impute else []
+                parts.append(("num", Pipeline(steps + [("scale", StandardScaler())]), num))
             if cat:
                 parts.append(("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value=MISSING)),
                                                ("onehot", OneHotEncoder(handle_unknown="ignore"))]), cat))
@@ -255,7 +259,7 @@ def _export_logistic(ct, lr, numeric, categorical):
         mean, scale = num["scale"].mean_, num["scale"].scale_
         w = coef[:p] / scale
         bias -= float(np.sum(coef[:p] * mean / scale))
-        fill = num["impute"].statistics_.astype(np.float64)
+        fill = num["impute"].statistics_.astype(np.float64) if "impute" in num.named_steps else np.full(p, np.nan)
     cats, table = [], np.zeros((len(categorical), 1))
     if categorical:
         enc = ct.named_transformers_["cat"]["onehot"]
@@ -344,7 +348,7 @@ class CompiledModel:
             s = X[c]
             if fill is not None:
                 s = s.astype(object).where(s.notna(), fill)
-            codes[:, j] = pd.Categorical(s.astype("string"), categories=cats).codes
+            codes[:, j] = pd.Index(cats, dtype="string").get_indexer(s.astype("string"))
         return codes
 
     def _calib(self):
@@ -489,3 +493,171 @@ def plot_evaluation(results: dict, title: str = ""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- the stage
+
+@dataclass
+class TargetResult:
+    """One target: the model evaluated on the time holdout (with its data) and the final model."""
+
+    name: str
+    holdout_model: PropensityModel
+    holdout_X: pd.DataFrame
+    holdout_y: np.ndarray
+    holdout_p: np.ndarray
+    metrics: dict
+    model: PropensityModel
+    compiled: CompiledModel
+
+
+def cutoffs(last_date, horizon_days: int) -> dict:
+    """Training, validation and scoring cut-offs: each label window is the ``horizon_days`` after its cut-off."""
+    score = pd.Timestamp(last_date).normalize() + pd.Timedelta(days=1)
+    valid = score - pd.Timedelta(days=horizon_days)
+    return {"train": valid - pd.Timedelta(days=horizon_days), "valid": valid, "score": score}
+
+
+def _model(P: dict, seed: int) -> PropensityModel:
+    return PropensityModel(kind=P["model"], calibration=P["calibration"], cv=P["cv"], max_iter=P["max_iter"],
+                           random_state=seed)
+
+
+def purchase_departments(ev, P: dict, before) -> list[str]:
+    """The departments with purchase targets: from params, else the most bought before ``before``."""
+    if P["departments"]:
+        known = set(ev.lines["department"].dropna())
+        unknown = [d for d in P["departments"] if d not in known]
+        if unknown:
+            raise CrmlabError(f"propensity.departments: unknown department(s) {unknown}; known: {sorted(known)}")
+        return list(P["departments"])
+    ln = ev.lines[ev.lines["order_date"] < before]
+    return ln.groupby("department")["customer_key"].nunique().nlargest(P["top_departments"]).index.tolist()
+
+
+def _training_builder(ev, cut: dict):
+    from .features import FeatureBuilder
+
+    return FeatureBuilder().fit(ev, cut["train"])
+
+
+def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "FeatureBuilder", dict]:
+    """Fit, evaluate on a time holdout and refit every target.
+
+    Each target is evaluated honestly: a model fitted on features at the training cut-off (labels
+    from the window after it) scores the customers at the validation cut-off, whose labels are the
+    last ``horizon_days`` of data. The model kept for scoring is then refitted at the validation
+    cut-off. Campaign response is fitted on treated contacts (features at each campaign's start)
+    and evaluated on the latest campaign. Returns (results by target, the scoring feature builder,
+    cut-offs).
+    """
+    from .features import FeatureBuilder, labels
+
+    cut = cutoffs(ev.last_date, P["horizon_days"])
+    depts = purchase_departments(ev, P, cut["valid"])
+    fb_train = _training_builder(ev, cut)
+    fb_final = FeatureBuilder().fit(ev, cut["valid"])
+    X_tr, X_va = fb_train.transform(ev, cut["train"]), fb_train.transform(ev, cut["valid"])
+    y_tr = labels(ev, X_tr.index, cut["train"], P["horizon_days"], depts)
+    y_va = labels(ev, X_va.index, cut["valid"], P["horizon_days"], depts)
+    X_fin = fb_final.transform(ev, cut["valid"])
+    targets = (["attrition"] if P["attrition"] else []) + [c for c in y_tr.columns if c.startswith("buy_")]
+    out = {}
+    for t in targets:
+        progress(f"{t}: fitting on {len(X_tr):,} customers at {cut['train']:%Y-%m-%d}, "
+                 f"validating on {len(X_va):,} at {cut['valid']:%Y-%m-%d}")
+        m = _model(P, seed).fit(X_tr, y_tr[t])
+        p = m.predict_proba(X_va)[:, 1]
+        final = _model(P, seed).fit(X_fin, y_va[t])
+        meta = {"target": t, "cutoff": f"{cut['valid']:%Y-%m-%d}", "horizon_days": P["horizon_days"]}
+        out[t] = TargetResult(t, m, X_va, y_va[t].to_numpy(), p, evaluate(y_va[t], p), final, final.compile(t, meta))
+    if P["response"] and ev.contacts is not None:
+        r = _fit_response(ev, P, seed, fb_train, fb_final, progress)
+        if r is not None:
+            out["response"] = r
+    return out, fb_final, cut
+
+
+def _response_frame(ev, fb, campaigns) -> tuple[pd.DataFrame, np.ndarray]:
+    c = ev.contacts[(ev.contacts["group"] == "treatment") & ev.contacts["campaign_id"].isin(campaigns)]
+    Xs, ys = [], []
+    for camp, grp in c.groupby("campaign_id", sort=False):
+        start = grp["contact_date"].min()
+        X = fb.transform(ev, start)
+        keys = grp.drop_duplicates("customer_key").set_index("customer_key")
+        keys = keys[keys.index.isin(X.index)]
+        Xs.append(X.loc[keys.index].reset_index())
+        ys.append(keys["responded"].to_numpy().astype(int))
+    return pd.concat(Xs, ignore_index=True).set_index("customer_key"), np.concatenate(ys)
+
+
+def _fit_response(ev, P, seed, fb_train, fb_final, progress):
+    order = (ev.contacts.groupby("campaign_id")["contact_date"].min().sort_values())
+    if len(order) < 2:
+        progress("response: fewer than two campaigns, no honest holdout: skipped")
+        return None
+    first, last = list(order.index[:-1]), [order.index[-1]]
+    X_tr, y_tr = _response_frame(ev, fb_train, first)
+    X_va, y_va = _response_frame(ev, fb_train, last)
+    if len(set(y_tr)) < 2 or len(set(y_va)) < 2:
+        progress("response: a campaign without both responders and non-responders: skipped")
+        return None
+    progress(f"response: fitting on {len(X_tr):,} treated contacts of {', '.join(first)}, "
+             f"validating on {len(X_va):,} of {last[0]}")
+    m = _model(P, seed).fit(X_tr, y_tr)
+    p = m.predict_proba(X_va)[:, 1]
+    X_all, y_all = _response_frame(ev, fb_final, list(order.index))
+    final = _model(P, seed).fit(X_all, y_all)
+    meta = {"target": "response", "campaigns": list(order.index)}
+    return TargetResult("response", m, X_va, y_va, p, evaluate(y_va, p), final, final.compile("response", meta))
+
+
+def score_customers(models: dict, X: pd.DataFrame) -> pd.DataFrame:
+    """The ``customer_propensity`` table: one probability column per model, and the models' version."""
+    out = pd.DataFrame(index=X.index)
+    names = {"attrition": "attrition_risk", "response": "response_propensity"}
+    for t, cm in models.items():
+        out[names.get(t, t.replace("buy_", "propensity_"))] = cm.predict_proba(X)
+    version = hashlib.sha256(",".join(f"{t}:{cm.version}" for t, cm in sorted(models.items())).encode())
+    out["model_version"] = version.hexdigest()[:12]
+    return out.reset_index()
+
+
+def save_models(models: dict, builder, folder) -> Path:
+    """Compiled models (one sub-folder each) and the feature vocabulary, for scoring without refitting."""
+    folder = Path(folder)
+    for t, cm in models.items():
+        cm.save(folder / t)
+    vocab = {"channels": builder.channels_, "departments": list(builder.departments_), "media": builder.media_,
+             "windows": list(builder.windows), "targets": list(models)}
+    (folder / "features.json").write_text(json.dumps(vocab, indent=1))
+    return folder
+
+
+def load_models(folder):
+    """(models by target, feature builder) saved by :func:`save_models`."""
+    from .features import FeatureBuilder
+
+    folder = Path(folder)
+    spec = folder / "features.json"
+    if not spec.is_file():
+        raise CrmlabError(f"no saved propensity models in {folder} (features.json missing); "
+                          f"point propensity.models at a run's artifacts/models folder")
+    vocab = json.loads(spec.read_text())
+    fb = FeatureBuilder(tuple(vocab["windows"]))
+    fb.channels_, fb.departments_, fb.media_ = vocab["channels"], vocab["departments"], vocab["media"]
+    fb.categorical_ = ["first_channel", "top_department"]
+    return {t: CompiledModel.load(folder / t) for t in vocab["targets"]}, fb
+
+
+def refit_as(result: TargetResult, ev, cut: dict, P: dict, kind: str, seed: int = 0) -> PropensityModel:
+    """The holdout model of ``result`` fitted again as another model ``kind`` (same features and labels)."""
+    from .features import labels
+
+    if result.name == "response":
+        raise CrmlabError("refit_as covers customer-level targets (attrition, buy_*), not campaign response")
+    X_tr = _training_builder(ev, cut).transform(ev, cut["train"])
+    depts = [result.name[4:]] if result.name.startswith("buy_") else []
+    y = labels(ev, X_tr.index, cut["train"], P["horizon_days"],
+               [d for d in ev.lines["department"].dropna().unique() if _slug(d) in depts])
+    return _model({**P, "model": kind}, seed).fit(X_tr[result.holdout_X.columns], y[result.name])

@@ -28,7 +28,7 @@ def test_run_leaves_notebooks_reports_manifest_index(ci_run):
     m = json.loads((ci_run / "manifest.json").read_text())
     assert m["status"] == "ok"
     assert [s["name"] for s in m["stages"]] == ["load_sources", "00_data_quality", "10_identity", "20_affinity",
-                                                "30_value"]
+                                                "30_value", "40_propensity"]
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in m["stages"])
     nb_stage = m["stages"][1]
     for key in ("notebook", "html", "reviewer_html"):
@@ -42,6 +42,11 @@ def test_run_leaves_notebooks_reports_manifest_index(ci_run):
     buyers = orders.merge(key_map, on=["source_system", "source_id"])["customer_key"].nunique()
     assert m["stages"][3]["artifacts"]["customer_recommendations"] == 5 * buyers
     assert m["stages"][4]["artifacts"]["customer_value"] == buyers
+    assert m["stages"][5]["artifacts"]["customer_propensity"] == buyers
+    scores = pd.read_parquet(ci_run / "artifacts" / "customer_propensity.parquet")
+    assert list(scores.columns[:2]) == ["customer_key", "attrition_risk"] and scores["model_version"].nunique() == 1
+    assert "response_propensity" in scores and scores.filter(like="propensity_").shape[1] == 2
+    assert scores.drop(columns=["customer_key", "model_version"]).stack().between(0, 1).all()
     assert m["inputs"]["orders"]["rows"] == 16781 and len(m["inputs"]["orders"]["sha256"]) == 16
     assert m["packages"]["numpy"] and m["params"]["seed"] == 7
     index = (ci_run / "index.html").read_text()

@@ -1,0 +1,133 @@
+"""Propensity models: Telco churn figures, compiled scoring equal to scikit-learn, persistence, errors."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmlab import config, propensity
+from crmlab.errors import CrmlabError
+from crmlab.features import CustomerEvents
+from crmlab.propensity import CompiledModel, PropensityModel, ScoringError
+from crmlab.sources import load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def telco():
+    df = pd.read_csv(ROOT / "data" / "telco" / "wa_churn.csv.gz")
+    y = (df.pop("churn") == "Yes").astype(int).to_numpy()
+    return df, y
+
+
+def test_telco_cross_validated_auc_and_lift(telco):
+    X, y = telco
+    cv = propensity.cross_validate(X, y, folds=5, kind="logistic")
+    assert cv.loc["mean", "roc_auc"] >= 0.845
+    assert cv.loc["mean", "top_decile_lift"] >= 2.8
+    assert 0.26 < cv.loc["mean", "base_rate"] < 0.27
+
+
+def _scoring_frame(X, rng):
+    """Held-out style rows with missing values, an unseen category and a float32 column."""
+    Xs = X.sample(2000, random_state=1).copy()
+    Xs.loc[Xs.sample(frac=0.1, random_state=2).index, "monthly_charges"] = np.nan
+    Xs.loc[Xs.sample(frac=0.05, random_state=3).index, "contract"] = None
+    Xs.loc[Xs.sample(frac=0.02, random_state=4).index, "payment_method"] = "Crypto"    # never seen
+    Xs["tenure"] = Xs["tenure"].astype("float32")
+    return Xs
+
+
+@pytest.mark.parametrize("kind,calibration", [("logistic", "sigmoid"), ("logistic", "isotonic"),
+                                              ("logistic", "none"), ("hgb", "sigmoid"), ("hgb", "isotonic")])
+def test_compiled_model_equals_sklearn(telco, kind, calibration):
+    X, y = telco
+    X = X.copy()
+    X.loc[X.sample(frac=0.05, random_state=0).index, "internet_service"] = None        # missing in training too
+    m = PropensityModel(kind=kind, calibration=calibration, cv=3, max_iter=60).fit(X, y)
+    cm = m.compile("churn")
+    Xs = _scoring_frame(X, np.random.default_rng(0))
+    want = m.predict_proba(Xs)[:, 1]
+    got = cm.predict_proba(Xs)
+    assert np.max(np.abs(got - want)) <= 1e-6
+    if kind == "hgb":
+        assert np.array_equal(got, want)                         # same additions in the same order
+    assert cm.info["categorical"] and set(cm.info["numeric"]) >= {"tenure", "monthly_charges"}
+
+
+def test_compiled_model_saves_loads_and_detects_tampering(telco, tmp_path):
+    X, y = telco
+    m = PropensityModel(kind="hgb", max_iter=30, cv=3).fit(X, y)
+    cm = m.compile("churn", {"cutoff": "2026-01-01"})
+    cm.save(tmp_path / "m")
+    back = CompiledModel.load(tmp_path / "m")
+    assert back.version == cm.version and back.info["cutoff"] == "2026-01-01"
+    np.testing.assert_array_equal(back.predict_proba(X), cm.predict_proba(X))
+    arrays = dict(np.load(tmp_path / "m" / "arrays.npz"))
+    arrays["value"][3] += 1.0
+    np.savez(tmp_path / "m" / "arrays.npz", **arrays)
+    with pytest.raises(CrmlabError, match="does not match its recorded version"):
+        CompiledModel.load(tmp_path / "m")
+    with pytest.raises(CrmlabError, match="no compiled model"):
+        CompiledModel.load(tmp_path / "nothing")
+
+
+def test_scoring_errors_name_the_column(telco):
+    X, y = telco
+    cm = PropensityModel(calibration="none").fit(X, y).compile("churn")
+    with pytest.raises(ScoringError, match="feature column\\(s\\) missing: tenure"):
+        cm.predict_proba(X.drop(columns="tenure"))
+    with pytest.raises(ScoringError, match="'monthly_charges' \\((str|object)\\)"):
+        cm.predict_proba(X.astype({"monthly_charges": str}))
+    bad = X.copy()
+    bad.loc[bad.index[5], "total_charges"] = np.inf
+    with pytest.raises(ScoringError, match="'total_charges' holds infinite values.*rows \\[5\\]"):
+        cm.predict_proba(bad)
+    strict = PropensityModel(calibration="none", impute=False).fit(X.dropna(), y[X.notna().all(axis=1).to_numpy()])
+    with pytest.raises(ScoringError, match="'total_charges' holds missing values, which this model cannot impute"):
+        strict.compile("strict").predict_proba(X)
+    with pytest.raises(CrmlabError, match="both classes"):
+        PropensityModel().fit(X, np.zeros(len(X)))
+    with pytest.raises(CrmlabError, match="unknown model kind"):
+        PropensityModel(kind="forest").fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def events(world):
+    return CustomerEvents.from_sources(load(world))
+
+
+def test_stage_fits_evaluates_scores_and_reloads(events, world, tmp_path):
+    P = {**config.DEFAULTS["propensity"], "cv": 3, "top_departments": 2}
+    results, builder, cut = propensity.fit_targets(events, P, progress=lambda *_: None)
+    assert set(results) == {"attrition", "response"} | {t for t in results if t.startswith("buy_")}
+    assert len([t for t in results if t.startswith("buy_")]) == 2
+    assert results["attrition"].metrics["roc_auc"] > 0.7
+    assert all(0.55 < r.metrics["roc_auc"] < 1 for r in results.values())
+    X_now = builder.transform(events, cut["score"])
+    models = {t: r.compiled for t, r in results.items()}
+    scores = propensity.score_customers(models, X_now)
+    for t, r in results.items():
+        col = {"attrition": "attrition_risk", "response": "response_propensity"}.get(t, t.replace("buy_", "propensity_"))
+        np.testing.assert_allclose(scores[col], r.model.predict_proba(X_now)[:, 1], atol=1e-6)
+    propensity.save_models(models, builder, tmp_path / "models")
+    loaded, fb = propensity.load_models(tmp_path / "models")
+    again = propensity.score_customers(loaded, fb.transform(events, cut["score"]))
+    pd.testing.assert_frame_equal(again, scores)
+
+
+def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
+    from crmlab import synth
+
+    P = {**config.DEFAULTS["propensity"], "cv": 3, "departments": [], "top_departments": 0, "response": False}
+    results, _, cut = propensity.fit_targets(events, P, progress=lambda *_: None)
+    r = results["attrition"]
+    rt = pd.read_parquet(world / "truth" / "record_truth.parquet")
+    key_map = rt.assign(customer_key=rt["source_system"] + ":" + rt["source_id"].astype(str))  # records as customers
+    oracle = synth.true_attrition_probability(world, key_map, cut["valid"], P["horizon_days"])
+    y = pd.Series(r.holdout_y, index=r.holdout_X.index)
+    both = y.index.intersection(oracle.index)
+    auc_true = propensity.evaluate(y[both], oracle[both])["roc_auc"]
+    assert len(both) > 0.9 * len(y)
+    assert r.metrics["roc_auc"] < auc_true < 0.97
