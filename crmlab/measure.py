@@ -86,3 +86,142 @@ def response_history(responses: pd.DataFrame, cutoff) -> pd.DataFrame:
     g = pd.DataFrame({"customer_key": r["customer_key"].to_numpy(), "contacts": 1,
                       "responses": answered.astype(np.int64)}).groupby("customer_key").sum()
     return g
+
+
+# ----------------------------------------------------------------------------- lift against control
+
+Z95 = 1.959963984540054
+Z80 = 0.8416212335729143
+
+
+def wilson(k, n, z: float = Z95):
+    """Wilson score interval for k successes out of n (arrays allowed)."""
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def diff_interval(k1, n1, k0, n0, z: float = Z95):
+    """Newcombe's hybrid score interval for p1 - p0 (method 10, from the two Wilson intervals)."""
+    p1, p0 = np.asarray(k1, float) / n1, np.asarray(k0, float) / n0
+    l1, u1 = wilson(k1, n1, z)
+    l0, u0 = wilson(k0, n0, z)
+    d = p1 - p0
+    return d - np.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + np.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+
+
+def lift_table(responses: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Per campaign (and ``by`` columns): treated vs control response and revenue, with the increment.
+
+    Columns: contacts and responders per group, response rates, ``incremental_rate`` (treated -
+    control) with a 95% Newcombe interval, revenue per contact per group and its increment with a
+    95% Welch interval, ``incremental_responders`` (rate x treated contacts), ``mde`` (the smallest
+    true increment detectable with 80% power at this size), ``significant`` and a plain-language
+    ``verdict``.
+    """
+    keys = ["campaign_id"] + list(by or [])
+    r = responses.assign(_t=(responses["group"] == "treatment"))
+    if r["_t"].all() or (~r["_t"]).all():
+        raise CrmlabError("lift needs both a treatment and a control group; a control share of 0 measures nothing")
+    g = r.groupby(keys + ["_t"], observed=True).agg(
+        n=("responded", "size"), k=("responded", "sum"),
+        rev=("response_value", "mean"), rev_var=("response_value", "var")).unstack("_t")
+    out = pd.DataFrame(index=g.index)
+    for side, flag in (("treated", True), ("control", False)):
+        out[f"contacts_{side}"] = g[("n", flag)].fillna(0).astype(int)
+        out[f"responders_{side}"] = g[("k", flag)].fillna(0).astype(int)
+        out[f"rate_{side}"] = out[f"responders_{side}"] / out[f"contacts_{side}"].replace(0, np.nan)
+        out[f"revenue_per_contact_{side}"] = g[("rev", flag)]
+    nt, nc = out["contacts_treated"], out["contacts_control"]
+    out["incremental_rate"] = out["rate_treated"] - out["rate_control"]
+    lo, hi = diff_interval(out["responders_treated"], nt, out["responders_control"], nc)
+    out["ci_low"], out["ci_high"] = lo, hi
+    out["incremental_responders"] = out["incremental_rate"] * nt
+    se_rev = np.sqrt(g[("rev_var", True)].fillna(0) / nt + g[("rev_var", False)].fillna(0) / nc)
+    out["incremental_revenue_per_contact"] = out["revenue_per_contact_treated"] - out["revenue_per_contact_control"]
+    out["revenue_ci_low"] = out["incremental_revenue_per_contact"] - Z95 * se_rev
+    out["revenue_ci_high"] = out["incremental_revenue_per_contact"] + Z95 * se_rev
+    pooled = (out["responders_treated"] + out["responders_control"]) / (nt + nc)
+    out["mde"] = (Z95 + Z80) * np.sqrt(pooled * (1 - pooled) * (1 / nt + 1 / nc))
+    out["significant"] = (out["ci_low"] > 0) | (out["ci_high"] < 0)
+    out["verdict"] = [_verdict(s, d, m, a, b) for s, d, m, a, b in zip(
+        out["significant"], out["incremental_rate"], out["mde"], nt, nc)]
+    return out.reset_index()
+
+
+def _verdict(significant, d, mde, nt, nc) -> str:
+    if min(nt, nc) < 30:
+        return f"too few contacts to conclude ({int(nt)} treated, {int(nc)} control)"
+    if significant:
+        return f"{'lifted' if d > 0 else 'lowered'} response by {abs(d):.1%}"
+    if abs(d) < mde:
+        return f"no effect shown; an effect below {mde:.1%} could not be detected at this size"
+    return "no significant effect"
+
+
+def add_segment(responses: pd.DataFrame, segments: pd.Series, name: str = "segment") -> pd.DataFrame:
+    """Attach a segment per customer_key (missing -> 'unknown')."""
+    seg = responses["customer_key"].map(segments)
+    return responses.assign(**{name: seg.astype(object).where(seg.notna(), "unknown").to_numpy()})
+
+
+def age_band(profile: pd.DataFrame, at) -> pd.Series:
+    """A life-stage proxy: age band per customer_key from the date of birth at a date."""
+    age = (pd.Timestamp(at) - profile["dob"]).dt.days / 365.25
+    return pd.cut(age, [0, 35, 60, 200], labels=["under 35", "35-59", "60+"], right=False).astype(object)
+
+
+# ----------------------------------------------------------------------------- uplift model
+
+class TwoModelUplift:
+    """Uplift as P(response | treated, x) - P(response | control, x), one classifier per group.
+
+    Attributes: ``treated_``, ``control_`` (fitted :class:`crmlab.propensity.PropensityModel`).
+    """
+
+    def __init__(self, kind: str = "logistic", C: float = 0.3, random_state: int = 0):
+        self.kind = kind
+        self.C = C
+        self.random_state = random_state
+
+    def fit(self, X: pd.DataFrame, treated, y) -> "TwoModelUplift":
+        from .propensity import PropensityModel
+
+        treated, y = np.asarray(treated, bool), np.asarray(y).astype(int)
+        for flag, name in ((True, "treated_"), (False, "control_")):
+            m = treated == flag
+            if len(set(y[m])) < 2:
+                raise CrmlabError(f"uplift: the {'treatment' if flag else 'control'} group needs responders and "
+                                  f"non-responders to fit")
+            setattr(self, name, PropensityModel(kind=self.kind, C=self.C, calibration="none",
+                                                random_state=self.random_state).fit(X[m], y[m]))
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.treated_.predict_proba(X)[:, 1] - self.control_.predict_proba(X)[:, 1]
+
+
+def qini_curve(uplift, treated, y, points: int = 50) -> pd.DataFrame:
+    """Qini curve: targeting the top share by predicted uplift, the incremental responders gained
+    (treated responders - control responders scaled to the treated count), against random targeting."""
+    order = np.argsort(-np.asarray(uplift), kind="stable")
+    t = np.asarray(treated, bool)[order]
+    yy = np.asarray(y).astype(int)[order]
+    rt, rc = np.cumsum(yy * t), np.cumsum(yy * ~t)
+    nt, nc = np.cumsum(t), np.cumsum(~t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = rt - np.where(nc > 0, rc * nt / nc, 0.0)
+    idx = np.unique(np.linspace(0, len(q) - 1, points + 1).astype(int))
+    share = (idx + 1) / len(q)
+    return pd.DataFrame({"share_targeted": np.r_[0, share], "incremental_responders": np.r_[0, q[idx]],
+                         "random": np.r_[0, share * q[-1]]})
+
+
+def qini_coefficient(curve: pd.DataFrame) -> float:
+    """Area between the Qini curve and random targeting, over the share targeted."""
+    x = curve["share_targeted"].to_numpy()
+    gap = (curve["incremental_responders"] - curve["random"]).to_numpy()
+    return float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(x)))
