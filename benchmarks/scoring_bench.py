@@ -67,7 +67,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lleaves-python", help="python of an environment with lleaves and lightgbm")
     a = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs; numba threads {scoring.numba.get_num_threads() if hasattr(scoring, 'numba') else ''}")
+    import numba
+
+    print(f"machine: {os.cpu_count()} CPUs; numba threads {numba.get_num_threads()}", flush=True)
     X, y = make_data(a.rows)
     fit_n = 200_000
     Xf = frame(X[:fit_n])
@@ -87,7 +89,7 @@ def main():
     print(f"  crmlab kernel                {t_lin:7.3f} s  {a.rows / t_lin / 1e6:7.1f} M rows/s  {gbps / t_lin:5.1f} GB/s"
           f"  = {t_floor / t_lin:.0%} of the floor's speed")
     print(f"  scikit-learn predict_proba   {t_sk * a.rows / m:7.3f} s  {m / t_sk / 1e6:7.1f} M rows/s"
-          f"  (measured on {m:,} rows)  kernel is {m / t_sk and (t_sk / m) / (t_lin / a.rows):.1f}x faster")
+          f"  (measured on {m:,} rows)  kernel is {(t_sk / m) / (t_lin / a.rows):.1f}x faster")
     print(f"  max |kernel - scikit-learn| = {diff:.2e}")
 
     # ---------------------------------------------------------------- trees

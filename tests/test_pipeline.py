@@ -72,7 +72,7 @@ def test_executed_notebook_has_no_errors_and_expected_counts(ci_run):
 def test_nbval_reproduces_checked_cells(ci_run):
     """Re-execute the executed notebooks with nbval (--nbval-lax): cells marked NBVAL_CHECK_OUTPUT must match."""
     nbs = sorted(str(p) for p in (ci_run / "notebooks").glob("*.ipynb"))
-    assert len(nbs) == 4
+    assert len(nbs) == 5
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                            "--nbval-kernel-name", pipeline.KERNEL_NAME, *nbs],
                           capture_output=True, text=True, cwd=ci_run, timeout=600)
