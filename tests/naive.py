@@ -263,3 +263,22 @@ def tree_proba_ref(X, trees, codes, calib=None):
             raw += node["value"]
         out[i] = np.nan if np.isinf(X[i]).any() else _link_ref(raw, calib)
     return out
+
+
+# --- segment assignment: prepare each value, then the nearest centre by (weighted) distance
+def nearest_center_ref(X, fill, log_cols, centre, scale, centers, weights=None, bias=None):
+    X = np.array(X, float)
+    k, d = centers.shape
+    weights = np.ones((k, d)) if weights is None else weights
+    bias = np.zeros(k) if bias is None else bias
+    labels, dist = np.empty(len(X), np.int64), np.empty(len(X))
+    for i, row in enumerate(X):
+        z = []
+        for j, v in enumerate(row):
+            v = fill[j] if np.isnan(v) else v
+            v = np.log1p(max(v, 0.0)) if log_cols[j] else v
+            z.append((v - centre[j]) / scale[j])
+        ds = [bias[c] + sum(weights[c, j] * (z[j] - centers[c, j]) ** 2 for j in range(d)) for c in range(k)]
+        labels[i] = int(np.argmin(ds))
+        dist[i] = min(ds)
+    return labels, dist
