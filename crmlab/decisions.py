@@ -1,0 +1,251 @@
+"""Decisions per customer from versioned rules in params: treatment, next best offer, preferred
+channel and medium, and the contact policy (do-not-contact, frequency cap, control holdback).
+
+Rules are evaluated in order, first match wins; each ``when`` is a pandas expression over the
+customer's scores (``value_band == 'high' and risk_band == 'high'``). The control group is drawn
+by hashing the customer key with the rules' version, so a customer's group is stable while the
+rules stay the same, and recorded per customer so measurement can compare against it later.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, CrmlabError
+
+DAY = pd.Timedelta(days=1)
+
+#: medium -> (opt-in column, reachability column) of the customer profile
+MEDIUM_CONSENT = {"email": ("email_opt_in", "has_email"), "mail": ("mail_opt_in", None),
+                  "sms": ("sms_opt_in", "has_phone")}
+
+
+def preferred_channel(orders: pd.DataFrame, cutoff, days: int = 365) -> pd.Series:
+    """Per customer, the channel of most orders in the last ``days`` before ``cutoff`` (all history
+    when none); ties go to the most recent order's channel."""
+    o = orders[(orders["order_date"] < pd.Timestamp(cutoff)) & orders["channel"].notna()]
+    recent = o["order_date"] >= pd.Timestamp(cutoff) - days * DAY
+    o = o.assign(w=np.where(recent, 1_000_000.0, 1.0) + o["order_date"].rank(method="first") / (10 * len(o) + 1))
+    score = o.groupby(["customer_key", "channel"], sort=False)["w"].sum()
+    best = score.groupby(level=0).idxmax()
+    return pd.Series([b[1] for b in best], index=best.index, name="preferred_channel")
+
+
+def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutoff, prior: float = 5.0) -> pd.DataFrame:
+    """Per customer, the medium they consented to (and can be reached by) with the best response
+    rate in their own history, shrunk towards the medium's overall rate by ``prior`` contacts.
+
+    Returns ``preferred_medium`` (None when no medium is allowed) and ``allowed_media``.
+    """
+    allowed = pd.DataFrame(index=profile.index)
+    for m, (opt, reach) in MEDIUM_CONSENT.items():
+        ok = profile[opt].fillna(0).astype(bool) if opt in profile else pd.Series(False, index=profile.index)
+        if reach is not None and reach in profile:
+            ok &= profile[reach].fillna(0).astype(bool)
+        allowed[m] = ok
+    score = pd.DataFrame(0.0, index=profile.index, columns=allowed.columns)
+    if contacts is not None and len(contacts):
+        c = contacts[contacts["contact_date"] < pd.Timestamp(cutoff)]
+        answered = c["responded"] & (c["response_date"] < pd.Timestamp(cutoff)).fillna(False)
+        for m in allowed.columns:
+            hit = c["medium"] == m
+            if not hit.any():
+                continue
+            base = float(answered[hit].mean())
+            n = hit.groupby(c["customer_key"]).sum().reindex(profile.index, fill_value=0)
+            r = (answered & hit).groupby(c["customer_key"]).sum().reindex(profile.index, fill_value=0)
+            score[m] = (r + prior * base) / (n + prior)
+    order = list(allowed.columns)
+    s = score.where(allowed, -1.0).to_numpy() + 1e-9 * (len(order) - np.arange(len(order)))   # ties: listed order
+    best = np.asarray(order, dtype=object)[s.argmax(axis=1)]
+    out = pd.DataFrame({"preferred_medium": np.where(allowed.any(axis=1), best, None)}, index=profile.index)
+    out["allowed_media"] = allowed.apply(lambda r: ",".join(r.index[r.to_numpy()]), axis=1) if len(allowed) else ""
+    return out
+
+
+def next_best_offer(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.DataFrame | None = None,
+                    bought: pd.DataFrame | None = None, exclude=()) -> pd.DataFrame:
+    """Per customer, the recommended product with the best score x department propensity.
+
+    ``recs``: customer_key, product_id, score (recommendations); ``propensity``: customer_key and
+    ``propensity_<department slug>`` columns (a department without a model counts 1);
+    ``bought``: customer_key, product_id pairs never to offer again; ``exclude``: product ids
+    never offered (guarded). Sensitive products (``products.sensitive``) are always excluded.
+    """
+    from .features import _slug
+
+    for col in ("customer_key", "product_id", "score"):
+        if col not in recs:
+            raise CrmlabError(f"next_best_offer: recommendations need column '{col}'")
+    prod = products.set_index("product_id")
+    r = recs[["customer_key", "product_id", "score"]].copy()
+    unknown = ~r["product_id"].isin(prod.index)
+    if unknown.any():
+        raise CrmlabError(f"next_best_offer: {int(unknown.sum())} recommended product ids are not in products, "
+                          f"e.g. {r.loc[unknown, 'product_id'].iloc[:3].tolist()}")
+    banned = set(exclude)
+    if "sensitive" in prod:
+        banned |= set(prod.index[prod["sensitive"].fillna(False).astype(bool)])
+    r = r[~r["product_id"].isin(banned)]
+    if bought is not None and len(bought):
+        seen = pd.MultiIndex.from_frame(bought[["customer_key", "product_id"]])
+        r = r[~pd.MultiIndex.from_frame(r[["customer_key", "product_id"]]).isin(seen)]
+    r["department"] = prod["department"].reindex(r["product_id"]).to_numpy()
+    r["weight"] = 1.0
+    if propensity is not None:
+        p = propensity.set_index("customer_key")
+        for dept in r["department"].dropna().unique():
+            col = f"propensity_{_slug(dept)}"
+            if col in p:
+                hit = r["department"] == dept
+                r.loc[hit, "weight"] = p[col].reindex(r.loc[hit, "customer_key"]).fillna(1.0).to_numpy()
+    r["nbo_score"] = r["score"].clip(lower=0) * r["weight"]
+    r = r.sort_values(["customer_key", "nbo_score", "score"], ascending=[True, False, False], kind="stable")
+    best = r.drop_duplicates("customer_key")
+    return pd.DataFrame({"next_best_offer": best["product_id"].to_numpy(),
+                         "next_best_offer_name": prod["product_name"].reindex(best["product_id"]).to_numpy(),
+                         "nbo_score": best["nbo_score"].to_numpy()}, index=pd.Index(best["customer_key"], name="customer_key"))
+
+
+def control_flags(keys: pd.Series | pd.Index, share: float, salt: str) -> np.ndarray:
+    """Deterministic control-group draw: True for about ``share`` of keys, stable for a given salt."""
+    if not 0 <= share < 1:
+        raise ConfigError(f"decisions.control_share must be in [0, 1), got {share}")
+    hash_key = (salt * 16)[:16] if salt else "crmlab-control00"
+    h = pd.util.hash_pandas_object(pd.Series(np.asarray(keys, dtype=object)), index=False,
+                                   hash_key=hash_key).to_numpy()
+    return (h / 2.0**64) < share
+
+
+def _check_rules(rules) -> list[dict]:
+    if not isinstance(rules, list) or not rules:
+        raise ConfigError("decisions.rules must be a non-empty list of {name, when, treatment}")
+    for i, r in enumerate(rules):
+        if not isinstance(r, dict) or not {"name", "when", "treatment"} <= set(r):
+            raise ConfigError(f"decisions.rules #{i + 1} must have name, when and treatment; got {r!r}")
+    return rules
+
+
+def apply_rules(scores: pd.DataFrame, rules: list[dict], default: str = "no_action") -> pd.DataFrame:
+    """Treatment and the rule that gave it, first matching rule wins."""
+    rules = _check_rules(rules)
+    treatment = pd.Series(default, index=scores.index, dtype=object)
+    rule = pd.Series("default", index=scores.index, dtype=object)
+    todo = pd.Series(True, index=scores.index)
+    for r in rules:
+        try:
+            hit = scores.eval(r["when"], engine="python")
+        except Exception as exc:  # noqa: BLE001 - any parse/name error is the rule author's to fix
+            raise ConfigError(f"decisions rule '{r['name']}': cannot evaluate when: {r['when']!r}: {exc}; "
+                              f"columns available: {', '.join(scores.columns)}") from None
+        hit = pd.Series(np.asarray(hit, dtype=bool) if np.ndim(hit) else bool(hit), index=scores.index)
+        hit &= todo
+        treatment[hit] = r["treatment"]
+        rule[hit] = r["name"]
+        todo &= ~hit
+    return pd.DataFrame({"treatment": treatment, "rule": rule})
+
+
+def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.DataFrame,
+           contacts: pd.DataFrame | None, cutoff, do_not_contact=()) -> pd.DataFrame:
+    """All decisions for customers in ``scores`` (indexed by customer_key).
+
+    Adds preferred_channel, preferred_medium, treatment, rule, contact (bool), contact_reason,
+    control (bool) and decision_version. ``contact`` is False for customers in the control group,
+    on the do-not-contact list or without any consented medium, over the frequency cap, or whose
+    treatment is in ``D['no_contact_treatments']``; the reason says which.
+    """
+    cutoff = pd.Timestamp(cutoff)
+    out = scores.copy()
+    out["preferred_channel"] = preferred_channel(orders, cutoff).reindex(out.index)
+    med = preferred_medium(profile.reindex(out.index), contacts, cutoff)
+    out["preferred_medium"] = med["preferred_medium"]
+    out = out.join(apply_rules(out, D["rules"], D["default_treatment"]))
+    recent = pd.Series(0, index=out.index)
+    if contacts is not None and len(contacts):
+        c = contacts[(contacts["contact_date"] < cutoff) & (contacts["contact_date"] >= cutoff - D["frequency_days"] * DAY)]
+        recent = c.groupby("customer_key").size().reindex(out.index, fill_value=0)
+    out["control"] = control_flags(out.index, D["control_share"], f"{D['version']}|{D.get('seed', '')}")
+    reason = pd.Series("", index=out.index, dtype=object)
+    checks = [(out["treatment"].isin(D["no_contact_treatments"]), "no contact for this treatment"),
+              (out.index.isin(list(do_not_contact)), "do not contact"),
+              (out["preferred_medium"].isna(), "no consented medium"),
+              (recent >= D["frequency_cap"], f"frequency cap ({D['frequency_cap']} in {D['frequency_days']} days)"),
+              (out["control"], "control group")]
+    for mask, why in checks:
+        reason[np.asarray(mask) & (reason == "").to_numpy()] = why
+    out["contact"] = (reason == "").to_numpy()
+    out["contact_reason"] = reason.where(reason != "", None)
+    out["decision_version"] = str(D["version"])
+    return out
+
+
+def summary(decided: pd.DataFrame) -> pd.DataFrame:
+    """Customers per treatment: contacted, in the control group, and not contacted by first reason
+    (a control customer already suppressed for another reason counts under that reason)."""
+    t = decided.groupby("treatment").agg(customers=("contact", "size"), contacted=("contact", "sum"),
+                                         in_control_group=("control", "sum"))
+    reasons = decided.dropna(subset=["contact_reason"]).groupby(["treatment", "contact_reason"]).size().unstack(fill_value=0)
+    reasons.columns = [f"not contacted: {c}" for c in reasons.columns]
+    return t.join(reasons).fillna(0).astype(int).sort_values("customers", ascending=False)
+
+
+def read_do_not_contact(path, key_map: pd.DataFrame | None) -> set:
+    """Customer keys on a do-not-contact file (CSV or Parquet with source_system, source_id)."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str)
+    except (OSError, ValueError) as exc:
+        raise CrmlabError(f"cannot read the do-not-contact file {p}: {exc}") from None
+    missing = {"source_system", "source_id"} - set(df.columns)
+    if missing:
+        raise CrmlabError(f"{p}: do-not-contact file needs columns source_system and source_id; missing {sorted(missing)}")
+    df = df.astype({"source_id": str, "source_system": str})
+    if key_map is None:
+        return set(df["source_system"] + ":" + df["source_id"])
+    km = key_map.astype({"source_id": str})
+    return set(df.merge(km, on=["source_system", "source_id"])["customer_key"])
+
+
+SCORE_COLUMNS = ["customer_key", "segment_id", "segment", "value_band", "risk_band", "value_risk_cell", "value",
+                 "p_alive", "expected_purchases_365d", "attrition_risk"]
+
+
+def build_scores(segments: pd.DataFrame, value: pd.DataFrame, propensity: pd.DataFrame | None,
+                 recs: pd.DataFrame | None, products: pd.DataFrame, ev, D: dict, cutoff,
+                 bought: pd.DataFrame | None = None, do_not_contact=(), exclude_products=()) -> pd.DataFrame:
+    """One row per recognised customer: segment, value, risks, propensities, next best offer,
+    preferred channel and medium, treatment and contact policy (the ``customer_scores`` table
+    without ``score_version`` / ``scored_at``, which publishing adds).
+
+    ``bought``: customer_key, product_id of past purchases (never offered again);
+    ``exclude_products``: guarded product ids (never offered).
+    """
+    s = segments.set_index("customer_key")
+    v = value.set_index("customer_key")
+    s["p_alive"] = v["p_alive"].reindex(s.index)
+    s["expected_purchases_365d"] = v["expected_purchases_365d"].reindex(s.index)
+    if propensity is not None:
+        p = propensity.set_index("customer_key")
+        for c in p.columns:
+            if c.startswith("propensity_") or c in ("response_propensity", "model_version"):
+                s[c] = p[c].reindex(s.index)
+        s["attrition_risk"] = p["attrition_risk"].reindex(s.index).fillna(s["attrition_risk"])
+    if recs is not None and len(recs):
+        nbo = next_best_offer(recs, products, propensity, bought, exclude_products)
+        s = s.join(nbo[["next_best_offer", "next_best_offer_name"]])
+    else:
+        s["next_best_offer"] = s["next_best_offer_name"] = None
+    decided = decide(s, D, ev.profile, ev.orders, ev.contacts, cutoff, do_not_contact)
+    decided.index.name = "customer_key"
+    out = decided.reset_index()
+    keep = SCORE_COLUMNS + [c for c in out.columns if c.startswith("propensity_")] + [
+        "response_propensity", "next_best_offer", "next_best_offer_name", "preferred_channel", "preferred_medium",
+        "treatment", "rule", "contact", "contact_reason", "control", "model_version", "decision_version"]
+    out = out.reindex(columns=keep)
+    for c in ("segment", "value_band", "risk_band", "value_risk_cell", "next_best_offer", "next_best_offer_name",
+              "preferred_channel", "preferred_medium", "contact_reason", "model_version", "treatment", "rule"):
+        out[c] = out[c].astype(object).where(out[c].notna(), None)
+    return out

@@ -1,0 +1,92 @@
+"""Decisions: rules in order, contact policy, control group, next best offer, preferred channel and medium."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmlab import decisions
+from crmlab.config import DEFAULTS
+from crmlab.errors import ConfigError, CrmlabError
+
+CUT = pd.Timestamp("2026-07-01")
+
+
+def _world(n=400):
+    keys = pd.Index([f"K{i:04d}" for i in range(n)], name="customer_key")
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame({"value_band": rng.choice(["low", "medium", "high"], n),
+                           "risk_band": rng.choice(["low", "medium", "high"], n),
+                           "segment_id": 0, "next_best_offer": "P1"}, index=keys)
+    profile = pd.DataFrame({"email_opt_in": 1.0, "has_email": 1.0, "mail_opt_in": 1.0, "sms_opt_in": 0.0,
+                            "has_phone": 1.0}, index=keys)
+    profile.iloc[:10] = 0.0                                        # no consent at all
+    orders = pd.DataFrame({"customer_key": np.repeat(keys, 3), "order_date": CUT - pd.to_timedelta(
+        np.tile([400, 100, 10], n), unit="D"), "channel": np.tile(["store", "web", "web"], n)})
+    orders.loc[orders.index[-3:], "channel"] = ["web", "store", "store"]   # last customer prefers store
+    contacts = pd.DataFrame({"customer_key": np.repeat(keys[10:20], 2), "contact_date": CUT - pd.Timedelta(days=5),
+                             "medium": "email", "responded": False, "response_date": pd.NaT})
+    return scores, profile, orders, contacts
+
+
+def test_rules_first_match_wins_and_policy_applies():
+    scores, profile, orders, contacts = _world()
+    D = dict(DEFAULTS["decisions"], control_share=0.2)
+    out = decisions.decide(scores, D, profile, orders, contacts, CUT, do_not_contact={"K0100"})
+    hv = (scores["value_band"] == "high") & (scores["risk_band"] != "low")
+    assert (out.loc[hv, "treatment"] == "retention_offer").all()
+    assert (out.loc[hv, "rule"] == "retain valuable at risk").all()
+    letgo = (scores["value_band"] == "low") & (scores["risk_band"] == "high")
+    assert (out.loc[letgo, "treatment"] == "no_action").all() and not out.loc[letgo, "contact"].any()
+    assert (out.loc[out.index[:10], "contact_reason"].isin(["no consented medium", "no contact for this treatment"])).all()
+    assert out.loc["K0100", "contact_reason"] in ("do not contact", "no contact for this treatment")
+    capped = out.loc[out.index[10:20]]
+    assert (capped["contact_reason"].fillna("").str.startswith(("frequency cap", "no contact"))).all()
+    assert not out.loc[out["control"], "contact"].any()
+    assert 0.12 < out["control"].mean() < 0.28
+    assert out.loc["K0399", "preferred_channel"] == "store" and out.loc["K0001", "preferred_channel"] == "web"
+    assert out.loc["K0050", "preferred_medium"] == "email" and pd.isna(out.loc["K0001", "preferred_medium"])
+    assert (out["decision_version"] == D["version"]).all()
+    assert decisions.summary(out)["customers"].sum() == len(out)
+
+
+def test_control_group_is_stable_and_follows_the_version():
+    keys = pd.Index([f"K{i}" for i in range(20000)])
+    a = decisions.control_flags(keys, 0.1, "v1")
+    assert np.array_equal(a, decisions.control_flags(keys, 0.1, "v1"))
+    assert abs(a.mean() - 0.1) < 0.01
+    b = decisions.control_flags(keys, 0.1, "v2")
+    assert 0.005 < (a & b).mean() < 0.02                             # independent draw for a new version
+    with pytest.raises(ConfigError, match="control_share"):
+        decisions.control_flags(keys, 1.0, "v1")
+
+
+def test_bad_rule_is_a_clear_error():
+    scores, profile, orders, contacts = _world(20)
+    D = dict(DEFAULTS["decisions"], rules=[{"name": "typo", "when": "valu_band == 'high'", "treatment": "x"}])
+    with pytest.raises(ConfigError, match="rule 'typo'.*valu_band"):
+        decisions.decide(scores, D, profile, orders, contacts, CUT)
+    with pytest.raises(ConfigError, match="name, when and treatment"):
+        decisions.apply_rules(scores, [{"name": "x", "when": "True"}])
+
+
+def test_next_best_offer_excludes_sensitive_guarded_and_bought():
+    products = pd.DataFrame({"product_id": ["P1", "P2", "P3", "P4"], "product_name": ["a", "b", "c", "d"],
+                             "department": ["Food", "Food", "Baby", "Home"], "sensitive": [False, False, False, True]})
+    recs = pd.DataFrame({"customer_key": ["A"] * 4 + ["B"] * 2, "product_id": ["P4", "P1", "P3", "P2", "P1", "P3"],
+                         "score": [9.0, 5.0, 4.0, 1.0, 1.0, 0.9]})
+    prop = pd.DataFrame({"customer_key": ["A", "B"], "propensity_food": [0.1, 0.1], "propensity_baby": [0.9, 0.05]})
+    bought = pd.DataFrame({"customer_key": ["B"], "product_id": ["P1"]})
+    nbo = decisions.next_best_offer(recs, products, prop, bought, exclude={"P2"})
+    assert nbo.loc["A", "next_best_offer"] == "P3"                  # P4 sensitive; 4 x 0.9 beats 5 x 0.1
+    assert nbo.loc["B", "next_best_offer"] == "P3"                  # P1 already bought
+    with pytest.raises(CrmlabError, match="not in products"):
+        decisions.next_best_offer(recs.assign(product_id="P9"), products)
+
+
+def test_do_not_contact_file(tmp_path):
+    km = pd.DataFrame({"source_system": ["web", "store"], "source_id": ["W1", "S1"], "customer_key": ["K1", "K2"]})
+    p = tmp_path / "dnc.csv"
+    p.write_text("source_system,source_id\nweb,W1\n")
+    assert decisions.read_do_not_contact(p, km) == {"K1"}
+    p.write_text("system,id\nweb,W1\n")
+    with pytest.raises(CrmlabError, match="dnc.csv.*source_system and source_id"):
+        decisions.read_do_not_contact(p, km)
