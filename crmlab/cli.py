@@ -1,4 +1,4 @@
-"""Command line: ``crmlab run | generate | validate | kernelspec``."""
+"""Command line: ``crmlab run | generate | validate | lookup | versions | restore | kernelspec``."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,59 @@ def _cmd_validate(a) -> int:
     return 0
 
 
+def _publish_target(a) -> tuple[str, str | None]:
+    """The database URL (and Parquet folder) from --url, else from the parameter file's publish section."""
+    from . import config
+    from .publish import default_url
+
+    if a.url:
+        return a.url, None
+    P = config.load(a.params, a.set)["publish"]
+    return P["url"] or default_url(P["dir"]), P["dir"]
+
+
+def _cmd_lookup(a) -> int:
+    import json
+
+    from .publish import Lookup
+
+    url, _ = _publish_target(a)
+    t0 = time.perf_counter()
+    with Lookup(url) as lk:
+        t1 = time.perf_counter()
+        row = lk.get(a.source, a.id)
+        t2 = time.perf_counter()
+        if row is None:
+            print(f"crmlab lookup: no customer with {a.source} id {a.id!r} in the published key map "
+                  f"(systems: {', '.join(lk.systems())})", file=sys.stderr)
+            return 1
+    print(json.dumps(row, indent=1, default=str))
+    if a.timing:
+        print(f"connect {1e3 * (t1 - t0):.1f} ms, lookup {1e3 * (t2 - t1):.2f} ms", file=sys.stderr)
+    return 0
+
+
+def _cmd_versions(a) -> int:
+    from .publish import history
+
+    url, _ = _publish_target(a)
+    h = history(url)
+    if h.empty:
+        print("nothing published yet")
+    else:
+        print(h.drop(columns=["tables"]).to_string(index=False))
+    return 0
+
+
+def _cmd_restore(a) -> int:
+    from .publish import restore
+
+    url, folder = _publish_target(a)
+    restore(url, a.version, folder)
+    print(f"version {a.version} is current again")
+    return 0
+
+
 def _cmd_kernelspec(a) -> int:
     from .pipeline import ensure_kernelspec
 
@@ -73,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="folder with the input tables")
     v.add_argument("--url", help="SQLAlchemy URL of a database holding the input tables")
     v.set_defaults(func=_cmd_validate)
+
+    def target(p):
+        p.add_argument("--params", default="params/default.yaml", help="parameter file naming the publish target")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--url", help="SQLAlchemy URL of the published database (overrides --params)")
+
+    lk = sub.add_parser("lookup", help="current scores of a customer, by any source system's id")
+    lk.add_argument("--source", required=True, help="source system, e.g. web, store, callcentre")
+    lk.add_argument("--id", required=True, help="the customer's id in that system")
+    lk.add_argument("--timing", action="store_true", help="print connect and lookup times")
+    target(lk)
+    lk.set_defaults(func=_cmd_lookup)
+
+    ve = sub.add_parser("versions", help="published versions (current, kept, pruned)")
+    target(ve)
+    ve.set_defaults(func=_cmd_versions)
+
+    rs = sub.add_parser("restore", help="make a kept published version current again")
+    rs.add_argument("version", type=int)
+    target(rs)
+    rs.set_defaults(func=_cmd_restore)
 
     k = sub.add_parser("kernelspec", help="install the 'Python (crmlab)' Jupyter kernel")
     k.add_argument("--user", action="store_true", help="install for the user, not this environment")

@@ -25,3 +25,89 @@ def sample_copy(tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(SAMPLE, dst, ignore=shutil.ignore_patterns("truth"))
     return dst
+
+
+def _reachable(url: str) -> str | None:
+    try:
+        import psycopg  # noqa: F401
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        with eng.connect():
+            pass
+        eng.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _start_throwaway_postgres(tmp: Path):
+    """Start a private PostgreSQL server (initdb + pg_ctl from PATH or Debian's folders); None if impossible."""
+    import glob
+    import os
+    import socket
+    import subprocess
+
+    bins = [os.path.dirname(p) for p in [shutil.which("pg_ctl") or ""] if p]
+    bins += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for b in bins:
+        initdb, pg_ctl = Path(b) / "initdb", Path(b) / "pg_ctl"
+        if not (initdb.exists() and pg_ctl.exists()) or os.geteuid() == 0:
+            continue
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        data = tmp / "pgdata"
+        try:
+            subprocess.run([initdb, "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+            subprocess.run([pg_ctl, "-D", data, "-o", f"-p {port} -k {tmp} -h 127.0.0.1", "-w", "start",
+                            "-l", tmp / "pg.log"], check=True, capture_output=True)
+            subprocess.run([Path(b) / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "test"],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/test", lambda: subprocess.run(
+            [pg_ctl, "-D", data, "-m", "fast", "stop"], capture_output=True)
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """URL of a PostgreSQL server: $CRMLAB_TEST_POSTGRES or 127.0.0.1:5432/test; when none answers,
+    a private server started for the session; else the test is skipped saying why."""
+    import os
+
+    url = os.environ.get("CRMLAB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    why = _reachable(url)
+    if why is None:
+        yield url
+        return
+    started = _start_throwaway_postgres(tmp_path_factory.mktemp("pg"))
+    if started is None:
+        pytest.skip(f"no PostgreSQL server at {url} ({why}) and none could be started here "
+                    "(needs initdb/pg_ctl and a non-root user); set CRMLAB_TEST_POSTGRES to a server's URL")
+    url, stop = started
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture
+def postgres_schema(postgres_server):
+    """A fresh schema on the test server; the URL's search_path points at it. Dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"crmlab_t_{uuid.uuid4().hex[:10]}"
+    eng = sa.create_engine(postgres_server)
+    with eng.begin() as c:
+        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in postgres_server else "?"
+    try:
+        yield f"{postgres_server}{sep}options=-csearch_path%3D{schema}", schema
+    finally:
+        with eng.begin() as c:
+            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        eng.dispose()

@@ -138,29 +138,13 @@ def test_sql_source_sqlite(world, tmp_path):
     assert "table orders" in src.origin["orders"]
 
 
-def _postgres_url():
-    url = os.environ.get("CRMLAB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    try:
-        import psycopg  # noqa: F401
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        return url, engine
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no PostgreSQL server reachable at {url} ({type(exc).__name__}); set CRMLAB_TEST_POSTGRES")
-
-
 @pytest.mark.postgres
-def test_sql_source_postgres(world):
-    url, engine = _postgres_url()
-    schema = f"crmlab_src_{os.getpid()}"
-    with engine.begin() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+def test_sql_source_postgres(world, postgres_server, postgres_schema):
+    _, schema = postgres_schema
+    engine = sa.create_engine(postgres_server)
     try:
         _to_sql(world, engine, schema)
-        src = sources.load(url=url, schema=schema)
+        src = sources.load(url=postgres_server, schema=schema)
         assert src.row_counts() == sources.load(world).row_counts()
     finally:
-        with engine.begin() as c:
-            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()

@@ -1,0 +1,507 @@
+"""Versioned, atomic publishing of scored tables for touchpoints (SQL database + Parquet).
+
+Layout in the database (SQLite file by default, any SQLAlchemy URL):
+
+* ``<table>__v000012``: the rows of version 12 of each published table, with its indexes;
+* ``<table>``: a view on the current version (what touchpoints query);
+* ``crmlab_versions``: one row per version (status current | kept | pruned, when, row counts,
+  schema version, note).
+
+A publish writes the new version's tables, checks them against :data:`CONTRACT`, and switches
+every view, all in **one transaction**: readers see the old version or the new one, never a mix,
+and a publish killed midway is rolled back by the database, leaving the previous version intact.
+Older versions are kept (``keep``) and can be restored. Parquet copies go to
+``<dir>/parquet/v000012/`` (written to a temporary folder, then renamed) and ``CURRENT`` names the
+current version after the database has switched.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError
+
+SCHEMA_VERSION = 1
+CATALOG = "crmlab_versions"
+
+
+class PublishError(CrmlabError):
+    """A table breaks the published schema contract, or the database refuses the publish."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str                    # a column name, or a pattern such as ``propensity_*``
+    kind: str                    # str | int | float | prob | bool | timestamp
+    nullable: bool = True
+
+
+#: The published schema contract (schema version 1). Every publish checks every table against it:
+#: required columns present, no other columns, types, nulls, probabilities in [0, 1], unique keys.
+CONTRACT: dict[str, dict] = {
+    "customer_scores": dict(key=("customer_key",), fields=(
+        Field("customer_key", "str", False), Field("segment_id", "int"), Field("segment", "str"),
+        Field("value_band", "str"), Field("risk_band", "str"), Field("value_risk_cell", "str"),
+        Field("value", "float"), Field("p_alive", "prob"), Field("expected_purchases_365d", "float"),
+        Field("attrition_risk", "prob"), Field("propensity_*", "prob"), Field("response_propensity", "prob"),
+        Field("next_best_offer", "str"), Field("next_best_offer_name", "str"),
+        Field("preferred_channel", "str"), Field("preferred_medium", "str"),
+        Field("treatment", "str", False), Field("rule", "str", False), Field("contact", "bool", False),
+        Field("contact_reason", "str"), Field("control", "bool", False), Field("model_version", "str"),
+        Field("decision_version", "str", False), Field("score_version", "int", False),
+        Field("scored_at", "timestamp", False))),
+    "customer_key_map": dict(key=("source_system", "source_id"), fields=(
+        Field("source_system", "str", False), Field("source_id", "str", False),
+        Field("customer_key", "str", False), Field("match_confidence", "prob"))),
+    "affinity_rules": dict(key=("rule",), fields=(
+        Field("rule", "str", False), Field("antecedents", "str", False), Field("consequents", "str", False),
+        Field("antecedent support", "prob"), Field("consequent support", "prob"), Field("support", "prob"),
+        Field("confidence", "prob"), Field("lift", "float"), Field("leverage", "float"),
+        Field("conviction", "float"), Field("zhangs_metric", "float"), Field("jaccard", "prob"),
+        Field("certainty", "float"), Field("kulczynski", "prob"), Field("all_confidence", "prob"),
+        Field("n_antecedent", "int"), Field("n_consequent", "int"), Field("n_both", "int"),
+        Field("p_value", "prob"), Field("q_value", "prob"), Field("significant", "bool"),
+        Field("customer_facing", "bool", False), Field("guard", "str"))),
+    "segment_profiles": dict(key=("kind", "segment"), fields=(
+        Field("kind", "str", False), Field("segment_id", "int"), Field("segment", "str", False),
+        Field("customers", "int", False), Field("share", "prob"), Field("value_share", "prob"),
+        Field("mean_value", "float"), Field("mean_attrition_risk", "prob"),
+        Field("preferred_channel", "str"), Field("traits", "str"))),
+}
+
+#: Column names that would hold direct personal data: never published, whatever the table.
+PII_PATTERNS = ("*name", "*first_name*", "*last_name*", "*email*", "*e_mail*", "*phone*", "*mobile*",
+                "*address*", "*street*", "*postcode*", "*zip*", "*dob*", "*birth*", "*town*")
+_PII_ALLOWED = {"next_best_offer_name"}          # a product name, not a person's
+
+
+# ----------------------------------------------------------------------------- contract
+
+def _matches(field: Field, col: str) -> bool:
+    return fnmatch.fnmatchcase(col, field.name) if "*" in field.name else col == field.name
+
+
+def _kind_ok(s: pd.Series, kind: str) -> bool:
+    if kind in ("float", "prob"):
+        return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(s)
+    if kind == "bool":
+        return pd.api.types.is_bool_dtype(s)
+    if kind == "timestamp":
+        return pd.api.types.is_datetime64_any_dtype(s)
+    return pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s) or s.isna().all()
+
+
+def check_contract(name: str, df: pd.DataFrame) -> list[str]:
+    """Problems of ``df`` as published table ``name`` (empty list: it conforms)."""
+    if name not in CONTRACT:
+        return [f"'{name}' is not a published table (known: {', '.join(CONTRACT)})"]
+    spec, problems = CONTRACT[name], []
+    pii = [c for c in df.columns if c not in _PII_ALLOWED and any(fnmatch.fnmatchcase(c.lower(), p) for p in PII_PATTERNS)]
+    if pii:
+        problems.append(f"personal data columns must not be published: {', '.join(pii)}")
+    for f in spec["fields"]:
+        cols = [c for c in df.columns if _matches(f, c)]
+        if not cols and "*" not in f.name:
+            problems.append(f"missing column '{f.name}'")
+        for c in cols:
+            s = df[c]
+            if not _kind_ok(s, f.kind):
+                problems.append(f"column '{c}' must be {f.kind}, is {s.dtype}")
+                continue
+            if not f.nullable and s.isna().any():
+                problems.append(f"column '{c}' has {int(s.isna().sum())} missing values (rows {list(df.index[s.isna()][:3])})")
+            if f.kind == "prob":
+                bad = s.notna() & ~s.between(0.0, 1.0)
+                if bad.any():
+                    problems.append(f"column '{c}' must be a probability in [0, 1]; {int(bad.sum())} rows are not, "
+                                    f"e.g. {s[bad].iloc[:3].tolist()}")
+    extra = [c for c in df.columns if not any(_matches(f, c) for f in spec["fields"]) and c not in pii]
+    if extra:
+        problems.append(f"columns not in the contract: {', '.join(extra)}")
+    key = [k for k in spec["key"] if k in df]
+    if len(key) == len(spec["key"]) and df.duplicated(key).any():
+        dup = df.loc[df.duplicated(key, keep=False), key].head(3).to_dict("records")
+        problems.append(f"key ({', '.join(key)}) is not unique, e.g. {dup}")
+    return problems
+
+
+def contract_markdown() -> str:
+    """The contract as a Markdown table (for docs and the publish report)."""
+    lines = ["| table | column | type | nullable |", "|---|---|---|---|"]
+    for t, spec in CONTRACT.items():
+        for f in spec["fields"]:
+            key = " (key)" if f.name in spec["key"] else ""
+            lines.append(f"| {t} | `{f.name}`{key} | {f.kind} | {'yes' if f.nullable else 'no'} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- database
+
+def default_url(folder) -> str:
+    return f"sqlite:///{Path(folder).resolve() / 'crmlab.sqlite'}"
+
+
+def engine(url: str):
+    """A SQLAlchemy engine; SQLite files get WAL (readers never wait for a publish) and a busy timeout."""
+    import sqlalchemy as sa
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        eng = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(eng, "connect")
+        def _pragmas(dbapi_conn, _):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        # let SQLAlchemy issue BEGIN itself so DDL stays inside the transaction (pysqlite quirk)
+        @sa.event.listens_for(eng, "connect")
+        def _autocommit_off(dbapi_conn, _):
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(eng, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN")
+        return eng
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except Exception as exc:  # noqa: BLE001 - bad URL or missing driver
+        raise PublishError(f"cannot use database URL {_safe(url)}: {exc}") from None
+
+
+def _safe(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _phys(table: str, version: int) -> str:
+    return f"{table}__v{version:06d}"
+
+
+def _q(eng, name: str) -> str:
+    return eng.dialect.identifier_preparer.quote(name)
+
+
+def _ensure_catalog(conn) -> None:
+    import sqlalchemy as sa
+
+    conn.execute(sa.text(
+        f"CREATE TABLE IF NOT EXISTS {CATALOG} (version INTEGER PRIMARY KEY, status VARCHAR(16) NOT NULL, "
+        "published_at VARCHAR(40) NOT NULL, schema_version INTEGER NOT NULL, tables TEXT NOT NULL, "
+        "row_counts TEXT NOT NULL, note TEXT, restored_at VARCHAR(40))"))
+
+
+def history(url: str) -> pd.DataFrame:
+    """Every published version, newest first (empty when nothing was published)."""
+    import sqlalchemy as sa
+
+    eng = engine(url)
+    try:
+        if not sa.inspect(eng).has_table(CATALOG):
+            return pd.DataFrame(columns=["version", "status", "published_at", "schema_version", "tables",
+                                         "row_counts", "note", "restored_at"])
+        with eng.connect() as conn:
+            return pd.read_sql(sa.text(f"SELECT * FROM {CATALOG} ORDER BY version DESC"), conn)
+    finally:
+        eng.dispose()
+
+
+def current_version(url: str) -> int | None:
+    h = history(url)
+    cur = h.loc[h["status"] == "current", "version"]
+    return int(cur.iloc[0]) if len(cur) else None
+
+
+def _to_sql_frame(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[c]):
+            out[c] = out[c].dt.strftime("%Y-%m-%dT%H:%M:%S")          # portable and sortable
+        elif pd.api.types.is_string_dtype(out[c]) or isinstance(out[c].dtype, pd.CategoricalDtype):
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+    return out
+
+
+def _switch_views(conn, eng, tables, version: int) -> None:
+    import sqlalchemy as sa
+
+    insp = sa.inspect(conn)
+    views = set(insp.get_view_names())
+    for t in tables:
+        if t in views:
+            conn.execute(sa.text(f"DROP VIEW {_q(eng, t)}"))
+        elif insp.has_table(t):
+            raise PublishError(f"the database already has a table named '{t}' that crmlab did not create; "
+                               "publish to another database or schema")
+        conn.execute(sa.text(f"CREATE VIEW {_q(eng, t)} AS SELECT * FROM {_q(eng, _phys(t, version))}"))
+
+
+def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 5, note: str = "",
+            progress=None, _fail_after: str | None = None) -> int:
+    """Publish ``tables`` as a new version; returns the version number.
+
+    Every table is checked against the contract first (all problems reported together, nothing
+    written). ``customer_scores`` gets ``score_version`` and ``scored_at`` here. ``keep`` versions
+    stay in the database (older ones are dropped); ``folder`` (optional) receives the Parquet copy.
+    ``_fail_after`` (tests) raises after writing that table, inside the transaction.
+    """
+    import sqlalchemy as sa
+
+    say = progress or (lambda m: None)
+    if keep < 1:
+        raise PublishError(f"publish.keep must be at least 1, got {keep}")
+    eng = engine(url)
+    try:
+        with eng.connect() as conn:
+            with conn.begin():
+                _ensure_catalog(conn)
+                version = int(conn.execute(sa.text(f"SELECT COALESCE(MAX(version), 0) + 1 FROM {CATALOG}")).scalar())
+        now = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).floor("s")
+        tables = dict(tables)
+        if "customer_scores" in tables:
+            tables["customer_scores"] = tables["customer_scores"].assign(score_version=np.int64(version), scored_at=now)
+        problems = {n: check_contract(n, df) for n, df in tables.items()}
+        problems = {n: p for n, p in problems.items() if p}
+        if problems:
+            raise PublishError("nothing published: the tables break the schema contract:\n"
+                               + "\n".join(f"  {n}: {p}" for n, ps in problems.items() for p in ps))
+        staged = _stage_parquet(tables, folder, version) if folder else None
+        counts = {n: len(df) for n, df in tables.items()}
+        t0 = time.perf_counter()
+        try:
+            with eng.connect() as conn, conn.begin():
+                _ensure_catalog(conn)
+                taken = conn.execute(sa.text(f"SELECT COUNT(*) FROM {CATALOG} WHERE version = :v"), {"v": version}).scalar()
+                if taken:
+                    raise PublishError(f"version {version} was taken by another publish running at the same time; retry")
+                for name, df in tables.items():
+                    say(f"writing {name} ({len(df):,} rows) as version {version}")
+                    phys = _phys(name, version)
+                    _to_sql_frame(df).to_sql(phys, conn, index=False, chunksize=50_000)
+                    key = ", ".join(_q(eng, k) for k in CONTRACT[name]["key"])
+                    conn.execute(sa.text(f"CREATE UNIQUE INDEX {_q(eng, 'ix_' + phys)} ON {_q(eng, phys)} ({key})"))
+                    if name == "customer_key_map":
+                        conn.execute(sa.text(f"CREATE INDEX {_q(eng, 'ixk_' + phys)} ON {_q(eng, phys)} (customer_key)"))
+                    if _fail_after == name:
+                        raise RuntimeError(f"simulated failure after writing {name}")
+                _switch_views(conn, eng, tables, version)
+                conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'kept' WHERE status = 'current'"))
+                conn.execute(sa.text(
+                    f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
+                    "VALUES (:v, 'current', :at, :sv, :t, :rc, :note)"),
+                    {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(tables)),
+                     "rc": json.dumps(counts), "note": note})
+                _prune(conn, eng, keep)
+        except Exception:
+            if staged:
+                shutil.rmtree(staged, ignore_errors=True)
+            raise
+        say(f"version {version} is current ({time.perf_counter() - t0:.1f} s in the database)")
+        if folder:
+            _commit_parquet(folder, staged, version, keep)
+        return version
+    except sa.exc.SQLAlchemyError as exc:
+        raise PublishError(f"publishing to {_safe(url)} failed, nothing changed: {exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0]}") from None
+    finally:
+        eng.dispose()
+
+
+def _prune(conn, eng, keep: int) -> None:
+    import sqlalchemy as sa
+
+    rows = conn.execute(sa.text(f"SELECT version, tables FROM {CATALOG} WHERE status IN ('current', 'kept') "
+                                "ORDER BY version DESC")).fetchall()
+    for version, tabs in rows[keep:]:
+        for t in json.loads(tabs):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {_q(eng, _phys(t, int(version)))}"))
+        conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'pruned' WHERE version = :v"), {"v": int(version)})
+
+
+def restore(url: str, version: int, folder=None) -> int:
+    """Make a kept version current again (atomically, like a publish); returns it."""
+    import sqlalchemy as sa
+
+    eng = engine(url)
+    try:
+        with eng.connect() as conn, conn.begin():
+            _ensure_catalog(conn)
+            row = conn.execute(sa.text(f"SELECT status, tables FROM {CATALOG} WHERE version = :v"), {"v": version}).fetchone()
+            if row is None or row[0] == "pruned":
+                kept = conn.execute(sa.text(f"SELECT version FROM {CATALOG} WHERE status IN ('current', 'kept') "
+                                            "ORDER BY version")).scalars().all()
+                raise PublishError(f"version {version} cannot be restored: "
+                                   f"{'it was pruned' if row else 'it was never published'}; kept versions: {kept}")
+            _switch_views(conn, eng, json.loads(row[1]), version)
+            conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'kept' WHERE status = 'current'"))
+            conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'current', restored_at = :at WHERE version = :v"),
+                         {"v": version, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    finally:
+        eng.dispose()
+    if folder and (Path(folder) / "parquet" / f"v{version:06d}").is_dir():
+        _write_current(Path(folder) / "parquet", version)
+    return version
+
+
+def read_table(url: str, name: str, version: int | None = None) -> pd.DataFrame:
+    """A published table as touchpoints see it (the current version, or a kept one)."""
+    import sqlalchemy as sa
+
+    if name not in CONTRACT:
+        raise PublishError(f"'{name}' is not a published table (known: {', '.join(CONTRACT)})")
+    eng = engine(url)
+    try:
+        rel = _phys(name, version) if version else name
+        with eng.connect() as conn:
+            if not sa.inspect(conn).has_table(rel) and rel not in sa.inspect(conn).get_view_names():
+                raise PublishError(f"{_safe(url)} has no published '{rel}'")
+            return pd.read_sql(sa.text(f"SELECT * FROM {_q(eng, rel)}"), conn)
+    finally:
+        eng.dispose()
+
+
+# ----------------------------------------------------------------------------- Parquet copy
+
+def _stage_parquet(tables, folder, version: int) -> Path:
+    root = Path(folder) / "parquet"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".v{version:06d}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    for name, df in tables.items():
+        df.to_parquet(tmp / f"{name}.parquet", index=False)
+    return tmp
+
+
+def _write_current(root: Path, version: int) -> None:
+    tmp = root / f".CURRENT.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps({"version": version}))
+    os.replace(tmp, root / "CURRENT")
+
+
+def _commit_parquet(folder, staged: Path, version: int, keep: int) -> None:
+    root = Path(folder) / "parquet"
+    final = root / f"v{version:06d}"
+    if final.exists():                      # left by an earlier publish whose database commit failed
+        shutil.rmtree(final)
+    os.rename(staged, final)
+    _write_current(root, version)
+    versions = sorted(p for p in root.glob("v[0-9]*") if p.is_dir())
+    for old in versions[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for junk in root.glob(".v*.tmp"):
+        if time.time() - junk.stat().st_mtime > 3600:
+            shutil.rmtree(junk, ignore_errors=True)
+
+
+def read_parquet(folder, name: str) -> pd.DataFrame:
+    """The current Parquet copy of a published table."""
+    root = Path(folder) / "parquet"
+    try:
+        version = json.loads((root / "CURRENT").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        raise PublishError(f"no published Parquet tables under {root} (no valid CURRENT file)") from None
+    return pd.read_parquet(root / f"v{version:06d}" / f"{name}.parquet")
+
+
+# ----------------------------------------------------------------------------- lookup
+
+class Lookup:
+    """Current scores of one customer from any source system's id, in one SQL statement.
+
+    >>> with Lookup(url) as lk:
+    ...     lk.get("web", "W123")       # dict of customer_scores columns, or None
+    """
+
+    def __init__(self, url: str):
+        import sqlalchemy as sa
+
+        self.url = url
+        self._eng = engine(url)
+        self._conn = self._eng.connect()
+        if "customer_scores" not in sa.inspect(self._conn).get_view_names():
+            self.close()
+            raise PublishError(f"nothing published in {_safe(url)} yet: run the chain (stage 60_publish) first")
+        self._stmt = sa.text(
+            "SELECT m.source_system AS matched_system, m.source_id AS matched_id, s.* "
+            "FROM customer_key_map m JOIN customer_scores s ON s.customer_key = m.customer_key "
+            "WHERE m.source_system = :system AND m.source_id = :id")
+        if self._eng.dialect.name == "sqlite":
+            self._conn.commit()
+
+    def get(self, source_system: str, source_id: str) -> dict | None:
+        row = self._conn.execute(self._stmt, {"system": str(source_system), "id": str(source_id)}).mappings().first()
+        if self._eng.dialect.name != "sqlite":
+            self._conn.rollback()             # end the read transaction: the next lookup sees new versions
+        else:
+            self._conn.commit()
+        if row is None:
+            return None
+        out = dict(row)
+        for f in CONTRACT["customer_scores"]["fields"]:
+            if f.kind == "bool" and out.get(f.name) is not None:
+                out[f.name] = bool(out[f.name])
+        return out
+
+    def systems(self) -> list[str]:
+        import sqlalchemy as sa
+
+        out = self._conn.execute(sa.text("SELECT DISTINCT source_system FROM customer_key_map ORDER BY 1")).scalars().all()
+        self._conn.rollback()
+        return list(out)
+
+    def close(self) -> None:
+        self._conn.close()
+        self._eng.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def lookup(url: str, source_system: str, source_id: str) -> dict | None:
+    """One-off lookup (opens and closes a connection); use :class:`Lookup` for many."""
+    with Lookup(url) as lk:
+        return lk.get(source_system, source_id)
+
+
+# ----------------------------------------------------------------------------- drift
+
+def psi(old: pd.Series, new: pd.Series, bins: int = 10) -> float:
+    """Population stability index of a numeric score between two versions (deciles of the old)."""
+    old, new = old.dropna().to_numpy(float), new.dropna().to_numpy(float)
+    if len(old) == 0 or len(new) == 0:
+        return float("nan")
+    edges = np.unique(np.quantile(old, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        return 0.0
+    edges[0], edges[-1] = -np.inf, np.inf
+    a = np.histogram(old, edges)[0] / len(old) + 1e-6
+    b = np.histogram(new, edges)[0] / len(new) + 1e-6
+    return float(np.sum((b - a) * np.log(b / a)))
+
+
+def drift(old: pd.DataFrame, new: pd.DataFrame, warn_psi: float = 0.2) -> pd.DataFrame:
+    """Per numeric score column: mean before / after, PSI and a warning flag (PSI > ``warn_psi``)."""
+    skip = {"score_version", "segment_id"}
+    cols = [c for c in new.columns if c in old and c not in skip and pd.api.types.is_numeric_dtype(new[c])
+            and not pd.api.types.is_bool_dtype(new[c])]
+    rows = [(c, float(old[c].mean()), float(new[c].mean()), psi(old[c], new[c])) for c in cols]
+    t = pd.DataFrame(rows, columns=["column", "mean_previous", "mean_now", "psi"]).set_index("column")
+    t["warning"] = np.where(t["psi"] > warn_psi, "shifted (PSI > %.2g)" % warn_psi, "")
+    return t

@@ -1,0 +1,189 @@
+"""Publishing: schema contract, atomic versions (a reader during a publish, a publish failing or
+killed midway), history and restore, lookup; on SQLite and on a real PostgreSQL server."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from crmlab import publish
+from crmlab.publish import PublishError
+
+
+def tables(version_tag: int, n: int = 2000) -> dict:
+    """Published tables whose sizes and ids depend on the tag, so a mix of versions is detectable."""
+    n = n + 10 * version_tag
+    keys = [f"K{i:06d}" for i in range(n)]
+    scores = pd.DataFrame({
+        "customer_key": keys, "segment_id": np.int64(1), "segment": "Active web shoppers", "value_band": "high",
+        "risk_band": "low", "value_risk_cell": "high value / low risk", "value": np.linspace(0, 100, n),
+        "p_alive": 0.8, "expected_purchases_365d": 2.0, "attrition_risk": 0.2, "propensity_food": 0.3,
+        "response_propensity": 0.1, "next_best_offer": "P0001", "next_best_offer_name": "Bananas",
+        "preferred_channel": "web", "preferred_medium": "email", "treatment": f"offer_{version_tag}",
+        "rule": "r", "contact": True, "contact_reason": None, "control": False, "model_version": "m1",
+        "decision_version": "d1"})
+    km = pd.DataFrame({"source_system": np.repeat(["web", "store"], n), "source_id": [f"W{i}" for i in range(n)] +
+                       [f"S{i}" for i in range(n)], "customer_key": keys * 2, "match_confidence": 1.0})
+    return {"customer_scores": scores, "customer_key_map": km}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target(request, tmp_path):
+    if request.param == "sqlite":
+        return publish.default_url(tmp_path), tmp_path
+    url, _ = request.getfixturevalue("postgres_schema")
+    return url, tmp_path
+
+
+def test_contract_rejects_pii_extra_columns_bad_types_and_duplicate_keys(target):
+    url, folder = target
+    t = tables(1)
+    t["customer_scores"] = t["customer_scores"].assign(email="a@b.c", shoe_size=42)
+    t["customer_scores"].loc[3, "attrition_risk"] = 1.7
+    t["customer_key_map"] = pd.concat([t["customer_key_map"], t["customer_key_map"].head(1)])
+    with pytest.raises(PublishError) as err:
+        publish.publish(t, url, folder)
+    msg = str(err.value)
+    for part in ("personal data columns must not be published: email", "not in the contract: shoe_size",
+                 "'attrition_risk' must be a probability", "(source_system, source_id) is not unique"):
+        assert part in msg
+    assert publish.history(url).empty                                   # nothing written
+    assert publish.check_contract("customer_scores", tables(1)["customer_scores"].drop(columns="treatment").assign(
+        score_version=np.int64(1), scored_at=pd.Timestamp("2026-01-01"))) == ["missing column 'treatment'"]
+
+
+def test_versions_history_restore_and_lookup(target):
+    url, folder = target
+    for tag in (1, 2, 3):
+        assert publish.publish(tables(tag), url, folder, keep=2) == tag
+    h = publish.history(url).set_index("version")
+    assert h["status"].to_dict() == {3: "current", 2: "kept", 1: "pruned"}
+    cur = publish.read_table(url, "customer_scores")
+    assert len(cur) == 2030 and (cur["score_version"] == 3).all()
+    assert len(publish.read_table(url, "customer_scores", version=2)) == 2020
+    assert len(publish.read_parquet(folder, "customer_scores")) == 2030
+    assert sorted(p.name for p in (folder / "parquet").glob("v*")) == ["v000002", "v000003"]
+    with publish.Lookup(url) as lk:
+        a, b = lk.get("web", "W17"), lk.get("store", "S17")
+        assert a["customer_key"] == b["customer_key"] == "K000017" and a["treatment"] == "offer_3"
+        assert a["contact"] is True and a["control"] is False
+        assert lk.get("web", "nope") is None
+        publish.restore(url, 2, folder)
+        assert lk.get("web", "W17")["score_version"] == 2                # the open reader sees the switch
+    assert publish.current_version(url) == 2
+    assert publish.read_parquet(folder, "customer_scores")["score_version"].iloc[0] == 2
+    with pytest.raises(PublishError, match="pruned"):
+        publish.restore(url, 1)
+    assert publish.publish(tables(4), url, folder, keep=2) == 4          # numbering continues after a restore
+
+
+def test_failure_midway_leaves_the_previous_version(target):
+    url, folder = target
+    publish.publish(tables(1), url, folder)
+    with pytest.raises(RuntimeError, match="simulated"):
+        publish.publish(tables(2), url, folder, _fail_after="customer_key_map")
+    assert publish.current_version(url) == 1
+    assert len(publish.read_table(url, "customer_scores")) == 2010
+    assert publish.read_parquet(folder, "customer_scores")["score_version"].iloc[0] == 1
+    eng = publish.engine(url)
+    names = sa.inspect(eng).get_table_names()
+    eng.dispose()
+    assert not [n for n in names if "__v000002" in n]                   # rolled back, no leftovers
+    assert publish.publish(tables(3), url, folder) == 2
+
+
+def test_publish_killed_midway(target, tmp_path):
+    """A publishing process killed with SIGKILL while writing: the previous version stays current."""
+    url, folder = target
+    publish.publish(tables(1), url, folder)
+    flag = tmp_path / "writing"
+    script = textwrap.dedent(f"""
+        import sys, time, pandas as pd
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_publish import tables
+        from crmlab import publish
+        real = pd.DataFrame.to_sql
+        def slow(self, name, *a, **k):
+            out = real(self, name, *a, **k)
+            if name.startswith("customer_scores"):
+                open({str(flag)!r}, "w").close()
+                time.sleep(60)
+            return out
+        pd.DataFrame.to_sql = slow
+        publish.publish(tables(2, n=20000), {url!r}, {str(folder)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(600):
+            if flag.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert flag.exists(), "the publishing process did not reach the write"
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert publish.current_version(url) == 1
+    assert len(publish.read_table(url, "customer_scores")) == 2010
+    with publish.Lookup(url) as lk:
+        assert lk.get("web", "W5")["score_version"] == 1
+    assert publish.publish(tables(3), url, folder) == 2                  # and the next publish works
+
+
+def test_readers_never_see_a_mix(target):
+    """A reader thread queries both views in one statement while versions are published."""
+    url, folder = target
+    publish.publish(tables(0), url, folder)
+    expected = {v: (2000 + 10 * v, 2 * (2000 + 10 * v)) for v in range(0, 6)}
+    seen, problems, stop = set(), [], threading.Event()
+    q = sa.text("SELECT (SELECT COUNT(*) FROM customer_scores), (SELECT COUNT(*) FROM customer_key_map), "
+                "(SELECT MIN(score_version) FROM customer_scores), (SELECT MAX(score_version) FROM customer_scores)")
+
+    def reader():
+        eng = publish.engine(url)
+        with eng.connect() as conn:
+            while not stop.is_set():
+                n_scores, n_map, lo, hi = conn.execute(q).one()
+                conn.commit()
+                tag = (n_scores - 2000) // 10
+                if lo != hi or expected.get(tag) != (n_scores, n_map):
+                    problems.append((n_scores, n_map, lo, hi))
+                seen.add(lo)
+        eng.dispose()
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for tag in range(1, 6):
+            publish.publish(tables(tag), url, folder, keep=3)
+    finally:
+        stop.set()
+        th.join(60)
+    assert not problems, problems[:5]
+    assert len(seen) >= 2                                                # it did read while versions changed
+
+
+def test_lookup_on_an_empty_database_is_a_clear_error(tmp_path):
+    with pytest.raises(PublishError, match="nothing published"):
+        publish.Lookup(publish.default_url(tmp_path))
+
+
+def test_contract_doc_lists_every_table():
+    md = publish.contract_markdown()
+    assert all(f"| {t} |" in md for t in publish.CONTRACT)
+
+
+def test_drift_flags_a_shifted_score():
+    rng = np.random.default_rng(0)
+    old = pd.DataFrame({"a": rng.normal(size=5000), "b": rng.normal(size=5000)})
+    new = pd.DataFrame({"a": rng.normal(size=5000), "b": rng.normal(1.0, 1, size=5000)})
+    d = publish.drift(old, new)
+    assert d.loc["a", "psi"] < 0.05 and d.loc["b", "psi"] > 0.2
+    assert d.loc["b", "warning"] and not d.loc["a", "warning"]
