@@ -20,7 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "run_name": "default",
     "runs_dir": "../runs",                # relative to the parameter file
     "notebooks_dir": "../notebooks",
-    "stages": ["00_data_quality", "10_identity", "20_affinity", "30_value", "40_propensity"],   # notebook names, in order
+    "stages": ["00_data_quality", "10_identity", "20_affinity", "30_value", "40_propensity", "50_segments",
+               "60_publish", "70_measure"],   # notebook names, in order
     "data": {
         "dir": "../data/sample",          # CSV or Parquet files named after the tables
         "url": None,                      # SQLAlchemy URL; when set, tables are read from it
@@ -77,6 +78,61 @@ DEFAULTS: dict[str, Any] = {
         "models": None,                   # folder of saved models: score with them, no refitting
         "importance_repeats": 3,          # permutation-importance repeats in the report (0: skip)
     },
+    "segments": {
+        "features": ["recency_days", "tenure_days", "orders", "order_value", "spend_365d", "share_channel_*",
+                     "response_rate", "age"],   # feature columns (shell patterns) for behavioural segments
+        "method": "kmeans",               # kmeans | gmm (diagonal Gaussian mixture)
+        "k": None,                        # number of segments; null: chosen from k_min..k_max
+        "k_min": 3,
+        "k_max": 8,
+        "criterion": "silhouette",        # silhouette | bic (gmm)
+        "min_stability": 0.95,            # k must reach this mean bootstrap adjusted Rand index
+        "bootstraps": 10,
+        "value_quantiles": [0.5, 0.8],    # value bands low | medium | high
+        "risk_quantiles": [0.5, 0.8],     # attrition-risk bands
+        "names": [                        # matched to fitted segments by their standardised centres;
+            {"name": "Active web shoppers", "traits": {"share_channel_web": "high", "recency_days": "low"}},
+            {"name": "Active store shoppers", "traits": {"share_channel_store": "high", "recency_days": "low"}},
+            {"name": "Phone shoppers", "traits": {"share_channel_phone": "high"}},
+            {"name": "Lapsed web shoppers", "traits": {"share_channel_web": "high", "recency_days": "high"}},
+            {"name": "Lapsed store shoppers", "traits": {"share_channel_store": "high", "recency_days": "high"}},
+            {"name": "Campaign responders", "traits": {"response_rate": "high"}},
+            {"name": "Loyal regulars", "traits": {"orders": "high", "recency_days": "low"}},
+            {"name": "New customers", "traits": {"tenure_days": "low"}},
+        ],                                # a segment no name fits is named after its traits
+        "model": None,                    # folder of a saved segmenter: assign without refitting
+    },
+    "decisions": {
+        "version": "2026.11-1",           # recorded per customer; changing it redraws the control group
+        "rules": [                        # first match wins; `when`: a pandas expression over the scores
+            {"name": "retain valuable at risk", "when": "value_band == 'high' and risk_band != 'low'",
+             "treatment": "retention_offer"},
+            {"name": "win back", "when": "value_band == 'medium' and risk_band == 'high'", "treatment": "win_back_offer"},
+            {"name": "grow valuable", "when": "value_band == 'high'", "treatment": "loyalty_reward"},
+            {"name": "cross-sell", "when": "value_band == 'medium' and next_best_offer.notna()",
+             "treatment": "cross_sell_offer"},
+            {"name": "let go", "when": "value_band == 'low' and risk_band == 'high'", "treatment": "no_action"},
+            {"name": "prospects", "when": "segment_id < 0", "treatment": "welcome"},
+        ],
+        "default_treatment": "newsletter",
+        "no_contact_treatments": ["no_action"],
+        "frequency_cap": 2,               # no contact when this many contacts in the last frequency_days
+        "frequency_days": 30,
+        "control_share": 0.1,             # held back at random (recorded) to measure the lift later
+        "do_not_contact": None,           # CSV/Parquet with source_system, source_id never to contact
+    },
+    "publish": {
+        "url": None,                      # SQLAlchemy URL; null: SQLite file crmlab.sqlite in publish.dir
+        "dir": None,                      # Parquet copies (and the SQLite file); null: <runs_dir>/published
+        "keep": 5,                        # versions kept for restore
+        "drift_psi": 0.2,                 # warn when a score's distribution shifts more than this
+        "lookups": 1000,                  # timed sample lookups in the report
+    },
+    "measure": {
+        "window_days": None,              # response window; null: each campaign's window_days
+        "segment": "age_band",            # age_band | segment (from 50_segments) | value_band | risk_band
+        "uplift_holdout": 0.3,            # share of customers held out to evaluate the uplift model
+    },
     "report": {
         "html": True,
         "reviewer_html": True,            # a --no-input copy for reviewers
@@ -85,7 +141,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
 }
 
-_PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir"), ("propensity", "models")}
+_PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir"), ("propensity", "models"), ("segments", "model"),
+              ("decisions", "do_not_contact"), ("publish", "dir")}
 
 
 def _suggest(key: str, options) -> str:
@@ -158,6 +215,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
             node = node[k]
         if node[keys[-1]] is not None:
             node[keys[-1]] = str((base / node[keys[-1]]).resolve())
+    if params["publish"]["dir"] is None:
+        params["publish"]["dir"] = str(Path(params["runs_dir"]) / "published")
     params["params_file"] = str(path.resolve())
     return params
 

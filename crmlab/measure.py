@@ -225,3 +225,123 @@ def qini_coefficient(curve: pd.DataFrame) -> float:
     x = curve["share_targeted"].to_numpy()
     gap = (curve["incremental_responders"] - curve["random"]).to_numpy()
     return float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(x)))
+
+
+def campaign_features(ev, responses: pd.DataFrame, builder=None):
+    """Per contact, the customer's features at the campaign's start (strictly before it).
+
+    Returns ``(X, treated, y, meta)`` aligned on contacts: X indexed by contact_id, treated
+    (bool), y (responded, 0/1) and meta (contact_id, customer_key, campaign_id, group).
+    """
+    from .features import FeatureBuilder
+
+    starts = responses.groupby("campaign_id")["contact_date"].min().sort_values()
+    builder = builder or FeatureBuilder().fit(ev, starts.iloc[0])
+    parts = []
+    for camp, start in starts.items():
+        c = responses[responses["campaign_id"] == camp]
+        try:
+            F = builder.transform(ev, start)
+        except CrmlabError:
+            continue
+        parts.append(c[["contact_id", "customer_key", "campaign_id", "group", "responded"]].merge(
+            F, left_on="customer_key", right_index=True, how="inner"))
+    if not parts:
+        raise CrmlabError("no contacted customer has any order before their campaign: nothing to model uplift on")
+    d = pd.concat(parts, ignore_index=True)
+    meta = d[["contact_id", "customer_key", "campaign_id", "group"]]
+    X = d[builder.feature_names_].set_index(d["contact_id"])
+    return X, (d["group"] == "treatment").to_numpy(), d["responded"].astype(int).to_numpy(), meta
+
+
+def evaluate_uplift(X: pd.DataFrame, treated, y, customers, holdout: float = 0.3, seed: int = 0, **model):
+    """Fit a two-model uplift on some customers, evaluate it on the others (no customer in both).
+
+    Returns a dict: ``model``, ``holdout`` (bool mask), ``uplift`` (predictions on the held-out
+    rows), ``qini`` (curve), ``qini_coefficient``, ``random_qini`` (mean and sd of the coefficient
+    for 20 random rankings of the same rows) and ``by_tercile`` (measured lift per predicted-uplift
+    tercile on the held-out rows).
+    """
+    if not 0 < holdout < 1:
+        raise CrmlabError(f"measure.uplift_holdout must be in (0, 1), got {holdout}")
+    treated, y = np.asarray(treated, bool), np.asarray(y).astype(int)
+    cust = pd.unique(np.asarray(customers, dtype=object))
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(cust, int(round(holdout * len(cust))), replace=False))
+    mask = np.fromiter((c in held for c in np.asarray(customers, dtype=object)), bool, len(X))
+    m = TwoModelUplift(random_state=seed, **model).fit(X[~mask], treated[~mask], y[~mask])
+    up = m.predict(X[mask])
+    curve = qini_curve(up, treated[mask], y[mask])
+    rand = [qini_coefficient(qini_curve(rng.permutation(up), treated[mask], y[mask])) for _ in range(20)]
+    terc = pd.qcut(pd.Series(up).rank(method="first"), 3, labels=["lowest third", "middle third", "highest third"])
+    terc = pd.Categorical(terc, categories=["highest third", "middle third", "lowest third"], ordered=True)
+    r = pd.DataFrame({"campaign_id": "all (held out)", "group": np.where(treated[mask], "treatment", "control"),
+                      "responded": y[mask].astype(bool), "response_value": 0.0, "predicted_uplift": terc})
+    by = lift_table(r, ["predicted_uplift"])[["predicted_uplift", "contacts_treated", "contacts_control", "rate_treated",
+                                              "rate_control", "incremental_rate", "ci_low", "ci_high", "verdict"]]
+    return {"model": m, "holdout": mask, "uplift": up, "qini": curve, "qini_coefficient": qini_coefficient(curve),
+            "random_qini": (float(np.mean(rand)), float(np.std(rand))), "by_tercile": by}
+
+
+def reviewer_summary(lift: pd.DataFrame, names: pd.Series | None = None) -> pd.DataFrame:
+    """The lift table in words and rounded figures, one row per campaign (and segment)."""
+    keys = [c for c in lift.columns if c in ("campaign_id",) or c not in _LIFT_COLUMNS]
+    out = pd.DataFrame({k: lift[k] for k in keys})
+    if names is not None:
+        out.insert(1, "campaign", lift["campaign_id"].map(names))
+    out["contacted / control"] = [f"{a:,} / {b:,}" for a, b in zip(lift["contacts_treated"], lift["contacts_control"])]
+    out["response: contacted vs control"] = [f"{a:.1%} vs {b:.1%}" for a, b in zip(lift["rate_treated"], lift["rate_control"])]
+    out["extra response (95% CI)"] = [f"{d:+.1%} ({lo:+.1%} to {hi:+.1%})"
+                                      for d, lo, hi in zip(lift["incremental_rate"], lift["ci_low"], lift["ci_high"])]
+    out["extra responders"] = lift["incremental_responders"].round(0).astype("Int64")
+    out["extra revenue per contact (95% CI)"] = [
+        f"{d:+.2f} ({lo:+.2f} to {hi:+.2f})" for d, lo, hi in zip(
+            lift["incremental_revenue_per_contact"], lift["revenue_ci_low"], lift["revenue_ci_high"])]
+    out["verdict"] = lift["verdict"]
+    return out
+
+
+_LIFT_COLUMNS = {"contacts_treated", "responders_treated", "rate_treated", "revenue_per_contact_treated",
+                 "contacts_control", "responders_control", "rate_control", "revenue_per_contact_control",
+                 "incremental_rate", "ci_low", "ci_high", "incremental_responders", "incremental_revenue_per_contact",
+                 "revenue_ci_low", "revenue_ci_high", "mde", "significant", "verdict"}
+
+
+def plot_lift(lift: pd.DataFrame, by: str | None = None, truth: pd.Series | None = None, ax=None):
+    """Incremental response rate with its 95% interval per campaign (and segment); ``truth``
+    (same index labels) marks the true increments of a synthetic world."""
+    import matplotlib.pyplot as plt
+
+    labels = lift["campaign_id"].astype(str) + ("" if by is None else " · " + lift[by].astype(str))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(lift) + 1.2))
+    y = np.arange(len(lift))[::-1]
+    d = lift["incremental_rate"].to_numpy()
+    err = np.vstack([d - lift["ci_low"].to_numpy(), lift["ci_high"].to_numpy() - d])
+    sig = lift["significant"].to_numpy(bool)
+    for mask, color, label in ((sig, "tab:green", "significant (95% CI)"), (~sig, "tab:grey", "not significant")):
+        if mask.any():
+            ax.errorbar(d[mask], y[mask], xerr=err[:, mask], fmt="o", color=color, capsize=3, label=label)
+    if truth is not None:
+        ax.scatter(truth.reindex(labels.to_numpy()).to_numpy(), y, marker="x", color="tab:red", zorder=4, label="true increment")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("incremental response rate (contacted - control)")
+    ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_qini(curve: pd.DataFrame, ax=None):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(curve["share_targeted"], curve["incremental_responders"], label="uplift model")
+    ax.plot(curve["share_targeted"], curve["random"], "--", color="grey", label="random targeting")
+    ax.set(xlabel="share of customers targeted (by predicted uplift)", ylabel="incremental responders",
+           title="Qini curve (held-out customers)")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -767,3 +767,17 @@ def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon
     alive = np.where(n.to_numpy() > 1, stay / (stay + p), 1.0)
     p_attr = pd.Series(1 - alive * (1 - np.exp(-lam * horizon_days / 7.0)), index=first.index)
     return owner.map(p_attr).dropna()
+
+
+def true_life_stage(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
+    """customer_key -> true life stage (None without truth files)."""
+    ct = _read_truth(Path(world_dir), "customer_truth")
+    owner = true_customer_of(world_dir, key_map)
+    if ct is None or owner is None:
+        return None
+    return owner.map(ct.set_index("customer_id")["life_stage"]).dropna()
+
+
+def true_uplift(world_dir) -> pd.DataFrame | None:
+    """Planted incremental response per campaign and life stage (None without truth files)."""
+    return _read_truth(Path(world_dir), "uplift_truth")

@@ -28,7 +28,8 @@ def test_run_leaves_notebooks_reports_manifest_index(ci_run):
     m = json.loads((ci_run / "manifest.json").read_text())
     assert m["status"] == "ok"
     assert [s["name"] for s in m["stages"]] == ["load_sources", "00_data_quality", "10_identity", "20_affinity",
-                                                "30_value", "40_propensity"]
+                                                "30_value", "40_propensity", "50_segments", "60_publish",
+                                                "70_measure"]
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in m["stages"])
     nb_stage = m["stages"][1]
     for key in ("notebook", "html", "reviewer_html"):
@@ -60,6 +61,54 @@ def test_run_leaves_notebooks_reports_manifest_index(ci_run):
         assert (ci_run / "artifacts" / "sources" / f"{name}.parquet").is_file()
 
 
+def test_chain_publishes_scores_every_touchpoint_can_look_up(ci_run):
+    from crmlab import publish
+    from crmlab.config import load
+
+    P = load(ci_run / "params.yaml")["publish"]
+    url = publish.default_url(P["dir"])
+    key_map = pd.read_parquet(ci_run / "artifacts" / "customer_key_map.parquet")
+    h = publish.history(url)
+    assert h["status"].iloc[0] == "current"
+    scores = publish.read_table(url, "customer_scores")
+    assert len(scores) == key_map["customer_key"].nunique() and scores["customer_key"].is_unique
+    assert len(publish.read_table(url, "customer_key_map")) == len(key_map)
+    assert len(publish.read_table(url, "affinity_rules")) > 100
+    profiles = publish.read_table(url, "segment_profiles")
+    assert set(profiles["kind"]) == {"behaviour", "value_risk"}
+    assert scores["segment"].notna().all() and scores["treatment"].notna().all()
+    assert 0.05 < scores["control"].mean() < 0.15
+    # no direct personal data: no source name, e-mail, phone or address appears in any published value
+    src = ci_run / "artifacts" / "sources"
+    pii = set()
+    files = list(src.glob("customers*.parquet"))
+    assert files
+    for f in files:
+        c = pd.read_parquet(f)
+        for col in ("first_name", "last_name", "email", "phone", "address"):
+            if col in c:
+                pii |= set(c[col].dropna().astype(str)) - {""}
+    for name in publish.CONTRACT:
+        t = publish.read_table(url, name)
+        values = set(t.select_dtypes(exclude="number").astype(str).stack())
+        assert not values & pii, (name, sorted(values & pii)[:5])
+    # the same customer from every source system
+    multi = key_map.groupby("customer_key")["source_system"].nunique()
+    key = multi[multi == multi.max()].index[0]
+    rows = key_map[key_map["customer_key"] == key]
+    with publish.Lookup(url) as lk:
+        found = [lk.get(r.source_system, r.source_id) for r in rows.itertuples()]
+    assert {f["customer_key"] for f in found} == {key} and len(found) == multi.max() >= 3
+    assert rc_lookup(P, rows.iloc[0]) == 0
+    lift = pd.read_parquet(ci_run / "artifacts" / "campaign_lift.parquet")
+    assert set(lift["campaign_id"]) == {"WB25", "SP26", "SU26"}
+
+
+def rc_lookup(P, row) -> int:
+    return main(["lookup", "--url", f"sqlite:///{P['dir']}/crmlab.sqlite", "--source", row.source_system,
+                 "--id", str(row.source_id)])
+
+
 def test_executed_notebook_has_no_errors_and_expected_counts(ci_run):
     nb = nbformat.read(ci_run / "notebooks" / "00_data_quality.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -72,7 +121,7 @@ def test_executed_notebook_has_no_errors_and_expected_counts(ci_run):
 def test_nbval_reproduces_checked_cells(ci_run):
     """Re-execute the executed notebooks with nbval (--nbval-lax): cells marked NBVAL_CHECK_OUTPUT must match."""
     nbs = sorted(str(p) for p in (ci_run / "notebooks").glob("*.ipynb"))
-    assert len(nbs) == 5
+    assert len(nbs) == 8
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                            "--nbval-kernel-name", pipeline.KERNEL_NAME, *nbs],
                           capture_output=True, text=True, cwd=ci_run, timeout=600)
