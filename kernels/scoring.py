@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 NUMERIC, CATEGORICAL, LEAF = 0, 1, 2
 BLOCK = 256
@@ -67,13 +68,34 @@ def _link(raw, calib, a, b, xs, ys):
     return 1.0 / (1.0 + _exp(-raw))
 
 
+@njit(cache=True, inline="always")
+def _logistic_block(z, out, lo, m, calib, a, b, poly, kbits):
+    """out[lo + r] = 1 / (1 + exp(t_r)), t = -z (or a z + b: Platt), for r < m, in three simple
+    loops the compiler vectorises: range reduction and polynomial, 2**k built from its exponent
+    bits (no table gather), then the quotient. NaN in, NaN out."""
+    for r in range(m):
+        t = a * z[r] + b if calib == 1 else -z[r]
+        t = min(max(t, -708.0), 709.0)
+        k = np.floor(t * _INV_LN2 + 0.5)
+        rr = (t - k * _LN2_HI) - k * _LN2_LO
+        pp = _EXP_COEF[11]                  # degree 11 on |rr| <= ln2/2: relative error < 1e-14
+        for d in range(10, -1, -1):
+            pp = pp * rr + _EXP_COEF[d]
+        poly[r] = pp
+        kbits[r] = (np.int64(k) + 1023) << 52
+    scale = kbits.view(np.float64)
+    for r in range(m):
+        v = 1.0 / (1.0 + poly[r] * scale[r])
+        out[lo + r] = v if z[r] == z[r] else np.nan
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys):
     """out[i] = link(bias + sum_j w_j * x_ij (NaN -> fill_j) + sum_c table[c, code_ic]).
 
-    Per block of rows: the plain dot products (vectorised); a row whose sum is not finite (a NaN or
-    inf in it) is redone with NaN replaced by the imputation value, and stays NaN if still not
-    finite; then the link over the block (vectorised too).
+    One pass per block of rows: dot products with missing values replaced as they are read (a
+    select, so the loop stays vectorised; a NaN fill, i.e. no imputation, leaves the row NaN, as
+    does an inf), then the link over the block.
     """
     n, p = X.shape
     q = codes.shape[1]
@@ -82,25 +104,27 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys):
     for blk in prange(n_blocks):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)
-        z = np.empty(hi - lo)
+        z = np.empty(BLOCK)
+        poly = np.empty(BLOCK)
+        kbits = np.empty(BLOCK, np.int64)
         for i in range(lo, hi):
             s = bias
             for j in range(p):
-                s += w[j] * X[i, j]
-            if s - s != 0.0:                   # NaN or inf somewhere in the row
-                s = bias
-                for j in range(p):
-                    v = np.float64(X[i, j])
-                    s += w[j] * (fill[j] if v != v else v)
-                if s - s != 0.0:
-                    s = np.nan
+                v = np.float64(X[i, j])
+                s += w[j] * (v if v == v else fill[j])
+            z[i - lo] = s
+        for i in range(lo, hi):
+            s = z[i - lo]
             for c in range(q):
                 k = codes[i, c]
                 if k >= 0:
                     s += table[c, k]
-            z[i - lo] = s
-        for r in range(hi - lo):
-            out[lo + r] = _link(z[r], calib, a, b, xs, ys)
+            z[i - lo] = s if s - s == 0.0 else np.nan
+        if calib == 2:
+            for r in range(hi - lo):
+                out[lo + r] = _link(z[r], calib, a, b, xs, ys)
+        else:
+            _logistic_block(z, out, lo, hi - lo, calib, a, b, poly, kbits)
     return out
 
 
@@ -162,6 +186,156 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
                     bad = True
             out[i] = np.nan if bad else _link(acc[i - lo], calib, a, b, xs, ys)
     return out
+
+
+@njit(cache=True, parallel=True)
+def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, c_tree, c_mask, c_bitset,
+                 c_missleft, c_off, cat_bitsets, known_bitsets, known_row, leaf_val, leaf_off, lanes, baseline,
+                 calib, a, b, xs, ys):
+    """QuickScorer over ``lanes`` rows at a time (Lucchese et al. 2015, vectorised across rows).
+
+    Per tree a 64-bit set of reachable leaves starts full. For each numeric column the nodes testing
+    it are visited in ascending threshold while some row's value exceeds the threshold; every row
+    that goes right there loses the leaves of the node's left subtree (a branch-free AND over the
+    lanes, which the compiler vectorises). NaN goes through the nodes that send missing values
+    right; categorical nodes test their bitsets per row. Each row's leaf in a tree is then the
+    lowest leaf still reachable; leaf values are summed in tree order from ``baseline``.
+    """
+    n, p = X.shape
+    qn = codes.shape[1]
+    T = leaf_off.shape[0] - 1
+    R = lanes
+    out = np.empty(n)
+    n_groups = (n + R - 1) // R
+    full = np.uint64(0xFFFFFFFFFFFFFFFF)
+    one = np.uint64(1)
+    per = max(1, 2048 // R)
+    n_blocks = (n_groups + per - 1) // per
+    for blk in prange(n_blocks):
+        v = np.empty((T, R), np.uint64)
+        xr = np.empty(R)
+        s = np.empty(R)
+        bad = np.zeros(R, np.bool_)
+        for g in range(blk * per, min(n_groups, (blk + 1) * per)):
+            i0 = g * R
+            m = min(R, n - i0)
+            v[:, :] = full
+            bad[:] = False
+            for f in range(p):
+                xmax = -np.inf
+                anynan = False
+                for r in range(R):
+                    x = np.float64(X[i0 + r, f]) if r < m else -np.inf
+                    if x != x:
+                        anynan = True
+                        x = -np.inf                  # no threshold is below it; NaN masks come below
+                    elif x - x != 0.0:
+                        bad[r] = True                # +-inf
+                    xr[r] = x
+                    xmax = max(xmax, x)
+                j = q_off[f]
+                end = q_off[f + 1]
+                while j < end and q_thr[j] < xmax:
+                    vt = v[q_tree[j]]
+                    mk = q_mask[j]
+                    th = q_thr[j]
+                    for r in range(R):
+                        vt[r] &= mk | (np.uint64(th < xr[r]) - one)
+                    j += 1
+                if anynan:
+                    for r in range(m):
+                        if X[i0 + r, f] != X[i0 + r, f]:
+                            for jj in range(n_off[f], n_off[f + 1]):
+                                v[n_tree[jj], r] &= n_mask[jj]
+            for f in range(qn):
+                for r in range(m):
+                    k = codes[i0 + r, f]
+                    for j in range(c_off[f], c_off[f + 1]):
+                        if k < 0:
+                            right = c_missleft[j] == 0
+                        elif _in_bitset(cat_bitsets, c_bitset[j], k):
+                            right = False
+                        elif _in_bitset(known_bitsets, known_row[f], k):
+                            right = True
+                        else:
+                            right = c_missleft[j] == 0
+                        if right:
+                            v[c_tree[j], r] &= c_mask[j]
+            s[:] = baseline
+            for t in range(T):
+                base = leaf_off[t]
+                vt = v[t]
+                for r in range(R):
+                    s[r] += leaf_val[base + trailing_zeros(vt[r])]
+            for r in range(m):
+                out[i0 + r] = np.nan if bad[r] else _link(s[r], calib, a, b, xs, ys)
+    return out
+
+
+def quickscorer_tables(t, p: int, q: int) -> dict | None:
+    """QuickScorer tables of a tree ensemble with at most 64 leaves per tree (else None).
+
+    Leaves are numbered left to right per tree; a node's mask clears the leaves of its left
+    subtree (a row going right there can end in none of them), so the leaf a row reaches is the
+    lowest one left after the masks of every node where it goes right.
+    """
+    kind, left, right, roots = t["kind"], t["left"], t["right"], t["roots"]
+    n = kind.shape[0]
+    lo, hi, tree_of = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    leaf_val, leaf_off = [], [0]
+    for ti, root in enumerate(roots):
+        order, stack, cnt = [], [int(root)], 0
+        while stack:                               # pre-order, left first: leaves come out left to right
+            k = stack.pop()
+            order.append(k)
+            tree_of[k] = ti
+            if kind[k] == LEAF:
+                lo[k] = hi[k] = cnt
+                cnt += 1
+                leaf_val.append(float(t["value"][k]))
+            else:
+                stack.append(int(right[k]))
+                stack.append(int(left[k]))
+        if cnt > 64:
+            return None
+        for k in reversed(order):                  # children before parents
+            if kind[k] != LEAF:
+                lo[k], hi[k] = lo[left[k]], hi[right[k]]
+        leaf_off.append(leaf_off[-1] + cnt)
+    inner = np.flatnonzero(kind != LEAF)
+    mask = np.full(n, np.uint64(0xFFFFFFFFFFFFFFFF))
+    for k in inner:
+        a, width = int(lo[left[k]]), int(hi[left[k]] - lo[left[k]] + 1)
+        mask[k] = ~np.uint64((((1 << width) - 1) << a) & 0xFFFFFFFFFFFFFFFF)
+    num = inner[kind[inner] == NUMERIC]
+    num = num[np.lexsort((t["thr"][num], t["feat"][num]))]
+    nanr = num[t["miss_left"][num] == 0]                       # NaN goes right at these
+    nanr = nanr[np.argsort(t["feat"][nanr], kind="stable")]
+    cat = inner[kind[inner] == CATEGORICAL]
+    cat = cat[np.argsort(t["feat"][cat], kind="stable")]
+    offsets = lambda nodes, m: np.searchsorted(t["feat"][nodes], np.arange(m + 1)).astype(np.int64)  # noqa: E731
+    return dict(
+        q_thr=t["thr"][num].astype(np.float64), q_tree=tree_of[num].astype(np.int64), q_mask=mask[num],
+        q_off=offsets(num, p), n_tree=tree_of[nanr].astype(np.int64), n_mask=mask[nanr], n_off=offsets(nanr, p),
+        c_tree=tree_of[cat].astype(np.int64), c_mask=mask[cat], c_bitset=t["bitset"][cat].astype(np.int64),
+        c_missleft=t["miss_left"][cat].astype(np.uint8), c_off=offsets(cat, q),
+        leaf_val=np.asarray(leaf_val, np.float64), leaf_off=np.asarray(leaf_off, np.int64))
+
+
+_QS_CACHE: dict = {}
+
+
+def _cached_tables(t, p, q):
+    """Tables are built once per ensemble (keyed by its node array) and shape of input."""
+    key = (id(t["kind"]), id(t["value"]), p, q)
+    hit = _QS_CACHE.get(key)
+    if hit is not None and hit[0] is t["kind"] and hit[1] is t["value"]:
+        return hit[2]
+    tables = quickscorer_tables(t, p, q)
+    if len(_QS_CACHE) > 32:
+        _QS_CACHE.clear()
+    _QS_CACHE[key] = (t["kind"], t["value"], tables)
+    return tables
 
 
 @njit(cache=True)
@@ -247,8 +421,12 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None):
     return _linear(X, fill, w, codes, table, float(bias), *_calibration(calib))
 
 
-def tree_proba(X, trees, codes=None, calib=None):
+def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
     """Probabilities of a binary tree ensemble (sum of leaf values from ``trees['baseline']``, logistic link).
+
+    ``method``: ``"quickscorer"`` (vectorised across rows; trees of at most 64 leaves), ``"walk"``
+    (node by node, any tree) or ``"auto"`` (QuickScorer when every tree fits). Both give the same
+    sums in the same order.
 
     ``trees`` holds flat node arrays: ``kind`` (0 numeric, 1 categorical, 2 leaf), ``feat`` (column of X,
     or of ``codes`` for categorical nodes), ``thr``, ``left``, ``right``, ``miss_left``, ``bitset``
@@ -267,6 +445,18 @@ def tree_proba(X, trees, codes=None, calib=None):
         raise ValueError(f"the trees use more columns than X ({X.shape[1]}) and codes ({codes.shape[1]}) have")
     if inner.any() and (t["left"][inner].max() >= n_nodes or t["right"][inner].max() >= n_nodes):
         raise ValueError("a child index points outside the node arrays")
+    if method not in ("auto", "quickscorer", "walk"):
+        raise ValueError(f"method must be 'auto', 'quickscorer' or 'walk', got {method!r}")
+    if method != "walk":
+        qs = _cached_tables(t, X.shape[1], codes.shape[1])
+        if qs is None and method == "quickscorer":
+            raise ValueError("QuickScorer needs trees of at most 64 leaves")
+        if qs is not None:
+            lanes = int(min(64, max(8, 2 ** int(np.log2(max(8, 262144 // (8 * max(1, len(t["roots"])))))))))
+            return _quickscorer(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"],
+                                qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_mask"], qs["c_bitset"],
+                                qs["c_missleft"], qs["c_off"], t["cat_bitsets"], t["known_bitsets"], t["known_row"],
+                                qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib))
     child, depth = _layout(t["kind"], t["left"], t["right"], t["roots"])
     return _trees(X, codes, t["kind"], t["feat"], t["thr"], child, t["miss_left"], t["bitset"],
                   t["cat_bitsets"], t["known_bitsets"], t["known_row"], t["value"], t["roots"], depth,

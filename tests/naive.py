@@ -251,7 +251,7 @@ def tree_proba_ref(X, trees, codes, calib=None):
             node = tree
             while "value" not in node:
                 if node["kind"] == "num":
-                    v = X[i, node["feature"]]
+                    v = float(X[i, node["feature"]])          # compared in float64, as scikit-learn does
                     go_left = node["missing_left"] if np.isnan(v) else v <= node["thr"]
                 else:
                     k = codes[i, node["feature"]]

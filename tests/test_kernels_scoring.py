@@ -29,7 +29,7 @@ def test_linear_matches_reference(calib, dtype):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
-def _random_trees(rng, n_trees, p, q, n_cats=6):
+def _random_trees(rng, n_trees, p, q, n_cats=6, depth=5):
     """Random trees both as nested dicts (reference) and as the kernel's flat arrays."""
     flat = {k: [] for k in ("kind", "feat", "thr", "left", "right", "miss_left", "bitset", "value")}
     bitsets, roots, nested = [], [], []
@@ -69,7 +69,7 @@ def _random_trees(rng, n_trees, p, q, n_cats=6):
         return idx, {**node, "missing_left": miss, "left": ln, "right": rn}
 
     for _ in range(n_trees):
-        root, tree = grow(5)
+        root, tree = grow(depth)
         roots.append(root)
         nested.append(tree)
     arrays = {"kind": np.array(flat["kind"], np.uint8), "feat": np.array(flat["feat"], np.int32),
@@ -83,15 +83,20 @@ def _random_trees(rng, n_trees, p, q, n_cats=6):
 
 @pytest.mark.parametrize("calib", CALIBS, ids=["logistic", "sigmoid", "isotonic"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_trees_match_reference(calib, dtype):
+@pytest.mark.parametrize("method,depth", [("quickscorer", 5), ("walk", 5), ("auto", 8)])
+def test_trees_match_reference(calib, dtype, method, depth):
     rng = np.random.default_rng(2)
     n, p, q = 700, 5, 2
-    arrays, nested = _random_trees(rng, 25, p, q)
+    arrays, nested = _random_trees(rng, 25, p, q, depth=depth)
+    if depth > 6:                                                  # some tree too big for QuickScorer
+        assert scoring.quickscorer_tables(arrays, p, q) is None
     X = rng.normal(size=(n, p)).astype(dtype)
     X[rng.random((n, p)) < 0.1] = np.nan
     X[7, 1] = -np.inf
     codes = rng.integers(-1, 6, size=(n, q)).astype(np.int32)      # includes unknown category 5 sometimes
-    got = scoring.tree_proba(X, arrays, codes, calib)
+    num = np.flatnonzero(arrays["kind"] == scoring.NUMERIC)[:40]
+    X[100 + np.arange(len(num)), arrays["feat"][num]] = arrays["thr"][num]   # a value equal to a threshold goes left
+    got = scoring.tree_proba(X, arrays, codes, calib, method=method)
     want = tree_proba_ref(X, nested, codes, calib)
     assert np.isnan(got[7])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
