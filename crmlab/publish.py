@@ -236,6 +236,28 @@ def _to_sql_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
+    """Create ``name`` with pandas' column types, then fill it in bulk on the same connection (inside
+    the publish transaction): ``executemany`` on SQLite, ``COPY`` on PostgreSQL (psycopg), pandas'
+    ``to_sql`` elsewhere. Missing values become NULL."""
+    df.head(0).to_sql(name, conn, index=False)
+    cols = [c for c in df.columns]
+    values = [df[c].astype(object).where(df[c].notna(), None).tolist() for c in cols]
+    rows = zip(*values)
+    raw = conn.connection.driver_connection
+    target = f"{_q(eng, name)} ({', '.join(_q(eng, c) for c in cols)})"
+    if eng.dialect.name == "sqlite":
+        cur = raw.cursor()
+        cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(cols))})", rows)
+        cur.close()
+    elif eng.dialect.name == "postgresql" and eng.dialect.driver == "psycopg":
+        with raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        df.to_sql(name, conn, index=False, if_exists="append", chunksize=50_000)
+
+
 def _switch_views(conn, eng, tables, version: int) -> None:
     import sqlalchemy as sa
 
@@ -291,7 +313,7 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                 for name, df in tables.items():
                     say(f"writing {name} ({len(df):,} rows) as version {version}")
                     phys = _phys(name, version)
-                    _to_sql_frame(df).to_sql(phys, conn, index=False, chunksize=50_000)
+                    _insert(conn, eng, phys, _to_sql_frame(df))
                     key = ", ".join(_q(eng, k) for k in CONTRACT[name]["key"])
                     conn.execute(sa.text(f"CREATE UNIQUE INDEX {_q(eng, 'ix_' + phys)} ON {_q(eng, phys)} ({key})"))
                     if name == "customer_key_map":

@@ -12,31 +12,42 @@ from numba import njit, prange
 
 @njit(cache=True, parallel=True)
 def _nearest(X, fill, log_cols, centre, scale, centers, weights, bias):
+    """Blocks of rows, prepared column by column into ``zb`` (d, B), so the distance loops run
+    along rows (long, contiguous: vectorised)."""
     n, d = X.shape
     k = centers.shape[0]
     labels = np.empty(n, np.int32)
     dist = np.empty(n)
-    for i in prange(n):
-        z = np.empty(d)
+    B = 512
+    for blk in prange((n + B - 1) // B):
+        lo = blk * B
+        m = min(n, lo + B) - lo
+        zb = np.empty((d, B))
+        best = np.zeros(B, np.int32)
+        bd = np.full(B, np.inf)
+        s = np.empty(B)
         for j in range(d):
-            v = X[i, j]
-            if np.isnan(v):
-                v = fill[j]
-            if log_cols[j]:
-                v = np.log1p(max(v, 0.0))
-            z[j] = (v - centre[j]) / scale[j]
-        best = 0
-        bd = np.inf
+            f, c0, sc, lg = fill[j], centre[j], scale[j], log_cols[j]
+            for r in range(m):
+                v = X[lo + r, j]
+                v = f if v != v else v
+                if lg:
+                    v = np.log1p(max(v, 0.0))
+                zb[j, r] = (v - c0) / sc
         for c in range(k):
-            s = bias[c]
+            s[:m] = bias[c]
             for j in range(d):
-                t = z[j] - centers[c, j]
-                s += weights[c, j] * t * t
-            if s < bd:
-                bd = s
-                best = c
-        labels[i] = best
-        dist[i] = bd
+                cj, wj = centers[c, j], weights[c, j]
+                zj = zb[j]
+                for r in range(m):
+                    t = zj[r] - cj
+                    s[r] += wj * t * t
+            for r in range(m):
+                if s[r] < bd[r]:
+                    bd[r] = s[r]
+                    best[r] = c
+        labels[lo:lo + m] = best[:m]
+        dist[lo:lo + m] = bd[:m]
     return labels, dist
 
 
