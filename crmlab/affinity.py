@@ -158,10 +158,10 @@ def frequent_itemsets(data, min_support: float = 0.5, max_len: int | None = None
     flat, lens, counts = K.frequent_itemsets(b.indptr, b.indices, b.n_items, mc, max_len)
     labels = b.items.to_numpy(dtype=object) if use_colnames else np.arange(b.n_items)
     sets, pos = [], 0
-    for size in np.unique(lens):                              # itemsets come grouped by size
-        n_k = int(np.sum(lens == size))
-        block = labels[flat[pos:pos + n_k * size]].reshape(n_k, size)
-        sets.extend(map(frozenset, block.tolist()))
+    sizes, n_of = np.unique(lens, return_counts=True)
+    for size, n_k in zip(sizes.tolist(), n_of.tolist()):     # itemsets come grouped by size
+        block = labels[flat[pos:pos + n_k * size]]
+        sets.extend(map(frozenset, zip(*(block[q::size].tolist() for q in range(size)))))
         pos += n_k * size
     support = counts / b.n_baskets
     out = pd.DataFrame({"support": support, "itemsets": sets})

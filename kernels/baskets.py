@@ -54,16 +54,27 @@ def _pair_counts(indptr, indices, rank, m, nt):
                     k += 1
             if k < 2:
                 continue
-            buf[:k].sort()
+            if k > 32:
+                buf[:k].sort()
+            else:
+                for a in range(1, k):               # insertion sort: most baskets are short
+                    v = buf[a]
+                    q = a - 1
+                    while q >= 0 and buf[q] > v:
+                        buf[q + 1] = buf[q]
+                        q -= 1
+                    buf[q + 1] = v
             for a in range(k - 1):
                 ia = buf[a]
                 base = ia * m - (ia * (ia + 1)) // 2 - ia - 1
                 for b in range(a + 1, k):
                     local[t, base + buf[b]] += 1
     out = np.zeros(size, np.int64)
-    for t in range(nt):
-        for s in prange(size):
-            out[s] += local[t, s]
+    for s in prange(size):
+        acc = 0
+        for t in range(nt):
+            acc += local[t, s]
+        out[s] = acc
     return out
 
 
@@ -229,6 +240,47 @@ def _eclat_deep(pair_cnt, m, ptr, tids, min_count, max_len, bits, use_bits, firs
     return out_items[:n_items_out], out_len[:n_out], out_cnt[:n_out]
 
 
+@njit(cache=True)
+def _by_size(items, lens, counts, freq, to_ids):
+    """Itemsets grouped by size (stable), items mapped to ids through ``freq`` when ``to_ids`` and
+    sorted ascending within each itemset."""
+    n = lens.shape[0]
+    top = 0
+    for k in range(n):
+        top = max(top, lens[k])
+    per = np.zeros(top + 2, np.int64)
+    for k in range(n):
+        per[lens[k] + 1] += lens[k]
+    nper = np.zeros(top + 2, np.int64)
+    for k in range(n):
+        nper[lens[k] + 1] += 1
+    item_at = np.cumsum(per)
+    set_at = np.cumsum(nper)
+    out = np.empty(items.shape[0], np.int32)
+    out_len = np.empty(n, np.int32)
+    out_cnt = np.empty(n, np.int64)
+    src = 0
+    for k in range(n):
+        L = lens[k]
+        dst = item_at[L]
+        for q in range(L):
+            v = items[src + q]
+            out[dst + q] = freq[v] if to_ids else v
+        for q in range(1, L):                       # insertion sort: itemsets are short
+            v = out[dst + q]
+            r = q - 1
+            while r >= 0 and out[dst + r] > v:
+                out[dst + r + 1] = out[dst + r]
+                r -= 1
+            out[dst + r + 1] = v
+        item_at[L] += L
+        out_len[set_at[L]] = L
+        out_cnt[set_at[L]] = counts[k]
+        set_at[L] += 1
+        src += L
+    return out, out_len, out_cnt
+
+
 _POOL: list = []
 
 
@@ -298,19 +350,12 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
             ln = np.concatenate([r[1] for r in res])
             ct = np.concatenate([r[2] for r in res])
             if len(ln):
-                group = np.repeat(np.arange(len(ln)), ln)
-                ids = freq[it]
-                ids = ids[np.lexsort((ids, group))]            # items ascending within each itemset
-                items.append(ids)
+                it, ln, ct = _by_size(it, ln, ct, freq, True)
+                items.append(it)
                 lens.append(ln)
                 cnts.append(ct)
-    items, lens, cnts = np.concatenate(items), np.concatenate(lens).astype(np.int64), np.concatenate(cnts)
-    order = np.argsort(lens, kind="stable")                 # by size; the depth-first part mixes sizes
-    starts = np.r_[0, np.cumsum(lens)[:-1]]
-    new_lens = lens[order]
-    within = np.arange(new_lens.sum()) - np.repeat(np.cumsum(new_lens) - new_lens, new_lens)
-    flat = items[np.repeat(starts[order], new_lens) + within]
-    return flat.astype(np.int32), new_lens.astype(np.int32), cnts[order]
+    return (np.concatenate(items).astype(np.int32), np.concatenate(lens).astype(np.int32),
+            np.concatenate(cnts).astype(np.int64))
 
 
 def pair_counts(indptr, indices, n_items: int, min_count: int):
