@@ -13,6 +13,9 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 
+SERIAL_PAIRS = 2_000_000       # basket items below which pairs are counted in the calling thread
+
+
 def _csr(indptr, indices):
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
     indices = np.ascontiguousarray(indices, dtype=np.int32)
@@ -29,6 +32,41 @@ def _tri(i, j, m):
     return i * m - (i * (i + 1)) // 2 + (j - i - 1)
 
 
+@njit(cache=True, inline="always")
+def _count_pairs(indptr, indices, rank, m, lo, hi, counts, buf):
+    """Add the pair counts of baskets lo..hi into ``counts`` (packed triangular); returns the
+    (possibly grown) scratch buffer."""
+    for bkt in range(lo, hi):
+        k = 0
+        for p in range(indptr[bkt], indptr[bkt + 1]):
+            r = rank[indices[p]]
+            if r >= 0:
+                if k == buf.shape[0]:
+                    nb = np.empty(2 * k, np.int64)
+                    nb[:k] = buf
+                    buf = nb
+                buf[k] = r
+                k += 1
+        if k < 2:
+            continue
+        if k > 32:
+            buf[:k].sort()
+        else:
+            for a in range(1, k):                   # insertion sort: most baskets are short
+                v = buf[a]
+                q = a - 1
+                while q >= 0 and buf[q] > v:
+                    buf[q + 1] = buf[q]
+                    q -= 1
+                buf[q + 1] = v
+        for a in range(k - 1):
+            ia = buf[a]
+            base = ia * m - (ia * (ia + 1)) // 2 - ia - 1
+            for b in range(a + 1, k):
+                counts[base + buf[b]] += 1
+    return buf
+
+
 @njit(cache=True, parallel=True)
 def _pair_counts(indptr, indices, rank, m, nt):
     """Support counts of all pairs of frequent items (rank[item] >= 0), packed triangular, int64.
@@ -40,41 +78,23 @@ def _pair_counts(indptr, indices, rank, m, nt):
     local = np.zeros((nt, size), np.int32)
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        buf = np.empty(indices.shape[0] if indices.shape[0] < 4096 else 4096, np.int64)
-        for bkt in range(t * chunk, min(n, (t + 1) * chunk)):
-            k = 0
-            for p in range(indptr[bkt], indptr[bkt + 1]):
-                r = rank[indices[p]]
-                if r >= 0:
-                    if k == buf.shape[0]:
-                        nb = np.empty(2 * k, np.int64)
-                        nb[:k] = buf
-                        buf = nb
-                    buf[k] = r
-                    k += 1
-            if k < 2:
-                continue
-            if k > 32:
-                buf[:k].sort()
-            else:
-                for a in range(1, k):               # insertion sort: most baskets are short
-                    v = buf[a]
-                    q = a - 1
-                    while q >= 0 and buf[q] > v:
-                        buf[q + 1] = buf[q]
-                        q -= 1
-                    buf[q + 1] = v
-            for a in range(k - 1):
-                ia = buf[a]
-                base = ia * m - (ia * (ia + 1)) // 2 - ia - 1
-                for b in range(a + 1, k):
-                    local[t, base + buf[b]] += 1
+        buf = np.empty(64, np.int64)
+        _count_pairs(indptr, indices, rank, m, t * chunk, min(n, (t + 1) * chunk), local[t], buf)
     out = np.zeros(size, np.int64)
     for s in prange(size):
         acc = 0
         for t in range(nt):
             acc += local[t, s]
         out[s] = acc
+    return out
+
+
+@njit(cache=True)
+def _pair_counts_serial(indptr, indices, rank, m):
+    """As :func:`_pair_counts` in the calling thread: for small inputs, where waking (and then
+    leaving spinning) the OpenMP workers costs more than it saves and slows the threads that follow."""
+    out = np.zeros(m * (m - 1) // 2, np.int64)
+    _count_pairs(indptr, indices, rank, m, 0, indptr.shape[0] - 1, out, np.empty(64, np.int64))
     return out
 
 
@@ -322,7 +342,10 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
             raise MemoryError(f"{m:,} frequent items: the pair matrix would be too large; raise min_support")
         rank = np.full(n_items, -1, np.int64)
         rank[freq] = np.arange(m)
-        pc = _pair_counts(indptr, indices, rank, m, get_num_threads())
+        if len(indices) < SERIAL_PAIRS:
+            pc = _pair_counts_serial(indptr, indices, rank, m)
+        else:
+            pc = _pair_counts(indptr, indices, rank, m, get_num_threads())
         sel = np.flatnonzero(pc >= min_count)
         if len(sel):
             # invert the packed index: row i holds positions [start_i, start_i + m - i - 1)
