@@ -328,7 +328,7 @@ def plot_lift(lift: pd.DataFrame, by: str | None = None, truth: pd.Series | None
     ax.set_yticks(y, labels)
     ax.set_xlabel("incremental response rate (contacted - control)")
     ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.figure.tight_layout()
     return ax.figure
 
