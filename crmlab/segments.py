@@ -88,7 +88,9 @@ class Segmenter:
         eligible (the most stable k is taken when none does); 0 turns the check off. The default
         0.95 keeps a margin over a 0.9 goal: a 10-bootstrap mean varies by a few hundredths.
     n_init, bootstraps, sample, seed : restarts per fit, bootstrap refits for stability, rows used
-        for silhouettes and bootstraps, random seed.
+        for silhouettes, random seed.
+    max_fit_rows : larger inputs are fitted on a random sample of this many rows (every row is
+        then assigned by the kernel): millions of customers fit in seconds.
 
     Attributes
     ----------
@@ -100,10 +102,11 @@ class Segmenter:
 
     def __init__(self, k="auto", method: str = "kmeans", k_range=(3, 8), criterion: str = "silhouette",
                  min_stability: float = 0.95, n_init: int = 10, bootstraps: int = 10, sample: int = 5000,
-                 seed: int = 0):
+                 max_fit_rows: int = 200_000, seed: int = 0):
         self.k, self.method, self.k_range, self.criterion = k, method, k_range, criterion
         self.min_stability, self.n_init, self.bootstraps, self.sample, self.seed = (
             min_stability, n_init, bootstraps, sample, seed)
+        self.max_fit_rows = max_fit_rows
 
     # -- preparation
     def _validate(self, X: pd.DataFrame, fitting: bool) -> np.ndarray:
@@ -196,9 +199,11 @@ class Segmenter:
         ks = list(range(int(self.k_range[0]), int(self.k_range[1]) + 1)) if self.k == "auto" else [int(self.k)]
         if min(ks) < 2 or len(A) < 10 * max(ks):
             raise CrmlabError(f"need k >= 2 and at least 10 customers per segment: {len(A):,} rows for k up to {max(ks)}")
+        rng = np.random.default_rng(self.seed)
+        if len(A) > self.max_fit_rows:
+            A = A[np.sort(rng.choice(len(A), self.max_fit_rows, replace=False))]
         self._learn_preparation(A)
         Z = self._prepare(A)
-        rng = np.random.default_rng(self.seed)
         if self.k == "auto":
             sel = pd.DataFrame([self._candidate(Z, k, rng) for k in ks]).set_index("k")
             score = sel["silhouette"] if self.criterion == "silhouette" else -sel["bic"]
@@ -239,9 +244,11 @@ class Segmenter:
         from sklearn.metrics import adjusted_rand_score
 
         self._check_fitted()
+        rng = np.random.default_rng(self.seed + 1)
+        if len(X) > self.max_fit_rows:
+            X = X.iloc[np.sort(rng.choice(len(X), self.max_fit_rows, replace=False))]
         Z = self.transform(X)
         ref = self._assign(Z, self.centers_, self.weights_, self.bias_)
-        rng = np.random.default_rng(self.seed + 1)
         rows = []
         for s in range(seeds):
             c, w, b, _ = self._fit_k(Z, self.k_, self.seed + 1000 + s)

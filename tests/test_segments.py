@@ -112,3 +112,13 @@ def test_value_risk_grid_bands():
     assert t["customers"].sum() == n and abs(t["value_share"].sum() - 1) < 1e-12
     with pytest.raises(CrmlabError, match="increasing"):
         segments.value_risk_grid(value, risk, value_quantiles=(0.8, 0.8))
+
+
+def test_large_inputs_are_fitted_on_a_sample_and_all_rows_assigned():
+    from sklearn.metrics import adjusted_rand_score
+
+    X, truth = _blobs(n=3000, seed=5)
+    seg = segments.Segmenter(k=4, bootstraps=0, max_fit_rows=500).fit(X)
+    assert len(seg.labels_) == 3000
+    assert adjusted_rand_score(truth, seg.labels_) > 0.95
+    assert (seg.stability(X, seeds=1)["mean"] > 0.9).all()
