@@ -68,28 +68,38 @@ def _link(raw, calib, a, b, xs, ys):
     return 1.0 / (1.0 + _exp(-raw))
 
 
-@njit(cache=True, inline="always")
-def _logistic_block(z, out, lo, m, calib, a, b, poly, kbits):
-    """out[lo + r] = 1 / (1 + exp(t_r)), t = -z (or a z + b: Platt), for r < m, in three simple
-    loops the compiler vectorises: range reduction and polynomial, 2**k built from its exponent
-    bits (no table gather), then the quotient. NaN in, NaN out."""
+_MAGIC = 6755399441055744.0                               # 1.5 * 2**52: adding it rounds to an integer
+_MAGIC_BITS = np.int64(0x4338000000000000)                # ... held in the low bits of the sum
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf):
+    """out[lo + r] = 1 / (1 + exp(t_r)), t = -z (or a z + b: Platt), for r < m, in loops the
+    compiler vectorises (AVX2 has no double -> int64 conversion, so k is rounded by adding 1.5 *
+    2**52 and 2**k built from the bits of that sum); degree-11 polynomial on |r| <= ln2 / 2
+    (relative error < 1e-14). Not inlined: the caller's reassociation would fold the rounding
+    away. NaN in, NaN out."""
     for r in range(m):
         t = a * z[r] + b if calib == 1 else -z[r]
-        t = min(max(t, -708.0), 709.0)
-        k = np.floor(t * _INV_LN2 + 0.5)
+        t = t if t > -708.0 else -708.0
+        t = t if t < 709.0 else 709.0
+        y = t * _INV_LN2 + _MAGIC
+        k = y - _MAGIC
         rr = (t - k * _LN2_HI) - k * _LN2_LO
-        pp = _EXP_COEF[11]                  # degree 11 on |rr| <= ln2/2: relative error < 1e-14
+        pp = _EXP_COEF[11]
         for d in range(10, -1, -1):
             pp = pp * rr + _EXP_COEF[d]
         poly[r] = pp
-        kbits[r] = (np.int64(k) + 1023) << 52
-    scale = kbits.view(np.float64)
+        kbuf[r] = y
+    kint = kbuf.view(np.int64)
     for r in range(m):
-        v = 1.0 / (1.0 + poly[r] * scale[r])
+        kint[r] = (kint[r] - _MAGIC_BITS + 1023) << 52        # now kbuf[r] == 2**k
+    for r in range(m):
+        v = 1.0 / (1.0 + poly[r] * kbuf[r])
         out[lo + r] = v if z[r] == z[r] else np.nan
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys):
     """out[i] = link(bias + sum_j w_j * x_ij (NaN -> fill_j) + sum_c table[c, code_ic]).
 
@@ -106,7 +116,7 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys):
         hi = min(n, lo + BLOCK)
         z = np.empty(BLOCK)
         poly = np.empty(BLOCK)
-        kbits = np.empty(BLOCK, np.int64)
+        kbuf = np.empty(BLOCK)
         for i in range(lo, hi):
             s = bias
             for j in range(p):
@@ -124,7 +134,7 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys):
             for r in range(hi - lo):
                 out[lo + r] = _link(z[r], calib, a, b, xs, ys)
         else:
-            _logistic_block(z, out, lo, hi - lo, calib, a, b, poly, kbits)
+            _logistic_block(z, out, lo, hi - lo, calib, a, b, poly, kbuf)
     return out
 
 
