@@ -163,15 +163,12 @@ def engine(url: str):
         eng = sa.create_engine(url, connect_args={"timeout": 60})
 
         @sa.event.listens_for(eng, "connect")
-        def _pragmas(dbapi_conn, _):
+        def _on_connect(dbapi_conn, _):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
-
-        # let SQLAlchemy issue BEGIN itself so DDL stays inside the transaction (pysqlite quirk)
-        @sa.event.listens_for(eng, "connect")
-        def _autocommit_off(dbapi_conn, _):
+            # let SQLAlchemy issue BEGIN itself so DDL stays inside the transaction (pysqlite quirk)
             dbapi_conn.isolation_level = None
 
         @sa.event.listens_for(eng, "begin")

@@ -176,18 +176,19 @@ class Segmenter:
         row = {"k": k, "silhouette": float(silhouette_score(Z[s], lab[s])) if len(np.unique(lab[s])) > 1 else np.nan}
         if self.method == "gmm":
             row["bic"] = float(m.bic(Z))
-        row["stability_ari"] = self._bootstrap_ari(Z, lab, k, rng) if self.bootstraps else np.nan
+        row["stability_ari"] = float(np.mean(self._bootstrap_aris(Z, lab, k, rng, self.bootstraps))) if self.bootstraps else np.nan
         return row
 
-    def _bootstrap_ari(self, Z: np.ndarray, ref: np.ndarray, k: int, rng) -> float:
+    def _bootstrap_aris(self, Z: np.ndarray, ref: np.ndarray, k: int, rng, n: int) -> list[float]:
+        """Adjusted Rand index of ``ref`` against ``n`` refits on bootstrap samples (each assigns every row)."""
         from sklearn.metrics import adjusted_rand_score
 
         out = []
-        for _ in range(self.bootstraps):
+        for _ in range(n):
             idx = rng.choice(len(Z), len(Z), replace=True)
             c, w, b, _ = self._fit_k(Z[idx], k, int(rng.integers(2**31)))
             out.append(adjusted_rand_score(ref, self._assign(Z, c, w, b)))
-        return float(np.mean(out))
+        return out
 
     def fit(self, X: pd.DataFrame, y=None) -> "Segmenter":
         if self.method not in ("kmeans", "gmm"):
@@ -253,10 +254,7 @@ class Segmenter:
         for s in range(seeds):
             c, w, b, _ = self._fit_k(Z, self.k_, self.seed + 1000 + s)
             rows.append(("seed", adjusted_rand_score(ref, self._assign(Z, c, w, b))))
-        for _ in range(max(self.bootstraps, 1)):
-            idx = rng.choice(len(Z), len(Z), replace=True)
-            c, w, b, _ = self._fit_k(Z[idx], self.k_, int(rng.integers(2**31)))
-            rows.append(("bootstrap", adjusted_rand_score(ref, self._assign(Z, c, w, b))))
+        rows += [("bootstrap", a) for a in self._bootstrap_aris(Z, ref, self.k_, rng, max(self.bootstraps, 1))]
         t = pd.DataFrame(rows, columns=["refit", "ari"])
         return t.groupby("refit")["ari"].agg(["count", "mean", "min"]).rename(columns={"count": "refits"})
 

@@ -143,6 +143,19 @@ def _in_bitset(bitsets, row, v):
     return (bitsets[row, v >> 5] >> np.uint32(v & 31)) & np.uint32(1)
 
 
+@njit(cache=True, inline="always")
+def _cat_left(k, miss_left, cat_bitsets, bitset_row, known_bitsets, known_row):
+    """scikit-learn's rule at a categorical node: missing (k < 0) or unknown categories follow
+    the missing-value direction; known ones go left when in the node's bitset."""
+    if k < 0:
+        return miss_left != 0
+    if _in_bitset(cat_bitsets, bitset_row, k):
+        return True
+    if _in_bitset(known_bitsets, known_row, k):
+        return False
+    return miss_left != 0
+
+
 @njit(cache=True, parallel=True)
 def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, known_bitsets, known_row,
            value, roots, depth, baseline, calib, a, b, xs, ys):
@@ -172,15 +185,8 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
                         node = nd[r]
                         f = feat[node]
                         if kind[node] == CATEGORICAL:
-                            k = codes[g0 + r, f]
-                            if k < 0:
-                                go_left = miss_left[node] != 0
-                            elif _in_bitset(cat_bitsets, bitset[node], k):
-                                go_left = True
-                            elif _in_bitset(known_bitsets, known_row[f], k):
-                                go_left = False
-                            else:
-                                go_left = miss_left[node] != 0
+                            go_left = _cat_left(codes[g0 + r, f], miss_left[node], cat_bitsets, bitset[node],
+                                                known_bitsets, known_row[f])
                             nd[r] = child[2 * node + (0 if go_left else 1)]
                         else:
                             v = np.float64(X[g0 + r, f])
@@ -261,15 +267,7 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                 for r in range(m):
                     k = codes[i0 + r, f]
                     for j in range(c_off[f], c_off[f + 1]):
-                        if k < 0:
-                            right = c_missleft[j] == 0
-                        elif _in_bitset(cat_bitsets, c_bitset[j], k):
-                            right = False
-                        elif _in_bitset(known_bitsets, known_row[f], k):
-                            right = True
-                        else:
-                            right = c_missleft[j] == 0
-                        if right:
+                        if not _cat_left(k, c_missleft[j], cat_bitsets, c_bitset[j], known_bitsets, known_row[f]):
                             v[c_tree[j], r] &= c_mask[j]
             s[:] = baseline
             for t in range(T):
