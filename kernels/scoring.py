@@ -19,6 +19,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 NUMERIC, CATEGORICAL, LEAF = 0, 1, 2
 BLOCK = 256
+SUPER = 16                                                # blocks per parallel task in _linear
 GROUP = 16
 
 
@@ -100,42 +101,47 @@ def _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf):
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys):
+def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
     """out[i] = link(bias + sum_j w_j * x_ij (NaN -> fill_j) + sum_c table[c, code_ic]).
 
     One pass per block of rows: dot products with missing values replaced as they are read (a
     select, so the loop stays vectorised; a NaN fill, i.e. no imputation, leaves the row NaN, as
-    does an inf), then the link over the block.
+    does an inf), then the link over the block. Each parallel task takes ``SUPER`` blocks and
+    allocates its buffers once (an allocation per block cost 10% of the pass).
     """
     n, p = X.shape
     q = codes.shape[1]
-    out = np.empty(n)
     n_blocks = (n + BLOCK - 1) // BLOCK
-    for blk in prange(n_blocks):
-        lo = blk * BLOCK
-        hi = min(n, lo + BLOCK)
+    n_tasks = (n_blocks + SUPER - 1) // SUPER
+    for task in prange(n_tasks):
         z = np.empty(BLOCK)
         poly = np.empty(BLOCK)
         kbuf = np.empty(BLOCK)
-        for i in range(lo, hi):
-            s = bias
-            for j in range(p):
-                v = np.float64(X[i, j])
-                s += w[j] * (v if v == v else fill[j])
-            z[i - lo] = s
-        for i in range(lo, hi):
-            s = z[i - lo]
-            for c in range(q):
-                k = codes[i, c]
-                if k >= 0:
-                    s += table[c, k]
-            z[i - lo] = s if s - s == 0.0 else np.nan
-        if calib == 2:
-            for r in range(hi - lo):
-                out[lo + r] = _link(z[r], calib, a, b, xs, ys)
-        else:
-            _logistic_block(z, out, lo, hi - lo, calib, a, b, poly, kbuf)
-    return out
+        for blk in range(task * SUPER, min(n_blocks, (task + 1) * SUPER)):
+            lo = blk * BLOCK
+            m = min(n, lo + BLOCK) - lo
+            for r in range(m):
+                s = bias
+                for j in range(p):
+                    v = np.float64(X[lo + r, j])
+                    s += w[j] * (v if v == v else fill[j])
+                z[r] = s
+            if q:
+                for r in range(m):
+                    s = z[r]
+                    for c in range(q):
+                        k = codes[lo + r, c]
+                        if k >= 0:
+                            s += table[c, k]
+                    z[r] = s
+            for r in range(m):
+                s = z[r]
+                z[r] = s if s - s == 0.0 else np.nan
+            if calib == 2:
+                for r in range(m):
+                    out[lo + r] = _link(z[r], calib, a, b, xs, ys)
+            else:
+                _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
 
 
 @njit(cache=True, inline="always")
@@ -158,7 +164,7 @@ def _cat_left(k, miss_left, cat_bitsets, bitset_row, known_bitsets, known_row):
 
 @njit(cache=True, parallel=True)
 def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, known_bitsets, known_row,
-           value, roots, depth, baseline, calib, a, b, xs, ys):
+           value, roots, depth, baseline, calib, a, b, xs, ys, out):
     """Sum of tree outputs per row (trees added in order, from ``baseline``), then the link.
 
     Rows go through each tree in groups of ``GROUP``, level by level for the tree's full depth
@@ -167,7 +173,6 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
     """
     n = X.shape[0]
     n_trees = roots.shape[0]
-    out = np.empty(n)
     n_blocks = (n + BLOCK - 1) // BLOCK
     for blk in prange(n_blocks):
         lo = blk * BLOCK
@@ -201,13 +206,12 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
                 if v - v != 0.0 and v == v:      # +-inf
                     bad = True
             out[i] = np.nan if bad else _link(acc[i - lo], calib, a, b, xs, ys)
-    return out
 
 
 @njit(cache=True, parallel=True)
 def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, c_tree, c_mask, c_bitset,
                  c_missleft, c_off, cat_bitsets, known_bitsets, known_row, leaf_val, leaf_off, lanes, baseline,
-                 calib, a, b, xs, ys):
+                 calib, a, b, xs, ys, out):
     """QuickScorer over ``lanes`` rows at a time (Lucchese et al. 2015, vectorised across rows).
 
     Per tree a 64-bit set of reachable leaves starts full. For each numeric column the nodes testing
@@ -221,7 +225,6 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
     qn = codes.shape[1]
     T = leaf_off.shape[0] - 1
     R = lanes
-    out = np.empty(n)
     n_groups = (n + R - 1) // R
     full = np.uint64(0xFFFFFFFFFFFFFFFF)
     one = np.uint64(1)
@@ -277,7 +280,6 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                     s[r] += leaf_val[base + trailing_zeros(vt[r])]
             for r in range(m):
                 out[i0 + r] = np.nan if bad[r] else _link(s[r], calib, a, b, xs, ys)
-    return out
 
 
 def quickscorer_tables(t, p: int, q: int) -> dict | None:
@@ -394,6 +396,13 @@ def _matrices(X, codes):
     return X, codes
 
 
+def _output(n: int) -> np.ndarray:
+    """The kernels' output array, allocated by NumPy rather than inside the kernel: NumPy advises
+    the kernel to back large arrays with huge pages, so writing 10M probabilities costs ~9 ms of
+    page faults instead of ~38 ms (a quarter of the logistic pass at 10M x 30)."""
+    return np.empty(n)
+
+
 def _calibration(calib):
     """(kind, a, b, xs, ys) from None, ('sigmoid', a, b) or ('isotonic', xs, ys)."""
     empty = np.zeros(1)
@@ -426,7 +435,9 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None):
                          f"codes {codes.shape}")
     if q and codes.size and codes.max() >= table.shape[1]:
         raise ValueError("a category code exceeds the contribution table")
-    return _linear(X, fill, w, codes, table, float(bias), *_calibration(calib))
+    out = _output(X.shape[0])
+    _linear(X, fill, w, codes, table, float(bias), *_calibration(calib), out)
+    return out
 
 
 def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
@@ -461,11 +472,15 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
             raise ValueError("QuickScorer needs trees of at most 64 leaves")
         if qs is not None:
             lanes = int(min(64, max(8, 2 ** int(np.log2(max(8, 262144 // (8 * max(1, len(t["roots"])))))))))
-            return _quickscorer(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"],
-                                qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_mask"], qs["c_bitset"],
-                                qs["c_missleft"], qs["c_off"], t["cat_bitsets"], t["known_bitsets"], t["known_row"],
-                                qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib))
+            out = _output(X.shape[0])
+            _quickscorer(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"],
+                         qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_mask"], qs["c_bitset"],
+                         qs["c_missleft"], qs["c_off"], t["cat_bitsets"], t["known_bitsets"], t["known_row"],
+                         qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib), out)
+            return out
     child, depth = _layout(t["kind"], t["left"], t["right"], t["roots"])
-    return _trees(X, codes, t["kind"], t["feat"], t["thr"], child, t["miss_left"], t["bitset"],
-                  t["cat_bitsets"], t["known_bitsets"], t["known_row"], t["value"], t["roots"], depth,
-                  float(t["baseline"]), *_calibration(calib))
+    out = _output(X.shape[0])
+    _trees(X, codes, t["kind"], t["feat"], t["thr"], child, t["miss_left"], t["bitset"],
+           t["cat_bitsets"], t["known_bitsets"], t["known_row"], t["value"], t["roots"], depth,
+           float(t["baseline"]), *_calibration(calib), out)
+    return out

@@ -11,13 +11,12 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def _nearest(X, fill, log_cols, centre, scale, centers, weights, bias):
+def _nearest(X, fill, log_cols, centre, scale, centers, weights, bias, labels, dist):
     """Blocks of rows, prepared column by column into ``zb`` (d, B), so the distance loops run
-    along rows (long, contiguous: vectorised)."""
+    along rows (long, contiguous: vectorised). The outputs come from the caller: arrays NumPy
+    allocates are backed by huge pages (see ``kernels.scoring._output``)."""
     n, d = X.shape
     k = centers.shape[0]
-    labels = np.empty(n, np.int32)
-    dist = np.empty(n)
     B = 512
     for blk in prange((n + B - 1) // B):
         lo = blk * B
@@ -48,7 +47,6 @@ def _nearest(X, fill, log_cols, centre, scale, centers, weights, bias):
                     best[r] = c
         labels[lo:lo + m] = best[:m]
         dist[lo:lo + m] = bd[:m]
-    return labels, dist
 
 
 def nearest_center(X, fill, log_cols, centre, scale, centers, weights=None, bias=None):
@@ -81,4 +79,6 @@ def nearest_center(X, fill, log_cols, centre, scale, centers, weights=None, bias
     bias = np.zeros(k) if bias is None else np.ascontiguousarray(bias, dtype=np.float64)
     if weights.shape != (k, d) or bias.shape != (k,):
         raise ValueError(f"weights must be ({k}, {d}) and bias ({k},); got {weights.shape} and {bias.shape}")
-    return _nearest(X, *arrs, centers, weights, bias)
+    labels, dist = np.empty(X.shape[0], np.int32), np.empty(X.shape[0])
+    _nearest(X, *arrs, centers, weights, bias, labels, dist)
+    return labels, dist
