@@ -10,6 +10,8 @@ per-customer top-k recommendations, evaluated on a time holdout against populari
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -143,6 +145,19 @@ def _min_count(min_support: float, n: int) -> int:
 
 # ----------------------------------------------------------------------------- itemsets and rules
 
+@contextmanager
+def _no_gc():
+    """Cyclic garbage collection paused while many small containers are built (tens of thousands
+    of frozensets trigger collections that walk the whole heap; none of them form cycles)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def frequent_itemsets(data, min_support: float = 0.5, max_len: int | None = None,
                       use_colnames: bool = False) -> pd.DataFrame:
     """Itemsets in at least ``min_support`` of the baskets (mlxtend's ``fpgrowth`` result shape).
@@ -159,10 +174,11 @@ def frequent_itemsets(data, min_support: float = 0.5, max_len: int | None = None
     labels = b.items.to_numpy(dtype=object) if use_colnames else np.arange(b.n_items)
     sets, pos = [], 0
     sizes, n_of = np.unique(lens, return_counts=True)
-    for size, n_k in zip(sizes.tolist(), n_of.tolist()):     # itemsets come grouped by size
-        block = labels[flat[pos:pos + n_k * size]]
-        sets.extend(map(frozenset, zip(*(block[q::size].tolist() for q in range(size)))))
-        pos += n_k * size
+    with _no_gc():
+        for size, n_k in zip(sizes.tolist(), n_of.tolist()):     # itemsets come grouped by size
+            block = labels[flat[pos:pos + n_k * size]]
+            sets.extend(map(frozenset, zip(*(block[q::size].tolist() for q in range(size)))))
+            pos += n_k * size
     support = counts / b.n_baskets
     out = pd.DataFrame({"support": support, "itemsets": sets})
     n1 = int(np.sum(lens == 1))

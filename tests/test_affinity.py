@@ -30,8 +30,11 @@ def _random_baskets(seed, n=600, m=25):
     return lists
 
 
-@pytest.mark.parametrize("seed,min_count,max_len", [(0, 30, 6), (1, 12, 4), (2, 60, 2)])
-def test_itemset_kernel_matches_brute_force(seed, min_count, max_len):
+@pytest.mark.parametrize("seed,min_count,max_len,bits", [(0, 30, 6, True), (1, 12, 4, True), (2, 60, 2, True),
+                                                          (4, 12, 8, False)])
+def test_itemset_kernel_matches_brute_force(seed, min_count, max_len, bits, monkeypatch):
+    if not bits:                                                # the list-merge path of large inputs
+        monkeypatch.setattr(K, "BITSET_BYTES", 0)
     lists = _random_baskets(seed)
     indptr = np.r_[0, np.cumsum([len(b) for b in lists])]
     indices = np.array([i for b in lists for i in sorted(b)], dtype=np.int32)
@@ -167,3 +170,11 @@ def test_bad_input():
         Baskets.from_lists([set(), set()])
     with pytest.raises(CrmlabError, match="no frequent itemsets"):
         affinity.association_rules(pd.DataFrame(columns=["support", "itemsets"]))
+
+
+def test_mining_work_split_covers_every_first_item_once_and_balances():
+    est = np.random.default_rng(0).pareto(1.5, 157)
+    parts = K._balanced(est, 2)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(157))
+    loads = [est[p].sum() for p in parts]
+    assert abs(loads[0] - loads[1]) <= est.max()                # greedy largest-first bound
