@@ -211,28 +211,29 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
 @njit(cache=True, parallel=True)
 def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, c_tree, c_mask, c_bitset,
                  c_missleft, c_off, cat_bitsets, known_bitsets, known_row, leaf_val, leaf_off, lanes, baseline,
-                 calib, a, b, xs, ys, out):
+                 calib, a, b, xs, ys, full, lowest, out):
     """QuickScorer over ``lanes`` rows at a time (Lucchese et al. 2015, vectorised across rows).
 
-    Per tree a 64-bit set of reachable leaves starts full. For each numeric column the nodes testing
+    Per tree a set of reachable leaves (one bit each, ``full`` at the start: 32-bit masks when every
+    tree has at most 32 leaves, else 64-bit) starts full. For each numeric column the nodes testing
     it are visited in ascending threshold while some row's value exceeds the threshold; every row
     that goes right there loses the leaves of the node's left subtree (a branch-free AND over the
-    lanes, which the compiler vectorises). NaN goes through the nodes that send missing values
-    right; categorical nodes test their bitsets per row. Each row's leaf in a tree is then the
-    lowest leaf still reachable; leaf values are summed in tree order from ``baseline``.
+    lanes, which the compiler vectorises). Values and thresholds are compared in X's own type
+    (``lowest`` is its -inf), so float32 rows with 32-bit masks fill whole vectors. NaN goes through
+    the nodes that send missing values right; categorical nodes test their bitsets per row. Each
+    row's leaf in a tree is then the lowest leaf still reachable; leaf values are summed in tree
+    order from ``baseline``.
     """
     n, p = X.shape
     qn = codes.shape[1]
     T = leaf_off.shape[0] - 1
     R = lanes
     n_groups = (n + R - 1) // R
-    full = np.uint64(0xFFFFFFFFFFFFFFFF)
-    one = np.uint64(1)
     per = max(1, 2048 // R)
     n_blocks = (n_groups + per - 1) // per
     for blk in prange(n_blocks):
-        v = np.empty((T, R), np.uint64)
-        xr = np.empty(R)
+        v = np.empty((T, R), q_mask.dtype)
+        xr = np.empty(R, X.dtype)
         s = np.empty(R)
         bad = np.zeros(R, np.bool_)
         for g in range(blk * per, min(n_groups, (blk + 1) * per)):
@@ -241,13 +242,13 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
             v[:, :] = full
             bad[:] = False
             for f in range(p):
-                xmax = -np.inf
+                xmax = lowest
                 anynan = False
                 for r in range(R):
-                    x = np.float64(X[i0 + r, f]) if r < m else -np.inf
+                    x = X[i0 + r, f] if r < m else lowest
                     if x != x:
                         anynan = True
-                        x = -np.inf                  # no threshold is below it; NaN masks come below
+                        x = lowest                   # no threshold is below it; NaN masks come below
                     elif x - x != 0.0:
                         bad[r] = True                # +-inf
                     xr[r] = x
@@ -259,7 +260,7 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                     mk = q_mask[j]
                     th = q_thr[j]
                     for r in range(R):
-                        vt[r] &= mk | (np.uint64(th < xr[r]) - one)
+                        vt[r] &= mk if th < xr[r] else full
                     j += 1
                 if anynan:
                     for r in range(m):
@@ -282,12 +283,15 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                 out[i0 + r] = np.nan if bad[r] else _link(s[r], calib, a, b, xs, ys)
 
 
-def quickscorer_tables(t, p: int, q: int) -> dict | None:
+def quickscorer_tables(t, p: int, q: int, dtype=np.float64) -> dict | None:
     """QuickScorer tables of a tree ensemble with at most 64 leaves per tree (else None).
 
     Leaves are numbered left to right per tree; a node's mask clears the leaves of its left
     subtree (a row going right there can end in none of them), so the leaf a row reaches is the
-    lowest one left after the masks of every node where it goes right.
+    lowest one left after the masks of every node where it goes right. Masks are 32-bit when every
+    tree has at most 32 leaves. For float32 input (``dtype``) thresholds are rounded down to
+    float32, which keeps every decision: for a float32 x, ``x > t`` exactly when ``x >
+    round_down_f32(t)``.
     """
     kind, left, right, roots = t["kind"], t["left"], t["right"], t["roots"]
     n = kind.shape[0]
@@ -317,6 +321,8 @@ def quickscorer_tables(t, p: int, q: int) -> dict | None:
     for k in inner:
         a, width = int(lo[left[k]]), int(hi[left[k]] - lo[left[k]] + 1)
         mask[k] = ~np.uint64((((1 << width) - 1) << a) & 0xFFFFFFFFFFFFFFFF)
+    if max(np.diff(leaf_off)) <= 32:
+        mask = mask.astype(np.uint32)                          # the high bits are all set: dropped
     num = inner[kind[inner] == NUMERIC]
     num = num[np.lexsort((t["thr"][num], t["feat"][num]))]
     nanr = num[t["miss_left"][num] == 0]                       # NaN goes right at these
@@ -324,24 +330,29 @@ def quickscorer_tables(t, p: int, q: int) -> dict | None:
     cat = inner[kind[inner] == CATEGORICAL]
     cat = cat[np.argsort(t["feat"][cat], kind="stable")]
     offsets = lambda nodes, m: np.searchsorted(t["feat"][nodes], np.arange(m + 1)).astype(np.int64)  # noqa: E731
+    thr = t["thr"][num].astype(np.float64)
+    if np.dtype(dtype) == np.float32:
+        t32 = thr.astype(np.float32)
+        thr = np.where(t32 > thr, np.nextafter(t32, np.float32(-np.inf)), t32)
     return dict(
-        q_thr=t["thr"][num].astype(np.float64), q_tree=tree_of[num].astype(np.int64), q_mask=mask[num],
+        q_thr=np.ascontiguousarray(thr), q_tree=tree_of[num].astype(np.int64), q_mask=mask[num],
         q_off=offsets(num, p), n_tree=tree_of[nanr].astype(np.int64), n_mask=mask[nanr], n_off=offsets(nanr, p),
         c_tree=tree_of[cat].astype(np.int64), c_mask=mask[cat], c_bitset=t["bitset"][cat].astype(np.int64),
         c_missleft=t["miss_left"][cat].astype(np.uint8), c_off=offsets(cat, q),
-        leaf_val=np.asarray(leaf_val, np.float64), leaf_off=np.asarray(leaf_off, np.int64))
+        leaf_val=np.asarray(leaf_val, np.float64), leaf_off=np.asarray(leaf_off, np.int64),
+        full=mask.dtype.type(np.iinfo(mask.dtype).max))
 
 
 _QS_CACHE: dict = {}
 
 
-def _cached_tables(t, p, q):
-    """Tables are built once per ensemble (keyed by its node array) and shape of input."""
-    key = (id(t["kind"]), id(t["value"]), p, q)
+def _cached_tables(t, p, q, dtype):
+    """Tables are built once per ensemble (keyed by its node array) and shape and type of input."""
+    key = (id(t["kind"]), id(t["value"]), p, q, np.dtype(dtype).str)
     hit = _QS_CACHE.get(key)
     if hit is not None and hit[0] is t["kind"] and hit[1] is t["value"]:
         return hit[2]
-    tables = quickscorer_tables(t, p, q)
+    tables = quickscorer_tables(t, p, q, dtype)
     if len(_QS_CACHE) > 32:
         _QS_CACHE.clear()
     _QS_CACHE[key] = (t["kind"], t["value"], tables)
@@ -467,16 +478,20 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
     if method not in ("auto", "quickscorer", "walk"):
         raise ValueError(f"method must be 'auto', 'quickscorer' or 'walk', got {method!r}")
     if method != "walk":
-        qs = _cached_tables(t, X.shape[1], codes.shape[1])
+        qs = _cached_tables(t, X.shape[1], codes.shape[1], X.dtype)
         if qs is None and method == "quickscorer":
             raise ValueError("QuickScorer needs trees of at most 64 leaves")
         if qs is not None:
-            lanes = int(min(64, max(8, 2 ** int(np.log2(max(8, 262144 // (8 * max(1, len(t["roots"])))))))))
+            # lanes: the leaf sets of all trees for a group of rows stay within ~256 KiB (L2)
+            width = qs["q_mask"].dtype.itemsize
+            cap = 256 if width == 4 else 64
+            lanes = int(min(cap, max(8, 2 ** int(np.log2(max(8, 262144 // (width * max(1, len(t["roots"])))))))))
             out = _output(X.shape[0])
             _quickscorer(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"],
                          qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_mask"], qs["c_bitset"],
                          qs["c_missleft"], qs["c_off"], t["cat_bitsets"], t["known_bitsets"], t["known_row"],
-                         qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib), out)
+                         qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib),
+                         qs["full"], X.dtype.type(-np.inf), out)
             return out
     child, depth = _layout(t["kind"], t["left"], t["right"], t["roots"])
     out = _output(X.shape[0])

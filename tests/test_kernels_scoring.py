@@ -83,19 +83,25 @@ def _random_trees(rng, n_trees, p, q, n_cats=6, depth=5):
 
 @pytest.mark.parametrize("calib", CALIBS, ids=["logistic", "sigmoid", "isotonic"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("method,depth", [("quickscorer", 5), ("walk", 5), ("auto", 8)])
+@pytest.mark.parametrize("method,depth", [("quickscorer", 5), ("quickscorer", 6), ("walk", 5), ("auto", 8)])
 def test_trees_match_reference(calib, dtype, method, depth):
     rng = np.random.default_rng(2)
-    n, p, q = 700, 5, 2
+    n, p, q = 900, 5, 2
     arrays, nested = _random_trees(rng, 25, p, q, depth=depth)
     if depth > 6:                                                  # some tree too big for QuickScorer
         assert scoring.quickscorer_tables(arrays, p, q) is None
+    elif method == "quickscorer":                                  # <= 32 leaves: 32-bit masks, else 64-bit
+        assert scoring.quickscorer_tables(arrays, p, q)["q_mask"].dtype == (np.uint32 if depth == 5 else np.uint64)
     X = rng.normal(size=(n, p)).astype(dtype)
     X[rng.random((n, p)) < 0.1] = np.nan
     X[7, 1] = -np.inf
     codes = rng.integers(-1, 6, size=(n, q)).astype(np.int32)      # includes unknown category 5 sometimes
     num = np.flatnonzero(arrays["kind"] == scoring.NUMERIC)[:40]
     X[100 + np.arange(len(num)), arrays["feat"][num]] = arrays["thr"][num]   # a value equal to a threshold goes left
+    below = np.nextafter(arrays["thr"][num].astype(dtype), dtype(-np.inf))      # the nearest values of X's type
+    above = np.nextafter(arrays["thr"][num].astype(dtype), dtype(np.inf))       # on both sides of each threshold
+    X[300 + np.arange(len(num)), arrays["feat"][num]] = below
+    X[500 + np.arange(len(num)), arrays["feat"][num]] = above
     got = scoring.tree_proba(X, arrays, codes, calib, method=method)
     want = tree_proba_ref(X, nested, codes, calib)
     assert np.isnan(got[7])
