@@ -29,12 +29,6 @@ def _csr(indptr, indices):
 
 
 @njit(cache=True, inline="always")
-def _tri(i, j, m):
-    """Position of the pair (i < j) in a packed upper-triangular array over m items."""
-    return i * m - (i * (i + 1)) // 2 + (j - i - 1)
-
-
-@njit(cache=True, inline="always")
 def _count_pairs(indptr, indices, rank, m, lo, hi, counts, buf):
     """Add the pair counts of baskets lo..hi into ``counts`` (packed triangular); returns the
     (possibly grown) scratch buffer."""
@@ -63,7 +57,7 @@ def _count_pairs(indptr, indices, rank, m, lo, hi, counts, buf):
                 buf[q + 1] = v
         for a in range(k - 1):
             ia = buf[a]
-            base = ia * m - (ia * (ia + 1)) // 2 - ia - 1
+            base = ia * m - (ia * (ia + 1)) // 2 - ia - 1     # pair (ia < ib) sits at base + ib
             for b in range(a + 1, k):
                 counts[base + buf[b]] += 1
     return buf
@@ -325,10 +319,10 @@ def _eclat_deep(nbr, m, ptr, tids, min_count, max_len, bits, use_bits, firsts):
 def _balanced(est: np.ndarray, nt: int) -> list[np.ndarray]:
     """First items split over ``nt`` threads, largest estimated cost first to the least loaded."""
     loads, parts = [0.0] * nt, [[] for _ in range(nt)]
-    for i, e in zip(np.argsort(-est, kind="stable").tolist(), np.sort(est)[::-1].tolist()):
+    for i in np.argsort(-est, kind="stable").tolist():
         t = loads.index(min(loads))
         parts[t].append(i)
-        loads[t] += e
+        loads[t] += est[i]
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
