@@ -30,17 +30,16 @@ def _csr(indptr, indices):
 
 @njit(cache=True, inline="always")
 def _count_pairs(indptr, indices, rank, m, lo, hi, counts, buf):
-    """Add the pair counts of baskets lo..hi into ``counts`` (packed triangular); returns the
-    (possibly grown) scratch buffer."""
+    """Add the pair counts of baskets lo..hi into ``counts`` (packed triangular).
+
+    ``buf`` must hold the longest basket: it is never regrown here, since reassigning an array
+    inside a ``prange`` body makes parfors treat it as a reduction variable and fail at run time
+    ("Sizes of ... do not match") as soon as one thread's copy grows."""
     for bkt in range(lo, hi):
         k = 0
         for p in range(indptr[bkt], indptr[bkt + 1]):
             r = rank[indices[p]]
             if r >= 0:
-                if k == buf.shape[0]:
-                    nb = np.empty(2 * k, np.int64)
-                    nb[:k] = buf
-                    buf = nb
                 buf[k] = r
                 k += 1
         if k < 2:
@@ -60,11 +59,10 @@ def _count_pairs(indptr, indices, rank, m, lo, hi, counts, buf):
             base = ia * m - (ia * (ia + 1)) // 2 - ia - 1     # pair (ia < ib) sits at base + ib
             for b in range(a + 1, k):
                 counts[base + buf[b]] += 1
-    return buf
 
 
 @njit(cache=True, parallel=True)
-def _pair_counts(indptr, indices, rank, m, nt):
+def _pair_counts(indptr, indices, rank, m, nt, maxlen):
     """Support counts of all pairs of frequent items (rank[item] >= 0), packed triangular, int64.
 
     ``nt`` thread-local count arrays are filled from basket chunks, then summed.
@@ -74,7 +72,7 @@ def _pair_counts(indptr, indices, rank, m, nt):
     local = np.zeros((nt, size), np.int32)
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        buf = np.empty(64, np.int64)
+        buf = np.empty(maxlen, np.int64)
         _count_pairs(indptr, indices, rank, m, t * chunk, min(n, (t + 1) * chunk), local[t], buf)
     out = np.zeros(size, np.int64)
     for s in prange(size):
@@ -86,11 +84,11 @@ def _pair_counts(indptr, indices, rank, m, nt):
 
 
 @njit(cache=True)
-def _pair_counts_serial(indptr, indices, rank, m):
+def _pair_counts_serial(indptr, indices, rank, m, maxlen):
     """As :func:`_pair_counts` in the calling thread: for small inputs, where waking (and then
     leaving spinning) the OpenMP workers costs more than it saves and slows the threads that follow."""
     out = np.zeros(m * (m - 1) // 2, np.int64)
-    _count_pairs(indptr, indices, rank, m, 0, indptr.shape[0] - 1, out, np.empty(64, np.int64))
+    _count_pairs(indptr, indices, rank, m, 0, indptr.shape[0] - 1, out, np.empty(maxlen, np.int64))
     return out
 
 
@@ -406,10 +404,11 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
             raise MemoryError(f"{m:,} frequent items: the pair matrix would be too large; raise min_support")
         rank = np.full(n_items, -1, np.int64)
         rank[freq] = np.arange(m)
+        longest = max(1, int(np.diff(indptr).max()))
         if len(indices) < SERIAL_PAIRS:
-            pc = _pair_counts_serial(indptr, indices, rank, m)
+            pc = _pair_counts_serial(indptr, indices, rank, m, longest)
         else:
-            pc = _pair_counts(indptr, indices, rank, m, get_num_threads())
+            pc = _pair_counts(indptr, indices, rank, m, get_num_threads(), longest)
         sel = np.flatnonzero(pc >= min_count)
         if len(sel):
             # invert the packed index: row i holds positions [start_i, start_i + m - i - 1)
@@ -420,7 +419,7 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
             items.append(np.column_stack([np.minimum(a, b), np.maximum(a, b)]).ravel())
             lens.append(np.full(len(sel), 2, np.int32))
             cnts.append(pc[sel])
-        max_len = min(max_len, int(np.diff(indptr).max()))        # no itemset outgrows its basket
+        max_len = min(max_len, longest)                          # no itemset outgrows its basket
         if max_len >= 3 and len(sel):
             ptr, tids = _tidlists(indptr, indices, rank, m)
             n = len(indptr) - 1

@@ -147,6 +147,24 @@ def itemsets_ref(baskets: list[set], min_count: int, max_len: int) -> dict:
     return out
 
 
+def pair_counts_ref(baskets: list[set], min_count: int) -> dict:
+    """{(a, b): count} of every pair a < b of items in >= min_count baskets, by brute force."""
+    from collections import Counter
+    from itertools import combinations
+
+    single = Counter(i for b in baskets for i in b)
+    pairs = Counter(c for b in baskets for c in combinations(sorted(i for i in b if single[i] >= min_count), 2))
+    return {k: v for k, v in pairs.items() if v >= min_count}
+
+
+def item_counts_ref(baskets: list[set], n_items: int) -> np.ndarray:
+    out = np.zeros(n_items, np.int64)
+    for b in baskets:
+        for i in b:
+            out[i] += 1
+    return out
+
+
 def top_k_ref(baskets: list[set], sim: dict, banned: set, k: int, popularity):
     """Per basket: unseen, not banned items ranked by summed similarity to owned items, then popularity."""
     out = []

@@ -45,6 +45,25 @@ def test_itemset_kernel_matches_brute_force(seed, min_count, max_len, bits, monk
     assert np.all(np.diff(lens) >= 0)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_pair_counts_on_long_baskets(parallel, monkeypatch):
+    """Finding #14: baskets with more than 64 frequent items crashed the parallel pair count
+    ("Sizes of ... do not match"); both paths must equal brute force on long, skewed baskets."""
+    monkeypatch.setattr(K, "SERIAL_PAIRS", 0 if parallel else 10**12)
+    rng = np.random.default_rng(14)
+    n_items = 384
+    p = rng.zipf(1.6, n_items).astype(float)
+    p /= p.sum()
+    sizes = rng.integers(1, 121, 3000)
+    sizes[:5] = [384, 300, 200, 150, 121]                        # a few very long baskets
+    lists = [set(rng.choice(n_items, size=min(s, n_items), replace=False, p=p).tolist()) for s in sizes]
+    indptr = np.r_[0, np.cumsum([len(b) for b in lists])]
+    indices = np.array([i for b in lists for i in sorted(b)], dtype=np.int32)
+    a, b, c = K.pair_counts(indptr, indices, n_items, 5)
+    assert dict(zip(zip(a.tolist(), b.tolist()), c.tolist())) == naive.pair_counts_ref(lists, 5)
+    assert np.array_equal(K.item_counts(indptr, indices, n_items), naive.item_counts_ref(lists, n_items))
+
+
 def test_same_itemsets_and_rules_as_mlxtend():
     lists = _random_baskets(3, n=800, m=20)
     b = Baskets.from_lists(lists)
