@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .special import digamma, hyp2f1
+from .special import _series_scaled, digamma, scaled_hyp2f1
 
 
 def _f64(*arrays):
@@ -72,6 +72,32 @@ def _bgnbd_ll(r, alpha, a, b, x, tx, T, modified):
     return ll, g
 
 
+@njit(cache=True, inline="always")
+def _bg_horizon(r, al, a, b, x, T, t, shift):
+    """Given alive at T: (expected purchases in (T, T+t], P(alive at T+t)).
+
+    Closed forms with Euler/Pfaff-transformed 2F1 summed with rescaling, so large a and b (a
+    dropout probability with little spread) stay finite. Where the series would need more than
+    ``special.MAX_TERMS`` terms (a, b in the millions: a fit at its bounds), the limiting model
+    with the dropout probability fixed at its posterior value: E[X] = (1 - E[e^-lambda p t]) / p.
+    """
+    if t <= 0:
+        return 0.0, 1.0
+    c = a + b + x - 1.0 + shift
+    z = t / (al + T + t)
+    lz = math.log1p(-z)
+    # Euler transform: (1-z)^(r+x) 2F1(r+x, b+x+s; c; z) = (1-z)^(a-1) 2F1(c-r-x, a-1; c; z)
+    f, sf = scaled_hyp2f1(a + b - 1.0 + shift - r, a - 1.0, c, z)
+    # survival to T+t given alive: E[exp(-lambda p t)] under the posterior, Pfaff-transformed
+    g, sg = scaled_hyp2f1(a, a + b + shift - r, a + b + x + shift, z)
+    if math.isfinite(f) and math.isfinite(g):
+        return c / (a - 1.0) * (1.0 - f * math.exp(sf + (a - 1.0) * lz)), g * math.exp(sg + a * lz)
+    pe = (a - 1.0) / c                                  # 1 / E[1/p]
+    ps = a / (a + b + x + shift)                        # E[p]
+    e = -math.expm1((r + x) * math.log((al + T) / (al + T + pe * t))) / pe
+    return e, math.exp((r + x) * math.log((al + T) / (al + T + ps * t)))
+
+
 @njit(cache=True, parallel=True)
 def _bgnbd_predict(r, alpha, a, b, x, tx, T, horizons, modified):
     """P(alive now), expected purchases over each horizon, P(alive at T + horizon)."""
@@ -88,19 +114,10 @@ def _bgnbd_predict(r, alpha, a, b, x, tx, T, horizons, modified):
         else:
             p = 1.0
         p_alive[i] = p
-        c = ai + bi + xi - 1.0 + shift
         for j in range(h):
-            t = horizons[j]
-            if t <= 0:
-                expected[i, j] = 0.0
-                alive_at[i, j] = p
-                continue
-            z = t / (al + T[i] + t)
-            # Euler transform: (1-z)^(r+x) 2F1(r+x, b+x+s; c; z) = (1-z)^(a-1) 2F1(c-r-x, a-1; c; z)
-            hyp = hyp2f1(ai + bi - 1.0 + shift - r, ai - 1.0, c, z)
-            expected[i, j] = c / (ai - 1.0) * (1.0 - (1.0 - z) ** (ai - 1.0) * hyp) * p
-            # survival to T+t given alive: E[exp(-lambda p t)] under the posterior, Pfaff-transformed
-            alive_at[i, j] = p * (1.0 - z) ** ai * hyp2f1(ai, ai + bi + shift - r, ai + bi + xi + shift, z)
+            e, s = _bg_horizon(r, al, ai, bi, xi, T[i], horizons[j], shift)
+            expected[i, j] = e * p
+            alive_at[i, j] = s * p
     return p_alive, expected, alive_at
 
 
@@ -131,10 +148,59 @@ def bgnbd_predict(r, alpha, a, b, x, tx, T, horizons, modified=False):
 
 # ----------------------------------------------------------------------------- Pareto/NBD
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
+def _gamma_sign(x):
+    if x > 0.0:
+        return 1.0
+    return 1.0 if int(math.floor(x)) % 2 == 0 else -1.0
+
+
+@njit(cache=True)
+def _log_h_near1(a, b, z):
+    """log 2F1(a, b; a+1; z) by the z -> 1 - z connection formula (b not an integer >= 1):
+
+    2F1(a, b; a+1; z) = a/(b-1) (1-z)^(1-b) 2F1(1, a+1-b; 2-b; 1-z) + z^-a G(a+1) G(1-b) / G(a+1-b)
+
+    The series in 1 - z converges in a few dozen terms where the one in z needs ~40/(1-z).
+    NaN when the two terms cancel to below 1e-4 of their size (the caller then sums the series).
+    """
+    w = 1.0 - z
+    f, sc = _series_scaled(1.0, a + 1.0 - b, 2.0 - b, w)
+    t1 = a / (b - 1.0) * f * math.exp(sc + (1.0 - b) * math.log(w))
+    t2 = _gamma_sign(1.0 - b) * _gamma_sign(a + 1.0 - b) * math.exp(-a * math.log(z) + math.lgamma(a + 1.0) + math.lgamma(1.0 - b)
+                                         - math.lgamma(a + 1.0 - b))
+    h = t1 + t2
+    if not (h > 0.0) or abs(t1) + abs(t2) > 1e4 * h:
+        return np.nan
+    return math.log(h)
+
+
+@njit(cache=True)
 def _log_h(a, b, z):
-    """log 2F1(a, b; a+1; z) for 0 <= z < 1 via Euler: (1-z)^(1-b) 2F1(1, a+1-b; a+1; z)."""
-    return (1.0 - b) * math.log1p(-z) + math.log(hyp2f1(1.0, a + 1.0 - b, a + 1.0, z))
+    """log 2F1(a, b; a+1; z) for 0 <= z < 1.
+
+    Near z = 1 (where the series would need up to hundreds of thousands of terms: Pareto/NBD with
+    beta >> alpha) the connection formula; at integer b, where its two terms have poles that
+    cancel, a cubic through n +- 0.0005, +- 0.001. Elsewhere Euler's transform
+    (1-z)^(1-b) 2F1(1, a+1-b; a+1; z), summed with rescaling.
+    """
+    if z > 0.9 and a * (1.0 - z) < 0.5:
+        n = math.floor(b + 0.5)
+        if n < 1.0 or abs(b - n) > 5e-4:
+            v = _log_h_near1(a, b, z)
+        else:                                   # Lagrange cubic on nodes n + d * (-2, -1, 1, 2)
+            d = 5e-4
+            u = (b - n) / d
+            f_2 = _log_h_near1(a, n - 2 * d, z)
+            f_1 = _log_h_near1(a, n - d, z)
+            f1 = _log_h_near1(a, n + d, z)
+            f2 = _log_h_near1(a, n + 2 * d, z)
+            v = (-f_2 * (u + 1) * (u - 1) * (u - 2) / 12.0 + f_1 * (u + 2) * (u - 1) * (u - 2) / 6.0
+                 - f1 * (u + 2) * (u + 1) * (u - 2) / 6.0 + f2 * (u + 2) * (u + 1) * (u - 1) / 12.0)
+        if math.isfinite(v):
+            return v
+    total, scale = _series_scaled(1.0, a + 1.0 - b, a + 1.0, z)
+    return (1.0 - b) * math.log1p(-z) + math.log(total) + scale
 
 
 @njit(cache=True, inline="always")
@@ -361,16 +427,8 @@ def _bgnbd_predict_tab(r, alpha, a, b, modified, xu, txu, Tu, px, pt, pT, qx, qT
     hyp_s = np.empty((nq, h))
     for q in prange(nq):
         xi, Ti = xu[qx[q]], Tu[qT[q]]
-        c = a + b + xi - 1.0 + shift
         for j in range(h):
-            t = horizons[j]
-            if t <= 0:
-                hyp_e[q, j] = 0.0
-                hyp_s[q, j] = 1.0
-                continue
-            z = t / (alpha + Ti + t)
-            hyp_e[q, j] = c / (a - 1.0) * (1.0 - (1.0 - z) ** (a - 1.0) * hyp2f1(a + b - 1.0 + shift - r, a - 1.0, c, z))
-            hyp_s[q, j] = (1.0 - z) ** a * hyp2f1(a, a + b + shift - r, a + b + xi + shift, z)
+            hyp_e[q, j], hyp_s[q, j] = _bg_horizon(r, alpha, a, b, xi, Ti, horizons[j], shift)
     n = px.shape[0]
     p_alive = np.empty(n)
     expected = np.empty((n, h))

@@ -23,18 +23,49 @@ def digamma(x: float) -> float:
     return res
 
 
+MAX_TERMS = 200000.0
+_LOG_1E250 = 575.6462732485115
+
+
 @njit(cache=True)
-def _series(a, b, c, z):
+def _series_scaled(a, b, c, z):
+    """The 2F1 power series as ``(total, log_scale)`` with value ``total * exp(log_scale)``.
+
+    Partial sums are rescaled by 1e-250 whenever they pass 1e250, so large parameters (terms that
+    peak far above the float range before they decay) neither overflow nor turn into inf * 0 = NaN.
+    ``total`` is NaN when the series has not converged within ``MAX_TERMS`` terms.
+    """
     term = 1.0
     total = 1.0
+    scale = 0.0
     k = 0.0
-    while k < 200000.0:
+    while k < MAX_TERMS:
         term *= (a + k) * (b + k) / ((c + k) * (k + 1.0)) * z
         total += term
         if abs(term) <= 1e-16 * abs(total):
-            break
+            return total, scale
+        if abs(total) > 1e250:
+            total *= 1e-250
+            term *= 1e-250
+            scale += _LOG_1E250
         k += 1.0
-    return total
+    return np.nan, scale
+
+
+@njit(cache=True)
+def _series(a, b, c, z):
+    total, scale = _series_scaled(a, b, c, z)
+    return total * math.exp(scale) if scale > 0.0 else total
+
+
+@njit(cache=True)
+def scaled_hyp2f1(a: float, b: float, c: float, z: float):
+    """2F1(a, b; c; z) for 0 <= z < 1 as ``(total, log_scale)``: value = total * exp(log_scale).
+
+    Finite for parameters whose series would overflow (terms far above 1e308); ``total`` is NaN
+    when the series needs more than ``MAX_TERMS`` terms (callers then use a limiting form).
+    """
+    return _series_scaled(a, b, c, z)
 
 
 @njit(cache=True)
@@ -43,7 +74,8 @@ def hyp2f1(a: float, b: float, c: float, z: float) -> float:
 
     The power series for 0 <= z < 1; for z < 0 the Pfaff transform
     ``(1-z)^-a 2F1(a, c-b; c; z/(z-1))`` keeps the series positive-argument (no cancellation).
-    Callers transform their arguments so z stays away from 1; up to 200,000 terms are summed.
+    Callers transform their arguments so z stays away from 1; up to 200,000 terms are summed
+    (NaN if that is not enough; see :func:`scaled_hyp2f1` for parameters beyond the float range).
     """
     if z < 0.0:
         return (1.0 - z) ** (-a) * _series(a, c - b, c, z / (z - 1.0))
