@@ -82,7 +82,19 @@ def rfm_summary(transactions: pd.DataFrame, customer_col: str = "customer_key", 
         out["monetary_holdout"] = hg[value_col].mean().reindex(out.index).fillna(0.0)
         out["duration_holdout"] = (observation_end - calibration_end).days / time_unit
     out.index.name = customer_col
+    out.attrs["time_unit_days"] = float(time_unit)       # travels with the table (clv reads it)
     return out
+
+
+def _time_unit(X, time_unit) -> float:
+    """The RFM table's own time unit (days), checked against an explicit ``time_unit``."""
+    own = getattr(X, "attrs", {}).get("time_unit_days") if isinstance(X, pd.DataFrame) else None
+    if time_unit is None:
+        return float(own) if own is not None else 7.0
+    if own is not None and not np.isclose(float(own), float(time_unit)):
+        raise CrmlabError(f"the RFM table is in units of {own:g} days but time_unit={time_unit:g} was passed: "
+                          "leave time_unit out (it travels with rfm_summary's table) or rebuild the table")
+    return float(time_unit)
 
 
 def read_cdnow(path) -> pd.DataFrame:
@@ -243,10 +255,29 @@ def _maximise(negll, theta0s, bounds, jac=True, tol=1e-10, max_iter=1000):
         msgs = "; ".join(f"start {i + 1}: {r.message}" for i, r in enumerate(tried))
         raise ConvergenceError(f"maximum likelihood did not converge ({msgs}). Check the data (enough repeat "
                                "customers? consistent time unit?) or pass other start values.")
-    at_bound = [i for i, (lo, hi) in enumerate(bounds) if np.isclose(best.x[i], lo) or np.isclose(best.x[i], hi)]
-    if at_bound:
-        warnings.warn(f"parameters {at_bound} ended at their bounds: the data may not identify them", stacklevel=3)
     return best
+
+
+class ModelDiagnosticWarning(UserWarning):
+    """A fitted value model whose data do not identify every parameter (e.g. no dropout)."""
+
+
+def _bound_diagnostics(names, theta, bounds, no_dropout: bool, flat_dropout: bool = False) -> list[str]:
+    """Plain-language diagnostics for parameters that ended at their (log-scale) bounds; warned once."""
+    at = [n for n, v, (lo, hi) in zip(names, theta, bounds) if v <= lo + 1e-3 or v >= hi - 1e-3]
+    out = []
+    if no_dropout:
+        out.append("the data show no dropout (the fitted dropout is below 1 in 10,000 customers over the "
+                   "observed period): predictions are those of the limiting no-dropout (NBD) model and "
+                   "P(alive) is ~1 for everyone")
+    elif flat_dropout:
+        out.append("the dropout probability shows no spread across customers (a and b ran to their bounds): "
+                   "predictions use the limiting model with a fixed dropout probability a/(a+b)")
+    if at and not out:
+        out.append(f"parameters {', '.join(at)} ended at their bounds: the data do not identify them")
+    for msg in out:
+        warnings.warn(msg, ModelDiagnosticWarning, stacklevel=3)
+    return out
 
 
 def _hessian(grad_fn, phi, rel=1e-5):
@@ -382,6 +413,10 @@ class BetaGeo:
         res = _maximise(negll, starts, bounds, tol=self.tol, max_iter=self.max_iter)
         theta = res.x
         r, alpha, a, b = np.exp(theta[:4])
+        hi = bounds[2][1] - 1e-3
+        self.diagnostics_ = _bound_diagnostics(["r", "alpha", "a", "b"], theta[:4], bounds[:4],
+                                               no_dropout=a / (a + b) < 1e-4 or (theta[3] >= hi and theta[2] < hi),
+                                               flat_dropout=theta[2] >= hi and theta[3] >= hi)
         self.params_ = {"r": r, "alpha": alpha, "a": a, "b": b}
         self.theta_ = theta
         self.loglik_ = float(-res.fun * N)
@@ -491,12 +526,17 @@ class ParetoNBD(BetaGeo):
         scale = max(float(np.mean(T)) / (float(np.mean(x)) + 1.0), 1e-6)
         starts = [np.log([1.0, scale, 1.0, scale]), np.log([0.5, scale / 2, 0.5, 2 * scale]),
                   np.log([2.0, 2 * scale, 2.0, scale / 2])]
-        res = _maximise(negll, starts, [(-15.0, 15.0)] * 4, jac=False, tol=self.tol, max_iter=self.max_iter)
-        # polish: a few Newton-free Nelder-Mead steps tighten the finite-difference optimum
+        bounds = [(-15.0, 15.0)] * 4
+        res = _maximise(negll, starts, bounds, jac=False, tol=self.tol, max_iter=self.max_iter)
+        # polish: a few Newton-free Nelder-Mead steps tighten the finite-difference optimum (inside
+        # the same bounds: unbounded, it once walked s to 5e-261)
         with np.errstate(all="ignore"):
-            nm = minimize(negll, res.x, method="Nelder-Mead",
+            nm = minimize(negll, res.x, method="Nelder-Mead", bounds=bounds,
                           options=dict(xatol=1e-9, fatol=1e-13, maxiter=4000))
         theta = nm.x if nm.fun <= res.fun else res.x
+        self.diagnostics_ = _bound_diagnostics(["r", "alpha", "s", "beta"], theta, bounds,
+                                               no_dropout=(np.exp(theta[2] - theta[3]) * float(np.mean(T)) < 1e-4
+                                                           or theta[2] <= -15 + 1e-3 or theta[3] >= 15 - 1e-3))
         phi = np.exp(theta)
         self.params_ = dict(zip(("r", "alpha", "s", "beta"), phi))
         self.theta_ = theta
@@ -599,13 +639,15 @@ class GammaGamma:
 # ----------------------------------------------------------------------------- CLV and the scored table
 
 def clv(purchase_model, spend_model, X, months: int = 12, discount_rate: float = 0.01, margin: float = 1.0,
-        time_unit: float = 7.0, month: float | None = None) -> np.ndarray:
+        time_unit: float | None = None, month: float | None = None) -> np.ndarray:
     """Customer lifetime value over ``months``: discounted (monthly ``discount_rate``) expected purchases
     per month times expected spend times ``margin`` (the lifetimes convention).
 
     ``month``: length of a month in model time units (default 30.44 days / ``time_unit``; lifetimes
-    uses 4.345 weeks).
+    uses 4.345 weeks). ``time_unit`` (days) defaults to the one :func:`rfm_summary` stored on the
+    table; a different explicit value is an error.
     """
+    time_unit = _time_unit(X, time_unit)
     if months < 1:
         raise ValueError("months must be >= 1")
     horizons = np.arange(1, months + 1) * (month or DAYS_PER_MONTH / time_unit)
@@ -613,9 +655,10 @@ def clv(purchase_model, spend_model, X, months: int = 12, discount_rate: float =
 
 
 def customer_value(purchase_model, spend_model, rfm: pd.DataFrame, months: int = 12,
-                   discount_rate: float = 0.01, margin: float = 1.0, time_unit: float = 7.0) -> pd.DataFrame:
+                   discount_rate: float = 0.01, margin: float = 1.0, time_unit: float | None = None) -> pd.DataFrame:
     """The ``customer_value`` artifact: p_alive, expected purchases (90 / 365 days), expected spend,
     CLV and value decile (10 = most valuable) per customer."""
+    time_unit = _time_unit(rfm, time_unit)
     h = np.array([90.0, 365.0]) / time_unit
     p_alive = purchase_model.p_alive(rfm)
     e = purchase_model.expected_purchases(rfm, h)

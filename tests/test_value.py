@@ -174,3 +174,64 @@ def test_mbgnbd_fits_and_differs(cdnow):
     m = value.BetaGeo(modified=True).fit(cdnow)
     assert m.loglik_ > -9590
     assert (m.p_alive(cdnow)[cdnow["frequency"].to_numpy() == 0] < 1).all()   # MBG: non-repeaters may be gone
+
+
+# --- reliability findings (#14): value models at the edges
+def test_bgnbd_predictions_finite_for_large_a_b():
+    """a=1e4, b=1.4e4 gave NaN where the closed form gives a number; far larger a, b use the limit."""
+    import mpmath
+
+    x, tx, T = np.array([0.0, 2, 10]), np.array([0.0, 10, 35]), np.array([40.0, 40, 40])
+    r, al = 0.5, 10.0
+    for a, b in [(1e4, 1.4e4), (2.35e6, 3.0e6)]:
+        p, e, s = value.btyd.bgnbd_predict(r, al, a, b, x, tx, T, [52.0])
+        assert np.all(np.isfinite(e)) and np.all(np.isfinite(s)) and np.all((s > 0) & (s <= 1))
+        mpmath.mp.dps = 30
+        for i in range(3):
+            hyp = mpmath.hyp2f1(r + x[i], b + x[i], a + b + x[i] - 1, 52 / (al + T[i] + 52))
+            ref = (a + b + x[i] - 1) / (a - 1) * (1 - hyp * ((al + T[i]) / (al + T[i] + 52)) ** (r + x[i])) * p[i]
+            assert e[i, 0] == pytest.approx(float(ref), rel=1e-9 if a < 1e5 else 1e-5)
+
+
+def _no_dropout_rfm(n=3000, seed=3):
+    rng = np.random.default_rng(seed)
+    T = rng.uniform(20, 78, n)
+    lam = rng.gamma(0.8, 1 / 4.0, n)
+    x = rng.poisson(lam * T).astype(float)
+    tx = np.where(x > 0, T * rng.beta(np.maximum(x, 1), 1), 0.0)   # last of x uniform times
+    return pd.DataFrame({"frequency": x, "recency": tx, "T": T})
+
+
+def test_no_dropout_is_said_and_predictions_stay_finite():
+    rfm = _no_dropout_rfm()
+    for model in (value.BetaGeo(), value.ParetoNBD()):
+        with pytest.warns(value.ModelDiagnosticWarning, match="no dropout|no spread"):
+            model.fit(rfm)
+        assert model.diagnostics_
+        assert all(abs(np.log(v)) <= 15 + 1e-9 for v in model.params_.values())   # polishing stays in bounds
+        e = model.expected_purchases(rfm, 52.0)
+        assert np.all(np.isfinite(e)) and np.all(np.isfinite(model.p_alive(rfm)))
+        assert model.p_alive(rfm).min() > 0.9
+        rate = (rfm["frequency"] / rfm["T"]).mean() * 52
+        assert e.mean() == pytest.approx(rate, rel=0.1)             # the NBD rate continues
+
+
+def test_pareto_term_near_z_one_matches_reference():
+    """beta >> alpha puts the 2F1 argument near 1, where the plain series needed 200,000 terms."""
+    x, tx, T = np.array([0.0, 1, 3, 12]), np.array([0.0, 5, 20, 38]), np.array([40.0, 40, 40, 40])
+    for par in [(0.55, 10.6, 0.6, 1e4), (1.0, 2.0, 0.3, 5e5), (0.3, 1.0, 2.0, 1e6)]:
+        np.testing.assert_allclose(value.btyd.pareto_loglik(*par, x, tx, T),
+                                   naive.pareto_ll_quad_ref(*par, x, tx, T), rtol=1e-10)
+
+
+def test_time_unit_travels_with_the_rfm_table(cdnow):
+    tx = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    days = value.rfm_summary(tx, calibration_end="1997-09-30", time_unit=1.0)
+    assert days.attrs["time_unit_days"] == 1.0
+    bg_d, bg_w = value.BetaGeo().fit(days), value.BetaGeo().fit(cdnow)
+    gg = value.GammaGamma().fit(cdnow)
+    c_days = value.clv(bg_d, gg, days, months=12)
+    c_weeks = value.clv(bg_w, gg, cdnow, months=12)
+    assert c_days.sum() == pytest.approx(c_weeks.sum(), rel=0.02)     # was 6.2x lower in days
+    with pytest.raises(CrmlabError, match="units of 1 days"):
+        value.clv(bg_d, gg, days, time_unit=7.0)
