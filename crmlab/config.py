@@ -7,6 +7,8 @@ relative paths are resolved against the folder of the file that names them.
 from __future__ import annotations
 
 import copy
+import math
+import re
 import difflib
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,87 @@ _PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir"), ("propensity",
               ("decisions", "do_not_contact"), ("publish", "dir")}
 
 
+#: Allowed values of numeric parameters: (low, high, low inclusive, high inclusive); None = open.
+_RANGES: dict[str, tuple] = {
+    "quality.examples": (0, None, True, True), "quality.top_values": (1, None, True, True),
+    "identity.threshold": (0, 1, False, False), "identity.max_block": (2, None, True, True),
+    "identity.max_cluster": (2, None, True, True), "identity.u_sample": (1, None, True, True),
+    "identity.review_pairs": (0, None, True, True),
+    "affinity.min_support": (0, 1, False, True), "affinity.min_confidence": (0, 1, True, True),
+    "affinity.max_len": (1, None, True, True), "affinity.fdr": (0, 1, False, True),
+    "affinity.min_lift": (0, None, True, True), "affinity.max_rules": (1, None, True, True),
+    "affinity.top_k": (1, None, True, True), "affinity.holdout_days": (0, None, True, True),
+    "affinity.neighbours": (1, None, True, True),
+    "value.time_unit_days": (0, None, False, True), "value.holdout_days": (0, None, True, True),
+    "value.clv_months": (1, 600, True, True), "value.discount_rate": (-1, 1, False, True),
+    "value.margin": (0, None, True, True),
+    "propensity.horizon_days": (1, None, True, True), "propensity.cv": (2, None, True, True),
+    "propensity.max_iter": (1, None, True, True), "propensity.top_departments": (0, None, True, True),
+    "propensity.importance_repeats": (0, None, True, True),
+    "segments.k_min": (2, None, True, True), "segments.k_max": (2, None, True, True),
+    "segments.k": (1, None, True, True), "segments.min_stability": (0, 1, True, True),
+    "segments.bootstraps": (1, None, True, True),
+    "publish.keep": (1, None, True, True), "publish.drift_psi": (0, None, False, True),
+    "publish.lookups": (0, None, True, True),
+    "report.cell_timeout": (1, None, True, True),
+}
+
+#: Allowed values of choice parameters.
+_CHOICES: dict[str, tuple] = {
+    "identity.mode": ("link_and_dedupe", "link", "dedupe"),
+    "affinity.level": ("product", "category", "department"), "affinity.similarity": ("cosine", "lift"),
+    "value.model": ("bgnbd", "mbgnbd", "pareto"),
+    "propensity.model": ("logistic", "hgb"), "propensity.calibration": ("sigmoid", "isotonic", "none"),
+    "segments.method": ("kmeans", "gmm"), "segments.criterion": ("silhouette", "bic"),
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/proc", "/sys", "/dev", "/var/lib",
+                "/var/log")
+
+
+def _check_values(params: dict, origin: str) -> None:
+    """Ranges, choices and names, each error naming the file (or --set) and key."""
+    def get(dotted):
+        node = params
+        for k in dotted.split("."):
+            node = node[k]
+        return node
+
+    for key, (lo, hi, lo_in, hi_in) in _RANGES.items():
+        v = get(key)
+        if v is None:
+            continue
+        if not math.isfinite(v) or (lo is not None and (v < lo if lo_in else v <= lo)) or (
+                hi is not None and (v > hi if hi_in else v >= hi)):
+            span = (f"{'[' if lo_in else '('}{lo if lo is not None else '-inf'}, "
+                    f"{hi if hi is not None else 'inf'}{']' if hi_in else ')'}")
+            raise ConfigError(f"{origin}: parameter '{key}' must lie in {span}, got {v!r}")
+    for key, allowed in _CHOICES.items():
+        if get(key) not in allowed:
+            raise ConfigError(f"{origin}: parameter '{key}' must be one of {', '.join(allowed)}; got {get(key)!r}"
+                              f"{_suggest(str(get(key)), allowed)}")
+    if params["segments"]["k_min"] > params["segments"]["k_max"]:
+        raise ConfigError(f"{origin}: segments.k_min ({params['segments']['k_min']}) exceeds segments.k_max "
+                          f"({params['segments']['k_max']})")
+    if not isinstance(params["run_name"], str) or not _NAME.match(params["run_name"]) or ".." in params["run_name"]:
+        raise ConfigError(f"{origin}: run_name {params['run_name']!r} must be a plain name (letters, digits, "
+                          "'_', '.', '-'; no '/' or '..'): it names a folder inside runs_dir")
+
+
+def _check_paths(params: dict, origin: str) -> None:
+    for key in ("runs_dir", "publish.dir"):
+        node = params
+        for k in key.split("."):
+            node = node[k]
+        if node is None:
+            continue
+        p = Path(node)
+        if any(p == Path(d) or Path(d) in p.parents for d in _SYSTEM_DIRS):
+            raise ConfigError(f"{origin}: parameter '{key}' points into the system folder {p}: crmlab writes "
+                              "there; choose a folder of your own")
+
+
 def _suggest(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -183,8 +266,11 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
-    for p in parents:
+    for i, p in enumerate(parents):
         d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"command line --set {dotted}: '{'.'.join(parents[:i + 1])}' is a single value, "
+                              "not a group of parameters")
     d[leaf] = value
 
 
@@ -201,13 +287,22 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
         user = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    _check(user, DEFAULTS, "", str(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(user, key.strip(), yaml.safe_load(raw))
-    _check(user, DEFAULTS, "", str(path))
+        try:
+            val = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"command line --set {item}: not a valid value: {exc}") from None
+        over: dict = {}
+        _set_dotted(over, key.strip(), val)
+        _check(over, DEFAULTS, "", f"command line --set {item}")
+        _set_dotted(user, key.strip(), val)
+    origin = str(path) + (" (with --set " + ", ".join(overrides) + ")" if overrides else "")
     params = _merge(DEFAULTS, user)
+    _check_values(params, origin)
     base = path.resolve().parent
     for keys in _PATH_KEYS:
         node = params
@@ -217,6 +312,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
             node[keys[-1]] = str((base / node[keys[-1]]).resolve())
     if params["publish"]["dir"] is None:
         params["publish"]["dir"] = str(Path(params["runs_dir"]) / "published")
+    _check_paths(params, origin)
     params["params_file"] = str(path.resolve())
     return params
 

@@ -52,3 +52,28 @@ def test_missing_file_and_bad_yaml(tmp_path):
     f.write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(f)
+
+
+# --- reliability findings (#14): values checked when the file loads
+@pytest.mark.parametrize("override,match", [
+    ("identity.threshold=-5", r"identity.threshold' must lie in \(0, 1\)"),
+    ("identity.threshold=1.5", "identity.threshold"),
+    ("publish.keep=0", r"publish.keep' must lie in \[1, inf\]"),
+    ("value.model=bgnbdd", "value.model' must be one of bgnbd, mbgnbd, pareto.*did you mean 'bgnbd'"),
+    ("seed.x=1", "command line --set seed.x=1: parameter 'seed' must be int"),
+    ("run_name=x/../../y", "run_name .* must be a plain name"),
+    ("run_name=..", "run_name"),
+    ("publish.dir=/etc/crmlab", "publish.dir' points into the system folder"),
+    ("segments.k_min=9", "k_min .* exceeds"),
+    ("value.discount_rate=.nan", "value.discount_rate"),
+])
+def test_bad_values_rejected_at_load(override, match):
+    with pytest.raises(ConfigError, match=match):
+        config.load(ROOT / "params" / "ci.yaml", [override])
+
+
+def test_set_values_are_named_as_command_line():
+    with pytest.raises(ConfigError, match="command line --set identity.threshold=high"):
+        config.load(ROOT / "params" / "ci.yaml", ["identity.threshold=high"])
+    p = config.load(ROOT / "params" / "default.yaml", ["identity.threshold=0.8"])
+    assert p["identity"]["threshold"] == 0.8
