@@ -154,12 +154,19 @@ def default_url(folder) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'crmlab.sqlite'}"
 
 
-def engine(url: str):
-    """A SQLAlchemy engine; SQLite files get WAL (readers never wait for a publish) and a busy timeout."""
+def engine(url: str, create: bool = True):
+    """A SQLAlchemy engine; SQLite files get WAL (readers never wait for a publish) and a busy timeout.
+
+    ``create=False`` (readers): a SQLite file that does not exist is an error, never created empty.
+    """
     import sqlalchemy as sa
 
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url[len("sqlite:///"):])
+        if not create and not path.is_file():
+            raise PublishError(f"no published database at {path} (the file does not exist): check the path, "
+                               "or run the chain (stage 60_publish) first")
+        path.parent.mkdir(parents=True, exist_ok=True)
         eng = sa.create_engine(url, connect_args={"timeout": 60})
 
         @sa.event.listens_for(eng, "connect")
@@ -261,12 +268,23 @@ def _switch_views(conn, eng, tables, version: int) -> None:
     insp = sa.inspect(conn)
     views = set(insp.get_view_names())
     for t in tables:
+        body = f"AS SELECT * FROM {_q(eng, _phys(t, version))}"
         if t in views:
+            if eng.dialect.name == "postgresql":
+                # CREATE OR REPLACE takes no lock that readers joining the views wait on (DROP VIEW
+                # deadlocked lookups during a publish); it needs the same leading columns, so a
+                # changed schema falls back to drop and create inside a savepoint
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.text(f"CREATE OR REPLACE VIEW {_q(eng, t)} {body}"))
+                    continue
+                except sa.exc.DBAPIError:
+                    pass
             conn.execute(sa.text(f"DROP VIEW {_q(eng, t)}"))
         elif insp.has_table(t):
             raise PublishError(f"the database already has a table named '{t}' that crmlab did not create; "
                                "publish to another database or schema")
-        conn.execute(sa.text(f"CREATE VIEW {_q(eng, t)} AS SELECT * FROM {_q(eng, _phys(t, version))}"))
+        conn.execute(sa.text(f"CREATE VIEW {_q(eng, t)} {body}"))
 
 
 def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 5, note: str = "",
@@ -298,8 +316,10 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
         if problems:
             raise PublishError("nothing published: the tables break the schema contract:\n"
                                + "\n".join(f"  {n}: {p}" for n, ps in problems.items() for p in ps))
-        staged = _stage_parquet(tables, folder, version) if folder else None
+        if folder:
+            sync_parquet(url, folder, _eng=eng)           # mend what a killed publish left behind
         counts = {n: len(df) for n, df in tables.items()}
+        staged = _stage_parquet(tables, folder, version, counts) if folder else None
         t0 = time.perf_counter()
         try:
             with eng.connect() as conn, conn.begin():
@@ -325,13 +345,13 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                     {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(tables)),
                      "rc": json.dumps(counts), "note": note})
                 _prune(conn, eng, keep)
-        except Exception:
+        except BaseException:
             if staged:
                 shutil.rmtree(staged, ignore_errors=True)
             raise
         say(f"version {version} is current ({time.perf_counter() - t0:.1f} s in the database)")
         if folder:
-            _commit_parquet(folder, staged, version, keep)
+            _commit_parquet(folder, version, keep)
         return version
     except sa.exc.SQLAlchemyError as exc:
         raise PublishError(f"publishing to {_safe(url)} failed, nothing changed: {exc.__class__.__name__}: "
@@ -365,13 +385,16 @@ def restore(url: str, version: int, folder=None) -> int:
                                             "ORDER BY version")).scalars().all()
                 raise PublishError(f"version {version} cannot be restored: "
                                    f"{'it was pruned' if row else 'it was never published'}; kept versions: {kept}")
+            if folder and not (Path(folder) / "parquet" / f"v{version:06d}").is_dir():
+                raise PublishError(f"version {version} cannot be restored: its Parquet copy is missing under "
+                                   f"{Path(folder) / 'parquet'} (SQL and Parquet would disagree); nothing changed")
             _switch_views(conn, eng, json.loads(row[1]), version)
             conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'kept' WHERE status = 'current'"))
             conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'current', restored_at = :at WHERE version = :v"),
                          {"v": version, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     finally:
         eng.dispose()
-    if folder and (Path(folder) / "parquet" / f"v{version:06d}").is_dir():
+    if folder:
         _write_current(Path(folder) / "parquet", version)
     return version
 
@@ -382,27 +405,57 @@ def read_table(url: str, name: str, version: int | None = None) -> pd.DataFrame:
 
     if name not in CONTRACT:
         raise PublishError(f"'{name}' is not a published table (known: {', '.join(CONTRACT)})")
-    eng = engine(url)
+    eng = engine(url, create=False)
     try:
         rel = _phys(name, version) if version else name
         with eng.connect() as conn:
             if not sa.inspect(conn).has_table(rel) and rel not in sa.inspect(conn).get_view_names():
                 raise PublishError(f"{_safe(url)} has no published '{rel}'")
-            return pd.read_sql(sa.text(f"SELECT * FROM {_q(eng, rel)}"), conn)
+            return _contract_types(name, pd.read_sql(sa.text(f"SELECT * FROM {_q(eng, rel)}"), conn))
     finally:
         eng.dispose()
 
 
+def _contract_types(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Columns read back from SQL in their contract types: SQLite returns a nullable integer column
+    as float64 and booleans as 0/1, which would break the contract when the table is republished."""
+    for c in df.columns:
+        f = next((f for f in CONTRACT[name]["fields"] if _matches(f, c)), None)
+        if f is None:
+            continue
+        if f.kind == "int":
+            df[c] = df[c].astype("int64") if df[c].notna().all() else df[c].astype("Int64")
+        elif f.kind == "bool":
+            df[c] = df[c].astype("bool") if df[c].notna().all() else df[c].astype("boolean")
+        elif f.kind == "timestamp":
+            df[c] = pd.to_datetime(df[c])
+    return df
+
+
 # ----------------------------------------------------------------------------- Parquet copy
 
-def _stage_parquet(tables, folder, version: int) -> Path:
+def _stage_parquet(tables, folder, version: int, counts: dict) -> Path:
+    """Write and verify (row counts read back) the Parquet copy, then move it to its final folder
+    ``v<version>``, all before the database switch; CURRENT moves only after the commit."""
+    import pyarrow.parquet as pq
+
     root = Path(folder) / "parquet"
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".v{version:06d}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    for name, df in tables.items():
-        df.to_parquet(tmp / f"{name}.parquet", index=False)
-    return tmp
+    tmp.mkdir(mode=0o700)
+    try:
+        for name, df in tables.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
+            if pq.ParquetFile(tmp / f"{name}.parquet").metadata.num_rows != counts[name]:
+                raise PublishError(f"the Parquet copy of {name} did not read back with {counts[name]:,} rows")
+        final = root / f"v{version:06d}"
+        if final.exists():                  # left by an earlier publish whose database commit failed
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def _write_current(root: Path, version: int) -> None:
@@ -411,19 +464,58 @@ def _write_current(root: Path, version: int) -> None:
     os.replace(tmp, root / "CURRENT")
 
 
-def _commit_parquet(folder, staged: Path, version: int, keep: int) -> None:
+def _commit_parquet(folder, version: int, keep: int) -> None:
     root = Path(folder) / "parquet"
-    final = root / f"v{version:06d}"
-    if final.exists():                      # left by an earlier publish whose database commit failed
-        shutil.rmtree(final)
-    os.rename(staged, final)
     _write_current(root, version)
     versions = sorted(p for p in root.glob("v[0-9]*") if p.is_dir())
     for old in versions[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for junk in root.glob(".v*.tmp"):
-        if time.time() - junk.stat().st_mtime > 3600:
-            shutil.rmtree(junk, ignore_errors=True)
+    _drop_stale_staging(root)
+
+
+def _drop_stale_staging(root: Path, age_s: float = 600) -> None:
+    """Staging folders of killed publishes (older than ``age_s``, so a concurrent publish keeps its own)."""
+    for junk in root.glob(".v*.tmp") if root.is_dir() else []:
+        try:
+            if time.time() - junk.stat().st_mtime > age_s:
+                shutil.rmtree(junk, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _parquet_current(root: Path) -> int | None:
+    try:
+        return int(json.loads((root / "CURRENT").read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def sync_parquet(url: str, folder, repair: bool = True, _eng=None) -> dict:
+    """Check that the Parquet copy's CURRENT names the database's current version; with ``repair``,
+    point it there when that version's folder exists (a publish killed between the database commit
+    and the CURRENT write). Returns ``{"sql": v, "parquet": v, "ok": bool, "repaired": bool, "problem": str}``."""
+    root = Path(folder) / "parquet"
+    if _eng is None:
+        sql = current_version(url)
+    else:
+        import sqlalchemy as sa
+
+        with _eng.connect() as conn:
+            sql = (conn.execute(sa.text(f"SELECT version FROM {CATALOG} WHERE status = 'current'")).scalar()
+                   if sa.inspect(conn).has_table(CATALOG) else None)
+    pq_v = _parquet_current(root)
+    out = {"sql": sql, "parquet": pq_v, "ok": sql == pq_v, "repaired": False, "problem": ""}
+    if repair:
+        _drop_stale_staging(root)
+    if sql is None or sql == pq_v:
+        return out
+    if (root / f"v{sql:06d}").is_dir():
+        if repair:
+            _write_current(root, sql)
+            out.update(ok=True, repaired=True, parquet=sql)
+    else:
+        out["problem"] = f"the Parquet copy of version {sql} is missing under {root}"
+    return out
 
 
 def read_parquet(folder, name: str) -> pd.DataFrame:
@@ -449,7 +541,7 @@ class Lookup:
         import sqlalchemy as sa
 
         self.url = url
-        self._eng = engine(url)
+        self._eng = engine(url, create=False)
         self._conn = self._eng.connect()
         if "customer_scores" not in sa.inspect(self._conn).get_view_names():
             self.close()

@@ -167,8 +167,15 @@ def test_readers_never_see_a_mix(target):
 
 
 def test_lookup_on_an_empty_database_is_a_clear_error(tmp_path):
+    url = publish.default_url(tmp_path)
+    with pytest.raises(PublishError, match="no published database at .*does not exist"):
+        publish.Lookup(url)
+    assert not (tmp_path / "crmlab.sqlite").exists()                    # finding #14: no empty file made
+    with pytest.raises(PublishError, match="no published database"):
+        publish.read_table(url, "customer_scores")
+    publish.history(url)                                                # a writer's call creates it
     with pytest.raises(PublishError, match="nothing published"):
-        publish.Lookup(publish.default_url(tmp_path))
+        publish.Lookup(url)
 
 
 def test_contract_doc_lists_every_table():
@@ -191,3 +198,68 @@ def test_documented_contract_is_the_checked_one():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "published_tables.md").read_text()
     assert publish.contract_markdown() in doc, "docs/published_tables.md is out of date with publish.CONTRACT"
     assert f"schema version {publish.SCHEMA_VERSION}" in doc
+
+
+# --- reliability findings (#14): one version truth for SQL and Parquet
+def _publish_killed_at(url, folder, flag, step: str, tag: int) -> None:
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_publish import tables
+        from crmlab import publish
+        def progress(msg):
+            if msg.startswith({step!r}):
+                open({str(flag)!r}, "w").close()
+                time.sleep(60)
+        publish.publish(tables({tag}), {url!r}, {str(folder)!r}, progress=progress)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(600):
+            if flag.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert flag.exists(), f"the publishing process did not reach '{step}'"
+    finally:
+        proc.kill()
+        proc.wait(30)
+    flag.unlink()
+
+
+@pytest.mark.parametrize("step", ["writing customer_scores", "writing customer_key_map", "version"])
+def test_kill_at_every_step_leaves_sql_and_parquet_agreeing(target, tmp_path, step):
+    """Killed before the data, during the database write, or after the database commit but before
+    the Parquet copy is made current: after the next check, SQL and Parquet name the same version."""
+    url, folder = target
+    publish.publish(tables(1), url, folder)
+    _publish_killed_at(url, folder, tmp_path / "flag", step, tag=2)
+    state = publish.sync_parquet(url, folder)
+    assert state["ok"] and state["sql"] == state["parquet"], state
+    assert state["sql"] == (2 if step == "version" else 1)
+    assert len(publish.read_parquet(folder, "customer_scores")) == len(publish.read_table(url, "customer_scores"))
+    v = publish.publish(tables(3), url, folder)
+    assert publish.sync_parquet(url, folder)["parquet"] == v == publish.current_version(url)
+
+
+def test_restore_refuses_a_version_without_its_parquet_copy(target, tmp_path):
+    url, folder = target
+    publish.publish(tables(1), url, folder)
+    publish.publish(tables(2), url)                                     # no Parquet copy of version 2
+    publish.publish(tables(3), url, folder)
+    with pytest.raises(PublishError, match="Parquet copy is missing"):
+        publish.restore(url, 2, folder)
+    assert publish.current_version(url) == 3 and publish.sync_parquet(url, folder)["parquet"] == 3
+    publish.restore(url, 1, folder)
+    assert publish.sync_parquet(url, folder, repair=False)["parquet"] == 1 == publish.current_version(url)
+
+
+def test_read_table_returns_contract_types_and_republishes(target, tmp_path):
+    url, folder = target
+    t = tables(1)
+    t["customer_scores"]["segment_id"] = pd.array([None] + [1] * (len(t["customer_scores"]) - 1), dtype="Int64")
+    publish.publish(t, url, folder)
+    back = publish.read_table(url, "customer_scores")
+    assert str(back["segment_id"].dtype) == "Int64" and back["contact"].dtype == bool
+    copy = {"customer_scores": back.drop(columns=["score_version", "scored_at"]),
+            "customer_key_map": publish.read_table(url, "customer_key_map")}
+    assert publish.publish(copy, publish.default_url(tmp_path / "copy")) == 1    # the contract still holds
