@@ -73,14 +73,24 @@ def _cmd_lookup(a) -> int:
 
 
 def _cmd_versions(a) -> int:
-    from .publish import history
+    from .publish import history, sync_parquet
 
-    url, _ = _publish_target(a)
+    url, folder = _publish_target(a)
     h = history(url)
     if h.empty:
         print("nothing published yet")
     else:
         print(h.drop(columns=["tables"]).to_string(index=False))
+    if a.check:
+        if not folder:
+            print("crmlab versions --check: needs the Parquet folder (from --params), not --url", file=sys.stderr)
+            return 2
+        st = sync_parquet(url, folder, repair=True)
+        if st["problem"]:
+            print(f"crmlab versions --check: SQL is at version {st['sql']}, Parquet at {st['parquet']}: "
+                  f"{st['problem']}", file=sys.stderr)
+            return 1
+        print(f"SQL and Parquet agree on version {st['sql']}" + (" (Parquet CURRENT repaired)" if st["repaired"] else ""))
     return 0
 
 
@@ -140,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     lk.set_defaults(func=_cmd_lookup)
 
     ve = sub.add_parser("versions", help="published versions (current, kept, pruned)")
+    ve.add_argument("--check", action="store_true",
+                    help="check that SQL and the Parquet copy name the same current version (repairs CURRENT)")
     target(ve)
     ve.set_defaults(func=_cmd_versions)
 
@@ -166,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"crmlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a database that does not answer, a bad file: one line, no traceback
+        import sqlalchemy as sa
+
+        if not isinstance(exc, (sa.exc.SQLAlchemyError, OSError, UnicodeDecodeError)):
+            raise
+        from .publish import _safe
+
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"crmlab {args.command}: error: {type(exc).__name__}: {_safe(first)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import difflib
 from pathlib import Path
@@ -228,6 +229,46 @@ def _check_paths(params: dict, origin: str) -> None:
                               "there; choose a folder of your own")
 
 
+_URL_KEYS = (("data", "url"), ("publish", "url"))
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PASSWORD = re.compile(r"^([A-Za-z0-9+._-]+://[^:/@]+:)([^@]*)(@.*)$")
+
+
+def _expand_secrets(params: dict, origin: str) -> None:
+    """``${NAME}`` in a database URL is read from the environment (keep passwords out of files)."""
+    for sect, key in _URL_KEYS:
+        url = params[sect][key]
+        if not isinstance(url, str):
+            continue
+
+        def env(m, sect=sect, key=key):
+            if m.group(1) not in os.environ:
+                raise ConfigError(f"{origin}: parameter '{sect}.{key}' refers to the environment variable "
+                                  f"{m.group(1)}, which is not set")
+            return os.environ[m.group(1)]
+        params[sect][key] = _ENV_REF.sub(env, url)
+
+
+def redacted(params: dict) -> dict:
+    """A copy safe to store or show: each URL password becomes ``${CRMLAB_<SECTION>_URL_PASSWORD}``, and
+    that variable is set in this process's environment, so stage kernels started from it (which read
+    the stored file) still connect, while no file, manifest or log line holds the password."""
+    out = copy.deepcopy(params)
+    for sect, key in _URL_KEYS:
+        url = out[sect][key]
+        m = _PASSWORD.match(url) if isinstance(url, str) else None
+        if m and m.group(2) and not _ENV_REF.fullmatch(m.group(2)):
+            var = f"CRMLAB_{sect.upper()}_URL_PASSWORD"
+            os.environ[var] = m.group(2)
+            out[sect][key] = f"{m.group(1)}${{{var}}}{m.group(3)}"
+    return out
+
+
+def mask_url(text: str) -> str:
+    """Text with every ``scheme://user:password@`` password shown as ***."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]*@", r"\1***@", str(text))
+
+
 def _suggest(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -303,6 +344,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
     origin = str(path) + (" (with --set " + ", ".join(overrides) + ")" if overrides else "")
     params = _merge(DEFAULTS, user)
     _check_values(params, origin)
+    _expand_secrets(params, origin)
     base = path.resolve().parent
     for keys in _PATH_KEYS:
         node = params

@@ -250,7 +250,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     run_dir = Path(params["runs_dir"]) / run_id
     for sub in ("artifacts", "notebooks", "reports"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    stored = {k: v for k, v in params.items() if k != "params_file"}
+    stored = {k: v for k, v in config.redacted(params).items() if k != "params_file"}
     config.dump(stored, run_dir / "params.yaml")
     manifest = {"run_id": run_id, "status": "running", "params_file": params["params_file"],
                 "params": stored, "started_at": dt.datetime.now().isoformat(timespec="seconds"),
@@ -264,20 +264,20 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         manifest.update(status=status, finished_at=dt.datetime.now().isoformat(timespec="seconds"),
                         seconds=round(time.perf_counter() - t_run, 2))
         if error:
-            manifest["error"] = error
+            manifest["error"] = config.mask_url(error)
         _write_json(run_dir / "manifest.json", manifest)
         write_index(run_dir, manifest)
 
     # step 1: inputs
     t0 = time.perf_counter()
-    say(f"[1/{total}] load and validate inputs from {params['data']['url'] or params['data']['dir']}")
+    say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
     stage = {"name": "load_sources", "status": "running"}
     manifest["stages"].append(stage)
     try:
         src = load_params(params)
     except (SourcesInvalid, CrmlabError) as exc:
-        stage.update(status="failed", seconds=round(time.perf_counter() - t0, 2), error=str(exc))
-        (run_dir / "error.txt").write_text(str(exc) + "\n")
+        stage.update(status="failed", seconds=round(time.perf_counter() - t0, 2), error=config.mask_url(exc))
+        (run_dir / "error.txt").write_text(config.mask_url(exc) + "\n")
         finish("failed", str(exc))
         raise
     written = src.write(run_dir / "artifacts" / "sources")
@@ -331,6 +331,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 stage["reviewer_html"] = str(render_html(
                     out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
         if error:
+            error = config.mask_url(error)
             stage.update(status="failed", error=error)
             msg = f"{error}\n  executed notebook: {out_nb}"
             (run_dir / "error.txt").write_text(msg + "\n")

@@ -189,7 +189,9 @@ def engine(url: str, create: bool = True):
 
 
 def _safe(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    from .config import mask_url
+
+    return mask_url(url)
 
 
 def _phys(table: str, version: int) -> str:

@@ -77,3 +77,19 @@ def test_set_values_are_named_as_command_line():
         config.load(ROOT / "params" / "ci.yaml", ["identity.threshold=high"])
     p = config.load(ROOT / "params" / "default.yaml", ["identity.threshold=0.8"])
     assert p["identity"]["threshold"] == 0.8
+
+
+def test_passwords_never_stored_but_stages_still_connect(tmp_path, monkeypatch):
+    url = "postgresql+psycopg://crm:hunter2@127.0.0.1:5432/test"
+    p = config.load(ROOT / "params" / "ci.yaml", [f"publish.url={url}"])
+    safe = config.redacted(p)
+    stored = tmp_path / "params.yaml"
+    config.dump({k: v for k, v in safe.items() if k != "params_file"}, stored)
+    assert "hunter2" not in stored.read_text() and "${CRMLAB_PUBLISH_URL_PASSWORD}" in stored.read_text()
+    again = config.load(stored)                                  # what a stage kernel does
+    assert again["publish"]["url"] == url
+    assert config.mask_url(f"connection to {url} failed") == ("connection to postgresql+psycopg://crm:***@"
+                                                              "127.0.0.1:5432/test failed")
+    monkeypatch.delenv("CRMLAB_PUBLISH_URL_PASSWORD")
+    with pytest.raises(ConfigError, match="CRMLAB_PUBLISH_URL_PASSWORD, which is not set"):
+        config.load(stored)
