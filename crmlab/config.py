@@ -7,6 +7,7 @@ relative paths are resolved against the folder of the file that names them.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import math
 import os
 import re
@@ -30,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "url": None,                      # SQLAlchemy URL; when set, tables are read from it
         "sql_schema": None,
         "systems": [],                    # customer source systems; [] = every customers_<system> found
+        "as_of": None,                    # the data's as-of date (YYYY-MM-DD): later event dates are errors; null: today
     },
     "quality": {
         "examples": 5,                    # offending rows shown per finding
@@ -139,6 +141,7 @@ DEFAULTS: dict[str, Any] = {
     "report": {
         "html": True,
         "reviewer_html": True,            # a --no-input copy for reviewers
+        "show_personal_data": False,      # true: names, e-mails, phones, addresses unmasked (private review only)
         "cell_timeout": 1800,
     },
     "seed": 42,
@@ -208,6 +211,13 @@ def _check_values(params: dict, origin: str) -> None:
         if get(key) not in allowed:
             raise ConfigError(f"{origin}: parameter '{key}' must be one of {', '.join(allowed)}; got {get(key)!r}"
                               f"{_suggest(str(get(key)), allowed)}")
+    if params["data"]["as_of"] is not None:
+        try:
+            pd_ts = dt.date.fromisoformat(str(params["data"]["as_of"]))
+        except ValueError:
+            raise ConfigError(f"{origin}: parameter 'data.as_of' must be a date like 2026-06-30, "
+                              f"got {params['data']['as_of']!r}") from None
+        params["data"]["as_of"] = pd_ts.isoformat()
     if params["segments"]["k_min"] > params["segments"]["k_max"]:
         raise ConfigError(f"{origin}: segments.k_min ({params['segments']['k_min']}) exceeds segments.k_max "
                           f"({params['segments']['k_max']})")

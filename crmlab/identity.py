@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import CrmlabError
+from .errors import CrmlabError, mask_value, masked
 from .kernels import graph
 from .kernels import strings as S
 
@@ -499,7 +499,7 @@ class RecordMatcher:
         rows = [("prior (match rate among all pairs)", "", "", "", np.log2(self.lambda_ / (1 - self.lambda_)))]
         for k, c in enumerate(self.comparisons_):
             lv = pairs.levels[index, k]
-            rows.append((c.column, df.at[i, c.column], df.at[j, c.column],
+            rows.append((c.column, mask_value(df.at[i, c.column]), mask_value(df.at[j, c.column]),
                          "missing" if lv == NULL else c.labels()[lv], bf[k]))
         out = pd.DataFrame(rows, columns=["comparison", "left", "right", "level", "log2_bayes_factor"])
         out["cumulative"] = out["log2_bayes_factor"].cumsum()
@@ -809,7 +809,7 @@ def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n:
             row[f"{c} (1)"] = records.iloc[i][c]
             row[f"{c} (2)"] = records.iloc[j][c]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return masked(pd.DataFrame(rows))
 
 
 def cluster_sizes(key_map_: pd.DataFrame) -> pd.Series:

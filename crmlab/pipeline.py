@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import config
+from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .sources import Sources, SourcesInvalid, load_params
 
@@ -50,6 +51,7 @@ class StageContext:
     def open(cls, params_file: str, run_dir: str | None = None) -> "StageContext":
         """Load parameters; without a run folder (interactive use) work in ``<runs_dir>/interactive``."""
         params = config.load(params_file)
+        errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
         interactive = not run_dir
         run_dir = Path(run_dir) if run_dir else Path(params["runs_dir"]) / "interactive"
         (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -245,6 +247,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     """Execute the chain for a parameter file; returns the run folder. Raises CrmlabError on failure."""
     say = (lambda m: None) if quiet else _say
     params = config.load(params_file, overrides)            # unknown keys rejected here, before any kernel
+    errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
     notebooks = check_stages(params)
     run_id = new_run_id(params["run_name"])
     run_dir = Path(params["runs_dir"]) / run_id

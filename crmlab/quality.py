@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .errors import PERSONAL_FIELDS, mask_value, masked
 from .sources import Sources
 
 PERSON_FIELDS = ("first_name", "last_name", "dob", "email", "phone", "address", "postcode")
@@ -36,6 +37,8 @@ def column_profile(df: pd.DataFrame, top: int = 1) -> pd.DataFrame:
             lo, hi = nn.min(), nn.max()
         vc = nn.value_counts().head(top)
         most = f"{vc.index[0]} ({vc.iloc[0]:,})" if len(vc) else ""
+        if col in PERSONAL_FIELDS and len(vc):
+            lo, hi, most = mask_value(lo), mask_value(hi), f"{mask_value(vc.index[0])} ({vc.iloc[0]:,})"
         out.append((col, str(s.dtype), 1 - s.isna().mean() if len(s) else np.nan, nn.nunique(), lo, hi, most))
     return pd.DataFrame(out, columns=["column", "dtype", "filled", "distinct", "min", "max", "most_frequent"])
 
@@ -65,7 +68,8 @@ def standardisation_examples(customers: pd.DataFrame, field: str, n: int = 5, se
     """Records whose raw value differs from the standard form (before -> after)."""
     d = customers[["source_system", field, f"{field}_std"]].dropna(subset=[field])
     changed = d[d[field].astype("string").str.strip().str.lower() != d[f"{field}_std"].astype("string").str.lower()]
-    return changed.sample(min(n, len(changed)), random_state=seed) if len(changed) else changed
+    out = changed.sample(min(n, len(changed)), random_state=seed) if len(changed) else changed
+    return masked(out.rename(columns={f"{field}_std": f"{field} (standardised)"}))
 
 
 def shared_identifiers(customers: pd.DataFrame) -> pd.DataFrame:

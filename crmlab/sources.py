@@ -48,11 +48,13 @@ class Col:
     min: float | None = None     # inclusive lower bound
     min_exclusive: bool = False
     allowed: tuple | None = None
+    max: float | None = None     # inclusive upper bound (numbers)
+    past: bool = False           # dates: not after the as-of date
 
 
 CUSTOMER_COLUMNS = (
     Col("source_id", "id"), Col("first_name", "str", nullable=True), Col("last_name", "str", nullable=True),
-    Col("dob", "date", False, True), Col("email", "str", False, True), Col("phone", "str", False, True),
+    Col("dob", "date", False, True, past=True), Col("email", "str", False, True), Col("phone", "str", False, True),
     Col("address", "str", False, True), Col("town", "str", False, True), Col("postcode", "str", False, True),
     Col("created_at", "date", False, True), Col("email_opt_in", "bool", False, True),
     Col("mail_opt_in", "bool", False, True), Col("sms_opt_in", "bool", False, True),
@@ -61,19 +63,19 @@ CUSTOMER_COLUMNS = (
 SCHEMAS: dict[str, dict] = {
     "customers": dict(columns=CUSTOMER_COLUMNS, key=("source_id",)),
     "products": dict(columns=(Col("product_id", "id"), Col("product_name", "str"), Col("category", "str"),
-                              Col("department", "str"), Col("list_price", "float", min=0),
+                              Col("department", "str"), Col("list_price", "float", min=0, max=1e9),
                               Col("sensitive", "bool", False, True)), key=("product_id",)),
     "orders": dict(columns=(Col("order_id", "id"), Col("source_system", "str"), Col("source_id", "id"),
-                            Col("order_date", "date"), Col("channel", "str", False, True),
+                            Col("order_date", "date", past=True), Col("channel", "str", False, True),
                             Col("ref_code", "str", False, True)), key=("order_id",)),
     "order_lines": dict(columns=(Col("order_id", "id"), Col("line_no", "int", min=1), Col("product_id", "id"),
-                                 Col("quantity", "float", min=0, min_exclusive=True),
-                                 Col("unit_price", "float", min=0)), key=("order_id", "line_no")),
+                                 Col("quantity", "float", min=0, min_exclusive=True, max=1e6),
+                                 Col("unit_price", "float", min=0, max=1e9)), key=("order_id", "line_no")),
     "campaigns": dict(columns=(Col("campaign_id", "id"), Col("name", "str", False, True),
                                Col("start_date", "date"), Col("media", "str", False, True),
                                Col("window_days", "int", min=1)), key=("campaign_id",), optional=True),
     "contacts": dict(columns=(Col("contact_id", "id"), Col("campaign_id", "id"), Col("source_system", "str"),
-                              Col("source_id", "id"), Col("contact_date", "date"),
+                              Col("source_id", "id"), Col("contact_date", "date", past=True),
                               Col("medium", "str", False, True), Col("ref_code", "str", False, True),
                               Col("group", "str", allowed=("treatment", "control"))),
                      key=("contact_id",), optional=True),
@@ -159,10 +161,30 @@ def _file_for(folder: Path, name: str) -> Path | None:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    # everything as text: typing happens in validation, so errors can name the bad values
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=False)
+    table = path.name.split(".")[0]
+    if path.stat().st_size == 0:
+        raise SourcesInvalid([SourceError(table, None, "the file is empty (0 bytes): expected a header row and "
+                                          "data", path=str(path))])
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        # everything as text: typing happens in validation, so errors can name the bad values
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=False,
+                           encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte, where = exc.object[exc.start], ""
+        if path.suffix == ".csv":                 # pandas' offsets are per chunk: find the byte in the file
+            data = path.read_bytes()
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as whole:
+                line = data.count(b"\n", 0, whole.start) + 1
+                byte, where = data[whole.start], f" on line {line}"
+        raise SourcesInvalid([SourceError(table, None, f"not UTF-8 text: byte 0x{byte:02x}{where}; "
+                                          "save the file as UTF-8", path=str(path))]) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise SourcesInvalid([SourceError(table, None, f"cannot be read: {str(exc).splitlines()[0]}",
+                                          path=str(path))]) from None
 
 
 def fingerprint(path: str | Path) -> str:
@@ -247,6 +269,11 @@ def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: li
             errors.append(SourceError(table, col.name, f"not a number (expected {col.kind})",
                                       df.loc[bad, [col.name]], path, int(bad.sum())))
             return None
+        inf = parsed.notna() & ~np.isfinite(parsed.astype("float64"))
+        if inf.any():
+            errors.append(SourceError(table, col.name, "not a finite number (inf)", df.loc[inf, [col.name]],
+                                      path, int(inf.sum())))
+            return None
         if col.kind == "int":
             frac = parsed.notna() & (parsed % 1 != 0)
             if frac.any():
@@ -268,8 +295,13 @@ def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: li
     raise ValueError(col.kind)
 
 
-def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = None) -> tuple[pd.DataFrame, list]:
-    """Type and check one table against ``SCHEMAS[kind]``; returns (typed frame, errors)."""
+def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = None,
+                   as_of=None) -> tuple[pd.DataFrame, list]:
+    """Type and check one table against ``SCHEMAS[kind]``; returns (typed frame, errors).
+
+    Dates of events (orders, contacts) and birth dates may not lie after ``as_of`` (default: today);
+    birth dates may not lie more than 120 years before it."""
+    as_of = pd.Timestamp(as_of if as_of is not None else pd.Timestamp.now().normalize())
     spec = SCHEMAS[kind]
     errors: list[SourceError] = []
     if len(df) == 0:
@@ -309,6 +341,21 @@ def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = N
                     if col.min == 0 else "value out of range"
                 errors.append(SourceError(table, col.name, f"{what} (must be {rel} {col.min:g})",
                                           df.loc[below], path, int(below.sum())))
+        if col.max is not None:
+            above = (typed > col.max).fillna(False).astype(bool)
+            if above.any():
+                errors.append(SourceError(table, col.name, f"implausibly large value (must be <= {col.max:g})",
+                                          df.loc[above], path, int(above.sum())))
+        if col.past:
+            late = (typed > as_of + pd.Timedelta(days=1)).fillna(False).astype(bool)
+            if late.any():
+                errors.append(SourceError(table, col.name, f"date after the as-of date {as_of:%Y-%m-%d} "
+                                          "(data.as_of; default today)", df.loc[late], path, int(late.sum())))
+            if col.name == "dob":
+                old = (typed < as_of - pd.DateOffset(years=120)).fillna(False).astype(bool)
+                if old.any():
+                    errors.append(SourceError(table, col.name, "birth date more than 120 years before the as-of "
+                                              "date", df.loc[old], path, int(old.sum())))
         if col.allowed is not None:
             bad = typed.notna() & ~typed.isin(col.allowed)
             if bad.any():
@@ -357,7 +404,8 @@ def _check_foreign_keys(tables: dict, origin: dict, broken: set, errors: list) -
                                       origin.get(child), int(orphan.sum())))
 
 
-def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None, where: str = "") -> Sources:
+def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None, where: str = "",
+             as_of=None) -> Sources:
     """Validate raw tables; returns :class:`Sources` or raises :class:`SourcesInvalid`.
 
     ``where`` (folder or URL) is named in messages about missing tables.
@@ -378,7 +426,7 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
             continue
     for name in [*cust_names, *(n for n in SCHEMAS if n in raw and n != "customers")]:
         kind = "customers" if name.startswith("customers_") else name
-        df, errs = validate_table(raw[name], name, kind, origin.get(name))
+        df, errs = validate_table(raw[name], name, kind, origin.get(name), as_of)
         typed[name] = df
         if errs:
             broken.add(name)
@@ -405,10 +453,10 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
 
 
 def load(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
-         systems: list[str] | None = None) -> Sources:
+         systems: list[str] | None = None, as_of=None) -> Sources:
     """Read, validate and standardise all input tables (see module docstring)."""
     raw, origin = read_raw(folder, url, schema, systems)
-    src = validate(raw, origin, str(url or folder))
+    src = validate(raw, origin, str(url or folder), as_of)
     if folder and not url:
         src.fingerprints = {k: fingerprint(v) for k, v in origin.items()}
     return src
@@ -417,4 +465,4 @@ def load(folder: str | Path | None = None, url: str | None = None, schema: str |
 def load_params(params: dict) -> Sources:
     """:func:`load` with the ``data`` section of a parameter dict."""
     d = params["data"]
-    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None)
+    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None, d["as_of"])

@@ -50,6 +50,15 @@ def rfm_summary(transactions: pd.DataFrame, customer_col: str = "customer_key", 
         raise ValueError("time_unit must be > 0 days")
     d = transactions[[customer_col, date_col] + ([value_col] if value_col else [])].copy()
     d[date_col] = pd.to_datetime(d[date_col]).dt.normalize()
+    for col in d.columns:                                  # never drop rows silently
+        bad = d[col].isna()
+        if col == value_col:
+            bad |= ~np.isfinite(pd.to_numeric(d[col], errors="coerce").astype("float64"))
+        if bad.any():
+            lost = d.loc[bad, customer_col].nunique() if col != customer_col else "?"
+            raise CrmlabError(f"rfm_summary: {int(bad.sum()):,} transactions have a missing or non-finite "
+                              f"'{col}' (customers affected: {lost}); fix or drop them explicitly first, e.g. "
+                              f"rows {list(d.index[bad][:5])}")
     if value_col is None:
         d["_v"] = 0.0
         value_col = "_v"

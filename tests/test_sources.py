@@ -148,3 +148,60 @@ def test_sql_source_postgres(world, postgres_server, postgres_schema):
         assert src.row_counts() == sources.load(world).row_counts()
     finally:
         engine.dispose()
+
+
+# --- reliability findings (#14): bad input that used to pass or crash
+def test_future_order_dates_and_implausible_birth_dates(sample_copy):
+    def future(d):
+        d.loc[[3, 8], "order_date"] = ["2030-01-01", "2099-06-30"]
+        return d
+    _rewrite(sample_copy, "orders", future)
+
+    def dob(d):
+        d.loc[2, "dob"] = "1850-01-01"
+        return d
+    _rewrite(sample_copy, "customers_web", dob)
+    err = _problem(sample_copy)
+    msgs = {(e.table, e.column): str(e) for e in err.errors}
+    assert "date after the as-of date" in msgs[("orders", "order_date")] and "[2 rows]" in msgs[("orders", "order_date")]
+    assert "more than 120 years" in msgs[("customers_web", "dob")]
+    with pytest.raises(SourcesInvalid, match="after the as-of date 2026-01-31"):
+        sources.load(sample_copy, as_of="2026-01-31")
+
+
+@pytest.mark.parametrize("value,match", [("inf", "not a finite number"), ("1e308", "implausibly large")])
+def test_infinite_and_absurd_amounts(sample_copy, value, match):
+    def bad(d):
+        d.loc[5, "unit_price"] = value
+        return d
+    _rewrite(sample_copy, "order_lines", bad)
+    (e,) = _problem(sample_copy).errors
+    assert (e.table, e.column) == ("order_lines", "unit_price") and match in str(e)
+
+
+def test_empty_and_non_utf8_files_are_clear_errors(sample_copy):
+    (sample_copy / "products.csv").write_bytes(b"")
+    err = _problem(sample_copy)
+    assert "the file is empty (0 bytes)" in str(err) and "products.csv" in str(err)
+    (sample_copy / "products.csv").unlink()
+    path = sample_copy / "campaigns.csv"
+    raw = path.read_bytes().split(b"\n")
+    raw[3] = raw[3].replace(b",", b"\xe9,", 1)
+    path.write_bytes(b"\n".join(raw))
+    sources_err = pytest.raises(SourcesInvalid, sources.read_raw, sample_copy)
+    assert "not UTF-8 text: byte 0xe9 on line 4" in str(sources_err.value)
+    assert "campaigns.csv" in str(sources_err.value)
+
+
+def test_errors_mask_personal_data(sample_copy):
+    def dup(d):
+        d.loc[1, "source_id"] = d.loc[0, "source_id"]
+        return d
+    _rewrite(sample_copy, "customers_web", dup)
+    raw = pd.read_csv(sample_copy / "customers_web.csv", dtype=str)
+    err = str(_problem(sample_copy))
+    assert "duplicate key" in err
+    for col in ("email", "phone", "last_name"):
+        v = raw.loc[0, col]
+        if isinstance(v, str) and len(v) > 3:
+            assert v not in err, col

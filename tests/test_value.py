@@ -235,3 +235,12 @@ def test_time_unit_travels_with_the_rfm_table(cdnow):
     assert c_days.sum() == pytest.approx(c_weeks.sum(), rel=0.02)     # was 6.2x lower in days
     with pytest.raises(CrmlabError, match="units of 1 days"):
         value.clv(bg_d, gg, days, time_unit=7.0)
+
+
+@pytest.mark.parametrize("col", ["customer_key", "order_date", "value"])
+def test_missing_values_in_transactions_are_an_error(col):
+    tx = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt").head(500).copy()
+    tx[col] = tx[col].astype(object)
+    tx.loc[tx.index[[3, 7]], col] = None if col != "value" else np.inf
+    with pytest.raises(CrmlabError, match=f"2 transactions have a missing or non-finite '{col}'"):
+        value.rfm_summary(tx)
