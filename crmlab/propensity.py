@@ -90,6 +90,22 @@ def _as_object(X: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
     return X
 
 
+def _binary_target(y, where: str) -> np.ndarray:
+    """0/1 labels from 0/1 numbers or booleans; anything else (strings, fractions) is a clear error."""
+    arr = np.asarray(y).ravel()
+    if arr.dtype == bool:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.number):
+        vals = pd.unique(pd.Series(arr).dropna())[:5]
+        raise CrmlabError(f"{where}: the target must be 0/1 or true/false, got values like {list(vals)}; "
+                          "map it first, e.g. y = (y == 'yes')")
+    bad = ~np.isin(arr, (0, 1))
+    if bad.any():
+        raise CrmlabError(f"{where}: the target must be 0/1; {int(bad.sum()):,} value(s) are not, e.g. "
+                          f"{list(pd.unique(arr[bad])[:5])} (fractions are not truncated)")
+    return arr.astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- the estimator
 
 class PropensityModel:
@@ -143,7 +159,10 @@ class PropensityModel:
                 steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))] if self.impute else []
                 parts.append(("num", Pipeline(steps + [("scale", StandardScaler())]), num))
             if cat:
-                parts.append(("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value=MISSING)),
+                # keep_empty_features: an all-missing column must keep its place, or the compiled
+                # model would pair column names with the wrong category lists
+                parts.append(("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value=MISSING,
+                                                                        keep_empty_features=True)),
                                                ("onehot", OneHotEncoder(handle_unknown="ignore"))]), cat))
             model = LogisticRegression(C=self.C, max_iter=5000)
         else:
@@ -169,12 +188,20 @@ class PropensityModel:
             raise CrmlabError(f"unknown calibration '{self.calibration}'; choose one of {', '.join(CALIBRATIONS)}")
         if not isinstance(X, pd.DataFrame):
             raise CrmlabError("PropensityModel.fit: X must be a pandas DataFrame (column names are the contract)")
-        y = np.asarray(y).astype(int).ravel()
+        y = _binary_target(y, "PropensityModel.fit")
         if len(y) != len(X):
             raise CrmlabError(f"PropensityModel.fit: {len(X)} rows of features but {len(y)} labels")
         if set(np.unique(y)) != {0, 1}:
             raise CrmlabError(f"PropensityModel.fit: the target needs both classes 0 and 1, got {sorted(set(y))}")
+        dup = X.columns[X.columns.duplicated()].unique().tolist()
+        if dup:
+            raise CrmlabError(f"PropensityModel.fit: duplicate column name(s) {dup}: each feature needs its own name")
         self.numeric_, self.categorical_ = _split_columns(X)
+        for c in self.categorical_:
+            kinds = {type(v).__name__ for v in X[c].dropna().head(100_000)}
+            if len(kinds) > 1:
+                raise CrmlabError(f"PropensityModel.fit: column '{c}' mixes value types ({', '.join(sorted(kinds))}); "
+                                  "convert it to one type (e.g. .astype(str)) first")
         if self.kind == "hgb":
             too_many = [c for c in self.categorical_ if X[c].nunique() > 254]
             if too_many:

@@ -131,3 +131,36 @@ def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
     auc_true = propensity.evaluate(y[both], oracle[both])["roc_auc"]
     assert len(both) > 0.9 * len(y)
     assert r.metrics["roc_auc"] < auc_true < 0.97
+
+
+# --- reliability findings (#14): bad targets and frames
+@pytest.mark.parametrize("kind", ["logistic", "hgb"])
+def test_all_missing_categorical_keeps_column_order(telco, kind):
+    X, y = telco
+    X = X.copy()
+    cats = propensity._split_columns(X)[1]
+    X.insert(0, "empty_cat", pd.Series([None] * len(X), dtype=object))
+    m = PropensityModel(kind=kind, calibration="none", max_iter=30).fit(X, y)
+    cm = m.compile("churn")
+    Xs = _scoring_frame(X, np.random.default_rng(0))
+    assert np.max(np.abs(cm.predict_proba(Xs) - m.predict_proba(Xs)[:, 1])) <= 1e-6
+    assert len(cats) >= 2
+
+
+def test_bad_targets_and_frames_are_clear_errors(telco):
+    X, y = telco
+    X = X.head(400).copy()
+    y = y[:400]
+    with pytest.raises(CrmlabError, match="must be 0/1 or true/false, got values like"):
+        PropensityModel().fit(X, np.where(y == 1, "yes", "no"))
+    with pytest.raises(CrmlabError, match="fractions are not truncated"):
+        PropensityModel().fit(X, y * 0.7)
+    assert PropensityModel(calibration="none").fit(X, y.astype(bool)).base_rate_ == pytest.approx(y.mean())
+    dup = pd.concat([X, X[["tenure"]]], axis=1)
+    with pytest.raises(CrmlabError, match=r"duplicate column name\(s\) \['tenure'\]"):
+        PropensityModel().fit(dup, y)
+    mixed = X.copy()
+    mixed["contract"] = mixed["contract"].astype(object)
+    mixed.loc[mixed.index[:5], "contract"] = 7
+    with pytest.raises(CrmlabError, match="column 'contract' mixes value types"):
+        PropensityModel().fit(mixed, y)
