@@ -295,6 +295,10 @@ class RecordMatcher:
                 raise CrmlabError(f"column '{c}' must hold text (found {df[c].dtype}); convert it first")
         if self.mode != "link_and_dedupe" and self.source_col not in df:
             raise CrmlabError(f"mode '{self.mode}' needs the column '{self.source_col}'")
+        if self.mode == "link" and df[self.source_col].nunique() < 2:
+            raise CrmlabError(f"mode 'link' only compares records of different source systems, but every record "
+                              f"comes from '{df[self.source_col].iloc[0]}': use mode='dedupe' (or "
+                              "'link_and_dedupe') to find duplicates within one system")
         compared = sorted({c for comp in comps for c in comp.needs()})   # blocking needs no arenas
         arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
                       else S.to_arena(df[c].astype("string").tolist())) for c in compared}
@@ -365,8 +369,9 @@ class RecordMatcher:
     def _random_pairs(self, df, rng):
         n = len(df)
         k = int(min(self.u_sample, max(n * (n - 1) // 2, 1)))
-        left = rng.integers(0, n, k)
-        right = rng.integers(0, n, k)
+        canon = _canonical_order(df, self.source_col)      # the same records in any row order: same sample
+        left = canon[rng.integers(0, n, k)]
+        right = canon[rng.integers(0, n, k)]
         keep = (left != right) & self._mode_filter(df, left, right)
         left, right = left[keep], right[keep]
         return np.minimum(left, right), np.maximum(left, right)
@@ -614,9 +619,25 @@ def _em_m(patterns, counts, u, n_levels, max_iter, tol):
     return m, lam, it + 1
 
 
+def _canonical_order(df: pd.DataFrame, source_col: str = "source_system") -> np.ndarray:
+    """Row positions sorted by (source system, source id): results must not depend on row order."""
+    keys = [df["source_id"].astype("string").to_numpy()]
+    if source_col in df:
+        keys.append(df[source_col].astype("string").to_numpy())
+    return np.lexsort(keys)
+
+
 def _fingerprint(records: pd.DataFrame) -> tuple:
-    """Cheap content hash of a record table (all columns), to reuse pairs scored in fit."""
-    ids = pd.util.hash_pandas_object(records, index=False).to_numpy()
+    """Cheap content hash of a record table (all columns), to reuse pairs scored in fit. Columns
+    whose values cannot be hashed (lists, dicts) are hashed through their text form."""
+    try:
+        ids = pd.util.hash_pandas_object(records, index=False).to_numpy()
+    except TypeError:
+        safe = records.copy()
+        for c in safe.columns:
+            if safe[c].dtype == object:
+                safe[c] = safe[c].map(repr)
+        ids = pd.util.hash_pandas_object(safe, index=False).to_numpy()
     return len(records), int(ids.sum()), int((ids * np.arange(1, len(ids) + 1, dtype=np.uint64)).sum())
 
 
@@ -673,6 +694,12 @@ def assign_keys(current: pd.DataFrame, previous: pd.DataFrame | None = None) -> 
         nums = pd.Series(prev["customer_key"]).str.extract(r"(\d+)$", expand=False).dropna().astype(int)
         next_no = int(nums.max()) + 1 if len(nums) else 1
     need = np.flatnonzero(~taken)
+    if len(need):                       # new keys numbered by each cluster's first (system, id): row order free
+        first = (current[["source_system", "source_id"]].astype("string").assign(_c=inv)
+                 .sort_values(["source_system", "source_id"]).drop_duplicates("_c"))
+        rank = np.empty(len(uniq), np.int64)
+        rank[first["_c"].to_numpy()] = np.arange(len(first))
+        need = need[np.argsort(rank[need], kind="stable")]
     keys[need] = [f"K{next_no + i:010d}" for i in range(len(need))]
     return keys[inv]
 
@@ -725,8 +752,9 @@ def read_febrl4(folder) -> tuple[pd.DataFrame, np.ndarray]:
 
 def febrl_matcher(**kwargs) -> "RecordMatcher":
     """RecordMatcher configured for FEBRL-style Australian records (link mode)."""
+    kwargs.setdefault("mode", "link")
     return RecordMatcher(comparisons=FEBRL_COMPARISONS, blocking=FEBRL_BLOCKING, training=FEBRL_TRAINING,
-                         mode="link", **kwargs)
+                         **kwargs)
 
 
 # ----------------------------------------------------------------------------- evaluation

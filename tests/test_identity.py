@@ -138,3 +138,28 @@ def test_bad_input():
         identity.febrl_matcher().fit(dup.assign(street_number=dup["street_number"].astype("string")))
     with pytest.raises(CrmlabError, match="not fitted"):
         identity.RecordMatcher().score_pairs(recs2)
+
+
+# --- reliability findings (#14)
+def test_keys_do_not_depend_on_row_order(world_records):
+    recs = world_records[0] if isinstance(world_records, tuple) else world_records
+    a = identity.RecordMatcher().fit_predict(recs)
+    shuffled = recs.sample(frac=1.0, random_state=11)
+    b = identity.RecordMatcher().fit_predict(shuffled)
+    key = ["source_system", "source_id"]
+    merged = a.merge(b, on=key, suffixes=("_a", "_b"))
+    assert len(merged) == len(a)
+    assert (merged["customer_key_a"] == merged["customer_key_b"]).all()
+
+
+def test_extra_columns_modes_and_single_source_link(febrl):
+    recs, _ = febrl
+    recs = recs.groupby("source_system").head(400).copy()
+    recs["tags"] = [["a", "b"]] * len(recs)                             # unhashable values
+    recs["meta"] = [{"k": 1}] * len(recs)
+    m = identity.febrl_matcher().fit(recs)
+    assert len(m.predict(recs)) == len(recs)
+    assert identity.febrl_matcher(mode="dedupe").mode == "dedupe"
+    one = recs.assign(source_system="crm")
+    with pytest.raises(CrmlabError, match="mode 'link' only compares records of different source systems.*'crm'"):
+        identity.febrl_matcher().fit(one)
