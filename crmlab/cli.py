@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)                 # run folders, databases and Parquet copies: owner only (documented)
     args = build_parser().parse_args(argv)
     if args.command == "validate" and not (args.params or args.data or args.url):
         build_parser().error("validate needs --params, --data or --url")

@@ -18,7 +18,9 @@ import html
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class StageContext:
         """Load parameters; without a run folder (interactive use) work in ``<runs_dir>/interactive``."""
         params = config.load(params_file)
         errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
+        pd.set_option("styler.format.escape", "html")      # names from the data never run as HTML in reports
         interactive = not run_dir
         run_dir = Path(run_dir) if run_dir else Path(params["runs_dir"]) / "interactive"
         (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -243,6 +246,12 @@ def check_stages(params: dict) -> list[Path]:
     return paths
 
 
+class RunAborted(CrmlabError):
+    """The run was stopped from outside (SIGTERM, Ctrl-C): its manifest says 'aborted'."""
+
+    exit_code = 143
+
+
 def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
     """Execute the chain for a parameter file; returns the run folder. Raises CrmlabError on failure."""
     say = (lambda m: None) if quiet else _say
@@ -271,77 +280,97 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         _write_json(run_dir / "manifest.json", manifest)
         write_index(run_dir, manifest)
 
-    # step 1: inputs
-    t0 = time.perf_counter()
-    say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
-    stage = {"name": "load_sources", "status": "running"}
-    manifest["stages"].append(stage)
+    def _terminate(signum, _frame):
+        raise RunAborted(f"terminated by signal {signal.Signals(signum).name}")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
-        src = load_params(params)
-    except (SourcesInvalid, CrmlabError) as exc:
-        stage.update(status="failed", seconds=round(time.perf_counter() - t0, 2), error=config.mask_url(exc))
-        (run_dir / "error.txt").write_text(config.mask_url(exc) + "\n")
-        finish("failed", str(exc))
-        raise
-    written = src.write(run_dir / "artifacts" / "sources")
-    counts = src.row_counts()
-    per_system = src.customers["source_system"].value_counts()
-    manifest["inputs"] = {
-        name: {"path": path, "sha256": src.fingerprints.get(name),
-               "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
-               else counts[name]}
-        for name, path in src.origin.items()}
-    stage.update(status="ok", seconds=round(time.perf_counter() - t0, 2),
-                 artifacts={f"sources/{k}": counts[k] for k in written})
-    say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    _write_json(run_dir / "manifest.json", manifest)
-    del src
-
-    # step 2..: notebooks
-    _lean_imports()
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    ensure_kernelspec()
-    km_class = _kernel_manager_class()
-    show_bar = not quiet and sys.stderr.isatty()
-    for i, nb in enumerate(notebooks, start=2):
-        name = nb.stem
-        out_nb = run_dir / "notebooks" / nb.name
-        stage = {"name": name, "status": "running", "notebook": f"notebooks/{nb.name}"}
+        # step 1: inputs
+        t0 = time.perf_counter()
+        say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
+        stage = {"name": "load_sources", "status": "running"}
         manifest["stages"].append(stage)
-        _write_json(run_dir / "manifest.json", manifest)
-        say(f"[{i}/{total}] {name}")
-        t0 = time.time()
-        error = None
         try:
-            pm.execute_notebook(
-                str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),
-                                                  "run_dir": str(run_dir)},
-                kernel_name=KERNEL_NAME, progress_bar=show_bar, cwd=str(run_dir),
-                execution_timeout=params["report"]["cell_timeout"], kernel_manager_class=km_class,
-                report_mode=False)
-        except PapermillExecutionError as exc:
-            error = (f"stage '{name}' failed in cell {exc.exec_count} (cell #{exc.cell_index + 1} of "
-                     f"{nb.name}): {exc.ename}: {exc.evalue}")
-        except Exception as exc:  # noqa: BLE001 - kernel died, timeout, ...: report, do not hide
-            error = f"stage '{name}' failed ({nb.name}): {type(exc).__name__}: {exc}"
-        stage["seconds"] = round(time.time() - t0, 2)
-        stage["artifacts"] = _artifact_rows(run_dir / "artifacts", t0)
-        if out_nb.exists() and params["report"]["html"]:
-            stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
-            if params["report"]["reviewer_html"]:
-                stage["reviewer_html"] = str(render_html(
-                    out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
-        if error:
-            error = config.mask_url(error)
-            stage.update(status="failed", error=error)
-            msg = f"{error}\n  executed notebook: {out_nb}"
-            (run_dir / "error.txt").write_text(msg + "\n")
-            finish("failed", error)
-            raise StageError(msg)
-        stage["status"] = "ok"
-        say(f"      ok in {stage['seconds']:.1f} s")
+            src = load_params(params)
+        except RunAborted:
+            raise
+        except (SourcesInvalid, CrmlabError) as exc:
+            stage.update(status="failed", seconds=round(time.perf_counter() - t0, 2), error=config.mask_url(exc))
+            (run_dir / "error.txt").write_text(config.mask_url(exc) + "\n")
+            finish("failed", str(exc))
+            raise
+        written = src.write(run_dir / "artifacts" / "sources")
+        counts = src.row_counts()
+        per_system = src.customers["source_system"].value_counts()
+        manifest["inputs"] = {
+            name: {"path": path, "sha256": src.fingerprints.get(name),
+                   "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
+                   else counts[name]}
+            for name, path in src.origin.items()}
+        stage.update(status="ok", seconds=round(time.perf_counter() - t0, 2),
+                     artifacts={f"sources/{k}": counts[k] for k in written})
+        say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        _write_json(run_dir / "manifest.json", manifest)
+        del src
+
+        # step 2..: notebooks
+        _lean_imports()
+        import papermill as pm
+        from papermill.exceptions import PapermillExecutionError
+
+        ensure_kernelspec()
+        km_class = _kernel_manager_class()
+        show_bar = not quiet and sys.stderr.isatty()
+        for i, nb in enumerate(notebooks, start=2):
+            name = nb.stem
+            out_nb = run_dir / "notebooks" / nb.name
+            stage = {"name": name, "status": "running", "notebook": f"notebooks/{nb.name}"}
+            manifest["stages"].append(stage)
+            _write_json(run_dir / "manifest.json", manifest)
+            say(f"[{i}/{total}] {name}")
+            t0 = time.time()
+            error = None
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),
+                                                      "run_dir": str(run_dir)},
+                    kernel_name=KERNEL_NAME, progress_bar=show_bar, cwd=str(run_dir),
+                    execution_timeout=params["report"]["cell_timeout"], kernel_manager_class=km_class,
+                    report_mode=False)
+            except PapermillExecutionError as exc:
+                error = (f"stage '{name}' failed in cell {exc.exec_count} (cell #{exc.cell_index + 1} of "
+                         f"{nb.name}): {exc.ename}: {exc.evalue}")
+            except RunAborted:
+                raise
+            except Exception as exc:  # noqa: BLE001 - kernel died, timeout, ...: report, do not hide
+                error = f"stage '{name}' failed ({nb.name}): {type(exc).__name__}: {exc}"
+            stage["seconds"] = round(time.time() - t0, 2)
+            stage["artifacts"] = _artifact_rows(run_dir / "artifacts", t0)
+            if out_nb.exists() and params["report"]["html"]:
+                stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
+                if params["report"]["reviewer_html"]:
+                    stage["reviewer_html"] = str(render_html(
+                        out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
+            if error:
+                error = config.mask_url(error)
+                stage.update(status="failed", error=error)
+                msg = f"{error}\n  executed notebook: {out_nb}"
+                (run_dir / "error.txt").write_text(msg + "\n")
+                finish("failed", error)
+                raise StageError(msg)
+            stage["status"] = "ok"
+            say(f"      ok in {stage['seconds']:.1f} s")
+    except (RunAborted, KeyboardInterrupt) as exc:
+        why = str(exc) or "interrupted"
+        for st in manifest["stages"]:
+            if st.get("status") == "running":
+                st["status"] = "aborted"
+        finish("aborted", why)
+        raise RunAborted(f"run {run_id} aborted: {why}; nothing was published by the unfinished stage") from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old_handler)
     finish("ok")
     say(f"done in {manifest['seconds']:.1f} s: open {run_dir / 'index.html'}")
     return run_dir

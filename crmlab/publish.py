@@ -138,6 +138,29 @@ def check_contract(name: str, df: pd.DataFrame) -> list[str]:
     return problems
 
 
+#: Free-text columns whose values could come from source data (product, segment, rule names):
+#: a value starting with = + - @ or a tab/CR would run as a formula when a touchpoint exports
+#: the table to a spreadsheet, so it is published with a leading apostrophe (OWASP CSV injection).
+TEXT_FIELDS = {"customer_scores": ("segment", "next_best_offer_name", "rule", "contact_reason", "value_risk_cell"),
+               "affinity_rules": ("rule", "antecedents", "consequents", "guard"),
+               "segment_profiles": ("segment", "traits")}
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with spreadsheet formulas in free-text columns defused ("=cmd()" -> "'=cmd()")."""
+    cols = [c for c in TEXT_FIELDS.get(name, ()) if c in df.columns]
+    if not cols:
+        return df
+    df = df.copy()
+    for c in cols:
+        s = df[c]
+        hit = s.notna() & s.astype("string").str.startswith(_FORMULA_START).fillna(False)
+        if hit.any():
+            df[c] = s.astype("string").where(~hit, "'" + s.astype("string"))
+    return df
+
+
 def contract_markdown() -> str:
     """The contract as a Markdown table (for docs and the publish report)."""
     lines = ["| table | column | type | nullable |", "|---|---|---|---|"]
@@ -310,7 +333,7 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                 _ensure_catalog(conn)
                 version = int(conn.execute(sa.text(f"SELECT COALESCE(MAX(version), 0) + 1 FROM {CATALOG}")).scalar())
         now = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).floor("s")
-        tables = dict(tables)
+        tables = {n: neutralise_formulas(n, df) for n, df in tables.items()}
         if "customer_scores" in tables:
             tables["customer_scores"] = tables["customer_scores"].assign(score_version=np.int64(version), scored_at=now)
         problems = {n: check_contract(n, df) for n, df in tables.items()}

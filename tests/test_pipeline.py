@@ -200,3 +200,37 @@ def test_interactive_context_rereads_changed_inputs(sample_copy, tmp_path):
     camp.to_csv(sample_copy / "campaigns.csv", index=False)                # an input changes
     again = pipeline.StageContext.open(str(p)).sources()
     assert again["campaigns"]["name"].iloc[0] == "Renamed"
+
+
+def test_run_killed_by_sigterm_is_marked_aborted(tmp_path):
+    """Finding #14: a run stopped by SIGTERM stayed 'running' in its manifest forever."""
+    import signal
+    import time
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("params_file = None\nrun_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(120)")])
+    nb.metadata["kernelspec"] = {"name": "crmlab", "display_name": "Python (crmlab)", "language": "python"}
+    nbformat.write(nb, nbs / "99_slow.ipynb")
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "crmlab", "run", "--params", str(CI), "--set", f"notebooks_dir={nbs}",
+                             "--set", f"runs_dir={runs}", "--set", "stages=[99_slow]", "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            ms = list(runs.glob("*/manifest.json"))
+            if ms and any(s["name"] == "99_slow" for s in json.loads(ms[0].read_text())["stages"]):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    m = json.loads(ms[0].read_text())
+    assert m["status"] == "aborted" and "SIGTERM" in m["error"]
+    assert [s["status"] for s in m["stages"]] == ["ok", "aborted"]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import threading
 import time
 
@@ -263,3 +264,31 @@ def test_read_table_returns_contract_types_and_republishes(target, tmp_path):
     copy = {"customer_scores": back.drop(columns=["score_version", "scored_at"]),
             "customer_key_map": publish.read_table(url, "customer_key_map")}
     assert publish.publish(copy, publish.default_url(tmp_path / "copy")) == 1    # the contract still holds
+
+
+def test_spreadsheet_formulas_are_defused_and_html_escaped(target, tmp_path):
+    url, folder = target
+    t = tables(1)
+    t["customer_scores"].loc[0, "next_best_offer_name"] = '=HYPERLINK("http://x","y")'
+    t["customer_scores"].loc[1, "next_best_offer_name"] = "<script>alert(1)</script>"
+    publish.publish(t, url, folder)
+    with publish.Lookup(url) as lk:
+        assert lk.get("web", "W0")["next_best_offer_name"] == '\'=HYPERLINK("http://x","y")'
+        assert lk.get("web", "W2")["next_best_offer_name"] == "Bananas"
+    from crmlab.pipeline import StageContext
+
+    StageContext.open(str(Path(__file__).resolve().parents[1] / "params" / "ci.yaml"), str(tmp_path / "run"))
+    html_out = pd.DataFrame({"name": ["<script>alert(1)</script>"]}).style.to_html()
+    assert "<script>" not in html_out and "&lt;script&gt;" in html_out
+
+
+def test_cli_creates_private_files(tmp_path):
+    db = tmp_path / "p" / "crm.sqlite"
+    from crmlab.cli import main as cli_main
+
+    old = os.umask(0o022)
+    try:
+        assert cli_main(["versions", "--url", f"sqlite:///{db}"]) == 0
+    finally:
+        os.umask(old)
+    assert db.stat().st_mode & 0o077 == 0 and (tmp_path / "p").stat().st_mode & 0o077 == 0
