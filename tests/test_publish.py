@@ -292,3 +292,41 @@ def test_cli_creates_private_files(tmp_path):
     finally:
         os.umask(old)
     assert db.stat().st_mode & 0o077 == 0 and (tmp_path / "p").stat().st_mode & 0o077 == 0
+
+
+def test_lookups_never_fail_during_publishes_and_a_restore(target):
+    """Finding #14: on PostgreSQL 22 of 40,600 lookups failed with DeadlockDetected (the lookup join
+    waited on the publisher's DROP VIEW). Two lookup threads during 5 publishes and a restore:
+    zero failed reads, every answer from one version."""
+    url, folder = target
+    publish.publish(tables(0), url, folder)
+    failures, answers, stop = [], [], threading.Event()
+
+    def reader(sys_, ids):
+        with publish.Lookup(url) as lk:
+            while not stop.is_set():
+                for i in ids:
+                    try:
+                        row = lk.get(sys_, i)
+                    except Exception as exc:  # noqa: BLE001 - every failed read counts
+                        failures.append(repr(exc))
+                        continue
+                    answers.append((row["score_version"], row["treatment"]))
+
+    threads = [threading.Thread(target=reader, args=("web", [f"W{i}" for i in range(0, 50, 7)])),
+               threading.Thread(target=reader, args=("store", [f"S{i}" for i in range(1, 50, 5)]))]
+    for th in threads:
+        th.start()
+    try:
+        for tag in range(1, 6):
+            publish.publish(tables(tag), url, folder, keep=3)
+        publish.restore(url, 4, folder)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(60)
+    assert not failures, failures[:3]
+    assert len(answers) > 100 and len({v for v, _ in answers}) >= 2
+    # a version's rows carry that version's treatment (tables(tag) -> offer_<tag>, version = tag + 1)
+    assert all(t == f"offer_{v - 1}" for v, t in answers)
