@@ -103,30 +103,7 @@ def test_publish_killed_midway(target, tmp_path):
     """A publishing process killed with SIGKILL while writing: the previous version stays current."""
     url, folder = target
     publish.publish(tables(1), url, folder)
-    flag = tmp_path / "writing"
-    script = textwrap.dedent(f"""
-        import sys, time, pandas as pd
-        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
-        from test_publish import tables
-        from crmlab import publish
-        def progress(msg):                       # customer_scores is written, inside the transaction
-            if msg.startswith("writing customer_key_map"):
-                open({str(flag)!r}, "w").close()
-                time.sleep(60)
-        publish.publish(tables(2, n=20000), {url!r}, {str(folder)!r}, progress=progress)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        for _ in range(600):
-            if flag.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert flag.exists(), "the publishing process did not reach the write"
-        proc.kill()
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _publish_killed_at(url, folder, tmp_path / "writing", "writing customer_key_map", tag=2, n=20000)
     assert publish.current_version(url) == 1
     assert len(publish.read_table(url, "customer_scores")) == 2010
     with publish.Lookup(url) as lk:
@@ -202,7 +179,8 @@ def test_documented_contract_is_the_checked_one():
 
 
 # --- reliability findings (#14): one version truth for SQL and Parquet
-def _publish_killed_at(url, folder, flag, step: str, tag: int) -> None:
+def _publish_killed_at(url, folder, flag, step: str, tag: int, n: int = 2000) -> None:
+    """Start a publish in another process and SIGKILL it when its progress reaches ``step``."""
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
@@ -212,7 +190,7 @@ def _publish_killed_at(url, folder, flag, step: str, tag: int) -> None:
             if msg.startswith({step!r}):
                 open({str(flag)!r}, "w").close()
                 time.sleep(60)
-        publish.publish(tables({tag}), {url!r}, {str(folder)!r}, progress=progress)
+        publish.publish(tables({tag}, n={n}), {url!r}, {str(folder)!r}, progress=progress)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
