@@ -1,4 +1,4 @@
-"""Command line: ``crmlab run | generate | validate | lookup | versions | restore | kernelspec``."""
+"""Command line: ``crmlab run | generate | validate | lookup | versions | restore | runs | kernelspec``."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +104,21 @@ def _cmd_restore(a) -> int:
     return 0
 
 
+def _cmd_runs(a) -> int:
+    from . import config, runs
+
+    P = config.load(a.params, a.set)
+    t = runs.table(P["runs_dir"])
+    if a.name:
+        t = t[t["run_name"] == a.name]
+    if t.empty:
+        print(f"no runs under {P['runs_dir']}")
+        return 0
+    t = t.head(a.last).astype(object).where(t.head(a.last).notna(), "")
+    print(t.to_string(index=False))
+    return 0
+
+
 def _cmd_kernelspec(a) -> int:
     from .pipeline import ensure_kernelspec
 
@@ -160,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("version", type=int)
     target(rs)
     rs.set_defaults(func=_cmd_restore)
+
+    ru = sub.add_parser("runs", help="the runs under runs_dir: status, age, published version (marks killed runs aborted)")
+    ru.add_argument("--params", default="params/default.yaml", help="parameter file naming runs_dir")
+    ru.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ru.add_argument("--name", help="only runs of this run_name")
+    ru.add_argument("--last", type=int, default=20, help="at most this many, newest first")
+    ru.set_defaults(func=_cmd_runs)
 
     k = sub.add_parser("kernelspec", help="install the 'Python (crmlab)' Jupyter kernel")
     k.add_argument("--user", action="store_true", help="install for the user, not this environment")

@@ -128,7 +128,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "publish": {
         "url": None,                      # SQLAlchemy URL; null: SQLite file crmlab.sqlite in publish.dir
-        "dir": None,                      # Parquet copies (and the SQLite file); null: <runs_dir>/published
+        "dir": None,                      # Parquet copies (and the SQLite file); null: <runs_dir>/published/<run_name>
         "keep": 5,                        # versions kept for restore
         "drift_psi": 0.2,                 # warn when a score's distribution shifts more than this
         "lookups": 1000,                  # timed sample lookups in the report
@@ -143,6 +143,9 @@ DEFAULTS: dict[str, Any] = {
         "reviewer_html": True,            # a --no-input copy for reviewers
         "show_personal_data": False,      # true: names, e-mails, phones, addresses unmasked (private review only)
         "cell_timeout": 1800,
+    },
+    "engine": {
+        "threads": None,                  # threads for Numba, OpenMP and BLAS in every stage; null: the cores available
     },
     "seed": 42,
 }
@@ -174,6 +177,7 @@ _RANGES: dict[str, tuple] = {
     "publish.keep": (1, None, True, True), "publish.drift_psi": (0, None, False, True),
     "publish.lookups": (0, None, True, True),
     "report.cell_timeout": (1, None, True, True),
+    "engine.threads": (1, 4096, True, True),
 }
 
 #: Allowed values of choice parameters.
@@ -202,6 +206,8 @@ def _check_values(params: dict, origin: str) -> None:
         v = get(key)
         if v is None:
             continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{origin}: parameter '{key}' must be a number, got {v!r}")
         if not math.isfinite(v) or (lo is not None and (v < lo if lo_in else v <= lo)) or (
                 hi is not None and (v > hi if hi_in else v >= hi)):
             span = (f"{'[' if lo_in else '('}{lo if lo is not None else '-inf'}, "
@@ -363,7 +369,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
         if node[keys[-1]] is not None:
             node[keys[-1]] = str((base / node[keys[-1]]).resolve())
     if params["publish"]["dir"] is None:
-        params["publish"]["dir"] = str(Path(params["runs_dir"]) / "published")
+        # each run_name publishes to its own target: a CI or test run never becomes the default's version
+        params["publish"]["dir"] = str(Path(params["runs_dir"]) / "published" / params["run_name"])
     _check_paths(params, origin)
     params["params_file"] = str(path.resolve())
     return params

@@ -844,22 +844,14 @@ def cluster_sizes(key_map_: pd.DataFrame) -> pd.Series:
     return key_map_.groupby("customer_key").size().value_counts().sort_index().rename("customers")
 
 
-def find_previous_key_map(runs_dir, exclude=None):
-    """The key map of the most recent successful run under ``runs_dir`` (for stable keys), or None."""
-    import json
-    from pathlib import Path
+def find_previous_key_map(params: dict, exclude=None):
+    """The key map of the latest successful run with the same ``run_name`` and publish target (for
+    stable keys), or None: a CI or test run never lends its keys to a production run."""
+    from . import runs
 
-    runs = sorted((p for p in Path(runs_dir).glob("*/manifest.json") if p.parent != exclude), reverse=True)
-    for m in runs:
-        try:
-            if json.loads(m.read_text()).get("status") != "ok":
-                continue
-        except (OSError, ValueError):
-            continue
-        km = m.parent / "artifacts" / "customer_key_map.parquet"
-        if km.exists():
-            return km
-    return None
+    folder = runs.latest_ok(params["runs_dir"], run_name=params["run_name"], target=runs.publish_target(params),
+                            exclude=exclude, need="customer_key_map")
+    return None if folder is None else folder / "artifacts" / "customer_key_map.parquet"
 
 
 def plot_weights(pairs: PairScores, threshold: float, truth: np.ndarray | None = None):

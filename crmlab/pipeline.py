@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config
+from . import config, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .sources import Sources, SourcesInvalid, load_params
@@ -53,6 +54,7 @@ class StageContext:
     def open(cls, params_file: str, run_dir: str | None = None) -> "StageContext":
         """Load parameters; without a run folder (interactive use) work in ``<runs_dir>/interactive``."""
         params = config.load(params_file)
+        threads.limit(params["engine"]["threads"])       # Numba, OpenMP and BLAS together, never oversubscribed
         errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
         pd.set_option("styler.format.escape", "html")      # names from the data never run as HTML in reports
         interactive = not run_dir
@@ -213,7 +215,9 @@ tr.failed td{{background:#fde8e8}} tr.ok td:nth-child(2){{color:#176b2c}} .err{{
 <h1>crmlab run <code>{esc(manifest['run_id'])}</code></h1>
 <p>Status: <b class="status-{esc(manifest['status'])}">{esc(manifest['status'])}</b> &middot;
 parameters <code>{esc(manifest['params_file'])}</code> &middot; started {esc(manifest['started_at'])}
-&middot; {manifest.get('seconds', 0):.1f} s &middot; <a href="manifest.json">manifest.json</a></p>
+&middot; {manifest.get('seconds', 0):.1f} s &middot; published version:
+<b>{esc(str((manifest.get('published') or {}).get('version', 'none')))}</b>
+&middot; <a href="manifest.json">manifest.json</a></p>
 <h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>reports</th><th>artifacts (rows)</th></tr>
 {''.join(rows)}</table>
 <h2>Inputs</h2><table><tr><th>table</th><th>rows</th><th>read from</th><th>sha256</th></tr>{inputs}</table>
@@ -223,7 +227,95 @@ parameters <code>{esc(manifest['params_file'])}</code> &middot; started {esc(man
     return path
 
 
+# ----------------------------------------------------------------------------- observing a stage
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc), e.g. the stage's kernel."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in task.read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident memory so far (VmHWM), in MB; None where /proc has no answer."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _running_cell(notebook: Path) -> str | None:
+    """'cell 7 of 15' for the cell papermill marks running in the output notebook (saved at each cell start)."""
+    try:
+        cells = [c for c in json.loads(notebook.read_text())["cells"] if c.get("cell_type") == "code"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for i, c in enumerate(cells, start=1):
+        if c.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            return f"cell {i} of {len(cells)}"
+    return None
+
+
+class StageMonitor(threading.Thread):
+    """While a stage runs: samples its kernel's peak memory every ``sample_s`` and, every
+    ``heartbeat_s``, says which cell is running and for how long (long stages are never silent)."""
+
+    def __init__(self, name: str, notebook: Path, say, sample_s: float = 1.0, heartbeat_s: float = 60.0):
+        super().__init__(daemon=True)
+        self.name_, self.notebook, self.say = name, notebook, say
+        self.sample_s, self.heartbeat_s = sample_s, heartbeat_s
+        self.peak_mb: float | None = None
+        self._done = threading.Event()
+        self._t0 = time.time()
+
+    def run(self) -> None:
+        last = self._t0
+        while not self._done.wait(self.sample_s):
+            for pid in _children(os.getpid()):
+                mb = _peak_rss_mb(pid)
+                if mb is not None and (self.peak_mb is None or mb > self.peak_mb):
+                    self.peak_mb = mb
+            if time.time() - last >= self.heartbeat_s:
+                last = time.time()
+                cell = _running_cell(self.notebook)
+                self.say(f"      ... {self.name_}: {cell or 'starting'}, {time.time() - self._t0:.0f} s"
+                         + (f", kernel peak {self.peak_mb:,.0f} MB" if self.peak_mb else ""))
+
+    def stop(self) -> float | None:
+        self._done.set()
+        self.join(5)
+        return None if self.peak_mb is None else round(self.peak_mb, 1)
+
+
+def _git_commit() -> dict | None:
+    """The commit of the crmlab checkout this runs from (and whether it has local changes), if any."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return {"commit": sha, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 # ----------------------------------------------------------------------------- the chain
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -258,6 +350,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     params = config.load(params_file, overrides)            # unknown keys rejected here, before any kernel
     errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
     notebooks = check_stages(params)
+    runs.manifests(params["runs_dir"])                       # runs killed from outside are marked aborted now
     run_id = new_run_id(params["run_name"])
     run_dir = Path(params["runs_dir"]) / run_id
     for sub in ("artifacts", "notebooks", "reports"):
@@ -266,8 +359,11 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     config.dump(stored, run_dir / "params.yaml")
     manifest = {"run_id": run_id, "status": "running", "params_file": params["params_file"],
                 "params": stored, "started_at": dt.datetime.now().isoformat(timespec="seconds"),
-                "packages": _versions(), "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                "inputs": {}, "stages": []}
+                "packages": _versions(), "git": _git_commit(),
+                "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": threads.available_cores()},
+                "process": {"host": socket.gethostname(), "pid": os.getpid()},
+                "threads": threads.resolve(params["engine"]["threads"]),
+                "inputs": {}, "stages": [], "published": None}
     t_run = time.perf_counter()
     total = len(notebooks) + 1
     say(f"crmlab run {run_id} -> {run_dir}")
@@ -283,13 +379,15 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     def _terminate(signum, _frame):
         raise RunAborted(f"terminated by signal {signal.Signals(signum).name}")
 
+    saved_env = {k: os.environ.get(k) for k in threads.ENV_VARS}
+    os.environ.update(threads.environ(params["engine"]["threads"]))   # inherited by every stage kernel
     in_main = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         # step 1: inputs
         t0 = time.perf_counter()
         say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
-        stage = {"name": "load_sources", "status": "running"}
+        stage = {"name": "load_sources", "status": "running", "started_at": _now()}
         manifest["stages"].append(stage)
         try:
             src = load_params(params)
@@ -308,7 +406,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                    "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
                    else counts[name]}
             for name, path in src.origin.items()}
-        stage.update(status="ok", seconds=round(time.perf_counter() - t0, 2),
+        stage.update(status="ok", seconds=round(time.perf_counter() - t0, 2), finished_at=_now(),
                      artifacts={f"sources/{k}": counts[k] for k in written})
         say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
         _write_json(run_dir / "manifest.json", manifest)
@@ -325,12 +423,14 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         for i, nb in enumerate(notebooks, start=2):
             name = nb.stem
             out_nb = run_dir / "notebooks" / nb.name
-            stage = {"name": name, "status": "running", "notebook": f"notebooks/{nb.name}"}
+            stage = {"name": name, "status": "running", "notebook": f"notebooks/{nb.name}", "started_at": _now()}
             manifest["stages"].append(stage)
             _write_json(run_dir / "manifest.json", manifest)
             say(f"[{i}/{total}] {name}")
             t0 = time.time()
             error = None
+            monitor = StageMonitor(name, out_nb, say)
+            monitor.start()
             try:
                 pm.execute_notebook(
                     str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),
@@ -345,8 +445,14 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 raise
             except Exception as exc:  # noqa: BLE001 - kernel died, timeout, ...: report, do not hide
                 error = f"stage '{name}' failed ({nb.name}): {type(exc).__name__}: {exc}"
+            finally:
+                stage["peak_rss_mb"] = monitor.stop()
             stage["seconds"] = round(time.time() - t0, 2)
+            stage["finished_at"] = _now()
             stage["artifacts"] = _artifact_rows(run_dir / "artifacts", t0)
+            published = run_dir / "artifacts" / "published.json"
+            if published.exists() and published.stat().st_mtime >= t0:
+                manifest["published"] = json.loads(published.read_text())
             if out_nb.exists() and params["report"]["html"]:
                 stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
                 if params["report"]["reviewer_html"]:
@@ -360,7 +466,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 finish("failed", error)
                 raise StageError(msg)
             stage["status"] = "ok"
-            say(f"      ok in {stage['seconds']:.1f} s")
+            say(f"      ok in {stage['seconds']:.1f} s"
+                + (f", kernel peak {stage['peak_rss_mb']:,.0f} MB" if stage.get("peak_rss_mb") else ""))
     except (RunAborted, KeyboardInterrupt) as exc:
         why = str(exc) or "interrupted"
         for st in manifest["stages"]:
@@ -369,6 +476,11 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         finish("aborted", why)
         raise RunAborted(f"run {run_id} aborted: {why}; nothing was published by the unfinished stage") from None
     finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if in_main:
             signal.signal(signal.SIGTERM, old_handler)
     finish("ok")
