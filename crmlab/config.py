@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "response": True,                 # campaign response model (needs contacts with >= 2 campaigns)
         "models": None,                   # folder of saved models: score with them, no refitting
         "importance_repeats": 3,          # permutation-importance repeats in the report (0: skip)
+        "importance_rows": 20000,         # ... on a random sample of at most this many holdout rows
     },
     "segments": {
         "features": ["recency_days", "tenure_days", "orders", "order_value", "spend_365d", "share_channel_*",
@@ -170,7 +171,7 @@ _RANGES: dict[str, tuple] = {
     "value.margin": (0, None, True, True),
     "propensity.horizon_days": (1, None, True, True), "propensity.cv": (2, None, True, True),
     "propensity.max_iter": (1, None, True, True), "propensity.top_departments": (0, None, True, True),
-    "propensity.importance_repeats": (0, None, True, True),
+    "propensity.importance_repeats": (0, None, True, True), "propensity.importance_rows": (100, None, True, True),
     "segments.k_min": (2, None, True, True), "segments.k_max": (2, None, True, True),
     "segments.k": (1, None, True, True), "segments.min_stability": (0, 1, True, True),
     "segments.bootstraps": (1, None, True, True),

@@ -164,3 +164,22 @@ def test_bad_targets_and_frames_are_clear_errors(telco):
     mixed.loc[mixed.index[:5], "contract"] = 7
     with pytest.raises(CrmlabError, match="column 'contract' mixes value types"):
         PropensityModel().fit(mixed, y)
+
+
+def test_permutation_importance_on_a_stated_sample(telco):
+    """#15: importance on at most max_rows rows (seeded); all rows when the table is smaller."""
+    from sklearn.inspection import permutation_importance
+
+    X, y = telco
+    m = PropensityModel(kind="logistic", calibration="none", random_state=5).fit(X, y)
+    full = m.permutation_importance(X, y, n_repeats=1, max_rows=None)
+    assert full.attrs["rows"] == len(X)
+    assert m.permutation_importance(X, y, n_repeats=1, max_rows=len(X) + 1).equals(full)
+    part = m.permutation_importance(X, y, n_repeats=1, max_rows=1000)
+    assert part.attrs["rows"] == 1000
+    rows = np.sort(np.random.default_rng(5).choice(len(X), 1000, replace=False))
+    Xo = propensity._as_object(X.iloc[rows][m.numeric_ + m.categorical_], m.categorical_)
+    want = permutation_importance(m.model_, Xo, y[rows], n_repeats=1, scoring="roc_auc", random_state=5)
+    assert np.allclose(part["importance"].to_numpy(), pd.Series(want.importances_mean, index=Xo.columns)
+                       .reindex(part.index).to_numpy())
+    assert full.index[0] == part.index[0]                       # the leading driver is the same
