@@ -114,7 +114,8 @@ def _cmd_runs(a) -> int:
     if t.empty:
         print(f"no runs under {P['runs_dir']}")
         return 0
-    t = t.head(a.last).astype(object).where(t.head(a.last).notna(), "")
+    t = t.head(a.last).astype(object)
+    t = t.where(t.notna(), "")
     print(t.to_string(index=False))
     return 0
 

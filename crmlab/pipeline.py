@@ -358,7 +358,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     stored = {k: v for k, v in config.redacted(params).items() if k != "params_file"}
     config.dump(stored, run_dir / "params.yaml")
     manifest = {"run_id": run_id, "status": "running", "params_file": params["params_file"],
-                "params": stored, "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+                "params": stored, "started_at": _now(),
                 "packages": _versions(), "git": _git_commit(),
                 "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": threads.available_cores()},
                 "process": {"host": socket.gethostname(), "pid": os.getpid()},
@@ -369,7 +369,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     say(f"crmlab run {run_id} -> {run_dir}")
 
     def finish(status: str, error: str | None = None) -> None:
-        manifest.update(status=status, finished_at=dt.datetime.now().isoformat(timespec="seconds"),
+        manifest.update(status=status, finished_at=_now(),
                         seconds=round(time.perf_counter() - t_run, 2))
         if error:
             manifest["error"] = config.mask_url(error)

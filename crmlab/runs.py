@@ -32,13 +32,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    cmdline = Path(f"/proc/{pid}/cmdline")            # a reused pid is not our run
-    if cmdline.exists():
-        try:
-            return b"crmlab" in cmdline.read_bytes() or b"python" in cmdline.read_bytes()
-        except OSError:
-            return True
-    return True
+    try:                                               # a reused pid running something else is not our run
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def mark_if_dead(manifest_path: Path, m: dict) -> dict:
@@ -75,9 +72,11 @@ def manifests(runs_dir: str | Path, exclude: Path | None = None):
 
 
 def publish_target(params: dict) -> str:
-    """Where a run's parameters publish (URL, or the Parquet folder's SQLite file), for matching runs."""
+    """Where a run's parameters publish (the URL, or the default SQLite file in publish.dir), for matching runs."""
+    from .publish import default_url
+
     pub = params.get("publish", {})
-    return str(pub.get("url") or Path(pub.get("dir") or "") / "crmlab.sqlite")
+    return pub.get("url") or default_url(pub.get("dir") or "")
 
 
 def latest_ok(runs_dir: str | Path, run_name: str | None = None, target: str | None = None,
