@@ -44,12 +44,13 @@ def limit(threads: int | None) -> int:
     """
     n = resolve(threads)
     os.environ.update(environ(n))
+    import numba
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(n)                              # no context: stays in force for the process
-    import numba
-
+    # Numba first: starting its OpenMP threading layer sets OpenMP's thread count to
+    # NUMBA_NUM_THREADS, which would undo a limit applied before it (seen as 2 threads after limit(1))
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(n)                              # no context: stays in force for the process
     return n
 
 
