@@ -1,4 +1,4 @@
-"""Command line: ``crmlab run | generate | validate | lookup | versions | restore | runs | kernelspec``."""
+"""Command line: ``crmlab run | generate | validate | lookup | versions | restore | runs | warm | kernelspec``."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from .errors import CrmlabError
 def _cmd_run(a) -> int:
     from . import pipeline
 
-    pipeline.run(a.params, a.set, quiet=a.quiet)
+    pipeline.run(a.params, a.set, quiet=a.quiet, from_stage=a.from_stage)
     return 0
 
 
@@ -120,6 +120,14 @@ def _cmd_runs(a) -> int:
     return 0
 
 
+def _cmd_warm(a) -> int:
+    from . import compile_cache
+
+    say = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    compile_cache.warm(customers=a.customers, force=a.force, say=say)
+    return 0
+
+
 def _cmd_kernelspec(a) -> int:
     from .pipeline import ensure_kernelspec
 
@@ -135,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--params", default="params/default.yaml", help="parameter file (YAML)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set data.dir=/data/crm (repeatable)")
+    r.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="resume: take the stages before STAGE from the latest run that finished them "
+                        "(refused when their parameters or inputs changed), run STAGE and the rest")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_cmd_run)
 
@@ -183,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--name", help="only runs of this run_name")
     ru.add_argument("--last", type=int, default=20, help="at most this many, newest first")
     ru.set_defaults(func=_cmd_runs)
+
+    w = sub.add_parser("warm", help="compile every kernel into the user's Numba cache (once per code version)")
+    w.add_argument("--force", action="store_true", help="compile again even if warm for this code")
+    w.add_argument("--customers", type=int, default=800, help="size of the generated world it runs on")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=_cmd_warm)
 
     k = sub.add_parser("kernelspec", help="install the 'Python (crmlab)' Jupyter kernel")
     k.add_argument("--user", action="store_true", help="install for the user, not this environment")

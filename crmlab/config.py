@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "calibration": "sigmoid",         # sigmoid | isotonic | none
         "cv": 5,                          # folds for the calibration's out-of-fold predictions
         "max_iter": 200,                  # boosting iterations (hgb)
+        "fit_rows": 50000,                # each model is fitted on a stratified sample of at most this many rows (null: all)
         "attrition": True,
         "departments": [],                # purchase-propensity targets; [] = the most bought ones
         "top_departments": 4,
@@ -94,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
         "criterion": "silhouette",        # silhouette | bic (gmm)
         "min_stability": 0.95,            # k must reach this mean bootstrap adjusted Rand index
         "bootstraps": 10,
+        "select_rows": 20000,             # choosing k and checking stability on a random sample of this many customers
         "value_quantiles": [0.5, 0.8],    # value bands low | medium | high
         "risk_quantiles": [0.5, 0.8],     # attrition-risk bands
         "names": [                        # matched to fitted segments by their standardised centres;
@@ -147,6 +149,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "engine": {
         "threads": None,                  # threads for Numba, OpenMP and BLAS in every stage; null: the cores available
+        "reuse": False,                   # true: copy a stage from an earlier run when nothing it read changed
     },
     "seed": 42,
 }
@@ -172,9 +175,10 @@ _RANGES: dict[str, tuple] = {
     "propensity.horizon_days": (1, None, True, True), "propensity.cv": (2, None, True, True),
     "propensity.max_iter": (1, None, True, True), "propensity.top_departments": (0, None, True, True),
     "propensity.importance_repeats": (0, None, True, True), "propensity.importance_rows": (100, None, True, True),
+    "propensity.fit_rows": (1000, None, True, True),
     "segments.k_min": (2, None, True, True), "segments.k_max": (2, None, True, True),
     "segments.k": (1, None, True, True), "segments.min_stability": (0, 1, True, True),
-    "segments.bootstraps": (1, None, True, True),
+    "segments.bootstraps": (1, None, True, True), "segments.select_rows": (100, None, True, True),
     "publish.keep": (1, None, True, True), "publish.drift_psi": (0, None, False, True),
     "publish.lookups": (0, None, True, True),
     "report.cell_timeout": (1, None, True, True),
@@ -225,6 +229,8 @@ def _check_values(params: dict, origin: str) -> None:
             raise ConfigError(f"{origin}: parameter 'data.as_of' must be a date like 2026-06-30, "
                               f"got {params['data']['as_of']!r}") from None
         params["data"]["as_of"] = pd_ts.isoformat()
+    if not isinstance(params["engine"]["reuse"], bool):
+        raise ConfigError(f"{origin}: parameter 'engine.reuse' must be true or false, got {params['engine']['reuse']!r}")
     if params["segments"]["k_min"] > params["segments"]["k_max"]:
         raise ConfigError(f"{origin}: segments.k_min ({params['segments']['k_min']}) exceeds segments.k_max "
                           f"({params['segments']['k_max']})")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, runs, threads
+from . import config, reuse, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .sources import Sources, SourcesInvalid, load_params
@@ -42,32 +42,77 @@ KERNEL_NAME = "crmlab"
 
 # ----------------------------------------------------------------------------- stage side
 
+#: The stage that writes each artifact a later stage reads (a test checks this against the notebooks).
+ARTIFACT_STAGES = {
+    "customer_key_map": "10_identity",
+    "affinity_rules": "20_affinity", "customer_recommendations": "20_affinity",
+    "customer_value": "30_value",
+    "customer_propensity": "40_propensity",
+    "customer_segments": "50_segments", "segment_profiles": "50_segments",
+    "contact_responses": "70_measure", "campaign_lift": "70_measure",
+}
+
+
 @dataclass
 class StageContext:
-    """What a stage notebook needs: its parameters and the run folder it reads from and writes to."""
+    """What a stage notebook needs: its parameters and the run folder it reads from and writes to.
+
+    In a run, everything is read from and written to the run folder, and what the stage reads is
+    recorded for :mod:`crmlab.reuse`. Opened interactively (no run folder), a notebook writes into
+    ``<runs_dir>/interactive`` and reads the artifacts of the latest successful run of the same
+    ``run_name`` and publish target (``basis``), or the newer copy written interactively; an artifact
+    found in neither stops with the stage to run, never a silent recomputation on another basis.
+    """
 
     params: dict
     run_dir: Path
     interactive: bool = False
+    basis: Path | None = None
+    log: "reuse.ReadLog | None" = None
 
     @classmethod
     def open(cls, params_file: str, run_dir: str | None = None) -> "StageContext":
         """Load parameters; without a run folder (interactive use) work in ``<runs_dir>/interactive``."""
         params = config.load(params_file)
         threads.limit(params["engine"]["threads"])       # Numba, OpenMP and BLAS together, never oversubscribed
-        errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
         pd.set_option("styler.format.escape", "html")      # names from the data never run as HTML in reports
         interactive = not run_dir
-        run_dir = Path(run_dir) if run_dir else Path(params["runs_dir"]) / "interactive"
+        log, basis = None, None
+        if interactive:
+            run_dir = Path(params["runs_dir"]) / "interactive"
+            basis = runs.latest_ok(params["runs_dir"], params["run_name"], runs.publish_target(params))
+            _say(f"interactive: reading the artifacts of run {basis.name}" if basis else
+                 f"interactive: no successful run of '{params['run_name']}' under {params['runs_dir']} yet; "
+                 "artifacts come only from notebooks run here")
+        else:
+            run_dir = Path(run_dir)
+            if os.environ.get("CRMLAB_STAGE"):
+                log = reuse.ReadLog(run_dir, os.environ["CRMLAB_STAGE"])
+                params = reuse.TrackedParams(params, log.param)
+        errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
         (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-        return cls(params, run_dir, interactive)
+        return cls(params, run_dir, interactive, basis, log)
+
+    def _read(self, name: str) -> None:
+        if self.log is not None:
+            self.log.artifact(name)
 
     def artifact_path(self, name: str) -> Path:
+        """Where artifact ``name`` is read from (interactively: the newer of this folder's and the basis run's)."""
+        self._read(name)
+        own = self._own_path(name)
+        if self.interactive and self.basis is not None:
+            theirs = self.basis / "artifacts" / f"{name}.parquet"
+            if theirs.exists() and (not own.exists() or theirs.stat().st_mtime >= own.stat().st_mtime):
+                return theirs
+        return own
+
+    def _own_path(self, name: str) -> Path:
         return self.run_dir / "artifacts" / f"{name}.parquet"
 
     def write_artifact(self, name: str, df: pd.DataFrame) -> Path:
         """Write a Parquet artifact atomically (a reader never sees half a file)."""
-        path = self.artifact_path(name)
+        path = self._own_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
         df.to_parquet(tmp, index=False)
@@ -75,20 +120,44 @@ class StageContext:
         return path
 
     def read_artifact(self, name: str) -> pd.DataFrame:
+        """An artifact of an earlier stage; a clear error naming that stage when it is not there."""
         path = self.artifact_path(name)
         if not path.exists():
-            raise CrmlabError(f"artifact '{name}' not found in {path.parent}: run the stage that writes it first")
+            writer = ARTIFACT_STAGES.get(name, "the stage that writes it")
+            if self.interactive:
+                how = (f"no successful run of '{self.params['run_name']}' has it yet: run "
+                       f"`crmlab run --params {self.params['params_file']}`, or open notebooks/{writer}.ipynb first")
+            else:
+                how = f"run {writer} before this stage (add it to 'stages' in {self.params['params_file']})"
+            raise CrmlabError(f"artifact '{name}' not found in {path.parent}: it is written by {writer}; {how}")
         return pd.read_parquet(path)
 
+    def optional_artifact(self, name: str) -> pd.DataFrame | None:
+        """An artifact whose stage the parameter file may leave out ('stages'): None when it is left out,
+        else as :meth:`read_artifact` (a missing artifact of a listed stage is an error, not a fallback)."""
+        writer = ARTIFACT_STAGES.get(name)
+        if writer is not None and writer not in self.params["stages"]:
+            self._read(name)
+            return None
+        return self.read_artifact(name)
+
     def sources(self) -> Sources:
-        """The validated inputs of this run (loaded and validated here when run interactively)."""
-        folder = self.run_dir / "artifacts" / "sources"
-        if (folder / "sources.json").is_file():
-            cached = Sources.read_artifacts(folder)
-            if not self.interactive or _unchanged(cached):
-                return cached                  # interactive: re-read when an input file changed
+        """The validated inputs of this run (interactively: the basis run's while the input files are
+        unchanged, else loaded and validated here)."""
+        self._read("sources")
+        folders = [self.run_dir / "artifacts" / "sources"]
+        if self.interactive and self.basis is not None:
+            folders.insert(0, self.basis / "artifacts" / "sources")
+        for folder in folders:
+            if (folder / "sources.json").is_file():
+                cached = Sources.read_artifacts(folder)
+                if not self.interactive or _unchanged(cached):
+                    return cached                  # interactive: re-read when an input file changed
+        if self.interactive and self.basis is not None:
+            _say(f"interactive: the input files changed since run {self.basis.name}; loading them here "
+                 "(artifacts of that run describe the old inputs)")
         src = load_params(self.params)
-        src.write(folder)
+        src.write(folders[-1])
         return src
 
 
@@ -344,13 +413,110 @@ class RunAborted(CrmlabError):
     exit_code = 143
 
 
-def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> Path:
-    """Execute the chain for a parameter file; returns the run folder. Raises CrmlabError on failure."""
+class _Reuse:
+    """The reuse decisions of one run: automatic (``engine.reuse``) and the resume of ``--from``."""
+
+    def __init__(self, params: dict, notebooks: list[Path], from_stage: str | None):
+        self.params, self.auto = params, bool(params["engine"]["reuse"])
+        self.code = reuse.code_digest()
+        self.fps: dict[str, str] = {}                  # artifact name -> fingerprint of the stage that wrote it here
+        self.before: list[str] = []                    # stages taken from the base run (--from)
+        self.base = None
+        target = runs.publish_target(params)
+        self.candidates = [(f, m) for f, m in runs.manifests(params["runs_dir"])
+                           if m.get("params", {}).get("run_name") == params["run_name"]
+                           and runs.publish_target(m.get("params", {})) == target]
+        if from_stage is None:
+            return
+        names = [nb.stem for nb in notebooks]
+        if from_stage not in names:
+            raise ConfigError(f"--from {from_stage}: not a stage of {params['params_file']} "
+                              f"(stages: {', '.join(names)})")
+        self.before = ["load_sources"] + names[:names.index(from_stage)]
+        for folder, m in self.candidates:
+            if all((st := reuse.stage_of(m, n)) is not None and st.get("status") == "ok" for n in self.before):
+                self.base = (folder, m)
+                break
+        if self.base is None:
+            raise ConfigError(f"--from {from_stage}: no earlier run of '{params['run_name']}' (publishing to "
+                              f"{config.mask_url(target)}) finished the stages before it "
+                              f"({', '.join(self.before)}); run without --from")
+
+    def lookup(self, name: str, notebook: Path | None, inputs: dict | None):
+        """(run folder, manifest, stage record) to copy stage ``name`` from, or None (with a reason, or None)."""
+        if name in self.before:
+            folder, m = self.base
+            old = reuse.stage_of(m, name)
+            if not reuse.reusable(old):
+                why = ("it published (publishing is repeated, never copied)" if old.get("reads") else
+                       "what it read was not recorded (inputs from a database, or a run of an older crmlab)")
+                raise ConfigError(f"--from: stage {name} of run {folder.name} cannot be copied: {why}; "
+                                  f"resume from {name}")
+            new = reuse.record_for(self.params, name, old, self.fps, notebook, inputs)
+            if reuse.fingerprints(new, self.code)[1] != old["basis"]:
+                raise ConfigError(f"--from: cannot resume from run {folder.name}: for stage {name}, "
+                                  + "; ".join(reuse.differences(old["reads"], new) or ["its reads differ"])
+                                  + "; run without --from")
+            if not reuse.outputs_exist(folder, old):
+                raise ConfigError(f"--from: the outputs of stage {name} in run {folder.name} are gone; "
+                                  "run without --from")
+            return (folder, m, old), None
+        if not self.auto:
+            return None, None
+        return reuse.find(self.candidates, name, self.params, self.fps, notebook, inputs, self.code)
+
+    def adopt(self, hit, run_dir: Path, stage: dict) -> None:
+        """Copy a stage's outputs from an earlier run and record it as this run's."""
+        folder, _m, old = hit
+        reuse.copy_outputs(folder, run_dir, old)
+        for k in ("reads", "code", "fingerprint", "basis", "outputs", "artifacts", "peak_rss_mb"):
+            if k in old:
+                stage[k] = old[k]
+        stage.update(status="ok", reused_from=folder.name,
+                     original_seconds=old.get("original_seconds", old.get("seconds")))
+        self.note(stage)
+
+    def record(self, stage: dict, reads: dict | None, outputs: list[str]) -> None:
+        """Record what a stage that ran read and wrote (no reads record: the stage is never reused)."""
+        stage["outputs"] = outputs
+        if reads is not None:
+            stage["reads"], stage["code"] = reads, self.code
+            stage["fingerprint"], stage["basis"] = reuse.fingerprints(reads, self.code)
+        self.note(stage)
+
+    def note(self, stage: dict) -> None:
+        fp = stage.get("fingerprint") or reuse.digest([stage["name"], _now()])   # unknown reads: never equal
+        for rel in stage.get("outputs", []):
+            self.fps[reuse.artifact_name(rel)] = fp
+
+
+def _input_digests(params: dict) -> dict | None:
+    """sha256 of each input file (None for inputs read from a database: those are never reused)."""
+    from .sources import fingerprint, input_files
+
+    if params["data"]["url"]:
+        return None
+    return {name: fingerprint(p) for name, p in input_files(params["data"]["dir"]).items()}
+
+
+def _outputs(folder: Path, since: float) -> list[str]:
+    """Files under ``folder`` written since ``since`` (relative paths)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.stat().st_mtime >= since and not p.name.endswith(".tmp"))
+
+
+def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool = False,
+        from_stage: str | None = None) -> Path:
+    """Execute the chain for a parameter file; returns the run folder. Raises CrmlabError on failure.
+
+    ``from_stage``: resume, taking the stages before it from the latest run that finished them
+    (see :mod:`crmlab.reuse`); ``engine.reuse: true`` copies every stage whose reads are unchanged.
+    """
     say = (lambda m: None) if quiet else _say
     params = config.load(params_file, overrides)            # unknown keys rejected here, before any kernel
     errors_mod.SHOW_PERSONAL_DATA = bool(params["report"]["show_personal_data"])
     notebooks = check_stages(params)
-    runs.manifests(params["runs_dir"])                       # runs killed from outside are marked aborted now
+    plan = _Reuse(params, notebooks, from_stage)              # also marks runs killed from outside aborted
     run_id = new_run_id(params["run_name"])
     run_dir = Path(params["runs_dir"]) / run_id
     for sub in ("artifacts", "notebooks", "reports"):
@@ -363,10 +529,12 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": threads.available_cores()},
                 "process": {"host": socket.gethostname(), "pid": os.getpid()},
                 "threads": threads.resolve(params["engine"]["threads"]),
+                "resumed_from": plan.base[0].name if plan.base else None,
                 "inputs": {}, "stages": [], "published": None}
     t_run = time.perf_counter()
     total = len(notebooks) + 1
-    say(f"crmlab run {run_id} -> {run_dir}")
+    say(f"crmlab run {run_id} -> {run_dir}" + (f" (stages before {from_stage} from run {plan.base[0].name})"
+                                               if plan.base else ""))
 
     def finish(status: str, error: str | None = None) -> None:
         manifest.update(status=status, finished_at=_now(),
@@ -379,38 +547,55 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     def _terminate(signum, _frame):
         raise RunAborted(f"terminated by signal {signal.Signals(signum).name}")
 
-    saved_env = {k: os.environ.get(k) for k in threads.ENV_VARS}
+    def reused(stage: dict, hit) -> None:
+        plan.adopt(hit, run_dir, stage)
+        stage["seconds"] = round(time.time() - t0, 2)
+        stage["finished_at"] = _now()
+        say(f"      reused from run {hit[0].name} (nothing it read changed; {stage['original_seconds'] or 0:.0f} s saved)")
+
+    saved_env = {k: os.environ.get(k) for k in (*threads.ENV_VARS, "CRMLAB_STAGE")}
     os.environ.update(threads.environ(params["engine"]["threads"]))   # inherited by every stage kernel
     in_main = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         # step 1: inputs
-        t0 = time.perf_counter()
+        t0 = time.time()
         say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
         stage = {"name": "load_sources", "status": "running", "started_at": _now()}
         manifest["stages"].append(stage)
         try:
-            src = load_params(params)
+            inputs = _input_digests(params)
+            hit, why = plan.lookup("load_sources", None, inputs)
+            if hit is not None:
+                reused(stage, hit)
+                manifest["inputs"] = hit[1].get("inputs", {})
+            else:
+                if why:
+                    say(f"      not reused: {'; '.join(why)}")
+                src = load_params(params)
         except RunAborted:
             raise
         except (SourcesInvalid, CrmlabError) as exc:
-            stage.update(status="failed", seconds=round(time.perf_counter() - t0, 2), error=config.mask_url(exc))
+            stage.update(status="failed", seconds=round(time.time() - t0, 2), error=config.mask_url(exc))
             (run_dir / "error.txt").write_text(config.mask_url(exc) + "\n")
             finish("failed", str(exc))
             raise
-        written = src.write(run_dir / "artifacts" / "sources")
-        counts = src.row_counts()
-        per_system = src.customers["source_system"].value_counts()
-        manifest["inputs"] = {
-            name: {"path": path, "sha256": src.fingerprints.get(name),
-                   "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
-                   else counts[name]}
-            for name, path in src.origin.items()}
-        stage.update(status="ok", seconds=round(time.perf_counter() - t0, 2), finished_at=_now(),
-                     artifacts={f"sources/{k}": counts[k] for k in written})
-        say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        if hit is None:
+            written = src.write(run_dir / "artifacts" / "sources")
+            counts = src.row_counts()
+            per_system = src.customers["source_system"].value_counts()
+            manifest["inputs"] = {
+                name: {"path": path, "sha256": src.fingerprints.get(name),
+                       "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
+                       else counts[name]}
+                for name, path in src.origin.items()}
+            stage.update(status="ok", seconds=round(time.time() - t0, 2), finished_at=_now(),
+                         artifacts={f"sources/{k}": counts[k] for k in written})
+            plan.record(stage, None if inputs is None else reuse.reads_record(params, ["data"], [], {}, inputs=inputs),
+                        _outputs(run_dir / "artifacts", t0))
+            say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+            del src
         _write_json(run_dir / "manifest.json", manifest)
-        del src
 
         # step 2..: notebooks
         _lean_imports()
@@ -428,9 +613,22 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             _write_json(run_dir / "manifest.json", manifest)
             say(f"[{i}/{total}] {name}")
             t0 = time.time()
+            try:
+                hit, why = plan.lookup(name, nb, None)
+            except CrmlabError as exc:                  # a refused resume: the run says so and stops
+                stage.update(status="failed", error=str(exc))
+                finish("failed", str(exc))
+                raise
+            if hit is not None:
+                reused(stage, hit)
+                _render(params, run_dir, out_nb, name, stage)
+                continue
+            if why:
+                say(f"      not reused: {'; '.join(why)}")
             error = None
             monitor = StageMonitor(name, out_nb, say)
             monitor.start()
+            os.environ["CRMLAB_STAGE"] = name                 # the kernel records what it reads (crmlab.reuse)
             try:
                 pm.execute_notebook(
                     str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),
@@ -453,11 +651,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             published = run_dir / "artifacts" / "published.json"
             if published.exists() and published.stat().st_mtime >= t0:
                 manifest["published"] = json.loads(published.read_text())
-            if out_nb.exists() and params["report"]["html"]:
-                stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
-                if params["report"]["reviewer_html"]:
-                    stage["reviewer_html"] = str(render_html(
-                        out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
+            _render(params, run_dir, out_nb, name, stage)
             if error:
                 error = config.mask_url(error)
                 stage.update(status="failed", error=error)
@@ -465,6 +659,10 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 (run_dir / "error.txt").write_text(msg + "\n")
                 finish("failed", error)
                 raise StageError(msg)
+            log = reuse.read_log(run_dir, name)
+            reads = None if log is None else reuse.reads_record(
+                params, log["params"], log["artifacts"], plan.fps, notebook=reuse.notebook_digest(nb))
+            plan.record(stage, reads, _outputs(run_dir / "artifacts", t0))
             stage["status"] = "ok"
             say(f"      ok in {stage['seconds']:.1f} s"
                 + (f", kernel peak {stage['peak_rss_mb']:,.0f} MB" if stage.get("peak_rss_mb") else ""))
@@ -486,3 +684,12 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     finish("ok")
     say(f"done in {manifest['seconds']:.1f} s: open {run_dir / 'index.html'}")
     return run_dir
+
+
+def _render(params: dict, run_dir: Path, out_nb: Path, name: str, stage: dict) -> None:
+    """The stage's HTML reports (with code, and without for reviewers), as the parameters ask."""
+    if out_nb.exists() and params["report"]["html"]:
+        stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
+        if params["report"]["reviewer_html"]:
+            stage["reviewer_html"] = str(render_html(
+                out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))

@@ -196,6 +196,21 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def input_files(folder: str | Path) -> dict[str, Path]:
+    """The input files of a data folder, by table name (what :func:`read_raw` reads), without reading them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CrmlabError(f"data folder not found: {folder}")
+    out = {}
+    for name in SCHEMAS:
+        if name != "customers" and (p := _file_for(folder, name)) is not None:
+            out[name] = p
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("customers_") and any(p.name.endswith(e) for e in _EXTS):
+            out[p.name.split(".")[0]] = p
+    return out
+
+
 def read_raw(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
              systems: list[str] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Read the raw tables from a folder or a SQLAlchemy URL, untyped; returns (tables, origin)."""
@@ -213,19 +228,8 @@ def read_raw(folder: str | Path | None = None, url: str | None = None, schema: s
         finally:
             engine.dispose()
     else:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise CrmlabError(f"data folder not found: {folder}")
-        for name in SCHEMAS:
-            if name == "customers":
-                continue
-            p = _file_for(folder, name)
-            if p is not None:
-                tables[name], origin[name] = _read_file(p), str(p)
-        for p in sorted(folder.iterdir()):
-            if p.name.startswith("customers_") and any(p.name.endswith(e) for e in _EXTS):
-                name = p.name.split(".")[0]
-                tables[name], origin[name] = _read_file(p), str(p)
+        for name, p in input_files(folder).items():
+            tables[name], origin[name] = _read_file(p), str(p)
     if systems:
         for s in systems:
             if f"customers_{s}" not in tables:
