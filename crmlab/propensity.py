@@ -121,6 +121,8 @@ class PropensityModel:
     random_state : seed for folds and trees.
     impute : logistic only; False leaves numeric columns without imputation (a missing value is then
         an error at scoring time, as in scikit-learn).
+    max_fit_rows : larger training sets are fitted on a stratified random sample of this many rows
+        (None: all). Scoring always covers every row; the sample size is ``fit_rows_``.
 
     Attributes
     ----------
@@ -128,11 +130,13 @@ class PropensityModel:
     model_ : the fitted scikit-learn estimator (a ``CalibratedClassifierCV`` unless calibration is 'none').
     pipeline_ : the fitted pipeline inside it.
     base_rate_ : share of positives in training.
+    fit_rows_ : rows the model was fitted on.
     """
 
     def __init__(self, kind: str = "logistic", calibration: str = "sigmoid", cv: int = 5, C: float = 1.0,
                  max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
-                 l2_regularization: float = 0.0, random_state: int = 0, impute: bool = True):
+                 l2_regularization: float = 0.0, random_state: int = 0, impute: bool = True,
+                 max_fit_rows: int | None = None):
         self.kind = kind
         self.calibration = calibration
         self.cv = cv
@@ -143,6 +147,7 @@ class PropensityModel:
         self.l2_regularization = l2_regularization
         self.random_state = random_state
         self.impute = impute
+        self.max_fit_rows = max_fit_rows
 
     def _pipeline(self):
         from sklearn.compose import ColumnTransformer
@@ -207,6 +212,14 @@ class PropensityModel:
             if too_many:
                 raise CrmlabError(f"categorical column(s) with more than 254 values cannot go into the tree model: "
                                   f"{', '.join(too_many)}")
+        if self.max_fit_rows is not None and len(X) > self.max_fit_rows:
+            from sklearn.model_selection import train_test_split
+
+            keep, _ = train_test_split(np.arange(len(X)), train_size=int(self.max_fit_rows), stratify=y,
+                                       random_state=self.random_state)
+            keep = np.sort(keep)
+            X, y = X.iloc[keep], y[keep]
+        self.fit_rows_ = len(X)
         Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
         pipe = self._pipeline()
         if self.calibration == "none":
@@ -559,7 +572,13 @@ def cutoffs(last_date, horizon_days: int) -> dict:
 
 def _model(P: dict, seed: int) -> PropensityModel:
     return PropensityModel(kind=P["model"], calibration=P["calibration"], cv=P["cv"], max_iter=P["max_iter"],
-                           random_state=seed)
+                           random_state=seed, max_fit_rows=P["fit_rows"])
+
+
+def _rows(n: int, P: dict) -> str:
+    """'50,000 (a stratified sample) of 160,000' or '12,000': the rows a model is fitted on."""
+    cap = P["fit_rows"]
+    return f"{cap:,} (a stratified sample) of {n:,}" if cap is not None and n > cap else f"{n:,}"
 
 
 def purchase_departments(ev, P: dict, before) -> list[str]:
@@ -603,7 +622,7 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "Feat
     targets = (["attrition"] if P["attrition"] else []) + [c for c in y_tr.columns if c.startswith("buy_")]
     out = {}
     for t in targets:
-        progress(f"{t}: fitting on {len(X_tr):,} customers at {cut['train']:%Y-%m-%d}, "
+        progress(f"{t}: fitting on {_rows(len(X_tr), P)} customers at {cut['train']:%Y-%m-%d}, "
                  f"validating on {len(X_va):,} at {cut['valid']:%Y-%m-%d}")
         m = _model(P, seed).fit(X_tr, y_tr[t])
         p = m.predict_proba(X_va)[:, 1]
@@ -641,7 +660,7 @@ def _fit_response(ev, P, seed, fb_train, fb_final, progress):
     if len(set(y_tr)) < 2 or len(set(y_va)) < 2:
         progress("response: a campaign without both responders and non-responders: skipped")
         return None
-    progress(f"response: fitting on {len(X_tr):,} treated contacts of {', '.join(first)}, "
+    progress(f"response: fitting on {_rows(len(X_tr), P)} treated contacts of {', '.join(first)}, "
              f"validating on {len(X_va):,} of {last[0]}")
     m = _model(P, seed).fit(X_tr, y_tr)
     p = m.predict_proba(X_va)[:, 1]

@@ -91,22 +91,26 @@ class Segmenter:
         for silhouettes, random seed.
     max_fit_rows : larger inputs are fitted on a random sample of this many rows (every row is
         then assigned by the kernel): millions of customers fit in seconds.
+    select_rows : choosing k (a fit, silhouette and ``bootstraps`` refits per candidate) and
+        :meth:`stability` use a random sample of at most this many rows (``select_rows_``): 66 k-means
+        fits on 200,000 rows took 912 s, on 20,000 a tenth of it, and the bootstrap spread is what is read.
 
     Attributes
     ----------
     features_, log_cols_, fill_, centre_, scale_ : preparation learned in ``fit``.
     k_, centers_, weights_, bias_ : the chosen model in standardised space (segments ordered by size).
     selection_ : per candidate k, the criterion and stability (with k auto).
+    select_rows_ : rows the choice of k was made on (with k auto).
     labels_ : segment of each training row.
     """
 
     def __init__(self, k="auto", method: str = "kmeans", k_range=(3, 8), criterion: str = "silhouette",
                  min_stability: float = 0.95, n_init: int = 10, bootstraps: int = 10, sample: int = 5000,
-                 max_fit_rows: int = 200_000, seed: int = 0):
+                 max_fit_rows: int = 200_000, select_rows: int = 20_000, seed: int = 0):
         self.k, self.method, self.k_range, self.criterion = k, method, k_range, criterion
         self.min_stability, self.n_init, self.bootstraps, self.sample, self.seed = (
             min_stability, n_init, bootstraps, sample, seed)
-        self.max_fit_rows = max_fit_rows
+        self.max_fit_rows, self.select_rows = max_fit_rows, select_rows
 
     # -- preparation
     def _validate(self, X: pd.DataFrame, fitting: bool) -> np.ndarray:
@@ -164,8 +168,9 @@ class Segmenter:
         d = ((Z[:, None, :] - centers[None]) ** 2 * weights[None]).sum(axis=2) + bias[None]
         return d.argmin(axis=1)
 
-    def _sample(self, n: int, rng) -> np.ndarray:
-        return np.sort(rng.choice(n, self.sample, replace=False)) if n > self.sample else np.arange(n)
+    def _sample(self, n: int, rng, size: int | None = None) -> np.ndarray:
+        size = self.sample if size is None else size
+        return np.sort(rng.choice(n, size, replace=False)) if n > size else np.arange(n)
 
     def _candidate(self, Z: np.ndarray, k: int, rng) -> dict:
         from sklearn.metrics import silhouette_score
@@ -206,7 +211,9 @@ class Segmenter:
         self._learn_preparation(A)
         Z = self._prepare(A)
         if self.k == "auto":
-            sel = pd.DataFrame([self._candidate(Z, k, rng) for k in ks]).set_index("k")
+            Zs = Z[self._sample(len(Z), rng, self.select_rows)]
+            self.select_rows_ = len(Zs)
+            sel = pd.DataFrame([self._candidate(Zs, k, rng) for k in ks]).set_index("k")
             score = sel["silhouette"] if self.criterion == "silhouette" else -sel["bic"]
             ok = sel["stability_ari"] >= self.min_stability if self.min_stability and self.bootstraps else score.notna()
             sel["eligible"] = ok
@@ -241,13 +248,13 @@ class Segmenter:
 
     def stability(self, X: pd.DataFrame, seeds: int = 5) -> pd.DataFrame:
         """Adjusted Rand index of the fitted labelling against refits with other seeds and on
-        bootstrap samples (each refit assigns every row); 1 = identical partitions."""
+        bootstrap samples (each refit assigns every row), on at most ``select_rows`` rows; 1 = identical
+        partitions."""
         from sklearn.metrics import adjusted_rand_score
 
         self._check_fitted()
         rng = np.random.default_rng(self.seed + 1)
-        if len(X) > self.max_fit_rows:
-            X = X.iloc[np.sort(rng.choice(len(X), self.max_fit_rows, replace=False))]
+        X = X.iloc[self._sample(len(X), rng, min(self.max_fit_rows, self.select_rows))]
         Z = self.transform(X)
         ref = self._assign(Z, self.centers_, self.weights_, self.bias_)
         rows = []

@@ -183,3 +183,18 @@ def test_permutation_importance_on_a_stated_sample(telco):
     assert np.allclose(part["importance"].to_numpy(), pd.Series(want.importances_mean, index=Xo.columns)
                        .reindex(part.index).to_numpy())
     assert full.index[0] == part.index[0]                       # the leading driver is the same
+
+
+def test_large_training_sets_are_fitted_on_a_stratified_sample(telco):
+    """#15: max_fit_rows caps the rows a model is fitted on (stratified, seeded); all rows are scored."""
+    X, y = telco
+    m = PropensityModel(kind="logistic", calibration="sigmoid", cv=3, random_state=2, max_fit_rows=2000).fit(X, y)
+    assert m.fit_rows_ == 2000
+    assert abs(m.base_rate_ - y.mean()) < 0.002                # stratified: the sample keeps the churn rate
+    assert m.predict_proba(X).shape == (len(X), 2)
+    full = PropensityModel(kind="logistic", calibration="sigmoid", cv=3, random_state=2).fit(X, y)
+    assert full.fit_rows_ == len(X)
+    auc = lambda model: propensity.evaluate(y, model.predict_proba(X)[:, 1])["roc_auc"]   # noqa: E731
+    assert auc(m) > auc(full) - 0.02                            # a fifth of the rows, about the same ranking
+    again = PropensityModel(kind="logistic", calibration="sigmoid", cv=3, random_state=2, max_fit_rows=2000).fit(X, y)
+    assert np.array_equal(again.predict_proba(X), m.predict_proba(X))

@@ -122,3 +122,16 @@ def test_large_inputs_are_fitted_on_a_sample_and_all_rows_assigned():
     assert len(seg.labels_) == 3000
     assert adjusted_rand_score(truth, seg.labels_) > 0.95
     assert (seg.stability(X, seeds=1)["mean"] > 0.9).all()
+
+
+def test_k_is_chosen_on_a_stated_sample():
+    """select_rows: the choice of k and the stability check run on a sample; the fit sees every row."""
+    from sklearn.metrics import adjusted_rand_score
+
+    X, truth = _blobs(n=3000, seed=6)
+    seg = segments.Segmenter(k_range=(2, 5), bootstraps=2, select_rows=600, seed=1).fit(X)
+    assert seg.select_rows_ == 600 and seg.k_ == 4 and len(seg.labels_) == 3000
+    assert adjusted_rand_score(truth, seg.labels_) > 0.95
+    assert (seg.stability(X, seeds=1)["mean"] > 0.9).all()
+    full = segments.Segmenter(k_range=(2, 5), bootstraps=2, select_rows=10_000, seed=1).fit(X)
+    assert full.select_rows_ == 3000 and full.k_ == seg.k_
