@@ -45,6 +45,7 @@ def install() -> None:
     sh(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     sh(PY, "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]")
     sh(BIN / "crmlab", "kernelspec")
+    sh(BIN / "crmlab", "warm")          # compile the kernels once, into the user cache (survives reinstalls)
     stamp.write_text(want)
     print(f"installed in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -55,6 +56,7 @@ def main() -> None:
     cmd, rest = sys.argv[1], sys.argv[2:]
     install()
     if cmd == "run":
+        sh(BIN / "crmlab", "warm", "--quiet")          # a no-op when the cache is warm for this code
         sh(BIN / "crmlab", "run", *(rest or ["--params", "params/default.yaml"]))
     elif cmd == "test":
         sh(PY, "-m", "pytest", *(rest or ["-q"]))
