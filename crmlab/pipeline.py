@@ -222,7 +222,10 @@ def render_html(notebook: Path, out: Path, no_input: bool = False) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
     exporter = HTMLExporter(template_name="lab")
+    exporter.register_preprocessor(CoalesceStreamsPreprocessor, enabled=True)   # a progress bar: its last line
     if no_input:
         exporter.exclude_input = True
         exporter.exclude_input_prompt = True
@@ -321,14 +324,18 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def _running_cell(notebook: Path) -> str | None:
-    """'cell 7 of 15' for the cell papermill marks running in the output notebook (saved at each cell start)."""
+    """'cell 7 of 15' for the cell papermill marks running in the output notebook (saved at each cell
+    start and every 30 s), with the latest progress line that cell wrote (``crmlab.progress``)."""
     try:
         cells = [c for c in json.loads(notebook.read_text())["cells"] if c.get("cell_type") == "code"]
     except (OSError, ValueError, KeyError):
         return None
     for i, c in enumerate(cells, start=1):
         if c.get("metadata", {}).get("papermill", {}).get("status") == "running":
-            return f"cell {i} of {len(cells)}"
+            text = "".join("".join(o.get("text", "")) for o in c.get("outputs", [])   # str, or list of lines on disk
+                           if o.get("output_type") == "stream")
+            last = next((ln.strip() for ln in reversed(text.replace("\r", "\n").splitlines()) if ln.strip()), "")
+            return f"cell {i} of {len(cells)}" + (f" [{last[:100]}]" if last else "")
     return None
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 from .errors import CrmlabError
 from .features import _slug
 from .kernels import scoring
+from .progress import bar
 
 MISSING = "(missing)"
 KINDS = ("logistic", "hgb")
@@ -621,7 +622,7 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "Feat
     X_fin = fb_final.transform(ev, cut["valid"])
     targets = (["attrition"] if P["attrition"] else []) + [c for c in y_tr.columns if c.startswith("buy_")]
     out = {}
-    for t in targets:
+    for t in bar(targets, "propensity models", unit="target"):
         progress(f"{t}: fitting on {_rows(len(X_tr), P)} customers at {cut['train']:%Y-%m-%d}, "
                  f"validating on {len(X_va):,} at {cut['valid']:%Y-%m-%d}")
         m = _model(P, seed).fit(X_tr, y_tr[t])

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .errors import CrmlabError
 from .kernels.segments import nearest_center
+from .progress import bar
 
 BANDS = ("low", "medium", "high")
 
@@ -213,7 +214,7 @@ class Segmenter:
         if self.k == "auto":
             Zs = Z[self._sample(len(Z), rng, self.select_rows)]
             self.select_rows_ = len(Zs)
-            sel = pd.DataFrame([self._candidate(Zs, k, rng) for k in ks]).set_index("k")
+            sel = pd.DataFrame([self._candidate(Zs, k, rng) for k in bar(ks, "choosing k", unit="k")]).set_index("k")
             score = sel["silhouette"] if self.criterion == "silhouette" else -sel["bic"]
             ok = sel["stability_ari"] >= self.min_stability if self.min_stability and self.bootstraps else score.notna()
             sel["eligible"] = ok
@@ -258,7 +259,7 @@ class Segmenter:
         Z = self.transform(X)
         ref = self._assign(Z, self.centers_, self.weights_, self.bias_)
         rows = []
-        for s in range(seeds):
+        for s in bar(range(seeds), "stability: refits with other seeds", unit="fit"):
             c, w, b, _ = self._fit_k(Z, self.k_, self.seed + 1000 + s)
             rows.append(("seed", adjusted_rand_score(ref, self._assign(Z, c, w, b))))
         rows += [("bootstrap", a) for a in self._bootstrap_aris(Z, ref, self.k_, rng, max(self.bootstraps, 1))]

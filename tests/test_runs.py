@@ -147,3 +147,31 @@ def test_run_killed_from_outside_is_marked_aborted(tmp_path):
     out = subprocess.run([sys.executable, "-m", "crmlab", "runs", "--params", str(CI), "--set", f"runs_dir={r}"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "aborted" in out.stdout
+
+
+def test_progress_bars_in_kernels_heartbeat_and_reports(tmp_path):
+    """crmlab.progress draws in a notebook kernel (silent under pytest); the heartbeat repeats the
+    running cell's latest bar; the HTML report keeps only the bar's final line."""
+    import papermill as pm
+
+    from crmlab import progress
+
+    assert progress.bar(range(3)).disable                        # nobody watches a test
+    _notebook(tmp_path / "nb", "bars", "from crmlab.progress import bar\nfor _ in bar(range(4), 'fitting', unit='fit'):\n"
+              "    pass")
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(tmp_path / "nb" / "bars.ipynb"), str(out), kernel_name="crmlab", progress_bar=False,
+                        parameters={"params_file": str(CI)})
+    nb = json.loads(out.read_text())
+    text = "".join("".join(o.get("text", "")) for o in nb["cells"][-1]["outputs"])
+    assert "fitting: 100%" in text and "4/4" in text
+    html = pipeline.render_html(out, tmp_path / "out.html").read_text()
+    assert html.count("fitting:") == 1 and "4/4" in html
+
+    nb["cells"][-1]["metadata"]["papermill"] = {"status": "running"}
+    nb["cells"][-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["fitting 4 models\n"]},
+                                  {"output_type": "stream", "name": "stderr", "text": "\rfitting:  25%| 1/4"},
+                                  {"output_type": "stream", "name": "stderr", "text": ["\rfitting:  50%| 2/4"]}]
+    out.write_text(json.dumps(nb))
+    n_code = sum(c["cell_type"] == "code" for c in nb["cells"])
+    assert pipeline._running_cell(out) == f"cell {n_code} of {n_code} [fitting:  50%| 2/4]"
