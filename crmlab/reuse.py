@@ -15,6 +15,10 @@ and kernels sources and the library versions):
 An artifact's digest is the fingerprint of the stage that wrote it in this run, so a change
 propagates to every stage that read it, and only to those. A stage that published (wrote
 ``published.json``) is never reused: publishing is a side effect, not a result to copy.
+
+Not covered: 10_identity also reads the previous run's key map (``identity.previous_key_map:
+auto``) for stable keys. A copied 10_identity keeps the keys of the run it came from, which is
+what rerunning it on unchanged inputs gives, since keys carry over.
 """
 from __future__ import annotations
 
