@@ -198,3 +198,18 @@ def test_large_training_sets_are_fitted_on_a_stratified_sample(telco):
     assert auc(m) > auc(full) - 0.02                            # a fifth of the rows, about the same ranking
     again = PropensityModel(kind="logistic", calibration="sigmoid", cv=3, random_state=2, max_fit_rows=2000).fit(X, y)
     assert np.array_equal(again.predict_proba(X), m.predict_proba(X))
+
+
+@pytest.mark.parametrize("kind,calibration", [("logistic", "isotonic"), ("hgb", "sigmoid")])
+def test_fast_permutation_importance_equals_sklearn(telco, kind, calibration):
+    """The importance computed on the prepared matrix gives scikit-learn's numbers (same shuffles)."""
+    from sklearn.inspection import permutation_importance
+
+    X, y = telco
+    X, y = X.iloc[:1500], y[:1500]
+    m = PropensityModel(kind=kind, calibration=calibration, cv=3, max_iter=30, random_state=4).fit(X, y)
+    got = m.permutation_importance(X, y, n_repeats=2, max_rows=None)
+    Xo = propensity._as_object(X[m.numeric_ + m.categorical_], m.categorical_)
+    want = permutation_importance(m.model_, Xo, y, n_repeats=2, scoring="roc_auc", random_state=4)
+    want = pd.DataFrame({"importance": want.importances_mean, "sd": want.importances_std}, index=Xo.columns)
+    pd.testing.assert_frame_equal(got.sort_index(), want.sort_index(), atol=1e-12, rtol=0, check_exact=False)
