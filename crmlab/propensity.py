@@ -354,9 +354,16 @@ class PropensityModel:
 
 
 def _auc(y, p) -> float:
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC as the Mann-Whitney statistic with average ranks for ties (= scikit-learn's
+    ``roc_auc_score``, without its per-call input checks, which cost 60% of an importance pass)."""
+    from scipy.stats import rankdata
 
-    return float(roc_auc_score(y, p))
+    pos = np.asarray(y) == 1
+    n1 = int(pos.sum())
+    n0 = len(pos) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    return float((rankdata(p)[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def _average_precision(y, p) -> float:

@@ -213,3 +213,12 @@ def test_fast_permutation_importance_equals_sklearn(telco, kind, calibration):
     want = permutation_importance(m.model_, Xo, y, n_repeats=2, scoring="roc_auc", random_state=4)
     want = pd.DataFrame({"importance": want.importances_mean, "sd": want.importances_std}, index=Xo.columns)
     pd.testing.assert_frame_equal(got.sort_index(), want.sort_index(), atol=1e-12, rtol=0, check_exact=False)
+
+
+def test_fast_auc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 3000)
+    for p in (rng.random(3000), np.round(rng.random(3000), 1), np.zeros(3000)):     # ties, all tied
+        assert abs(propensity._auc(y, p) - roc_auc_score(y, p)) < 1e-12
