@@ -315,3 +315,74 @@ def nearest_center_ref(X, fill, log_cols, centre, scale, centers, weights=None, 
         labels[i] = int(np.argmin(ds))
         dist[i] = min(ds)
     return labels, dist
+
+
+# --- customer features: FeatureBuilder.transform written as one pandas groupby per feature
+def _features_imports():
+    import pandas as pd
+
+    from crmlab.features import DAY, _slug
+    return pd, DAY, _slug
+
+
+def features_ref(self, ev, cutoff):
+    """FeatureBuilder.transform as plain pandas groupbys (the first-wave implementation)."""
+    pd, DAY, _slug = _features_imports()
+    cutoff = pd.Timestamp(cutoff)
+    o = ev.orders[ev.orders["order_date"] < cutoff]
+    g = o.groupby("customer_key", sort=True)
+    first, last, n = g["order_date"].min(), g["order_date"].max(), g.size()
+    f = pd.DataFrame(index=n.index)
+    f["recency_days"] = (cutoff - last) / DAY
+    f["tenure_days"] = (cutoff - first) / DAY
+    f["orders"] = n.astype("float64")
+    f["spend"] = g["value"].sum()
+    f["order_value"] = f["spend"] / f["orders"]
+    span = (last - first) / DAY
+    f["interpurchase_days"] = (span / (n - 1)).where(n > 1).clip(lower=1.0)
+    f["overdue"] = f["recency_days"] / f["interpurchase_days"]
+    for w in self.windows:
+        recent = o["order_date"] >= cutoff - w * DAY
+        before = ~recent & (o["order_date"] >= cutoff - 2 * w * DAY)
+        f[f"orders_{w}d"] = recent.groupby(o["customer_key"]).sum().reindex(f.index, fill_value=0).astype("float64")
+        prev = before.groupby(o["customer_key"]).sum().reindex(f.index, fill_value=0)
+        f[f"trend_{w}d"] = f[f"orders_{w}d"] - prev
+        f[f"spend_{w}d"] = o["value"].where(recent, 0.0).groupby(o["customer_key"]).sum().reindex(f.index)
+    ch = pd.crosstab(o["customer_key"], pd.Categorical(o["channel"], categories=self.channels_),
+                     normalize="index", dropna=False)
+    for c in self.channels_:
+        f[f"share_channel_{_slug(c)}"] = ch[c].reindex(f.index, fill_value=0.0) if c in ch else 0.0
+    ln = ev.lines[ev.lines["order_date"] < cutoff]
+    dcat = pd.Categorical(ln["department"], categories=self.departments_)
+    dv = ln["value"].groupby([ln["customer_key"].to_numpy(), dcat], observed=False).sum().unstack(fill_value=0.0)
+    dv = dv.reindex(index=f.index, columns=self.departments_, fill_value=0.0)
+    tot = dv.sum(axis=1).replace(0.0, np.nan)
+    for d in self.departments_:
+        f[f"share_dept_{_slug(d)}"] = (dv[d] / tot).fillna(0.0)
+    if ev.contacts is not None:
+        _contact_features_ref(self, f, ev.contacts, cutoff)
+    prof = ev.profile.reindex(f.index)
+    f["age"] = ((cutoff - prof["dob"]) / DAY / 365.25).where(prof["dob"] < cutoff)
+    for col in ("n_systems", "email_opt_in", "mail_opt_in", "sms_opt_in", "has_email", "has_phone"):
+        f[col] = prof[col].astype("float64") if col in prof else np.nan
+    first_ch = o.sort_values(["order_date", "order_id"]).drop_duplicates("customer_key").set_index("customer_key")
+    f["first_channel"] = first_ch["channel"].reindex(f.index).astype(object)
+    f["top_department"] = dv.idxmax(axis=1).where(dv.max(axis=1) > 0).astype(object) if len(dv.columns) else None
+    f.index.name = "customer_key"
+    return f
+
+def _contact_features_ref(self, f, contacts, cutoff):
+    pd, DAY, _slug = _features_imports()
+    c = contacts[contacts["contact_date"] < cutoff]
+    key = c["customer_key"]
+    answered = c["responded"] & (c["response_date"] < cutoff).fillna(False)
+    f["contacts"] = c.groupby(key).size().reindex(f.index, fill_value=0).astype("float64")
+    f["responses"] = answered.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
+    f["response_rate"] = (f["responses"] / f["contacts"]).where(f["contacts"] > 0)
+    recent = c["contact_date"] >= cutoff - 365 * DAY
+    f["contacts_365d"] = recent.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
+    for m in self.media_:
+        hit = c["medium"] == m
+        f[f"contacts_{_slug(m)}"] = hit.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
+    last = c.groupby(key)["contact_date"].max().reindex(f.index)
+    f["days_since_contact"] = (cutoff - last) / DAY

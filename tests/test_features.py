@@ -44,6 +44,21 @@ def test_features_use_nothing_from_after_the_cutoff(events):
     assert (clean.index.isin(events.orders.loc[events.orders["order_date"] < cutoff, "customer_key"])).all()
 
 
+@pytest.mark.parametrize("days_back", [0, 200, 700])
+def test_features_equal_the_groupby_reference(events, days_back):
+    """The bincount features equal one pandas groupby per feature (tests/naive.py), also with a
+    value missing, a department and channel never seen in training and NaN keys in the lines."""
+    from naive import features_ref
+
+    cutoff = events.last_date + pd.Timedelta(days=1) - pd.Timedelta(days=days_back)
+    fb = FeatureBuilder().fit(events, events.last_date - pd.Timedelta(days=400))
+    ev = CustomerEvents(events.orders.copy(), events.lines.copy(), events.contacts, events.profile)
+    ev.orders.loc[ev.orders.index[:40], "value"] = np.nan
+    ev.lines.loc[ev.lines.index[:30], "department"] = "Brand new"
+    ev.lines.loc[ev.lines.index[30:60], "value"] = np.nan
+    pd.testing.assert_frame_equal(fb.transform(ev, cutoff), features_ref(fb, ev, cutoff), rtol=1e-12, atol=1e-9)
+
+
 def test_labels_read_only_the_window(events):
     cutoff = events.last_date - pd.Timedelta(days=200)
     X = FeatureBuilder().fit(events, cutoff).transform(events, cutoff)
