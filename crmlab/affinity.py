@@ -391,20 +391,34 @@ def evaluate_recommendations(recs: pd.DataFrame, bought_before: pd.DataFrame, bo
     """Hit rate@k, precision@k and recall@k on items customers bought for the first time after the cutoff.
 
     ``bought_before`` / ``bought_after``: long frames (customer, item). Evaluated customers: those
-    with a recommendation list who bought at least one new item after the cutoff.
+    with a recommendation list who bought at least one new item after the cutoff. Customer and
+    item pairs are coded as integers once, so membership tests are sorted-array lookups (the
+    set-of-tuples version took most of 20_affinity's 167 s evaluation cell at 200,000 customers).
     """
-    before = set(zip(bought_before["customer"], bought_before["item"]))
-    new = bought_after[[(c, i) not in before for c, i in zip(bought_after["customer"], bought_after["item"])]]
-    new = new.drop_duplicates(["customer", "item"])
-    targets = new.groupby("customer")["item"].agg(set)
-    targets = targets[targets.index.isin(recs["customer"].unique())]
+    cust = pd.Index(pd.unique(pd.concat([recs["customer"], bought_before["customer"], bought_after["customer"]],
+                                        ignore_index=True)))
+    item = pd.Index(pd.unique(pd.concat([recs["item"], bought_before["item"], bought_after["item"]],
+                                        ignore_index=True)))
+    n_items = max(len(item), 1)
+
+    def pairs(df):
+        return cust.get_indexer(df["customer"]).astype(np.int64) * n_items + item.get_indexer(df["item"])
+
+    new = np.unique(pairs(bought_after))
+    new = new[~np.isin(new, pairs(bought_before))]                  # first purchases after the cutoff
+    have_recs = np.unique(cust.get_indexer(recs["customer"]))
     r = recs[recs["rank"] <= k]
-    r = r[r["customer"].isin(targets.index)]
-    hits = r[[i in targets[c] for c, i in zip(r["customer"], r["item"])]].groupby("customer").size()
-    hits = hits.reindex(targets.index, fill_value=0)
-    n_new = targets.map(len)
-    return {"customers": int(len(targets)), f"hit_rate@{k}": float((hits > 0).mean()),
-            f"precision@{k}": float((hits / k).mean()), f"recall@{k}": float((hits / n_new).mean())}
+    new = new[np.isin(new // n_items, have_recs)]
+    n_new = np.bincount(new // n_items, minlength=len(cust))
+    targets = n_new > 0
+    rp = pairs(r)
+    hit = np.isin(rp, new)
+    hits = np.bincount(rp[hit] // n_items, minlength=len(cust))[targets]
+    n_new = n_new[targets]
+    n = int(targets.sum())
+    mean = (lambda v: float(v.mean())) if n else (lambda v: float("nan"))
+    return {"customers": n, f"hit_rate@{k}": mean(hits > 0), f"precision@{k}": mean(hits / k),
+            f"recall@{k}": mean(hits / np.maximum(n_new, 1))}
 
 
 # ----------------------------------------------------------------------------- pipeline helpers

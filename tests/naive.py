@@ -386,3 +386,22 @@ def _contact_features_ref(self, f, contacts, cutoff):
         f[f"contacts_{_slug(m)}"] = hit.groupby(key).sum().reindex(f.index, fill_value=0).astype("float64")
     last = c.groupby(key)["contact_date"].max().reindex(f.index)
     f["days_since_contact"] = (cutoff - last) / DAY
+
+
+# --- recommendation evaluation: sets of (customer, item) tuples
+def evaluate_recommendations_ref(recs, bought_before, bought_after, k: int) -> dict:
+    before = set(zip(bought_before["customer"], bought_before["item"]))
+    new = {}
+    for c, i in zip(bought_after["customer"], bought_after["item"]):
+        if (c, i) not in before:
+            new.setdefault(c, set()).add(i)
+    listed = set(recs["customer"])
+    targets = {c: items for c, items in new.items() if c in listed}
+    hits = dict.fromkeys(targets, 0)
+    for c, i, rank in zip(recs["customer"], recs["item"], recs["rank"]):
+        if rank <= k and c in targets and i in targets[c]:
+            hits[c] += 1
+    h = np.array([hits[c] for c in targets], float)
+    n = np.array([len(targets[c]) for c in targets], float)
+    return {"customers": len(targets), f"hit_rate@{k}": float((h > 0).mean()), f"precision@{k}": float((h / k).mean()),
+            f"recall@{k}": float((h / n).mean())}

@@ -197,3 +197,20 @@ def test_mining_work_split_covers_every_first_item_once_and_balances():
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(157))
     loads = [est[p].sum() for p in parts]
     assert abs(loads[0] - loads[1]) <= est.max()                # greedy largest-first bound
+
+
+def test_recommendation_evaluation_equals_the_set_reference():
+    """Integer-coded evaluation = the sets-of-tuples reference: repeats, items bought before, customers
+    without recommendations or without new items, ranks past k."""
+    rng = np.random.default_rng(3)
+    cust = [f"K{i}" for i in range(300)]
+    items = [f"P{i}" for i in range(60)]
+    frame = lambda n: pd.DataFrame({"customer": rng.choice(cust, n), "item": rng.choice(items, n)})   # noqa: E731
+    before, after = frame(3000), frame(900)
+    recs = frame(2500).assign(rank=rng.integers(1, 15, 2500))
+    recs = recs[recs["customer"] != "K7"]                       # K7 has no list
+    for k in (1, 5, 10):
+        got = affinity.evaluate_recommendations(recs, before, after, k)
+        want = naive.evaluate_recommendations_ref(recs, before, after, k)
+        assert got["customers"] == want["customers"] > 0
+        assert all(abs(got[m] - want[m]) < 1e-12 for m in want), (got, want)
