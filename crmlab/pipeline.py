@@ -203,7 +203,10 @@ def _lean_imports() -> None:
         sys.modules.setdefault("rfc3987_syntax", None)
 
 
-def _kernel_manager_class():
+def _kernel_manager_class(log: Path | None = None):
+    """Kernel manager for stage kernels; ``log``: where the kernel process's own stderr goes (its
+    start-up and shutdown chatter, e.g. "KeyboardInterrupt caught in kernel"), not the operator's console.
+    What a cell prints still goes into the notebook."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import Unicode
 
@@ -211,6 +214,13 @@ def _kernel_manager_class():
         """Local kernels over IPC sockets: no TCP ports, no 'running without encryption' warning."""
 
         transport = Unicode("ipc" if os.name != "nt" else "tcp")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if log is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(log, "ab") as fh:             # the started process keeps its own copy
+                kw["stderr"] = fh
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return IPCKernelManager
 
@@ -610,7 +620,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         from papermill.exceptions import PapermillExecutionError
 
         ensure_kernelspec()
-        km_class = _kernel_manager_class()
+        km_class = _kernel_manager_class(run_dir / "kernels.log")
         show_bar = not quiet and sys.stderr.isatty()
         for i, nb in enumerate(notebooks, start=2):
             name = nb.stem
