@@ -107,6 +107,14 @@ def _binary_target(y, where: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _one_blas_thread():
+    """BLAS at one thread: the model's matrices (tens of columns) are too small for BLAS threads, which
+    made fitting 1.7x slower on 2 cores (six calibrated logistic fits on 79,000 rows: 23.7 s, 14.0 s with one)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
 # ----------------------------------------------------------------------------- the estimator
 
 class PropensityModel:
@@ -223,13 +231,14 @@ class PropensityModel:
         self.fit_rows_ = len(X)
         Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
         pipe = self._pipeline()
-        if self.calibration == "none":
-            self.model_ = pipe.fit(Xo, y)
-            self.pipeline_ = self.model_
-        else:
-            folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
-            self.model_ = CalibratedClassifierCV(pipe, method=self.calibration, cv=folds, ensemble=False).fit(Xo, y)
-            self.pipeline_ = self.model_.calibrated_classifiers_[0].estimator
+        with _one_blas_thread():
+            if self.calibration == "none":
+                self.model_ = pipe.fit(Xo, y)
+                self.pipeline_ = self.model_
+            else:
+                folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
+                self.model_ = CalibratedClassifierCV(pipe, method=self.calibration, cv=folds, ensemble=False).fit(Xo, y)
+                self.pipeline_ = self.model_.calibrated_classifiers_[0].estimator
         self.base_rate_ = float(y.mean())
         return self
 
@@ -292,7 +301,8 @@ class PropensityModel:
             X, y = X.iloc[rows], y[rows]
         Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
         if scoring in _METRICS:
-            mean, sd = self._permuted_scores(Xo, y, n_repeats, _METRICS[scoring])
+            with _one_blas_thread():
+                mean, sd = self._permuted_scores(Xo, y, n_repeats, _METRICS[scoring])
         else:                                   # any other scikit-learn scorer: its own (slower) loop
             from sklearn.inspection import permutation_importance
 
