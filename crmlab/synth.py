@@ -738,7 +738,8 @@ def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
     return top.set_index("customer_key")["customer_id"]
 
 
-def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int) -> pd.Series | None:
+def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int,
+                               src=None) -> pd.Series | None:
     """P(no order in ``[cutoff, cutoff + horizon)``) under the true process, per customer_key.
 
     Uses each true customer's own purchase rate and dropout probability and their purchases before
@@ -755,7 +756,7 @@ def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon
     if ct is None or owner is None:
         return None
     cutoff = pd.Timestamp(cutoff)
-    tx = true_customer_transactions(world_dir)
+    tx = true_customer_transactions(world_dir, src)
     tx = tx[tx["order_date"] < cutoff]
     g = tx.groupby("customer_key")["order_date"]
     first, last, n = g.min(), g.max(), g.size()

@@ -141,8 +141,11 @@ def transactions(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
     return o[cols]
 
 
-def true_customer_transactions(world_dir) -> pd.DataFrame:
-    """Transactions of a synthetic world keyed by the true customer (for checks against planted truth)."""
+def true_customer_transactions(world_dir, src=None) -> pd.DataFrame:
+    """Transactions of a synthetic world keyed by the true customer (for checks against planted truth).
+
+    ``src``: the run's validated :class:`~crmlab.sources.Sources` of that world (else read and
+    validated again from ``world_dir``, which costs as much as the run's own loading step)."""
     from pathlib import Path
 
     from .sources import load
@@ -151,7 +154,7 @@ def true_customer_transactions(world_dir) -> pd.DataFrame:
     truth = next(p for p in (world_dir / "truth" / "record_truth.parquet", world_dir / "truth" / "record_truth.csv")
                  if p.exists())
     rt = pd.read_parquet(truth) if truth.suffix == ".parquet" else pd.read_csv(truth, dtype={"source_id": str})
-    return transactions(load(world_dir), rt.rename(columns={"customer_id": "customer_key"}))
+    return transactions(src if src is not None else load(world_dir), rt.rename(columns={"customer_id": "customer_key"}))
 
 
 def _rfm_arrays(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

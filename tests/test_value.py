@@ -91,6 +91,8 @@ def test_recovers_planted_truth_of_the_synthetic_world():
     sample = ROOT / "data" / "sample"
     meta = json.loads((sample / "truth" / "truth.json").read_text())
     tx = value.true_customer_transactions(sample)
+    from crmlab.sources import load
+    pd.testing.assert_frame_equal(value.true_customer_transactions(sample, load(sample)), tx)   # the run's sources reused
     rfm = value.rfm_summary(tx, observation_end=meta["spec"]["end"])
     bg = value.BetaGeo().fit(rfm)
     for k in ("r", "alpha", "a", "b"):
