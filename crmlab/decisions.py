@@ -59,7 +59,11 @@ def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutof
     s = score.where(allowed, -1.0).to_numpy() + 1e-9 * (len(order) - np.arange(len(order)))   # ties: listed order
     best = np.asarray(order, dtype=object)[s.argmax(axis=1)]
     out = pd.DataFrame({"preferred_medium": np.where(allowed.any(axis=1), best, None)}, index=profile.index)
-    out["allowed_media"] = allowed.apply(lambda r: ",".join(r.index[r.to_numpy()]), axis=1) if len(allowed) else ""
+    # the comma-joined allowed media per row, from a bit code per row (a row-wise apply took 16 s at 100k)
+    bits = allowed.to_numpy(bool) @ (1 << np.arange(len(order)))
+    names = np.array([",".join(m for j, m in enumerate(order) if code >> j & 1) for code in range(1 << len(order))],
+                     dtype=object)
+    out["allowed_media"] = names[bits] if len(allowed) else ""
     return out
 
 

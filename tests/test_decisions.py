@@ -90,3 +90,15 @@ def test_do_not_contact_file(tmp_path):
     p.write_text("system,id\nweb,W1\n")
     with pytest.raises(CrmlabError, match="dnc.csv.*source_system and source_id"):
         decisions.read_do_not_contact(p, km)
+
+
+def test_allowed_media_lists_each_customers_consented_media():
+    """allowed_media (built from a bit code per row) equals joining each row's allowed media in order."""
+    _, profile, _, contacts = _world()
+    rng = np.random.default_rng(1)
+    for col in profile:
+        profile[col] = rng.integers(0, 2, len(profile)).astype(float)
+    out = decisions.preferred_medium(profile, contacts, CUT)
+    want = [",".join(m for m, (opt, reach) in decisions.MEDIUM_CONSENT.items()
+                     if row[opt] and (reach is None or row[reach])) for _, row in profile.iterrows()]
+    assert out["allowed_media"].tolist() == want and "" in want and "email,mail,sms" in want
