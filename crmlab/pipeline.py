@@ -380,6 +380,16 @@ class StageMonitor(threading.Thread):
         return None if self.peak_mb is None else round(self.peak_mb, 1)
 
 
+def _own_peak_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (the loading step runs here, not in a kernel)."""
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None
+
+
 def _git_commit() -> dict | None:
     """The commit of the crmlab checkout this runs from (and whether it has local changes), if any."""
     import subprocess
@@ -607,7 +617,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                        else counts[name]}
                 for name, path in src.origin.items()}
             stage.update(status="ok", seconds=round(time.time() - t0, 2), finished_at=_now(),
-                         artifacts={f"sources/{k}": counts[k] for k in written})
+                         artifacts={f"sources/{k}": counts[k] for k in written}, peak_rss_mb=_own_peak_mb())
             plan.record(stage, None if inputs is None else reuse.reads_record(params, ["data"], [], {}, inputs=inputs),
                         _outputs(run_dir / "artifacts", t0))
             say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))

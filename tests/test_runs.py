@@ -92,6 +92,7 @@ def test_manifest_says_where_when_and_how_much(threads_run):
     assert nb["peak_rss_mb"] and 30 < nb["peak_rss_mb"] < 4000          # the kernel's own peak, sampled
     assert "published version" in (threads_run / "index.html").read_text()
     assert (threads_run / "kernels.log").exists()        # the kernels' own stderr, kept off the console
+    assert m["stages"][0]["name"] == "load_sources" and m["stages"][0]["peak_rss_mb"] > 30   # the loading process
 
 
 def test_ci_and_default_publish_to_separate_targets():
