@@ -24,10 +24,22 @@ def cache_dir() -> Path:
     return Path(base) / "crmlab" / "numba"
 
 
-def configure() -> Path:
-    """Point Numba at :func:`cache_dir` (before the kernels load; also when numba is already imported)."""
+def configure() -> Path | None:
+    """Point Numba at :func:`cache_dir` (before the kernels load; also when numba is already imported).
+
+    A folder that cannot be written (a read-only home) is left alone: Numba then keeps its default
+    (``__pycache__`` next to the kernel sources). Returns the folder in use, or None for Numba's default.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
     folder = cache_dir()
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            return None
+    except OSError:
+        return None
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)
     if "numba" in sys.modules:
         from numba.core import config as numba_config
 
@@ -73,8 +85,11 @@ def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
         pipeline.run(params, [f"data.dir={data}", f"runs_dir={Path(tmp) / 'runs'}", "run_name=warm",
                               "report.html=false", "engine.reuse=false"], quiet=True)
     seconds = time.perf_counter() - t0
-    _stamp().parent.mkdir(parents=True, exist_ok=True)
-    _stamp().write_text(json.dumps({"code": code_digest(), "seconds": round(seconds, 1),
-                                    "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    try:
+        _stamp().parent.mkdir(parents=True, exist_ok=True)
+        _stamp().write_text(json.dumps({"code": code_digest(), "seconds": round(seconds, 1),
+                                        "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except OSError as exc:                         # the kernels are compiled all the same
+        say(f"could not record the warm cache in {_stamp()}: {exc}")
     say(f"warm in {seconds:.0f} s")
     return seconds

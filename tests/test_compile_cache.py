@@ -18,6 +18,13 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert compile_cache.cache_dir() == tmp_path / "mine"
 
 
+def test_unwritable_cache_folder_leaves_numba_its_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file" / "below"))      # cannot be created
+    assert compile_cache.configure() is None and "NUMBA_CACHE_DIR" not in os.environ
+
+
 def test_kernels_compile_into_the_user_cache_and_load_from_it(tmp_path):
     """A fresh process compiles a kernel into the cache folder; a second one loads it without compiling."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
