@@ -48,18 +48,24 @@ def configure() -> Path | None:
     return folder
 
 
+def _root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
 def _stamp() -> Path:
     return cache_dir() / "warm.json"
 
 
 def is_warm() -> bool:
-    """Whether :func:`warm` ran for this exact code (crmlab and kernel sources, library versions)."""
+    """Whether :func:`warm` ran for this exact code (crmlab and kernel sources, library versions) in this checkout."""
     from .reuse import code_digest
 
     try:
-        return json.loads(_stamp().read_text()).get("code") == code_digest()
+        stamp = json.loads(_stamp().read_text())
     except (OSError, ValueError):
         return False
+    # Numba keys its cache on each kernel's source path: another checkout of the same code compiles anew
+    return stamp.get("code") == code_digest() and stamp.get("root") == str(_root())
 
 
 def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
@@ -73,7 +79,7 @@ def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
     if not force and is_warm():
         say(f"Numba cache already warm for this code: {cache_dir()}")
         return None
-    root = Path(__file__).resolve().parent.parent
+    root = _root()
     params = root / "params" / "ci.yaml"
     if not params.is_file() or not (root / "notebooks").is_dir():
         raise CrmlabError(f"crmlab warm needs the source checkout (params/ci.yaml and notebooks/ under {root})")
@@ -87,7 +93,7 @@ def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
     seconds = time.perf_counter() - t0
     try:
         _stamp().parent.mkdir(parents=True, exist_ok=True)
-        _stamp().write_text(json.dumps({"code": code_digest(), "seconds": round(seconds, 1),
+        _stamp().write_text(json.dumps({"code": code_digest(), "root": str(root), "seconds": round(seconds, 1),
                                         "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     except OSError as exc:                         # the kernels are compiled all the same
         say(f"could not record the warm cache in {_stamp()}: {exc}")

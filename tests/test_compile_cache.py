@@ -49,7 +49,9 @@ def test_warm_is_once_per_code(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     assert not compile_cache.is_warm()
-    (tmp_path / "warm.json").write_text(json.dumps({"code": reuse.code_digest()}))
+    (tmp_path / "warm.json").write_text(json.dumps({"code": reuse.code_digest(), "root": "/another/checkout"}))
+    assert not compile_cache.is_warm()                          # Numba's cache is per source path
+    (tmp_path / "warm.json").write_text(json.dumps({"code": reuse.code_digest(), "root": str(compile_cache._root())}))
     assert compile_cache.is_warm()
     assert compile_cache.warm(say=lambda m: None) is None          # nothing to do
     monkeypatch.setattr(reuse, "_CODE", "changed")
