@@ -600,7 +600,7 @@ def cross_validate(X: pd.DataFrame, y, folds: int = 5, random_state: int = 0, **
     for k, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=random_state).split(X, y)):
         m = PropensityModel(random_state=random_state, **model).fit(X.iloc[tr], y[tr])
         rows.append({"fold": k + 1, **evaluate(y[te], m.predict_proba(X.iloc[te])[:, 1])})
-    out = pd.DataFrame(rows).set_index("fold")
+    out = pd.DataFrame(rows).set_index("fold").astype(float)      # the mean row is fractional (n too)
     out.loc["mean"] = out.mean()
     return out
 

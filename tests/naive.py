@@ -348,12 +348,13 @@ def features_ref(self, ev, cutoff):
         prev = before.groupby(o["customer_key"]).sum().reindex(f.index, fill_value=0)
         f[f"trend_{w}d"] = f[f"orders_{w}d"] - prev
         f[f"spend_{w}d"] = o["value"].where(recent, 0.0).groupby(o["customer_key"]).sum().reindex(f.index)
-    ch = pd.crosstab(o["customer_key"], pd.Categorical(o["channel"], categories=self.channels_),
+    ch = pd.crosstab(o["customer_key"], pd.Categorical(o["channel"].where(o["channel"].isin(self.channels_)),
+                                                       categories=self.channels_),
                      normalize="index", dropna=False)
     for c in self.channels_:
         f[f"share_channel_{_slug(c)}"] = ch[c].reindex(f.index, fill_value=0.0) if c in ch else 0.0
     ln = ev.lines[ev.lines["order_date"] < cutoff]
-    dcat = pd.Categorical(ln["department"], categories=self.departments_)
+    dcat = pd.Categorical(ln["department"].where(ln["department"].isin(self.departments_)), categories=self.departments_)
     dv = ln["value"].groupby([ln["customer_key"].to_numpy(), dcat], observed=False).sum().unstack(fill_value=0.0)
     dv = dv.reindex(index=f.index, columns=self.departments_, fill_value=0.0)
     tot = dv.sum(axis=1).replace(0.0, np.nan)
