@@ -206,7 +206,7 @@ class _Counter:
         flat = np.bincount(self.codes[keep] * width + cat[keep], weights=w, minlength=self.k * width)
         return flat.astype(np.float64).reshape(self.k, width)
 
-    def extreme(self, dates: np.ndarray, ufunc, index=None) -> pd.Series:
+    def extreme(self, dates: np.ndarray, ufunc, index: pd.Index) -> pd.Series:
         """Per group, the earliest (``np.minimum``) or latest (``np.maximum``) date; NaT for none."""
         ints = dates.view("i8")[self.ok]
         fill = np.iinfo(np.int64).max if ufunc is np.minimum else np.iinfo(np.int64).min

@@ -247,14 +247,12 @@ def render_html(notebook: Path, out: Path, no_input: bool = False) -> Path:
     return out
 
 
-def _artifact_rows(folder: Path, since: float) -> dict[str, int]:
+def _artifact_rows(folder: Path, outputs: list[str]) -> dict[str, int]:
+    """Row counts of the Parquet files among a stage's ``outputs`` (paths relative to ``folder``)."""
     import pyarrow.parquet as pq
 
-    rows = {}
-    for p in sorted(folder.rglob("*.parquet")):
-        if p.stat().st_mtime >= since:
-            rows[str(p.relative_to(folder).with_suffix(""))] = pq.ParquetFile(p).metadata.num_rows
-    return rows
+    return {str(Path(rel).with_suffix("")): pq.ParquetFile(folder / rel).metadata.num_rows
+            for rel in outputs if rel.endswith(".parquet")}
 
 
 def _versions() -> dict[str, str]:
@@ -479,7 +477,7 @@ class _Reuse:
                        "what it read was not recorded (inputs from a database, or a run of an older crmlab)")
                 raise ConfigError(f"--from: stage {name} of run {folder.name} cannot be copied: {why}; "
                                   f"resume from {name}")
-            new = reuse.record_for(self.params, name, old, self.fps, notebook, inputs)
+            new = reuse.record_for(self.params, old, self.fps, notebook, inputs)
             if reuse.fingerprints(new, self.code)[1] != old["basis"]:
                 raise ConfigError(f"--from: cannot resume from run {folder.name}: for stage {name}, "
                                   + "; ".join(reuse.differences(old["reads"], new) or ["its reads differ"])
@@ -599,7 +597,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             else:
                 if why:
                     say(f"      not reused: {'; '.join(why)}")
-                src = load_params(params)
+                src = load_params(params, inputs)           # the files are hashed once
         except RunAborted:
             raise
         except (SourcesInvalid, CrmlabError) as exc:
@@ -674,7 +672,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 stage["peak_rss_mb"] = monitor.stop()
             stage["seconds"] = round(time.time() - t0, 2)
             stage["finished_at"] = _now()
-            stage["artifacts"] = _artifact_rows(run_dir / "artifacts", t0)
+            outputs = _outputs(run_dir / "artifacts", t0)
+            stage["artifacts"] = _artifact_rows(run_dir / "artifacts", outputs)
             published = run_dir / "artifacts" / "published.json"
             if published.exists() and published.stat().st_mtime >= t0:
                 manifest["published"] = json.loads(published.read_text())
@@ -689,7 +688,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             log = reuse.read_log(run_dir, name)
             reads = None if log is None else reuse.reads_record(
                 params, log["params"], log["artifacts"], plan.fps, notebook=reuse.notebook_digest(nb))
-            plan.record(stage, reads, _outputs(run_dir / "artifacts", t0))
+            plan.record(stage, reads, outputs)
             stage["status"] = "ok"
             say(f"      ok in {stage['seconds']:.1f} s"
                 + (f", kernel peak {stage['peak_rss_mb']:,.0f} MB" if stage.get("peak_rss_mb") else ""))

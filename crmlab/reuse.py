@@ -193,9 +193,9 @@ def reusable(stage: dict) -> bool:
             and not any(Path(rel).name in SIDE_EFFECTS for rel in stage.get("outputs", [])))
 
 
-def record_for(params: dict, name: str, old: dict, artifact_fps: dict[str, str], notebook: Path | None,
+def record_for(params: dict, old: dict, artifact_fps: dict[str, str], notebook: Path | None,
                inputs: dict | None) -> dict:
-    """This run's reads record for stage ``name``, over the reads that ``old`` (an earlier run's) recorded."""
+    """This run's reads record for a stage, over the reads that ``old`` (its earlier run's record) made."""
     extra = {}
     if notebook is not None:
         extra["notebook"] = notebook_digest(notebook)
@@ -218,7 +218,7 @@ def find(candidates, name: str, params: dict, artifact_fps: dict[str, str], note
         old = stage_of(m, name)
         if old is None or not reusable(old):
             continue
-        new = record_for(params, name, old, artifact_fps, notebook, inputs)
+        new = record_for(params, old, artifact_fps, notebook, inputs)
         fp, _ = fingerprints(new, code)
         if fp == old["fingerprint"] and outputs_exist(folder, old):
             return (folder, m, old), None

@@ -207,8 +207,7 @@ class Segmenter:
         if min(ks) < 2 or len(A) < 10 * max(ks):
             raise CrmlabError(f"need k >= 2 and at least 10 customers per segment: {len(A):,} rows for k up to {max(ks)}")
         rng = np.random.default_rng(self.seed)
-        if len(A) > self.max_fit_rows:
-            A = A[np.sort(rng.choice(len(A), self.max_fit_rows, replace=False))]
+        A = A[self._sample(len(A), rng, self.max_fit_rows)]
         self._learn_preparation(A)
         Z = self._prepare(A)
         if self.k == "auto":

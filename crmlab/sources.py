@@ -457,16 +457,20 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
 
 
 def load(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
-         systems: list[str] | None = None, as_of=None) -> Sources:
-    """Read, validate and standardise all input tables (see module docstring)."""
+         systems: list[str] | None = None, as_of=None, fingerprints: dict[str, str] | None = None) -> Sources:
+    """Read, validate and standardise all input tables (see module docstring).
+
+    ``fingerprints``: the files' :func:`fingerprint` by table name when the caller has them already
+    (a run hashes its inputs before loading, to look for a reusable load); else computed here."""
     raw, origin = read_raw(folder, url, schema, systems)
     src = validate(raw, origin, str(url or folder), as_of)
     if folder and not url:
-        src.fingerprints = {k: fingerprint(v) for k, v in origin.items()}
+        known = fingerprints or {}
+        src.fingerprints = {k: known[k] if k in known else fingerprint(v) for k, v in origin.items()}
     return src
 
 
-def load_params(params: dict) -> Sources:
+def load_params(params: dict, fingerprints: dict[str, str] | None = None) -> Sources:
     """:func:`load` with the ``data`` section of a parameter dict."""
     d = params["data"]
-    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None, d["as_of"])
+    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None, d["as_of"], fingerprints)
