@@ -14,11 +14,13 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .events import customer_keys
 from .kernels import baskets as K
 from .kernels import recommend as R
 
@@ -117,8 +119,6 @@ class Baskets:
 
 def read_groceries(path) -> Baskets:
     """The Groceries data set (one basket per line, items comma-separated) as Baskets."""
-    from pathlib import Path
-
     lines = Path(path).read_text().splitlines()
     return Baskets.from_lists([[i.strip() for i in line.split(",") if i.strip()] for line in lines])
 
@@ -425,11 +425,9 @@ def evaluate_recommendations(recs: pd.DataFrame, bought_before: pd.DataFrame, bo
 
 def keyed_lines(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
     """Order lines with ``customer_key`` and ``order_date`` (record keys without a key map, as in value)."""
-    from .value import transactions
-
-    orders = src["orders"].assign(_row=np.arange(len(src["orders"])))
-    keys = transactions(src, key_map)["customer_key"].to_numpy()
-    o = pd.DataFrame({"order_id": orders["order_id"].to_numpy(), "customer_key": keys,
+    orders = src["orders"]
+    o = pd.DataFrame({"order_id": orders["order_id"].to_numpy(),
+                      "customer_key": customer_keys(orders, key_map, "orders"),
                       "order_date": orders["order_date"].to_numpy()})
     return src["order_lines"].merge(o, on="order_id", how="left")
 

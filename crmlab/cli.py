@@ -121,10 +121,10 @@ def _cmd_runs(a) -> int:
 
 
 def _cmd_warm(a) -> int:
-    from . import compile_cache
+    from . import warm
 
     say = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    compile_cache.warm(customers=a.customers, force=a.force, say=say)
+    warm.warm(customers=a.customers, force=a.force, say=say)
     return 0
 
 

@@ -8,10 +8,13 @@ rules stay the same, and recorded per customer so measurement can compare agains
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, CrmlabError
+from .features import _slug
 
 DAY = pd.Timedelta(days=1)
 
@@ -76,8 +79,6 @@ def next_best_offer(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.D
     ``bought``: customer_key, product_id pairs never to offer again; ``exclude``: product ids
     never offered (guarded). Sensitive products (``products.sensitive``) are always excluded.
     """
-    from .features import _slug
-
     for col in ("customer_key", "product_id", "score"):
         if col not in recs:
             raise CrmlabError(f"next_best_offer: recommendations need column '{col}'")
@@ -196,8 +197,6 @@ def summary(decided: pd.DataFrame) -> pd.DataFrame:
 
 def read_do_not_contact(path, key_map: pd.DataFrame | None) -> set:
     """Customer keys on a do-not-contact file (CSV or Parquet with source_system, source_id)."""
-    from pathlib import Path
-
     p = Path(path)
     try:
         df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str)

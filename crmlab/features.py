@@ -1,83 +1,24 @@
 """Customer features at a cut-off date, strictly from what happened before it, and labels after it.
 
-``CustomerEvents.from_sources`` gathers orders, order lines, contacts (with their attributed
-responses) and a profile per recognised customer. ``FeatureBuilder`` learns its vocabularies
+Both read a run's :class:`~crmlab.events.CustomerEvents`. ``FeatureBuilder`` learns its vocabularies
 (channels, departments, media) from rows before the training cut-off, so a table built at any
 later cut-off has the same columns. ``labels`` reads the window after a cut-off.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .events import CustomerEvents
 
 DAY = pd.Timedelta(days=1)
 
 
 def _slug(s) -> str:
     return re.sub(r"[^0-9a-z]+", "_", str(s).lower()).strip("_")
-
-
-@dataclass
-class CustomerEvents:
-    """Everything known about each customer, dated: the input to features and labels.
-
-    ``orders``: order_id, customer_key, order_date, value, channel, ref_code; ``lines``: order_id,
-    customer_key, order_date, department, value; ``contacts``: one row per contact with its
-    response (see :func:`crmlab.measure.attribute_responses`), or None; ``profile``: per
-    customer_key, undated attributes (dob, opt-ins, number of source systems).
-    """
-
-    orders: pd.DataFrame
-    lines: pd.DataFrame
-    contacts: pd.DataFrame | None
-    profile: pd.DataFrame
-
-    @classmethod
-    def from_sources(cls, src, key_map: pd.DataFrame | None = None) -> "CustomerEvents":
-        from . import measure
-        from .value import order_values, transactions
-
-        o = order_values(src["orders"], src["order_lines"])
-        o = o.assign(customer_key=transactions(src, key_map)["customer_key"].to_numpy())
-        orders = o[["order_id", "customer_key", "order_date", "value", "channel", "ref_code"]]
-        dept = src["products"].set_index("product_id")["department"]
-        ln = src["order_lines"]
-        lines = pd.DataFrame({"order_id": ln["order_id"].to_numpy(),
-                              "department": ln["product_id"].map(dept).to_numpy(),
-                              "value": (ln["quantity"] * ln["unit_price"]).to_numpy()})
-        lines = lines.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
-        contacts = None
-        if "contacts" in src.tables and "campaigns" in src.tables:
-            contacts = measure.attribute_responses(measure.keyed_contacts(src, key_map), orders)
-        return cls(orders, lines, contacts, _profile(src.customers, key_map))
-
-    @property
-    def last_date(self) -> pd.Timestamp:
-        """The last order date: scores made "now" use the day after it as cut-off."""
-        return self.orders["order_date"].max()
-
-
-def _profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFrame:
-    c = customers.astype({"source_id": "string"})
-    if key_map is None:
-        key = c["source_system"].astype("string") + ":" + c["source_id"]
-    else:
-        km = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"})
-        key = c[["source_system", "source_id"]].merge(km, on=["source_system", "source_id"], how="left")["customer_key"]
-    c = c.assign(customer_key=key.to_numpy())
-    g = c.groupby("customer_key", sort=False)
-    prof = pd.DataFrame({"dob": g["dob"].min(), "n_systems": g["source_system"].nunique()})
-    for col in ("email_opt_in", "mail_opt_in", "sms_opt_in"):
-        if col in c:
-            prof[col] = g[col].max().astype("float64")
-    prof["has_email"] = g["email"].count().gt(0).astype("float64") if "email" in c else np.nan
-    prof["has_phone"] = g["phone"].count().gt(0).astype("float64") if "phone" in c else np.nan
-    return prof
 
 
 class FeatureBuilder:

@@ -13,10 +13,13 @@ stay stable across runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import runs
+from . import standardise as std
 from .errors import CrmlabError, mask_value, masked
 from .kernels import graph
 from .kernels import strings as S
@@ -379,6 +382,8 @@ class RecordMatcher:
     # -- fitting
     def fit(self, records: pd.DataFrame, y=None) -> "RecordMatcher":
         """Estimate u from random pairs, then m and the prior by EM on the candidate pairs."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)                    # a refit learns everything anew
         df, arenas, comps = self._prepare(records)
         rng = np.random.default_rng(self.seed)
         n_levels = [len(c.labels()) for c in comps]
@@ -538,8 +543,7 @@ class RecordMatcher:
         """
         pairs = self.score_pairs(records)
         labels = self.cluster(len(records), pairs)
-        self.pairs_ = pairs
-        return key_map(records, labels, pairs, previous, self.threshold, self.source_col)
+        return key_map(records, labels, pairs, previous, self.source_col)
 
     def fit_predict(self, records: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
         return self.fit(records).predict(records, previous)
@@ -577,7 +581,7 @@ class RecordMatcher:
         bridge = pd.Series(codes).groupby(labels[:n_old]).nunique()
         self.bridges_ = int((bridge > 1).sum())
         scores = PairScores(left, right, levels, weight, prob)
-        return key_map(allrec, labels, scores, km, self.threshold, self.source_col)
+        return key_map(allrec, labels, scores, km, self.source_col)
 
 
 def _patterns(L: np.ndarray, n_levels) -> tuple[np.ndarray, np.ndarray]:
@@ -657,8 +661,8 @@ def _loglik(patterns: np.ndarray, probs: list) -> np.ndarray:
     return out
 
 
-def key_map(records: pd.DataFrame, labels: np.ndarray, pairs: PairScores, previous: pd.DataFrame | None,
-            threshold: float, source_col: str = "source_system") -> pd.DataFrame:
+def key_map(records: pd.DataFrame, labels: np.ndarray, pairs: PairScores, previous: pd.DataFrame | None = None,
+            source_col: str = "source_system") -> pd.DataFrame:
     """Key map rows with confidence: linked records get their strongest accepted link's probability,
     single records 1 - their strongest candidate's probability."""
     n = len(records)
@@ -728,10 +732,6 @@ FEBRL_TRAINING = [("dob_str",), ("last_name_std", "postcode"), ("first_name_std"
 def read_febrl4(folder) -> tuple[pd.DataFrame, np.ndarray]:
     """FEBRL 4 (two files of 5,000) as one record table with ``source_system`` 'A'/'B', standardised,
     without ``soc_sec_id``; returns (records, true entity per record)."""
-    from pathlib import Path
-
-    from . import standardise as std
-
     parts = []
     for name, system in (("dataset4a.csv", "A"), ("dataset4b.csv", "B")):
         d = pd.read_csv(Path(folder) / name, skipinitialspace=True, dtype=str, keep_default_na=False, na_values=[""])
@@ -840,6 +840,15 @@ def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n:
     return masked(pd.DataFrame(rows))
 
 
+def blocking_report(matcher: RecordMatcher, records: pd.DataFrame, truth: np.ndarray | None = None) -> pd.DataFrame:
+    """Per blocking rule and for their union: candidate pairs, reduction ratio, skipped blocks (from
+    the fit); with ``truth`` (planted customer per record) also pairs completeness, which blocks again."""
+    matcher._check_fitted()
+    if truth is None:
+        return matcher.blocking_
+    return matcher.candidate_pairs(add_keys(records.reset_index(drop=True)), truth)[2]
+
+
 def cluster_sizes(key_map_: pd.DataFrame) -> pd.Series:
     return key_map_.groupby("customer_key").size().value_counts().sort_index().rename("customers")
 
@@ -847,8 +856,6 @@ def cluster_sizes(key_map_: pd.DataFrame) -> pd.Series:
 def find_previous_key_map(params: dict, exclude=None):
     """The key map of the latest successful run with the same ``run_name`` and publish target (for
     stable keys), or None: a CI or test run never lends its keys to a production run."""
-    from . import runs
-
     folder = runs.latest_ok(params["runs_dir"], run_name=params["run_name"], target=runs.publish_target(params),
                             exclude=exclude, need="customer_key_map")
     return None if folder is None else folder / "artifacts" / "customer_key_map.parquet"

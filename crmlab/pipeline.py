@@ -25,18 +25,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from . import config, reuse, runs, threads
+from . import config, events, reuse, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
-from .sources import Sources, SourcesInvalid, load_params
+from .sources import Sources, SourcesInvalid, fingerprint, input_files, load_params
 
-PACKAGES = ("crmlab", "numpy", "pandas", "numba", "scikit-learn", "mlxtend", "pyarrow", "papermill",
-            "nbconvert", "ipykernel", "sqlalchemy", "matplotlib")
 KERNEL_NAME = "crmlab"
 
 
@@ -45,6 +42,7 @@ KERNEL_NAME = "crmlab"
 #: The stage that writes each artifact a later stage reads (a test checks this against the notebooks).
 ARTIFACT_STAGES = {
     "customer_key_map": "10_identity",
+    **{name: "10_identity" for name in events.ARTIFACTS},
     "affinity_rules": "20_affinity", "customer_recommendations": "20_affinity",
     "customer_value": "30_value",
     "customer_propensity": "40_propensity",
@@ -141,6 +139,25 @@ class StageContext:
             return None
         return self.read_artifact(name)
 
+    def events(self) -> events.CustomerEvents:
+        """The run's keyed events (:mod:`crmlab.events`): written by 10_identity with its key map; when
+        matching is not among the stages, built from record keys by the first stage that asks, once."""
+        if "10_identity" not in self.params["stages"] and not self.artifact_path("events_orders").exists():
+            ev = events.CustomerEvents.from_sources(self.sources(), None)
+            self.write_events(ev)
+            return ev
+
+        def table(name):
+            if name == "events_contacts" and not self.artifact_path(name).exists():
+                return None                         # the inputs have no contacts (10_identity wrote none)
+            return self.read_artifact(name)
+        return events.CustomerEvents.from_artifacts(table)
+
+    def write_events(self, ev: events.CustomerEvents) -> None:
+        """Write the run's events, one artifact per table (see :data:`crmlab.events.ARTIFACTS`)."""
+        for name, df in ev.artifacts().items():
+            self.write_artifact(name, df)
+
     def sources(self) -> Sources:
         """The validated inputs of this run (interactively: the basis run's while the input files are
         unchanged, else loaded and validated here)."""
@@ -163,8 +180,6 @@ class StageContext:
 
 def _unchanged(src: Sources) -> bool:
     """True when every input file a cached Sources was read from still has the same fingerprint."""
-    from .sources import fingerprint
-
     if not src.fingerprints:
         return False
     try:
@@ -253,16 +268,6 @@ def _artifact_rows(folder: Path, outputs: list[str]) -> dict[str, int]:
 
     return {str(Path(rel).with_suffix("")): pq.ParquetFile(folder / rel).metadata.num_rows
             for rel in outputs if rel.endswith(".parquet")}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -517,8 +522,6 @@ class _Reuse:
 
 def _input_digests(params: dict) -> dict | None:
     """sha256 of each input file (None for inputs read from a database: those are never reused)."""
-    from .sources import fingerprint, input_files
-
     if params["data"]["url"]:
         return None
     return {name: fingerprint(p) for name, p in input_files(params["data"]["dir"]).items()}
@@ -550,7 +553,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     config.dump(stored, run_dir / "params.yaml")
     manifest = {"run_id": run_id, "status": "running", "params_file": params["params_file"],
                 "params": stored, "started_at": _now(),
-                "packages": _versions(), "git": _git_commit(),
+                "packages": reuse.library_versions(), "git": _git_commit(),
                 "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": threads.available_cores()},
                 "process": {"host": socket.gethostname(), "pid": os.getpid()},
                 "threads": threads.resolve(params["engine"]["threads"]),

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
-from .features import _slug
+from .features import FeatureBuilder, _slug, labels
 from .kernels import scoring
 from .progress import bar
 
@@ -680,8 +680,6 @@ def purchase_departments(ev, P: dict, before) -> list[str]:
 
 
 def _training_builder(ev, cut: dict):
-    from .features import FeatureBuilder
-
     return FeatureBuilder().fit(ev, cut["train"])
 
 
@@ -695,8 +693,6 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "Feat
     and evaluated on the latest campaign. Returns (results by target, the scoring feature builder,
     cut-offs).
     """
-    from .features import FeatureBuilder, labels
-
     cut = cutoffs(ev.last_date, P["horizon_days"])
     depts = purchase_departments(ev, P, cut["valid"])
     fb_train = _training_builder(ev, cut)
@@ -780,8 +776,6 @@ def save_models(models: dict, builder, folder) -> Path:
 
 def load_models(folder):
     """(models by target, feature builder) saved by :func:`save_models`."""
-    from .features import FeatureBuilder
-
     folder = Path(folder)
     spec = folder / "features.json"
     if not spec.is_file():
@@ -796,8 +790,6 @@ def load_models(folder):
 
 def refit_as(result: TargetResult, ev, cut: dict, P: dict, kind: str, seed: int = 0) -> PropensityModel:
     """The holdout model of ``result`` fitted again as another model ``kind`` (same features and labels)."""
-    from .features import labels
-
     if result.name == "response":
         raise CrmlabError("refit_as covers customer-level targets (attrition, buy_*), not campaign response")
     X_tr = _training_builder(ev, cut).transform(ev, cut["train"])

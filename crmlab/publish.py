@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import mask_url
 from .errors import CrmlabError
 
 SCHEMA_VERSION = 1
@@ -212,8 +213,6 @@ def engine(url: str, create: bool = True):
 
 
 def _safe(url: str) -> str:
-    from .config import mask_url
-
     return mask_url(url)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PERSONAL_FIELDS, mask_value, masked
+from .events import order_values
 from .sources import Sources
 
 PERSON_FIELDS = ("first_name", "last_name", "dob", "email", "phone", "address", "postcode")
@@ -103,8 +104,6 @@ def date_ranges(src: Sources) -> pd.DataFrame:
 
 def order_facts(src: Sources) -> pd.DataFrame:
     """Order-level facts: value, lines, units, channel, date (one row per order)."""
-    from .value import order_values
-
     lines = src["order_lines"]
     agg = lines.groupby("order_id").agg(lines=("line_no", "size"), units=("quantity", "sum"))
     return order_values(src["orders"], lines).join(agg, on="order_id")

@@ -25,8 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
+from importlib import metadata
 from pathlib import Path
+
+from . import kernels
 
 #: Parameter sections that never change a stage's results (where things go, how fast, whether to reuse).
 IGNORED = frozenset({"runs_dir", "notebooks_dir", "stages", "engine", "params_file"})
@@ -42,18 +46,31 @@ def digest(obj) -> str:
 
 _CODE: str | None = None
 
+#: Libraries whose versions a run records and whose change invalidates reuse.
+PACKAGES = ("crmlab", "numpy", "pandas", "numba", "scikit-learn", "mlxtend", "pyarrow", "papermill",
+            "nbconvert", "ipykernel", "sqlalchemy", "matplotlib")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python's and each of :data:`PACKAGES`' installed version (None when not installed)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
 
 def code_digest() -> str:
     """Digest of every crmlab and kernels source file and of the library versions (computed once)."""
     global _CODE
     if _CODE is None:
-        from . import kernels, pipeline
-
         h = hashlib.sha256()
         for pkg in (Path(__file__).parent, Path(kernels.__file__).parent):
             for p in sorted(pkg.rglob("*.py")):
                 h.update(str(p.relative_to(pkg.parent)).encode() + b"\0" + p.read_bytes())
-        h.update(json.dumps(pipeline._versions(), sort_keys=True).encode())
+        h.update(json.dumps(library_versions(), sort_keys=True).encode())
         _CODE = h.hexdigest()[:16]
     return _CODE
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .publish import default_url
+
 #: Folders under runs_dir that are not runs.
 NOT_RUNS = ("published", "interactive")
 
@@ -73,8 +75,6 @@ def manifests(runs_dir: str | Path, exclude: Path | None = None):
 
 def publish_target(params: dict) -> str:
     """Where a run's parameters publish (the URL, or the default SQLite file in publish.dir), for matching runs."""
-    from .publish import default_url
-
     pub = params.get("publish", {})
     return pub.get("url") or default_url(pub.get("dir") or "")
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import _world_data as W
+from .value import true_customer_transactions
 
 SYSTEMS = ("store", "web", "callcentre")
 CHANNELS = ("store", "web", "phone")          # the channel each system records orders for
@@ -726,6 +727,16 @@ def _read_truth(world_dir: Path, name: str) -> pd.DataFrame | None:
     return None
 
 
+def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
+    """The planted customer of each of ``records`` (source_system, source_id), in row order; None
+    when ``world_dir`` has no truth files (real data)."""
+    rt = _read_truth(Path(world_dir), "record_truth")
+    if rt is None:
+        return None
+    keys = records[["source_system", "source_id"]].astype({"source_id": "string"})
+    return keys.merge(rt.astype({"source_id": "string"}), on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
+
+
 def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
     """customer_key -> the true customer most of its source records belong to (None without truth)."""
     rt = _read_truth(Path(world_dir), "record_truth")
@@ -748,8 +759,6 @@ def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon
     P(attrition) = 1 - P(alive) (1 - e^(-lambda h)). The best any model of the history can do
     (campaign-driven orders aside). None when the world has no truth files.
     """
-    from .value import true_customer_transactions
-
     world_dir = Path(world_dir)
     ct = _read_truth(world_dir, "customer_truth")
     owner = true_customer_of(world_dir, key_map)

@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
 from .errors import CrmlabError
+from .events import customer_keys, order_values
 from .kernels import btyd
 from .kernels.grouping import grid_codes
+from .sources import load
 
 DAYS_PER_MONTH = 365.25 / 12
+
+
+def _reset(estimator) -> None:
+    """Forget every learned attribute (name ending in ``_``), so that a refit equals a fresh fit."""
+    for name in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("__")]:
+        delattr(estimator, name)
 
 
 class ConvergenceError(CrmlabError):
@@ -114,29 +123,15 @@ def read_cdnow(path) -> pd.DataFrame:
     return df[["customer_key", "order_date", "quantity", "value"]]
 
 
-def order_values(orders: pd.DataFrame, order_lines: pd.DataFrame) -> pd.DataFrame:
-    """Orders with their ``value`` (sum of quantity x unit price over the lines)."""
-    v = (order_lines["quantity"] * order_lines["unit_price"]).groupby(order_lines["order_id"]).sum()
-    return orders.assign(value=orders["order_id"].map(v).fillna(0.0).to_numpy())
-
-
 def transactions(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per order keyed by customer: ``customer_key``, ``order_date``, ``value``, ``channel``.
 
     ``key_map`` (source_system, source_id -> customer_key) comes from record matching; without it
-    every source record counts as its own customer (key ``<system>:<source id>``).
+    every source record counts as its own customer (key ``<system>:<source id>``). A run reads the
+    same table from its events (:meth:`crmlab.events.CustomerEvents.transactions`).
     """
     o = order_values(src["orders"], src["order_lines"])
-    if key_map is None:
-        key = o["source_system"].astype("string") + ":" + o["source_id"].astype("string")
-        o = o.assign(customer_key=key.to_numpy())
-    else:
-        km = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"})
-        o = o.astype({"source_id": "string"}).merge(km, on=["source_system", "source_id"], how="left")
-        missing = o["customer_key"].isna()
-        if missing.any():
-            raise CrmlabError(f"{int(missing.sum()):,} orders reference source records missing from the "
-                              f"customer key map, e.g. {o.loc[missing, ['source_system', 'source_id']].head(3).to_dict('records')}")
+    o = o.assign(customer_key=customer_keys(o, key_map, "orders"))
     cols = ["customer_key", "order_date", "value"] + (["channel"] if "channel" in o else [])
     return o[cols]
 
@@ -146,10 +141,6 @@ def true_customer_transactions(world_dir, src=None) -> pd.DataFrame:
 
     ``src``: the run's validated :class:`~crmlab.sources.Sources` of that world (else read and
     validated again from ``world_dir``, which costs as much as the run's own loading step)."""
-    from pathlib import Path
-
-    from .sources import load
-
     world_dir = Path(world_dir)
     truth = next(p for p in (world_dir / "truth" / "record_truth.parquet", world_dir / "truth" / "record_truth.csv")
                  if p.exists())
@@ -350,7 +341,7 @@ class BetaGeo:
         self.max_iter = max_iter
 
     # -- design
-    def _design(self, X) -> np.ndarray:
+    def _design(self, X, fitting: bool = False) -> np.ndarray:
         if not self.covariates:
             return np.zeros((len(X), 0))
         if not isinstance(X, pd.DataFrame):
@@ -359,7 +350,7 @@ class BetaGeo:
         if missing:
             raise CrmlabError(f"covariate column(s) {missing} not in the RFM table")
         Z = pd.get_dummies(X[self.covariates], drop_first=False, dtype=float)
-        if hasattr(self, "design_columns_"):
+        if not fitting:
             Z = Z.reindex(columns=self.design_columns_, fill_value=0.0)
         else:
             drop = []
@@ -384,7 +375,8 @@ class BetaGeo:
         x, tx, T = _rfm_arrays(X)
         if np.sum(x > 0) == 0:
             raise CrmlabError("no customer made a repeat purchase: BG/NBD cannot estimate dropout")
-        Z = self._design(X)
+        _reset(self)                                         # a refit learns everything anew
+        Z = self._design(X, fitting=True)
         k = Z.shape[1]
         if k == 0:                                           # tabled fast path
             idx = RFMIndex.build(x, tx, T)
@@ -525,6 +517,7 @@ class ParetoNBD(BetaGeo):
         x, tx, T = _rfm_arrays(X)
         if np.sum(x > 0) == 0:
             raise CrmlabError("no customer made a repeat purchase: Pareto/NBD cannot estimate dropout")
+        _reset(self)
         (ux, utx, uT), w, _ = _patterns(x, tx, T)
         N = w.sum()
 
@@ -607,6 +600,7 @@ class GammaGamma:
 
     def fit(self, X, y=None):
         x, m = self._arrays(X)
+        _reset(self)
         keep = (x > 0) & (m > 0)
         if keep.sum() < 3:
             raise CrmlabError(f"Gamma-Gamma needs repeat customers with positive spend; found {int(keep.sum())}")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crmlab import compile_cache
+from crmlab import compile_cache, warm
 
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
@@ -48,11 +48,11 @@ def test_warm_is_once_per_code(monkeypatch, tmp_path):
     from crmlab import reuse
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    assert not compile_cache.is_warm()
+    assert not warm.is_warm()
     (tmp_path / "warm.json").write_text(json.dumps({"code": reuse.code_digest(), "root": "/another/checkout"}))
-    assert not compile_cache.is_warm()                          # Numba's cache is per source path
-    (tmp_path / "warm.json").write_text(json.dumps({"code": reuse.code_digest(), "root": str(compile_cache._root())}))
-    assert compile_cache.is_warm()
-    assert compile_cache.warm(say=lambda m: None) is None          # nothing to do
+    assert not warm.is_warm()                          # Numba's cache is per source path
+    (tmp_path / "warm.json").write_text(json.dumps({"code": reuse.code_digest(), "root": str(warm._root())}))
+    assert warm.is_warm()
+    assert warm.warm(say=lambda m: None) is None          # nothing to do
     monkeypatch.setattr(reuse, "_CODE", "changed")
-    assert not compile_cache.is_warm()
+    assert not warm.is_warm()

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from crmlab.errors import CrmlabError
-from crmlab.features import CustomerEvents, FeatureBuilder, labels
+from crmlab.events import CustomerEvents
+from crmlab.features import FeatureBuilder, labels
 from crmlab.measure import attribute_responses
 from crmlab.sources import load
 

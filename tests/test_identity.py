@@ -59,10 +59,25 @@ def test_febrl4_unsupervised_without_ssn(febrl):
     stats = m.candidate_pairs(identity.add_keys(records), truth)[2]
     assert stats.iloc[-1]["pairs_completeness"] >= 0.998 and stats.iloc[-1]["reduction_ratio"] > 0.9997
     # explanation: the waterfall adds up to the pair's match weight
-    p = m.pairs_
+    p = m.score_pairs(records)
     k = int(np.argmax(p.weight))
     ex = m.explain(records, p, k)
     assert ex["cumulative"].iloc[-1] == pytest.approx(p.weight[k])
+
+
+def test_refit_on_other_records_equals_a_fresh_fit(febrl):
+    """#16: fit forgets the previous fit (m, u, blocking statistics, term frequencies); predict learns nothing."""
+    records, _ = febrl
+    part = records.iloc[::2]
+    refit, fresh = identity.febrl_matcher().fit(records).fit(part), identity.febrl_matcher().fit(part)
+    learned = lambda m: {k for k in vars(m) if k.endswith("_")}          # noqa: E731
+    assert learned(refit) == learned(fresh)
+    for a, b in zip(refit.m_ + refit.u_, fresh.m_ + fresh.u_):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert refit.lambda_ == pytest.approx(fresh.lambda_, rel=1e-12) and refit.tf_ == fresh.tf_
+    before = learned(fresh)
+    fresh.predict(part)
+    assert learned(fresh) - before <= {"n_oversized_"}      # the clustering's own count, reported by cluster()
 
 
 @pytest.fixture(scope="module")

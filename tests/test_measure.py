@@ -7,7 +7,7 @@ import pytest
 
 from crmlab import measure
 from crmlab.errors import CrmlabError
-from crmlab.features import CustomerEvents
+from crmlab.events import CustomerEvents
 from crmlab.sources import load
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

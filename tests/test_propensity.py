@@ -7,7 +7,7 @@ import pytest
 
 from crmlab import config, propensity
 from crmlab.errors import CrmlabError
-from crmlab.features import CustomerEvents
+from crmlab.events import CustomerEvents
 from crmlab.propensity import CompiledModel, PropensityModel, ScoringError
 from crmlab.sources import load
 

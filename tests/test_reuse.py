@@ -153,11 +153,17 @@ def test_artifact_stages_match_the_notebooks():
     """ARTIFACT_STAGES (used for 'run stage X first') names the notebook that writes each artifact."""
     import re
 
+    from crmlab import events
+
     written = {}
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+        for mod in re.findall(r"from crmlab\.stages\.(\w+) import", code):      # the stage function it calls
+            code += (ROOT / "crmlab" / "stages" / f"{mod}.py").read_text()
         for name in re.findall(r"write_artifact\(\s*[\"']([\w/]+)", code):
             written[name] = nb.stem
+        if "write_events(" in code:
+            written.update(dict.fromkeys(events.ARTIFACTS, nb.stem))
     assert {k: written.get(k) for k in pipeline.ARTIFACT_STAGES} == pipeline.ARTIFACT_STAGES
 
 

@@ -246,3 +246,23 @@ def test_missing_values_in_transactions_are_an_error(col):
     tx.loc[tx.index[[3, 7]], col] = None if col != "value" else np.inf
     with pytest.raises(CrmlabError, match=f"2 transactions have a missing or non-finite '{col}'"):
         value.rfm_summary(tx)
+
+
+def _learned(est) -> dict:
+    return {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("__")}
+
+
+def test_refit_on_other_data_equals_a_fresh_fit(cdnow):
+    """#16: a refit forgets what the first fit learned (a new covariate level, no covariates at all)."""
+    rng = np.random.default_rng(5)
+    rfm = cdnow.assign(channel=np.where(rng.random(len(cdnow)) < 0.5, "web", "store"))
+    other = rfm.assign(channel=rng.choice(["web", "store", "phone"], len(rfm)))
+    for make, first, second in ((lambda: value.BetaGeo(covariates=["channel"]), rfm, other),
+                                (lambda: value.BetaGeo(), rfm, cdnow.iloc[::2]),
+                                (lambda: value.ParetoNBD(), cdnow, cdnow.iloc[::2]),
+                                (lambda: value.GammaGamma(), cdnow, cdnow.iloc[::2])):
+        refit, fresh = make().fit(first).fit(second), make().fit(second)
+        a, b = _learned(refit), _learned(fresh)
+        assert a.keys() == b.keys(), (type(refit).__name__, a.keys() ^ b.keys())
+        assert refit.params_ == pytest.approx(fresh.params_, rel=1e-9), type(refit).__name__
+    assert value.BetaGeo(covariates=["channel"]).fit(rfm).fit(other).design_columns_ == ["channel_store", "channel_web"]

@@ -1,0 +1,193 @@
+"""The events layer: validated sources + customer key map -> what each recognised customer did, dated.
+
+Everything after record matching reads customers through this layer, never through the raw
+sources: :func:`customer_keys` is the one join from source records to ``customer_key``, and
+:class:`CustomerEvents` holds keyed orders, order lines, contacts with their attributed responses
+and an undated profile per customer. A run builds it once (``10_identity`` writes it next to the
+key map) and every later stage reads it (:meth:`crmlab.pipeline.StageContext.events`).
+
+Without a key map each source record counts as its own customer (key ``<system>:<source id>``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError
+
+#: The artifact names under which a run stores the events (see :meth:`CustomerEvents.artifacts`).
+ARTIFACTS = ("events_orders", "events_lines", "events_contacts", "events_profile")
+
+
+def customer_keys(records: pd.DataFrame, key_map: pd.DataFrame | None, what: str) -> np.ndarray:
+    """``customer_key`` of each row of ``records`` (``source_system``, ``source_id``), in row order.
+
+    Rows whose source record is missing from ``key_map`` raise a :class:`CrmlabError` naming
+    ``what`` (e.g. "orders") and a few of the records.
+    """
+    sid = records["source_id"].astype("string")
+    if key_map is None:
+        return (records["source_system"].astype("string") + ":" + sid).to_numpy()
+    km = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"})
+    left = pd.DataFrame({"source_system": records["source_system"].to_numpy(), "source_id": sid.to_numpy()})
+    key = left.merge(km, on=["source_system", "source_id"], how="left")["customer_key"]
+    missing = key.isna().to_numpy()
+    if missing.any():
+        raise CrmlabError(f"{int(missing.sum()):,} {what} reference source records missing from the customer key "
+                          f"map, e.g. {left.loc[missing, ['source_system', 'source_id']].head(3).to_dict('records')}")
+    return key.to_numpy()
+
+
+def order_values(orders: pd.DataFrame, order_lines: pd.DataFrame) -> pd.DataFrame:
+    """Orders with their ``value`` (sum of quantity x unit price over the lines)."""
+    v = (order_lines["quantity"] * order_lines["unit_price"]).groupby(order_lines["order_id"]).sum()
+    return orders.assign(value=orders["order_id"].map(v).fillna(0.0).to_numpy())
+
+
+def keyed_contacts(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Contacts with ``customer_key`` and their campaign's ``window_days``."""
+    if "contacts" not in src.tables or "campaigns" not in src.tables:
+        raise CrmlabError("this run's inputs have no 'contacts' and 'campaigns' tables: nothing to measure")
+    c = src["contacts"].astype({"source_id": "string"})
+    c = c.assign(customer_key=customer_keys(c, key_map, "contacts"))
+    camp = src["campaigns"][["campaign_id", "window_days"]]
+    return c.merge(camp, on="campaign_id", how="left")
+
+
+#: Columns :func:`attribute_responses` adds to contacts.
+RESPONSE_COLUMNS = ("response_order_id", "response_date", "response_value", "attribution", "responded")
+
+
+def attribute_responses(contacts: pd.DataFrame, orders: pd.DataFrame, window_days: int | None = None) -> pd.DataFrame:
+    """One row per contact with its response, if any.
+
+    ``contacts``: ``contact_id, customer_key, contact_date, ref_code`` and ``window_days`` (or pass
+    ``window_days``); ``orders``: ``order_id, customer_key, order_date, value, ref_code``.
+    An order quoting a contact's reference code within the window is that contact's response; else
+    the customer's first order in ``[contact_date, contact_date + window)``. An order answers one
+    contact only (a code-quoted one first, then the latest contact before it).
+    Adds ``responded``, ``response_order_id``, ``response_date``, ``response_value`` and
+    ``attribution`` (``ref_code`` | ``window`` | missing); earlier response columns are replaced.
+    """
+    need_c = {"contact_id", "customer_key", "contact_date"} | ({"window_days"} if window_days is None else set())
+    need_o = {"order_id", "customer_key", "order_date", "value"}
+    for name, df, need in (("contacts", contacts, need_c), ("orders", orders, need_o)):
+        missing = sorted(need - set(df.columns))
+        if missing:
+            raise CrmlabError(f"attribute_responses: {name} lack column(s) {', '.join(missing)}")
+    c = contacts.drop(columns=[k for k in RESPONSE_COLUMNS if k in contacts]).reset_index(drop=True)
+    win = pd.to_timedelta(c["window_days"] if window_days is None else window_days, unit="D")
+    c = c.assign(_end=c["contact_date"] + win)
+    o = orders[["order_id", "customer_key", "order_date", "value"]
+               + (["ref_code"] if "ref_code" in orders else [])]
+
+    hits = []
+    if "ref_code" in c and "ref_code" in o:
+        quoted = o[o["ref_code"].notna()]
+        m = c[["contact_id", "ref_code", "contact_date", "_end"]].dropna(subset=["ref_code"]).merge(
+            quoted.drop(columns="customer_key"), on="ref_code")
+        m = m[(m["order_date"] >= m["contact_date"]) & (m["order_date"] < m["_end"])]
+        m = m.sort_values(["order_date", "order_id"]).drop_duplicates("contact_id").drop_duplicates("order_id")
+        hits.append(m.assign(attribution="ref_code"))
+    used_c = set(hits[0]["contact_id"]) if hits else set()
+    used_o = set(hits[0]["order_id"]) if hits else set()
+    rest = c[~c["contact_id"].isin(used_c)][["contact_id", "customer_key", "contact_date", "_end"]]
+    m = rest.merge(o[~o["order_id"].isin(used_o)], on="customer_key")
+    m = m[(m["order_date"] >= m["contact_date"]) & (m["order_date"] < m["_end"])]
+    m = m.sort_values(["order_date", "order_id"]).drop_duplicates("contact_id")
+    m = m.sort_values(["contact_date", "contact_id"], ascending=False).drop_duplicates("order_id")  # latest touch
+    hits.append(m.assign(attribution="window"))
+
+    h = pd.concat(hits, ignore_index=True)[["contact_id", "order_id", "order_date", "value", "attribution"]]
+    h = h.rename(columns={"order_id": "response_order_id", "order_date": "response_date", "value": "response_value"})
+    out = c.drop(columns="_end").merge(h, on="contact_id", how="left")
+    out["responded"] = out["response_order_id"].notna()
+    out["response_value"] = out["response_value"].fillna(0.0)
+    return out
+
+
+def profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFrame:
+    """Per customer_key, undated attributes: earliest dob, number of source systems, opt-ins, contactability."""
+    c = customers.assign(customer_key=customer_keys(customers, key_map, "customer records"))
+    g = c.groupby("customer_key", sort=False)
+    prof = pd.DataFrame({"dob": g["dob"].min(), "n_systems": g["source_system"].nunique()})
+    for col in ("email_opt_in", "mail_opt_in", "sms_opt_in"):
+        if col in c:
+            prof[col] = g[col].max().astype("float64")
+    prof["has_email"] = g["email"].count().gt(0).astype("float64") if "email" in c else np.nan
+    prof["has_phone"] = g["phone"].count().gt(0).astype("float64") if "phone" in c else np.nan
+    return prof
+
+
+@dataclass
+class CustomerEvents:
+    """Everything known about each customer, dated: the input to features, labels, values and measurement.
+
+    ``orders``: order_id, customer_key, order_date, value, channel, ref_code (source order);
+    ``lines``: every order line column (order_id, line_no, product_id, quantity, unit_price, ...)
+    with the order's customer_key and order_date, the product's department and the line value;
+    ``contacts``: one row per contact with its campaign's window and its response (see
+    :func:`attribute_responses`), or None when the inputs have no contacts; ``profile``: indexed
+    by customer_key, undated attributes (see :func:`profile`).
+    """
+
+    orders: pd.DataFrame
+    lines: pd.DataFrame
+    contacts: pd.DataFrame | None
+    profile: pd.DataFrame
+
+    @classmethod
+    def from_sources(cls, src, key_map: pd.DataFrame | None = None) -> "CustomerEvents":
+        """Key every order, line and contact of validated sources ``src`` with ``key_map``."""
+        o = order_values(src["orders"], src["order_lines"])
+        o = o.assign(customer_key=customer_keys(o, key_map, "orders"))
+        orders = o[["order_id", "customer_key", "order_date", "value", "channel", "ref_code"]].reset_index(drop=True)
+        dept = src["products"].set_index("product_id")["department"]
+        ln = src["order_lines"]
+        lines = ln.assign(department=ln["product_id"].map(dept).to_numpy(),
+                          value=(ln["quantity"] * ln["unit_price"]).to_numpy())
+        lines = lines.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
+        contacts = None
+        if "contacts" in src.tables and "campaigns" in src.tables:
+            contacts = attribute_responses(keyed_contacts(src, key_map), orders)
+        return cls(orders, lines, contacts, profile(src.customers, key_map))
+
+    @property
+    def last_date(self) -> pd.Timestamp:
+        """The last order date: scores made "now" use the day after it as cut-off."""
+        return self.orders["order_date"].max()
+
+    def transactions(self) -> pd.DataFrame:
+        """One row per order: ``customer_key``, ``order_date``, ``value``, ``channel`` (the input of value models)."""
+        return self.orders[["customer_key", "order_date", "value", "channel"]]
+
+    def artifacts(self) -> dict[str, pd.DataFrame]:
+        """The tables as written to a run folder (profile with its key as a column), by artifact name."""
+        out = {"events_orders": self.orders, "events_lines": self.lines,
+               "events_profile": self.profile.rename_axis("customer_key").reset_index()}
+        if self.contacts is not None:
+            out["events_contacts"] = self.contacts
+        return out
+
+    @classmethod
+    def from_artifacts(cls, read) -> "CustomerEvents":
+        """Rebuild from :meth:`artifacts` through ``read(name) -> DataFrame | None``."""
+        return cls(read("events_orders"), read("events_lines"), read("events_contacts"),
+                   read("events_profile").set_index("customer_key"))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "CustomerEvents":
+        """Read the events a run wrote into ``folder`` (its ``artifacts`` folder)."""
+        folder = Path(folder)
+
+        def read(name):
+            p = folder / f"{name}.parquet"
+            if p.exists():
+                return pd.read_parquet(p)
+            if name == "events_contacts":
+                return None
+            raise CrmlabError(f"events artifact '{name}' not found in {folder}: it is written by 10_identity")
+        return cls.from_artifacts(read)

@@ -1,0 +1,80 @@
+"""Stage 10: recognise customers across source systems, write the key map and the run's events."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import identity, synth
+from ..errors import CrmlabError
+from ..events import CustomerEvents
+
+
+@dataclass
+class IdentityResult:
+    """What stage 10 decided, for its report.
+
+    ``truth``: the planted customer of each record (synthetic worlds), else None; ``previous``: the
+    key map whose keys were kept (path), ``kept_share``: the share of records seen before that kept
+    their key; ``n_new``: records matched incrementally (None for a full match).
+    """
+
+    records: pd.DataFrame
+    matcher: identity.RecordMatcher
+    pairs: identity.PairScores
+    key_map: pd.DataFrame
+    events: CustomerEvents
+    truth: np.ndarray | None = None
+    previous: Path | None = None
+    kept_share: float | None = None
+    n_new: int | None = None
+
+
+def previous_key_map(ctx) -> Path | None:
+    """The key map whose keys this run keeps (``identity.previous_key_map``: auto | a path | null)."""
+    choice = ctx.params["identity"]["previous_key_map"]
+    if choice == "auto":
+        return identity.find_previous_key_map(ctx.params, exclude=ctx.run_dir)
+    if not choice:
+        return None
+    path = Path(choice)
+    if not path.is_file():
+        raise CrmlabError(f"identity.previous_key_map in {ctx.params['params_file']}: no file {path}")
+    return path
+
+
+def run_identity(ctx) -> IdentityResult:
+    """Fit the matcher, score and cluster the candidate pairs, keep the previous run's keys, then
+    write ``customer_key_map`` and the events (:mod:`crmlab.events`) every later stage reads."""
+    P = ctx.params["identity"]
+    src = ctx.sources()
+    records = src.customers
+    truth = synth.record_truth(ctx.params["data"]["dir"], records)
+    matcher = identity.RecordMatcher(threshold=P["threshold"], mode=P["mode"], max_block=P["max_block"],
+                                     max_cluster=P["max_cluster"], u_sample=P["u_sample"], seed=ctx.params["seed"])
+    matcher.fit(records)
+    pairs = matcher.score_pairs(records)
+    previous = previous_key_map(ctx)
+    prev_map = pd.read_parquet(previous) if previous is not None else None
+    n_new = None
+    if P["incremental"] and prev_map is not None:
+        # nightly mode: records already keyed keep their keys; only new ones are matched against them
+        known = records.merge(prev_map[["source_system", "source_id"]].astype({"source_id": "string"}),
+                              on=["source_system", "source_id"], how="left", indicator=True)["_merge"].eq("both").to_numpy()
+        km = matcher.match_new(records[known].reset_index(drop=True), prev_map, records[~known].reset_index(drop=True))
+        key_map = records[["source_system", "source_id"]].merge(km, on=["source_system", "source_id"], how="left")
+        matcher.n_oversized_ = 0
+        n_new = int((~known).sum())
+    else:
+        labels = matcher.cluster(len(records), pairs)
+        key_map = identity.key_map(records, labels, pairs, prev_map)
+    kept = None
+    if prev_map is not None:
+        both = key_map.merge(prev_map.astype({"source_id": "string"}), on=["source_system", "source_id"])
+        kept = float((both["customer_key_x"] == both["customer_key_y"]).mean()) if len(both) else float("nan")
+    ctx.write_artifact("customer_key_map", key_map)
+    ev = CustomerEvents.from_sources(src, key_map)
+    ctx.write_events(ev)
+    return IdentityResult(records, matcher, pairs, key_map, ev, truth, previous, kept, n_new)

@@ -1,0 +1,62 @@
+"""``crmlab warm``: compile every kernel once, into the user's Numba cache (:mod:`crmlab.compile_cache`).
+
+A stamp next to the cache records the code digest and the checkout it warmed, so warming runs once
+per code version and checkout (Numba keys its cache on each kernel's source path).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from . import compile_cache, pipeline, synth
+from .errors import CrmlabError
+from .reuse import code_digest
+
+
+def _root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _stamp() -> Path:
+    return compile_cache.cache_dir() / "warm.json"
+
+
+def is_warm() -> bool:
+    """Whether :func:`warm` ran for this exact code (crmlab and kernel sources, library versions) in this checkout."""
+    try:
+        stamp = json.loads(_stamp().read_text())
+    except (OSError, ValueError):
+        return False
+    # Numba keys its cache on each kernel's source path: another checkout of the same code compiles anew
+    return stamp.get("code") == code_digest() and stamp.get("root") == str(_root())
+
+
+def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
+    """Compile every kernel a default run uses by running the chain once on a small generated world
+    (into a temporary folder: nothing is published anywhere else); returns the seconds it took,
+    or None when the cache was already warm for this code."""
+    if not force and is_warm():
+        say(f"Numba cache already warm for this code: {compile_cache.cache_dir()}")
+        return None
+    root = _root()
+    params = root / "params" / "ci.yaml"
+    if not params.is_file() or not (root / "notebooks").is_dir():
+        raise CrmlabError(f"crmlab warm needs the source checkout (params/ci.yaml and notebooks/ under {root})")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="crmlab-warm-") as tmp:
+        data = Path(tmp) / "data"
+        synth.generate(synth.WorldSpec(customers=customers, seed=11), data, fmt="parquet")
+        say(f"compiling the kernels into {compile_cache.cache_dir()} (a default chain on {customers:,} generated customers)")
+        pipeline.run(params, [f"data.dir={data}", f"runs_dir={Path(tmp) / 'runs'}", "run_name=warm",
+                              "report.html=false", "engine.reuse=false"], quiet=True)
+    seconds = time.perf_counter() - t0
+    try:
+        _stamp().parent.mkdir(parents=True, exist_ok=True)
+        _stamp().write_text(json.dumps({"code": code_digest(), "root": str(root), "seconds": round(seconds, 1),
+                                        "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except OSError as exc:                         # the kernels are compiled all the same
+        say(f"could not record the warm cache in {_stamp()}: {exc}")
+    say(f"warm in {seconds:.0f} s")
+    return seconds
