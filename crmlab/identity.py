@@ -143,20 +143,24 @@ class Comparison:
             return lv
         a = arenas[self.column]
         null = a[2][left] | a[2][right]
-        exact = S.exact(a, a, left, right) == 1.0
+        exact = _same(arenas, self.column, left, right)
         lv = np.zeros(len(left), np.int8)
         k = self.kind
         if k in ("name", "string"):
-            jw = S.jaro_winkler(a, a, left, right)
+            # similarities only where they decide the level: not for exact pairs, nor missing values
+            fuzzy = np.flatnonzero(~exact & ~null)
+            jw = np.zeros(len(left))
+            jw[fuzzy] = S.jaro_winkler(a, a, left[fuzzy], right[fuzzy])
             base = 1
+            low = fuzzy[jw[fuzzy] < min(self.thresholds)]      # 'different' by Jaro-Winkler
             if k == "string":                          # Dice only where Jaro-Winkler says 'different'
-                low = np.flatnonzero(~(jw >= min(self.thresholds)) & ~null)
                 lv[low[S.bigram_dice(a, a, left[low], right[low]) >= self.dice]] = 1
                 base = 2
             elif self.swap_with:
                 b = arenas[self.swap_with]
-                sw = (S.exact(a, b, left, right) == 1.0) & (S.exact(b, a, left, right) == 1.0)
-                lv[sw] = 1
+                ll, rr = left[low], right[low]
+                sw = (S.exact(a, b, ll, rr) == 1.0) & (S.exact(b, a, ll, rr) == 1.0)
+                lv[low[sw]] = 1
                 base = 2
             for n, t in enumerate(sorted(self.thresholds)):
                 lv[jw >= t] = base + n
@@ -168,21 +172,22 @@ class Comparison:
             lv[exact] = 2
         elif k == "postcode":
             for n, col in enumerate(("postcode_district", "postcode_sector"), start=1):
-                lv[S.exact(arenas[col], arenas[col], left, right) == 1.0] = n
+                lv[_same(arenas, col, left, right)] = n
             lv[exact] = 3
         elif k == "address":                           # one comparison: postcode and street together
             pc = arenas["postcode_std"]
-            same_pc = S.exact(pc, pc, left, right) == 1.0
+            same_pc = _same(arenas, "postcode_std", left, right)
             for n, col in enumerate(("postcode_district", "postcode_sector"), start=1):
-                lv[S.exact(arenas[col], arenas[col], left, right) == 1.0] = n
+                lv[_same(arenas, col, left, right)] = n
             lv[same_pc] = 3
-            lv[same_pc & (S.jaro_winkler(a, a, left, right) >= self.thresholds[0])] = 4
+            near = np.flatnonzero(same_pc & ~exact)
+            lv[near[S.jaro_winkler(a, a, left[near], right[near]) >= self.thresholds[0]]] = 4
             lv[same_pc & exact] = 5
             null = pc[2][left] | pc[2][right]
         elif k == "email":                           # no 'same local part' level: it follows the names
             lv[exact] = 1
         elif k == "phone":
-            lv[S.exact(arenas["phone_tail"], arenas["phone_tail"], left, right) == 1.0] = 1
+            lv[_same(arenas, "phone_tail", left, right)] = 1
             lv[exact] = 2
         else:
             raise CrmlabError(f"unknown comparison kind '{k}'")
@@ -196,6 +201,17 @@ class Comparison:
         return [self.column, *extra, *([self.swap_with] if self.swap_with else [])]
 
 
+def _same(arenas: dict, col: str, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """True where both records hold the same value of ``col`` (False where either is missing): by the
+    column's value codes when the arenas carry them (``("codes", col)``), else by comparing the strings."""
+    codes = arenas.get(("codes", col))
+    if codes is None:
+        a = arenas[col]
+        return S.exact(a, a, left, right) == 1.0
+    cl = codes[left]
+    return (cl == codes[right]) & (cl >= 0)
+
+
 DEFAULT_COMPARISONS = [
     Comparison("first_name_std", "name", (0.92, 0.8), tf=True, swap_with="last_name_std"),
     Comparison("last_name_std", "name", (0.94, 0.85), tf=True),
@@ -204,6 +220,9 @@ DEFAULT_COMPARISONS = [
     Comparison("phone_std", "phone"),
     Comparison("address_std", "address", (0.88,)),
 ]
+
+#: candidate pairs drawn per training session (uniformly from the rule's blocks)
+TRAINING_PAIRS = 500_000
 
 #: blocking rules whose candidate pairs train the m-probabilities (Splink's sessions): in each, the
 #: comparisons on the rule's own fields are left out, since they agree by construction
@@ -305,6 +324,9 @@ class RecordMatcher:
         compared = sorted({c for comp in comps for c in comp.needs()})   # blocking needs no arenas
         arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
                       else S.to_arena(df[c].astype("string").tolist())) for c in compared}
+        # value codes per text column: 'exact' is one integer comparison per pair, not a string scan
+        arenas.update({("codes", c): pd.factorize(df[c].astype("string"))[0].astype(np.int32)
+                       for c in compared if c not in numeric})
         return df, arenas, comps
 
     def _mode_filter(self, df, left, right):
@@ -352,7 +374,9 @@ class RecordMatcher:
             memo[key] = pd.factorize(df[col], use_na_sentinel=True)[0].astype(np.int64)
         return memo[key]
 
-    def _rule_pairs(self, df, cols):
+    def _rule_pairs(self, df, cols, sample: int | None = None, rng=None):
+        """Pairs of one blocking rule; with ``sample``, at most that many drawn uniformly (before the
+        mode filter) without making the others: a training rule can hold 100x more pairs than it needs."""
         n = len(df)
         codes = np.zeros(n, np.int64)
         ok = np.ones(n, bool)
@@ -361,7 +385,10 @@ class RecordMatcher:
             ok &= cc >= 0
             codes = pd.factorize(codes * (int(cc.max()) + 2) + cc + 1)[0].astype(np.int64)
         codes[~ok] = -1
-        left, right, skipped = graph.block_pairs(codes, self.max_block)
+        if sample is not None:
+            left, right, skipped, _ = graph.sample_block_pairs(codes, self.max_block, sample, rng)
+        else:
+            left, right, skipped = graph.block_pairs(codes, self.max_block)
         keep = self._mode_filter(df, left, right)
         return left[keep], right[keep], skipped
 
@@ -409,12 +436,9 @@ class RecordMatcher:
         counts_k = np.zeros(len(comps))
         self.sessions_ = []
         for rule in (self.training or DEFAULT_TRAINING):
-            tl, tr, _ = self._rule_pairs(df, list(rule))
+            tl, tr, _ = self._rule_pairs(df, list(rule), sample=TRAINING_PAIRS, rng=rng)
             if len(tl) < 10:
                 continue
-            if len(tl) > 500_000:
-                pick = rng.choice(len(tl), 500_000, replace=False)
-                tl, tr = tl[pick], tr[pick]
             active = [k for k, c in enumerate(comps) if not set(c.needs()) & set(rule)]
             L = self._levels(arenas, [comps[k] for k in active], tl, tr)
             patterns, counts = _patterns(L, [n_levels[k] for k in active])

@@ -37,6 +37,45 @@ def block_pairs(codes: np.ndarray, max_block: int = 1000):
 
     Returns (left, right, n_skipped_blocks) with left < right.
     """
+    order, starts, group_ok, skipped, _ = _blocks(codes, max_block)
+    left, right = _block_pairs(order, starts, int(max_block), group_ok)
+    return left, right, skipped
+
+
+@njit(cache=True)
+def _sampled_block_pairs(order, starts, max_block, group_ok, picks):
+    """The pairs numbered ``picks`` (ascending) in :func:`_block_pairs`' enumeration, without the others."""
+    n = picks.shape[0]
+    left = np.empty(n, np.int64)
+    right = np.empty(n, np.int64)
+    g, base, size = 0, 0, 0
+    for p in range(n):
+        t = picks[p]
+        while True:                                # the block holding pair number t
+            s = starts[g + 1] - starts[g]
+            size = s * (s - 1) // 2 if (group_ok[g] and 1 < s <= max_block) else 0
+            if t < base + size:
+                break
+            base += size
+            g += 1
+        s = starts[g + 1] - starts[g]
+        r = t - base                               # pair r of the block: row x with the rows after it
+        b2 = 2 * s - 1
+        x = int((b2 - np.sqrt(float(b2 * b2 - 8 * r))) // 2)
+        while x > 0 and x * (2 * s - x - 1) // 2 > r:
+            x -= 1
+        while (x + 1) * (2 * s - x - 2) // 2 <= r:
+            x += 1
+        y = x + 1 + (r - x * (2 * s - x - 1) // 2)
+        a, b = order[starts[g] + x], order[starts[g] + y]
+        if a < b:
+            left[p], right[p] = a, b
+        else:
+            left[p], right[p] = b, a
+    return left, right
+
+
+def _blocks(codes, max_block):
     codes = np.asarray(codes, dtype=np.int64)
     order = np.argsort(codes, kind="stable")
     sc = codes[order]
@@ -44,8 +83,26 @@ def block_pairs(codes: np.ndarray, max_block: int = 1000):
     group_ok = sc[starts[:-1]] >= 0 if len(sc) else np.zeros(0, bool)
     sizes = np.diff(starts)
     skipped = int(np.sum(group_ok & (sizes > max_block)))
-    left, right = _block_pairs(order.astype(np.int64), starts, int(max_block), group_ok)
-    return left, right, skipped
+    kept = group_ok & (sizes > 1) & (sizes <= max_block)
+    total = int(np.sum(sizes[kept] * (sizes[kept] - 1) // 2))
+    return order.astype(np.int64), starts, group_ok, skipped, total
+
+
+def block_pair_count(codes: np.ndarray, max_block: int = 1000) -> int:
+    """How many pairs :func:`block_pairs` would return, without making them."""
+    return _blocks(codes, max_block)[4]
+
+
+def sample_block_pairs(codes: np.ndarray, max_block: int, k: int, rng: np.random.Generator):
+    """``k`` of :func:`block_pairs`' pairs drawn uniformly without replacement, in memory for ``k`` only
+    (all of them when there are no more than ``k``). Returns (left, right, n_skipped_blocks, n_pairs)."""
+    order, starts, group_ok, skipped, total = _blocks(codes, max_block)
+    if total <= k:
+        left, right = _block_pairs(order, starts, int(max_block), group_ok)
+        return left, right, skipped, total
+    picks = np.sort(rng.choice(total, int(k), replace=False)).astype(np.int64)
+    left, right = _sampled_block_pairs(order, starts, int(max_block), group_ok, picks)
+    return left, right, skipped, total
 
 
 @njit(cache=True)

@@ -406,3 +406,35 @@ def evaluate_recommendations_ref(recs, bought_before, bought_after, k: int) -> d
     n = np.array([len(targets[c]) for c in targets], float)
     return {"customers": len(targets), f"hit_rate@{k}": float((h > 0).mean()), f"precision@{k}": float((h / k).mean()),
             f"recall@{k}": float((h / n).mean())}
+
+
+def block_pairs_ref(codes, max_block: int) -> list[tuple[int, int]]:
+    """Pairs (i < j) of rows sharing a code >= 0 in blocks of at most ``max_block`` rows, enumerated
+    block by block (ascending code), then by the rows' order within the block."""
+    out = []
+    for c in sorted(set(int(v) for v in codes if v >= 0)):
+        rows = [i for i, v in enumerate(codes) if v == c]
+        if len(rows) > max_block:
+            continue
+        for x in range(len(rows)):
+            for y in range(x + 1, len(rows)):
+                out.append((min(rows[x], rows[y]), max(rows[x], rows[y])))
+    return out
+
+
+def components_ref(n: int, a, b) -> list[int]:
+    """Component labels (smallest node of the component) by relabelling until stable."""
+    parent = list(range(n))
+    changed = True
+    while changed:
+        changed = False
+        for x, y in zip(a, b):
+            m = min(parent[x], parent[y])
+            if parent[x] != m or parent[y] != m:
+                parent[x] = parent[y] = m
+                changed = True
+        for i in range(n):
+            if parent[parent[i]] != parent[i]:
+                parent[i] = parent[parent[i]]
+                changed = True
+    return parent

@@ -8,6 +8,9 @@ import pytest
 from crmlab import identity, sources
 from crmlab.errors import CrmlabError
 from crmlab.kernels import graph
+from crmlab.kernels import strings as S
+
+import naive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,27 +19,26 @@ def test_block_pairs_and_components_match_brute_force():
     rng = np.random.default_rng(0)
     codes = rng.integers(-1, 30, 400)
     left, right, skipped = graph.block_pairs(codes, max_block=20)
-    sizes = np.bincount(codes[codes >= 0])
-    ref = {(i, j) for i in range(400) for j in range(i + 1, 400)
-           if codes[i] == codes[j] and codes[i] >= 0 and sizes[codes[i]] <= 20}
-    assert set(zip(left.tolist(), right.tolist())) == ref and len(left) == len(ref)
-    assert skipped == int(np.sum(sizes > 20))
+    ref = naive.block_pairs_ref(codes, 20)
+    assert list(zip(left.tolist(), right.tolist())) == ref                  # same pairs, same order
+    assert skipped == int(np.sum(np.bincount(codes[codes >= 0]) > 20))
+    assert graph.block_pair_count(codes, 20) == len(ref)
     a, b = rng.integers(0, 300, 200), rng.integers(0, 300, 200)
-    labels = graph.connected_components(300, a, b)
-    parent = list(range(300))                              # reference: naive relabelling until stable
-    changed = True
-    while changed:
-        changed = False
-        for x, y in zip(a, b):
-            m = min(parent[x], parent[y])
-            if parent[x] != m or parent[y] != m:
-                parent[x] = parent[y] = m
-                changed = True
-        for i in range(300):
-            if parent[parent[i]] != parent[i]:
-                parent[i] = parent[parent[i]]
-                changed = True
-    assert np.array_equal(labels, np.array(parent))
+    assert graph.connected_components(300, a, b).tolist() == naive.components_ref(300, a, b)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sampled_block_pairs_are_the_numbered_pairs(seed):
+    """Training samples pairs without making them all (283M pairs at 1M customers, #15)."""
+    rng = np.random.default_rng(seed)
+    codes = np.where(rng.random(3000) < 0.1, -1, rng.zipf(1.6, 3000) % 97)     # skewed: a few large blocks
+    ref = naive.block_pairs_ref(codes, 400)
+    k = len(ref) // 7
+    left, right, skipped, total = graph.sample_block_pairs(codes, 400, k, np.random.default_rng(seed))
+    picks = np.sort(np.random.default_rng(seed).choice(len(ref), k, replace=False))
+    assert total == len(ref) and list(zip(left.tolist(), right.tolist())) == [ref[i] for i in picks]
+    every = graph.sample_block_pairs(codes, 400, len(ref), rng)            # k >= all: every pair, as block_pairs
+    assert list(zip(every[0].tolist(), every[1].tolist())) == ref
 
 
 def test_soundex():
@@ -87,6 +89,55 @@ def world_records(world):
     rec = src.customers
     truth = rec.merge(rt, on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
     return rec, truth
+
+
+def _levels_by_brute_force(comp, arenas, left, right):
+    """Every similarity on every pair, then the level rules in order (the definition, without shortcuts)."""
+    a = arenas[comp.column]
+    null = a[2][left] | a[2][right]
+    exact = S.exact(a, a, left, right) == 1.0
+    lv = np.zeros(len(left), np.int8)
+    if comp.kind in ("name", "string"):
+        jw = S.jaro_winkler(a, a, left, right)
+        base = 1
+        if comp.swap_with:
+            b = arenas[comp.swap_with]
+            lv[(S.exact(a, b, left, right) == 1.0) & (S.exact(b, a, left, right) == 1.0)] = 1
+            base = 2
+        for n, t in enumerate(sorted(comp.thresholds)):
+            lv[jw >= t] = base + n
+        lv[exact] = base + len(comp.thresholds)
+    elif comp.kind == "address":
+        pc = arenas["postcode_std"]
+        same_pc = S.exact(pc, pc, left, right) == 1.0
+        for n, col in enumerate(("postcode_district", "postcode_sector"), start=1):
+            lv[S.exact(arenas[col], arenas[col], left, right) == 1.0] = n
+        lv[same_pc] = 3
+        lv[same_pc & (S.jaro_winkler(a, a, left, right) >= comp.thresholds[0])] = 4
+        lv[same_pc & exact] = 5
+        null = pc[2][left] | pc[2][right]
+    else:
+        return None
+    lv[null] = identity.NULL
+    return lv
+
+
+def test_levels_skip_only_work_that_cannot_change_them(world_records):
+    """Exact by value codes, similarities only where they decide: the same levels as computing everything."""
+    rec, _ = world_records
+    m = identity.RecordMatcher()
+    df, arenas, comps = m._prepare(rec)
+    left, right, _ = m.candidate_pairs(df)
+    plain = {k: v for k, v in arenas.items() if not isinstance(k, tuple)}     # no codes: strings compared
+    checked = 0
+    for comp in comps:
+        fast = comp.levels(arenas, left, right)
+        np.testing.assert_array_equal(fast, comp.levels(plain, left, right), err_msg=comp.column)
+        ref = _levels_by_brute_force(comp, plain, left, right)
+        if ref is not None:
+            np.testing.assert_array_equal(fast, ref, err_msg=comp.column)
+            checked += 1
+    assert checked == 3 and len(left) > 1000
 
 
 def test_synthetic_world_matching(world_records):
