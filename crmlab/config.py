@@ -6,6 +6,7 @@ relative paths are resolved against the folder of the file that names them.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import datetime as dt
 import math
@@ -199,8 +200,44 @@ _SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/pr
                 "/var/log")
 
 
-def _check_values(params: dict, origin: str) -> None:
-    """Ranges, choices and names, each error naming the file (or --set) and key."""
+def check_rules(rules, origin: str) -> list[dict]:
+    """``decisions.rules``: a non-empty list of {name, when, treatment}, names unique, each ``when`` a
+    parseable expression; the error names ``origin`` and the rule."""
+    if not isinstance(rules, list) or not rules:
+        raise ConfigError(f"{origin}: parameter 'decisions.rules' must be a non-empty list of "
+                          f"{{name, when, treatment}}, got {rules!r}")
+    seen = set()
+    for i, r in enumerate(rules, start=1):
+        where = f"{origin}: decisions.rules #{i}"
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where} must be a mapping with name, when and treatment; got {r!r}")
+        missing, extra = {"name", "when", "treatment"} - set(r), set(r) - {"name", "when", "treatment"}
+        if missing or extra:
+            raise ConfigError(f"{where} ({r.get('name', '?')!r}) must have exactly name, when and treatment"
+                              + (f"; missing {sorted(missing)}" if missing else "")
+                              + (f"; unknown {sorted(extra)}" if extra else ""))
+        for k in ("name", "when", "treatment"):
+            if not isinstance(r[k], str) or not r[k].strip():
+                raise ConfigError(f"{where} ({r.get('name', '?')!r}): '{k}' must be a non-empty text, got {r[k]!r}")
+        if r["name"] in seen:
+            raise ConfigError(f"{where}: the name {r['name']!r} is used by an earlier rule")
+        seen.add(r["name"])
+        try:
+            ast.parse(r["when"].strip(), mode="eval")
+        except SyntaxError as exc:
+            raise ConfigError(f"{where} ({r['name']!r}): 'when' is not a valid expression: {r['when']!r} "
+                              f"({exc.msg})") from None
+    return rules
+
+
+def _check_values(params: dict, origin: str, cli: dict | None = None) -> None:
+    """Ranges, choices and names, each error naming the file (or the --set that gave the value) and key."""
+    cli = cli or {}
+
+    def at(key: str) -> str:
+        hit = next((item for k, item in cli.items() if key == k or key.startswith(k + ".")), None)
+        return f"command line --set {hit}" if hit else origin
+
     def get(dotted):
         node = params
         for k in dotted.split("."):
@@ -212,30 +249,31 @@ def _check_values(params: dict, origin: str) -> None:
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{origin}: parameter '{key}' must be a number, got {v!r}")
+            raise ConfigError(f"{at(key)}: parameter '{key}' must be a number, got {v!r}")
         if not math.isfinite(v) or (lo is not None and (v < lo if lo_in else v <= lo)) or (
                 hi is not None and (v > hi if hi_in else v >= hi)):
             span = (f"{'[' if lo_in else '('}{lo if lo is not None else '-inf'}, "
                     f"{hi if hi is not None else 'inf'}{']' if hi_in else ')'}")
-            raise ConfigError(f"{origin}: parameter '{key}' must lie in {span}, got {v!r}")
+            raise ConfigError(f"{at(key)}: parameter '{key}' must lie in {span}, got {v!r}")
     for key, allowed in _CHOICES.items():
         if get(key) not in allowed:
-            raise ConfigError(f"{origin}: parameter '{key}' must be one of {', '.join(allowed)}; got {get(key)!r}"
+            raise ConfigError(f"{at(key)}: parameter '{key}' must be one of {', '.join(allowed)}; got {get(key)!r}"
                               f"{_suggest(str(get(key)), allowed)}")
     if params["data"]["as_of"] is not None:
         try:
             pd_ts = dt.date.fromisoformat(str(params["data"]["as_of"]))
         except ValueError:
-            raise ConfigError(f"{origin}: parameter 'data.as_of' must be a date like 2026-06-30, "
+            raise ConfigError(f"{at('data.as_of')}: parameter 'data.as_of' must be a date like 2026-06-30, "
                               f"got {params['data']['as_of']!r}") from None
         params["data"]["as_of"] = pd_ts.isoformat()
+    check_rules(params["decisions"]["rules"], at("decisions.rules"))
     if not isinstance(params["engine"]["reuse"], bool):
-        raise ConfigError(f"{origin}: parameter 'engine.reuse' must be true or false, got {params['engine']['reuse']!r}")
+        raise ConfigError(f"{at('engine.reuse')}: parameter 'engine.reuse' must be true or false, got {params['engine']['reuse']!r}")
     if params["segments"]["k_min"] > params["segments"]["k_max"]:
         raise ConfigError(f"{origin}: segments.k_min ({params['segments']['k_min']}) exceeds segments.k_max "
                           f"({params['segments']['k_max']})")
     if not isinstance(params["run_name"], str) or not _NAME.match(params["run_name"]) or ".." in params["run_name"]:
-        raise ConfigError(f"{origin}: run_name {params['run_name']!r} must be a plain name (letters, digits, "
+        raise ConfigError(f"{at('run_name')}: run_name {params['run_name']!r} must be a plain name (letters, digits, "
                           "'_', '.', '-'; no '/' or '..'): it names a folder inside runs_dir")
 
 
@@ -352,6 +390,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     _check(user, DEFAULTS, "", str(path))
+    cli: dict[str, str] = {}                       # keys set on the command line (paths: relative to the cwd)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
@@ -364,9 +403,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
         _set_dotted(over, key.strip(), val)
         _check(over, DEFAULTS, "", f"command line --set {item}")
         _set_dotted(user, key.strip(), val)
+        cli[key.strip()] = item
     origin = str(path) + (" (with --set " + ", ".join(overrides) + ")" if overrides else "")
     params = _merge(DEFAULTS, user)
-    _check_values(params, origin)
+    _check_values(params, origin, cli)
     _expand_secrets(params, origin)
     base = path.resolve().parent
     for keys in _PATH_KEYS:
@@ -374,7 +414,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
         for k in keys[:-1]:
             node = node[k]
         if node[keys[-1]] is not None:
-            node[keys[-1]] = str((base / node[keys[-1]]).resolve())
+            root = Path.cwd() if ".".join(keys) in cli else base
+            node[keys[-1]] = str((root / node[keys[-1]]).resolve())
     if params["publish"]["dir"] is None:
         # each run_name publishes to its own target: a CI or test run never becomes the default's version
         params["publish"]["dir"] = str(Path(params["runs_dir"]) / "published" / params["run_name"])

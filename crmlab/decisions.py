@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import check_rules
 from .errors import ConfigError, CrmlabError
 from .features import _slug
 
@@ -122,18 +123,9 @@ def control_flags(keys: pd.Series | pd.Index, share: float, salt: str) -> np.nda
     return (h / 2.0**64) < share
 
 
-def _check_rules(rules) -> list[dict]:
-    if not isinstance(rules, list) or not rules:
-        raise ConfigError("decisions.rules must be a non-empty list of {name, when, treatment}")
-    for i, r in enumerate(rules):
-        if not isinstance(r, dict) or not {"name", "when", "treatment"} <= set(r):
-            raise ConfigError(f"decisions.rules #{i + 1} must have name, when and treatment; got {r!r}")
-    return rules
-
-
 def apply_rules(scores: pd.DataFrame, rules: list[dict], default: str = "no_action") -> pd.DataFrame:
     """Treatment and the rule that gave it, first matching rule wins."""
-    rules = _check_rules(rules)
+    rules = check_rules(rules, "apply_rules")
     treatment = pd.Series(default, index=scores.index, dtype=object)
     rule = pd.Series("default", index=scores.index, dtype=object)
     todo = pd.Series(True, index=scores.index)
@@ -170,7 +162,8 @@ def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.Data
     if contacts is not None and len(contacts):
         c = contacts[(contacts["contact_date"] < cutoff) & (contacts["contact_date"] >= cutoff - D["frequency_days"] * DAY)]
         recent = c.groupby("customer_key").size().reindex(out.index, fill_value=0)
-    out["control"] = control_flags(out.index, D["control_share"], f"{D['version']}|{D.get('seed', '')}")
+    # the hash key is the rules' version (the trailing '|' keeps the groups of earlier versions unchanged)
+    out["control"] = control_flags(out.index, D["control_share"], f"{D['version']}|")
     reason = pd.Series("", index=out.index, dtype=object)
     checks = [(out["treatment"].isin(D["no_contact_treatments"]), "no contact for this treatment"),
               (out.index.isin(list(do_not_contact)), "do not contact"),

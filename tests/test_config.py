@@ -79,6 +79,35 @@ def test_set_values_are_named_as_command_line():
     assert p["identity"]["threshold"] == 0.8
 
 
+@pytest.mark.parametrize("rules,match", [
+    ("[]", "decisions.rules' must be a non-empty list"),
+    ("[{name: a, when: 'x > 1'}]", r"decisions.rules #1 \('a'\) must have exactly name, when and treatment; missing \['treatment'\]"),
+    ("[{name: a, when: 'x > 1', treatment: t, seed: 3}]", r"unknown \['seed'\]"),
+    ("[{name: a, when: 'value_band ==', treatment: t}]", r"decisions.rules #1 \('a'\): 'when' is not a valid expression"),
+    ("[{name: a, when: 'x > 1', treatment: t}, {name: a, when: 'y', treatment: u}]", "#2: the name 'a' is used"),
+    ("[{name: a, when: '', treatment: t}]", "'when' must be a non-empty text"),
+    ("[oops]", "#1 must be a mapping"),
+])
+def test_decision_rules_checked_when_the_file_loads(tmp_path, rules, match):
+    """#16: a broken rule stops the run at load, naming the file and rule, not minutes later at stage 60."""
+    f = tmp_path / "p.yaml"
+    f.write_text(f"decisions:\n  rules: {rules}\n")
+    with pytest.raises(ConfigError, match=str(f).replace(".", r"\.") + ": (parameter 'decisions.rules'|decisions.rules)") as e:
+        config.load(f)
+    assert e.match(match)
+    with pytest.raises(ConfigError, match="command line --set"):          # the same check for --set values
+        config.load(ROOT / "params" / "ci.yaml", [f"decisions.rules={rules}"])
+
+
+def test_relative_paths_in_set_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    """#16: a path in the file is relative to the file; the same path given with --set, to where you typed it."""
+    monkeypatch.chdir(tmp_path)
+    p = config.load(ROOT / "params" / "ci.yaml", ["runs_dir=here/runs", "data.dir=mine"])
+    assert p["runs_dir"] == str(tmp_path / "here" / "runs") and p["data"]["dir"] == str(tmp_path / "mine")
+    q = config.load(ROOT / "params" / "ci.yaml")
+    assert Path(q["data"]["dir"]).is_relative_to(ROOT)
+
+
 def test_passwords_never_stored_but_stages_still_connect(tmp_path, monkeypatch):
     url = "postgresql+psycopg://crm:hunter2@127.0.0.1:5432/test"
     p = config.load(ROOT / "params" / "ci.yaml", [f"publish.url={url}"])
