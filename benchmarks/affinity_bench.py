@@ -64,10 +64,10 @@ def _best(fn, reps):
 
 
 def groceries(reps: int) -> list[dict]:
-    from crmlab import affinity
+    from crmlab import affinity, datasets
     from crmlab.kernels import baskets as K
 
-    b = affinity.read_groceries(ROOT / "data" / "groceries" / "groceries.csv")
+    b = datasets.read_groceries(ROOT / "data" / "groceries" / "groceries.csv")
     mc = affinity._min_count(0.001, b.n_baskets)
     K.frequent_itemsets(b.indptr, b.indices, b.n_items, mc)               # compile / load the cache
     rows = []

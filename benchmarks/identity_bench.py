@@ -57,24 +57,24 @@ def jaro_winkler_speed(n_pairs: int = 5_000_000) -> dict:
 
 
 def febrl_crmlab(reps: int) -> dict:
-    from crmlab import identity
+    from crmlab import datasets, matching_report
 
-    records, truth = identity.read_febrl4(ROOT / "data" / "febrl")
-    identity.febrl_matcher().fit_predict(records.iloc[::10])                 # load compiled kernels
+    records, truth = datasets.read_febrl4(ROOT / "data" / "febrl")
+    datasets.febrl_matcher().fit_predict(records.iloc[::10])                 # load compiled kernels
     runs = []
     for _ in range(reps):
         w, c = time.perf_counter(), time.process_time()
-        km = identity.febrl_matcher().fit_predict(records)
+        km = datasets.febrl_matcher().fit_predict(records)
         wall, cpu = time.perf_counter() - w, time.process_time() - c
         runs.append({"tool": "crmlab", "wall_s": wall, "cpu_s": cpu,
-                     **identity.pairwise_scores(km["customer_key"].to_numpy(), truth)})
+                     **matching_report.pairwise_scores(km["customer_key"].to_numpy(), truth)})
     return min(runs, key=lambda r: r["cpu_s"])
 
 
 def dedup(n_records: int) -> dict:
     from affinity_bench import PeakRSS
 
-    from crmlab import identity, sources, synth
+    from crmlab import identity, matching_report, sources, synth
 
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(synth.WorldSpec(customers=max(1000, n_records * 100 // 207), seed=11), tmp, fmt="parquet")
@@ -88,8 +88,8 @@ def dedup(n_records: int) -> dict:
         wall, cpu = time.perf_counter() - w, time.process_time() - c
     return {"records": len(rec), "wall_s": wall, "cpu_s": cpu, "peak_gb_above_input": mem.above / 1024,
             "candidate_pairs": len(m.pairs_.left),
-            "pairwise_f1": identity.pairwise_scores(km["customer_key"].to_numpy(), truth)["f1"],
-            "bcubed_f1": identity.bcubed_scores(km["customer_key"].to_numpy(), truth)["f1"]}
+            "pairwise_f1": matching_report.pairwise_scores(km["customer_key"].to_numpy(), truth)["f1"],
+            "bcubed_f1": matching_report.bcubed_scores(km["customer_key"].to_numpy(), truth)["f1"]}
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def bench_assign(n, repeats):
                      columns=[f"f{i}" for i in range(10)])
     X["f9"] = np.exp(X["f9"])
     X.iloc[::50, 2] = np.nan
-    seg = Segmenter(k=6, bootstraps=0, seed=0).fit(X.iloc[:200_000])
+    seg = Segmenter(k=6, bootstraps=0, random_state=0).fit(X.iloc[:200_000])
     km = KMeans(6, n_init=1, init=seg.centers_, max_iter=1).fit(seg.transform(X.iloc[:1000]))
     km.cluster_centers_ = seg.centers_.copy()
     seg.predict(X.iloc[:1000])                                     # compile

@@ -14,12 +14,12 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .estimator import Params
 from .events import customer_keys
 from .kernels import baskets as K
 from .kernels import recommend as R
@@ -115,12 +115,6 @@ class Baskets:
         b = np.repeat(np.arange(self.n_baskets), np.diff(self.indptr))
         df = pd.DataFrame({"b": b, "item": mapping.reindex(self.items).to_numpy()[self.indices]})
         return Baskets.from_frame(df, "b", "item")._padded(self.n_baskets, self.ids)
-
-
-def read_groceries(path) -> Baskets:
-    """The Groceries data set (one basket per line, items comma-separated) as Baskets."""
-    lines = Path(path).read_text().splitlines()
-    return Baskets.from_lists([[i.strip() for i in line.split(",") if i.strip()] for line in lines])
 
 
 def _as_baskets(data) -> Baskets:
@@ -314,7 +308,7 @@ def rules_table(rules: pd.DataFrame, names: pd.Series | None = None) -> pd.DataF
 
 # ----------------------------------------------------------------------------- recommendations
 
-class ItemRecommender:
+class ItemRecommender(Params):
     """Top-k items per customer from item-item co-occurrence (customer-level baskets).
 
     Parameters

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .estimator import Params
 from .events import CustomerEvents
 
 DAY = pd.Timedelta(days=1)
@@ -21,7 +22,7 @@ def _slug(s) -> str:
     return re.sub(r"[^0-9a-z]+", "_", str(s).lower()).strip("_")
 
 
-class FeatureBuilder:
+class FeatureBuilder(Params):
     """Point-in-time customer features (one row per customer with an order before the cut-off).
 
     Parameters

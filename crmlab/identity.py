@@ -13,14 +13,12 @@ stay stable across runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import runs
-from . import standardise as std
-from .errors import CrmlabError, mask_value, masked
+from .errors import CrmlabError, mask_value
+from .estimator import Params, reset
 from .kernels import graph
 from .kernels import strings as S
 
@@ -244,7 +242,7 @@ class PairScores:
     blocking: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-class RecordMatcher:
+class RecordMatcher(Params):
     """Unsupervised Fellegi-Sunter record matcher with clustering into stable customer keys.
 
     Parameters
@@ -269,7 +267,7 @@ class RecordMatcher:
     def __init__(self, comparisons=None, blocking=None, training=None, mode: str = "link_and_dedupe",
                  threshold: float = 0.9,
                  u_sample: int = 100_000, max_block: int = 2000, max_cluster: int = 25, tf_min_u: float | None = None,
-                 max_iter: int = 200, tol: float = 1e-6, source_col: str = "source_system", seed: int = 0):
+                 max_iter: int = 200, tol: float = 1e-6, source_col: str = "source_system", random_state: int = 0):
         self.comparisons = comparisons
         self.blocking = blocking
         self.training = training
@@ -282,7 +280,7 @@ class RecordMatcher:
         self.max_iter = max_iter
         self.tol = tol
         self.source_col = source_col
-        self.seed = seed
+        self.random_state = random_state
 
     # -- helpers
     def _comps(self):
@@ -409,10 +407,9 @@ class RecordMatcher:
     # -- fitting
     def fit(self, records: pd.DataFrame, y=None) -> "RecordMatcher":
         """Estimate u from random pairs, then m and the prior by EM on the candidate pairs."""
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
-            delattr(self, name)                    # a refit learns everything anew
+        reset(self)                                # a refit learns everything anew
         df, arenas, comps = self._prepare(records)
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.random_state)
         n_levels = [len(c.labels()) for c in comps]
         ul, ur = self._random_pairs(df, rng)
         U = self._levels(arenas, comps, ul, ur)
@@ -730,194 +727,3 @@ def assign_keys(current: pd.DataFrame, previous: pd.DataFrame | None = None) -> 
         need = need[np.argsort(rank[need], kind="stable")]
     keys[need] = [f"K{next_no + i:010d}" for i in range(len(need))]
     return keys[inv]
-
-
-# ----------------------------------------------------------------------------- FEBRL 4
-
-FEBRL_COMPARISONS = [
-    Comparison("first_name_std", "name", (0.92, 0.8), tf=True, swap_with="last_name_std"),
-    Comparison("last_name_std", "name", (0.94, 0.85), tf=True),
-    Comparison("dob_str", "date"),
-    Comparison("street_number", "exact"),
-    Comparison("address_std", "string", (0.95, 0.88)),
-    Comparison("address_2", "string", (0.95, 0.88)),
-    Comparison("suburb", "string", (0.95, 0.88)),
-    Comparison("postcode", "code"),
-    Comparison("state", "exact"),
-]
-FEBRL_BLOCKING = [("names_sorted",), ("last_name_std", "postcode"), ("dob_str",),
-                  ("postcode", "street_number"), ("last_soundex", "first_initial"), ("first_name_std", "suburb"),
-                  ("address_std", "postcode"), ("street_number", "suburb"), ("suburb", "postcode"),
-                  ("first_name_std", "postcode"), ("last_name_std", "suburb")]
-FEBRL_TRAINING = [("dob_str",), ("last_name_std", "postcode"), ("first_name_std", "last_name_std"),
-                  ("postcode", "street_number")]
-
-
-def read_febrl4(folder) -> tuple[pd.DataFrame, np.ndarray]:
-    """FEBRL 4 (two files of 5,000) as one record table with ``source_system`` 'A'/'B', standardised,
-    without ``soc_sec_id``; returns (records, true entity per record)."""
-    parts = []
-    for name, system in (("dataset4a.csv", "A"), ("dataset4b.csv", "B")):
-        d = pd.read_csv(Path(folder) / name, skipinitialspace=True, dtype=str, keep_default_na=False, na_values=[""])
-        d.insert(0, "source_system", system)
-        parts.append(d)
-    d = pd.concat(parts, ignore_index=True).rename(columns={"rec_id": "source_id"})
-    out = pd.DataFrame({
-        "source_system": d["source_system"], "source_id": d["source_id"],
-        "first_name_std": std.name(d["given_name"]), "last_name_std": std.name(d["surname"]),
-        "dob": pd.to_datetime(d["date_of_birth"], format="%Y%m%d", errors="coerce"),
-        "street_number": d["street_number"].astype("string"), "address_std": std.address(d["address_1"]),
-        "address_2": std.name(d["address_2"], keep_digits=True), "suburb": std.name(d["suburb"]),
-        "postcode": d["postcode"].astype("string"), "state": d["state"].astype("string").str.lower()})
-    out["dob_str"] = d["date_of_birth"].astype("string").where(d["date_of_birth"].str.fullmatch(r"\d{8}").fillna(False))
-    truth = d["source_id"].str.extract(r"rec-(\d+)-", expand=False).to_numpy()
-    return out, truth
-
-
-def febrl_matcher(**kwargs) -> "RecordMatcher":
-    """RecordMatcher configured for FEBRL-style Australian records (link mode)."""
-    kwargs.setdefault("mode", "link")
-    return RecordMatcher(comparisons=FEBRL_COMPARISONS, blocking=FEBRL_BLOCKING, training=FEBRL_TRAINING,
-                         **kwargs)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def pairwise_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """Precision, recall and F1 over record pairs placed in the same cluster."""
-    p = pd.factorize(pred)[0]
-    t = pd.factorize(truth)[0]
-
-    def pairs(x):
-        c = np.bincount(x).astype(np.float64)
-        return float(np.sum(c * (c - 1) / 2))
-
-    both = pairs(pd.factorize(pd.MultiIndex.from_arrays([p, t]))[0])
-    pp, tp = pairs(p), pairs(t)
-    prec = both / pp if pp else 1.0
-    rec = both / tp if tp else 1.0
-    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
-
-
-def bcubed_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """B-cubed precision, recall and F1 (per record, averaged)."""
-    p = pd.factorize(pred)[0]
-    t = pd.factorize(truth)[0]
-    joint = pd.factorize(pd.MultiIndex.from_arrays([p, t]))[0]
-    nj = np.bincount(joint)[joint].astype(float)
-    prec = float(np.mean(nj / np.bincount(p)[p]))
-    rec = float(np.mean(nj / np.bincount(t)[t]))
-    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec)}
-
-
-# ----------------------------------------------------------------------------- report helpers
-
-def m_u_table(matcher: RecordMatcher) -> pd.DataFrame:
-    """Per comparison level: m, u and the log2 Bayes factor (the model in one table)."""
-    rows = []
-    for c, m, u in zip(matcher.comparisons_, matcher.m_, matcher.u_):
-        for lv, label in enumerate(c.labels()):
-            rows.append((c.column, label, m[lv], u[lv], np.log2(m[lv] / u[lv])))
-    return pd.DataFrame(rows, columns=["comparison", "level", "m", "u", "log2_bayes_factor"])
-
-
-def threshold_curve(pairs: PairScores, truth: np.ndarray | None = None, thresholds=None) -> pd.DataFrame:
-    """Pair-level precision / recall by threshold: measured against ``truth`` when given, else as the
-    model expects them (sums of match probabilities)."""
-    thresholds = np.asarray(thresholds if thresholds is not None else
-                            [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999])
-    p = pairs.probability
-    rows = []
-    if truth is not None:
-        same = truth[pairs.left] == truth[pairs.right]
-        t = pd.factorize(truth)[0]
-        c = np.bincount(t).astype(float)
-        all_true = float(np.sum(c * (c - 1) / 2))
-    for th in thresholds:
-        acc = p >= th
-        if truth is not None:
-            tp, fp = float(np.sum(acc & same)), float(np.sum(acc & ~same))
-            fn = all_true - tp
-        else:
-            tp, fp, fn = float(p[acc].sum()), float((1 - p[acc]).sum()), float(p[~acc].sum())
-        prec = tp / (tp + fp) if tp + fp else 1.0
-        rec = tp / (tp + fn) if tp + fn else 1.0
-        rows.append((th, int(acc.sum()), prec, rec, 2 * prec * rec / (prec + rec) if prec + rec else 0.0))
-    return pd.DataFrame(rows, columns=["threshold", "accepted_pairs", "precision", "recall", "f1"])
-
-
-def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n: int = 10,
-                  columns=("first_name", "last_name", "dob", "email", "phone", "address", "postcode"),
-                  seed: int = 0) -> pd.DataFrame:
-    """Pairs closest to the threshold (in match weight), side by side, for clerical review."""
-    w_th = np.log2(threshold / (1 - threshold))
-    order = np.argsort(np.abs(pairs.weight - w_th))[:n]
-    cols = [c for c in columns if c in records]
-    rows = []
-    for q in order:
-        i, j = pairs.left[q], pairs.right[q]
-        row = {"probability": pairs.probability[q], "weight": pairs.weight[q]}
-        for c in ["source_system", *cols]:
-            row[f"{c} (1)"] = records.iloc[i][c]
-            row[f"{c} (2)"] = records.iloc[j][c]
-        rows.append(row)
-    return masked(pd.DataFrame(rows))
-
-
-def blocking_report(matcher: RecordMatcher, records: pd.DataFrame, truth: np.ndarray | None = None) -> pd.DataFrame:
-    """Per blocking rule and for their union: candidate pairs, reduction ratio, skipped blocks (from
-    the fit); with ``truth`` (planted customer per record) also pairs completeness, which blocks again."""
-    matcher._check_fitted()
-    if truth is None:
-        return matcher.blocking_
-    return matcher.candidate_pairs(add_keys(records.reset_index(drop=True)), truth)[2]
-
-
-def cluster_sizes(key_map_: pd.DataFrame) -> pd.Series:
-    return key_map_.groupby("customer_key").size().value_counts().sort_index().rename("customers")
-
-
-def find_previous_key_map(params: dict, exclude=None):
-    """The key map of the latest successful run with the same ``run_name`` and publish target (for
-    stable keys), or None: a CI or test run never lends its keys to a production run."""
-    folder = runs.latest_ok(params["runs_dir"], run_name=params["run_name"], target=runs.publish_target(params),
-                            exclude=exclude, need="customer_key_map")
-    return None if folder is None else folder / "artifacts" / "customer_key_map.parquet"
-
-
-def plot_weights(pairs: PairScores, threshold: float, truth: np.ndarray | None = None):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    bins = np.linspace(max(pairs.weight.min(), -40), min(pairs.weight.max(), 60), 80)
-    if truth is None:
-        ax.hist(pairs.weight, bins=bins, color="#4c72b0")
-    else:
-        same = truth[pairs.left] == truth[pairs.right]
-        ax.hist([pairs.weight[~same], pairs.weight[same]], bins=bins, stacked=True,
-                color=["#e76f51", "#2a9d8f"], label=["different customers (truth)", "same customer (truth)"])
-        ax.legend()
-    ax.axvline(np.log2(threshold / (1 - threshold)), color="black", ls="--", label="threshold")
-    ax.set(yscale="log", xlabel="match weight (log2 odds)", ylabel="candidate pairs",
-           title="Match weights of candidate pairs")
-    fig.tight_layout()
-    return fig
-
-
-def plot_waterfall(explanation: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    e = explanation
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(e) + 1.5))
-    start = e["cumulative"] - e["log2_bayes_factor"]
-    colours = np.where(e["log2_bayes_factor"] >= 0, "#2a9d8f", "#e76f51")
-    labels = [f"{c}: {lv}" if lv else c for c, lv in zip(e["comparison"], e["level"])]
-    ax.barh(range(len(e)), e["log2_bayes_factor"], left=start, color=colours)
-    ax.set_yticks(range(len(e)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="grey", lw=0.8)
-    total = e["cumulative"].iloc[-1]
-    ax.set(xlabel="match weight (log2 odds)",
-           title=f"Why this pair: weight {total:.1f}, probability {1 / (1 + 2 ** -total):.3f}")
-    fig.tight_layout()
-    return fig

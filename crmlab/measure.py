@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .estimator import Params
 from .events import RESPONSE_COLUMNS, attribute_responses, keyed_contacts  # noqa: F401 - the measurement API
 from .features import FeatureBuilder
 from .propensity import PropensityModel
@@ -114,7 +115,7 @@ def age_band(profile: pd.DataFrame, at) -> pd.Series:
 
 # ----------------------------------------------------------------------------- uplift model
 
-class TwoModelUplift:
+class TwoModelUplift(Params):
     """Uplift as P(response | treated, x) - P(response | control, x), one classifier per group.
 
     Attributes: ``treated_``, ``control_`` (fitted :class:`crmlab.propensity.PropensityModel`).

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .estimator import Params
 from .features import FeatureBuilder, _slug, labels
 from .kernels import scoring
 from .progress import bar
@@ -117,7 +118,7 @@ def _one_blas_thread():
 
 # ----------------------------------------------------------------------------- the estimator
 
-class PropensityModel:
+class PropensityModel(Params):
     """A calibrated binary classifier over a customer feature table.
 
     Parameters

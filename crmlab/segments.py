@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .estimator import Params, reset
 from .kernels.segments import nearest_center
 from .progress import bar
 
@@ -77,7 +78,7 @@ def select_features(columns, patterns) -> list[str]:
     return cols
 
 
-class Segmenter:
+class Segmenter(Params):
     """Behavioural segments from numeric customer features.
 
     Parameters
@@ -88,8 +89,8 @@ class Segmenter:
     min_stability : with k auto, only k whose mean bootstrap adjusted Rand index reaches this are
         eligible (the most stable k is taken when none does); 0 turns the check off. The default
         0.95 keeps a margin over a 0.9 goal: a 10-bootstrap mean varies by a few hundredths.
-    n_init, bootstraps, sample, seed : restarts per fit, bootstrap refits for stability, rows used
-        for silhouettes, random seed.
+    n_init, bootstraps, sample, random_state : restarts per fit, bootstrap refits for stability, rows
+        used for silhouettes, random seed.
     max_fit_rows : larger inputs are fitted on a random sample of this many rows (every row is
         then assigned by the kernel): millions of customers fit in seconds.
     select_rows : choosing k (a fit, silhouette and ``bootstraps`` refits per candidate) and
@@ -107,10 +108,10 @@ class Segmenter:
 
     def __init__(self, k="auto", method: str = "kmeans", k_range=(3, 8), criterion: str = "silhouette",
                  min_stability: float = 0.95, n_init: int = 10, bootstraps: int = 10, sample: int = 5000,
-                 max_fit_rows: int = 200_000, select_rows: int = 20_000, seed: int = 0):
+                 max_fit_rows: int = 200_000, select_rows: int = 20_000, random_state: int = 0):
         self.k, self.method, self.k_range, self.criterion = k, method, k_range, criterion
-        self.min_stability, self.n_init, self.bootstraps, self.sample, self.seed = (
-            min_stability, n_init, bootstraps, sample, seed)
+        self.min_stability, self.n_init, self.bootstraps, self.sample, self.random_state = (
+            min_stability, n_init, bootstraps, sample, random_state)
         self.max_fit_rows, self.select_rows = max_fit_rows, select_rows
 
     # -- preparation
@@ -176,7 +177,7 @@ class Segmenter:
     def _candidate(self, Z: np.ndarray, k: int, rng) -> dict:
         from sklearn.metrics import silhouette_score
 
-        c, w, b, m = self._fit_k(Z, k, self.seed)
+        c, w, b, m = self._fit_k(Z, k, self.random_state)
         lab = self._assign(Z, c, w, b)
         s = self._sample(len(Z), rng)
         row = {"k": k, "silhouette": float(silhouette_score(Z[s], lab[s])) if len(np.unique(lab[s])) > 1 else np.nan}
@@ -201,12 +202,13 @@ class Segmenter:
             raise CrmlabError(f"segment method must be 'kmeans' or 'gmm', got {self.method!r}")
         if self.criterion not in ("silhouette", "bic") or (self.criterion == "bic" and self.method != "gmm"):
             raise CrmlabError(f"segment criterion must be 'silhouette' (or 'bic' with gmm), got {self.criterion!r}")
+        reset(self)                                   # a refit learns everything anew (selection_ too)
         self.features_ = list(X.columns)
         A = self._validate(X, fitting=True)
         ks = list(range(int(self.k_range[0]), int(self.k_range[1]) + 1)) if self.k == "auto" else [int(self.k)]
         if min(ks) < 2 or len(A) < 10 * max(ks):
             raise CrmlabError(f"need k >= 2 and at least 10 customers per segment: {len(A):,} rows for k up to {max(ks)}")
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.random_state)
         A = A[self._sample(len(A), rng, self.max_fit_rows)]
         self._learn_preparation(A)
         Z = self._prepare(A)
@@ -222,7 +224,7 @@ class Segmenter:
             self.selection_ = sel
         else:
             k, self.selection_ = ks[0], None
-        c, w, b, _ = self._fit_k(Z, k, self.seed)
+        c, w, b, _ = self._fit_k(Z, k, self.random_state)
         lab = self._assign(Z, c, w, b)
         order = np.argsort(-np.bincount(lab, minlength=k), kind="stable")     # segment 0 = largest
         self.k_, self.centers_, self.weights_, self.bias_ = k, c[order], w[order], b[order]
@@ -253,13 +255,13 @@ class Segmenter:
         from sklearn.metrics import adjusted_rand_score
 
         self._check_fitted()
-        rng = np.random.default_rng(self.seed + 1)
+        rng = np.random.default_rng(self.random_state + 1)
         X = X.iloc[self._sample(len(X), rng, min(self.max_fit_rows, self.select_rows))]
         Z = self.transform(X)
         ref = self._assign(Z, self.centers_, self.weights_, self.bias_)
         rows = []
         for s in bar(range(seeds), "stability: refits with other seeds", unit="fit"):
-            c, w, b, _ = self._fit_k(Z, self.k_, self.seed + 1000 + s)
+            c, w, b, _ = self._fit_k(Z, self.k_, self.random_state + 1000 + s)
             rows.append(("seed", adjusted_rand_score(ref, self._assign(Z, c, w, b))))
         rows += [("bootstrap", a) for a in self._bootstrap_aris(Z, ref, self.k_, rng, max(self.bootstraps, 1))]
         t = pd.DataFrame(rows, columns=["refit", "ari"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +147,27 @@ class Sources:
         """Read tables written by :meth:`write` (already validated; no checks repeated)."""
         folder = Path(folder)
         meta = json.loads((folder / "sources.json").read_text())
-        tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in meta["tables"]}
+        tables = _LazyTables({name: folder / f"{name}.parquet" for name in meta["tables"]})
         return cls(tables, meta["systems"], meta["origin"], meta["fingerprints"])
+
+
+class _LazyTables(Mapping):
+    """Tables read from their Parquet files on first use: a stage that needs the products does not
+    read 12 million order lines (1M customers)."""
+
+    def __init__(self, paths: dict[str, Path]):
+        self._paths, self._frames = paths, {}
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self._frames:
+            self._frames[name] = pd.read_parquet(self._paths[name])     # KeyError for an unknown table
+        return self._frames[name]
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 # ----------------------------------------------------------------------------- reading

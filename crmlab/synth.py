@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import _world_data as W
-from .value import true_customer_transactions
 
 SYSTEMS = ("store", "web", "callcentre")
 CHANNELS = ("store", "web", "phone")          # the channel each system records orders for
@@ -715,79 +714,3 @@ def _contact_table(contacts: pd.DataFrame, spec: WorldSpec, C: dict, lookup: dic
     for col in ("campaign_id", "source_system", "source_id", "medium", "ref_code", "group"):
         df[col] = df[col].astype("string")
     return df
-
-
-# ----------------------------------------------------------------------------- truth helpers
-
-def _read_truth(world_dir: Path, name: str) -> pd.DataFrame | None:
-    for ext in ("parquet", "csv"):
-        p = world_dir / "truth" / f"{name}.{ext}"
-        if p.exists():
-            return pd.read_parquet(p) if ext == "parquet" else pd.read_csv(p, dtype={"source_id": str})
-    return None
-
-
-def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
-    """The planted customer of each of ``records`` (source_system, source_id), in row order; None
-    when ``world_dir`` has no truth files (real data)."""
-    rt = _read_truth(Path(world_dir), "record_truth")
-    if rt is None:
-        return None
-    keys = records[["source_system", "source_id"]].astype({"source_id": "string"})
-    return keys.merge(rt.astype({"source_id": "string"}), on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
-
-
-def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
-    """customer_key -> the true customer most of its source records belong to (None without truth)."""
-    rt = _read_truth(Path(world_dir), "record_truth")
-    if rt is None:
-        return None
-    m = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"}).merge(
-        rt.astype({"source_id": "string"}), on=["source_system", "source_id"])
-    top = m.groupby(["customer_key", "customer_id"]).size().rename("n").reset_index()
-    top = top.sort_values("n", ascending=False).drop_duplicates("customer_key")
-    return top.set_index("customer_key")["customer_id"]
-
-
-def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int,
-                               src=None) -> pd.Series | None:
-    """P(no order in ``[cutoff, cutoff + horizon)``) under the true process, per customer_key.
-
-    Uses each true customer's own purchase rate and dropout probability and their purchases before
-    the cut-off: P(alive) = 1 without repeat purchases, else
-    (1 - p) e^(-lambda (T - t_x)) / ((1 - p) e^(-lambda (T - t_x)) + p); then
-    P(attrition) = 1 - P(alive) (1 - e^(-lambda h)). The best any model of the history can do
-    (campaign-driven orders aside). None when the world has no truth files.
-    """
-    world_dir = Path(world_dir)
-    ct = _read_truth(world_dir, "customer_truth")
-    owner = true_customer_of(world_dir, key_map)
-    if ct is None or owner is None:
-        return None
-    cutoff = pd.Timestamp(cutoff)
-    tx = true_customer_transactions(world_dir, src)
-    tx = tx[tx["order_date"] < cutoff]
-    g = tx.groupby("customer_key")["order_date"]
-    first, last, n = g.min(), g.max(), g.size()
-    ct = ct.set_index("customer_id").reindex(first.index)
-    week = pd.Timedelta(days=7)
-    lam, p = ct["lambda_per_week"].to_numpy(), ct["p_dropout"].to_numpy()
-    gap = ((cutoff - last) / week).to_numpy()
-    stay = (1 - p) * np.exp(-lam * gap)
-    alive = np.where(n.to_numpy() > 1, stay / (stay + p), 1.0)
-    p_attr = pd.Series(1 - alive * (1 - np.exp(-lam * horizon_days / 7.0)), index=first.index)
-    return owner.map(p_attr).dropna()
-
-
-def true_life_stage(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
-    """customer_key -> true life stage (None without truth files)."""
-    ct = _read_truth(Path(world_dir), "customer_truth")
-    owner = true_customer_of(world_dir, key_map)
-    if ct is None or owner is None:
-        return None
-    return owner.map(ct.set_index("customer_id")["life_stage"]).dropna()
-
-
-def true_uplift(world_dir) -> pd.DataFrame | None:
-    """Planted incremental response per campaign and life stage (None without truth files)."""
-    return _read_truth(Path(world_dir), "uplift_truth")

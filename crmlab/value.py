@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
 from .errors import CrmlabError
+from .estimator import Params, reset
 from .events import customer_keys, order_values
 from .kernels import btyd
 from .kernels.grouping import grid_codes
-from .sources import load
 
 DAYS_PER_MONTH = 365.25 / 12
-
-
-def _reset(estimator) -> None:
-    """Forget every learned attribute (name ending in ``_``), so that a refit equals a fresh fit."""
-    for name in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("__")]:
-        delattr(estimator, name)
 
 
 class ConvergenceError(CrmlabError):
@@ -115,14 +108,6 @@ def _time_unit(X, time_unit) -> float:
     return float(time_unit)
 
 
-def read_cdnow(path) -> pd.DataFrame:
-    """The CDNOW sample as shipped with lifetimes (customer, id, yyyymmdd, CDs, dollars) -> transactions."""
-    df = pd.read_csv(path, sep=r"\s+", header=None, names=["customer_key", "_id", "date", "quantity", "value"],
-                     dtype={"date": str})
-    df["order_date"] = pd.to_datetime(df["date"], format="%Y%m%d")
-    return df[["customer_key", "order_date", "quantity", "value"]]
-
-
 def transactions(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per order keyed by customer: ``customer_key``, ``order_date``, ``value``, ``channel``.
 
@@ -134,18 +119,6 @@ def transactions(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
     o = o.assign(customer_key=customer_keys(o, key_map, "orders"))
     cols = ["customer_key", "order_date", "value"] + (["channel"] if "channel" in o else [])
     return o[cols]
-
-
-def true_customer_transactions(world_dir, src=None) -> pd.DataFrame:
-    """Transactions of a synthetic world keyed by the true customer (for checks against planted truth).
-
-    ``src``: the run's validated :class:`~crmlab.sources.Sources` of that world (else read and
-    validated again from ``world_dir``, which costs as much as the run's own loading step)."""
-    world_dir = Path(world_dir)
-    truth = next(p for p in (world_dir / "truth" / "record_truth.parquet", world_dir / "truth" / "record_truth.csv")
-                 if p.exists())
-    rt = pd.read_parquet(truth) if truth.suffix == ".parquet" else pd.read_csv(truth, dtype={"source_id": str})
-    return transactions(src if src is not None else load(world_dir), rt.rename(columns={"customer_id": "customer_key"}))
 
 
 def _rfm_arrays(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -313,7 +286,40 @@ def _param_table(names, values, se) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- BG/NBD
 
-class BetaGeo:
+class _PurchaseModel(Params):
+    """What BG/NBD-family and Pareto/NBD models share: predictions from per-pattern results
+    (``_predict_patterns``), so that customers with the same history are computed once."""
+
+    def _check_fitted(self):
+        if not hasattr(self, "params_"):
+            raise CrmlabError(f"{type(self).__name__} is not fitted yet: call fit() first")
+
+    def _predict_all(self, X, horizons):
+        inv, p, e, s = self._predict_patterns(X, horizons)
+        return p[inv], e[inv], s[inv]
+
+    def discounted_purchases(self, X, horizons, rate: float) -> np.ndarray:
+        """Sum over periods of the expected purchases in each period discounted by ``(1 + rate)^k``."""
+        inv, _, e, _ = self._predict_patterns(X, horizons)
+        return btyd.discounted_value(e, np.ones(len(e)), rate)[inv]
+
+    def p_alive(self, X) -> np.ndarray:
+        """Probability that each customer is still active at the end of calibration (T)."""
+        return self._predict_all(X, [0.0])[0]
+
+    def p_alive_at(self, X, t: float) -> np.ndarray:
+        """Probability that each customer is still active ``t`` time units after T."""
+        return self._predict_all(X, [t])[2][:, 0]
+
+    def expected_purchases(self, X, t) -> np.ndarray:
+        """Expected purchases in (T, T + t]; ``t`` scalar -> (n,), sequence -> (n, len(t))."""
+        e = self._predict_all(X, np.atleast_1d(t))[1]
+        return e[:, 0] if np.ndim(t) == 0 else e
+
+    predict = expected_purchases
+
+
+class BetaGeo(_PurchaseModel):
     """BG/NBD purchase and dropout model (``modified=True``: MBG/NBD, dropout also possible at once).
 
     Parameters
@@ -375,7 +381,7 @@ class BetaGeo:
         x, tx, T = _rfm_arrays(X)
         if np.sum(x > 0) == 0:
             raise CrmlabError("no customer made a repeat purchase: BG/NBD cannot estimate dropout")
-        _reset(self)                                         # a refit learns everything anew
+        reset(self)                                         # a refit learns everything anew
         Z = self._design(X, fitting=True)
         k = Z.shape[1]
         if k == 0:                                           # tabled fast path
@@ -443,10 +449,6 @@ class BetaGeo:
                                       columns=["alpha", "a", "b"])
         return self
 
-    def _check_fitted(self):
-        if not hasattr(self, "params_"):
-            raise CrmlabError(f"{type(self).__name__} is not fitted yet: call fit() first")
-
     def _predict_patterns(self, X, horizons):
         """(customer -> pattern index, P(alive), expected purchases, P(alive at T+h)) per pattern."""
         self._check_fitted()
@@ -465,30 +467,6 @@ class BetaGeo:
         r, al, a, b = self._unpack(self.theta_, np.column_stack(cols[3:]))
         return (inv, *btyd.bgnbd_predict(r, al, a, b, cols[0], cols[1], cols[2], horizons, self.modified))
 
-    def _predict_all(self, X, horizons):
-        inv, p, e, s = self._predict_patterns(X, horizons)
-        return p[inv], e[inv], s[inv]
-
-    def discounted_purchases(self, X, horizons, rate: float) -> np.ndarray:
-        """Sum over periods of the expected purchases in each period discounted by ``(1 + rate)^k``."""
-        inv, _, e, _ = self._predict_patterns(X, horizons)
-        return btyd.discounted_value(e, np.ones(len(e)), rate)[inv]
-
-    def p_alive(self, X) -> np.ndarray:
-        """Probability that each customer is still active at the end of calibration (T)."""
-        return self._predict_all(X, [0.0])[0]
-
-    def p_alive_at(self, X, t: float) -> np.ndarray:
-        """Probability that each customer is still active ``t`` time units after T."""
-        return self._predict_all(X, [t])[2][:, 0]
-
-    def expected_purchases(self, X, t) -> np.ndarray:
-        """Expected purchases in (T, T + t]; ``t`` scalar -> (n,), sequence -> (n, len(t))."""
-        e = self._predict_all(X, np.atleast_1d(t))[1]
-        return e[:, 0] if np.ndim(t) == 0 else e
-
-    predict = expected_purchases
-
     def expected_purchases_new(self, t) -> np.ndarray:
         """Unconditional expected repeat purchases of a just-acquired customer within t (array)."""
         self._check_fitted()
@@ -501,7 +479,7 @@ class BetaGeo:
 
 # ----------------------------------------------------------------------------- Pareto/NBD
 
-class ParetoNBD(BetaGeo):
+class ParetoNBD(_PurchaseModel):
     """Pareto/NBD (Schmittlein, Morrison & Colombo 1987): exponential lifetimes, Gamma(s, beta) dropout rates.
 
     Attributes: ``params_`` (r, alpha, s, beta), ``se_``, ``summary_``, ``loglik_``.
@@ -510,14 +488,12 @@ class ParetoNBD(BetaGeo):
     def __init__(self, tol: float = 1e-12, max_iter: int = 2000):
         self.tol = tol
         self.max_iter = max_iter
-        self.covariates = None
-        self.modified = False
 
     def fit(self, X, y=None):
         x, tx, T = _rfm_arrays(X)
         if np.sum(x > 0) == 0:
             raise CrmlabError("no customer made a repeat purchase: Pareto/NBD cannot estimate dropout")
-        _reset(self)
+        reset(self)
         (ux, utx, uT), w, _ = _patterns(x, tx, T)
         N = w.sum()
 
@@ -578,7 +554,7 @@ class ParetoNBD(BetaGeo):
 
 # ----------------------------------------------------------------------------- Gamma-Gamma
 
-class GammaGamma:
+class GammaGamma(Params):
     """Gamma-Gamma model of mean transaction value (Fader & Hardie 2013), fitted on repeat customers.
 
     Attributes: ``params_`` (p, q, gamma), ``se_``, ``summary_``, ``loglik_``, ``n_customers_``,
@@ -600,7 +576,7 @@ class GammaGamma:
 
     def fit(self, X, y=None):
         x, m = self._arrays(X)
-        _reset(self)
+        reset(self)
         keep = (x > 0) & (m > 0)
         if keep.sum() < 3:
             raise CrmlabError(f"Gamma-Gamma needs repeat customers with positive spend; found {int(keep.sum())}")

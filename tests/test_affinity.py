@@ -7,7 +7,7 @@ import pytest
 from mlxtend.frequent_patterns import association_rules as mlx_rules
 from mlxtend.frequent_patterns import fpgrowth
 
-from crmlab import affinity
+from crmlab import affinity, datasets
 from crmlab.affinity import Baskets
 from crmlab.errors import CrmlabError
 from crmlab.kernels import baskets as K
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def groceries() -> Baskets:
-    return affinity.read_groceries(ROOT / "data" / "groceries" / "groceries.csv")
+    return datasets.read_groceries(ROOT / "data" / "groceries" / "groceries.csv")
 
 
 def _random_baskets(seed, n=600, m=25):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import identity, sources
+from crmlab import datasets, identity, matching_report, sources
 from crmlab.errors import CrmlabError
 from crmlab.kernels import graph
 from crmlab.kernels import strings as S
@@ -48,15 +48,15 @@ def test_soundex():
 
 @pytest.fixture(scope="module")
 def febrl():
-    return identity.read_febrl4(ROOT / "data" / "febrl")
+    return datasets.read_febrl4(ROOT / "data" / "febrl")
 
 
 def test_febrl4_unsupervised_without_ssn(febrl):
     records, truth = febrl
     assert "soc_sec_id" not in records and len(records) == 10000
-    m = identity.febrl_matcher()
+    m = datasets.febrl_matcher()
     km = m.fit_predict(records)
-    scores = identity.pairwise_scores(km["customer_key"].to_numpy(), truth)
+    scores = matching_report.pairwise_scores(km["customer_key"].to_numpy(), truth)
     assert scores["f1"] >= 0.998, scores
     stats = m.candidate_pairs(identity.add_keys(records), truth)[2]
     assert stats.iloc[-1]["pairs_completeness"] >= 0.998 and stats.iloc[-1]["reduction_ratio"] > 0.9997
@@ -71,7 +71,7 @@ def test_refit_on_other_records_equals_a_fresh_fit(febrl):
     """#16: fit forgets the previous fit (m, u, blocking statistics, term frequencies); predict learns nothing."""
     records, _ = febrl
     part = records.iloc[::2]
-    refit, fresh = identity.febrl_matcher().fit(records).fit(part), identity.febrl_matcher().fit(part)
+    refit, fresh = datasets.febrl_matcher().fit(records).fit(part), datasets.febrl_matcher().fit(part)
     learned = lambda m: {k for k in vars(m) if k.endswith("_")}          # noqa: E731
     assert learned(refit) == learned(fresh)
     for a, b in zip(refit.m_ + refit.u_, fresh.m_ + fresh.u_):
@@ -144,8 +144,8 @@ def test_synthetic_world_matching(world_records):
     rec, truth = world_records
     m = identity.RecordMatcher()
     km = m.fit_predict(rec)
-    pw = identity.pairwise_scores(km["customer_key"].to_numpy(), truth)
-    bc = identity.bcubed_scores(km["customer_key"].to_numpy(), truth)
+    pw = matching_report.pairwise_scores(km["customer_key"].to_numpy(), truth)
+    bc = matching_report.bcubed_scores(km["customer_key"].to_numpy(), truth)
     assert pw["f1"] >= 0.97 and bc["f1"] >= 0.98, (pw, bc)
     assert km["match_confidence"].between(0, 1).all()
     # blocking leaves some true pairs uncompared; transitivity through other records recovers them
@@ -189,19 +189,19 @@ def test_bad_input():
     recs = pd.DataFrame({"source_system": ["a"], "source_id": ["1"], "first_name_std": ["x"]})
     with pytest.raises(CrmlabError, match="lack column"):
         identity.RecordMatcher().fit(recs)
-    recs, _ = identity.read_febrl4(ROOT / "data" / "febrl")
+    recs, _ = datasets.read_febrl4(ROOT / "data" / "febrl")
     recs = recs.assign(suburb=None)
     with pytest.raises(CrmlabError, match="'suburb' is empty"):
-        identity.febrl_matcher().fit(recs)
-    recs2, _ = identity.read_febrl4(ROOT / "data" / "febrl")
+        datasets.febrl_matcher().fit(recs)
+    recs2, _ = datasets.read_febrl4(ROOT / "data" / "febrl")
     recs2["street_number"] = pd.to_numeric(recs2["street_number"])
     with pytest.raises(CrmlabError, match="must hold text"):
-        identity.febrl_matcher().fit(recs2)
+        datasets.febrl_matcher().fit(recs2)
     with pytest.raises(CrmlabError, match=r"lack column\(s\) \['source_id'\]"):
-        identity.febrl_matcher().fit(recs2.drop(columns="source_id"))
+        datasets.febrl_matcher().fit(recs2.drop(columns="source_id"))
     dup = pd.concat([recs2.head(3), recs2.head(1)])
     with pytest.raises(CrmlabError, match="unique within each source system"):
-        identity.febrl_matcher().fit(dup.assign(street_number=dup["street_number"].astype("string")))
+        datasets.febrl_matcher().fit(dup.assign(street_number=dup["street_number"].astype("string")))
     with pytest.raises(CrmlabError, match="not fitted"):
         identity.RecordMatcher().score_pairs(recs2)
 
@@ -223,9 +223,9 @@ def test_extra_columns_modes_and_single_source_link(febrl):
     recs = recs.groupby("source_system").head(400).copy()
     recs["tags"] = [["a", "b"]] * len(recs)                             # unhashable values
     recs["meta"] = [{"k": 1}] * len(recs)
-    m = identity.febrl_matcher().fit(recs)
+    m = datasets.febrl_matcher().fit(recs)
     assert len(m.predict(recs)) == len(recs)
-    assert identity.febrl_matcher(mode="dedupe").mode == "dedupe"
+    assert datasets.febrl_matcher(mode="dedupe").mode == "dedupe"
     one = recs.assign(source_system="crm")
     with pytest.raises(CrmlabError, match="mode 'link' only compares records of different source systems.*'crm'"):
-        identity.febrl_matcher().fit(one)
+        datasets.febrl_matcher().fit(one)

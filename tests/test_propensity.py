@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import config, propensity
+from crmlab import config, propensity, truth
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
 from crmlab.propensity import CompiledModel, PropensityModel, ScoringError
@@ -118,14 +118,13 @@ def test_stage_fits_evaluates_scores_and_reloads(events, world, tmp_path):
 
 
 def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
-    from crmlab import synth
 
     P = {**config.DEFAULTS["propensity"], "cv": 3, "departments": [], "top_departments": 0, "response": False}
     results, _, cut = propensity.fit_targets(events, P, progress=lambda *_: None)
     r = results["attrition"]
     rt = pd.read_parquet(world / "truth" / "record_truth.parquet")
     key_map = rt.assign(customer_key=rt["source_system"] + ":" + rt["source_id"].astype(str))  # records as customers
-    oracle = synth.true_attrition_probability(world, key_map, cut["valid"], P["horizon_days"])
+    oracle = truth.true_attrition_probability(world, key_map, cut["valid"], P["horizon_days"])
     y = pd.Series(r.holdout_y, index=r.holdout_X.index)
     both = y.index.intersection(oracle.index)
     auc_true = propensity.evaluate(y[both], oracle[both])["roc_auc"]

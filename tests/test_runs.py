@@ -15,7 +15,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from crmlab import config, identity, pipeline, runs, threads
+from crmlab import config, pipeline, runs, threads
+from crmlab.stages import identity as stage_identity
 from crmlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,8 +122,8 @@ def test_previous_key_map_only_from_the_same_run_name_and_target(tmp_path):
     _fake_run(r, "c", "ci", "ok", "2026-12-01T03:00:00", str(r / "published" / "ci"))
     _fake_run(r, "d", "default", "ok", "2026-12-01T04:00:00", "/elsewhere")
     params = {"runs_dir": str(r), "run_name": "default", "publish": {"url": None, "dir": pub}}
-    assert identity.find_previous_key_map(params) == r / "a" / "artifacts" / "customer_key_map.parquet"
-    assert identity.find_previous_key_map(params, exclude=r / "a") is None
+    assert stage_identity.find_previous_key_map(params) == r / "a" / "artifacts" / "customer_key_map.parquet"
+    assert stage_identity.find_previous_key_map(params, exclude=r / "a") is None
 
 
 def test_run_killed_from_outside_is_marked_aborted(tmp_path):

@@ -47,7 +47,7 @@ def test_auto_k_recovers_planted_segments_and_is_stable(method, criterion):
     from sklearn.metrics import adjusted_rand_score
 
     X, truth = _blobs()
-    seg = segments.Segmenter(method=method, criterion=criterion, k_range=(2, 5), bootstraps=2, seed=0).fit(X)
+    seg = segments.Segmenter(method=method, criterion=criterion, k_range=(2, 5), bootstraps=2, random_state=0).fit(X)
     assert seg.k_ == 4
     assert seg.selection_.loc[4, "chosen"]
     assert seg.log_cols_.tolist() == [False, False, False, True]
@@ -129,9 +129,25 @@ def test_k_is_chosen_on_a_stated_sample():
     from sklearn.metrics import adjusted_rand_score
 
     X, truth = _blobs(n=3000, seed=6)
-    seg = segments.Segmenter(k_range=(2, 5), bootstraps=2, select_rows=600, seed=1).fit(X)
+    seg = segments.Segmenter(k_range=(2, 5), bootstraps=2, select_rows=600, random_state=1).fit(X)
     assert seg.select_rows_ == 600 and seg.k_ == 4 and len(seg.labels_) == 3000
     assert adjusted_rand_score(truth, seg.labels_) > 0.95
     assert (seg.stability(X, seeds=1)["mean"] > 0.9).all()
-    full = segments.Segmenter(k_range=(2, 5), bootstraps=2, select_rows=10_000, seed=1).fit(X)
+    full = segments.Segmenter(k_range=(2, 5), bootstraps=2, select_rows=10_000, random_state=1).fit(X)
     assert full.select_rows_ == 3000 and full.k_ == seg.k_
+
+
+def test_refit_equals_a_fresh_fit_and_params_protocol():
+    """#16: fit forgets the previous fit; get_params/set_params as in scikit-learn (clone works)."""
+    from sklearn.base import clone
+
+    X, _ = _blobs(n=1500, k=3, seed=8)
+    auto = segments.Segmenter(k_range=(2, 4), bootstraps=2, random_state=3)
+    refit = clone(auto).fit(X).set_params(k=3).fit(X)
+    fresh = segments.Segmenter(k=3, k_range=(2, 4), bootstraps=2, random_state=3).fit(X)
+    assert {k for k in vars(refit) if k.endswith("_")} == {k for k in vars(fresh) if k.endswith("_")}
+    assert refit.selection_ is None and not hasattr(refit, "select_rows_")   # nothing left from the auto fit
+    np.testing.assert_array_equal(refit.predict(X), fresh.predict(X))
+    assert clone(fresh).get_params() == fresh.get_params() and "random_state" in fresh.get_params()
+    with pytest.raises(ValueError, match="invalid parameter 'seed'"):
+        fresh.set_params(seed=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import value
+from crmlab import datasets, truth, value
 from crmlab.errors import CrmlabError
 
 import naive
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cdnow():
-    df = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    df = datasets.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
     return value.rfm_summary(df, calibration_end="1997-09-30", observation_end="1998-06-30")
 
 
@@ -62,7 +62,7 @@ def test_predictions_match_reference_formulas(cdnow):
     np.testing.assert_allclose(m.p_alive(cdnow), p_ref, rtol=1e-10)
     np.testing.assert_allclose(m.expected_purchases(cdnow, 39.0), e_ref, rtol=1e-8)
     rep = value.holdout_report(m, cdnow)
-    raw = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    raw = datasets.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
     hold = raw[(raw["order_date"] > "1997-09-30") & (raw["order_date"] <= "1998-06-30")]
     assert rep.table.loc["model", "actual_total"] == len(hold.drop_duplicates(["customer_key", "order_date"]))
     assert rep.table.loc["model", "predicted_total"] == pytest.approx(e_ref.sum(), rel=1e-9)
@@ -90,9 +90,9 @@ def test_p_alive_at_future_date_monte_carlo():
 def test_recovers_planted_truth_of_the_synthetic_world():
     sample = ROOT / "data" / "sample"
     meta = json.loads((sample / "truth" / "truth.json").read_text())
-    tx = value.true_customer_transactions(sample)
+    tx = truth.true_customer_transactions(sample)
     from crmlab.sources import load
-    pd.testing.assert_frame_equal(value.true_customer_transactions(sample, load(sample)), tx)   # the run's sources reused
+    pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, load(sample)), tx)   # the run's sources reused
     rfm = value.rfm_summary(tx, observation_end=meta["spec"]["end"])
     bg = value.BetaGeo().fit(rfm)
     for k in ("r", "alpha", "a", "b"):
@@ -227,7 +227,7 @@ def test_pareto_term_near_z_one_matches_reference():
 
 
 def test_time_unit_travels_with_the_rfm_table(cdnow):
-    tx = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    tx = datasets.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
     days = value.rfm_summary(tx, calibration_end="1997-09-30", time_unit=1.0)
     assert days.attrs["time_unit_days"] == 1.0
     bg_d, bg_w = value.BetaGeo().fit(days), value.BetaGeo().fit(cdnow)
@@ -241,7 +241,7 @@ def test_time_unit_travels_with_the_rfm_table(cdnow):
 
 @pytest.mark.parametrize("col", ["customer_key", "order_date", "value"])
 def test_missing_values_in_transactions_are_an_error(col):
-    tx = value.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt").head(500).copy()
+    tx = datasets.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt").head(500).copy()
     tx[col] = tx[col].astype(object)
     tx.loc[tx.index[[3, 7]], col] = None if col != "value" else np.inf
     with pytest.raises(CrmlabError, match=f"2 transactions have a missing or non-finite '{col}'"):

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import identity, synth
+from .. import identity, runs
 from ..errors import CrmlabError
 from ..events import CustomerEvents
+from ..truth import record_truth
 
 
 @dataclass
@@ -32,11 +33,19 @@ class IdentityResult:
     n_new: int | None = None
 
 
+def find_previous_key_map(params: dict, exclude=None):
+    """The key map of the latest successful run with the same ``run_name`` and publish target (for
+    stable keys), or None: a CI or test run never lends its keys to a production run."""
+    folder = runs.latest_ok(params["runs_dir"], run_name=params["run_name"], target=runs.publish_target(params),
+                            exclude=exclude, need="customer_key_map")
+    return None if folder is None else folder / "artifacts" / "customer_key_map.parquet"
+
+
 def previous_key_map(ctx) -> Path | None:
     """The key map whose keys this run keeps (``identity.previous_key_map``: auto | a path | null)."""
     choice = ctx.params["identity"]["previous_key_map"]
     if choice == "auto":
-        return identity.find_previous_key_map(ctx.params, exclude=ctx.run_dir)
+        return find_previous_key_map(ctx.params, exclude=ctx.run_dir)
     if not choice:
         return None
     path = Path(choice)
@@ -51,9 +60,9 @@ def run_identity(ctx) -> IdentityResult:
     P = ctx.params["identity"]
     src = ctx.sources()
     records = src.customers
-    truth = synth.record_truth(ctx.params["data"]["dir"], records)
+    truth = record_truth(ctx.params["data"]["dir"], records)
     matcher = identity.RecordMatcher(threshold=P["threshold"], mode=P["mode"], max_block=P["max_block"],
-                                     max_cluster=P["max_cluster"], u_sample=P["u_sample"], seed=ctx.params["seed"])
+                                     max_cluster=P["max_cluster"], u_sample=P["u_sample"], random_state=ctx.params["seed"])
     matcher.fit(records)
     pairs = matcher.score_pairs(records)
     previous = previous_key_map(ctx)

@@ -1,0 +1,52 @@
+"""Stage 20: association rules with their guards, and per-customer product recommendations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import affinity
+from ..errors import CrmlabError
+
+
+@dataclass
+class AffinityResult:
+    """What stage 20 decided, for its report: rules at ``level`` (with guards), the recommender and
+    its recommendations; ``names``: product names (None when rules are on a rolled-up level)."""
+
+    products: pd.DataFrame
+    lines: pd.DataFrame
+    sensitive: set
+    level: str
+    baskets: affinity.Baskets
+    names: pd.Series | None
+    rules: pd.DataFrame
+    recommender: affinity.ItemRecommender
+    recommendations: pd.DataFrame
+
+
+def run_affinity(ctx) -> AffinityResult:
+    """Mine and guard rules over order baskets, fit the recommender on customer baskets, write
+    ``affinity_rules`` and ``customer_recommendations`` (sensitive products never recommended)."""
+    P = ctx.params["affinity"]
+    products = ctx.sources()["products"]
+    names = products.set_index("product_id")["product_name"]
+    lines = ctx.events().lines
+    sensitive = affinity.sensitive_items(products, P["sensitive_categories"])
+    level = {"product": "product_id", "category": "category", "department": "department"}[P["level"]]
+    baskets = affinity.Baskets.from_frame(lines, "order_id", "product_id", items=products["product_id"])
+    if level != "product_id":
+        baskets = baskets.roll_up(products.set_index("product_id")[level])
+        names = None
+    rules = affinity.mine_rules(baskets, P, sensitive if level == "product_id" else (), names)
+    ctx.write_artifact("affinity_rules", rules.drop(columns=["representativity"]))
+    customer_baskets = affinity.Baskets.from_frame(lines, "customer_key", "product_id", items=products["product_id"])
+    recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"],
+                                           neighbours=P["neighbours"]).fit(customer_baskets)
+    recs = recommender.recommend(customer_baskets, exclude_items=sensitive).rename(
+        columns={"customer": "customer_key", "item": "product_id"})
+    recs["product_name"] = recs["product_id"].map(products.set_index("product_id")["product_name"])
+    if recs["product_id"].isin(sensitive).any():            # the guard is the contract: never publish one
+        raise CrmlabError("a sensitive product was recommended: the recommender ignored its exclusions")
+    ctx.write_artifact("customer_recommendations", recs)
+    return AffinityResult(products, lines, sensitive, level, baskets, names, rules, recommender, recs)

@@ -1,0 +1,62 @@
+"""Stage 60: decisions per customer and the versioned publication every touchpoint reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import affinity, decisions, propensity, publish
+from ..errors import CrmlabError
+
+
+@dataclass
+class PublishResult:
+    """What stage 60 decided and published, for its report: the scores, the rules with their
+    customer counts, drift against the version current before (None on a first publication), the
+    published version and the tables."""
+
+    url: str
+    cutoff: pd.Timestamp
+    scores: pd.DataFrame
+    rules: pd.DataFrame
+    guarded: set
+    previous_version: int | None
+    previous: pd.DataFrame | None
+    drift: pd.DataFrame | None
+    version: int
+    tables: dict
+
+
+def run_publish(ctx) -> PublishResult:
+    """Score and decide every customer, then publish ``customer_scores``, ``customer_key_map``,
+    ``affinity_rules`` and ``segment_profiles`` as a new version (atomically; the previous stays
+    restorable) and record it in ``artifacts/published.json``."""
+    D, PUB = ctx.params["decisions"], ctx.params["publish"]
+    url = PUB["url"] or publish.default_url(PUB["dir"])
+    products = ctx.sources()["products"]
+    key_map = ctx.read_artifact("customer_key_map")
+    ev = ctx.events()
+    cutoff = propensity.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
+    dnc = decisions.read_do_not_contact(D["do_not_contact"], key_map) if D["do_not_contact"] else set()
+    guarded = affinity.sensitive_items(products, ctx.params["affinity"]["sensitive_categories"])
+    bought = ev.lines[["customer_key", "product_id"]].drop_duplicates()
+    scores = decisions.build_scores(ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
+                                    ctx.optional_artifact("customer_propensity"),
+                                    ctx.optional_artifact("customer_recommendations"), products, ev, D, cutoff,
+                                    bought=bought, do_not_contact=dnc, exclude_products=guarded)
+    leak = int(scores["next_best_offer"].isin(guarded).sum())
+    if leak:
+        raise CrmlabError(f"{leak} next best offers are guarded products: nothing published")
+    rules = pd.DataFrame(D["rules"]).set_index("name")
+    rules["customers"] = scores["rule"].value_counts().reindex(rules.index).fillna(0).astype(int)
+    previous_version = publish.current_version(url)
+    previous = publish.read_table(url, "customer_scores") if previous_version else None
+    drift = publish.drift(previous, scores, PUB["drift_psi"]) if previous is not None else None
+    tables = {"customer_scores": scores,
+              "customer_key_map": key_map.astype({"source_id": str, "source_system": str, "customer_key": str}),
+              "affinity_rules": ctx.read_artifact("affinity_rules"),
+              "segment_profiles": ctx.read_artifact("segment_profiles")}
+    version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print)
+    (ctx.run_dir / "artifacts" / "published.json").write_text(
+        pd.Series({"version": version, "url": publish._safe(url), "dir": PUB["dir"]}).to_json())
+    return PublishResult(url, cutoff, scores, rules, guarded, previous_version, previous, drift, version, tables)

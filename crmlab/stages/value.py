@@ -1,0 +1,45 @@
+"""Stage 30: expected purchases, probability alive and lifetime value per customer (BG/NBD family + Gamma-Gamma)."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import value
+
+
+@dataclass
+class ValueResult:
+    """What stage 30 fitted, for its report: the transactions, the RFM table at ``observation_end``,
+    the purchase and spend models, the ``customer_value`` table and the fit's warnings."""
+
+    transactions: pd.DataFrame
+    observation_end: pd.Timestamp
+    rfm: pd.DataFrame
+    model: object
+    spend: value.GammaGamma
+    table: pd.DataFrame
+    warnings: list = field(default_factory=list)
+
+
+def rfm_at(tx: pd.DataFrame, P: dict, observation_end, calibration_end=None) -> pd.DataFrame:
+    """The RFM table the ``value`` parameters ask for (time unit, first channel as covariate)."""
+    rfm = value.rfm_summary(tx, calibration_end=calibration_end, observation_end=observation_end,
+                            time_unit=P["time_unit_days"])
+    return value.add_first(rfm, tx, "channel") if P["covariates"] else rfm
+
+
+def run_value(ctx) -> ValueResult:
+    """Fit the purchase model and Gamma-Gamma on all history, write ``customer_value``."""
+    P = ctx.params["value"]
+    tx = ctx.events().transactions()
+    observation_end = tx["order_date"].max()
+    rfm = rfm_at(tx, P, observation_end)
+    with warnings.catch_warnings(record=True) as caught:
+        model = value.make_model(P["model"], P["covariates"]).fit(rfm)
+    spend = value.GammaGamma().fit(rfm)
+    table = value.customer_value(model, spend, rfm, months=P["clv_months"], discount_rate=P["discount_rate"],
+                                 margin=P["margin"], time_unit=P["time_unit_days"])
+    ctx.write_artifact("customer_value", table)
+    return ValueResult(tx, observation_end, rfm, model, spend, table, [str(w.message) for w in caught])

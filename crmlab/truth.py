@@ -1,0 +1,175 @@
+"""The planted truth of a synthetic world (``crmlab generate`` writes it to ``<world>/truth/``) and
+the checks of each stage against it. Every function returns None for real data (no truth folder).
+
+One module for every truth check, so that a stage's results and the world's truth meet in one place:
+record matching (:func:`record_truth`), planted rules (:func:`planted_rule_ranks`), BG/NBD
+parameters (:func:`btyd_check`), attrition (:func:`attrition_check`) and campaign increments
+(:func:`uplift_check`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import measure, propensity, value
+from .sources import load
+
+
+def _read_truth(world_dir: Path, name: str) -> pd.DataFrame | None:
+    for ext in ("parquet", "csv"):
+        p = Path(world_dir) / "truth" / f"{name}.{ext}"
+        if p.exists():
+            return pd.read_parquet(p) if ext == "parquet" else pd.read_csv(p, dtype={"source_id": str})
+    return None
+
+
+def true_customer_transactions(world_dir, src=None) -> pd.DataFrame:
+    """Transactions of a synthetic world keyed by the true customer (for checks against planted truth).
+
+    ``src``: the run's validated :class:`~crmlab.sources.Sources` of that world (else read and
+    validated again from ``world_dir``, which costs as much as the run's own loading step)."""
+    rt = _read_truth(Path(world_dir), "record_truth")
+    return value.transactions(src if src is not None else load(world_dir), rt.rename(columns={"customer_id": "customer_key"}))
+
+
+def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
+    """The planted customer of each of ``records`` (source_system, source_id), in row order; None
+    when ``world_dir`` has no truth files (real data)."""
+    rt = _read_truth(Path(world_dir), "record_truth")
+    if rt is None:
+        return None
+    keys = records[["source_system", "source_id"]].astype({"source_id": "string"})
+    return keys.merge(rt.astype({"source_id": "string"}), on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
+
+
+def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
+    """customer_key -> the true customer most of its source records belong to (None without truth)."""
+    rt = _read_truth(Path(world_dir), "record_truth")
+    if rt is None:
+        return None
+    m = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"}).merge(
+        rt.astype({"source_id": "string"}), on=["source_system", "source_id"])
+    top = m.groupby(["customer_key", "customer_id"]).size().rename("n").reset_index()
+    top = top.sort_values("n", ascending=False).drop_duplicates("customer_key")
+    return top.set_index("customer_key")["customer_id"]
+
+
+def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int,
+                               src=None) -> pd.Series | None:
+    """P(no order in ``[cutoff, cutoff + horizon)``) under the true process, per customer_key.
+
+    Uses each true customer's own purchase rate and dropout probability and their purchases before
+    the cut-off: P(alive) = 1 without repeat purchases, else
+    (1 - p) e^(-lambda (T - t_x)) / ((1 - p) e^(-lambda (T - t_x)) + p); then
+    P(attrition) = 1 - P(alive) (1 - e^(-lambda h)). The best any model of the history can do
+    (campaign-driven orders aside). None when the world has no truth files.
+    """
+    world_dir = Path(world_dir)
+    ct = _read_truth(world_dir, "customer_truth")
+    owner = true_customer_of(world_dir, key_map)
+    if ct is None or owner is None:
+        return None
+    cutoff = pd.Timestamp(cutoff)
+    tx = true_customer_transactions(world_dir, src)
+    tx = tx[tx["order_date"] < cutoff]
+    g = tx.groupby("customer_key")["order_date"]
+    first, last, n = g.min(), g.max(), g.size()
+    ct = ct.set_index("customer_id").reindex(first.index)
+    week = pd.Timedelta(days=7)
+    lam, p = ct["lambda_per_week"].to_numpy(), ct["p_dropout"].to_numpy()
+    gap = ((cutoff - last) / week).to_numpy()
+    stay = (1 - p) * np.exp(-lam * gap)
+    alive = np.where(n.to_numpy() > 1, stay / (stay + p), 1.0)
+    p_attr = pd.Series(1 - alive * (1 - np.exp(-lam * horizon_days / 7.0)), index=first.index)
+    return owner.map(p_attr).dropna()
+
+
+def true_life_stage(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
+    """customer_key -> true life stage (None without truth files)."""
+    ct = _read_truth(Path(world_dir), "customer_truth")
+    owner = true_customer_of(world_dir, key_map)
+    if ct is None or owner is None:
+        return None
+    return owner.map(ct.set_index("customer_id")["life_stage"]).dropna()
+
+
+def true_uplift(world_dir) -> pd.DataFrame | None:
+    """Planted incremental response per campaign and life stage (None without truth files)."""
+    return _read_truth(Path(world_dir), "uplift_truth")
+
+
+def planted_rule_ranks(world_dir, rules: pd.DataFrame) -> pd.DataFrame | None:
+    """Each planted association (``affinity_truth``) with its rank by lift among the mined ``rules``,
+    its lift, whether it is customer-facing and the guard that held it back."""
+    truth = _read_truth(Path(world_dir), "affinity_truth")
+    if truth is None:
+        return None
+    ranked = rules.sort_values("lift", ascending=False).reset_index(drop=True)
+    rows = []
+    for _, t in truth.iterrows():
+        rule = f"{t['antecedents']} -> {t['consequent']}"
+        hit = ranked.index[ranked["rule"] == rule]
+        r = ranked.loc[hit[0]] if len(hit) else None
+        rows.append({"planted": rule, "kind": t["kind"],
+                     f"rank by lift (of {len(ranked):,})": int(hit[0]) + 1 if len(hit) else None,
+                     "lift": None if r is None else round(r["lift"], 1),
+                     "customer-facing": None if r is None else bool(r["customer_facing"]),
+                     "guard": None if r is None else r["guard"]})
+    return pd.DataFrame(rows)
+
+
+def btyd_check(world_dir, src, observation_end) -> pd.DataFrame | None:
+    """BG/NBD fitted on the true customers' transactions (weeks) against the planted parameters:
+    estimate, interval and whether the truth lies inside it. ``src``: the run's sources or a function
+    returning them."""
+    path = Path(world_dir) / "truth" / "truth.json"
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    src = src() if callable(src) else src                 # a function: the sources are read only with truth
+    rfm = value.rfm_summary(true_customer_transactions(world_dir, src), observation_end=observation_end)
+    fit = value.BetaGeo().fit(rfm)
+    check = fit.summary_.assign(truth=[meta["btyd"][k] for k in fit.summary_.index])
+    check["inside 95% CI"] = (check["ci_low"] <= check["truth"]) & (check["truth"] <= check["ci_high"])
+    return check
+
+
+def uplift_check(world_dir, key_map: pd.DataFrame | None, responses: pd.DataFrame):
+    """Measured increments per campaign and true life stage against the planted ones.
+
+    Returns (table with ``inside_ci``, the lift table by life stage, the campaigns planted with no
+    effect), or None without truth files or key map.
+    """
+    life = true_life_stage(world_dir, key_map) if key_map is not None else None
+    truth = true_uplift(world_dir)
+    if life is None or truth is None:
+        return None
+    t = measure.lift_table(measure.add_segment(responses, life, "life_stage"), ["life_stage"])
+    j = t.merge(truth[["campaign_id", "life_stage", "true_incremental_rate"]], on=["campaign_id", "life_stage"])
+    j["inside_ci"] = (j["ci_low"] <= j["true_incremental_rate"]) & (j["true_incremental_rate"] <= j["ci_high"])
+    null = truth.groupby("campaign_id")["uplift_if_alive"].apply(lambda s: (s == 0).all())
+    return j, t, list(null.index[null])
+
+
+def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: dict, P: dict, seed: int = 0,
+                    src=None) -> dict | None:
+    """The attrition holdout scored three ways: this run's model, the other model kind refitted on the
+    same features, and the true process (:func:`true_attrition_probability`, the best any model can
+    do). Returns ``{name: (y, p)}`` for :func:`crmlab.propensity.plot_evaluation`, or None.
+    ``src``: the run's sources, or a function returning them (called only when there is truth)."""
+    if key_map is None or not (Path(world_dir) / "truth").is_dir():
+        return None
+    oracle = true_attrition_probability(world_dir, key_map, cut["valid"], P["horizon_days"],
+                                        src() if callable(src) else src)
+    if oracle is None:
+        return None
+    y = pd.Series(result.holdout_y, index=result.holdout_X.index)
+    other = "hgb" if P["model"] == "logistic" else "logistic"
+    alt = propensity.refit_as(result, ev, cut, P, kind=other, seed=seed)
+    both = {f"{P['model']} (this run)": (y, result.holdout_p), other: (y, alt.predict_proba(result.holdout_X)[:, 1])}
+    known = y.index.isin(oracle.index)
+    both["true process"] = (y[known], oracle.reindex(y.index[known]).to_numpy())
+    return both
