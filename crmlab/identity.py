@@ -372,9 +372,8 @@ class RecordMatcher(Params):
             memo[key] = pd.factorize(df[col], use_na_sentinel=True)[0].astype(np.int64)
         return memo[key]
 
-    def _rule_pairs(self, df, cols, sample: int | None = None, rng=None):
-        """Pairs of one blocking rule; with ``sample``, at most that many drawn uniformly (before the
-        mode filter) without making the others: a training rule can hold 100x more pairs than it needs."""
+    def _rule_codes(self, df, cols) -> np.ndarray:
+        """Block code of each record under one blocking rule (-1: a field is missing, never paired)."""
         n = len(df)
         codes = np.zeros(n, np.int64)
         ok = np.ones(n, bool)
@@ -383,6 +382,12 @@ class RecordMatcher(Params):
             ok &= cc >= 0
             codes = pd.factorize(codes * (int(cc.max()) + 2) + cc + 1)[0].astype(np.int64)
         codes[~ok] = -1
+        return codes
+
+    def _rule_pairs(self, df, cols, sample: int | None = None, rng=None):
+        """Pairs of one blocking rule; with ``sample``, at most that many drawn uniformly (before the
+        mode filter) without making the others: a training rule can hold 100x more pairs than it needs."""
+        codes = self._rule_codes(df, cols)
         if sample is not None:
             left, right, skipped, _ = graph.sample_block_pairs(codes, self.max_block, sample, rng)
         else:
@@ -524,9 +529,9 @@ class RecordMatcher(Params):
 
     def explain(self, records: pd.DataFrame, pairs: PairScores, index: int) -> pd.DataFrame:
         """Waterfall of one pair's match weight: prior, then each comparison's level and contribution."""
-        df = add_keys(records.reset_index(drop=True))
-        i, j = pairs.left[index], pairs.right[index]
-        bf = self._weights(df, pairs.levels[[index]], pairs.left[[index]], pairs.right[[index]])[0]
+        i, j = 0, 1                                 # the pair's two records only: keys are per record
+        df = add_keys(records.iloc[[pairs.left[index], pairs.right[index]]].reset_index(drop=True))
+        bf = self._weights(df, pairs.levels[[index]], np.array([i]), np.array([j]))[0]
         rows = [("prior (match rate among all pairs)", "", "", "", np.log2(self.lambda_ / (1 - self.lambda_)))]
         for k, c in enumerate(self.comparisons_):
             lv = pairs.levels[index, k]

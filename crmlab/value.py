@@ -387,21 +387,21 @@ class BetaGeo(_PurchaseModel):
         if k == 0:                                           # tabled fast path
             idx = RFMIndex.build(x, tx, T)
             w, n_pat = idx.w, len(idx.w)
+            objective = btyd.bgnbd_tabled_objective(idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT, w, self.modified)
 
             def negll(theta):
-                r, al, a, b = np.exp(theta)
-                ll, g = btyd._bgnbd_ll_sum(r, al, a, b, self.modified, idx.xu, idx.txu, idx.Tu,
-                                           idx.px, idx.pt, idx.pT, w)
+                ll, g = objective(*np.exp(theta))
                 return (-ll / N if np.isfinite(ll) else 1e300), -g * np.exp(theta) / N
         else:
             cols, w, _ = _patterns(x, tx, T, *Z.T)
             ux, utx, uT = cols[:3]
             uZ = np.column_stack(cols[3:])
             n_pat = len(ux)
+            objective = btyd.bgnbd_objective(ux, utx, uT, self.modified)
 
             def negll(theta):
                 r, al, a, b = self._unpack(theta, uZ)
-                ll, g = btyd._bgnbd_ll(r, al, a, b, ux, utx, uT, self.modified)
+                ll, g = objective(r, al, a, b)
                 f = -np.dot(w, ll) / N
                 wg = w[:, None] * g
                 grad = np.empty_like(theta)
@@ -458,9 +458,8 @@ class BetaGeo(_PurchaseModel):
             idx = RFMIndex.build(x, tx, T)
             qx, qT, pq = idx.pairs()
             p = self.params_
-            a = p["a"] if abs(p["a"] - 1.0) > 1e-8 else 1.0 + 1e-8
-            out = btyd._bgnbd_predict_tab(p["r"], p["alpha"], a, p["b"], self.modified, idx.xu, idx.txu, idx.Tu,
-                                          idx.px, idx.pt, idx.pT, qx, qT, pq, horizons)
+            out = btyd.bgnbd_tabled_predict(p["r"], p["alpha"], p["a"], p["b"], idx.xu, idx.txu, idx.Tu,
+                                            idx.px, idx.pt, idx.pT, qx, qT, pq, horizons, self.modified)
             return (idx.inverse, *out)
         Z = self._design(X)
         cols, _, inv = _patterns(x, tx, T, *Z.T)
@@ -497,8 +496,10 @@ class ParetoNBD(_PurchaseModel):
         (ux, utx, uT), w, _ = _patterns(x, tx, T)
         N = w.sum()
 
+        objective = btyd.pareto_objective(ux, utx, uT)
+
         def ll_total(phi):
-            return float(np.dot(w, btyd._pareto_ll(*phi, ux, utx, uT)))
+            return float(np.dot(w, objective(*phi)))
 
         def negll(theta):
             v = -ll_total(np.exp(theta)) / N
@@ -582,12 +583,12 @@ class GammaGamma(Params):
             raise CrmlabError(f"Gamma-Gamma needs repeat customers with positive spend; found {int(keep.sum())}")
         x, m = x[keep], m[keep]
         xu, xk = _codes(x)
-        logm, w = np.log(m), np.ones(len(m))
+        w = np.ones(len(m))
         N = w.sum()
+        objective = btyd.gg_tabled_objective(xu, xk, m, w)
 
         def negll(theta):
-            p, q, g = np.exp(theta)
-            ll, gr = btyd._gg_ll_sum(p, q, g, xu, xk, m, logm, w)
+            ll, gr = objective(*np.exp(theta))
             return (-ll / N if np.isfinite(ll) else 1e300), -gr * np.exp(theta) / N
 
         mean_m = float(np.mean(m))

@@ -478,3 +478,92 @@ def _gg_ll_sum(p, q, gamma, xu, xk, m, logm, w):
         g1 += wi * (dq[k] - lgm)
         g2 += wi * (q / gamma - (px + q) / (gamma + m[i] * xi))
     return ll, np.array([g0, g1, g2])
+
+
+# ----------------------------------------------------------------------------- validated objectives
+# An optimiser evaluates a likelihood hundreds of times on the same data: these wrappers check the
+# data once and return the objective, which then calls the kernel without checking again.
+
+def _check_patterns(xu, txu, Tu, px, pt, pT):
+    xu, txu, Tu = _f64(xu, txu, Tu)
+    px, pt, pT = (np.ascontiguousarray(v, dtype=np.int64) for v in (px, pt, pT))
+    if px.ndim != 1 or not (px.shape == pt.shape == pT.shape):
+        raise ValueError("pattern codes px, pt and pT must be 1-d arrays of the same length")
+    for codes, table, name in ((px, xu, "px"), (pt, txu, "pt"), (pT, Tu, "pT")):
+        if len(codes) and (codes.min() < 0 or codes.max() >= len(table)):
+            raise ValueError(f"pattern codes {name} out of range of their value table")
+    _check_rfm(xu[px], txu[pt], Tu[pT])
+    return xu, txu, Tu, px, pt, pT
+
+
+def _check_weights(w, n):
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if w.shape != (n,) or np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite, >= 0 and one per pattern")
+    return w
+
+
+def bgnbd_tabled_objective(xu, txu, Tu, px, pt, pT, w, modified=False):
+    """Weighted total BG/NBD log-likelihood over distinct RFM patterns (value tables ``xu, txu, Tu``,
+    each pattern's codes ``px, pt, pT``, ``w`` customers per pattern; see ``crmlab.value.RFMIndex``)
+    as ``f(r, alpha, a, b) -> (ll, grad (r, alpha, a, b))``."""
+    xu, txu, Tu, px, pt, pT = _check_patterns(xu, txu, Tu, px, pt, pT)
+    w, modified = _check_weights(w, len(px)), bool(modified)
+
+    def f(r, alpha, a, b):
+        return _bgnbd_ll_sum(float(r), float(alpha), float(a), float(b), modified, xu, txu, Tu, px, pt, pT, w)
+    return f
+
+
+def bgnbd_tabled_predict(r, alpha, a, b, xu, txu, Tu, px, pt, pT, qx, qT, pq, horizons, modified=False):
+    """Per pattern: P(alive), expected purchases per horizon, P(alive at T + horizon); the hypergeometric
+    terms once per distinct (x, T) pair (``qx, qT`` its codes, ``pq`` pattern -> pair)."""
+    xu, txu, Tu, px, pt, pT = _check_patterns(xu, txu, Tu, px, pt, pT)
+    qx, qT, pq = (np.ascontiguousarray(v, dtype=np.int64) for v in (qx, qT, pq))
+    if pq.shape != px.shape or qx.shape != qT.shape or (len(pq) and (pq.min() < 0 or pq.max() >= len(qx))):
+        raise ValueError("pair codes qx, qT and pattern -> pair pq do not match the patterns")
+    if min(r, alpha, a, b) <= 0:
+        raise ValueError("BG/NBD parameters must be > 0")
+    a = a if abs(a - 1.0) > 1e-8 else 1.0 + 1e-8                      # removable singularity at a = 1
+    horizons = np.atleast_1d(np.asarray(horizons, dtype=np.float64))
+    return _bgnbd_predict_tab(float(r), float(alpha), float(a), float(b), bool(modified), xu, txu, Tu, px, pt, pT,
+                              qx, qT, pq, horizons)
+
+
+def bgnbd_objective(x, tx, T, modified=False):
+    """BG/NBD log-likelihood per row with per-row alpha, a, b (covariates) as
+    ``f(r, alpha, a, b) -> (ll, grad)``; the rows are checked once, here."""
+    x, tx, T = _f64(x, tx, T)
+    _check_rfm(x, tx, T)
+    modified = bool(modified)
+
+    def f(r, alpha, a, b):
+        alpha, a, b = _f64(alpha, a, b)
+        return _bgnbd_ll(float(r), alpha, a, b, x, tx, T, modified)
+    return f
+
+
+def pareto_objective(x, tx, T):
+    """Pareto/NBD log-likelihood per row as ``f(r, alpha, s, beta) -> ll``; the rows are checked once, here."""
+    x, tx, T = _f64(x, tx, T)
+    _check_rfm(x, tx, T)
+
+    def f(r, alpha, s, beta):
+        return _pareto_ll(float(r), float(alpha), float(s), float(beta), x, tx, T)
+    return f
+
+
+def gg_tabled_objective(xu, xk, m, w):
+    """Weighted total Gamma-Gamma log-likelihood as ``f(p, q, gamma) -> (ll, grad)``: ``xu`` distinct
+    purchase counts (> 0), ``xk`` each customer's code into them, ``m`` mean spends (> 0), ``w`` weights."""
+    xu, m = _f64(xu, m)
+    xk = np.ascontiguousarray(xk, dtype=np.int64)
+    if xk.shape != m.shape or xk.ndim != 1 or (len(xk) and (xk.min() < 0 or xk.max() >= len(xu))):
+        raise ValueError("xk must give each customer's code into xu, one per spend")
+    if np.any(xu <= 0) or np.any(m <= 0) or not np.all(np.isfinite(m)):
+        raise ValueError("Gamma-Gamma needs purchase counts and mean spends > 0")
+    w, logm = _check_weights(w, len(m)), np.log(m)
+
+    def f(p, q, gamma):
+        return _gg_ll_sum(float(p), float(q), float(gamma), xu, xk, m, logm, w)
+    return f

@@ -200,6 +200,14 @@ def top_k_ref(baskets: list[set], sim: dict, banned: set, k: int, popularity):
     return out
 
 
+def top_k_popular_ref(baskets: list[set], popularity, banned: set, k: int):
+    """Per basket: the k most popular items it does not hold and that are not banned (ties: lower id),
+    with their popularity as score."""
+    order = sorted(range(len(popularity)), key=lambda j: (-popularity[j], j))
+    return [[(j, float(popularity[j])) for j in [j for j in order if j not in b and j not in banned][:k]]
+            for b in baskets]
+
+
 # --- strings: textbook definitions over Python str (code points)
 def jaro_winkler_ref(a: str, b: str, p: float = 0.1) -> float:
     if not a and not b:

@@ -140,6 +140,16 @@ def test_levels_skip_only_work_that_cannot_change_them(world_records):
     assert checked == 3 and len(left) > 1000
 
 
+def test_blocking_report_counts_completeness_from_the_true_pairs(world_records):
+    """The report's pairs completeness (from the planted pairs) equals counting over the candidate pairs."""
+    rec, truth = world_records
+    m = identity.RecordMatcher(max_block=4).fit(rec)           # small blocks: some are skipped
+    ref = m.candidate_pairs(identity.add_keys(rec), truth)[2]
+    got = matching_report.blocking_report(m, rec, truth)
+    pd.testing.assert_frame_equal(got, ref, check_exact=False, rtol=1e-12)
+    assert (ref["blocks_skipped"] > 0).any()
+
+
 def test_synthetic_world_matching(world_records):
     rec, truth = world_records
     m = identity.RecordMatcher()

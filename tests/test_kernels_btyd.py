@@ -52,10 +52,14 @@ def test_tabled_loglik_equals_per_row(rfm, modified):
     x, tx, T = np.r_[x, x], np.r_[tx, tx], np.r_[T, T]                # repeated patterns get weights
     idx = RFMIndex._build(x, tx, T)
     assert idx.w.sum() == len(x) and len(idx.w) == len(x) // 2
-    ll, g = btyd._bgnbd_ll_sum(0.6, 5.0, 0.8, 2.5, modified, idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT, idx.w)
+    f = btyd.bgnbd_tabled_objective(idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT, idx.w, modified)
+    ll, g = f(0.6, 5.0, 0.8, 2.5)
     ll_row, g_row = btyd.bgnbd_loglik(0.6, 5.0, 0.8, 2.5, x, tx, T, modified=modified)
     assert ll == pytest.approx(ll_row.sum(), rel=1e-12)
     np.testing.assert_allclose(g, g_row.sum(0), rtol=1e-10)
+    per_row = btyd.bgnbd_objective(x, tx, T, modified)(0.6, np.full(len(x), 5.0), np.full(len(x), 0.8), np.full(len(x), 2.5))
+    np.testing.assert_array_equal(per_row[0], ll_row)
+    np.testing.assert_allclose(ll_row, naive.bgnbd_ll_ref(0.6, 5.0, 0.8, 2.5, x, tx, T, modified), rtol=1e-9)
 
 
 @pytest.mark.parametrize("modified", [False, True])
@@ -76,8 +80,8 @@ def test_bgnbd_predictions(rfm, modified):
                                    rtol=1e-6)
     idx = RFMIndex._build(x, tx, T)
     qx, qT, pq = idx.pairs()
-    pt_, et_, st_ = btyd._bgnbd_predict_tab(*par, modified, idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT,
-                                           qx, qT, pq, t)
+    pt_, et_, st_ = btyd.bgnbd_tabled_predict(*par, idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT,
+                                              qx, qT, pq, t, modified)
     np.testing.assert_allclose(pt_[idx.inverse], p, rtol=1e-12)
     np.testing.assert_allclose(et_[idx.inverse], e, rtol=1e-10)
     np.testing.assert_allclose(st_[idx.inverse], s, rtol=1e-10)
@@ -89,6 +93,7 @@ def test_pareto_loglik_and_predictions(rfm, par):
     sel = x < 60                                               # SciPy's raw-power reference overflows beyond
     x, tx, T = x[sel], tx[sel], T[sel]
     np.testing.assert_allclose(btyd.pareto_loglik(*par, x, tx, T), naive.pareto_ll_ref(*par, x, tx, T), rtol=1e-9)
+    np.testing.assert_array_equal(btyd.pareto_objective(x, tx, T)(*par), btyd.pareto_loglik(*par, x, tx, T))
     p, e, _ = btyd.pareto_predict(*par, x, tx, T, [30.0])
     p_ref, e_ref = naive.pareto_predict_ref(*par, x, tx, T, 30.0)
     np.testing.assert_allclose(p, p_ref, rtol=1e-8)
@@ -117,7 +122,7 @@ def test_gamma_gamma(rfm):
         num = (naive.gg_ll_ref(*up, x, m) - naive.gg_ll_ref(*dn, x, m)) / (2 * eps)
         np.testing.assert_allclose(g[:, k], num, rtol=1e-5, atol=1e-6)
     xu, xk = grouping.grid_codes(x)
-    ll_sum, g_sum = btyd._gg_ll_sum(6.25, 3.74, 15.44, xu, xk, m, np.log(m), np.ones(len(m)))
+    ll_sum, g_sum = btyd.gg_tabled_objective(xu, xk, m, np.ones(len(m)))(6.25, 3.74, 15.44)
     assert ll_sum == pytest.approx(ll.sum(), rel=1e-12)
     np.testing.assert_allclose(g_sum, g.sum(0), rtol=1e-10)
     x0 = np.r_[0.0, x]
@@ -145,6 +150,21 @@ def test_grid_codes(scale):
     off = rng.uniform(0, 1, 100)                                     # not on a grid: falls back
     values, codes = grouping.grid_codes(off)
     np.testing.assert_array_equal(values[codes], off)
+
+
+def test_objectives_check_their_data_once():
+    """#16: value.py reaches the kernels through these; bad tables fail here, not inside an optimiser."""
+    x, tx, T = np.array([1.0, 2.0]), np.array([1.0, 3.0]), np.array([4.0, 4.0])
+    with pytest.raises(ValueError, match="cannot exceed T"):
+        btyd.bgnbd_objective(x, np.array([1.0, 5.0]), T)
+    with pytest.raises(ValueError, match="out of range"):
+        btyd.bgnbd_tabled_objective(x, tx, T, np.array([0, 2]), np.array([0, 1]), np.array([0, 1]), np.ones(2))
+    with pytest.raises(ValueError, match="one per pattern"):
+        btyd.bgnbd_tabled_objective(x, tx, T, np.array([0, 1]), np.array([0, 1]), np.array([0, 1]), np.ones(3))
+    with pytest.raises(ValueError, match="> 0"):
+        btyd.gg_tabled_objective(np.array([1.0]), np.array([0]), np.array([-2.0]), np.ones(1))
+    with pytest.raises(ValueError, match="same length"):
+        btyd.pareto_objective(x, tx[:1], T)
 
 
 def test_wrappers_validate():
