@@ -107,6 +107,14 @@ class Baskets:
         m[np.repeat(np.arange(self.n_baskets), np.diff(self.indptr)), self.indices] = True
         return pd.DataFrame(m, columns=self.items)
 
+    def take(self, rows) -> "Baskets":
+        """The baskets at positions ``rows`` (in that order), same vocabulary."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lo, hi = self.indptr[rows], self.indptr[rows + 1]
+        indptr = np.r_[0, np.cumsum(hi - lo)].astype(self.indptr.dtype)
+        pos = np.repeat(lo - indptr[:-1], hi - lo) + np.arange(indptr[-1])
+        return Baskets(indptr, self.indices[pos], self.items, None if self.ids is None else self.ids[rows])
+
     def roll_up(self, mapping: pd.Series) -> "Baskets":
         """Baskets over a coarser vocabulary (item -> category, say)."""
         missing = ~self.items.isin(mapping.index)
@@ -452,15 +460,24 @@ def lift_matrix(b: Baskets) -> pd.DataFrame:
     return pd.DataFrame(m, index=b.items, columns=b.items)
 
 
-def holdout_evaluation(lines: pd.DataFrame, cutoff, k: int, exclude=(), **recommender) -> pd.DataFrame:
+def holdout_evaluation(lines: pd.DataFrame, cutoff, k: int, exclude=(), max_customers: int | None = None,
+                       random_state: int = 0, **recommender) -> pd.DataFrame:
     """Fit on customer baskets before ``cutoff``, recommend, score on first purchases after it;
-    co-occurrence recommender vs popularity. ``lines``: product_id, customer_key, order_date."""
+    co-occurrence recommender vs popularity. ``lines``: product_id, customer_key, order_date.
+
+    ``max_customers``: recommend for and score a random sample of this many customers (the model is
+    fitted on all of them); the metrics are means over customers, so a sample estimates them.
+    """
     cutoff = pd.Timestamp(cutoff)
     before = lines[lines["order_date"] <= cutoff]
     after = lines[lines["order_date"] > cutoff]
     items = pd.Index(np.sort(lines["product_id"].unique()))
     b = Baskets.from_frame(before, "customer_key", "product_id", items=items)
     model = ItemRecommender(k=k, **recommender).fit(b)
+    if max_customers is not None and b.n_baskets > max_customers:
+        b = b.take(np.sort(np.random.default_rng(random_state).choice(b.n_baskets, max_customers, replace=False)))
+        chosen = pd.Index(b.ids)
+        before, after = before[before["customer_key"].isin(chosen)], after[after["customer_key"].isin(chosen)]
     long_before = before[["customer_key", "product_id"]].set_axis(["customer", "item"], axis=1)
     long_after = after[["customer_key", "product_id"]].set_axis(["customer", "item"], axis=1)
     rows = {}

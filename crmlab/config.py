@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "sensitive_categories": [],       # besides products flagged sensitive
         "top_k": 5,                       # recommendations per customer
         "holdout_days": 90,               # last days held out to evaluate recommendations
+        "eval_customers": 50000,          # the evaluation recommends for a random sample of this many
         "similarity": "cosine",           # cosine | lift
         "neighbours": 30,
     },
@@ -169,6 +170,7 @@ _RANGES: dict[str, tuple] = {
     "affinity.max_len": (1, None, True, True), "affinity.fdr": (0, 1, False, True),
     "affinity.min_lift": (0, None, True, True), "affinity.max_rules": (1, None, True, True),
     "affinity.top_k": (1, None, True, True), "affinity.holdout_days": (0, None, True, True),
+    "affinity.eval_customers": (100, None, True, True),
     "affinity.neighbours": (1, None, True, True),
     "value.time_unit_days": (0, None, False, True), "value.holdout_days": (0, None, True, True),
     "value.clv_months": (1, 600, True, True), "value.discount_rate": (-1, 1, False, True),

@@ -234,3 +234,24 @@ def test_recommendation_evaluation_equals_the_set_reference():
         want = naive.evaluate_recommendations_ref(recs, before, after, k)
         assert got["customers"] == want["customers"] > 0
         assert all(abs(got[m] - want[m]) < 1e-12 for m in want), (got, want)
+
+
+def test_take_selects_baskets_and_sampled_evaluation_is_an_estimate():
+    lists = _random_baskets(11, n=400, m=30)
+    b = Baskets.from_lists(lists)
+    rows = [5, 0, 399, 17]
+    t = b.take(rows)
+    assert t.n_baskets == 4 and t.items.equals(b.items)
+    for k, r in enumerate(rows):
+        assert set(t.items[t.indices[t.indptr[k]:t.indptr[k + 1]]]) == set(b.items[b.indices[b.indptr[r]:b.indptr[r + 1]]])
+    # evaluation on a sample of customers: the same as on all when the sample is everyone, close otherwise
+    rng = np.random.default_rng(2)
+    n = 3000
+    lines = pd.DataFrame({"customer_key": rng.integers(0, n, 60_000), "product_id": rng.zipf(1.5, 60_000) % 40,
+                          "order_date": pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 365, 60_000), "D")})
+    cut = pd.Timestamp("2025-10-01")
+    full = affinity.holdout_evaluation(lines, cut, 5)
+    pd.testing.assert_frame_equal(affinity.holdout_evaluation(lines, cut, 5, max_customers=n), full)
+    part = affinity.holdout_evaluation(lines, cut, 5, max_customers=1500, random_state=1)
+    assert part["customers"].max() < full["customers"].min()
+    np.testing.assert_allclose(part["hit_rate@5"], full["hit_rate@5"], atol=0.05)

@@ -11,13 +11,15 @@ from ..errors import CrmlabError
 
 @dataclass
 class AffinityResult:
-    """What stage 20 decided, for its report: rules at ``level`` (with guards), the recommender and
-    its recommendations; ``names``: product names (None when rules are on a rolled-up level)."""
+    """What stage 20 decided, for its report: order baskets of products and at ``level``, rules at
+    ``level`` (with guards), the recommender and its recommendations; ``names``: product names (None
+    when rules are on a rolled-up level)."""
 
     products: pd.DataFrame
     lines: pd.DataFrame
     sensitive: set
     level: str
+    product_baskets: affinity.Baskets
     baskets: affinity.Baskets
     names: pd.Series | None
     rules: pd.DataFrame
@@ -34,7 +36,7 @@ def run_affinity(ctx) -> AffinityResult:
     lines = ctx.events().lines
     sensitive = affinity.sensitive_items(products, P["sensitive_categories"])
     level = {"product": "product_id", "category": "category", "department": "department"}[P["level"]]
-    baskets = affinity.Baskets.from_frame(lines, "order_id", "product_id", items=products["product_id"])
+    product_baskets = baskets = affinity.Baskets.from_frame(lines, "order_id", "product_id", items=products["product_id"])
     if level != "product_id":
         baskets = baskets.roll_up(products.set_index("product_id")[level])
         names = None
@@ -49,4 +51,4 @@ def run_affinity(ctx) -> AffinityResult:
     if recs["product_id"].isin(sensitive).any():            # the guard is the contract: never publish one
         raise CrmlabError("a sensitive product was recommended: the recommender ignored its exclusions")
     ctx.write_artifact("customer_recommendations", recs)
-    return AffinityResult(products, lines, sensitive, level, baskets, names, rules, recommender, recs)
+    return AffinityResult(products, lines, sensitive, level, product_baskets, baskets, names, rules, recommender, recs)
