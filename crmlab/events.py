@@ -123,6 +123,42 @@ def profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFra
 
 
 @dataclass
+class EventCodes:
+    """Customers as integers: ``keys`` (sorted customer keys of the orders) and, per table row, the
+    code into them (-1: a contact of a customer without orders); ``profile_pos``: each key's row in
+    the profile (-1: none); ``order_rank``: each order's position in (order_date, order_id) order."""
+
+    keys: pd.Index
+    order: np.ndarray
+    line: np.ndarray
+    contact: np.ndarray | None
+    profile_pos: np.ndarray
+    order_rank: np.ndarray
+
+    @classmethod
+    def build(cls, ev: "CustomerEvents") -> "EventCodes":
+        order, keys = pd.factorize(ev.orders["customer_key"], sort=True)
+        keys = pd.Index(keys, name="customer_key")
+        line = keys.get_indexer(ev.lines["customer_key"])
+        contact = None if ev.contacts is None else keys.get_indexer(ev.contacts["customer_key"])
+        oid = pd.factorize(ev.orders["order_id"], sort=True)[0]
+        by = np.lexsort((oid, ev.orders["order_date"].to_numpy()))
+        rank = np.empty(len(by), np.int64)
+        rank[by] = np.arange(len(by))
+        return cls(keys, order.astype(np.int64), line.astype(np.int64), None if contact is None else
+                   contact.astype(np.int64), ev.profile.index.get_indexer(keys).astype(np.int64), rank)
+
+    def subset(self, rows: np.ndarray) -> tuple[pd.Index, np.ndarray]:
+        """For the orders at boolean ``rows``: their customers' keys (sorted) and a map from global
+        code to position among them (-1: not among them)."""
+        oc = self.order[rows]
+        present = np.flatnonzero(np.bincount(oc[oc >= 0], minlength=len(self.keys)))
+        remap = np.full(len(self.keys) + 1, -1, np.int64)   # the extra slot maps code -1 to -1
+        remap[present] = np.arange(len(present))
+        return self.keys[present], remap
+
+
+@dataclass
 class CustomerEvents:
     """Everything known about each customer, dated: the input to features, labels, values and measurement.
 
@@ -154,6 +190,14 @@ class CustomerEvents:
         if "contacts" in src.tables and "campaigns" in src.tables:
             contacts = attribute_responses(keyed_contacts(src, key_map), orders)
         return cls(orders, lines, contacts, profile(src.customers, key_map))
+
+    def codes(self) -> "EventCodes":
+        """Integer customer codes of every order, line and contact, computed once per events object
+        (the tables are treated as read-only): features at many cut-offs index integers, not strings."""
+        cached = self.__dict__.get("_codes")
+        if cached is None:
+            cached = self.__dict__["_codes"] = EventCodes.build(self)
+        return cached
 
     @property
     def last_date(self) -> pd.Timestamp:

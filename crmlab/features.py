@@ -59,9 +59,11 @@ class FeatureBuilder(Params):
         if not hasattr(self, "channels_"):
             raise CrmlabError("FeatureBuilder is not fitted: call fit(events, training_cutoff) first")
         cutoff = pd.Timestamp(cutoff)
-        o = ev.orders[ev.orders["order_date"] < cutoff]
-        codes, keys = pd.factorize(o["customer_key"], sort=True)
-        keys = pd.Index(keys, name="customer_key")
+        C = ev.codes()
+        orows = (ev.orders["order_date"] < cutoff).to_numpy()
+        o = ev.orders[orows]
+        keys, remap = C.subset(orows)                    # sorted keys of customers with an order before
+        codes = remap[C.order[orows]]
         K = len(keys)
         ok = codes >= 0
         cnt = _Counter(codes, ok, K)
@@ -89,8 +91,9 @@ class FeatureBuilder(Params):
         ch = np.divide(ch, tot, out=np.zeros_like(ch), where=tot > 0)     # shares among known channels
         for j, c in enumerate(self.channels_):
             f[f"share_channel_{_slug(c)}"] = ch[:, j]
-        ln = ev.lines[ev.lines["order_date"] < cutoff]
-        lcodes = keys.get_indexer(ln["customer_key"])
+        lrows = (ev.lines["order_date"] < cutoff).to_numpy()
+        ln = ev.lines[lrows]
+        lcodes = remap[C.line[lrows]]
         dcnt = _Counter(lcodes, lcodes >= 0, K)
         dv = dcnt.table(pd.Index(self.departments_).get_indexer(ln["department"]), len(self.departments_),
                         np.nan_to_num(ln["value"].to_numpy(np.float64)))
@@ -99,13 +102,17 @@ class FeatureBuilder(Params):
         for j, d in enumerate(self.departments_):
             f[f"share_dept_{_slug(d)}"] = share[:, j]
         if ev.contacts is not None:
-            self._contact_features(f, ev.contacts, cutoff)
-        prof = ev.profile.reindex(f.index)
+            self._contact_features(f, ev.contacts, C.contact, remap, cutoff)
+        pos = C.profile_pos[remap[:-1] >= 0]
+        prof = ev.profile.iloc[pos].set_axis(f.index) if (pos >= 0).all() else ev.profile.reindex(f.index)
         f["age"] = ((cutoff - prof["dob"]) / DAY / 365.25).where(prof["dob"] < cutoff)
         for col in ("n_systems", "email_opt_in", "mail_opt_in", "sms_opt_in", "has_email", "has_phone"):
             f[col] = prof[col].astype("float64") if col in prof else np.nan
-        first_ch = o.sort_values(["order_date", "order_id"]).drop_duplicates("customer_key").set_index("customer_key")
-        f["first_channel"] = first_ch["channel"].reindex(f.index).astype(object)
+        best = np.full(K, np.iinfo(np.int64).max)            # each customer's first order by (date, order id)
+        np.minimum.at(best, codes[ok], C.order_rank[orows][ok])
+        by_rank = np.empty(len(C.order_rank), np.int64)
+        by_rank[C.order_rank] = np.arange(len(C.order_rank))
+        f["first_channel"] = ev.orders["channel"].iloc[by_rank[best]].set_axis(f.index).astype(object)
         if len(self.departments_):
             top = pd.Series(np.asarray(self.departments_, dtype=object)[dv.argmax(axis=1)], index=keys)
             f["top_department"] = top.where(dv.max(axis=1) > 0).astype(object)
@@ -113,9 +120,11 @@ class FeatureBuilder(Params):
             f["top_department"] = None
         return f
 
-    def _contact_features(self, f: pd.DataFrame, contacts: pd.DataFrame, cutoff) -> None:
-        c = contacts[contacts["contact_date"] < cutoff]
-        codes = f.index.get_indexer(c["customer_key"])
+    def _contact_features(self, f: pd.DataFrame, contacts: pd.DataFrame, contact_codes: np.ndarray,
+                          remap: np.ndarray, cutoff) -> None:
+        crows = (contacts["contact_date"] < cutoff).to_numpy()
+        c = contacts[crows]
+        codes = remap[contact_codes[crows]]
         cnt = _Counter(codes, codes >= 0, len(f))
         answered = (c["responded"] & (c["response_date"] < cutoff).fillna(False)).to_numpy(bool)
         dates = c["contact_date"].to_numpy()
