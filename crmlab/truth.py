@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import measure, propensity, value
+from .events import customer_keys
 from .sources import load
 
 
@@ -26,13 +27,22 @@ def _read_truth(world_dir: Path, name: str) -> pd.DataFrame | None:
     return None
 
 
-def true_customer_transactions(world_dir, src=None) -> pd.DataFrame:
+def true_customer_transactions(world_dir, src=None, events=None) -> pd.DataFrame:
     """Transactions of a synthetic world keyed by the true customer (for checks against planted truth).
 
     ``src``: the run's validated :class:`~crmlab.sources.Sources` of that world (else read and
-    validated again from ``world_dir``, which costs as much as the run's own loading step)."""
-    rt = _read_truth(Path(world_dir), "record_truth")
-    return value.transactions(src if src is not None else load(world_dir), rt.rename(columns={"customer_id": "customer_key"}))
+    validated again from ``world_dir``, which costs as much as the run's own loading step);
+    ``events``: the run's :class:`~crmlab.events.CustomerEvents` of the same sources, whose order
+    values are then reused (only the orders' source records are read, not the order lines)."""
+    rt = _read_truth(Path(world_dir), "record_truth").rename(columns={"customer_id": "customer_key"})
+    src = src if src is not None else load(world_dir)
+    if events is None:
+        return value.transactions(src, rt)
+    orders = src["orders"]
+    if len(orders) != len(events.orders) or not (orders["order_id"].to_numpy() == events.orders["order_id"].to_numpy()).all():
+        raise ValueError("events and sources describe different orders")
+    return events.orders[["order_date", "value", "channel"]].assign(
+        customer_key=customer_keys(orders, rt, "orders"))[["customer_key", "order_date", "value", "channel"]]
 
 
 def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
@@ -58,14 +68,15 @@ def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
 
 
 def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int,
-                               src=None) -> pd.Series | None:
+                               src=None, events=None) -> pd.Series | None:
     """P(no order in ``[cutoff, cutoff + horizon)``) under the true process, per customer_key.
 
     Uses each true customer's own purchase rate and dropout probability and their purchases before
     the cut-off: P(alive) = 1 without repeat purchases, else
     (1 - p) e^(-lambda (T - t_x)) / ((1 - p) e^(-lambda (T - t_x)) + p); then
     P(attrition) = 1 - P(alive) (1 - e^(-lambda h)). The best any model of the history can do
-    (campaign-driven orders aside). None when the world has no truth files.
+    (campaign-driven orders aside). None when the world has no truth files. ``src``, ``events``:
+    see :func:`true_customer_transactions`.
     """
     world_dir = Path(world_dir)
     ct = _read_truth(world_dir, "customer_truth")
@@ -73,7 +84,7 @@ def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon
     if ct is None or owner is None:
         return None
     cutoff = pd.Timestamp(cutoff)
-    tx = true_customer_transactions(world_dir, src)
+    tx = true_customer_transactions(world_dir, src, events)
     tx = tx[tx["order_date"] < cutoff]
     g = tx.groupby("customer_key")["order_date"]
     first, last, n = g.min(), g.max(), g.size()
@@ -121,7 +132,7 @@ def planted_rule_ranks(world_dir, rules: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def btyd_check(world_dir, src, observation_end) -> pd.DataFrame | None:
+def btyd_check(world_dir, src, observation_end, events=None) -> pd.DataFrame | None:
     """BG/NBD fitted on the true customers' transactions (weeks) against the planted parameters:
     estimate, interval and whether the truth lies inside it. ``src``: the run's sources or a function
     returning them."""
@@ -130,7 +141,7 @@ def btyd_check(world_dir, src, observation_end) -> pd.DataFrame | None:
         return None
     meta = json.loads(path.read_text())
     src = src() if callable(src) else src                 # a function: the sources are read only with truth
-    rfm = value.rfm_summary(true_customer_transactions(world_dir, src), observation_end=observation_end)
+    rfm = value.rfm_summary(true_customer_transactions(world_dir, src, events), observation_end=observation_end)
     fit = value.BetaGeo().fit(rfm)
     check = fit.summary_.assign(truth=[meta["btyd"][k] for k in fit.summary_.index])
     check["inside 95% CI"] = (check["ci_low"] <= check["truth"]) & (check["truth"] <= check["ci_high"])
@@ -163,7 +174,7 @@ def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: di
     if key_map is None or not (Path(world_dir) / "truth").is_dir():
         return None
     oracle = true_attrition_probability(world_dir, key_map, cut["valid"], P["horizon_days"],
-                                        src() if callable(src) else src)
+                                        src() if callable(src) else src, ev)
     if oracle is None:
         return None
     y = pd.Series(result.holdout_y, index=result.holdout_X.index)

@@ -8,6 +8,7 @@ import pytest
 
 from crmlab import datasets, truth, value
 from crmlab.errors import CrmlabError
+from crmlab.events import CustomerEvents
 
 import naive
 
@@ -93,6 +94,10 @@ def test_recovers_planted_truth_of_the_synthetic_world():
     tx = truth.true_customer_transactions(sample)
     from crmlab.sources import load
     pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, load(sample)), tx)   # the run's sources reused
+    src = load(sample)
+    ev = CustomerEvents.from_sources(src)                       # the run's order values reused
+    pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, src, ev).reset_index(drop=True),
+                                  tx.reset_index(drop=True))
     rfm = value.rfm_summary(tx, observation_end=meta["spec"]["end"])
     bg = value.BetaGeo().fit(rfm)
     for k in ("r", "alpha", "a", "b"):

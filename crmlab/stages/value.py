@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .. import value
+from ..events import CustomerEvents
 
 
 @dataclass
@@ -14,6 +15,7 @@ class ValueResult:
     """What stage 30 fitted, for its report: the transactions, the RFM table at ``observation_end``,
     the purchase and spend models, the ``customer_value`` table and the fit's warnings."""
 
+    events: CustomerEvents
     transactions: pd.DataFrame
     observation_end: pd.Timestamp
     rfm: pd.DataFrame
@@ -33,7 +35,8 @@ def rfm_at(tx: pd.DataFrame, P: dict, observation_end, calibration_end=None) -> 
 def run_value(ctx) -> ValueResult:
     """Fit the purchase model and Gamma-Gamma on all history, write ``customer_value``."""
     P = ctx.params["value"]
-    tx = ctx.events().transactions()
+    ev = ctx.events()
+    tx = ev.transactions()
     observation_end = tx["order_date"].max()
     rfm = rfm_at(tx, P, observation_end)
     with warnings.catch_warnings(record=True) as caught:
@@ -42,4 +45,4 @@ def run_value(ctx) -> ValueResult:
     table = value.customer_value(model, spend, rfm, months=P["clv_months"], discount_rate=P["discount_rate"],
                                  margin=P["margin"], time_unit=P["time_unit_days"])
     ctx.write_artifact("customer_value", table)
-    return ValueResult(tx, observation_end, rfm, model, spend, table, [str(w.message) for w in caught])
+    return ValueResult(ev, tx, observation_end, rfm, model, spend, table, [str(w.message) for w in caught])
