@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import measure, propensity, value
+from . import measure, targets, value
 from .events import customer_keys
 from .sources import load
 
@@ -169,7 +169,7 @@ def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: di
                     src=None) -> dict | None:
     """The attrition holdout scored three ways: this run's model, the other model kind refitted on the
     same features, and the true process (:func:`true_attrition_probability`, the best any model can
-    do). Returns ``{name: (y, p)}`` for :func:`crmlab.propensity.plot_evaluation`, or None.
+    do). Returns ``{name: (y, p)}`` for :func:`crmlab.propensity_report.plot_evaluation`, or None.
     ``src``: the run's sources, or a function returning them (called only when there is truth)."""
     if key_map is None or not (Path(world_dir) / "truth").is_dir():
         return None
@@ -179,7 +179,7 @@ def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: di
         return None
     y = pd.Series(result.holdout_y, index=result.holdout_X.index)
     other = "hgb" if P["model"] == "logistic" else "logistic"
-    alt = propensity.refit_as(result, ev, cut, P, kind=other, seed=seed)
+    alt = targets.refit_as(result, ev, cut, P, kind=other, seed=seed)
     both = {f"{P['model']} (this run)": (y, result.holdout_p), other: (y, alt.predict_proba(result.holdout_X)[:, 1])}
     known = y.index.isin(oracle.index)
     both["true process"] = (y[known], oracle.reindex(y.index[known]).to_numpy())

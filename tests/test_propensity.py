@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import config, propensity, truth
+from crmlab import config, propensity, propensity_report, targets, truth
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
 from crmlab.propensity import CompiledModel, PropensityModel, ScoringError
@@ -23,7 +23,7 @@ def telco():
 
 def test_telco_cross_validated_auc_and_lift(telco):
     X, y = telco
-    cv = propensity.cross_validate(X, y, folds=5, kind="logistic")
+    cv = propensity_report.cross_validate(X, y, folds=5, kind="logistic")
     assert cv.loc["mean", "roc_auc"] >= 0.845
     assert cv.loc["mean", "top_decile_lift"] >= 2.8
     assert 0.26 < cv.loc["mean", "base_rate"] < 0.27
@@ -100,34 +100,34 @@ def events(world):
 
 def test_stage_fits_evaluates_scores_and_reloads(events, world, tmp_path):
     P = {**config.DEFAULTS["propensity"], "cv": 3, "top_departments": 2}
-    results, builder, cut = propensity.fit_targets(events, P, progress=lambda *_: None)
+    results, builder, cut = targets.fit_targets(events, P, progress=lambda *_: None)
     assert set(results) == {"attrition", "response"} | {t for t in results if t.startswith("buy_")}
     assert len([t for t in results if t.startswith("buy_")]) == 2
     assert results["attrition"].metrics["roc_auc"] > 0.7
     assert all(0.55 < r.metrics["roc_auc"] < 1 for r in results.values())
     X_now = builder.transform(events, cut["score"])
     models = {t: r.compiled for t, r in results.items()}
-    scores = propensity.score_customers(models, X_now)
+    scores = targets.score_customers(models, X_now)
     for t, r in results.items():
         col = {"attrition": "attrition_risk", "response": "response_propensity"}.get(t, t.replace("buy_", "propensity_"))
         np.testing.assert_allclose(scores[col], r.model.predict_proba(X_now)[:, 1], atol=1e-6)
-    propensity.save_models(models, builder, tmp_path / "models")
-    loaded, fb = propensity.load_models(tmp_path / "models")
-    again = propensity.score_customers(loaded, fb.transform(events, cut["score"]))
+    targets.save_models(models, builder, tmp_path / "models")
+    loaded, fb = targets.load_models(tmp_path / "models")
+    again = targets.score_customers(loaded, fb.transform(events, cut["score"]))
     pd.testing.assert_frame_equal(again, scores)
 
 
 def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
 
     P = {**config.DEFAULTS["propensity"], "cv": 3, "departments": [], "top_departments": 0, "response": False}
-    results, _, cut = propensity.fit_targets(events, P, progress=lambda *_: None)
+    results, _, cut = targets.fit_targets(events, P, progress=lambda *_: None)
     r = results["attrition"]
     rt = pd.read_parquet(world / "truth" / "record_truth.parquet")
     key_map = rt.assign(customer_key=rt["source_system"] + ":" + rt["source_id"].astype(str))  # records as customers
     oracle = truth.true_attrition_probability(world, key_map, cut["valid"], P["horizon_days"])
     y = pd.Series(r.holdout_y, index=r.holdout_X.index)
     both = y.index.intersection(oracle.index)
-    auc_true = propensity.evaluate(y[both], oracle[both])["roc_auc"]
+    auc_true = propensity_report.evaluate(y[both], oracle[both])["roc_auc"]
     assert len(both) > 0.9 * len(y)
     assert r.metrics["roc_auc"] < auc_true < 0.97
 
@@ -193,7 +193,7 @@ def test_large_training_sets_are_fitted_on_a_stratified_sample(telco):
     assert m.predict_proba(X).shape == (len(X), 2)
     full = PropensityModel(kind="logistic", calibration="sigmoid", cv=3, random_state=2).fit(X, y)
     assert full.fit_rows_ == len(X)
-    auc = lambda model: propensity.evaluate(y, model.predict_proba(X)[:, 1])["roc_auc"]   # noqa: E731
+    auc = lambda model: propensity_report.evaluate(y, model.predict_proba(X)[:, 1])["roc_auc"]   # noqa: E731
     assert auc(m) > auc(full) - 0.02                            # a fifth of the rows, about the same ranking
     again = PropensityModel(kind="logistic", calibration="sigmoid", cv=3, random_state=2, max_fit_rows=2000).fit(X, y)
     assert np.array_equal(again.predict_proba(X), m.predict_proba(X))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import datasets, truth, value
+from crmlab import datasets, truth, value, value_report
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
 
@@ -62,7 +62,7 @@ def test_predictions_match_reference_formulas(cdnow):
     p_ref, e_ref = naive.bgnbd_predict_ref(p["r"], p["alpha"], p["a"], p["b"], x, tx, T, 39.0)
     np.testing.assert_allclose(m.p_alive(cdnow), p_ref, rtol=1e-10)
     np.testing.assert_allclose(m.expected_purchases(cdnow, 39.0), e_ref, rtol=1e-8)
-    rep = value.holdout_report(m, cdnow)
+    rep = value_report.holdout_report(m, cdnow)
     raw = datasets.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
     hold = raw[(raw["order_date"] > "1997-09-30") & (raw["order_date"] <= "1998-06-30")]
     assert rep.table.loc["model", "actual_total"] == len(hold.drop_duplicates(["customer_key", "order_date"]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import propensity
+from .. import targets
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 
@@ -37,13 +37,13 @@ def run_propensity(ctx) -> PropensityResult:
     ``customer_propensity`` and, after a refit, the models."""
     P = ctx.params["propensity"]
     ev = ctx.events()
-    cut = propensity.cutoffs(ev.last_date, P["horizon_days"])
+    cut = targets.cutoffs(ev.last_date, P["horizon_days"])
     results, check, n_check = None, None, 0
     if P["models"] is None:
-        results, builder, _ = propensity.fit_targets(ev, P, seed=ctx.params["seed"])
+        results, builder, _ = targets.fit_targets(ev, P, seed=ctx.params["seed"])
         models = {t: r.compiled for t, r in results.items()}
     else:
-        models, builder = propensity.load_models(P["models"])
+        models, builder = targets.load_models(P["models"])
     X_now = builder.transform(ev, cut["score"])
     if results is not None:
         rows = X_now.sample(min(len(X_now), CHECK_ROWS), random_state=ctx.params["seed"])
@@ -53,8 +53,8 @@ def run_propensity(ctx) -> PropensityResult:
         if max(check.values()) > 1e-6:
             raise CrmlabError(f"propensity: compiled scores differ from scikit-learn's by up to {max(check.values()):.2g} "
                               f"({check}); nothing written")
-    scores = propensity.score_customers(models, X_now)
+    scores = targets.score_customers(models, X_now)
     ctx.write_artifact("customer_propensity", scores)
     if results is not None:
-        propensity.save_models(models, builder, ctx.run_dir / "artifacts" / "models")
+        targets.save_models(models, builder, ctx.run_dir / "artifacts" / "models")
     return PropensityResult(ev, cut, results, builder, models, X_now, scores, check, n_check)

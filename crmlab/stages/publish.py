@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import affinity, decisions, propensity, publish
+from .. import affinity, decisions, publish, targets
 from ..errors import CrmlabError
 
 
@@ -36,7 +36,7 @@ def run_publish(ctx) -> PublishResult:
     products = ctx.sources()["products"]
     key_map = ctx.read_artifact("customer_key_map")
     ev = ctx.events()
-    cutoff = propensity.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
+    cutoff = targets.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
     dnc = decisions.read_do_not_contact(D["do_not_contact"], key_map) if D["do_not_contact"] else set()
     guarded = affinity.sensitive_items(products, ctx.params["affinity"]["sensitive_categories"])
     bought = ev.lines[["customer_key", "product_id"]].drop_duplicates()

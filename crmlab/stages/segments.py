@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import propensity, segments
+from .. import segments, targets
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 from ..features import FeatureBuilder
@@ -37,7 +37,7 @@ def run_segments(ctx) -> SegmentsResult:
     S = ctx.params["segments"]
     key_map = ctx.optional_artifact("customer_key_map")
     ev = ctx.events()
-    cutoff = propensity.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
+    cutoff = targets.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
     value = ctx.read_artifact("customer_value")
     risk = ctx.read_artifact("customer_propensity")
     X_all = FeatureBuilder().fit(ev, cutoff).transform(ev, cutoff)

@@ -1,0 +1,181 @@
+"""Every propensity target of a run, fitted and evaluated honestly on time cut-offs: attrition, a
+purchase per department and campaign response; scoring and saving the compiled models."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CrmlabError
+from .features import FeatureBuilder, _slug, labels
+from .progress import bar
+from .propensity import CompiledModel, PropensityModel
+from .propensity_report import evaluate
+
+
+@dataclass
+class TargetResult:
+    """One target: the model evaluated on the time holdout (with its data) and the final model."""
+
+    name: str
+    holdout_model: PropensityModel
+    holdout_X: pd.DataFrame
+    holdout_y: np.ndarray
+    holdout_p: np.ndarray
+    metrics: dict
+    model: PropensityModel
+    compiled: CompiledModel
+
+
+def cutoffs(last_date, horizon_days: int) -> dict:
+    """Training, validation and scoring cut-offs: each label window is the ``horizon_days`` after its cut-off."""
+    score = pd.Timestamp(last_date).normalize() + pd.Timedelta(days=1)
+    valid = score - pd.Timedelta(days=horizon_days)
+    return {"train": valid - pd.Timedelta(days=horizon_days), "valid": valid, "score": score}
+
+
+def _model(P: dict, seed: int) -> PropensityModel:
+    return PropensityModel(kind=P["model"], calibration=P["calibration"], cv=P["cv"], max_iter=P["max_iter"],
+                           random_state=seed, max_fit_rows=P["fit_rows"])
+
+
+def _rows(n: int, P: dict) -> str:
+    """'50,000 (a stratified sample) of 160,000' or '12,000': the rows a model is fitted on."""
+    cap = P["fit_rows"]
+    return f"{cap:,} (a stratified sample) of {n:,}" if cap is not None and n > cap else f"{n:,}"
+
+
+def purchase_departments(ev, P: dict, before) -> list[str]:
+    """The departments with purchase targets: from params, else the most bought before ``before``."""
+    if P["departments"]:
+        known = set(ev.lines["department"].dropna())
+        unknown = [d for d in P["departments"] if d not in known]
+        if unknown:
+            raise CrmlabError(f"propensity.departments: unknown department(s) {unknown}; known: {sorted(known)}")
+        return list(P["departments"])
+    ln = ev.lines[ev.lines["order_date"] < before]
+    return ln.groupby("department")["customer_key"].nunique().nlargest(P["top_departments"]).index.tolist()
+
+
+def _training_builder(ev, cut: dict):
+    return FeatureBuilder().fit(ev, cut["train"])
+
+
+def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "FeatureBuilder", dict]:
+    """Fit, evaluate on a time holdout and refit every target.
+
+    Each target is evaluated honestly: a model fitted on features at the training cut-off (labels
+    from the window after it) scores the customers at the validation cut-off, whose labels are the
+    last ``horizon_days`` of data. The model kept for scoring is then refitted at the validation
+    cut-off. Campaign response is fitted on treated contacts (features at each campaign's start)
+    and evaluated on the latest campaign. Returns (results by target, the scoring feature builder,
+    cut-offs).
+    """
+    cut = cutoffs(ev.last_date, P["horizon_days"])
+    depts = purchase_departments(ev, P, cut["valid"])
+    fb_train = _training_builder(ev, cut)
+    fb_final = FeatureBuilder().fit(ev, cut["valid"])
+    X_tr, X_va = fb_train.transform(ev, cut["train"]), fb_train.transform(ev, cut["valid"])
+    y_tr = labels(ev, X_tr.index, cut["train"], P["horizon_days"], depts)
+    y_va = labels(ev, X_va.index, cut["valid"], P["horizon_days"], depts)
+    X_fin = fb_final.transform(ev, cut["valid"])
+    targets = (["attrition"] if P["attrition"] else []) + [c for c in y_tr.columns if c.startswith("buy_")]
+    out = {}
+    for t in bar(targets, "propensity models", unit="target"):
+        progress(f"{t}: fitting on {_rows(len(X_tr), P)} customers at {cut['train']:%Y-%m-%d}, "
+                 f"validating on {len(X_va):,} at {cut['valid']:%Y-%m-%d}")
+        m = _model(P, seed).fit(X_tr, y_tr[t])
+        p = m.predict_proba(X_va)[:, 1]
+        final = _model(P, seed).fit(X_fin, y_va[t])
+        meta = {"target": t, "cutoff": f"{cut['valid']:%Y-%m-%d}", "horizon_days": P["horizon_days"]}
+        out[t] = TargetResult(t, m, X_va, y_va[t].to_numpy(), p, evaluate(y_va[t], p), final, final.compile(t, meta))
+    if P["response"] and ev.contacts is not None:
+        r = _fit_response(ev, P, seed, fb_train, fb_final, progress)
+        if r is not None:
+            out["response"] = r
+    return out, fb_final, cut
+
+
+def _response_frame(ev, fb, campaigns) -> tuple[pd.DataFrame, np.ndarray]:
+    c = ev.contacts[(ev.contacts["group"] == "treatment") & ev.contacts["campaign_id"].isin(campaigns)]
+    Xs, ys = [], []
+    for camp, grp in c.groupby("campaign_id", sort=False):
+        start = grp["contact_date"].min()
+        X = fb.transform(ev, start)
+        keys = grp.drop_duplicates("customer_key").set_index("customer_key")
+        keys = keys[keys.index.isin(X.index)]
+        Xs.append(X.loc[keys.index].reset_index())
+        ys.append(keys["responded"].to_numpy().astype(int))
+    return pd.concat(Xs, ignore_index=True).set_index("customer_key"), np.concatenate(ys)
+
+
+def _fit_response(ev, P, seed, fb_train, fb_final, progress):
+    order = (ev.contacts.groupby("campaign_id")["contact_date"].min().sort_values())
+    if len(order) < 2:
+        progress("response: fewer than two campaigns, no honest holdout: skipped")
+        return None
+    first, last = list(order.index[:-1]), [order.index[-1]]
+    X_tr, y_tr = _response_frame(ev, fb_train, first)
+    X_va, y_va = _response_frame(ev, fb_train, last)
+    if len(set(y_tr)) < 2 or len(set(y_va)) < 2:
+        progress("response: a campaign without both responders and non-responders: skipped")
+        return None
+    progress(f"response: fitting on {_rows(len(X_tr), P)} treated contacts of {', '.join(first)}, "
+             f"validating on {len(X_va):,} of {last[0]}")
+    m = _model(P, seed).fit(X_tr, y_tr)
+    p = m.predict_proba(X_va)[:, 1]
+    X_all, y_all = _response_frame(ev, fb_final, list(order.index))
+    final = _model(P, seed).fit(X_all, y_all)
+    meta = {"target": "response", "campaigns": list(order.index)}
+    return TargetResult("response", m, X_va, y_va, p, evaluate(y_va, p), final, final.compile("response", meta))
+
+
+def score_customers(models: dict, X: pd.DataFrame) -> pd.DataFrame:
+    """The ``customer_propensity`` table: one probability column per model, and the models' version."""
+    out = pd.DataFrame(index=X.index)
+    names = {"attrition": "attrition_risk", "response": "response_propensity"}
+    for t, cm in models.items():
+        out[names.get(t, t.replace("buy_", "propensity_"))] = cm.predict_proba(X)
+    version = hashlib.sha256(",".join(f"{t}:{cm.version}" for t, cm in sorted(models.items())).encode())
+    out["model_version"] = version.hexdigest()[:12]
+    return out.reset_index()
+
+
+def save_models(models: dict, builder, folder) -> Path:
+    """Compiled models (one sub-folder each) and the feature vocabulary, for scoring without refitting."""
+    folder = Path(folder)
+    for t, cm in models.items():
+        cm.save(folder / t)
+    vocab = {"channels": builder.channels_, "departments": list(builder.departments_), "media": builder.media_,
+             "windows": list(builder.windows), "targets": list(models)}
+    (folder / "features.json").write_text(json.dumps(vocab, indent=1))
+    return folder
+
+
+def load_models(folder):
+    """(models by target, feature builder) saved by :func:`save_models`."""
+    folder = Path(folder)
+    spec = folder / "features.json"
+    if not spec.is_file():
+        raise CrmlabError(f"no saved propensity models in {folder} (features.json missing); "
+                          f"point propensity.models at a run's artifacts/models folder")
+    vocab = json.loads(spec.read_text())
+    fb = FeatureBuilder(tuple(vocab["windows"]))
+    fb.channels_, fb.departments_, fb.media_ = vocab["channels"], vocab["departments"], vocab["media"]
+    fb.categorical_ = ["first_channel", "top_department"]
+    return {t: CompiledModel.load(folder / t) for t in vocab["targets"]}, fb
+
+
+def refit_as(result: TargetResult, ev, cut: dict, P: dict, kind: str, seed: int = 0) -> PropensityModel:
+    """The holdout model of ``result`` fitted again as another model ``kind`` (same features and labels)."""
+    if result.name == "response":
+        raise CrmlabError("refit_as covers customer-level targets (attrition, buy_*), not campaign response")
+    X_tr = _training_builder(ev, cut).transform(ev, cut["train"])
+    depts = [result.name[4:]] if result.name.startswith("buy_") else []
+    y = labels(ev, X_tr.index, cut["train"], P["horizon_days"],
+               [d for d in ev.lines["department"].dropna().unique() if _slug(d) in depts])
+    return _model({**P, "model": kind}, seed).fit(X_tr[result.holdout_X.columns], y[result.name])
