@@ -51,13 +51,15 @@ def run_chain(data: Path, runs_dir: Path, cache: Path, extra: list[str]) -> dict
 
 
 def slowest_cells(run_dir: Path, top: int = 8) -> list[tuple[float, str, int, str]]:
-    """(seconds, stage, cell number, first code line) of the slowest cells of a run."""
+    """(seconds, stage, cell number, first code line that is not an import) of the slowest cells of a run."""
     cells = []
     for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
         code = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
         for i, c in enumerate(code, start=1):
             sec = c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
-            first = next((ln for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.startswith("#")), "")
+            lines = [ln for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.startswith("#")]
+            first = next((ln for ln in lines if "run_" in ln), None) or next(   # a stage function call first
+                (ln for ln in lines if not ln.startswith(("import ", "from "))), lines[0] if lines else "")
             cells.append((sec, nb.stem, i, first[:70]))
     return sorted(cells, reverse=True)[:top]
 
