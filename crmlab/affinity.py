@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
-from .estimator import Params
+from .estimator import Params, reset
 from .events import customer_keys
 from .kernels import baskets as K
 from .kernels import recommend as R
@@ -339,6 +339,7 @@ class ItemRecommender(Params):
     def fit(self, customer_baskets: Baskets) -> "ItemRecommender":
         if self.similarity not in ("cosine", "lift"):
             raise CrmlabError(f"similarity must be 'cosine' or 'lift', got '{self.similarity}'")
+        reset(self)
         b = customer_baskets
         a, c, n_ab = K.pair_counts(b.indptr, b.indices, b.n_items, self.min_co)
         pop = K.item_counts(b.indptr, b.indices, b.n_items).astype(np.float64)

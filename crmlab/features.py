@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
-from .estimator import Params
+from .estimator import Params, reset
 from .events import CustomerEvents
 
 DAY = pd.Timedelta(days=1)
@@ -39,6 +39,7 @@ class FeatureBuilder(Params):
         self.windows = windows
 
     def fit(self, ev: CustomerEvents, cutoff) -> "FeatureBuilder":
+        reset(self)
         cutoff = pd.Timestamp(cutoff)
         o = ev.orders[ev.orders["order_date"] < cutoff]
         if o.empty:

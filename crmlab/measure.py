@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
-from .estimator import Params
+from .estimator import Params, reset
 from .events import RESPONSE_COLUMNS, attribute_responses, keyed_contacts  # noqa: F401 - the measurement API
 from .features import FeatureBuilder
 from .propensity import PropensityModel
@@ -127,6 +127,7 @@ class TwoModelUplift(Params):
         self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, treated, y) -> "TwoModelUplift":
+        reset(self)
         treated, y = np.asarray(treated, bool), np.asarray(y).astype(int)
         for flag, name in ((True, "treated_"), (False, "control_")):
             m = treated == flag
@@ -266,6 +267,21 @@ def plot_lift(lift: pd.DataFrame, by: str | None = None, truth: pd.Series | None
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_uplift_evaluation(res: dict):
+    """The held-out Qini curve and the measured lift per predicted-uplift third (from :func:`evaluate_uplift`)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    plot_qini(res["qini"], ax=axes[0])
+    bt = res["by_tercile"]
+    axes[1].bar(bt["predicted_uplift"].astype(str), bt["incremental_rate"],
+                yerr=[bt["incremental_rate"] - bt["ci_low"], bt["ci_high"] - bt["incremental_rate"]], capsize=4,
+                color="tab:green")
+    axes[1].set(title="Measured lift by predicted-uplift third (held out)", ylabel="incremental response rate")
+    fig.tight_layout()
+    return fig
 
 
 def plot_qini(curve: pd.DataFrame, ax=None):

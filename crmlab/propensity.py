@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
-from .estimator import Params
+from .estimator import Params, reset
 from .kernels import scoring
 
 MISSING = "(missing)"
@@ -195,6 +195,7 @@ class PropensityModel(Params):
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.model_selection import StratifiedKFold
 
+        reset(self)                                       # a refit learns everything anew
         if self.kind not in KINDS:
             raise CrmlabError(f"unknown model kind '{self.kind}'; choose one of {', '.join(KINDS)}")
         if self.calibration not in CALIBRATIONS:

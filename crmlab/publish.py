@@ -662,6 +662,40 @@ def psi(old: pd.Series, new: pd.Series, bins: int = 10) -> float:
     return float(np.sum((b - a) * np.log(b / a)))
 
 
+def lookup_check(url: str, key_map: pd.DataFrame, n: int, random_state: int = 0):
+    """What a touchpoint sees: the published scores of every source record of the customer known to
+    most systems (one row per record, all the same customer), and ``n`` random lookups timed.
+    Returns (rows by ``system:id``, lookups, hits, milliseconds per lookup)."""
+    multi = key_map.groupby("customer_key")["source_system"].nunique().idxmax()
+    rows = key_map[key_map["customer_key"] == multi]
+    ids = key_map.sample(min(n, len(key_map)), random_state=random_state)
+    with Lookup(url) as lk:
+        found = [lk.get(r.source_system, r.source_id) for r in rows.itertuples()]
+        t0 = time.perf_counter()
+        hits = sum(lk.get(s, i) is not None for s, i in zip(ids["source_system"], ids["source_id"]))
+        per_ms = (time.perf_counter() - t0) / max(len(ids), 1) * 1e3
+    shown = pd.DataFrame(found, index=[f"{r.source_system}:{r.source_id}" for r in rows.itertuples()])
+    if shown["customer_key"].nunique() != 1:
+        raise CrmlabError(f"the records of customer {multi} look up {shown['customer_key'].nunique()} different customers")
+    return shown, len(ids), hits, per_ms
+
+
+def plot_drift(previous: pd.DataFrame, scores: pd.DataFrame,
+               columns=("value", "attrition_risk", "p_alive", "response_propensity")):
+    """Histograms of the main scores, previous published version against the new one (to the 99th percentile)."""
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in columns if c in scores and c in previous]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 2.8), squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        lo, hi = np.nanpercentile(pd.concat([previous[c], scores[c]]).astype(float), [0, 99])
+        ax.hist([previous[c].dropna(), scores[c].dropna()], bins=30, range=(lo, hi), label=["previous", "new"], density=True)
+        ax.set_title(c, fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def drift(old: pd.DataFrame, new: pd.DataFrame, warn_psi: float = 0.2) -> pd.DataFrame:
     """Per numeric score column: mean before / after, PSI and a warning flag (PSI > ``warn_psi``)."""
     skip = {"score_version", "segment_id"}

@@ -184,3 +184,13 @@ def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: di
     known = y.index.isin(oracle.index)
     both["true process"] = (y[known], oracle.reindex(y.index[known]).to_numpy())
     return both
+
+
+def uplift_summary(check: pd.DataFrame, null_campaigns: list, lift: pd.DataFrame) -> str:
+    """One sentence for reviewers: planted increments inside their intervals, and whether each campaign
+    planted with no effect was (wrongly) declared significant."""
+    sig = lift.set_index("campaign_id")["significant"]
+    verdicts = ", ".join(f"{c} ({'declared significant: WRONG' if sig.get(c) else 'not significant: right'})"
+                         for c in null_campaigns) or "none"
+    return (f"**{int(check['inside_ci'].sum())} of {len(check)}** planted increments inside their 95% intervals. "
+            f"Campaigns planted with no effect: {verdicts}.")

@@ -308,3 +308,14 @@ def test_lookups_never_fail_during_publishes_and_a_restore(target):
     assert len(answers) > 100 and len({v for v, _ in answers}) >= 2
     # a version's rows carry that version's treatment (tables(tag) -> offer_<tag>, version = tag + 1)
     assert all(t == f"offer_{v - 1}" for v, t in answers)
+
+
+def test_drift_plot_shows_each_score_present_in_both():
+    import matplotlib
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    old = pd.DataFrame({"value": rng.gamma(2, 10, 500), "attrition_risk": rng.random(500)})
+    new = old.assign(value=old["value"] * 1.5, p_alive=rng.random(500))
+    fig = publish.plot_drift(old, new)
+    assert [ax.get_title() for ax in fig.axes] == ["value", "attrition_risk"]      # p_alive: new only
+    assert publish.drift(old, new).loc["value", "psi"] > publish.drift(old, new).loc["attrition_risk", "psi"]

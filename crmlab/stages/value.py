@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import value
+from .. import value, value_report
 from ..events import CustomerEvents
 
 
@@ -46,3 +46,14 @@ def run_value(ctx) -> ValueResult:
                                  margin=P["margin"], time_unit=P["time_unit_days"])
     ctx.write_artifact("customer_value", table)
     return ValueResult(ev, tx, observation_end, rfm, model, spend, table, [str(w.message) for w in caught])
+
+
+def holdout_check(r: ValueResult, P: dict):
+    """The model refitted on all but the last ``holdout_days`` and checked on them: (calibration end,
+    calibration RFM, model, :class:`~crmlab.value_report.HoldoutReport`), or None when switched off."""
+    if P["holdout_days"] <= 0:
+        return None
+    calibration_end = r.observation_end - pd.Timedelta(days=P["holdout_days"])
+    rfm_cal = rfm_at(r.transactions, P, r.observation_end, calibration_end)
+    model_cal = value.make_model(P["model"], P["covariates"]).fit(rfm_cal)
+    return calibration_end, rfm_cal, model_cal, value_report.holdout_report(model_cal, rfm_cal)
