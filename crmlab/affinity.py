@@ -20,7 +20,6 @@ import pandas as pd
 
 from .errors import CrmlabError
 from .estimator import Params, reset
-from .events import customer_keys
 from .kernels import baskets as K
 from .kernels import recommend as R
 
@@ -425,15 +424,6 @@ def evaluate_recommendations(recs: pd.DataFrame, bought_before: pd.DataFrame, bo
 
 
 # ----------------------------------------------------------------------------- pipeline helpers
-
-def keyed_lines(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Order lines with ``customer_key`` and ``order_date`` (record keys without a key map, as in value)."""
-    orders = src["orders"]
-    o = pd.DataFrame({"order_id": orders["order_id"].to_numpy(),
-                      "customer_key": customer_keys(orders, key_map, "orders"),
-                      "order_date": orders["order_date"].to_numpy()})
-    return src["order_lines"].merge(o, on="order_id", how="left")
-
 
 def sensitive_items(products: pd.DataFrame, categories=()) -> set:
     """Product ids never to recommend: flagged ``sensitive`` or in one of ``categories``."""

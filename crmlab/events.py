@@ -11,8 +11,6 @@ Without a key map each source record counts as its own customer (key ``<system>:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -126,13 +124,15 @@ def profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFra
 class EventCodes:
     """Customers as integers: ``keys`` (sorted customer keys of the orders) and, per table row, the
     code into them (-1: a contact of a customer without orders); ``profile_pos``: each key's row in
-    the profile (-1: none); ``order_rank``: each order's position in (order_date, order_id) order."""
+    the profile (-1: none); ``order_by``: the orders' rows in (order_date, order_id) order and
+    ``order_rank`` each order's position in it."""
 
     keys: pd.Index
     order: np.ndarray
     line: np.ndarray
     contact: np.ndarray | None
     profile_pos: np.ndarray
+    order_by: np.ndarray
     order_rank: np.ndarray
 
     @classmethod
@@ -142,11 +142,11 @@ class EventCodes:
         line = keys.get_indexer(ev.lines["customer_key"])
         contact = None if ev.contacts is None else keys.get_indexer(ev.contacts["customer_key"])
         oid = pd.factorize(ev.orders["order_id"], sort=True)[0]
-        by = np.lexsort((oid, ev.orders["order_date"].to_numpy()))
+        by = np.lexsort((oid, ev.orders["order_date"].to_numpy())).astype(np.int64)
         rank = np.empty(len(by), np.int64)
         rank[by] = np.arange(len(by))
         return cls(keys, order.astype(np.int64), line.astype(np.int64), None if contact is None else
-                   contact.astype(np.int64), ev.profile.index.get_indexer(keys).astype(np.int64), rank)
+                   contact.astype(np.int64), ev.profile.index.get_indexer(keys).astype(np.int64), by, rank)
 
     def subset(self, rows: np.ndarray) -> tuple[pd.Index, np.ndarray]:
         """For the orders at boolean ``rows``: their customers' keys (sorted) and a map from global
@@ -221,17 +221,3 @@ class CustomerEvents:
         """Rebuild from :meth:`artifacts` through ``read(name) -> DataFrame | None``."""
         return cls(read("events_orders"), read("events_lines"), read("events_contacts"),
                    read("events_profile").set_index("customer_key"))
-
-    @classmethod
-    def read(cls, folder: str | Path) -> "CustomerEvents":
-        """Read the events a run wrote into ``folder`` (its ``artifacts`` folder)."""
-        folder = Path(folder)
-
-        def read(name):
-            p = folder / f"{name}.parquet"
-            if p.exists():
-                return pd.read_parquet(p)
-            if name == "events_contacts":
-                return None
-            raise CrmlabError(f"events artifact '{name}' not found in {folder}: it is written by 10_identity")
-        return cls.from_artifacts(read)

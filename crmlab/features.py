@@ -111,9 +111,7 @@ class FeatureBuilder(Params):
             f[col] = prof[col].astype("float64") if col in prof else np.nan
         best = np.full(K, np.iinfo(np.int64).max)            # each customer's first order by (date, order id)
         np.minimum.at(best, codes[ok], C.order_rank[orows][ok])
-        by_rank = np.empty(len(C.order_rank), np.int64)
-        by_rank[C.order_rank] = np.arange(len(C.order_rank))
-        f["first_channel"] = ev.orders["channel"].iloc[by_rank[best]].set_axis(f.index).astype(object)
+        f["first_channel"] = ev.orders["channel"].iloc[C.order_by[best]].set_axis(f.index).astype(object)
         if len(self.departments_):
             top = pd.Series(np.asarray(self.departments_, dtype=object)[dv.argmax(axis=1)], index=keys)
             f["top_department"] = top.where(dv.max(axis=1) > 0).astype(object)

@@ -323,8 +323,7 @@ class RecordMatcher(Params):
         arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
                       else S.to_arena(df[c].astype("string").tolist())) for c in compared}
         # value codes per text column: 'exact' is one integer comparison per pair, not a string scan
-        arenas.update({("codes", c): pd.factorize(df[c].astype("string"))[0].astype(np.int32)
-                       for c in compared if c not in numeric})
+        arenas.update({("codes", c): self._column_codes(df, c) for c in compared if c not in numeric})
         return df, arenas, comps
 
     def _mode_filter(self, df, left, right):
@@ -485,6 +484,13 @@ class RecordMatcher(Params):
         self.tf_min_u_ = self.tf_min_u if self.tf_min_u is not None else 1.0 / max(len(df), 1)
         self.n_records_ = len(df)
         return self
+
+    def _keyed(self, records: pd.DataFrame) -> pd.DataFrame:
+        """:func:`add_keys` of ``records``, reused from fit when they are the records it was fitted on."""
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache[0] == _fingerprint(records):
+            return cache[5]
+        return add_keys(records.reset_index(drop=True))
 
     # -- scoring
     def _check_fitted(self):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import masked
-from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher, add_keys
+from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher
 from .kernels import graph
 
 
@@ -104,7 +104,7 @@ def blocking_report(matcher: RecordMatcher, records: pd.DataFrame, truth: np.nda
     matcher._check_fitted()
     if truth is None:
         return matcher.blocking_
-    df = add_keys(records.reset_index(drop=True))
+    df = matcher._keyed(records)
     if matcher.mode != "link_and_dedupe":                   # pairs filtered by source: count them again
         return matcher.candidate_pairs(df, truth)[2]
     # completeness from the true pairs (records of one planted customer), not from the candidate

@@ -88,11 +88,6 @@ def _blocks(codes, max_block):
     return order.astype(np.int64), starts, group_ok, skipped, total
 
 
-def block_pair_count(codes: np.ndarray, max_block: int = 1000) -> int:
-    """How many pairs :func:`block_pairs` would return, without making them."""
-    return _blocks(codes, max_block)[4]
-
-
 def sample_block_pairs(codes: np.ndarray, max_block: int, k: int, rng: np.random.Generator):
     """``k`` of :func:`block_pairs`' pairs drawn uniformly without replacement, in memory for ``k`` only
     (all of them when there are no more than ``k``). Returns (left, right, n_skipped_blocks, n_pairs)."""

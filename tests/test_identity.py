@@ -22,7 +22,7 @@ def test_block_pairs_and_components_match_brute_force():
     ref = naive.block_pairs_ref(codes, 20)
     assert list(zip(left.tolist(), right.tolist())) == ref                  # same pairs, same order
     assert skipped == int(np.sum(np.bincount(codes[codes >= 0]) > 20))
-    assert graph.block_pair_count(codes, 20) == len(ref)
+    assert graph.sample_block_pairs(codes, 20, 1, np.random.default_rng(1))[3] == len(ref)   # counted, not made
     a, b = rng.integers(0, 300, 200), rng.integers(0, 300, 200)
     assert graph.connected_components(300, a, b).tolist() == naive.components_ref(300, a, b)
 

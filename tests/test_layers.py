@@ -61,5 +61,5 @@ def test_events_layer_sits_below_the_stages():
     graph = {name: {m for m, _ in _imports(name, path)} for name, path in _modules().items()}
     below = {"crmlab.errors"}
     assert graph["crmlab.events"] <= below, graph["crmlab.events"]
-    for stage in ("crmlab.features", "crmlab.value", "crmlab.affinity", "crmlab.measure", "crmlab.targets"):
+    for stage in ("crmlab.features", "crmlab.value", "crmlab.truth", "crmlab.measure", "crmlab.targets"):
         assert "crmlab.events" in graph[stage] or any("crmlab.events" in graph[m] for m in graph[stage]), stage

@@ -9,8 +9,8 @@ from .. import measure
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 
-#: the columns of the published ``contact_responses`` artifact
-RESPONSE_COLUMNS = ["contact_id", "customer_key", "campaign_id", "group", "contact_date", "responded",
+#: the columns of the ``contact_responses`` artifact
+CONTACT_RESPONSE_COLUMNS = ["contact_id", "customer_key", "campaign_id", "group", "contact_date", "responded",
                     "response_order_id", "response_date", "response_value", "attribution"]
 
 
@@ -49,5 +49,5 @@ def run_measure(ctx) -> MeasureResult:
     ctx.write_artifact("campaign_lift", pd.concat([lift.assign(segment_by="all", segment="all"),
                                                    by_seg.rename(columns={seg_name: "segment"}).assign(segment_by=seg_name)],
                                                   ignore_index=True).astype({"segment": str}))
-    ctx.write_artifact("contact_responses", responses[RESPONSE_COLUMNS])
+    ctx.write_artifact("contact_responses", responses[CONTACT_RESPONSE_COLUMNS])
     return MeasureResult(ev, responses, campaigns, lift, seg_name, by_seg)
