@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import encoding
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .kernels import scoring
@@ -67,17 +68,6 @@ def _check_frame(X, numeric: list[str], categorical: list[str], where: str) -> p
     if bad:
         raise ScoringError(f"{where}: numeric feature column(s) hold non-numeric data: {', '.join(bad)}")
     return X
-
-
-def _numeric_matrix(X: pd.DataFrame, numeric: list[str], dtype=None) -> np.ndarray:
-    if not numeric:
-        return np.zeros((len(X), 0))
-    cols = [X[c].to_numpy(dtype=np.float64, na_value=np.nan) if not pd.api.types.is_float_dtype(X[c].dtype)
-            else X[c].to_numpy() for c in numeric]
-    dtype = dtype or np.result_type(*[c.dtype for c in cols])
-    if dtype not in (np.float32, np.float64):
-        dtype = np.float64
-    return np.ascontiguousarray(np.column_stack(cols).astype(dtype, copy=False))
 
 
 def _as_object(X: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
@@ -478,16 +468,11 @@ class CompiledModel:
     def features(self) -> list[str]:
         return self.info["numeric"] + self.info["categorical"]
 
-    def _codes(self, X: pd.DataFrame) -> np.ndarray:
-        cat = self.info["categorical"]
-        codes = np.empty((len(X), len(cat)), np.int32)
-        fill = self.info["category_fill"]
-        for j, (c, cats) in enumerate(zip(cat, self.info["categories"])):
-            s = X[c]
-            if fill is not None:
-                s = s.astype(object).where(s.notna(), fill)
-            codes[:, j] = pd.Index(cats, dtype="string").get_indexer(s.astype("string"))
-        return codes
+    def encoder(self, dtype=None, chunk_rows: int = encoding.CHUNK_ROWS) -> encoding.FrameEncoder:
+        """The :class:`~crmlab.encoding.FrameEncoder` that turns a feature frame into this model's arrays."""
+        fill, cats = self.info["category_fill"], self.info["categories"]
+        missing = [c.index(fill) if fill is not None and fill in c else -1 for c in cats]
+        return encoding.FrameEncoder(self.info["numeric"], self.info["categorical"], cats, missing, dtype, chunk_rows)
 
     def _calib(self):
         c = self.info["calibration"]
@@ -497,29 +482,36 @@ class CompiledModel:
             return ("isotonic", self.arrays["iso_x"], self.arrays["iso_y"])
         return tuple(c)
 
-    def predict_proba(self, X: pd.DataFrame, dtype=None) -> np.ndarray:
-        """P(positive) per row of ``X`` (a DataFrame with the model's feature columns)."""
+    def predict_proba(self, X: pd.DataFrame, dtype=None, chunk_rows: int = encoding.CHUNK_ROWS,
+                      out: np.ndarray | None = None) -> np.ndarray:
+        """P(positive) per row of ``X`` (a DataFrame with the model's feature columns).
+
+        Rows are encoded and scored ``chunk_rows`` at a time into one output array (``out`` when
+        given), so memory beyond the frame and the result stays a few MB at any number of rows.
+        ``dtype``: float type the numeric columns are scored in (None: float32 when all are).
+        """
         num = self.info["numeric"]
         _check_frame(X, num, self.info["categorical"], f"model '{self.info['name']}'")
-        M = _numeric_matrix(X, num, dtype)
-        codes = self._codes(X)
+        out = scoring._output(len(X), out)
         a = self.arrays
-        if self.info["kind"] == "logistic":
-            p = scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], self._calib())
-        else:
-            p = scoring.tree_proba(M, {**a, "baseline": a["baseline"][0]}, codes, self._calib())
-        bad = np.isnan(p)
+        calib = self._calib()
+        trees = {**a, "baseline": a["baseline"][0]} if self.info["kind"] != "logistic" else None
+        for lo, hi, M, codes in self.encoder(dtype, chunk_rows).chunks(X):
+            if trees is None:
+                scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib, out=out[lo:hi])
+            else:
+                scoring.tree_proba(M, trees, codes, calib, out=out[lo:hi])
+        bad = np.isnan(out)
         if bad.any():
-            raise ScoringError(self._explain_bad(X, M, bad))
-        return p
+            raise ScoringError(self._explain_bad(X, bad))
+        return out
 
-    def _explain_bad(self, X, M, bad) -> str:
+    def _explain_bad(self, X, bad) -> str:
         rows = np.flatnonzero(bad)
-        sub = M[rows]
         fill = self.arrays.get("fill")
         probs = []
         for j, c in enumerate(self.info["numeric"]):
-            col = sub[:, j]
+            col = X[c].iloc[rows].to_numpy(dtype=np.float64, na_value=np.nan)
             if np.isinf(col).any():
                 probs.append(f"'{c}' holds infinite values")
             elif fill is not None and np.isnan(fill[j]) and np.isnan(col).any():

@@ -102,15 +102,19 @@ def _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf):
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
-    """out[i] = link(bias + sum_j w_j * x_ij (NaN -> fill_j) + sum_c table[c, code_ic]).
+    """out[i] = link(bias + sum_j w_j * x_ij (NaN -> fill_j) + sum_c table[c, codes[c, i]]).
 
     One pass per block of rows: dot products with missing values replaced as they are read (a
     select, so the loop stays vectorised; a NaN fill, i.e. no imputation, leaves the row NaN, as
-    does an inf), then the link over the block. Each parallel task takes ``SUPER`` blocks and
-    allocates its buffers once (an allocation per block cost 10% of the pass).
+    does an inf), then the link over the block. Row-major ``X`` is read row by row, column-major
+    ``X`` (a DataFrame's columns) column by column, each contiguous. ``codes`` is column-major (q, n):
+    each category column adds its contributions over the block in one gather. Each parallel task
+    takes ``SUPER`` blocks and allocates its buffers once (an allocation per block cost 10% of the
+    pass).
     """
     n, p = X.shape
-    q = codes.shape[1]
+    q = codes.shape[0]
+    rowmajor = p < 2 or X.strides[1] == X.itemsize
     n_blocks = (n + BLOCK - 1) // BLOCK
     n_tasks = (n_blocks + SUPER - 1) // SUPER
     for task in prange(n_tasks):
@@ -120,20 +124,25 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
         for blk in range(task * SUPER, min(n_blocks, (task + 1) * SUPER)):
             lo = blk * BLOCK
             m = min(n, lo + BLOCK) - lo
-            for r in range(m):
-                s = bias
-                for j in range(p):
-                    v = np.float64(X[lo + r, j])
-                    s += w[j] * (v if v == v else fill[j])
-                z[r] = s
-            if q:
+            if rowmajor:
                 for r in range(m):
-                    s = z[r]
-                    for c in range(q):
-                        k = codes[lo + r, c]
-                        if k >= 0:
-                            s += table[c, k]
+                    s = bias
+                    for j in range(p):
+                        v = np.float64(X[lo + r, j])
+                        s += w[j] * (v if v == v else fill[j])
                     z[r] = s
+            else:
+                for r in range(m):
+                    z[r] = bias
+                for j in range(p):
+                    wj, fj = w[j], fill[j]
+                    for r in range(m):
+                        v = np.float64(X[lo + r, j])
+                        z[r] += wj * (v if v == v else fj)
+            for c in range(q):
+                for r in range(m):
+                    k = codes[c, lo + r]
+                    z[r] += table[c, k] if k >= 0 else 0.0
             for r in range(m):
                 s = z[r]
                 z[r] = s if s - s == 0.0 else np.nan
@@ -190,7 +199,7 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
                         node = nd[r]
                         f = feat[node]
                         if kind[node] == CATEGORICAL:
-                            go_left = _cat_left(codes[g0 + r, f], miss_left[node], cat_bitsets, bitset[node],
+                            go_left = _cat_left(codes[f, g0 + r], miss_left[node], cat_bitsets, bitset[node],
                                                 known_bitsets, known_row[f])
                             nd[r] = child[2 * node + (0 if go_left else 1)]
                         else:
@@ -209,9 +218,8 @@ def _trees(X, codes, kind, feat, thr, child, miss_left, bitset, cat_bitsets, kno
 
 
 @njit(cache=True, parallel=True)
-def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, c_tree, c_mask, c_bitset,
-                 c_missleft, c_off, cat_bitsets, known_bitsets, known_row, leaf_val, leaf_off, lanes, baseline,
-                 calib, a, b, xs, ys, full, lowest, out):
+def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, c_tree, c_base, c_off, c_width,
+                 c_tab, leaf_val, leaf_off, lanes, baseline, calib, a, b, xs, ys, full, lowest, out):
     """QuickScorer over ``lanes`` rows at a time (Lucchese et al. 2015, vectorised across rows).
 
     Per tree a set of reachable leaves (one bit each, ``full`` at the start: 32-bit masks when every
@@ -220,12 +228,14 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
     that goes right there loses the leaves of the node's left subtree (a branch-free AND over the
     lanes, which the compiler vectorises). Values and thresholds are compared in X's own type
     (``lowest`` is its -inf), so float32 rows with 32-bit masks fill whole vectors. NaN goes through
-    the nodes that send missing values right; categorical nodes test their bitsets per row. Each
-    row's leaf in a tree is then the lowest leaf still reachable; leaf values are summed in tree
-    order from ``baseline``.
+    the nodes that send missing values right. Categorical columns take one gather per (column,
+    tree) pair: ``c_tab`` holds, per pair and category code (slot 0: missing or unknown), the AND of
+    the masks of that tree's nodes on the column where the code goes right. Each row's leaf in a
+    tree is then the lowest leaf still reachable; leaf values are summed in tree order from
+    ``baseline``.
     """
     n, p = X.shape
-    qn = codes.shape[1]
+    qn = codes.shape[0]
     T = leaf_off.shape[0] - 1
     R = lanes
     n_groups = (n + R - 1) // R
@@ -234,6 +244,7 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
     for blk in prange(n_blocks):
         v = np.empty((T, R), q_mask.dtype)
         xr = np.empty(R, X.dtype)
+        kr = np.empty(R, np.int64)
         s = np.empty(R)
         bad = np.zeros(R, np.bool_)
         for g in range(blk * per, min(n_groups, (blk + 1) * per)):
@@ -268,11 +279,17 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                             for jj in range(n_off[f], n_off[f + 1]):
                                 v[n_tree[jj], r] &= n_mask[jj]
             for f in range(qn):
-                for r in range(m):
-                    k = codes[i0 + r, f]
-                    for j in range(c_off[f], c_off[f + 1]):
-                        if not _cat_left(k, c_missleft[j], cat_bitsets, c_bitset[j], known_bitsets, known_row[f]):
-                            v[c_tree[j], r] &= c_mask[j]
+                if c_off[f] == c_off[f + 1]:
+                    continue
+                width = c_width[f]
+                for r in range(R):
+                    k = codes[f, i0 + r] if r < m else -1
+                    kr[r] = k + 1 if k >= 0 and k < width else 0
+                for j in range(c_off[f], c_off[f + 1]):
+                    vt = v[c_tree[j]]
+                    base = c_base[j]
+                    for r in range(R):
+                        vt[r] &= c_tab[base + kr[r]]
             s[:] = baseline
             for t in range(T):
                 base = leaf_off[t]
@@ -283,6 +300,45 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                 out[i0 + r] = np.nan if bad[r] else _link(s[r], calib, a, b, xs, ys)
 
 
+def _bits(row) -> np.ndarray:
+    """The 256 membership bits of a bitset row (8 uint32 words) as booleans, category k at index k."""
+    return np.unpackbits(np.ascontiguousarray(row, np.uint32).astype("<u4").view(np.uint8),
+                         bitorder="little").astype(bool)
+
+
+def _category_tables(t, cat, mask, tree_of, q, full):
+    """Per (categorical column, tree) pair, the AND of the masks of the tree's nodes on that column
+    where each code goes right: slot 0 for a missing or unknown code, slot k + 1 for code k < width.
+    Codes at or past a column's width are in no node's bitset and unknown, so they take slot 0: the
+    same decision as scikit-learn's rule (``_cat_left``) for every code."""
+    feat = t["feat"][cat]
+    pair_tree, pair_base, pair_off, width, tab = [], [], [0], np.zeros(max(q, 1), np.int64), []
+    size = 0
+    for f in range(q):
+        nodes = cat[feat == f]
+        if len(nodes):
+            known = _bits(t["known_bitsets"][t["known_row"][f]])
+            left = np.array([_bits(t["cat_bitsets"][t["bitset"][k]]) for k in nodes])
+            used = np.flatnonzero(known | left.any(axis=0))
+            w = int(used[-1]) + 1 if len(used) else 0
+            width[f] = w
+            miss = t["miss_left"][nodes].astype(bool)
+            go_left = np.concatenate([miss[:, None], left[:, :w] | (~known[:w] & miss[:, None])], axis=1)
+            for tr in np.unique(tree_of[nodes]):
+                sel = tree_of[nodes] == tr
+                entry = np.full(w + 1, full, mask.dtype)
+                for k, gl in zip(nodes[sel], go_left[sel]):
+                    entry[~gl] &= mask[k]
+                pair_tree.append(int(tr))
+                pair_base.append(size)
+                tab.append(entry)
+                size += w + 1
+        pair_off.append(len(pair_tree))
+    return dict(c_tree=np.asarray(pair_tree, np.int64), c_base=np.asarray(pair_base, np.int64),
+                c_off=np.asarray(pair_off, np.int64), c_width=width,
+                c_tab=np.concatenate(tab) if tab else np.full(1, full, mask.dtype))
+
+
 def quickscorer_tables(t, p: int, q: int, dtype=np.float64) -> dict | None:
     """QuickScorer tables of a tree ensemble with at most 64 leaves per tree (else None).
 
@@ -291,7 +347,7 @@ def quickscorer_tables(t, p: int, q: int, dtype=np.float64) -> dict | None:
     lowest one left after the masks of every node where it goes right. Masks are 32-bit when every
     tree has at most 32 leaves. For float32 input (``dtype``) thresholds are rounded down to
     float32, which keeps every decision: for a float32 x, ``x > t`` exactly when ``x >
-    round_down_f32(t)``.
+    round_down_f32(t)``. Categorical nodes become per-code mask tables (``_category_tables``).
     """
     kind, left, right, roots = t["kind"], t["left"], t["right"], t["roots"]
     n = kind.shape[0]
@@ -323,12 +379,12 @@ def quickscorer_tables(t, p: int, q: int, dtype=np.float64) -> dict | None:
         mask[k] = ~np.uint64((((1 << width) - 1) << a) & 0xFFFFFFFFFFFFFFFF)
     if max(np.diff(leaf_off)) <= 32:
         mask = mask.astype(np.uint32)                          # the high bits are all set: dropped
+    full = mask.dtype.type(np.iinfo(mask.dtype).max)
     num = inner[kind[inner] == NUMERIC]
     num = num[np.lexsort((t["thr"][num], t["feat"][num]))]
     nanr = num[t["miss_left"][num] == 0]                       # NaN goes right at these
     nanr = nanr[np.argsort(t["feat"][nanr], kind="stable")]
     cat = inner[kind[inner] == CATEGORICAL]
-    cat = cat[np.argsort(t["feat"][cat], kind="stable")]
     offsets = lambda nodes, m: np.searchsorted(t["feat"][nodes], np.arange(m + 1)).astype(np.int64)  # noqa: E731
     thr = t["thr"][num].astype(np.float64)
     if np.dtype(dtype) == np.float32:
@@ -337,10 +393,8 @@ def quickscorer_tables(t, p: int, q: int, dtype=np.float64) -> dict | None:
     return dict(
         q_thr=np.ascontiguousarray(thr), q_tree=tree_of[num].astype(np.int64), q_mask=mask[num],
         q_off=offsets(num, p), n_tree=tree_of[nanr].astype(np.int64), n_mask=mask[nanr], n_off=offsets(nanr, p),
-        c_tree=tree_of[cat].astype(np.int64), c_mask=mask[cat], c_bitset=t["bitset"][cat].astype(np.int64),
-        c_missleft=t["miss_left"][cat].astype(np.uint8), c_off=offsets(cat, q),
-        leaf_val=np.asarray(leaf_val, np.float64), leaf_off=np.asarray(leaf_off, np.int64),
-        full=mask.dtype.type(np.iinfo(mask.dtype).max))
+        **_category_tables(t, cat, mask, tree_of, q, full),
+        leaf_val=np.asarray(leaf_val, np.float64), leaf_off=np.asarray(leaf_off, np.int64), full=full)
 
 
 _QS_CACHE: dict = {}
@@ -395,23 +449,31 @@ def _layout(kind, left, right, roots):
 
 
 def _matrices(X, codes):
+    """X as a float32/float64 matrix in either row or column order (no copy when it is already one),
+    and the category codes column-major, (q, n): free for a Fortran-ordered (n, q) array."""
     X = np.asarray(X)
     if X.ndim != 2 or X.dtype not in (np.float32, np.float64):
         raise TypeError(f"X must be a 2-d float32 or float64 array, got {X.dtype} with shape {X.shape}")
-    X = np.ascontiguousarray(X)
+    if not (X.flags.c_contiguous or X.flags.f_contiguous):
+        X = np.ascontiguousarray(X)
     if codes is None:
         codes = np.zeros((X.shape[0], 0), np.int32)
-    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[0] != X.shape[0]:
         raise ValueError(f"codes must have shape ({X.shape[0]}, q), got {codes.shape}")
-    return X, codes
+    return X, np.ascontiguousarray(codes.T, dtype=np.int32)
 
 
-def _output(n: int) -> np.ndarray:
+def _output(n: int, out=None) -> np.ndarray:
     """The kernels' output array, allocated by NumPy rather than inside the kernel: NumPy advises
     the kernel to back large arrays with huge pages, so writing 10M probabilities costs ~9 ms of
-    page faults instead of ~38 ms (a quarter of the logistic pass at 10M x 30)."""
-    return np.empty(n)
+    page faults instead of ~38 ms (a quarter of the logistic pass at 10M x 30). A caller's ``out``
+    (float64, contiguous, n long: e.g. a slice of a larger result) is written in place."""
+    if out is None:
+        return np.empty(n)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.shape != (n,) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float64 array of {n} values")
+    return out
 
 
 def _calibration(calib):
@@ -430,14 +492,16 @@ def _calibration(calib):
     raise ValueError(f"unknown calibration {calib[0]!r}")
 
 
-def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None):
+def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=None):
     """Probabilities of a logistic model: ``link(bias + X w + table[codes])``.
 
-    ``fill`` (p,) replaces NaN per column (NaN there: the column takes no missing values, and such
-    rows score NaN); ``table`` (q, k) holds each category's contribution (codes < 0 add nothing).
+    ``X`` (n, p) in row or column order; ``fill`` (p,) replaces NaN per column (NaN there: the
+    column takes no missing values, and such rows score NaN); ``codes`` (n, q) int (column order
+    saves a transpose); ``table`` (q, k) holds each category's contribution (codes < 0 add nothing).
+    ``out``: written in place when given.
     """
     X, codes = _matrices(X, codes)
-    p, q = X.shape[1], codes.shape[1]
+    p, q = X.shape[1], codes.shape[0]
     w = np.ascontiguousarray(w, dtype=np.float64)
     fill = np.full(p, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
     table = np.zeros((q, 1)) if table is None else np.ascontiguousarray(table, dtype=np.float64)
@@ -446,12 +510,12 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None):
                          f"codes {codes.shape}")
     if q and codes.size and codes.max() >= table.shape[1]:
         raise ValueError("a category code exceeds the contribution table")
-    out = _output(X.shape[0])
+    out = _output(X.shape[0], out)
     _linear(X, fill, w, codes, table, float(bias), *_calibration(calib), out)
     return out
 
 
-def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
+def tree_proba(X, trees, codes=None, calib=None, method: str = "auto", out=None):
     """Probabilities of a binary tree ensemble (sum of leaf values from ``trees['baseline']``, logistic link).
 
     ``method``: ``"quickscorer"`` (vectorised across rows; trees of at most 64 leaves), ``"walk"``
@@ -461,7 +525,8 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
     ``trees`` holds flat node arrays: ``kind`` (0 numeric, 1 categorical, 2 leaf), ``feat`` (column of X,
     or of ``codes`` for categorical nodes), ``thr``, ``left``, ``right``, ``miss_left``, ``bitset``
     (row of ``cat_bitsets`` going left), ``known_row`` (row of ``known_bitsets`` per categorical column),
-    ``value`` and ``roots`` (first node of each tree).
+    ``value`` and ``roots`` (first node of each tree). ``X`` and ``codes`` as in :func:`linear_proba`
+    (codes < 0: missing); ``out``: written in place when given.
     """
     X, codes = _matrices(X, codes)
     t = trees
@@ -471,14 +536,16 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
             raise ValueError(f"tree array '{name}' has {t[name].shape[0]} entries, expected {n_nodes}")
     inner = t["kind"] != LEAF
     num = t["kind"] == NUMERIC
-    if (num & (t["feat"] >= X.shape[1])).any() or ((t["kind"] == CATEGORICAL) & (t["feat"] >= codes.shape[1])).any():
-        raise ValueError(f"the trees use more columns than X ({X.shape[1]}) and codes ({codes.shape[1]}) have")
+    if (num & (t["feat"] >= X.shape[1])).any() or ((t["kind"] == CATEGORICAL) & (t["feat"] >= codes.shape[0])).any():
+        raise ValueError(f"the trees use more columns than X ({X.shape[1]}) and codes ({codes.shape[0]}) have")
+    if codes.size and codes.max() > 255:
+        raise ValueError(f"category codes go up to {int(codes.max())}; tree ensembles take at most 256 categories")
     if inner.any() and (t["left"][inner].max() >= n_nodes or t["right"][inner].max() >= n_nodes):
         raise ValueError("a child index points outside the node arrays")
     if method not in ("auto", "quickscorer", "walk"):
         raise ValueError(f"method must be 'auto', 'quickscorer' or 'walk', got {method!r}")
     if method != "walk":
-        qs = _cached_tables(t, X.shape[1], codes.shape[1], X.dtype)
+        qs = _cached_tables(t, X.shape[1], codes.shape[0], X.dtype)
         if qs is None and method == "quickscorer":
             raise ValueError("QuickScorer needs trees of at most 64 leaves")
         if qs is not None:
@@ -486,15 +553,14 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto"):
             width = qs["q_mask"].dtype.itemsize
             cap = 256 if width == 4 else 64
             lanes = int(min(cap, max(8, 2 ** int(np.log2(max(8, 262144 // (width * max(1, len(t["roots"])))))))))
-            out = _output(X.shape[0])
+            out = _output(X.shape[0], out)
             _quickscorer(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"],
-                         qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_mask"], qs["c_bitset"],
-                         qs["c_missleft"], qs["c_off"], t["cat_bitsets"], t["known_bitsets"], t["known_row"],
-                         qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib),
+                         qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_base"], qs["c_off"], qs["c_width"],
+                         qs["c_tab"], qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib),
                          qs["full"], X.dtype.type(-np.inf), out)
             return out
     child, depth = _layout(t["kind"], t["left"], t["right"], t["roots"])
-    out = _output(X.shape[0])
+    out = _output(X.shape[0], out)
     _trees(X, codes, t["kind"], t["feat"], t["thr"], child, t["miss_left"], t["bitset"],
            t["cat_bitsets"], t["known_bitsets"], t["known_row"], t["value"], t["roots"], depth,
            float(t["baseline"]), *_calibration(calib), out)

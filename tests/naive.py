@@ -446,3 +446,11 @@ def components_ref(n: int, a, b) -> list[int]:
                 parent[i] = parent[parent[i]]
                 changed = True
     return parent
+
+
+# --- vocabulary lookup: each value's first position in the vocabulary
+def vocab_lookup_ref(values, vocabulary, unknown=-1, missing=-1) -> np.ndarray:
+    pos = {}
+    for k, v in enumerate(vocabulary):
+        pos.setdefault(str(v), k)
+    return np.array([missing if v is None else pos.get(v, unknown) for v in values], np.int32)

@@ -11,7 +11,8 @@ CALIBS = [None, ("sigmoid", -1.3, 0.2), ("isotonic", np.array([-2.0, -0.5, 0.0, 
 
 @pytest.mark.parametrize("calib", CALIBS, ids=["logistic", "sigmoid", "isotonic"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_linear_matches_reference(calib, dtype):
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_linear_matches_reference(calib, dtype, order):
     rng = np.random.default_rng(1)
     n, p, q = 500, 7, 3
     X = rng.normal(size=(n, p)).astype(dtype)
@@ -22,7 +23,7 @@ def test_linear_matches_reference(calib, dtype):
     codes = rng.integers(-1, 4, size=(n, q)).astype(np.int32)
     table = rng.normal(size=(q, 4))
     w = rng.normal(size=p)
-    got = scoring.linear_proba(X, w, 0.3, fill, codes, table, calib)
+    got = scoring.linear_proba(np.asarray(X, order=order), w, 0.3, fill, np.asarray(codes, order=order), table, calib)
     want = linear_proba_ref(X.astype(float), w, 0.3, fill, codes, table, calib)
     assert np.array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got[3]) and np.isnan(got).sum() > 10
@@ -50,7 +51,8 @@ def _random_trees(rng, n_trees, p, q, n_cats=6, depth=5):
         miss = bool(rng.random() < 0.5)
         if q and rng.random() < 0.3:
             f = int(rng.integers(q))
-            left_cats = set(rng.choice(sorted(known_sets[f]), size=2, replace=False).tolist())
+            left_cats = set(rng.choice(sorted(known_sets[f]), size=int(rng.integers(1, max(2, n_cats // 2))),
+                                       replace=False).tolist())
             b = np.zeros(8, np.uint32)
             for k in left_cats:
                 b[k >> 5] |= np.uint32(1 << (k & 31))
@@ -106,6 +108,35 @@ def test_trees_match_reference(calib, dtype, method, depth):
     want = tree_proba_ref(X, nested, codes, calib)
     assert np.isnan(got[7])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    got_f = scoring.tree_proba(np.asfortranarray(X), arrays, np.asfortranarray(codes), calib, method=method)
+    np.testing.assert_array_equal(got_f, got)                      # a DataFrame's column order: same sums
+
+
+@pytest.mark.parametrize("method", ["quickscorer", "walk"])
+def test_categorical_trees_with_many_categories(method):
+    """Mostly categorical nodes over up to 200 known categories: codes missing, known, in no node's
+    bitset, unknown past the known ones, and out of the trees' range altogether."""
+    rng = np.random.default_rng(5)
+    n, p, q = 3000, 2, 3
+    arrays, nested = _random_trees(rng, 40, p, q, n_cats=200, depth=5)
+    cat = arrays["kind"] == scoring.CATEGORICAL
+    assert cat.sum() > 0.2 * (arrays["kind"] != scoring.LEAF).sum()
+    X = rng.normal(size=(n, p))
+    codes = rng.integers(-1, 240, size=(n, q)).astype(np.int32)
+    codes[:50] = 255
+    got = scoring.tree_proba(X, arrays, codes, method=method)
+    np.testing.assert_allclose(got, tree_proba_ref(X, nested, codes), rtol=1e-12, atol=1e-15)
+
+
+def test_scores_go_into_a_given_output():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1000, 4))
+    out = np.full(3000, -1.0)
+    scoring.linear_proba(X, np.ones(4), 0.1, out=out[1000:2000])
+    np.testing.assert_array_equal(out[1000:2000], scoring.linear_proba(X, np.ones(4), 0.1))
+    assert (out[:1000] == -1).all() and (out[2000:] == -1).all()
+    with pytest.raises(ValueError, match="contiguous float64"):
+        scoring.linear_proba(X, np.ones(4), 0.1, out=out[::3][:1000])
 
 
 def test_wrappers_reject_bad_shapes():
@@ -117,3 +148,6 @@ def test_wrappers_reject_bad_shapes():
     arrays, _ = _random_trees(rng, 2, 5, 0)
     with pytest.raises(ValueError, match="more columns"):
         scoring.tree_proba(np.zeros((3, 2)), arrays)
+    arrays, _ = _random_trees(rng, 2, 2, 1)
+    with pytest.raises(ValueError, match="at most 256 categories"):
+        scoring.tree_proba(np.zeros((3, 2)), arrays, np.full((3, 1), 300))

@@ -1,0 +1,199 @@
+"""Feature frames to the arrays the scoring kernels read, chunk by chunk, at memory speed.
+
+A model's categorical columns become int32 codes against its vocabulary (the categories it was
+fitted with), by the cheapest route the column's type allows:
+
+* pandas ``Categorical``: its few categories are looked up once, then its codes go through that
+  small map (one ``np.take``; no string is touched);
+* pyarrow strings (pandas' default ``str``) and pyarrow dictionaries: ``pyarrow.compute.index_in``
+  against the vocabulary, in C++;
+* anything else (Python objects): factorised per chunk, the distinct values looked up once.
+
+An unseen value takes the ``unknown`` code, a missing one the ``missing`` code. Numeric columns are
+read from the frame's own arrays (no conversion of the whole column) and copied per chunk into a
+column-major buffer that stays in cache while the kernel reads it. Buffers are reused between
+chunks, so memory stays bounded by the chunk size whatever the number of rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .kernels import vocab
+
+#: Rows per chunk: the buffers of a chunk (numeric columns and codes) stay within a few MB.
+CHUNK_ROWS = 65536
+
+
+def _large_string_id():
+    import pyarrow as pa
+
+    return pa.large_string().id
+
+
+_LARGE_STRING = _large_string_id()
+
+
+def _vocabulary_lut(values, vocabulary: pd.Index, unknown: int, missing: int) -> np.ndarray:
+    """Codes of ``values`` in ``vocabulary`` (int32: first position; ``unknown`` where absent), with
+    ``missing`` appended: index -1, i.e. a missing code of -1 in pandas' and NumPy's sense, lands on it."""
+    firsts = ~vocabulary.duplicated()
+    idx = vocabulary[firsts].get_indexer(pd.Index(values).astype(str)) if len(values) else np.zeros(0, np.int64)
+    lut = np.where(idx < 0, unknown, np.flatnonzero(firsts)[idx]).astype(np.int32)
+    return np.append(lut, np.int32(missing))
+
+
+class _Categorical:
+    """A pandas Categorical column: its codes (no copy) through a lookup of its categories."""
+
+    def __init__(self, s: pd.Series, vocabulary, unknown, missing):
+        self.codes = s.cat.codes.to_numpy()
+        self.lut = _vocabulary_lut(s.cat.categories, vocabulary, unknown, missing)
+
+    def into(self, lo, hi, out):
+        np.take(self.lut, self.codes[lo:hi], out=out, mode="wrap")        # code -1 wraps to `missing`
+
+
+class _Arrow:
+    """A pyarrow-backed column: plain strings through the vocabulary kernel (``kernels.vocab``) on
+    Arrow's own buffers, dictionaries through a lookup of their dictionary, other types through
+    ``pyarrow.compute.index_in``."""
+
+    def __init__(self, s: pd.Series, vocabulary, unknown, missing):
+        import pyarrow as pa
+
+        arr = pa.chunked_array(s.array.__arrow_array__())
+        self.dictionary = pa.types.is_dictionary(arr.type)
+        self.strings = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+        if self.dictionary:
+            arr = arr.unify_dictionaries()
+            values = arr.chunks[0].dictionary.to_pylist() if arr.num_chunks else []
+            self.lut = _vocabulary_lut(values, vocabulary, unknown, missing)
+        elif self.strings:
+            self.vocab = vocab.Vocabulary(vocabulary)
+        else:
+            arr = arr.cast(pa.string())
+            self.value_set = pa.array(vocabulary.astype(str).tolist(), type=arr.type)
+        self.arr, self.unknown, self.missing = arr, unknown, missing
+
+    def into(self, lo, hi, out):
+        import pyarrow.compute as pc
+
+        pos = 0
+        for chunk in self.arr.slice(lo, hi - lo).chunks:
+            k = len(chunk)
+            dest = out[pos:pos + k]
+            pos += k
+            nulls = chunk.is_null().to_numpy(zero_copy_only=False) if chunk.null_count else None
+            if self.dictionary:
+                idx = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                np.take(self.lut, idx, out=dest, mode="wrap")
+            elif self.strings:
+                _, off, data = chunk.buffers()
+                offsets = np.frombuffer(off, np.int64 if chunk.type.id == _LARGE_STRING else np.int32)
+                data = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+                vocab.lookup(offsets, data, chunk.offset, k, self.vocab, dest, nulls, self.unknown, self.missing)
+            else:
+                dest[:] = pc.index_in(chunk, value_set=self.value_set).fill_null(self.unknown).to_numpy(
+                    zero_copy_only=False)
+                if nulls is not None:
+                    dest[nulls] = self.missing
+
+
+class _Objects:
+    """Python objects (or anything else): factorised per chunk, the distinct values looked up once each."""
+
+    def __init__(self, s: pd.Series, vocabulary, unknown, missing):
+        self.values = s.array
+        self.vocabulary, self.unknown, self.missing = vocabulary, unknown, missing
+
+    def into(self, lo, hi, out):
+        codes, uniques = pd.factorize(self.values[lo:hi], use_na_sentinel=True)
+        lut = _vocabulary_lut(uniques, self.vocabulary, self.unknown, self.missing)
+        np.take(lut, codes, out=out, mode="wrap")
+
+
+def _category_column(s: pd.Series, vocabulary: pd.Index, unknown: int, missing: int):
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return _Categorical(s, vocabulary, unknown, missing)
+    if hasattr(s.array, "__arrow_array__") and not isinstance(s.array, np.ndarray):
+        try:
+            return _Arrow(s, vocabulary, unknown, missing)
+        except (TypeError, ValueError, NotImplementedError):     # not backed by pyarrow after all
+            pass
+    return _Objects(s, vocabulary, unknown, missing)
+
+
+def _numeric_source(s: pd.Series):
+    """A column's values as a NumPy array without converting the whole column where its type allows
+    (NumPy float/int/bool columns: the frame's own array); nullable and pyarrow numbers are read as
+    float64 with NaN for missing values."""
+    arr = s.array
+    if isinstance(s.dtype, np.dtype) and s.dtype.kind in "fiub":
+        return s.to_numpy(copy=False)
+    return np.asarray(arr.to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+class FrameEncoder:
+    """Turns a DataFrame into (numeric matrix, category codes) chunks for one model.
+
+    Parameters
+    ----------
+    numeric, categorical : the model's feature columns, in model order.
+    vocabularies : per categorical column, the categories the model knows (code = position).
+    missing : per categorical column, the code of a missing value (-1: none).
+    dtype : float type of the numeric matrix; None: float32 when every numeric column is float32,
+        else float64.
+    chunk_rows : rows per chunk.
+    threads : threads that encode each chunk, each a share of its rows (None: Numba's thread
+        count, i.e. ``engine.threads``). The kernels that read strings and codes release the GIL.
+    """
+
+    def __init__(self, numeric, categorical, vocabularies, missing, dtype=None, chunk_rows: int = CHUNK_ROWS,
+                 threads: int | None = None):
+        self.numeric, self.categorical = list(numeric), list(categorical)
+        self.vocabularies = [pd.Index(list(map(str, v)), dtype=object) for v in vocabularies]
+        self.missing = [int(m) for m in missing]
+        self.dtype, self.chunk_rows, self.threads = dtype, int(chunk_rows), threads
+
+    def chunks(self, X: pd.DataFrame):
+        """Yield ``(lo, hi, M, codes)`` per chunk of rows: ``M`` (hi - lo, p) column-major float,
+        ``codes`` (hi - lo, q) column-major int32. Both are reused by the next chunk."""
+        import numba
+
+        n = len(X)
+        nums = [_numeric_source(X[c]) for c in self.numeric]
+        dtype = self.dtype
+        if dtype is None:
+            dtype = np.float32 if nums and all(a.dtype == np.float32 for a in nums) else np.float64
+        cats = [_category_column(X[c], v, -1, m) for c, v, m in zip(self.categorical, self.vocabularies, self.missing)]
+        size = min(self.chunk_rows, max(n, 1))
+        threads = max(1, min(self.threads or numba.get_num_threads(), size // 4096 or 1))
+        M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
+
+        def fill(lo, a, b):                    # rows lo + a .. lo + b of the chunk
+            for j, arr in enumerate(nums):
+                M[j, a:b] = arr[lo + a:lo + b]
+            for j, col in enumerate(cats):
+                col.into(lo + a, lo + b, codes[j, a:b])
+
+        pool = None
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(threads)
+        try:
+            for lo in range(0, n, size):
+                hi = min(n, lo + size)
+                m = hi - lo
+                if m < size:                   # the last, shorter chunk: buffers of its own length
+                    M, codes = np.empty((len(nums), m), dtype), np.empty((len(cats), m), np.int32)
+                if pool is None or m < 8192:
+                    fill(lo, 0, m)
+                else:
+                    cuts = np.linspace(0, m, threads + 1).astype(int)
+                    list(pool.map(fill, [lo] * threads, cuts[:-1], cuts[1:]))
+                yield lo, hi, M.T, codes.T
+        finally:
+            if pool is not None:
+                pool.shutdown()

@@ -1,0 +1,92 @@
+"""Frames to scoring arrays: the vocabulary kernel against a dict lookup, every column type the
+encoder reads, chunked scoring equal to one pass."""
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from crmlab.encoding import FrameEncoder
+from crmlab.kernels import vocab
+from naive import vocab_lookup_ref
+
+VOCAB = ["No", "Yes", "", "No internet service", "Bank transfer (automatic)", "exactly-16-bytes",
+         "exactly-8", "a much longer category value that runs past thirty-two bytes", "émigré ☂", "No"]
+
+
+def _values(rng, n):
+    """Real-shaped values: vocabulary entries, near misses (prefixes, one byte longer or changed
+    past byte 16 or 32), unseen values and missing ones."""
+    near = ["N", "Noo", "Yes ", "No internet servicE", "Bank transfer (automatiC)", "exactly-16-bytez",
+            "a much longer category value that runs past thirty-two byteS", "émigré", "unseen", "(missing)"]
+    pool = VOCAB + near + [None]
+    return [pool[k] for k in rng.integers(len(pool), size=n)]
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_vocab_lookup_matches_dict(large):
+    rng = np.random.default_rng(0)
+    vals = _values(rng, 5000)
+    arr = pa.array(vals, type=pa.large_string() if large else pa.string())
+    V = vocab.Vocabulary(VOCAB)
+    for lo, n in ((0, len(vals)), (123, 4000), (4990, 10)):           # slices start inside the buffers
+        part = arr.slice(lo, n)
+        _, off, data = part.buffers()
+        out = np.empty(n, np.int32)
+        nulls = part.is_null().to_numpy(zero_copy_only=False)
+        vocab.lookup(np.frombuffer(off, np.int64 if large else np.int32), np.frombuffer(data, np.uint8),
+                     part.offset, n, V, out, nulls, unknown=-7, missing=-3)
+        np.testing.assert_array_equal(out, vocab_lookup_ref(vals[lo:lo + n], VOCAB, -7, -3))
+
+
+def test_vocab_lookup_at_the_end_of_an_unpadded_buffer():
+    """The last strings of a buffer that ends exactly where they do (no padding to load past)."""
+    vals = ["Yes", "No", "exactly-16-bytes", "a much longer category value that runs past thirty-two bytes",
+            "No internet service", "Yes"]
+    raw = [v.encode() for v in vals]
+    data = np.frombuffer(b"".join(raw), np.uint8).copy()
+    offsets = np.r_[0, np.cumsum([len(b) for b in raw])].astype(np.int64)
+    out = np.empty(len(vals), np.int32)
+    vocab.lookup(offsets, data, 0, len(vals), vocab.Vocabulary(VOCAB), out)
+    np.testing.assert_array_equal(out, vocab_lookup_ref(vals, VOCAB))
+
+
+def _frame(rng, n, kind):
+    vals = _values(rng, n)
+    s = pd.Series(vals, dtype=object)
+    if kind == "str":
+        s = s.astype("str")
+    elif kind == "category":
+        s = s.astype("category")
+    elif kind == "arrow-dictionary":
+        s = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(vals).dictionary_encode()))
+    elif kind == "arrow-large":
+        s = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(vals, type=pa.large_string())))
+    x = rng.normal(size=n)
+    x[rng.random(n) < 0.1] = np.nan
+    return pd.DataFrame({"c": s, "x": x, "i": rng.integers(0, 5, n), "b": rng.random(n) < 0.5,
+                         "f32": rng.normal(size=n).astype(np.float32),
+                         "nullable": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 9, n)), dtype="Int64")}), vals
+
+
+@pytest.mark.parametrize("kind", ["object", "str", "category", "arrow-dictionary", "arrow-large"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_encoder_reads_every_column_type(kind, threads):
+    rng = np.random.default_rng(1)
+    df, vals = _frame(rng, 30_000, kind)
+    enc = FrameEncoder(["x", "i", "b", "f32", "nullable"], ["c"], [VOCAB], [2], chunk_rows=8192, threads=threads)
+    want_codes = vocab_lookup_ref(vals, VOCAB, -1, 2)
+    want_num = np.column_stack([df["x"], df["i"], df["b"], df["f32"].astype(float),
+                                df["nullable"].to_numpy(float, na_value=np.nan)])
+    seen = 0
+    for lo, hi, M, codes in enc.chunks(df):
+        assert M.flags.f_contiguous and codes.flags.f_contiguous and M.dtype == np.float64
+        np.testing.assert_array_equal(codes[:, 0], want_codes[lo:hi])
+        np.testing.assert_array_equal(M, want_num[lo:hi])
+        seen += hi - lo
+    assert seen == len(df)
+
+
+def test_encoder_keeps_float32_when_every_numeric_column_is():
+    df = pd.DataFrame({"a": np.arange(5, dtype=np.float32), "b": np.ones(5, np.float32)})
+    (_, _, M, codes), = FrameEncoder(["a", "b"], [], [], []).chunks(df)
+    assert M.dtype == np.float32 and codes.shape == (5, 0)
