@@ -12,6 +12,12 @@ logistic model. Models are fitted on 200k rows: a logistic pipeline (impute, sca
   (LightGBM compiled with LLVM, same size of ensemble trained on the same rows) in its own
   environment (lleaves needs llvmlite 0.44, numba 0.68 needs 0.46; see benchmarks/README.md).
 
+From the DataFrame (``--frame-rows``): the Telco churn table (bundled, 10 string columns) and the
+synthetic sample's customer features (attrition target), each replicated, scored by
+``CompiledModel.predict_proba(DataFrame)`` with string columns as pandas reads them (``str``) and as
+``category``; encoding and kernel timed apart; against scikit-learn and, for Telco's trees, lleaves
+from the same DataFrame. Then the cost of calibration: cross-fitted (cv=5) vs a 20% holdout.
+
 Timings are the best of ``--repeats`` after a warm-up (compilation excluded); the agreement of
 compiled and scikit-learn probabilities is printed too.
 """
@@ -65,10 +71,16 @@ def main():
     ap.add_argument("--sklearn-rows", type=int, default=1_000_000, help="rows for scikit-learn's logistic scoring")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lleaves-python", help="python of an environment with lleaves and lightgbm")
+    ap.add_argument("--frame-rows", type=int, default=2_000_000, help="rows of the DataFrame cases (0: skip them)")
+    ap.add_argument("--only-frames", action="store_true", help="skip the numeric-matrix cases")
     a = ap.parse_args()
     import numba
 
     print(f"machine: {os.cpu_count()} CPUs; numba threads {numba.get_num_threads()}", flush=True)
+    if a.frame_rows:
+        frame_cases(a)
+    if a.only_frames:
+        return
     X, y = make_data(a.rows)
     fit_n = 200_000
     Xf = frame(X[:fit_n])
@@ -121,6 +133,47 @@ def main():
                 print(f"  {k[:-2]:<28} {v:7.3f} s  {n / v / 1e3:8.0f} k rows/s  -> kernel {v / t_tree:.2f}x faster")
             else:
                 print(f"  {k}: {v}")
+
+
+def frame_cases(a):
+    from pathlib import Path
+
+    import _frame_scoring as fs
+
+    root = Path(__file__).resolve().parents[1]
+    telco_csv = root / "data" / "telco" / "wa_churn.csv.gz"
+    X = pd.read_csv(telco_csv)
+    y = (X.pop("churn") == "Yes").astype(int).to_numpy()
+    fs.run_case("Telco churn", X, y, a.frame_rows, a.repeats, min(a.frame_rows, 200_000))
+    if a.lleaves_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            worker = os.path.join(os.path.dirname(__file__), "_lleaves_frame_worker.py")
+            r = subprocess.run([a.lleaves_python, worker, str(telco_csv), str(a.frame_rows), str(a.repeats), tmp],
+                               capture_output=True, text=True)
+            if r.returncode:
+                print(r.stderr[-2000:])
+                raise SystemExit("lleaves frame worker failed")
+        for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
+            print(f"  {k[:-2]:<42} {v:7.3f} s" if k.endswith("_s") else f"  {k}: {v}")
+    Xw, yw = world_features(root / "data" / "sample")
+    fs.run_case("synthetic sample, customer features (attrition)", Xw, yw, a.frame_rows, a.repeats,
+                min(a.frame_rows, 200_000))
+    fs.calibration_cost("Telco churn", X, y)
+    fs.calibration_cost("synthetic sample (attrition)", Xw, yw)
+
+
+def world_features(folder):
+    """The attrition target's training table of the bundled sample (features at the training cut-off)."""
+    from crmlab import targets
+    from crmlab.events import CustomerEvents
+    from crmlab.features import FeatureBuilder, labels
+    from crmlab.sources import load
+
+    ev = CustomerEvents.from_sources(load(folder))
+    cut = targets.cutoffs(ev.last_date, 90)
+    X = FeatureBuilder().fit(ev, cut["train"]).transform(ev, cut["train"])
+    y = labels(ev, X.index, cut["train"], 90)["attrition"].to_numpy().astype(int)
+    return X.reset_index(drop=True), y
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ DEFAULTS: dict[str, Any] = {
         "horizon_days": 90,               # attrition = no order in the next N days; purchase windows too
         "model": "logistic",              # logistic | hgb
         "calibration": "sigmoid",         # sigmoid | isotonic | none
-        "cv": 5,                          # folds for the calibration's out-of-fold predictions
+        "calibration_holdout": 0.2,       # share of rows the calibrator is fitted on (one model fit; 0: cross-fitted with cv folds, cv + 1 fits)
+        "cv": 5,                          # folds for the calibration's out-of-fold predictions when calibration_holdout is 0
         "max_iter": 200,                  # boosting iterations (hgb)
         "fit_rows": 50000,                # each model is fitted on a stratified sample of at most this many rows (null: all)
         "attrition": True,
@@ -176,6 +177,7 @@ _RANGES: dict[str, tuple] = {
     "value.clv_months": (1, 600, True, True), "value.discount_rate": (-1, 1, False, True),
     "value.margin": (0, None, True, True),
     "propensity.horizon_days": (1, None, True, True), "propensity.cv": (2, None, True, True),
+    "propensity.calibration_holdout": (0, 1, True, False),
     "propensity.max_iter": (1, None, True, True), "propensity.top_departments": (0, None, True, True),
     "propensity.importance_repeats": (0, None, True, True), "propensity.importance_rows": (100, None, True, True),
     "propensity.fit_rows": (1000, None, True, True),

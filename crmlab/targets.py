@@ -40,7 +40,7 @@ def cutoffs(last_date, horizon_days: int) -> dict:
 
 def _model(P: dict, seed: int) -> PropensityModel:
     return PropensityModel(kind=P["model"], calibration=P["calibration"], cv=P["cv"], max_iter=P["max_iter"],
-                           random_state=seed, max_fit_rows=P["fit_rows"])
+                           random_state=seed, max_fit_rows=P["fit_rows"], calibration_holdout=P["calibration_holdout"])
 
 
 def _rows(n: int, P: dict) -> str:

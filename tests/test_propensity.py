@@ -241,3 +241,28 @@ def test_fast_auc_equals_sklearn():
     y = rng.integers(0, 2, 3000)
     for p in (rng.random(3000), np.round(rng.random(3000), 1), np.zeros(3000)):     # ties, all tied
         assert abs(propensity._auc(y, p) - roc_auc_score(y, p)) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["logistic", "hgb"])
+def test_calibration_on_a_holdout_fits_once(telco, kind, monkeypatch):
+    """calibration_holdout: one fit on the rest (not cv + 1), calibrated on the held-out share; the
+    compiled model still equals scikit-learn's, and discrimination stays close to cross-fitting."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+
+    X, y = telco
+    tr, te = train_test_split(np.arange(len(X)), test_size=0.3, stratify=y, random_state=0)
+    fits = []
+    real_fit = Pipeline.fit
+    monkeypatch.setattr(Pipeline, "fit", lambda self, *a, **k: fits.append(len(a[0])) or real_fit(self, *a, **k))
+    m = PropensityModel(kind=kind, calibration="sigmoid", calibration_holdout=0.25, max_iter=60).fit(X.iloc[tr], y[tr])
+    assert len(fits) == 1 and abs(fits[0] - 0.75 * len(tr)) <= 1
+    p = m.compile("churn").predict_proba(X.iloc[te])
+    assert np.max(np.abs(p - m.predict_proba(X.iloc[te])[:, 1])) <= 1e-12
+    fits.clear()
+    cross = PropensityModel(kind=kind, calibration="sigmoid", cv=3, max_iter=60).fit(X.iloc[tr], y[tr])
+    assert len(fits) == 4
+    auc = propensity_report.evaluate(y[te], p)["roc_auc"]
+    assert auc > propensity_report.evaluate(y[te], cross.predict_proba(X.iloc[te])[:, 1])["roc_auc"] - 0.02
+    with pytest.raises(CrmlabError, match="calibration_holdout"):
+        PropensityModel(calibration_holdout=1.0).fit(X, y)
