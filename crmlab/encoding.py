@@ -4,7 +4,7 @@ A model's categorical columns become int32 codes against its vocabulary (the cat
 fitted with), by the cheapest route the column's type allows:
 
 * pandas ``Categorical``: its few categories are looked up once, then its codes go through that
-  small map (one ``np.take``; no string is touched);
+  small map (``kernels.vocab.remap``; no string is touched);
 * pyarrow strings (pandas' default ``str``) and pyarrow dictionaries: ``pyarrow.compute.index_in``
   against the vocabulary, in C++;
 * anything else (Python objects): factorised per chunk, the distinct values looked up once.
@@ -35,23 +35,23 @@ _LARGE_STRING = _large_string_id()
 
 
 def _vocabulary_lut(values, vocabulary: pd.Index, unknown: int, missing: int) -> np.ndarray:
-    """Codes of ``values`` in ``vocabulary`` (int32: first position; ``unknown`` where absent), with
-    ``missing`` appended: index -1, i.e. a missing code of -1 in pandas' and NumPy's sense, lands on it."""
+    """``missing``, then the codes of ``values`` in ``vocabulary`` (int32: first position; ``unknown``
+    where absent): the table of :func:`crmlab.kernels.vocab.remap` for codes into ``values``."""
     firsts = ~vocabulary.duplicated()
     idx = vocabulary[firsts].get_indexer(pd.Index(values).astype(str)) if len(values) else np.zeros(0, np.int64)
     lut = np.where(idx < 0, unknown, np.flatnonzero(firsts)[idx]).astype(np.int32)
-    return np.append(lut, np.int32(missing))
+    return np.r_[np.int32(missing), lut].astype(np.int32)
 
 
 class _Categorical:
     """A pandas Categorical column: its codes (no copy) through a lookup of its categories."""
 
     def __init__(self, s: pd.Series, vocabulary, unknown, missing):
-        self.codes = s.cat.codes.to_numpy()
+        self.codes = np.asarray(s.array.codes)                         # no copy (s.cat.codes copies)
         self.lut = _vocabulary_lut(s.cat.categories, vocabulary, unknown, missing)
 
     def into(self, lo, hi, out):
-        np.take(self.lut, self.codes[lo:hi], out=out, mode="wrap")        # code -1 wraps to `missing`
+        vocab.remap(self.codes[lo:hi], self.lut, out)
 
 
 class _Arrow:
@@ -86,8 +86,7 @@ class _Arrow:
             pos += k
             nulls = chunk.is_null().to_numpy(zero_copy_only=False) if chunk.null_count else None
             if self.dictionary:
-                idx = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-                np.take(self.lut, idx, out=dest, mode="wrap")
+                vocab.remap(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), self.lut, dest)
             elif self.strings:
                 _, off, data = chunk.buffers()
                 offsets = np.frombuffer(off, np.int64 if chunk.type.id == _LARGE_STRING else np.int32)
@@ -110,7 +109,7 @@ class _Objects:
     def into(self, lo, hi, out):
         codes, uniques = pd.factorize(self.values[lo:hi], use_na_sentinel=True)
         lut = _vocabulary_lut(uniques, self.vocabulary, self.unknown, self.missing)
-        np.take(lut, codes, out=out, mode="wrap")
+        vocab.remap(codes, lut, out)
 
 
 def _category_column(s: pd.Series, vocabulary: pd.Index, unknown: int, missing: int):
@@ -145,8 +144,8 @@ class FrameEncoder:
     dtype : float type of the numeric matrix; None: float32 when every numeric column is float32,
         else float64.
     chunk_rows : rows per chunk.
-    threads : threads that encode each chunk, each a share of its rows (None: Numba's thread
-        count, i.e. ``engine.threads``). The kernels that read strings and codes release the GIL.
+    threads : threads that encode each chunk of a frame with string columns, each a share of its
+        rows (None: Numba's thread count, i.e. ``engine.threads``); the string kernel releases the GIL.
     """
 
     def __init__(self, numeric, categorical, vocabularies, missing, dtype=None, chunk_rows: int = CHUNK_ROWS,
@@ -168,7 +167,10 @@ class FrameEncoder:
             dtype = np.float32 if nums and all(a.dtype == np.float32 for a in nums) else np.float64
         cats = [_category_column(X[c], v, -1, m) for c, v, m in zip(self.categorical, self.vocabularies, self.missing)]
         size = min(self.chunk_rows, max(n, 1))
-        threads = max(1, min(self.threads or numba.get_num_threads(), size // 4096 or 1))
+        # threads pay where per-value work is heavy (strings); for codes and numbers, at about a
+        # nanosecond a value, the hand-over costs more than it saves
+        heavy = any(isinstance(c, _Arrow) and c.strings for c in cats)
+        threads = max(1, min(self.threads or numba.get_num_threads(), size // 4096 or 1)) if heavy else 1
         M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
 
         def fill(lo, a, b):                    # rows lo + a .. lo + b of the chunk

@@ -90,3 +90,15 @@ def test_encoder_keeps_float32_when_every_numeric_column_is():
     df = pd.DataFrame({"a": np.arange(5, dtype=np.float32), "b": np.ones(5, np.float32)})
     (_, _, M, codes), = FrameEncoder(["a", "b"], [], [], []).chunks(df)
     assert M.dtype == np.float32 and codes.shape == (5, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8])
+def test_remap_matches_numpy(dtype):
+    rng = np.random.default_rng(2)
+    lut = np.array([7, 3, -1, 0, 2], np.int32)                     # lut[0]: the missing code
+    lo = 0 if np.dtype(dtype).kind == "u" else -1
+    codes = rng.integers(lo, 6, size=10_000).astype(dtype)         # 4 and 5 lie outside the table
+    out = np.empty(len(codes), np.int32)
+    vocab.remap(codes, lut, out, outside=-9)
+    k = codes.astype(np.int64) + 1
+    np.testing.assert_array_equal(out, np.where(k < len(lut), lut[np.minimum(k, len(lut) - 1)], -9))
