@@ -128,6 +128,15 @@ def _cmd_warm(a) -> int:
     return 0
 
 
+def _cmd_serve(a) -> int:
+    from . import service
+
+    url, _ = _publish_target(a)
+    service.serve(url, host=a.host, port=a.port, workers=a.workers, tokens_file=a.tokens, no_auth=a.no_auth,
+                  max_body=a.max_body)
+    return 0
+
+
 def _cmd_kernelspec(a) -> int:
     from .pipeline import ensure_kernelspec
 
@@ -200,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--customers", type=int, default=800, help="size of the generated world it runs on")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=_cmd_warm)
+
+    sv = sub.add_parser("serve", help="the touchpoint service (HTTP, JSON; OpenAPI at /docs) over the published scores")
+    target(sv)
+    sv.add_argument("--db", dest="url", help="SQLAlchemy URL of the published database (same as --url)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    sv.add_argument("--tokens", help="JSON/YAML file of bearer tokens and their scopes (read, write)")
+    sv.add_argument("--no-auth", action="store_true", help="accept requests without a token (local tests only)")
+    sv.add_argument("--max-body", type=int, default=16384, help="largest request body in bytes (larger: 413)")
+    sv.set_defaults(func=_cmd_serve)
 
     k = sub.add_parser("kernelspec", help="install the 'Python (crmlab)' Jupyter kernel")
     k.add_argument("--user", action="store_true", help="install for the user, not this environment")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import compile_cache, pipeline, synth
 from .errors import CrmlabError
+from .propensity import PropensityModel
 from .reuse import code_digest
 
 
@@ -33,6 +34,22 @@ def is_warm() -> bool:
     return stamp.get("code") == code_digest() and stamp.get("root") == str(_root())
 
 
+def _frame_scoring() -> None:
+    """The DataFrame scoring paths a chain run does not take: pyarrow strings, categories, float32."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 600
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "s": rng.choice(["x", "y", "z"], n)})
+    y = (X["a"] + (X["s"] == "x") > 0.5).astype(int)
+    frames = [X, X.astype({"s": "category"}), X.astype({"s": object}), X.astype({"a": np.float32, "b": np.float32})]
+    for kind in ("logistic", "hgb"):
+        cm = PropensityModel(kind=kind, calibration="none", max_iter=5).fit(X, y).compile()
+        for F in frames:
+            cm.predict_proba(F)
+
+
 def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
     """Compile every kernel a default run uses by running the chain once on a small generated world
     (into a temporary folder: nothing is published anywhere else); returns the seconds it took,
@@ -51,6 +68,7 @@ def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
         say(f"compiling the kernels into {compile_cache.cache_dir()} (a default chain on {customers:,} generated customers)")
         pipeline.run(params, [f"data.dir={data}", f"runs_dir={Path(tmp) / 'runs'}", "run_name=warm",
                               "report.html=false", "engine.reuse=false"], quiet=True)
+        _frame_scoring()
     seconds = time.perf_counter() - t0
     try:
         _stamp().parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,364 @@
+"""The touchpoint service: an ASGI app (FastAPI, served by uvicorn) over the published scores.
+
+Touchpoint systems (call-centre screen, web site, till) call it over HTTP while the customer is
+there. Every answer comes from the published SQL database (SQLite by default, PostgreSQL), read
+through the views that ``publish`` switches in one transaction: a response is one row of one
+version, and a publish or restore is seen by the next request, without a restart.
+
+Endpoints (JSON; OpenAPI at ``/docs`` and ``/openapi.json``):
+
+* ``GET /health``: the database answers and something is published (no token needed);
+* ``GET /v1/version``: current published version, when, and its model and decision versions;
+* ``GET /v1/customers/{source_system}/{source_id}``: the customer's current scores and decision;
+  404 with a JSON reason when the id is not in the published key map;
+* ``POST /v1/contacts``: records a contact or response durably (committed before the 201) in the
+  ``touchpoint_contacts`` table; idempotent by ``contact_id`` (the same body again: 200; a
+  different body under a used id: 409).
+
+Security: bearer tokens with ``read`` and ``write`` scopes (:func:`load_tokens`; only their
+SHA-256 is kept), request bodies capped (413), validation errors as 422 naming the field but
+never echoing the value, SQL through bound parameters only, and one log line per request with
+the route's template (never the ids in the path) and no body.
+"""
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CrmlabError
+from .publish import CATALOG, CONTRACT, PublishError, _safe, engine
+
+log = logging.getLogger("crmlab.service")
+
+CONTACTS_TABLE = "touchpoint_contacts"
+SCOPES = ("read", "write")
+#: Environment of ``crmlab serve`` workers (uvicorn starts each from an import string).
+ENV = {"db": "CRMLAB_SERVICE_DB", "tokens": "CRMLAB_SERVICE_TOKENS_FILE", "no_auth": "CRMLAB_SERVICE_NO_AUTH",
+       "max_body": "CRMLAB_SERVICE_MAX_BODY"}
+
+
+class ServiceError(CrmlabError):
+    """The service cannot start: no database, no tokens, a bad token file."""
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def load_tokens(path) -> dict[str, frozenset]:
+    """Bearer tokens from a JSON or YAML file: ``{"tokens": [{"name": ..., "sha256": ... | "token":
+    ..., "scopes": ["read", "write"]}]}``. Returns {sha256 of token: scopes}; raw tokens are not kept."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ServiceError(f"token file {p} does not exist")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ServiceError(f"token file {p} is not valid JSON or YAML: {exc}") from None
+    items = doc.get("tokens") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ServiceError(f"token file {p}: expected a non-empty list under 'tokens'")
+    out = {}
+    for i, t in enumerate(items, start=1):
+        where = f"token file {p}, entry #{i} ({t.get('name', '?') if isinstance(t, dict) else '?'})"
+        if not isinstance(t, dict) or (("token" in t) == ("sha256" in t)):
+            raise ServiceError(f"{where}: give exactly one of 'token' and 'sha256'")
+        scopes = t.get("scopes")
+        if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
+            raise ServiceError(f"{where}: 'scopes' must be a non-empty list of {list(SCOPES)}, got {scopes!r}")
+        if "token" in t:
+            if not isinstance(t["token"], str) or len(t["token"]) < 16:
+                raise ServiceError(f"{where}: a token must be a text of at least 16 characters")
+            digest = _digest(t["token"])
+        else:
+            digest = str(t["sha256"]).lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ServiceError(f"{where}: 'sha256' must be 64 hexadecimal digits")
+        out[digest] = frozenset(scopes)
+    return out
+
+
+# ----------------------------------------------------------------------------- the store
+
+_BOOL_FIELDS = {f.name for f in CONTRACT["customer_scores"]["fields"] if f.kind == "bool"}
+
+
+class ScoreStore:
+    """Reads of the published database: one statement per answer, so one version per answer."""
+
+    def __init__(self, url: str):
+        import sqlalchemy as sa
+
+        self.url = url
+        self.eng = engine(url, create=False)
+        self.sqlite = self.eng.dialect.name == "sqlite"
+        self._lookup = sa.text(
+            "SELECT s.* FROM customer_key_map m JOIN customer_scores s ON s.customer_key = m.customer_key "
+            "WHERE m.source_system = :system AND m.source_id = :id")
+        self._version = sa.text(f"SELECT version, published_at FROM {CATALOG} WHERE status = 'current'")
+        self._models = sa.text("SELECT model_version, decision_version FROM customer_scores LIMIT 1")
+        self.ensure_contacts()
+
+    def _read(self, stmt, params=None):
+        with self.eng.connect() as conn:
+            rows = conn.execute(stmt, params or {}).mappings().all()
+            conn.rollback()
+        return rows
+
+    def customer(self, source_system: str, source_id: str) -> dict | None:
+        rows = self._read(self._lookup, {"system": source_system, "id": source_id})
+        if not rows:
+            return None
+        out = dict(rows[0])
+        for k in _BOOL_FIELDS & out.keys():
+            if out[k] is not None:
+                out[k] = bool(out[k])
+        if out.get("scored_at") is not None and not isinstance(out["scored_at"], str):
+            out["scored_at"] = str(out["scored_at"])
+        return out
+
+    def version(self) -> dict | None:
+        import sqlalchemy as sa
+
+        if not sa.inspect(self.eng).has_table(CATALOG):
+            return None
+        cur = self._read(self._version)
+        if not cur:
+            return None
+        models = self._read(self._models)
+        m = dict(models[0]) if models else {}
+        return {"version": int(cur[0]["version"]), "published_at": str(cur[0]["published_at"]),
+                "model_version": m.get("model_version"), "decision_version": m.get("decision_version")}
+
+    # ---- contacts recorded by touchpoints
+    def ensure_contacts(self) -> None:
+        import sqlalchemy as sa
+
+        with self.eng.begin() as conn:
+            conn.execute(sa.text(
+                f"CREATE TABLE IF NOT EXISTS {CONTACTS_TABLE} (contact_id VARCHAR(100) PRIMARY KEY, "
+                "campaign_id VARCHAR(100) NOT NULL, source_system VARCHAR(100) NOT NULL, "
+                "source_id VARCHAR(100) NOT NULL, channel VARCHAR(40) NOT NULL, ref_code VARCHAR(100), "
+                "offer VARCHAR(100), outcome VARCHAR(20) NOT NULL, contact_group VARCHAR(20) NOT NULL, "
+                "occurred_at VARCHAR(40) NOT NULL, recorded_at VARCHAR(40) NOT NULL, body_sha256 CHAR(64) NOT NULL)"))
+
+    def record_contact(self, c: dict) -> str:
+        """Insert one contact (committed before returning): 'created', 'replayed' (same body under
+        the same id) or 'conflict' (another body under that id)."""
+        import sqlalchemy as sa
+
+        body = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
+        row = {**c, "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+               "body_sha256": body}
+        cols = ("contact_id", "campaign_id", "source_system", "source_id", "channel", "ref_code", "offer",
+                "outcome", "contact_group", "occurred_at", "recorded_at", "body_sha256")
+        ins = sa.text(f"INSERT INTO {CONTACTS_TABLE} ({', '.join(cols)}) VALUES ({', '.join(':' + k for k in cols)}) "
+                      "ON CONFLICT (contact_id) DO NOTHING")
+        with self.eng.begin() as conn:
+            done = conn.execute(ins, {k: row[k] for k in cols}).rowcount
+            if done:
+                return "created"
+            old = conn.execute(sa.text(f"SELECT body_sha256 FROM {CONTACTS_TABLE} WHERE contact_id = :i"),
+                               {"i": c["contact_id"]}).scalar()
+        return "replayed" if old == body else "conflict"
+
+    def close(self) -> None:
+        self.eng.dispose()
+
+
+# ----------------------------------------------------------------------------- the app
+
+@dataclass
+class ServiceConfig:
+    db: str
+    tokens: dict = field(default_factory=dict)       # sha256 -> scopes; empty with no_auth only
+    no_auth: bool = False
+    max_body: int = 16384                             # bytes per request body
+
+
+class _BodyLimit:
+    """ASGI middleware: bodies over ``limit`` bytes get 413 before the app reads them."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _plain(send, 413, {"detail": f"request body over {self.limit} bytes"})
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _plain(send, 413, {"detail": f"request body over {self.limit} bytes"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _plain(send, status: int, body: dict):
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def create_app(cfg: ServiceConfig):
+    """The FastAPI app for one published database."""
+    from typing import Literal
+
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field as PField
+
+    if not cfg.tokens and not cfg.no_auth:
+        raise ServiceError("no bearer tokens configured: give a token file (--tokens) or, for a local test only, "
+                           "--no-auth")
+    store = ScoreStore(cfg.db)
+    app = FastAPI(title="crmlab touchpoint service", version="1",
+                  description="Recognise, decide and record at the moment of contact, from the published scores.")
+    app.state.store = store
+
+    Id = PField(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+
+    class Contact(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        contact_id: str = Id
+        campaign_id: str = Id
+        source_system: str = Id
+        source_id: str = Id
+        channel: Literal["store", "web", "phone", "mail", "email", "sms", "app"]
+        ref_code: str | None = PField(None, max_length=100)
+        offer: str | None = PField(None, max_length=100)
+        outcome: Literal["contacted", "responded", "declined", "bounced"]
+        group: Literal["treatment", "control"] = "treatment"
+        occurred_at: dt.datetime
+
+    def scope(need: str):
+        def check(request: Request):
+            if cfg.no_auth:
+                return
+            auth = request.headers.get("authorization", "")
+            kind, _, token = auth.partition(" ")
+            if kind.lower() != "bearer" or not token:
+                raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+            digest = _digest(token.strip())
+            scopes = next((s for d, s in cfg.tokens.items() if hmac.compare_digest(d, digest)), None)
+            if scopes is None:
+                raise HTTPException(401, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
+            if need not in scopes:
+                raise HTTPException(403, f"this token lacks the '{need}' scope")
+        return Depends(check)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        # name the field and the problem, never echo the value (it may be personal data)
+        errs = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg")}
+                for e in exc.errors()]
+        return JSONResponse({"detail": "invalid request", "errors": errs}, status_code=422)
+
+    @app.exception_handler(PublishError)
+    async def _unpublished(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.middleware("http")
+    async def _log(request, call_next):
+        t = time.perf_counter()
+        resp = await call_next(request)
+        route = request.scope.get("route")
+        log.info("%s %s %d %.1f ms", request.method, getattr(route, "path", "?"), resp.status_code,
+                 1e3 * (time.perf_counter() - t))
+        return resp
+
+    @app.get("/health")
+    def health():
+        v = store.version()
+        if v is None:
+            return JSONResponse({"status": "unavailable", "detail": "nothing published yet"}, status_code=503)
+        return {"status": "ok", "version": v["version"]}
+
+    @app.get("/v1/version", dependencies=[scope("read")])
+    def version():
+        v = store.version()
+        if v is None:
+            raise HTTPException(503, "nothing published yet: run the chain (stage 60_publish) first")
+        return v
+
+    @app.get("/v1/customers/{source_system}/{source_id}", dependencies=[scope("read")])
+    def customer(source_system: str, source_id: str):
+        if len(source_system) > 100 or len(source_id) > 100:
+            raise HTTPException(422, "source_system and source_id are at most 100 characters")
+        row = store.customer(source_system, source_id)
+        if row is None:
+            return JSONResponse({"detail": "unknown customer: this id is not in the published key map"},
+                                status_code=404)
+        return row                                    # the contract's columns: no personal data
+
+    @app.post("/v1/contacts", status_code=201, dependencies=[scope("write")])
+    def contacts(c: Contact):
+        rec = c.model_dump()
+        rec["contact_group"] = rec.pop("group")
+        rec["occurred_at"] = c.occurred_at.isoformat()
+        got = store.record_contact(rec)
+        if got == "conflict":
+            raise HTTPException(409, "contact_id already recorded with a different body")
+        if got == "replayed":
+            return JSONResponse({"contact_id": c.contact_id, "status": "already recorded"}, status_code=200)
+        return {"contact_id": c.contact_id, "status": "recorded"}
+
+    app.add_middleware(_BodyLimit, limit=cfg.max_body)
+    return app
+
+
+def app_from_env():
+    """The app of ``crmlab serve`` workers, configured through :data:`ENV`."""
+    db = os.environ.get(ENV["db"])
+    if not db:
+        raise ServiceError(f"{ENV['db']} is not set: start the service with `crmlab serve --db URL`")
+    tokens_file = os.environ.get(ENV["tokens"])
+    no_auth = os.environ.get(ENV["no_auth"]) == "1"
+    tokens = load_tokens(tokens_file) if tokens_file else {}
+    return create_app(ServiceConfig(db=db, tokens=tokens, no_auth=no_auth,
+                                    max_body=int(os.environ.get(ENV["max_body"], "16384"))))
+
+
+def serve(db: str, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, tokens_file=None,
+          no_auth: bool = False, max_body: int = 16384) -> None:
+    """Run the service under uvicorn until SIGINT/SIGTERM (requests in flight finish first)."""
+    import uvicorn
+
+    if tokens_file:
+        load_tokens(tokens_file)                      # a bad file fails here, not in each worker
+    elif not no_auth:
+        raise ServiceError("no bearer tokens configured: give --tokens FILE (or --no-auth for a local test)")
+    ScoreStore(db).close()                            # the database must exist
+    os.environ.update({ENV["db"]: db, ENV["no_auth"]: "1" if no_auth else "0", ENV["max_body"]: str(max_body)})
+    if tokens_file:
+        os.environ[ENV["tokens"]] = str(Path(tokens_file).resolve())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log.info("serving %s on http://%s:%d with %d worker(s)", _safe(db), host, port, workers)
+    uvicorn.run("crmlab.service:app_from_env", factory=True, host=host, port=port, workers=workers,
+                access_log=False, timeout_graceful_shutdown=10, log_level="info")

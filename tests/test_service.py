@@ -1,0 +1,203 @@
+"""The touchpoint service, started for real (``crmlab serve`` under uvicorn on a loopback port) and
+called over HTTP: each endpoint, auth failures, bad input, publishes during a stream of requests."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from crmlab import publish, service
+from crmlab.service import ServiceError, load_tokens
+from test_publish import tables
+
+READ, WRITE = "r" * 8 + "-read-token-0001", "w" * 8 + "-write-token-0001"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A published SQLite database (version 1) and the service over it; yields (base URL, db URL, log file)."""
+    tmp = tmp_path_factory.mktemp("service")
+    url = publish.default_url(tmp)
+    publish.publish(tables(1), url, folder=tmp / "published")
+    tok = tmp / "tokens.yaml"
+    tok.write_text(json.dumps({"tokens": [
+        {"name": "call-centre screen", "token": READ, "scopes": ["read"]},
+        {"name": "campaign manager", "sha256": service._digest(WRITE), "scopes": ["read", "write"]}]}))
+    port = _port()
+    logf = open(tmp / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "crmlab", "serve", "--db", url, "--port", str(port),
+                             "--tokens", str(tok)], stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            logf.seek(0)
+            pytest.fail(f"the service exited: {logf.read()[-2000:]}")
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the service did not answer /health within 30 s")
+    yield base, url, tmp / "server.log"
+    proc.send_signal(signal.SIGTERM)                      # graceful shutdown, then uvicorn re-raises the signal
+    assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+    logf.seek(0)
+    assert "Application shutdown complete" in logf.read()
+    logf.close()
+
+
+def _h(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_lookup_version_health_and_openapi(server):
+    base, url, _ = server
+    r = httpx.get(f"{base}/v1/customers/web/W17", headers=_h(READ))
+    assert r.status_code == 200
+    body = r.json()
+    want = publish.read_table(url, "customer_scores").set_index("customer_key").loc["K000017"]
+    assert body["customer_key"] == "K000017" and body["treatment"] == want["treatment"]
+    assert body["contact"] is True and body["control"] is False and body["score_version"] == 1
+    assert abs(body["value"] - want["value"]) < 1e-12
+    assert set(body) == set(want.index) | {"customer_key"}
+    r = httpx.get(f"{base}/v1/customers/store/S17", headers=_h(READ))
+    assert r.json()["customer_key"] == "K000017"                          # any system's id, one customer
+    r = httpx.get(f"{base}/v1/customers/web/NOPE", headers=_h(READ))
+    assert r.status_code == 404 and "unknown customer" in r.json()["detail"]
+    v = httpx.get(f"{base}/v1/version", headers=_h(READ)).json()
+    assert v["version"] == publish.current_version(url) and v["model_version"] == "m1"
+    assert httpx.get(f"{base}/health").json() == {"status": "ok", "version": v["version"]}
+    schema = httpx.get(f"{base}/openapi.json").json()
+    assert {"/v1/customers/{source_system}/{source_id}", "/v1/contacts", "/v1/version", "/health"} <= set(schema["paths"])
+    assert httpx.get(f"{base}/docs").status_code == 200
+
+
+def test_auth_failures(server):
+    base, _, _ = server
+    path = f"{base}/v1/customers/web/W1"
+    assert httpx.get(path).status_code == 401
+    assert httpx.get(path, headers={"Authorization": "Basic abc"}).status_code == 401
+    r = httpx.get(path, headers=_h("not-a-token-of-ours-at-all"))
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(f"{base}/v1/contacts", headers=_h(READ), json=_contact("c-auth"))
+    assert r.status_code == 403 and "write" in r.json()["detail"]
+    assert httpx.get(path, headers=_h(WRITE)).status_code == 200          # write tokens read too
+
+
+def _contact(cid, **kw):
+    return {"contact_id": cid, "campaign_id": "CMP01", "source_system": "web", "source_id": "W5",
+            "channel": "phone", "offer": "P0001", "outcome": "responded", "ref_code": "R-77",
+            "occurred_at": "2026-12-01T10:15:00+00:00", **kw}
+
+
+def test_contacts_are_durable_and_idempotent(server):
+    base, url, _ = server
+    r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), json=_contact("c-1"))
+    assert r.status_code == 201 and r.json()["status"] == "recorded"
+    with sa.create_engine(url).connect() as conn:                         # committed before the answer
+        row = conn.execute(sa.text("SELECT * FROM touchpoint_contacts WHERE contact_id = 'c-1'")).mappings().one()
+    assert row["outcome"] == "responded" and row["contact_group"] == "treatment" and row["source_id"] == "W5"
+    r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), json=_contact("c-1"))
+    assert r.status_code == 200 and r.json()["status"] == "already recorded"
+    r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), json=_contact("c-1", outcome="declined"))
+    assert r.status_code == 409
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM touchpoint_contacts WHERE contact_id = 'c-1'")).scalar() == 1
+
+
+def test_bad_input_is_422_naming_the_field_without_echoing_it(server):
+    base, _, logfile = server
+    secret = "Ada Lovelace 1815-12-10"
+    cases = [_contact("c-2", channel="pigeon"), {k: v for k, v in _contact("c-3").items() if k != "source_id"},
+             _contact("c-4", occurred_at="yesterday"), _contact("c-5", note=secret), _contact("", outcome="responded")]
+    fields = ["channel", "source_id", "occurred_at", "note", "contact_id"]
+    for body, f in zip(cases, fields):
+        r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), json=body)
+        assert r.status_code == 422, body
+        assert f in {e["field"] for e in r.json()["errors"]}
+        assert secret not in r.text and "pigeon" not in r.text
+    r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), content=b"{not json", )
+    assert r.status_code == 422
+    r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), json=_contact("c-6", offer="x" * 40_000))
+    assert r.status_code == 413
+    time.sleep(0.3)
+    logged = logfile.read_text()
+    assert "/v1/customers/{source_system}/{source_id}" in logged        # route templates, not the ids
+    for leak in ("W17", "S17", secret, READ, WRITE, "R-77"):
+        assert leak not in logged
+
+
+def test_publishes_during_a_stream_of_requests(server):
+    """Publishing versions 2 and 3 (and restoring 2) while a client keeps asking: no failed request,
+    every answer one version (its treatment is that version's), versions never go back, and the new
+    version is served within a second of the publish."""
+    base, url, folder = server[0], server[1], server[2].parent / "published"
+    seen, errors, stop = [], [], threading.Event()
+
+    def client():
+        with httpx.Client(headers=_h(READ), timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    r = c.get(f"{base}/v1/customers/web/W3")
+                    b = r.json()
+                    seen.append((time.perf_counter(), b["score_version"], b["treatment"]))
+                except Exception as exc:                                   # noqa: BLE001 - counted, then asserted
+                    errors.append(repr(exc))
+
+    th = threading.Thread(target=client)
+    th.start()
+    time.sleep(0.3)
+    marks = {}
+    for tag in (2, 3):
+        v = publish.publish(tables(tag), url, folder=folder)
+        marks[v] = time.perf_counter()
+        time.sleep(1.2)
+    publish.restore(url, 2, folder=folder)
+    marks["restore"] = time.perf_counter()
+    time.sleep(1.2)
+    stop.set()
+    th.join()
+    assert not errors and len(seen) > 50
+    tag_of = {1: 1}
+    for v in (2, 3):
+        tag_of[v] = v
+    for _, ver, treatment in seen:
+        assert treatment == f"offer_{tag_of[ver]}"                        # never a mix of versions
+    for v in (2, 3):
+        later = [t for t, ver, _ in seen if ver == v and t > marks[v]]
+        assert later and later[0] - marks[v] < 1.0
+    after = [ver for t, ver, _ in seen if t > marks["restore"] + 1.0]
+    assert after and set(after) == {2}
+
+
+def test_token_files_and_start_up_errors(tmp_path):
+    bad = tmp_path / "t.yaml"
+    for text, msg in [("tokens: []", "non-empty list"), ("tokens: [{token: short, scopes: [read]}]", "16 characters"),
+                      ("tokens: [{token: abcdefghijklmnopq, scopes: [admin]}]", "scopes"),
+                      ("tokens: [{sha256: xyz, scopes: [read]}]", "64 hexadecimal"), ("{: nope", "not valid")]:
+        bad.write_text(text)
+        with pytest.raises(ServiceError, match=msg):
+            load_tokens(bad)
+    with pytest.raises(ServiceError, match="does not exist"):
+        load_tokens(tmp_path / "missing.yaml")
+    with pytest.raises(ServiceError, match="no bearer tokens"):
+        service.create_app(service.ServiceConfig(db=publish.default_url(tmp_path)))
+    r = subprocess.run([sys.executable, "-m", "crmlab", "serve", "--db", f"sqlite:///{tmp_path}/none.sqlite",
+                        "--no-auth"], capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert r.returncode != 0 and "no published database" in r.stderr and "Traceback" not in r.stderr
