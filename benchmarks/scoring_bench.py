@@ -28,11 +28,12 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 
 import numpy as np
 import pandas as pd
 
+import _frame_scoring as fs
+from _frame_scoring import best
 from crmlab.kernels import scoring
 from crmlab.propensity import PropensityModel
 
@@ -48,16 +49,6 @@ def make_data(n: int, seed: int = 0):
     for j in (2, 7, 11):
         X[rng.random(n) < 0.05, j] = np.nan
     return X, y
-
-
-def best(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def frame(X):
@@ -123,7 +114,7 @@ def main():
             np.save(f"{tmp}/Xfit.npy", X[:fit_n])
             np.save(f"{tmp}/y.npy", y[:fit_n])
             worker = os.path.join(os.path.dirname(__file__), "_lleaves_worker.py")
-            r = subprocess.run([a.lleaves_python, worker, tmp, str(a.repeats)], capture_output=True, text=True)
+            r = subprocess.run([a.lleaves_python, worker, "numeric", tmp, str(a.repeats)], capture_output=True, text=True)
             if r.returncode:
                 print(r.stderr[-2000:])
                 raise SystemExit("lleaves worker failed")
@@ -138,8 +129,6 @@ def main():
 def frame_cases(a):
     from pathlib import Path
 
-    import _frame_scoring as fs
-
     root = Path(__file__).resolve().parents[1]
     telco_csv = root / "data" / "telco" / "wa_churn.csv.gz"
     X = pd.read_csv(telco_csv)
@@ -147,8 +136,8 @@ def frame_cases(a):
     fs.run_case("Telco churn", X, y, a.frame_rows, a.repeats, min(a.frame_rows, 200_000))
     if a.lleaves_python:
         with tempfile.TemporaryDirectory() as tmp:
-            worker = os.path.join(os.path.dirname(__file__), "_lleaves_frame_worker.py")
-            r = subprocess.run([a.lleaves_python, worker, str(telco_csv), str(a.frame_rows), str(a.repeats), tmp],
+            worker = os.path.join(os.path.dirname(__file__), "_lleaves_worker.py")
+            r = subprocess.run([a.lleaves_python, worker, "frame", str(telco_csv), str(a.frame_rows), str(a.repeats), tmp],
                                capture_output=True, text=True)
             if r.returncode:
                 print(r.stderr[-2000:])
