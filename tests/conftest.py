@@ -1,3 +1,4 @@
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -93,21 +94,28 @@ def postgres_server(tmp_path_factory):
         stop()
 
 
-@pytest.fixture
-def postgres_schema(postgres_server):
-    """A fresh schema on the test server; the URL's search_path points at it. Dropped afterwards."""
+@contextlib.contextmanager
+def fresh_schema(server_url: str):
+    """A fresh schema on a PostgreSQL server: (URL whose search_path points at it, name); dropped afterwards."""
     import uuid
 
     import sqlalchemy as sa
 
     schema = f"crmlab_t_{uuid.uuid4().hex[:10]}"
-    eng = sa.create_engine(postgres_server)
+    eng = sa.create_engine(server_url)
     with eng.begin() as c:
         c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in postgres_server else "?"
+    sep = "&" if "?" in server_url else "?"
     try:
-        yield f"{postgres_server}{sep}options=-csearch_path%3D{schema}", schema
+        yield f"{server_url}{sep}options=-csearch_path%3D{schema}", schema
     finally:
         with eng.begin() as c:
             c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         eng.dispose()
+
+
+@pytest.fixture
+def postgres_schema(postgres_server):
+    """A fresh schema on the test server; the URL's search_path points at it. Dropped afterwards."""
+    with fresh_schema(postgres_server) as got:
+        yield got

@@ -26,11 +26,19 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A published SQLite database (version 1) and the service over it; yields (base URL, db URL, log file)."""
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server(request, tmp_path_factory):
+    """A published database (version 1: SQLite, or a fresh PostgreSQL schema) and the service over it;
+    yields (base URL, db URL, log file)."""
     tmp = tmp_path_factory.mktemp("service")
-    url = publish.default_url(tmp)
+    if request.param == "sqlite":
+        url = publish.default_url(tmp)
+    else:
+        from conftest import fresh_schema
+
+        schema = fresh_schema(request.getfixturevalue("postgres_server"))
+        url, _ = schema.__enter__()
+        request.addfinalizer(lambda: schema.__exit__(None, None, None))
     publish.publish(tables(1), url, folder=tmp / "published")
     tok = tmp / "tokens.yaml"
     tok.write_text(json.dumps({"tokens": [
