@@ -187,7 +187,9 @@ class ServiceConfig:
 
 
 class _BodyLimit:
-    """ASGI middleware: bodies over ``limit`` bytes get 413 before the app reads them."""
+    """ASGI middleware: bodies over ``limit`` bytes get 413, from the declared length before the app
+    reads anything, else (chunked uploads) as soon as the bytes read pass the limit; the app then sees
+    a disconnect and whatever it would answer is dropped."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -195,27 +197,29 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_big = {"detail": f"request body over {self.limit} bytes"}
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await _plain(send, 413, {"detail": f"request body over {self.limit} bytes"})
-        seen = 0
+            return await _plain(send, 413, too_big)
+        seen, answered = 0, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, answered
             msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    if not answered:
+                        answered = True
+                        await _plain(send, 413, too_big)
+                    return {"type": "http.disconnect"}
             return msg
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _plain(send, 413, {"detail": f"request body over {self.limit} bytes"})
+        async def guarded(msg):
+            if not answered:
+                await send(msg)
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited, guarded)
 
 
 async def _plain(send, status: int, body: dict):

@@ -144,6 +144,9 @@ def test_bad_input_is_422_naming_the_field_without_echoing_it(server):
     assert r.status_code == 422
     r = httpx.post(f"{base}/v1/contacts", headers=_h(WRITE), json=_contact("c-6", offer="x" * 40_000))
     assert r.status_code == 413
+    chunks = iter([b'{"contact_id": "' + b"x" * 10_000] * 3)                # no length given: counted as read
+    r = httpx.post(f"{base}/v1/contacts", headers={**_h(WRITE), "Content-Type": "application/json"}, content=chunks)
+    assert r.status_code == 413
     time.sleep(0.3)
     logged = logfile.read_text()
     assert "/v1/customers/{source_system}/{source_id}" in logged        # route templates, not the ids
