@@ -222,6 +222,31 @@ class _BodyLimit:
         await self.app(scope, limited, guarded)
 
 
+class _AccessLog:
+    """ASGI middleware: one line per request with method, the route's template (never the ids in the
+    path), the status the client received and the latency."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t, status = time.perf_counter(), 500
+
+        async def capture(msg):
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", "-")
+            log.info("%s %s %d %.1f ms", scope.get("method"), route, status, 1e3 * (time.perf_counter() - t))
+
+
 async def _plain(send, status: int, body: dict):
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -288,15 +313,6 @@ def create_app(cfg: ServiceConfig):
     async def _unpublished(request, exc):
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    @app.middleware("http")
-    async def _log(request, call_next):
-        t = time.perf_counter()
-        resp = await call_next(request)
-        route = request.scope.get("route")
-        log.info("%s %s %d %.1f ms", request.method, getattr(route, "path", "?"), resp.status_code,
-                 1e3 * (time.perf_counter() - t))
-        return resp
-
     @app.get("/health")
     def health():
         v = store.version()
@@ -334,6 +350,7 @@ def create_app(cfg: ServiceConfig):
         return {"contact_id": c.contact_id, "status": "recorded"}
 
     app.add_middleware(_BodyLimit, limit=cfg.max_body)
+    app.add_middleware(_AccessLog)                    # outermost: logs what the client got, 413s included
     return app
 
 

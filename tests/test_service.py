@@ -150,6 +150,7 @@ def test_bad_input_is_422_naming_the_field_without_echoing_it(server):
     time.sleep(0.3)
     logged = logfile.read_text()
     assert "/v1/customers/{source_system}/{source_id}" in logged        # route templates, not the ids
+    assert "POST /v1/contacts 413" in logged and "POST /v1/contacts 400" not in logged   # what clients got
     for leak in ("W17", "S17", secret, READ, WRITE, "R-77"):
         assert leak not in logged
 
