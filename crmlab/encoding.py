@@ -25,15 +25,6 @@ from .kernels import vocab
 CHUNK_ROWS = 65536
 
 
-def _large_string_id():
-    import pyarrow as pa
-
-    return pa.large_string().id
-
-
-_LARGE_STRING = _large_string_id()
-
-
 def _vocabulary_lut(values, vocabulary: pd.Index, unknown: int, missing: int) -> np.ndarray:
     """``missing``, then the codes of ``values`` in ``vocabulary`` (int32: first position; ``unknown``
     where absent): the table of :func:`crmlab.kernels.vocab.remap` for codes into ``values``."""
@@ -64,7 +55,8 @@ class _Arrow:
 
         arr = pa.chunked_array(s.array.__arrow_array__())
         self.dictionary = pa.types.is_dictionary(arr.type)
-        self.strings = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+        self.large = pa.types.is_large_string(arr.type)                # int64 offsets
+        self.strings = self.large or pa.types.is_string(arr.type)
         if self.dictionary:
             arr = arr.unify_dictionaries()
             values = arr.chunks[0].dictionary.to_pylist() if arr.num_chunks else []
@@ -89,7 +81,7 @@ class _Arrow:
                 vocab.remap(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), self.lut, dest)
             elif self.strings:
                 _, off, data = chunk.buffers()
-                offsets = np.frombuffer(off, np.int64 if chunk.type.id == _LARGE_STRING else np.int32)
+                offsets = np.frombuffer(off, np.int64 if self.large else np.int32)
                 data = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
                 vocab.lookup(offsets, data, chunk.offset, k, self.vocab, dest, nulls, self.unknown, self.missing)
             else:

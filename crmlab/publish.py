@@ -585,6 +585,15 @@ def read_parquet(folder, name: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- lookup
 
+def score_row(row) -> dict:
+    """A ``customer_scores`` row read from SQL as a dict, flags as booleans (SQLite stores them as 0/1)."""
+    out = dict(row)
+    for f in CONTRACT["customer_scores"]["fields"]:
+        if f.kind == "bool" and out.get(f.name) is not None:
+            out[f.name] = bool(out[f.name])
+    return out
+
+
 class Lookup:
     """Current scores of one customer from any source system's id, in one SQL statement.
 
@@ -614,13 +623,7 @@ class Lookup:
             self._conn.rollback()             # end the read transaction: the next lookup sees new versions
         else:
             self._conn.commit()
-        if row is None:
-            return None
-        out = dict(row)
-        for f in CONTRACT["customer_scores"]["fields"]:
-            if f.kind == "bool" and out.get(f.name) is not None:
-                out[f.name] = bool(out[f.name])
-        return out
+        return None if row is None else score_row(row)
 
     def systems(self) -> list[str]:
         import sqlalchemy as sa

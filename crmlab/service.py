@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CrmlabError
-from .publish import CATALOG, CONTRACT, PublishError, _safe, engine
+from .publish import CATALOG, PublishError, _safe, engine, score_row
 
 log = logging.getLogger("crmlab.service")
 
@@ -90,7 +90,6 @@ def load_tokens(path) -> dict[str, frozenset]:
 
 # ----------------------------------------------------------------------------- the store
 
-_BOOL_FIELDS = {f.name for f in CONTRACT["customer_scores"]["fields"] if f.kind == "bool"}
 
 
 class ScoreStore:
@@ -119,10 +118,7 @@ class ScoreStore:
         rows = self._read(self._lookup, {"system": source_system, "id": source_id})
         if not rows:
             return None
-        out = dict(rows[0])
-        for k in _BOOL_FIELDS & out.keys():
-            if out[k] is not None:
-                out[k] = bool(out[k])
+        out = score_row(rows[0])
         if out.get("scored_at") is not None and not isinstance(out["scored_at"], str):
             out["scored_at"] = str(out["scored_at"])
         return out
