@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import combinations
+from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from .errors import CrmlabError
 from .estimator import Params, reset
 from .kernels import baskets as K
 from .kernels import recommend as R
+from .kernels import rules as RK
 
 MLXTEND_COLUMNS = ["antecedents", "consequents", "antecedent support", "consequent support", "support",
                    "confidence", "lift", "representativity", "leverage", "conviction", "zhangs_metric",
@@ -159,133 +160,310 @@ def _no_gc():
             gc.enable()
 
 
+@dataclass
+class Itemsets:
+    """Frequent itemsets in columnar form, as the kernels use them.
+
+    ``flat``: item codes (positions in ``items``), each itemset ascending; ``lens``: itemset sizes;
+    ``counts``: baskets holding each itemset, out of ``n_baskets``. :meth:`to_frame` gives mlxtend's
+    ``support`` / ``itemsets`` frame.
+    """
+
+    flat: np.ndarray
+    lens: np.ndarray
+    counts: np.ndarray
+    items: pd.Index
+    n_baskets: int
+    _sets: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    def __repr__(self) -> str:
+        longest = int(self.lens.max()) if len(self.lens) else 0
+        return f"<Itemsets: {len(self):,} itemsets (longest {longest}) over {len(self.items):,} items, {self.n_baskets:,} baskets>"
+
+    @property
+    def support(self) -> np.ndarray:
+        return self.counts / self.n_baskets
+
+    def frozensets(self) -> np.ndarray:
+        """Each itemset as a frozenset of item labels (built once, then shared: rules point at them)."""
+        if self._sets is None:
+            ptr = np.r_[0, np.cumsum(self.lens)].astype(np.int64)
+            self._sets = _frozensets(ptr, self.flat, self.items.to_numpy(dtype=object))
+        return self._sets
+
+    def to_frame(self, use_colnames: bool = True) -> pd.DataFrame:
+        """mlxtend's shape: ``support`` and ``itemsets`` (frozensets of item labels with
+        ``use_colnames``, else of item positions); ``attrs`` carry ``n_baskets`` and the single-item
+        supports for :func:`association_rules`."""
+        labels = self.items.to_numpy(dtype=object) if use_colnames else np.arange(len(self.items))
+        ptr = np.r_[0, np.cumsum(self.lens)].astype(np.int64)
+        support = self.support
+        sets = self.frozensets() if use_colnames else _frozensets(ptr, self.flat, labels)
+        out = pd.DataFrame({"support": support, "itemsets": sets})
+        one = np.flatnonzero(self.lens == 1)
+        out.attrs.update(n_baskets=self.n_baskets,
+                         item_support=dict(zip(labels[self.flat[ptr[one]]].tolist(), support[one].tolist())))
+        return out
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, n_baskets: int) -> "Itemsets":
+        """From an mlxtend-shaped frame (``support``, ``itemsets``); counts are support x ``n_baskets``."""
+        sets = df["itemsets"].tolist()
+        if not all(isinstance(s, (frozenset, set)) for s in sets):
+            raise CrmlabError("the 'itemsets' column must hold frozensets (mlxtend's shape)")
+        lens = np.fromiter(map(len, sets), np.int64, len(sets))
+        if (lens == 0).any():
+            raise CrmlabError("the itemsets frame holds an empty itemset")
+        codes, vocab = pd.factorize(pd.Series(list(chain.from_iterable(sets)), dtype=object))
+        owner = np.repeat(np.arange(len(sets)), lens)
+        flat = codes[np.lexsort((codes, owner))].astype(np.int32)           # each itemset ascending
+        support = df["support"].to_numpy(dtype=float)
+        if not np.isfinite(support).all() or (support <= 0).any() or (support > 1).any():
+            raise CrmlabError("the 'support' column must hold values in (0, 1]")
+        counts = np.rint(support * n_baskets).astype(np.int64)
+        return cls(flat, lens.astype(np.int32), counts, pd.Index(vocab, dtype=object), int(n_baskets),
+                   df["itemsets"].to_numpy(dtype=object))
+
+
+def _frozensets(ptr: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One frozenset of ``labels`` per CSR row, built a row length at a time."""
+    lens = np.diff(ptr)
+    out = np.empty(len(lens), dtype=object)
+    with _no_gc():
+        for size in np.unique(lens).tolist():
+            rows = np.flatnonzero(lens == size)
+            block = labels[codes[ptr[rows][:, None] + np.arange(size)]]
+            out[rows] = list(map(frozenset, block.tolist()))
+    return out
+
+
 def frequent_itemsets(data, min_support: float = 0.5, max_len: int | None = None,
-                      use_colnames: bool = False) -> pd.DataFrame:
+                      use_colnames: bool = False, columnar: bool = False):
     """Itemsets in at least ``min_support`` of the baskets (mlxtend's ``fpgrowth`` result shape).
 
     ``data``: :class:`Baskets` or a one-hot DataFrame. Returns columns ``support`` and ``itemsets``
     (frozensets of item labels with ``use_colnames``, else of item positions); ``attrs`` carry
-    ``n_baskets`` and the single-item supports for :func:`association_rules`.
+    ``n_baskets`` and the single-item supports for :func:`association_rules`. With ``columnar``:
+    :class:`Itemsets` (integer arrays, no frozensets), the fast input to :func:`association_rules`.
     """
     b = _as_baskets(data)
     if b.n_baskets == 0:
         raise CrmlabError("no baskets")
     mc = _min_count(min_support, b.n_baskets)
     flat, lens, counts = K.frequent_itemsets(b.indptr, b.indices, b.n_items, mc, max_len)
-    labels = b.items.to_numpy(dtype=object) if use_colnames else np.arange(b.n_items)
-    sets, pos = [], 0
-    sizes, n_of = np.unique(lens, return_counts=True)
-    with _no_gc():
-        for size, n_k in zip(sizes.tolist(), n_of.tolist()):     # itemsets come grouped by size
-            block = labels[flat[pos:pos + n_k * size]]
-            sets.extend(map(frozenset, zip(*(block[q::size].tolist() for q in range(size)))))
-            pos += n_k * size
-    support = counts / b.n_baskets
-    out = pd.DataFrame({"support": support, "itemsets": sets})
-    n1 = int(np.sum(lens == 1))
-    out.attrs.update(n_baskets=b.n_baskets,
-                     item_support=dict(zip(labels[flat[:n1]].tolist(), support[:n1].tolist())))
-    return out
+    its = Itemsets(flat, lens, counts, b.items, b.n_baskets)
+    return its if columnar else its.to_frame(use_colnames)
 
 
-def association_rules(df: pd.DataFrame, num_itemsets: int | None = None, metric: str = "confidence",
+class Rules:
+    """Association rules in columnar form: antecedent and consequent item codes as CSR arrays
+    (``ant_ptr``/``ant``, ``con_ptr``/``con``; codes are positions in ``items``), the positions of
+    antecedent and consequent in ``itemsets`` (``ant_set``, ``con_set``), and one row of ``measures``
+    per rule (mlxtend's measure columns, ``all_confidence``, the counts, ``p_value``, ``q_value``,
+    ``significant``; after :func:`guard_rules` also ``customer_facing`` and ``guard``).
+
+    No Python object per rule: :meth:`to_frame` gives mlxtend's frame on request (its frozensets are
+    the itemsets', one per itemset, shared); ``rules["lift"]`` reads a measure column;
+    :func:`rules_table` gives readable text columns.
+    """
+
+    def __init__(self, itemsets: Itemsets, ant_set, con_set, ant_ptr, ant, con_ptr, con, measures: pd.DataFrame):
+        self.itemsets, self.items, self.measures = itemsets, itemsets.items, measures
+        self.ant_set, self.con_set = ant_set, con_set
+        self.ant_ptr, self.ant, self.con_ptr, self.con = ant_ptr, ant, con_ptr, con
+
+    def _with(self, measures: pd.DataFrame) -> "Rules":
+        return Rules(self.itemsets, self.ant_set, self.con_set, self.ant_ptr, self.ant, self.con_ptr, self.con,
+                     measures)
+
+    def __len__(self) -> int:
+        return len(self.measures)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        return self.measures[column]
+
+    def __repr__(self) -> str:
+        return f"<Rules: {len(self):,} rules over {len(self.items):,} items>"
+
+    def _repr_html_(self) -> str:
+        head = self.take(np.arange(min(len(self), 10))).to_frame()
+        return f"<p>{len(self):,} rules over {len(self.items):,} items (first {len(head)}):</p>" + head.to_html()
+
+    def antecedents(self) -> np.ndarray:
+        """Antecedents as frozensets of item labels (the itemsets' own objects, shared)."""
+        return self.itemsets.frozensets()[self.ant_set]
+
+    def consequents(self) -> np.ndarray:
+        return self.itemsets.frozensets()[self.con_set]
+
+    def to_frame(self) -> pd.DataFrame:
+        """mlxtend's frame (``antecedents`` / ``consequents`` frozensets, its measure columns) plus
+        crmlab's columns."""
+        cols = {"antecedents": self.antecedents(), "consequents": self.consequents()}
+        cols.update((c, self.measures[c].to_numpy()) for c in self.measures.columns)
+        return pd.DataFrame(cols, copy=False)             # copy-on-write: the rules' columns stay theirs
+
+    def take(self, rows) -> "Rules":
+        """The rules at positions ``rows``, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+
+        def part(ptr, codes):
+            lo, hi = ptr[rows], ptr[rows + 1]
+            new = np.r_[0, np.cumsum(hi - lo)].astype(np.int64)
+            return new, codes[np.repeat(lo - new[:-1], hi - lo) + np.arange(new[-1])]
+
+        ap, a = part(self.ant_ptr, self.ant)
+        cp, c = part(self.con_ptr, self.con)
+        return Rules(self.itemsets, self.ant_set[rows], self.con_set[rows], ap, a, cp, c,
+                     self.measures.iloc[rows].reset_index(drop=True))
+
+    def holds(self, labels) -> tuple[np.ndarray, np.ndarray]:
+        """Per rule, whether its antecedent / its consequent holds any of ``labels``."""
+        mark = self.items.isin(list(labels))
+
+        def any_in(ptr, codes):
+            hit = np.r_[0, np.cumsum(mark[codes])]
+            return hit[ptr[1:]] > hit[ptr[:-1]]
+
+        return any_in(self.ant_ptr, self.ant), any_in(self.con_ptr, self.con)
+
+    def joined(self, part: str, sep: str = "|", labels: np.ndarray | None = None) -> list[str]:
+        """``part`` ("antecedents" or "consequents") of each rule as text: ``labels`` (per item
+        code; default the item labels as str) sorted and joined by ``sep``."""
+        ptr, codes = (self.ant_ptr, self.ant) if part == "antecedents" else (self.con_ptr, self.con)
+        labels = self.items.astype(str).to_numpy(dtype=object) if labels is None else labels
+        rank = np.empty(len(labels), np.int64)
+        rank[np.argsort(labels.astype(str), kind="stable")] = np.arange(len(labels))
+        owner = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+        text = labels[codes[np.lexsort((rank[codes], owner))]].tolist()
+        return [sep.join(text[a:b]) for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist())]
+
+
+_MEASURE_COLUMNS = MLXTEND_COLUMNS[2:] + ["all_confidence", "n_antecedent", "n_consequent", "n_both",
+                                          "p_value", "q_value", "significant"]
+
+
+def association_rules(df, num_itemsets: int | None = None, metric: str = "confidence",
                       min_threshold: float = 0.8, max_consequent_len: int | None = None,
-                      fdr: float = 0.05) -> pd.DataFrame:
+                      fdr: float = 0.05, max_rules: int | None = None, rank_by: str = "lift"):
     """Rules A -> C from frequent itemsets, with mlxtend's columns plus significance.
 
     Every split of every itemset (size >= 2) into antecedent and consequent is a rule (mlxtend);
     ``max_consequent_len=1`` gives arules' single-item consequents. Rules with ``metric`` below
     ``min_threshold`` are dropped. Added columns: ``all_confidence``, the counts, ``p_value``
-    (one-sided Fisher exact test of positive association), ``q_value`` (Benjamini-Hochberg over the
-    rules returned) and ``significant`` (q <= ``fdr``).
-    """
-    from scipy.stats import hypergeom
+    (one-sided Fisher exact test of positive association), ``q_value`` (Benjamini-Hochberg over all
+    rules that pass the threshold) and ``significant`` (q <= ``fdr``).
 
-    if df.empty:
+    ``df``: mlxtend's itemsets frame (the result is then mlxtend's rules frame, frozensets and all)
+    or :class:`Itemsets` (the result is :class:`Rules`, columnar: the form for large rule sets).
+    ``max_rules``: keep only this many rules, the highest by ``rank_by``; rules are then generated in
+    chunks and memory holds the kept rules plus one p-value per rule (for the q-values).
+    Generation, measures and p-values run in Numba kernels (:mod:`crmlab.kernels.rules`).
+    """
+    if isinstance(df, Itemsets):
+        its, columnar = df, True
+        if num_itemsets and num_itemsets != its.n_baskets:
+            raise CrmlabError(f"num_itemsets={num_itemsets} differs from the itemsets' {its.n_baskets} baskets")
+    elif isinstance(df, pd.DataFrame):
+        if df.empty:
+            raise CrmlabError("no frequent itemsets: lower min_support")
+        if not {"support", "itemsets"} <= set(df.columns):
+            raise CrmlabError("the itemsets frame needs columns 'support' and 'itemsets'")
+        n = num_itemsets or df.attrs.get("n_baskets")
+        if not n:
+            raise CrmlabError("num_itemsets (the number of baskets) is needed for counts and significance")
+        its, columnar = Itemsets.from_frame(df, int(n)), False
+    else:
+        raise CrmlabError(f"association_rules takes an itemsets frame or Itemsets, not {type(df).__name__}")
+    if len(its) == 0:
         raise CrmlabError("no frequent itemsets: lower min_support")
-    if not {"support", "itemsets"} <= set(df.columns):
-        raise CrmlabError("the itemsets frame needs columns 'support' and 'itemsets'")
-    n = num_itemsets or df.attrs.get("n_baskets")
-    if not n:
-        raise CrmlabError("num_itemsets (the number of baskets) is needed for counts and significance")
-    sup = dict(zip(df["itemsets"], df["support"]))
-    ants, cons, s_ac = [], [], []
-    for itemset, s in zip(df["itemsets"], df["support"]):
-        k = len(itemset)
-        if k < 2:
-            continue
-        items = sorted(itemset, key=str)
-        for size in range(k - 1, 0, -1):
-            if max_consequent_len is not None and k - size > max_consequent_len:
-                continue
-            for a in combinations(items, size):
-                a = frozenset(a)
-                ants.append(a)
-                cons.append(itemset - a)
-                s_ac.append(s)
-    if not ants:
-        return pd.DataFrame(columns=MLXTEND_COLUMNS)
+    if metric not in RK.METRICS:
+        raise CrmlabError(f"metric must be one of {list(RK.METRICS)}, got '{metric}'")
+    if rank_by not in RK.METRICS:
+        raise CrmlabError(f"rank_by must be one of {list(RK.METRICS)}, got '{rank_by}'")
+    if max_rules is not None and (isinstance(max_rules, bool) or int(max_rules) < 0):
+        raise CrmlabError(f"max_rules must be a non-negative integer, got {max_rules!r}")
     try:
-        sA = np.array([sup[a] for a in ants])
-        sC = np.array([sup[c] for c in cons])
+        table = RK.ItemsetTable(its.flat, its.lens, its.counts, len(its.items), its.n_baskets)
+    except ValueError as exc:
+        raise CrmlabError(str(exc)) from None
+    lf = RK.log_factorials(its.n_baskets)
+    rank_row = RK.MEASURES.index(rank_by)
+    parts, p_all = [], []
+    try:
+        for s, mk, ja, jc in table.enumerate(RK.METRICS.index(metric), float(min_threshold), max_consequent_len):
+            if max_rules is None:
+                parts.append((s, mk, ja, jc))
+                continue
+            vals = table.measures(s, ja, jc, lf)
+            p_all.append(vals[13])
+            parts.append((s, mk, ja, jc, vals))
+            parts = [_top(parts, int(max_rules), rank_row)]
     except KeyError as exc:
-        raise CrmlabError(f"itemset {set(exc.args[0])} is missing: the itemsets are not downward closed") from None
-    sAC = np.array(s_ac)
-    conf = sAC / sA
-    lift = conf / sC
-    lev = sAC - sA * sC
-    with np.errstate(divide="ignore", invalid="ignore"):
-        conv = np.where(conf < 1.0, (1.0 - sC) / (1.0 - conf), np.inf)
-        den = np.maximum(sAC * (1 - sA), sA * (sC - sAC))
-        zhang = np.where(den == 0, 0.0, lev / den)
-        cert = np.where(1 - sC == 0, 0.0, (conf - sC) / (1 - sC))
-    rules = pd.DataFrame({
-        "antecedents": ants, "consequents": cons, "antecedent support": sA, "consequent support": sC,
-        "support": sAC, "confidence": conf, "lift": lift, "representativity": 1.0, "leverage": lev,
-        "conviction": conv, "zhangs_metric": zhang, "jaccard": sAC / (sA + sC - sAC), "certainty": cert,
-        "kulczynski": (sAC / sA + sAC / sC) / 2})
-    if metric not in rules.columns or metric in ("antecedents", "consequents"):
-        raise CrmlabError(f"metric must be one of {MLXTEND_COLUMNS[2:]}, got '{metric}'")
-    rules = rules[rules[metric] >= min_threshold].reset_index(drop=True)
-    single = df.attrs.get("item_support") or {next(iter(k)): v for k, v in sup.items() if len(k) == 1}
-    rules["all_confidence"] = [s / max(single[i] for i in a | c) for s, a, c in
-                               zip(rules["support"], rules["antecedents"], rules["consequents"])]
-    nA = np.rint(rules["antecedent support"].to_numpy() * n).astype(np.int64)
-    nC = np.rint(rules["consequent support"].to_numpy() * n).astype(np.int64)
-    nAC = np.rint(rules["support"].to_numpy() * n).astype(np.int64)
-    rules["n_antecedent"], rules["n_consequent"], rules["n_both"] = nA, nC, nAC
-    rules["p_value"] = hypergeom.sf(nAC - 1, n, nC, nA) if len(rules) else []
-    rules["q_value"] = benjamini_hochberg(rules["p_value"].to_numpy())
-    rules["significant"] = rules["q_value"] <= fdr
-    return rules
+        pos = int(exc.args[0])
+        start = int(np.sum(its.lens[:pos]))
+        bad = set(its.items[its.flat[start:start + its.lens[pos]]].tolist())
+        raise CrmlabError(f"itemset {bad} is missing a subset: the itemsets are not downward closed") from None
+    s, mk, ja, jc = (np.concatenate([p[q] for p in parts]) for q in range(4))
+    vals = parts[0][4] if max_rules is not None else table.measures(s, ja, jc, lf)
+    if max_rules is None:
+        q = RK.bh_qvalues(vals[13])
+    else:
+        p_every = np.concatenate(p_all) if p_all else np.empty(0)
+        q = _q_of(vals[13], p_every)
+    cols = dict(zip(RK.MEASURES[:13], vals[:13]))
+    cols.update(n_antecedent=its.counts[ja], n_consequent=its.counts[jc], n_both=its.counts[s], p_value=vals[13],
+                q_value=q, significant=q <= fdr)
+    measures = pd.DataFrame({c: cols[c] for c in _MEASURE_COLUMNS}, copy=False)
+    ap, a, cp, c = table.split(s, mk)
+    rules = Rules(its, ja, jc, ap, a, cp, c, measures)
+    return rules if columnar else rules.to_frame()
+
+
+def _top(parts: list, keep: int, row: int) -> tuple:
+    """The ``keep`` rules of ``parts`` highest on measure ``row`` (ties: the earlier rule first)."""
+    s, mk, ja, jc = (np.concatenate([p[q] for p in parts]) for q in range(4))
+    vals = np.concatenate([p[4] for p in parts], axis=1)
+    if len(s) > keep:
+        order = np.sort(np.argsort(-vals[row], kind="stable")[:keep])        # keep generation order
+        s, mk, ja, jc, vals = s[order], mk[order], ja[order], jc[order], vals[:, order]
+    return s, mk, ja, jc, vals
+
+
+def _q_of(p_kept: np.ndarray, p_every: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of ``p_kept`` within the family ``p_every`` (which holds them)."""
+    if len(p_kept) == 0:
+        return np.empty(0)
+    ps = np.sort(p_every)
+    q_sorted = RK.bh_qvalues(ps)                    # ascending p: q is the running min from the top
+    return q_sorted[np.searchsorted(ps, p_kept, side="left")]
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), monotone, capped at 1."""
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p)
-    q = p[order] * m / np.arange(1, m + 1)
-    q = np.minimum.accumulate(q[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(q, 1.0)
-    return out
+    return RK.bh_qvalues(p)
 
 
-def guard_rules(rules: pd.DataFrame, sensitive_items=(), min_lift: float = 1.0, require_significant: bool = True,
-                max_rules: int | None = None) -> pd.DataFrame:
+def guard_rules(rules, sensitive_items=(), min_lift: float = 1.0, require_significant: bool = True,
+                max_rules: int | None = None):
     """Mark which rules may face customers; the others keep a ``guard`` reason for reviewers.
 
     Guards, in order: a sensitive item anywhere in the rule; not significant after FDR control;
-    lift below ``min_lift``; beyond the ``max_rules`` strongest by lift.
+    lift below ``min_lift``; beyond the ``max_rules`` strongest by lift. ``rules``: a rules frame or
+    :class:`Rules` (returned in the same form, with ``customer_facing`` and ``guard`` added).
     """
-    out = rules.copy()
     sens = set(sensitive_items)
+    if isinstance(rules, Rules):
+        in_a, in_c = rules.holds(sens)
+        out = rules.measures.copy()
+    else:
+        out = rules.copy()
+        in_c = out["consequents"].map(lambda s: bool(s & sens)).to_numpy(bool)
+        in_a = out["antecedents"].map(lambda s: bool(s & sens)).to_numpy(bool)
     reason = np.full(len(out), None, dtype=object)
-    in_c = out["consequents"].map(lambda s: bool(s & sens)).to_numpy(bool)
-    in_a = out["antecedents"].map(lambda s: bool(s & sens)).to_numpy(bool)
     reason[in_a & ~in_c] = "sensitive item in antecedent"
     reason[in_c] = "sensitive item in consequent"
     if require_significant and "significant" in out:
@@ -293,15 +471,28 @@ def guard_rules(rules: pd.DataFrame, sensitive_items=(), min_lift: float = 1.0, 
     reason[(reason == None) & (out["lift"].to_numpy() < min_lift)] = f"lift below {min_lift:g}"  # noqa: E711
     ok = reason == None  # noqa: E711
     if max_rules is not None and ok.sum() > max_rules:
-        ranked = out.index[ok][np.argsort(-out["lift"].to_numpy()[ok], kind="stable")]
-        reason[out.index.get_indexer(ranked[max_rules:])] = f"beyond the {max_rules} strongest rules"
+        ranked = np.flatnonzero(ok)[np.argsort(-out["lift"].to_numpy()[ok], kind="stable")]
+        reason[ranked[max_rules:]] = f"beyond the {max_rules} strongest rules"
     out["customer_facing"] = reason == None  # noqa: E711
     out["guard"] = pd.array(reason, dtype="string")
-    return out
+    return rules._with(out) if isinstance(rules, Rules) else out
 
 
-def rules_table(rules: pd.DataFrame, names: pd.Series | None = None) -> pd.DataFrame:
-    """Rules with readable, joined antecedent/consequent labels (for reports and the artifact)."""
+def rules_table(rules, names: pd.Series | None = None) -> pd.DataFrame:
+    """Rules with readable, joined antecedent/consequent labels (for reports and the artifact):
+    ``rule`` ("names -> names", item names from ``names`` where given), ``antecedents`` and
+    ``consequents`` as "|"-joined item labels, then the measures. Builds no frozensets from :class:`Rules`."""
+    if isinstance(rules, Rules):
+        text = rules.items.astype(str).to_numpy(dtype=object)
+        shown = text if names is None else np.array(
+            [names.get(i, s) for i, s in zip(rules.items.tolist(), text.tolist())], dtype=object).astype(str)
+        out = rules.measures.copy()
+        out.insert(0, "consequents", rules.joined("consequents", "|", text))
+        out.insert(0, "antecedents", rules.joined("antecedents", "|", text))
+        out.insert(0, "rule", [f"{a} -> {c}" for a, c in zip(rules.joined("antecedents", " + ", shown),
+                                                               rules.joined("consequents", " + ", shown))])
+        return out
+
     def fmt(s):
         labels = sorted(names.get(i, str(i)) if names is not None else str(i) for i in s)
         return " + ".join(labels)
@@ -432,8 +623,9 @@ def sensitive_items(products: pd.DataFrame, categories=()) -> set:
 
 
 def mine_rules(b: Baskets, p: dict, sensitive=(), names: pd.Series | None = None) -> pd.DataFrame:
-    """Itemsets -> rules -> significance -> guards with the ``affinity`` parameters; readable table."""
-    fi = frequent_itemsets(b, min_support=p["min_support"], max_len=p["max_len"], use_colnames=True)
+    """Itemsets -> rules -> significance -> guards with the ``affinity`` parameters; readable table.
+    Columnar all the way (:class:`Itemsets`, :class:`Rules`): no frozenset is built."""
+    fi = frequent_itemsets(b, min_support=p["min_support"], max_len=p["max_len"], columnar=True)
     rules = association_rules(fi, metric="confidence", min_threshold=p["min_confidence"], fdr=p["fdr"])
     g = guard_rules(rules, sensitive_items=sensitive, min_lift=p["min_lift"], max_rules=p["max_rules"])
     t = rules_table(g, names)

@@ -50,6 +50,17 @@ def _frame_scoring() -> None:
             cm.predict_proba(F)
 
 
+def _parallel_rules() -> None:
+    """The parallel rule-measure kernel (a chain on small data takes the serial one)."""
+    import numpy as np
+
+    from .kernels import rules as RK
+
+    t = RK.ItemsetTable(np.array([0, 1, 0, 1], np.int32), np.array([1, 1, 2]), np.array([3, 2, 2]), 2, 4)
+    s, mk, ja, jc = next(t.enumerate(RK.CONFIDENCE, 0.0))
+    RK._measures_parallel(s, ja, jc, t.counts, t.flat, t.starts, t.lens, t.single, t.n, RK.log_factorials(t.n))
+
+
 def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
     """Compile every kernel a default run uses by running the chain once on a small generated world
     (into a temporary folder: nothing is published anywhere else); returns the seconds it took,
@@ -69,6 +80,7 @@ def warm(customers: int = 800, force: bool = False, say=print) -> float | None:
         pipeline.run(params, [f"data.dir={data}", f"runs_dir={Path(tmp) / 'runs'}", "run_name=warm",
                               "report.html=false", "engine.reuse=false"], quiet=True)
         _frame_scoring()
+        _parallel_rules()
     seconds = time.perf_counter() - t0
     try:
         _stamp().parent.mkdir(parents=True, exist_ok=True)

@@ -454,3 +454,32 @@ def vocab_lookup_ref(values, vocabulary, unknown=-1, missing=-1) -> np.ndarray:
     for k, v in enumerate(vocabulary):
         pos.setdefault(str(v), k)
     return np.array([missing if v is None else pos.get(v, unknown) for v in values], np.int32)
+
+
+def rules_ref(itemsets: dict, n: int, metric: str, threshold: float, max_consequent_len=None) -> dict:
+    """{(antecedent, consequent): (n_a, n_c, n_ac)} of every split of every itemset (size >= 2) whose
+    ``metric`` (computed from supports as mlxtend does) is >= ``threshold``, by brute force."""
+    from itertools import combinations
+
+    single = {next(iter(k)): v for k, v in itemsets.items() if len(k) == 1}
+    out = {}
+    for s, n_ac in itemsets.items():
+        for size in range(1, len(s)):
+            if max_consequent_len is not None and size > max_consequent_len:
+                continue
+            for c in combinations(sorted(s), size):
+                c = frozenset(c)
+                a = s - c
+                n_a, n_c = itemsets[a], itemsets[c]
+                sA, sC, sAC = n_a / n, n_c / n, n_ac / n
+                conf = sAC / sA
+                lev = sAC - sA * sC
+                den = max(sAC * (1 - sA), sA * (sC - sAC))
+                value = {"support": sAC, "confidence": conf, "lift": conf / sC, "leverage": lev,
+                         "conviction": (1 - sC) / (1 - conf) if conf < 1 else float("inf"),
+                         "zhangs_metric": 0.0 if den == 0 else lev / den,
+                         "jaccard": sAC / (sA + sC - sAC),
+                         "all_confidence": sAC / max(single[i] / n for i in s)}[metric]
+                if value >= threshold:
+                    out[(a, c)] = (n_a, n_c, n_ac)
+    return out
