@@ -399,7 +399,7 @@ def association_rules(df, num_itemsets: int | None = None, metric: str = "confid
                 parts.append((s, mk, ja, jc))
                 continue
             vals = table.measures(s, ja, jc, lf)
-            p_all.append(vals[13])
+            p_all.append(vals[13].copy())                   # not a view: the chunk is dropped
             parts.append((s, mk, ja, jc, vals))
             parts = [_top(parts, int(max_rules), rank_row)]
     except KeyError as exc:
@@ -412,7 +412,8 @@ def association_rules(df, num_itemsets: int | None = None, metric: str = "confid
     if max_rules is None:
         q = RK.bh_qvalues(vals[13])
     else:
-        p_every = np.concatenate(p_all) if p_all else np.empty(0)
+        p_every = np.concatenate(p_all)
+        del p_all[:]
         q = _q_of(vals[13], p_every)
     cols = dict(zip(RK.MEASURES[:13], vals[:13]))
     cols.update(n_antecedent=its.counts[ja], n_consequent=its.counts[jc], n_both=its.counts[s], p_value=vals[13],
@@ -434,12 +435,13 @@ def _top(parts: list, keep: int, row: int) -> tuple:
 
 
 def _q_of(p_kept: np.ndarray, p_every: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values of ``p_kept`` within the family ``p_every`` (which holds them)."""
+    """Benjamini-Hochberg q-values of ``p_kept`` within the family ``p_every`` (which holds them;
+    sorted in place: two arrays of the family's size at most)."""
     if len(p_kept) == 0:
         return np.empty(0)
-    ps = np.sort(p_every)
-    q_sorted = RK.bh_qvalues(ps)                    # ascending p: q is the running min from the top
-    return q_sorted[np.searchsorted(ps, p_kept, side="left")]
+    p_every.sort()
+    q_sorted = RK.bh_sorted(p_every)
+    return q_sorted[np.searchsorted(p_every, p_kept, side="left")]
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:

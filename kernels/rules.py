@@ -355,6 +355,11 @@ def _bh_sorted(p_sorted, m_total):
     return q
 
 
+def bh_sorted(p_sorted: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of p-values already in ascending order."""
+    return _bh_sorted(np.ascontiguousarray(p_sorted, dtype=np.float64), len(p_sorted))
+
+
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), monotone in p, capped at 1."""
     p = np.asarray(p, dtype=np.float64)
