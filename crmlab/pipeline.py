@@ -230,6 +230,13 @@ def _kernel_manager_class(log: Path | None = None):
 
         transport = Unicode("ipc" if os.name != "nt" else "tcp")
 
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if self.transport == "ipc":              # own sockets: two kernels may be up at once (prefetch)
+                import tempfile
+
+                self.ip = os.path.join(tempfile.gettempdir(), f"crmlab-kernel-{uuid.uuid4().hex[:12]}")
+
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             if log is None:
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
@@ -238,6 +245,72 @@ def _kernel_manager_class(log: Path | None = None):
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return IPCKernelManager
+
+
+class _Kernels:
+    """Stage kernels started one stage early: while stage N runs, stage N+1's kernel boots and
+    imports what its notebook will (:mod:`crmlab._preload`), off the critical path. Each stage still
+    gets a fresh kernel of its own, with its own ``CRMLAB_STAGE``; unused ones are shut down."""
+
+    def __init__(self, km_class, run_dir: Path):
+        self.km_class, self.run_dir = km_class, run_dir
+        self.ready: dict[str, object] = {}
+
+    def start(self, name: str) -> None:
+        if name in self.ready:
+            return
+        from jupyter_core.utils import run_sync
+
+        km = self.km_class(kernel_name=KERNEL_NAME)
+        try:
+            run_sync(km.start_kernel)(cwd=str(self.run_dir), env=dict(os.environ, CRMLAB_STAGE=name),
+                                      extra_arguments=["--IPKernelApp.exec_lines=import crmlab._preload"])
+        except Exception:  # noqa: BLE001 - papermill starts one itself when the stage comes
+            return
+        self.ready[name] = km
+
+    def take(self, name: str):
+        """The started kernel manager for ``name`` (None: papermill starts one)."""
+        return self.ready.pop(name, None)
+
+    @staticmethod
+    def stop(km) -> None:
+        from jupyter_core.utils import run_sync
+
+        try:
+            run_sync(km.shutdown_kernel)(now=False)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def close(self) -> None:
+        for km in self.ready.values():
+            self.stop(km)
+        self.ready.clear()
+
+
+class _Reports:
+    """Stage reports rendered on a background thread while the next stage runs (the orchestrator
+    mostly waits on the kernel); :meth:`collect` waits for them and records the files in the stages."""
+
+    def __init__(self, params: dict, run_dir: Path, say):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.params, self.run_dir, self.say = params, run_dir, say
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="crmlab-reports")
+        self.jobs: list = []
+
+    def submit(self, out_nb: Path, name: str, stage: dict) -> None:
+        if out_nb.exists() and self.params["report"]["html"]:
+            self.jobs.append((name, stage, self.pool.submit(_render_files, self.params, self.run_dir, out_nb, name)))
+
+    def collect(self) -> None:
+        for name, stage, job in self.jobs:
+            try:
+                stage.update(job.result())
+            except Exception as exc:  # noqa: BLE001 - the run's results stand; the report's absence is said
+                stage["report_error"] = f"{type(exc).__name__}: {exc}"
+                self.say(f"      report of {name} not rendered: {stage['report_error']}")
+        self.jobs = []
 
 
 # ----------------------------------------------------------------------------- reports
@@ -564,7 +637,10 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     say(f"crmlab run {run_id} -> {run_dir}" + (f" (stages before {from_stage} from run {plan.base[0].name})"
                                                if plan.base else ""))
 
+    reports = _Reports(params, run_dir, say)
+
     def finish(status: str, error: str | None = None) -> None:
+        reports.collect()
         manifest.update(status=status, finished_at=_now(),
                         seconds=round(time.perf_counter() - t_run, 2))
         if error:
@@ -584,6 +660,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     saved_env = {k: os.environ.get(k) for k in (*threads.ENV_VARS, "CRMLAB_STAGE")}
     os.environ.update(threads.environ(params["engine"]["threads"]))   # inherited by every stage kernel
     in_main = threading.current_thread() is threading.main_thread()
+    kernels = None
     old_handler = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         # step 1: inputs
@@ -632,6 +709,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
 
         ensure_kernelspec()
         km_class = _kernel_manager_class(run_dir / "kernels.log")
+        kernels = _Kernels(km_class, run_dir)
         show_bar = not quiet and sys.stderr.isatty()
         for i, nb in enumerate(notebooks, start=2):
             name = nb.stem
@@ -649,7 +727,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 raise
             if hit is not None:
                 reused(stage, hit)
-                _render(params, run_dir, out_nb, name, stage)
+                reports.submit(out_nb, name, stage)
                 continue
             if why:
                 say(f"      not reused: {'; '.join(why)}")
@@ -657,13 +735,16 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             monitor = StageMonitor(name, out_nb, say)
             monitor.start()
             os.environ["CRMLAB_STAGE"] = name                 # the kernel records what it reads (crmlab.reuse)
+            km = kernels.take(name)
+            if i - 2 + 1 < len(notebooks):
+                kernels.start(notebooks[i - 1].stem)          # the next stage's kernel boots while this one runs
             try:
                 pm.execute_notebook(
                     str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),
                                                       "run_dir": str(run_dir)},
                     kernel_name=KERNEL_NAME, progress_bar=show_bar, cwd=str(run_dir),
                     execution_timeout=params["report"]["cell_timeout"], kernel_manager_class=km_class,
-                    report_mode=False)
+                    report_mode=False, **({"km": km} if km is not None else {}))
             except PapermillExecutionError as exc:
                 error = (f"stage '{name}' failed in cell {exc.exec_count} (cell #{exc.cell_index + 1} of "
                          f"{nb.name}): {exc.ename}: {exc.evalue}")
@@ -673,6 +754,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 error = f"stage '{name}' failed ({nb.name}): {type(exc).__name__}: {exc}"
             finally:
                 stage["peak_rss_mb"] = monitor.stop()
+                if km is not None:                             # papermill shuts down only kernels it started
+                    kernels.stop(km)
             stage["seconds"] = round(time.time() - t0, 2)
             stage["finished_at"] = _now()
             outputs = _outputs(run_dir / "artifacts", t0)
@@ -680,7 +763,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             published = run_dir / "artifacts" / "published.json"
             if published.exists() and published.stat().st_mtime >= t0:
                 manifest["published"] = json.loads(published.read_text())
-            _render(params, run_dir, out_nb, name, stage)
+            reports.submit(out_nb, name, stage)
             if error:
                 error = config.mask_url(error)
                 stage.update(status="failed", error=error)
@@ -703,6 +786,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         finish("aborted", why)
         raise RunAborted(f"run {run_id} aborted: {why}; nothing was published by the unfinished stage") from None
     finally:
+        if kernels is not None:
+            kernels.close()
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -715,10 +800,10 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     return run_dir
 
 
-def _render(params: dict, run_dir: Path, out_nb: Path, name: str, stage: dict) -> None:
+def _render_files(params: dict, run_dir: Path, out_nb: Path, name: str) -> dict:
     """The stage's HTML reports (with code, and without for reviewers), as the parameters ask."""
-    if out_nb.exists() and params["report"]["html"]:
-        stage["html"] = str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))
-        if params["report"]["reviewer_html"]:
-            stage["reviewer_html"] = str(render_html(
-                out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
+    out = {"html": str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))}
+    if params["report"]["reviewer_html"]:
+        out["reviewer_html"] = str(render_html(
+            out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
+    return out

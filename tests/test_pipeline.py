@@ -234,3 +234,28 @@ def test_run_killed_by_sigterm_is_marked_aborted(tmp_path):
     m = json.loads(ms[0].read_text())
     assert m["status"] == "aborted" and "SIGTERM" in m["error"]
     assert [s["status"] for s in m["stages"]] == ["ok", "aborted"]
+
+
+def test_next_stage_kernel_starts_early_fresh_and_named(tmp_path):
+    """Each stage's kernel is started while the stage before runs (its imports preloaded): still a
+    fresh process per stage, with its own CRMLAB_STAGE, and with two kernels up their sockets never mix."""
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    for name in ("91_first", "92_second", "93_third"):
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell("params_file = None\nrun_dir = None", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("import os, sys, time\n"
+                                      "print(os.getpid(), os.environ['CRMLAB_STAGE'], 'crmlab.pipeline' in sys.modules, "
+                                      "'marker' in globals())\nmarker = 1\ntime.sleep(1.5)")])
+        nb.metadata["kernelspec"] = {"name": "crmlab", "display_name": "Python (crmlab)", "language": "python"}
+        nbformat.write(nb, nbs / f"{name}.ipynb")
+    run_dir = pipeline.run(CI, [f"notebooks_dir={nbs}", f"runs_dir={tmp_path / 'runs'}",
+                                "stages=[91_first, 92_second, 93_third]", "report.html=false"], quiet=True)
+    seen = []
+    for name in ("91_first", "92_second", "93_third"):
+        nb = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)
+        pid, stage, preloaded, leftover = nb.cells[2].outputs[0]["text"].split()
+        assert stage == name and leftover == "False"
+        seen.append((int(pid), preloaded))
+    assert len({pid for pid, _ in seen}) == 3                          # a fresh kernel per stage
+    assert [p for _, p in seen[1:]] == ["True", "True"]                # started early: imports already there
