@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from .encoding import member_of
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .events import CustomerEvents
@@ -178,8 +179,8 @@ def labels(ev: CustomerEvents, customers: pd.Index, cutoff, horizon_days: int, d
                           f"({ev.last_date:%Y-%m-%d}): choose an earlier cut-off or a shorter horizon")
     o = ev.orders[(ev.orders["order_date"] >= cutoff) & (ev.orders["order_date"] < end)]
     y = pd.DataFrame(index=customers)
-    y["attrition"] = ~customers.isin(o["customer_key"].unique())
+    y["attrition"] = ~member_of(customers, o["customer_key"])
     ln = ev.lines[(ev.lines["order_date"] >= cutoff) & (ev.lines["order_date"] < end)]
     for d in departments:
-        y[f"buy_{_slug(d)}"] = customers.isin(ln.loc[ln["department"] == d, "customer_key"].unique())
+        y[f"buy_{_slug(d)}"] = member_of(customers, ln.loc[ln["department"] == d, "customer_key"])
     return y.astype(np.int8)

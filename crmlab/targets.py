@@ -107,8 +107,9 @@ def _response_frame(ev, fb, campaigns) -> tuple[pd.DataFrame, np.ndarray]:
         start = grp["contact_date"].min()
         X = fb.transform(ev, start)
         keys = grp.drop_duplicates("customer_key").set_index("customer_key")
-        keys = keys[keys.index.isin(X.index)]
-        Xs.append(X.loc[keys.index].reset_index())
+        pos = X.index.get_indexer(keys.index)               # hash lookup (isin on str keys walks a list)
+        keys = keys[pos >= 0]
+        Xs.append(X.iloc[pos[pos >= 0]].reset_index())
         ys.append(keys["responded"].to_numpy().astype(int))
     return pd.concat(Xs, ignore_index=True).set_index("customer_key"), np.concatenate(ys)
 

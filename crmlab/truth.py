@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import measure, targets, value
+from .encoding import member_of
 from .events import customer_keys
 from .sources import load
 
@@ -165,11 +166,16 @@ def uplift_check(world_dir, key_map: pd.DataFrame | None, responses: pd.DataFram
     return j, t, list(null.index[null])
 
 
+#: holdout customers the attrition check scores (a random sample beyond this many)
+CHECK_ROWS = 100_000
+
+
 def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: dict, P: dict, seed: int = 0,
                     src=None) -> dict | None:
     """The attrition holdout scored three ways: this run's model, the other model kind refitted on the
     same features, and the true process (:func:`true_attrition_probability`, the best any model can
-    do). Returns ``{name: (y, p)}`` for :func:`crmlab.propensity_report.plot_evaluation`, or None.
+    do), on at most ``CHECK_ROWS`` holdout customers (a seeded random sample). Returns
+    ``{name: (y, p)}`` for :func:`crmlab.propensity_report.plot_evaluation`, or None.
     ``src``: the run's sources, or a function returning them (called only when there is truth)."""
     if key_map is None or not (Path(world_dir) / "truth").is_dir():
         return None
@@ -177,11 +183,15 @@ def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: di
                                         src() if callable(src) else src, ev)
     if oracle is None:
         return None
-    y = pd.Series(result.holdout_y, index=result.holdout_X.index)
+    rows = np.arange(len(result.holdout_y))
+    if len(rows) > CHECK_ROWS:                      # an evaluation on 100,000 customers is exact enough
+        rows = np.sort(np.random.default_rng(seed).choice(rows, CHECK_ROWS, replace=False))
+    X = result.holdout_X.iloc[rows]
+    y = pd.Series(result.holdout_y[rows], index=X.index)
     other = "hgb" if P["model"] == "logistic" else "logistic"
     alt = targets.refit_as(result, ev, cut, P, kind=other, seed=seed)
-    both = {f"{P['model']} (this run)": (y, result.holdout_p), other: (y, alt.predict_proba(result.holdout_X)[:, 1])}
-    known = y.index.isin(oracle.index)
+    both = {f"{P['model']} (this run)": (y, result.holdout_p[rows]), other: (y, alt.predict_proba(X)[:, 1])}
+    known = member_of(y.index, oracle.index)
     both["true process"] = (y[known], oracle.reindex(y.index[known]).to_numpy())
     return both
 

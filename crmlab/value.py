@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
+from .encoding import member_of
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .events import customer_keys, order_values
@@ -87,7 +88,7 @@ def rfm_summary(transactions: pd.DataFrame, customer_col: str = "customer_key", 
         "first_purchase": first,
     })
     if calibration_end < observation_end:
-        hold = day[(day[date_col] > calibration_end) & day[customer_col].isin(out.index)]
+        hold = day[(day[date_col] > calibration_end) & member_of(day[customer_col], out.index)]
         hg = hold.groupby(customer_col, observed=True)
         out["frequency_holdout"] = hg.size().reindex(out.index).fillna(0).astype("int64")
         out["monetary_holdout"] = hg[value_col].mean().reindex(out.index).fillna(0.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import compile_cache, pipeline, synth
 from .errors import CrmlabError
+from .kernels import rules as RK
 from .propensity import PropensityModel
 from .reuse import code_digest
 
@@ -53,8 +54,6 @@ def _frame_scoring() -> None:
 def _parallel_rules() -> None:
     """The parallel rule-measure kernel (a chain on small data takes the serial one)."""
     import numpy as np
-
-    from .kernels import rules as RK
 
     t = RK.ItemsetTable(np.array([0, 1, 0, 1], np.int32), np.array([1, 1, 2]), np.array([3, 2, 2]), 2, 4)
     s, mk, ja, jc = next(t.enumerate(RK.CONFIDENCE, 0.0))

@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from crmlab.encoding import FrameEncoder
+from crmlab.encoding import FrameEncoder, member_of
 from crmlab.kernels import vocab
 from naive import vocab_lookup_ref
 
@@ -126,3 +126,13 @@ def test_chunked_scoring_memory_is_bounded():
     tracemalloc.stop()
     assert peak - p.nbytes < 8e6
     np.testing.assert_array_equal(p[:2000], cm.predict_proba(small))
+
+
+@pytest.mark.parametrize("dtype", ["str", object, "category"])
+def test_member_of_equals_isin(dtype):
+    rng = np.random.default_rng(3)
+    keys = pd.Series([f"C{i:05d}" for i in rng.integers(0, 5000, 20000)] + [None], dtype=dtype)
+    members = pd.Series([f"C{i:05d}" for i in rng.integers(0, 5000, 3000)] + [None], dtype=dtype)
+    assert np.array_equal(member_of(keys, members), keys.isin(members).to_numpy())
+    assert np.array_equal(member_of(pd.Index(keys), members.unique()), pd.Index(keys).isin(members.unique()))
+    assert not member_of(keys, []).any() and len(member_of([], members)) == 0
