@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "sql_schema": None,
         "systems": [],                    # customer source systems; [] = every customers_<system> found
         "as_of": None,                    # the data's as-of date (YYYY-MM-DD): later event dates are errors; null: today
+        "touchpoint_contacts": True,      # add the contacts touchpoints recorded (service) in the publish database
     },
     "quality": {
         "examples": 5,                    # offending rows shown per finding

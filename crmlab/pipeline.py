@@ -32,7 +32,8 @@ import pandas as pd
 from . import config, events, reuse, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
-from .sources import Sources, SourcesInvalid, fingerprint, input_files, load_params
+from .sources import (TOUCHPOINT_CONTACTS, Sources, SourcesInvalid, fingerprint, input_files, load_params,
+                      read_touchpoint_contacts, touchpoint_digest, touchpoints_url)
 
 KERNEL_NAME = "crmlab"
 
@@ -597,7 +598,12 @@ def _input_digests(params: dict) -> dict | None:
     """sha256 of each input file (None for inputs read from a database: those are never reused)."""
     if params["data"]["url"]:
         return None
-    return {name: fingerprint(p) for name, p in input_files(params["data"]["dir"]).items()}
+    out = {name: fingerprint(p) for name, p in input_files(params["data"]["dir"]).items()}
+    url = touchpoints_url(params)
+    tp = read_touchpoint_contacts(url) if url else None
+    if tp is not None and len(tp):
+        out[TOUCHPOINT_CONTACTS] = touchpoint_digest(tp)             # new contacts: the load is redone
+    return out
 
 
 def _outputs(folder: Path, since: float) -> list[str]:
@@ -692,13 +698,17 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             manifest["inputs"] = {
                 name: {"path": path, "sha256": src.fingerprints.get(name),
                        "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
-                       else counts[name]}
+                       else counts.get(name)}           # touchpoint_contacts: inside contacts
                 for name, path in src.origin.items()}
             stage.update(status="ok", seconds=round(time.time() - t0, 2), finished_at=_now(),
                          artifacts={f"sources/{k}": counts[k] for k in written}, peak_rss_mb=_own_peak_mb())
             plan.record(stage, None if inputs is None else reuse.reads_record(params, ["data"], [], {}, inputs=inputs),
                         _outputs(run_dir / "artifacts", t0))
             say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+            for name, why in src.set_aside.items():
+                say(f"      {name}: {why}")
+            if src.set_aside:
+                stage["set_aside"] = dict(src.set_aside)
             del src
         _write_json(run_dir / "manifest.json", manifest)
 

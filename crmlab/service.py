@@ -33,10 +33,11 @@ from pathlib import Path
 
 from .errors import CrmlabError
 from .publish import CATALOG, PublishError, _safe, engine, score_row
+from .sources import TOUCHPOINT_CONTACTS
 
 log = logging.getLogger("crmlab.service")
 
-CONTACTS_TABLE = "touchpoint_contacts"
+CONTACTS_TABLE = TOUCHPOINT_CONTACTS                # read by the next run as part of its contacts input
 SCOPES = ("read", "write")
 #: Environment of ``crmlab serve`` workers (uvicorn starts each from an import string).
 ENV = {"db": "CRMLAB_SERVICE_DB", "tokens": "CRMLAB_SERVICE_TOKENS_FILE", "no_auth": "CRMLAB_SERVICE_NO_AUTH",

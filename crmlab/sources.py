@@ -20,6 +20,10 @@ database table each):
                         optional ``medium``, ``ref_code``, ``group`` in {treatment, control}
 =====================  ==========================================================================
 
+Contacts that touchpoints recorded through the service (``POST /v1/contacts``, table
+``touchpoint_contacts`` of the publish database) join ``contacts`` when ``data.touchpoint_contacts``
+is on (:func:`read_touchpoint_contacts`), so the next run's measurement sees them.
+
 :func:`load` reads every table, checks it against its schema (missing column, wrong type,
 unparseable date, nulls in a required field, duplicate key, out-of-range value, empty table,
 orphan foreign key) and raises :class:`SourcesInvalid` listing each problem with table, column,
@@ -117,6 +121,7 @@ class Sources:
     systems: list[str]
     origin: dict[str, str] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    set_aside: dict[str, str] = field(default_factory=dict)       # rows left out on purpose, by table: why
 
     @property
     def customers(self) -> pd.DataFrame:
@@ -138,7 +143,7 @@ class Sources:
             df.to_parquet(path, index=False)
             out[name] = str(path)
         meta = {"tables": list(self.tables), "systems": self.systems, "origin": self.origin,
-                "fingerprints": self.fingerprints}
+                "fingerprints": self.fingerprints, "set_aside": self.set_aside}
         (folder / "sources.json").write_text(json.dumps(meta, indent=2))
         return out
 
@@ -148,7 +153,7 @@ class Sources:
         folder = Path(folder)
         meta = json.loads((folder / "sources.json").read_text())
         tables = _LazyTables({name: folder / f"{name}.parquet" for name in meta["tables"]})
-        return cls(tables, meta["systems"], meta["origin"], meta["fingerprints"])
+        return cls(tables, meta["systems"], meta["origin"], meta["fingerprints"], meta.get("set_aside", {}))
 
 
 class _LazyTables(Mapping):
@@ -477,20 +482,119 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
 
 
 def load(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
-         systems: list[str] | None = None, as_of=None, fingerprints: dict[str, str] | None = None) -> Sources:
+         systems: list[str] | None = None, as_of=None, fingerprints: dict[str, str] | None = None,
+         touchpoints_url: str | None = None) -> Sources:
     """Read, validate and standardise all input tables (see module docstring).
 
     ``fingerprints``: the files' :func:`fingerprint` by table name when the caller has them already
-    (a run hashes its inputs before loading, to look for a reusable load); else computed here."""
+    (a run hashes its inputs before loading, to look for a reusable load); else computed here.
+    ``touchpoints_url``: the publish database whose ``touchpoint_contacts`` join ``contacts``."""
     raw, origin = read_raw(folder, url, schema, systems)
-    src = validate(raw, origin, str(url or folder), as_of)
+    prints = {}
     if folder and not url:
         known = fingerprints or {}
-        src.fingerprints = {k: known[k] if k in known else fingerprint(v) for k, v in origin.items()}
+        prints = {k: known[k] if k in known else fingerprint(v) for k, v in origin.items()}
+    tp = read_touchpoint_contacts(touchpoints_url) if touchpoints_url else None
+    files, aside = dict(origin), {}
+    if tp is not None and len(tp):
+        tp, why = _known_only(tp, raw)
+        if why:
+            aside[TOUCHPOINT_CONTACTS] = why
+    if tp is not None and len(tp):
+        raw["contacts"] = pd.concat([raw["contacts"].astype("string"), tp], ignore_index=True) \
+            if "contacts" in raw else tp
+        where = f"{_mask(touchpoints_url)} table {TOUCHPOINT_CONTACTS}"
+        origin["contacts"] = f"{origin['contacts']} + {where} (ids 'tp:...')" if "contacts" in origin else where
+        files[TOUCHPOINT_CONTACTS] = where
+        prints[TOUCHPOINT_CONTACTS] = touchpoint_digest(tp)
+    src = validate(raw, origin, str(url or folder), as_of)      # problems name both places
+    src.origin, src.fingerprints, src.set_aside = files, prints, aside
     return src
 
 
 def load_params(params: dict, fingerprints: dict[str, str] | None = None) -> Sources:
-    """:func:`load` with the ``data`` section of a parameter dict."""
+    """:func:`load` with the ``data`` section of a parameter dict (and, with
+    ``data.touchpoint_contacts``, the contacts touchpoints recorded in the publish database)."""
     d = params["data"]
-    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None, d["as_of"], fingerprints)
+    return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None, d["as_of"], fingerprints,
+                touchpoints_url(params))
+
+
+# ----------------------------------------------------------------------------- touchpoint contacts
+
+TOUCHPOINT_CONTACTS = "touchpoint_contacts"
+#: touchpoint outcomes that are contacts (a bounced message never reached the customer)
+DELIVERED = ("contacted", "responded", "declined")
+
+
+def touchpoints_url(params: dict) -> str | None:
+    """The publish database the service records contacts in, when ``data.touchpoint_contacts`` is on."""
+    if not params["data"].get("touchpoint_contacts"):
+        return None
+    pub = params["publish"]
+    return pub["url"] or f"sqlite:///{Path(pub['dir']).resolve() / 'crmlab.sqlite'}"
+
+
+def _mask(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def read_touchpoint_contacts(url: str) -> pd.DataFrame | None:
+    """Contacts recorded by touchpoints (:mod:`crmlab.service`) in the ``contacts`` input's shape:
+    ``contact_id`` prefixed ``tp:`` (never mixed up with the batch's ids), ``contact_date`` the
+    UTC date of ``occurred_at``, the touchpoint channel as ``medium``; bounced ones left out (the
+    customer was never reached). Responses are not taken from the touchpoint's word: measurement
+    finds them in the orders, as for every contact. None when there is no database or table yet."""
+    import sqlalchemy as sa
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return None                                              # nothing published here yet
+    eng = sa.create_engine(url)
+    try:
+        if not sa.inspect(eng).has_table(TOUCHPOINT_CONTACTS):
+            return None
+        with eng.connect() as conn:
+            df = pd.read_sql_query(sa.text(
+                f"SELECT contact_id, campaign_id, source_system, source_id, channel, ref_code, contact_group, "
+                f"occurred_at, outcome FROM {TOUCHPOINT_CONTACTS} ORDER BY contact_id"), conn)
+    except sa.exc.SQLAlchemyError as exc:
+        raise SourceError(TOUCHPOINT_CONTACTS, None, f"cannot be read from {_mask(url)}: "
+                                                     f"{type(exc).__name__}") from None
+    finally:
+        eng.dispose()
+    df = df[df["outcome"].isin(DELIVERED)]
+    when = pd.to_datetime(df["occurred_at"], utc=True, format="ISO8601", errors="coerce")
+    out = pd.DataFrame({"contact_id": "tp:" + df["contact_id"].astype(str), "campaign_id": df["campaign_id"],
+                        "source_system": df["source_system"], "source_id": df["source_id"],
+                        "contact_date": when.dt.strftime("%Y-%m-%d"), "medium": df["channel"],
+                        "ref_code": df["ref_code"], "group": df["contact_group"]})
+    return out.astype("string").reset_index(drop=True)
+
+
+def _known_only(tp: pd.DataFrame, raw: dict) -> tuple[pd.DataFrame, str | None]:
+    """Touchpoint contacts whose campaign and customer record are in the inputs; the others wait for
+    a later run (a touchpoint may record a sign-up before its system's export has it), said, not fatal."""
+    def ids(s):
+        return set(s.dropna().astype(str).str.strip())
+
+    campaigns = ids(raw["campaigns"]["campaign_id"]) if "campaigns" in raw else set()
+    known_c = tp["campaign_id"].isin(campaigns).to_numpy()
+    known_p = np.zeros(len(tp), bool)
+    for system in tp["source_system"].dropna().unique():
+        table = raw.get(f"customers_{system}")
+        if table is not None and "source_id" in table:
+            rows = (tp["source_system"] == system).to_numpy()
+            known_p[rows] = tp.loc[rows, "source_id"].isin(ids(table["source_id"])).to_numpy()
+    ok = known_c & known_p
+    if ok.all():
+        return tp, None
+    return tp[ok].reset_index(drop=True), (
+        f"{int((~ok).sum()):,} recorded contacts left for a later run: campaign not in the inputs "
+        f"({int((~known_c).sum()):,}), customer record not in the inputs ({int((~known_p).sum()):,})")
+
+
+def touchpoint_digest(df: pd.DataFrame) -> str:
+    """A fingerprint of the touchpoint contacts (a run whose inputs include new ones is not reused)."""
+    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
