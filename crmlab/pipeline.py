@@ -746,8 +746,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             monitor.start()
             os.environ["CRMLAB_STAGE"] = name                 # the kernel records what it reads (crmlab.reuse)
             km = kernels.take(name)
-            if i - 2 + 1 < len(notebooks):
-                kernels.start(notebooks[i - 1].stem)          # the next stage's kernel boots while this one runs
+            if i - 1 < len(notebooks):                        # i - 2 is this stage's index: start the next's kernel
+                kernels.start(notebooks[i - 1].stem)
             try:
                 pm.execute_notebook(
                     str(nb), str(out_nb), parameters={"params_file": str(run_dir / "params.yaml"),

@@ -497,6 +497,8 @@ def load(folder: str | Path | None = None, url: str | None = None, schema: str |
     tp = read_touchpoint_contacts(touchpoints_url) if touchpoints_url else None
     files, aside = dict(origin), {}
     if tp is not None and len(tp):
+        # the digest of every recorded contact, as the run's input digests have it (pipeline._input_digests)
+        prints[TOUCHPOINT_CONTACTS] = (fingerprints or {}).get(TOUCHPOINT_CONTACTS) or touchpoint_digest(tp)
         tp, why = _known_only(tp, raw)
         if why:
             aside[TOUCHPOINT_CONTACTS] = why
@@ -506,7 +508,6 @@ def load(folder: str | Path | None = None, url: str | None = None, schema: str |
         where = f"{_mask(touchpoints_url)} table {TOUCHPOINT_CONTACTS}"
         origin["contacts"] = f"{origin['contacts']} + {where} (ids 'tp:...')" if "contacts" in origin else where
         files[TOUCHPOINT_CONTACTS] = where
-        prints[TOUCHPOINT_CONTACTS] = touchpoint_digest(tp)
     src = validate(raw, origin, str(url or folder), as_of)      # problems name both places
     src.origin, src.fingerprints, src.set_aside = files, prints, aside
     return src

@@ -255,6 +255,8 @@ def test_recorded_contacts_join_the_next_runs_contacts(server, tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text(f"data:\n  dir: {sample}\npublish:\n  url: {url}\nruns_dir: {tmp_path / 'runs'}\n")
     params = config.load(p)
-    assert sources.TOUCHPOINT_CONTACTS in pipeline._input_digests(params)
+    digests = pipeline._input_digests(params)
+    assert sources.TOUCHPOINT_CONTACTS in digests                       # and the load records the same digest
+    assert sources.load_params(params).fingerprints[sources.TOUCHPOINT_CONTACTS] == digests[sources.TOUCHPOINT_CONTACTS]
     off = config.load(p, ["data.touchpoint_contacts=false"])
     assert sources.TOUCHPOINT_CONTACTS not in pipeline._input_digests(off)
