@@ -672,11 +672,21 @@ def holdout_evaluation(lines: pd.DataFrame, cutoff, k: int, exclude=(), max_cust
     return pd.DataFrame(rows).T
 
 
-def plot_rules(rules: pd.DataFrame, top: int = 15):
-    """Support vs lift of all rules (colour: customer-facing, guarded, not significant) and the top rules."""
-    import matplotlib.pyplot as plt
+def one_direction(rules: pd.DataFrame) -> pd.DataFrame:
+    """One rule per set of items: of "A -> B" and "B -> A" (and every split of a larger itemset) keep the one
+    with the highest confidence; lift and support are the same for all of them (a ``rules_table`` frame)."""
+    key = (rules["antecedents"] + "|" + rules["consequents"]).map(lambda s: "|".join(sorted(s.split("|"))))
+    order = rules.assign(_key=key.to_numpy()).sort_values("confidence", ascending=False, kind="stable")
+    return order.drop_duplicates("_key").drop(columns="_key").loc[lambda d: rules.index.intersection(d.index)]
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 1.3]})
+
+def plot_rules(rules: pd.DataFrame, top: int = 15):
+    """Support vs lift of all rules (colour: customer-facing, guarded, not significant), and below it the top
+    customer-facing rules (one direction per set of items)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter, StrMethodFormatter
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 9.5), gridspec_kw={"height_ratios": [1, 1.1]})
     ax = axes[0]
     groups = (("customer-facing", rules["customer_facing"], "#2a9d8f"),
               ("not significant", rules["guard"].fillna("").str.startswith("not significant"), "#bbbbbb"),
@@ -687,12 +697,19 @@ def plot_rules(rules: pd.DataFrame, top: int = 15):
         d = rules[mask.to_numpy(bool)]
         ax.scatter(d["support"], d["lift"], s=10 + 40 * d["confidence"], alpha=0.6, c=colour,
                    label=f"{label} ({len(d):,})")
-    ax.set(xscale="log", yscale="log", xlabel="support", ylabel="lift", title="Rules: support vs lift (size: confidence)")
+    ax.set(xscale="log", yscale="log", xlabel="support: share of all baskets with every item of the rule",
+           ylabel="lift (log scale)", title="Rules: support against lift (dot size: confidence)")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(PercentFormatter(1, decimals=1))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
     ax.axhline(1, color="grey", lw=0.8)
-    ax.legend(fontsize=8)
-    t = rules[rules["customer_facing"]].nlargest(top, "lift").iloc[::-1]
-    axes[1].barh(t["rule"].str.slice(0, 60), t["lift"], color="#2a9d8f")
-    axes[1].set(title=f"Top {top} customer-facing rules by lift", xlabel="lift")
+    ax.legend(fontsize=8, loc="upper right")
+    t = one_direction(rules[rules["customer_facing"]]).nlargest(top, "lift").iloc[::-1]
+    axes[1].barh(t["rule"].str.replace(" -> ", " → ").str.slice(0, 70), t["lift"], color="#2a9d8f")
+    axes[1].set(title=f"Top {top} customer-facing rules by lift (one direction per set of items)",
+                xlabel="lift: how many times more often than by chance")
     axes[1].tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     return fig
@@ -707,7 +724,9 @@ def plot_lift_heatmap(lift: pd.DataFrame, title: str):
     im = ax.imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_xticks(range(len(lift)), lift.columns, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(lift)), lift.index, fontsize=8)
-    fig.colorbar(im, ax=ax, label="log2 lift")
+    bar = fig.colorbar(im, ax=ax, label="lift (log scale; 1 = as often as by chance)")
+    marks = [x for x in (0.125, 0.25, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 4, 8) if abs(np.log2(x)) <= lim]
+    bar.set_ticks(np.log2(marks), labels=[f"{x:g}x" for x in marks])
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -722,7 +741,7 @@ def plot_recommendation_eval(table: pd.DataFrame):
     for i, (name, row) in enumerate(table.iterrows()):
         ax.bar(x + 0.38 * i, row[metrics].astype(float), width=0.36, label=name)
     ax.set_xticks(x + 0.19, metrics)
-    ax.set(title="Recommendations on the time holdout", ylabel="value")
+    ax.set(title="Recommendations on the time holdout (higher is better)", ylabel="share", xlabel="measure (top 5)")
     ax.legend()
     fig.tight_layout()
     return fig

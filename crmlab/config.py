@@ -150,6 +150,7 @@ DEFAULTS: dict[str, Any] = {
         "reviewer_html": True,            # a --no-input copy for reviewers
         "show_personal_data": False,      # true: names, e-mails, phones, addresses unmasked (private review only)
         "cell_timeout": 1800,
+        "currency": "GBP",                # money in reports: GBP, EUR, USD (symbol) or any code (written after)
     },
     "engine": {
         "threads": None,                  # threads for Numba, OpenMP and BLAS in every stage; null: the cores available

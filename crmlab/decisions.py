@@ -163,15 +163,18 @@ def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.Data
         c = contacts[(contacts["contact_date"] < cutoff) & (contacts["contact_date"] >= cutoff - D["frequency_days"] * DAY)]
         recent = c.groupby("customer_key").size().reindex(out.index, fill_value=0)
     # the hash key is the rules' version (the trailing '|' keeps the groups of earlier versions unchanged)
-    out["control"] = control_flags(out.index, D["control_share"], f"{D['version']}|")
+    held = control_flags(out.index, D["control_share"], f"{D['version']}|")
     reason = pd.Series("", index=out.index, dtype=object)
     checks = [(out["treatment"].isin(D["no_contact_treatments"]), "no contact for this treatment"),
               (out.index.isin(list(do_not_contact)), "do not contact"),
               (out["preferred_medium"].isna(), "no consented medium"),
               (recent >= D["frequency_cap"], f"frequency cap ({D['frequency_cap']} in {D['frequency_days']} days)"),
-              (out["control"], "control group")]
+              (held, "control group")]
     for mask, why in checks:
         reason[np.asarray(mask) & (reason == "").to_numpy()] = why
+    # the control group: customers held back from a contact that would otherwise have happened (a customer
+    # suppressed for another reason, e.g. a treatment without contact, is in no group)
+    out["control"] = (reason == "control group").to_numpy()
     out["contact"] = (reason == "").to_numpy()
     out["contact_reason"] = reason.where(reason != "", None)
     out["decision_version"] = str(D["version"])
@@ -179,11 +182,13 @@ def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.Data
 
 
 def summary(decided: pd.DataFrame) -> pd.DataFrame:
-    """Customers per treatment: contacted, in the control group, and not contacted by first reason
-    (a control customer already suppressed for another reason counts under that reason)."""
+    """Customers per treatment: contacted, in the control group (held back from a contact that would
+    otherwise have happened), and not contacted for another reason, by reason."""
     t = decided.groupby("treatment").agg(customers=("contact", "size"), contacted=("contact", "sum"),
                                          in_control_group=("control", "sum"))
-    reasons = decided.dropna(subset=["contact_reason"]).groupby(["treatment", "contact_reason"]).size().unstack(fill_value=0)
+    other = decided.dropna(subset=["contact_reason"])
+    other = other[other["contact_reason"] != "control group"]
+    reasons = other.groupby(["treatment", "contact_reason"]).size().unstack(fill_value=0)
     reasons.columns = [f"not contacted: {c}" for c in reasons.columns]
     return t.join(reasons).fillna(0).astype(int).sort_values("customers", ascending=False)
 

@@ -8,6 +8,7 @@ import pandas as pd
 from .errors import masked
 from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher
 from .kernels import graph
+from .labels import label
 
 
 def _joint(p: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -43,6 +44,19 @@ def bcubed_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- report helpers
+
+_LEVELS = {"else": "different", "exact": "same", "swapped": "first and last name swapped", "1 edit": "one typing error",
+           "last 7 digits": "same last 7 digits", "district": "same postcode district", "sector": "same postcode sector",
+           "postcode": "same postcode", "postcode + similar street": "same postcode, similar street", "missing": "missing"}
+
+
+def level_label(level: str) -> str:
+    """A comparison level in words ("JW>=0.92" -> "similar (Jaro-Winkler at least 0.92)")."""
+    lv = str(level)
+    if lv.startswith("JW>="):
+        return f"similar (Jaro-Winkler at least {lv[4:]})"
+    return _LEVELS.get(lv, lv)
+
 
 def m_u_table(matcher: RecordMatcher) -> pd.DataFrame:
     """Per comparison level: m, u and the log2 Bayes factor (the model in one table)."""
@@ -98,6 +112,19 @@ def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n:
     return masked(pd.DataFrame(rows))
 
 
+def review_long(review: pd.DataFrame) -> pd.DataFrame:
+    """A ``review_sample`` frame as one row per pair and field, the two records side by side (readable at any
+    page width): pair (probability and weight on its first row), field, record 1, record 2."""
+    fields = [c[:-4] for c in review.columns if c.endswith(" (1)")]
+    rows = []
+    for k, r in enumerate(review.itertuples(index=False), start=1):
+        d = dict(zip(review.columns, r))
+        for j, f in enumerate(fields):
+            rows.append({"pair": f"{k}: {d['probability']:.1%} ({d['weight']:+.1f} bits)" if j == 0 else "",
+                         "field": label(f), "record 1": d[f"{f} (1)"], "record 2": d[f"{f} (2)"]})
+    return pd.DataFrame(rows, columns=["pair", "field", "record 1", "record 2"])
+
+
 def blocking_report(matcher: RecordMatcher, records: pd.DataFrame, truth: np.ndarray | None = None) -> pd.DataFrame:
     """Per blocking rule and for their union: candidate pairs, reduction ratio, skipped blocks (from
     the fit); with ``truth`` (planted customer per record) also pairs completeness, which blocks again."""
@@ -141,7 +168,7 @@ def plot_weights(pairs: PairScores, threshold: float, truth: np.ndarray | None =
                 color=["#e76f51", "#2a9d8f"], label=["different customers (truth)", "same customer (truth)"])
         ax.legend()
     ax.axvline(np.log2(threshold / (1 - threshold)), color="black", ls="--", label="threshold")
-    ax.set(yscale="log", xlabel="match weight (log2 odds)", ylabel="candidate pairs",
+    ax.set(yscale="log", xlabel="match weight (bits: log2 odds of one person)", ylabel="candidate pairs (log scale)",
            title="Match weights of candidate pairs")
     fig.tight_layout()
     return fig
@@ -154,13 +181,13 @@ def plot_waterfall(explanation: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(e) + 1.5))
     start = e["cumulative"] - e["log2_bayes_factor"]
     colours = np.where(e["log2_bayes_factor"] >= 0, "#2a9d8f", "#e76f51")
-    labels = [f"{c}: {lv}" if lv else c for c, lv in zip(e["comparison"], e["level"])]
+    labels = [f"{label(c)}: {level_label(lv)}" if lv else label(c) for c, lv in zip(e["comparison"], e["level"])]
     ax.barh(range(len(e)), e["log2_bayes_factor"], left=start, color=colours)
     ax.set_yticks(range(len(e)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="grey", lw=0.8)
     total = e["cumulative"].iloc[-1]
-    ax.set(xlabel="match weight (log2 odds)",
+    ax.set(xlabel="evidence (bits: log2 odds of one person)",
            title=f"Why this pair: weight {total:.1f}, probability {1 / (1 + 2 ** -total):.3f}")
     fig.tight_layout()
     return fig

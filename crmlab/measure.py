@@ -14,6 +14,7 @@ from .errors import CrmlabError
 from .estimator import Params, reset
 from .events import RESPONSE_COLUMNS, attribute_responses, keyed_contacts  # noqa: F401 - the measurement API
 from .features import FeatureBuilder
+from .labels import currency
 from .propensity import PropensityModel
 
 
@@ -95,9 +96,10 @@ def _verdict(significant, d, mde, nt, nc) -> str:
     if min(nt, nc) < 30:
         return f"too few contacts to conclude ({int(nt)} treated, {int(nc)} control)"
     if significant:
-        return f"{'lifted' if d > 0 else 'lowered'} response by {abs(d):.1%}"
+        return f"{'raised' if d > 0 else 'lowered'} the response rate by {100 * abs(d):.1f} percentage points"
     if abs(d) < mde:
-        return f"no effect shown; an effect below {mde:.1%} could not be detected at this size"
+        return (f"no effect shown; an effect smaller than {100 * mde:.1f} percentage points could not be detected "
+                "with this many contacts")
     return "no significant effect"
 
 
@@ -227,10 +229,11 @@ def reviewer_summary(lift: pd.DataFrame, names: pd.Series | None = None) -> pd.D
         out.insert(1, "campaign", lift["campaign_id"].map(names))
     out["contacted / control"] = [f"{a:,} / {b:,}" for a, b in zip(lift["contacts_treated"], lift["contacts_control"])]
     out["response: contacted vs control"] = [f"{a:.1%} vs {b:.1%}" for a, b in zip(lift["rate_treated"], lift["rate_control"])]
-    out["extra response (95% CI)"] = [f"{d:+.1%} ({lo:+.1%} to {hi:+.1%})"
-                                      for d, lo, hi in zip(lift["incremental_rate"], lift["ci_low"], lift["ci_high"])]
+    out["extra response, percentage points (95% CI)"] = [
+        f"{100 * d:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+        for d, lo, hi in zip(lift["incremental_rate"], lift["ci_low"], lift["ci_high"])]
     out["extra responders"] = lift["incremental_responders"].round(0).astype("Int64")
-    out["extra revenue per contact (95% CI)"] = [
+    out[f"extra revenue per contact, {currency()} (95% CI)"] = [
         f"{d:+.2f} ({lo:+.2f} to {hi:+.2f})" for d, lo, hi in zip(
             lift["incremental_revenue_per_contact"], lift["revenue_ci_low"], lift["revenue_ci_high"])]
     out["verdict"] = lift["verdict"]
@@ -262,8 +265,8 @@ def plot_lift(lift: pd.DataFrame, by: str | None = None, truth: pd.Series | None
         ax.scatter(truth.reindex(labels.to_numpy()).to_numpy(), y, marker="x", color="tab:red", zorder=4, label="true increment")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, labels)
-    ax.set_xlabel("incremental response rate (contacted - control)")
-    ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel("extra response: contacted minus control (percentage points)")
+    ax.xaxis.set_major_formatter(plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:+.0f}"))
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.figure.tight_layout()
     return ax.figure
@@ -279,7 +282,9 @@ def plot_uplift_evaluation(res: dict):
     axes[1].bar(bt["predicted_uplift"].astype(str), bt["incremental_rate"],
                 yerr=[bt["incremental_rate"] - bt["ci_low"], bt["ci_high"] - bt["incremental_rate"]], capsize=4,
                 color="tab:green")
-    axes[1].set(title="Measured lift by predicted-uplift third (held out)", ylabel="incremental response rate")
+    axes[1].set(title="Measured lift by predicted-uplift third (held out)", xlabel="customers by predicted uplift",
+                ylabel="extra response (percentage points)")
+    axes[1].yaxis.set_major_formatter(plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:+.0f}"))
     fig.tight_layout()
     return fig
 

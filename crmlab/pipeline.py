@@ -18,6 +18,7 @@ import html
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, events, reuse, runs, threads
+from . import config, events, reuse, reviewer, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .sources import (TOUCHPOINT_CONTACTS, Sources, SourcesInvalid, fingerprint, input_files, load_params,
@@ -350,37 +351,70 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _inline_md(text: str) -> str:
+    """Escaped text with Markdown **bold** and *italic* kept (the stage summaries)."""
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", t)
+
+
 def write_index(run_dir: Path, manifest: dict) -> Path:
-    """index.html: status, stages with timings and links to both reports, inputs and versions."""
+    """index.html: status, published version, each stage's headline figures and warnings, links to the reports,
+    inputs and package versions. Plain HTML and CSS (no JavaScript)."""
     esc = html.escape
-    rows = []
+    rows, heads = [], []
     for s in manifest["stages"]:
-        links = " ".join(f'<a href="{esc(s[k])}">{label}</a>' for k, label in
-                         (("html", "report"), ("reviewer_html", "reviewer report"), ("notebook", "notebook"))
-                         if s.get(k))
-        arts = ", ".join(f"{esc(k)} ({v:,})" for k, v in s.get("artifacts", {}).items())
+        num, _, rest = s["name"].partition("_")
+        title = f"{num} · {rest.replace('_', ' ')}" if num.isdigit() else s["name"].replace("_", " ")
+        links = " &middot; ".join(f'<a href="{esc(s[k])}">{label}</a>' for k, label in
+                                  (("reviewer_html", "report"), ("html", "with code"), ("notebook", "notebook"))
+                                  if s.get(k))
+        arts = ", ".join(f"{esc(k.split('/')[-1].replace('_', ' '))} ({v:,})" for k, v in s.get("artifacts", {}).items())
         err = f'<div class="err">{esc(s["error"])}</div>' if s.get("error") else ""
-        rows.append(f"<tr class='{s['status']}'><td>{esc(s['name'])}</td><td>{s['status']}</td>"
-                    f"<td>{s.get('seconds', 0):.1f} s</td><td>{links}</td><td>{arts}{err}</td></tr>")
-    inputs = "".join(f"<tr><td>{esc(k)}</td><td>{v.get('rows', ''):,}</td><td><code>{esc(v.get('path', ''))}</code>"
-                     f"</td><td><code>{esc(v.get('sha256', '') or '')}</code></td></tr>"
+        summ = s.get("summary") or {}
+        n_warn = len(summ.get("warnings", []))
+        flag = f' <span class="warn">{n_warn} to look at</span>' if n_warn else ""
+        rows.append(f"<tr class='{esc(s['status'])}'><td><a href='#{esc(s['name'])}'>{esc(title)}</a></td>"
+                    f"<td>{esc(s['status'])}{flag}</td><td class='num'>{s.get('seconds', 0):,.1f} s"
+                    + (f"<br><small title='reused from run {esc(s['reused_from'])}'>reused: "
+                       f"{s.get('original_seconds') or 0:,.0f} s saved</small>" if s.get("reused_from") else "")
+                    + "</td>"
+                    f"<td>{links}</td><td>{arts}{err}</td></tr>")
+        if summ:
+            pts = "".join(f"<li>{_inline_md(p)}</li>" for p in summ.get("points", []))
+            warn = "".join(f"<li>{_inline_md(w)}</li>" for w in summ.get("warnings", []))
+            heads.append(f"<section id='{esc(s['name'])}'><h3>{esc(title)}</h3><ul>{pts}</ul>"
+                         + (f"<p class='warn'>Look at:</p><ul class='warn'>{warn}</ul>" if warn else "")
+                         + (f"<p><a href='{esc(s['reviewer_html'])}'>Open the report</a></p>" if s.get("reviewer_html") else "")
+                         + "</section>")
+    inputs = "".join(f"<tr><td>{esc(k)}</td><td class='num'>{v.get('rows', 0) or 0:,}</td>"
+                     f"<td><code>{esc(v.get('path', '') or '')}</code></td>"
+                     f"<td><code title='{esc(v.get('sha256', '') or '')}'>{esc((v.get('sha256', '') or '')[:12])}</code></td></tr>"
                      for k, v in manifest.get("inputs", {}).items())
     versions = ", ".join(f"{k} {v}" for k, v in manifest["packages"].items() if v)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>crmlab run {esc(manifest['run_id'])}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left;vertical-align:top}}
-tr.failed td{{background:#fde8e8}} tr.ok td:nth-child(2){{color:#176b2c}} .err{{color:#a11;white-space:pre-wrap}}
-.status-ok{{color:#176b2c}} .status-failed{{color:#a11}}</style></head><body>
+    pub = manifest.get("published") or {}
+    published = (f"<b>{esc(str(pub['version']))}</b>" if pub.get("version") is not None
+                 else "<b>none</b> (nothing published by this run)")
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>crmlab run {esc(manifest['run_id'])}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;margin:0;color:#1d2430;line-height:1.45}}
+main{{max-width:1140px;margin:0 auto;padding:16px 24px 48px}} table{{border-collapse:collapse;max-width:100%}}
+td,th{{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left;vertical-align:top;overflow-wrap:anywhere}}
+td.num{{text-align:right;white-space:nowrap}} td:first-child{{white-space:nowrap}} tr.failed td{{background:#fde8e8}} .err{{color:#a11;white-space:pre-wrap}}
+.status-ok{{color:#176b2c}} .status-failed,.status-aborted{{color:#a11}} .warn{{color:#9a3412}}
+.banner{{border-left:4px solid #2a6f97;background:#f3f8fb;padding:.6em 1em;margin:.6em 0 1em}}
+section{{border-top:1px solid #e3e6ea;margin-top:.8em}} code{{overflow-wrap:anywhere}} h3{{margin:.6em 0 .2em}}</style>
+</head><body><main>
 <h1>crmlab run <code>{esc(manifest['run_id'])}</code></h1>
-<p>Status: <b class="status-{esc(manifest['status'])}">{esc(manifest['status'])}</b> &middot;
-parameters <code>{esc(manifest['params_file'])}</code> &middot; started {esc(manifest['started_at'])}
-&middot; {manifest.get('seconds', 0):.1f} s &middot; published version:
-<b>{esc(str((manifest.get('published') or {}).get('version', 'none')))}</b>
-&middot; <a href="manifest.json">manifest.json</a></p>
-<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>reports</th><th>artifacts (rows)</th></tr>
+<div class="banner">Status: <b class="status-{esc(manifest['status'])}">{esc(manifest['status'])}</b> &middot;
+published version: {published} &middot; parameters <code>{esc(manifest['params_file'])}</code> &middot;
+started {esc(str(manifest['started_at']))} &middot; {manifest.get('seconds', 0):,.1f} s &middot;
+<a href="manifest.json">manifest.json</a></div>
+<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>reports</th><th>outputs (rows)</th></tr>
 {''.join(rows)}</table>
-<h2>Inputs</h2><table><tr><th>table</th><th>rows</th><th>read from</th><th>sha256</th></tr>{inputs}</table>
-<p><small>{esc(versions)}</small></p></body></html>"""
+<h2>Headlines</h2>{''.join(heads) or '<p>No stage summaries in this run.</p>'}
+<h2>Inputs</h2><table><tr><th>table</th><th>rows</th><th>read from</th><th>sha256 (first 12)</th></tr>{inputs}</table>
+<p><small>{esc(versions)}</small></p></main></body></html>"""
     path = run_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -573,7 +607,7 @@ class _Reuse:
         """Copy a stage's outputs from an earlier run and record it as this run's."""
         folder, _m, old = hit
         reuse.copy_outputs(folder, run_dir, old)
-        for k in ("reads", "code", "fingerprint", "basis", "outputs", "artifacts", "peak_rss_mb"):
+        for k in ("reads", "code", "fingerprint", "basis", "outputs", "artifacts", "peak_rss_mb", "summary"):
             if k in old:
                 stage[k] = old[k]
         stage.update(status="ok", reused_from=folder.name,
@@ -814,6 +848,11 @@ def _render_files(params: dict, run_dir: Path, out_nb: Path, name: str) -> dict:
     """The stage's HTML reports (with code, and without for reviewers), as the parameters ask."""
     out = {"html": str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))}
     if params["report"]["reviewer_html"]:
-        out["reviewer_html"] = str(render_html(
-            out_nb, run_dir / "reports" / f"{name}.reviewer.html", no_input=True).relative_to(run_dir))
+        out["reviewer_html"] = str(reviewer.render(
+            out_nb, run_dir / "reports" / f"{name}.reviewer.html",
+            header=f'crmlab &middot; run {html.escape(run_dir.name)} &middot; <a href="../index.html">all reports</a>'
+        ).relative_to(run_dir))
+    summary = reviewer.stage_summary(out_nb)
+    if summary is not None:
+        out["summary"] = summary
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .labels import label as plain
 from .propensity import PropensityModel
 
 
@@ -62,8 +63,9 @@ def plot_evaluation(results: dict, title: str = ""):
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2))
-    for label, (y, p) in results.items():
+    fig, ax = plt.subplots(1, 3, figsize=(11.5, 4.0))
+    for name, (y, p) in results.items():
+        label = plain(name)
         fpr, tpr, _ = roc_curve(y, p)
         ax[0].plot(fpr, tpr, label=f"{label} (AUC {evaluate(y, p)['roc_auc']:.3f})")
         ct = calibration_table(y, p)
@@ -73,12 +75,11 @@ def plot_evaluation(results: dict, title: str = ""):
     ax[0].plot([0, 1], [0, 1], "k:", lw=1)
     ax[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax[1].plot([0, 1], [0, 1], "k:", lw=1)
-    ax[1].set(xlabel="mean predicted", ylabel="observed rate", title="Calibration (deciles)")
+    ax[1].set(xlabel="mean predicted probability", ylabel="observed rate", title="Calibration (deciles)")
     ax[2].plot([0, 1], [0, 1], "k:", lw=1)
     ax[2].set(xlabel="share of customers targeted (by score)", ylabel="share of positives reached",
               title="Cumulative gains")
-    for a in ax:
-        a.legend(fontsize=8)
+    ax[0].legend(fontsize=7)                      # one legend with the AUCs: the colours are the same in all three
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -32,6 +32,7 @@ import pandas as pd
 
 from .config import mask_url
 from .errors import CrmlabError
+from .labels import label, money_label
 
 SCHEMA_VERSION = 1
 CATALOG = "crmlab_versions"
@@ -689,12 +690,17 @@ def plot_drift(previous: pd.DataFrame, scores: pd.DataFrame,
     import matplotlib.pyplot as plt
 
     cols = [c for c in columns if c in scores and c in previous]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 2.8), squeeze=False)
-    for ax, c in zip(axes[0], cols):
+    ncols = min(len(cols), 2)
+    nrows = -(-len(cols) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(10, 2.9 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(cols):]:
+        ax.set_visible(False)
+    for ax, c in zip(axes.ravel(), cols):
         lo, hi = np.nanpercentile(pd.concat([previous[c], scores[c]]).astype(float), [0, 99])
         ax.hist([previous[c].dropna(), scores[c].dropna()], bins=30, range=(lo, hi), label=["previous", "new"], density=True)
-        ax.set_title(c, fontsize=9)
+        ax.set(title=label(c), xlabel=money_label("value") if c == "value" else "probability", ylabel="density")
     axes[0][0].legend(fontsize=8)
+    fig.suptitle("Scores: previous published version against this one (top 1% clipped)")
     fig.tight_layout()
     return fig
 

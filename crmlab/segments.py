@@ -19,6 +19,7 @@ from .errors import CrmlabError
 from .estimator import Params, reset
 from .kernels.segments import nearest_center
 from .progress import bar
+from .labels import label
 
 BANDS = ("low", "medium", "high")
 
@@ -317,7 +318,8 @@ def name_segments(seg: Segmenter, names: list[dict], min_score: float = 0.25) ->
     taken greedily, best fit first, each segment and name once; a segment left without a name
     fitting at least ``min_score`` is named after its distinctive traits instead.
     """
-    auto = [" / ".join(f"{'high' if z > 0 else 'low'} {f}" for f, z in t[:2]) or "average" for t in traits(seg)]
+    auto = [" / ".join(f"{'high' if z > 0 else 'low'} {label(f).lower()}" for f, z in t[:2]) or "average"
+            for t in traits(seg)]
     if not names:
         return auto
     fit = np.full((seg.k_, len(names)), -np.inf)
@@ -365,7 +367,8 @@ def profile(features: pd.DataFrame, labels: np.ndarray, names: list[str], value:
         t["preferred_channel"] = g[ch].mean().idxmax(axis=1).str.removeprefix("share_channel_")
     if seg is not None:
         tr = traits(seg)
-        t["traits"] = [", ".join(f"{'high' if z > 0 else 'low'} {n} ({z:+.1f} sd)" for n, z in tr[i]) for i in t.index]
+        t["traits"] = [", ".join(f"{'high' if z > 0 else 'low'} {label(n).lower()} ({z:+.1f} sd)" for n, z in tr[i])
+                       for i in t.index]
     num = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
     return t.join(g[num].mean().add_prefix("mean_"))
 
@@ -374,17 +377,17 @@ def plot_profiles(seg: Segmenter, names: list[str], sizes=None):
     """Heatmap of segment centres (standard deviations from the average customer)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(seg.features_), 0.6 + 0.45 * seg.k_))
+    fig, ax = plt.subplots(figsize=(min(11.5, 3.5 + 0.7 * len(seg.features_)), 2.2 + 0.45 * seg.k_))
     lim = max(1.0, float(np.abs(seg.centers_).max()))
     im = ax.imshow(seg.centers_, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xticks(range(len(seg.features_)), seg.features_, rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(range(len(seg.features_)), [label(f) for f in seg.features_], rotation=60, ha="right", fontsize=8)
     lab = [f"{i}: {n}" + (f" ({sizes[i]:,})" if sizes is not None else "") for i, n in enumerate(names)]
     ax.set_yticks(range(seg.k_), lab, fontsize=8)
     for i in range(seg.k_):
         for j in range(len(seg.features_)):
             ax.text(j, i, f"{seg.centers_[i, j]:+.1f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label="sd from average")
-    ax.set_title("Segment centres")
+    ax.set_title("What sets each segment apart\n(standard deviations from the average customer; red above, blue below)")
     fig.tight_layout()
     return fig
 
@@ -392,18 +395,23 @@ def plot_profiles(seg: Segmenter, names: list[str], sizes=None):
 def plot_grid(table: pd.DataFrame):
     """The value x risk grid: customers and value share per cell."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, col, fmt in ((axes[0], "customers", "{:,.0f}"), (axes[1], "value_share", "{:.0%}")):
         m = table[col].unstack().reindex(index=list(BANDS[::-1]), columns=list(BANDS))
-        ax.imshow(m.to_numpy(float), cmap="Blues")
+        im = ax.imshow(m.to_numpy(float), cmap="Blues")
+        bar = fig.colorbar(im, ax=ax, label=label(col).lower())
+        if col == "value_share":
+            bar.ax.yaxis.set_major_formatter(PercentFormatter(1))
         ax.set_xticks(range(3), [f"{b} risk" for b in BANDS])
         ax.set_yticks(range(3), [f"{b} value" for b in BANDS[::-1]])
         for i in range(3):
             for j in range(3):
                 v = m.iat[i, j]
-                ax.text(j, i, "" if pd.isna(v) else fmt.format(v), ha="center", va="center")
-        ax.set_title(col.replace("_", " "))
+                ax.text(j, i, "" if pd.isna(v) else fmt.format(v), ha="center", va="center",
+                        color="white" if not pd.isna(v) and v > np.nanmax(m.to_numpy(float)) * 0.6 else "black")
+        ax.set_title(label(col))
     fig.tight_layout()
     return fig
 
@@ -457,7 +465,7 @@ def plot_selection(selection: pd.DataFrame, goal: float = 0.9):
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     crit = "silhouette" if "bic" not in selection else "bic"
     ax.plot(selection.index, selection[crit], "o-", color="tab:blue", label=crit)
-    ax.set(xlabel="k (segments)", ylabel=crit)
+    ax.set(xlabel="number of segments (k)", ylabel=crit)
     ax2 = ax.twinx()
     ax2.plot(selection.index, selection["stability_ari"], "s--", color="tab:orange", label="bootstrap ARI")
     ax2.axhline(goal, color="tab:orange", lw=0.8, ls=":")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CrmlabError
+from .labels import money_label
 
 
 @dataclass
@@ -76,8 +77,8 @@ def plot_calibration_holdout(report: HoldoutReport):
     ax.plot(by.index, by["actual"], "o-", label="actual", color="black")
     ax.plot(by.index, by["model"], "s--", label="model", color="#4c72b0")
     ax.plot(by.index, by["naive"], "^:", label="naive (past rate)", color="#c44e52", alpha=0.7)
-    ax.set(xlabel="purchases in calibration period", ylabel="mean purchases in holdout",
-           title="Calibration vs holdout by frequency")
+    ax.set(xlabel="repeat purchases before the cut-off", ylabel="mean purchases after the cut-off",
+           title="Predicted and actual purchases after the cut-off")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -85,23 +86,29 @@ def plot_calibration_holdout(report: HoldoutReport):
 
 
 def plot_tracking(track: pd.DataFrame, holdout_start=None):
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.8))
     for ax, (col, title) in zip(axes, (("", "Weekly repeat purchases"), ("_cumulative", "Cumulative repeat purchases"))):
         ax.plot(track.index, track[f"actual{col}"], color="black", label="actual")
         ax.plot(track.index, track[f"expected{col}"], "--", color="#4c72b0", label="model")
         if holdout_start is not None:
             ax.axvline(pd.Timestamp(holdout_start), color="grey", ls=":", label="holdout starts")
-        ax.set_title(title)
+        ax.set(title=title, xlabel="week", ylabel="repeat purchases" + (" per week" if not col else " so far"))
+        loc = mdates.AutoDateLocator(maxticks=7)
+        ax.xaxis.set_major_locator(loc)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     return fig
 
 
-def plot_heatmaps(model, T: float, horizon: float, max_frequency: int = 20, horizon_label: str | None = None):
-    """P(alive) and expected purchases in the next ``horizon`` over recency x frequency, for tenure T."""
+def plot_heatmaps(model, T: float, horizon: float, max_frequency: int = 20, horizon_label: str | None = None,
+                  unit: str = "time units"):
+    """P(alive) and expected purchases in the next ``horizon`` over recency x frequency, for tenure T
+    (``unit``: the model's time unit in words, e.g. "weeks")."""
     import matplotlib.pyplot as plt
 
     f = np.arange(0, max_frequency + 1, dtype=float)
@@ -111,30 +118,34 @@ def plot_heatmaps(model, T: float, horizon: float, max_frequency: int = 20, hori
                          "T": np.full(F.size, T)})
     pa = model.p_alive(grid).reshape(F.shape)
     ex = model.expected_purchases(grid, horizon).reshape(F.shape)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, z, title, cmap in ((axes[0], pa, "P(alive)", "RdYlGn"),
-                               (axes[1], ex, f"Expected purchases, next {horizon_label or f'{horizon:g} time units'}",
-                                "viridis")):
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.5))
+    ahead = horizon_label or f"{horizon:g} {unit}"
+    for ax, z, title, cmap, what in ((axes[0], pa, "Probability still active", "RdYlGn", "probability active"),
+                                     (axes[1], ex, f"Expected purchases, next {ahead}", "viridis",
+                                      f"purchases in the next {ahead}")):
         im = ax.imshow(z, origin="lower", aspect="auto", cmap=cmap, extent=(-0.5, max_frequency + 0.5, 0, T))
-        ax.set(xlabel="frequency (repeat purchases)", ylabel="recency (time of last purchase)", title=title)
-        fig.colorbar(im, ax=ax)
-    fig.suptitle(f"Customers with tenure T = {T:.0f} time units")
+        ax.set(xlabel="repeat purchases so far", ylabel=f"last purchase ({unit} after the first)", title=title)
+        fig.colorbar(im, ax=ax, label=what)
+    fig.suptitle(f"Customers whose first purchase was {T:.0f} {unit} ago")
     fig.tight_layout()
     return fig
 
 
 def plot_value(table: pd.DataFrame, months: int = 12):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
     col = f"clv_{months}m"
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.8))
     v = table[col]
     axes[0].hist(v.clip(upper=v.quantile(0.99)), bins=60, color="#55a868")
-    axes[0].set(title=f"{months}-month CLV (99th pct. clipped)", xlabel="CLV", yscale="log")
+    axes[0].set(title=f"Customer value, next {months} months (top 1% clipped)", xlabel=money_label("customer value"),
+                ylabel="customers (log scale)", yscale="log")
     share = table.groupby("value_decile")[col].sum() / v.sum()
     axes[1].bar(share.index, share.values, color="#8172b2")
     axes[1].set(title="Share of total CLV by value decile", xlabel="decile (10 = most valuable)",
-                ylabel="share of CLV")
+                ylabel="share of all customer value")
+    axes[1].yaxis.set_major_formatter(PercentFormatter(1))
     axes[1].set_xticks(range(1, 11))
     fig.tight_layout()
     return fig

@@ -119,3 +119,27 @@ def postgres_schema(postgres_server):
     """A fresh schema on the test server; the URL's search_path points at it. Dropped afterwards."""
     with fresh_schema(postgres_server) as got:
         yield got
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """A headless Chromium for report tests: the one on this machine, else Debian's chromium-headless-shell
+    installed with apt-get where this user may; otherwise the test is skipped saying why."""
+    import os
+    import subprocess
+
+    from crmlab.report_check import find_browser
+
+    path = find_browser()
+    apt = shutil.which("apt-get")
+    if path is None and apt and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = [apt, "install", "-y", "-q", "--no-install-recommends", "chromium-headless-shell"]
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run([apt, "update", "-q"], env=env, capture_output=True, timeout=900)   # no package lists yet
+            subprocess.run(cmd, env=env, capture_output=True, timeout=900)
+        path = find_browser()
+    if path is None:
+        pytest.skip("no headless Chromium here and it cannot be installed (needs root and apt-get: "
+                    "apt-get install chromium-headless-shell), or set CRMLAB_BROWSER to a Chromium binary")
+    return path

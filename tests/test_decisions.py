@@ -41,7 +41,10 @@ def test_rules_first_match_wins_and_policy_applies():
     capped = out.loc[out.index[10:20]]
     assert (capped["contact_reason"].fillna("").str.startswith(("frequency cap", "no contact"))).all()
     assert not out.loc[out["control"], "contact"].any()
-    assert 0.12 < out["control"].mean() < 0.28
+    would = out["contact"] | out["control"]                  # held back only from a contact that would happen
+    assert 0.12 < out.loc[would, "control"].mean() < 0.28
+    assert not out.loc[out["treatment"] == "no_action", "control"].any()
+    assert (out.loc[out["control"], "contact_reason"] == "control group").all()
     assert out.loc["K0399", "preferred_channel"] == "store" and out.loc["K0001", "preferred_channel"] == "web"
     assert out.loc["K0050", "preferred_medium"] == "email" and pd.isna(out.loc["K0001", "preferred_medium"])
     assert (out["decision_version"] == D["version"]).all()

@@ -259,3 +259,39 @@ def test_next_stage_kernel_starts_early_fresh_and_named(tmp_path):
         seen.append((int(pid), preloaded))
     assert len({pid for pid, _ in seen}) == 3                          # a fresh kernel per stage
     assert [p for _, p in seen[1:]] == ["True", "True"]                # started early: imports already there
+
+
+def test_reviewer_reports_read_well_in_a_real_browser(ci_run, browser):
+    """index.html and every reviewer report at 1280 px in headless Chromium: no horizontal scrolling, no text cut
+    off, no raw values (nan, NaT, None, JSON), every image described; a screenshot of each first screen."""
+    from crmlab import report_check
+
+    checks = report_check.check_run(ci_run, browser)
+    assert [Path(c.page).name for c in checks] == ["index.html"] + [
+        f"{s}.reviewer.html" for s in ("00_data_quality", "10_identity", "20_affinity", "30_value", "40_propensity",
+                                       "50_segments", "60_publish", "70_measure")]
+    problems = [f"{Path(c.page).name}: {p}" for c in checks for p in c.problems]
+    assert not problems, "\n".join(problems)
+    assert all(Path(c.screenshot).stat().st_size > 10_000 for c in checks)
+    assert sum(c.images for c in checks) >= 25
+    index = (ci_run / "index.html").read_text()
+    assert "Look at" in index or "Headlines" in index
+    m = json.loads((ci_run / "manifest.json").read_text())
+    assert all(s.get("summary", {}).get("points") for s in m["stages"][1:])     # every report opens with a summary
+
+
+def test_the_browser_check_finds_what_a_reviewer_trips_over(tmp_path, browser):
+    from crmlab import report_check
+
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!doctype html><html><body><p>risk nan, date NaT</p><pre>{\"a\": 1}</pre>"
+                   "<div style='width:3000px'>wide</div><div style='width:50px;overflow:hidden;white-space:nowrap'>"
+                   "a long label that does not fit</div><img src='data:image/png;base64,iVBORw0KGgo='></body></html>")
+    res = report_check.check_page(bad, browser, tmp_path / "bad.png")
+    text = "\n".join(res.problems)
+    assert "scrolls horizontally" in text and "text cut off" in text and "no description" in text
+    assert "nan" in text and "NaT" in text and '{"a":' in text
+    good = tmp_path / "good.html"
+    good.write_text("<!doctype html><html><body><p>All fine: 12.5%.</p><img alt='Chart: x' "
+                    "src='data:image/png;base64,iVBORw0KGgo='></body></html>")
+    assert report_check.check_page(good, browser).ok
