@@ -137,6 +137,29 @@ def _cmd_serve(a) -> int:
     return 0
 
 
+def _cmd_check_reports(a) -> int:
+    from pathlib import Path
+
+    from . import report_check
+    from .errors import CrmlabError
+
+    run_dir = Path(a.run_dir)
+    if not (run_dir / "index.html").exists():
+        raise CrmlabError(f"{run_dir}: not a run folder (no index.html)")
+    try:
+        checks = report_check.check_run(run_dir, a.browser)
+    except FileNotFoundError as exc:
+        raise CrmlabError(str(exc)) from None
+    bad = 0
+    for c in checks:
+        print(f"{'ok  ' if c.ok else 'FAIL'} {Path(c.page).name} ({c.images} images)")
+        for p in c.problems:
+            print(f"       {p}")
+        bad += not c.ok
+    print(f"screenshots of each first screen in {run_dir / 'screenshots'}")
+    return 1 if bad else 0
+
+
 def _cmd_kernelspec(a) -> int:
     from .pipeline import ensure_kernelspec
 
@@ -220,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-auth", action="store_true", help="accept requests without a token (local tests only)")
     sv.add_argument("--max-body", type=int, default=16384, help="largest request body in bytes (larger: 413)")
     sv.set_defaults(func=_cmd_serve)
+
+    cr = sub.add_parser("check-reports", help="open a run's index.html and reviewer reports in headless Chromium at "
+                                               "1280 px: scrolling, clipped text, raw values, alt text; screenshots")
+    cr.add_argument("run_dir", help="the run folder (runs/<run id>)")
+    cr.add_argument("--browser", help="Chromium binary (default: chromium-headless-shell, chromium, $CRMLAB_BROWSER)")
+    cr.set_defaults(func=_cmd_check_reports)
 
     k = sub.add_parser("kernelspec", help="install the 'Python (crmlab)' Jupyter kernel")
     k.add_argument("--user", action="store_true", help="install for the user, not this environment")
