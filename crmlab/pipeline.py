@@ -93,6 +93,26 @@ class StageContext:
         (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
         return cls(params, run_dir, interactive, basis, log)
 
+    def previous_figures(self) -> tuple[str, dict] | None:
+        """The headline figures this stage reported (``report.summary(figures=...)``) in the latest earlier
+        successful run of the same run_name and publish target: (run id, figures); None interactively or when
+        there is none. Not a tracked read: the comparison is part of the report, not of the stage's outputs."""
+        stage = os.environ.get("CRMLAB_STAGE")
+        if self.interactive or not stage:
+            return None
+        raw = dict(dict.items(self.params))
+        prev = runs.latest_ok(raw["runs_dir"], raw["run_name"], runs.publish_target(raw), exclude=self.run_dir)
+        if prev is None:
+            return None
+        try:
+            m = json.loads((prev / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        for s in m.get("stages", []):
+            if s.get("name") == stage and (s.get("summary") or {}).get("figures"):
+                return prev.name, s["summary"]["figures"]
+        return None
+
     def _read(self, name: str) -> None:
         if self.log is not None:
             self.log.artifact(name)

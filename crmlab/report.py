@@ -171,15 +171,35 @@ def show(df: pd.DataFrame, formats: dict | None = None, **kw) -> None:
 
 # ----------------------------------------------------------------------------- summaries
 
-def summary(points: list[str], warnings: list[str] | None = None, title: str = "Summary") -> None:
-    """The box a reviewer reads first: what happened, what to look at, warnings."""
+def summary(points: list[str], warnings: list[str] | None = None, title: str = "Summary",
+            figures: dict | None = None, ctx=None) -> None:
+    """The box a reviewer reads first: what happened, what changed since the previous run, what to look at.
+
+    ``figures``: the stage's headline numbers ({"customers": 5146, ...}); kept with the run (manifest,
+    index.html) and, given the stage's ``ctx``, compared with the same figures of the previous successful run.
+    """
+    points, warnings = list(points), list(warnings or [])
+    figures = {str(k): float(v) for k, v in (figures or {}).items() if not _missing(v)}
+    prev = ctx.previous_figures() if (ctx is not None and figures) else None
+    if prev is not None:
+        run_id, old = prev
+        changes = [f"{k} {_figure(v)}" + (" (unchanged)" if old[k] == v else f" (was {_figure(old[k])})")
+                   for k, v in figures.items() if k in old]
+        if changes:
+            points.append(f"Since the previous run ({run_id}): " + "; ".join(changes) + ".")
+    elif ctx is not None and figures:
+        points.append("No earlier successful run of these parameters with figures to compare with.")
     items = "".join(f"<li>{_inline(p)}</li>" for p in points)
-    warn = "".join(f"<li>{_inline(w)}</li>" for w in (warnings or []))
+    warn = "".join(f"<li>{_inline(w)}</li>" for w in warnings)
     box = (f'<div class="crmlab-summary" style="border-left:4px solid #2a6f97;background:#f3f8fb;padding:.6em 1em;'
            f'margin:.5em 0 1em 0"><b>{html.escape(title)}</b><ul style="margin:.3em 0">{items}</ul>'
            + (f'<b style="color:#9a3412">Look at</b><ul style="margin:.3em 0">{warn}</ul>' if warn else "")
            + "</div>")
-    display(HTML(box), metadata={"crmlab": {"summary": {"points": list(points), "warnings": list(warnings or [])}}})
+    display(HTML(box), metadata={"crmlab": {"summary": {"points": points, "warnings": warnings, "figures": figures}}})
+
+
+def _figure(v: float) -> str:
+    return f"{v:,.0f}" if v == round(v) or abs(v) >= 100 else f"{v:.3g}"
 
 
 def _inline(text: str) -> str:

@@ -65,13 +65,14 @@ def _reviewer_outputs(outputs: list) -> list:
 
 
 def stage_summary(notebook: Path) -> dict | None:
-    """The summary a report opened with (``crmlab.report.summary``): {"points": [...], "warnings": [...]}."""
+    """The summary a report opened with (``crmlab.report.summary``): points, warnings and headline figures."""
     nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             found = (out.get("metadata") or {}).get("crmlab", {}).get("summary")
             if found is not None:
-                return {"points": list(found.get("points", [])), "warnings": list(found.get("warnings", []))}
+                return {"points": list(found.get("points", [])), "warnings": list(found.get("warnings", [])),
+                        "figures": dict(found.get("figures", {}))}
     return None
 
 

@@ -95,7 +95,7 @@ def test_reviewer_copy_keeps_outputs_only(tmp_path):
     for gone in ("params_file", "NBVAL", "customers: 5", "progress 3/5", "UserWarning", "<Figure size", "report.summary"):
         assert gone not in page, gone
     assert len(page) < 20_000                                              # no JupyterLab page template
-    assert reviewer.stage_summary(path) == {"points": ["**1** thing"], "warnings": ["look"]}
+    assert reviewer.stage_summary(path) == {"points": ["**1** thing"], "warnings": ["look"], "figures": {}}
 
 
 def _sources(customers, orders):
