@@ -114,14 +114,14 @@ def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n:
 
 def review_long(review: pd.DataFrame) -> pd.DataFrame:
     """A ``review_sample`` frame as one row per pair and field, the two records side by side (readable at any
-    page width): pair (probability and weight on its first row), field, record 1, record 2."""
+    page width): pair (probability and weight on its first row), field, record 1, record 2 (None: missing)."""
     fields = [c[:-4] for c in review.columns if c.endswith(" (1)")]
     rows = []
     for k, r in enumerate(review.itertuples(index=False), start=1):
         d = dict(zip(review.columns, r))
         for j, f in enumerate(fields):
             rows.append({"pair": f"{k}: {d['probability']:.1%} ({d['weight']:+.1f} bits)" if j == 0 else "",
-                         "field": label(f), "record 1": d[f"{f} (1)"], "record 2": d[f"{f} (2)"]})
+                         "field": label(f), "record 1": d[f"{f} (1)"] or None, "record 2": d[f"{f} (2)"] or None})
     return pd.DataFrame(rows, columns=["pair", "field", "record 1", "record 2"])
 
 
