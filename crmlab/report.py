@@ -24,6 +24,7 @@ import pandas as pd
 from IPython import get_ipython
 from IPython.display import HTML, Markdown, display
 from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
 
 from .labels import _CURRENCY, MISSING, _missing, label, pct, pp, money, num, date
 from .labels import LABELS, currency, labels, money_label, rule_label  # noqa: F401  (re-exported for notebooks)
@@ -155,13 +156,13 @@ def table(df: pd.DataFrame, formats: dict | None = None, names: bool = True, cap
         out[col] = [f(v) for v in d[col].tolist()]
     if names:
         out.columns = [label(c) for c in out.columns]
-    sty = out.style.hide(axis="index").set_table_styles(_TABLE_CSS)
+    numeric = [j for j, c in enumerate(d.columns)
+               if str(formats.get(c) or _auto_kind(d[c])).split(":")[0] in ("pct", "pp", "money", "int", "num")]
+    css = _TABLE_CSS + [{"selector": f"td.col{j}, th.col_heading.col{j}", "props": "text-align:right;"}
+                        for j in numeric]                # one rule per column, not one per cell
+    sty = Styler(out, cell_ids=False).hide(axis="index").set_table_styles(css)
     if caption:
         sty = sty.set_caption(html.escape(caption))
-    num_cols = [label(c) if names else c for c in d.columns
-                if str(formats.get(c) or _auto_kind(d[c])).split(":")[0] in ("pct", "pp", "money", "int", "num")]
-    if num_cols:
-        sty = sty.set_properties(subset=num_cols, **{"text-align": "right"})
     return sty
 
 

@@ -134,7 +134,7 @@ def browser() -> str:
     apt = shutil.which("apt-get")
     if path is None and apt and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = [apt, "install", "-y", "-q", "--no-install-recommends", "chromium-headless-shell"]
+        cmd = [apt, "install", "-y", "-q", "chromium-headless-shell"]
         if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
             subprocess.run([apt, "update", "-q"], env=env, capture_output=True, timeout=900)   # no package lists yet
             subprocess.run(cmd, env=env, capture_output=True, timeout=900)
