@@ -9,8 +9,9 @@ import os
 
 _stage = os.environ.get("CRMLAB_STAGE", "")
 _module = _stage.split("_", 1)[1] if "_" in _stage else ""
-for _name in ("numpy", "pandas", "matplotlib.pyplot", "IPython.display", "crmlab.pipeline",
-              f"crmlab.stages.{_module}" if _module else ""):
+for _name in ("numpy", "pandas", "matplotlib.pyplot", "IPython.display", "crmlab.pipeline", "crmlab.report",
+              "crmlab.quality" if _module == "data_quality" else "",
+              f"crmlab.stages.{_module}" if _module and _module != "data_quality" else ""):
     if _name:
         try:
             importlib.import_module(_name)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import nbformat
-
 SKIP_TAGS = {"parameters", "injected-parameters", "remove-output", "reviewer-skip"}
 SKIP_MARKERS = ("# NBVAL_CHECK_OUTPUT", "# NBVAL_IGNORE_OUTPUT", "# reviewer: skip")
 
@@ -42,6 +40,14 @@ def _skip_cell(cell) -> bool:
     return bool(tags & SKIP_TAGS) or (cell.get("cell_type") == "code" and src.lstrip().startswith(SKIP_MARKERS))
 
 
+def _nbformat():
+    """nbformat, imported when a report is read (its JSON-schema validator costs ~2 s to import; the stage
+    kernels that import the pipeline never need it)."""
+    import nbformat
+
+    return nbformat
+
+
 def _reviewer_outputs(outputs: list) -> list:
     """Keep what a reviewer reads: tables, figures, text the notebook displays. Streams (progress lines, warnings,
     test printouts) are left out: notebooks show content with ``display``, not ``print``."""
@@ -55,7 +61,7 @@ def _reviewer_outputs(outputs: list) -> list:
                 alt = (out.get("metadata", {}).get("image/png", {}) or {}).get("alt") or "Chart"
                 data = {"text/html": f'<img src="data:image/png;base64,{data["image/png"].strip()}" '
                                      f'alt="{html.escape(alt)}">'}
-                out = nbformat.from_dict({**out, "data": data, "metadata": {}})
+                out = _nbformat().from_dict({**out, "data": data, "metadata": {}})
             elif "text/html" not in data and "text/markdown" not in data and list(data) == ["text/plain"]:
                 txt = data["text/plain"]
                 if txt.startswith("<Figure size") or txt.startswith("<matplotlib."):
@@ -66,7 +72,7 @@ def _reviewer_outputs(outputs: list) -> list:
 
 def stage_summary(notebook: Path) -> dict | None:
     """The summary a report opened with (``crmlab.report.summary``): points, warnings and headline figures."""
-    nb = nbformat.read(notebook, as_version=4)
+    nb = _nbformat().read(notebook, as_version=4)
     for cell in nb.cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             found = (out.get("metadata") or {}).get("crmlab", {}).get("summary")
@@ -78,7 +84,7 @@ def stage_summary(notebook: Path) -> dict | None:
 
 def reviewer_notebook(nb):
     """A copy of ``nb`` with only what a reviewer should read."""
-    nb = nbformat.from_dict(nb)
+    nb = _nbformat().from_dict(nb)
     cells = []
     for cell in nb.cells:
         if _skip_cell(cell):
@@ -96,7 +102,7 @@ def render(notebook: Path, out: Path, header: str = "") -> Path:
     """Render ``notebook`` (executed) as the reviewer's page at ``out``."""
     from nbconvert import HTMLExporter      # heavy: imported when a report is rendered
 
-    nb = reviewer_notebook(nbformat.read(notebook, as_version=4))
+    nb = reviewer_notebook(_nbformat().read(notebook, as_version=4))
     exporter = HTMLExporter(template_name="basic", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, anchor_link_text="")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(notebook).stem}})
