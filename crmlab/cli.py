@@ -52,6 +52,18 @@ def _publish_target(a) -> tuple[str, str | None]:
     return P["url"] or default_url(P["dir"]), P["dir"]
 
 
+def _redis_target(a) -> tuple[str | None, str]:
+    """The Redis online store (URL, key prefix) from --redis, else from the parameter file's publish section."""
+    from . import config
+
+    if getattr(a, "redis", None):
+        return a.redis, a.redis_prefix or "crmlab"
+    if getattr(a, "url", None):
+        return None, "crmlab"
+    P = config.load(a.params, a.set)["publish"]
+    return P["redis"], getattr(a, "redis_prefix", None) or P["redis_prefix"]
+
+
 def _cmd_lookup(a) -> int:
     import json
 
@@ -101,6 +113,12 @@ def _cmd_restore(a) -> int:
     url, folder = _publish_target(a)
     restore(url, a.version, folder)
     print(f"version {a.version} is current again")
+    redis_url, prefix = _redis_target(a)
+    if redis_url:
+        from .online_store import sync
+
+        sync(url, redis_url, prefix, progress=print)
+        print(f"Redis online store: version {a.version} is current there too")
     return 0
 
 
@@ -132,8 +150,9 @@ def _cmd_serve(a) -> int:
     from . import service
 
     url, _ = _publish_target(a)
+    redis_url, prefix = _redis_target(a)
     service.serve(url, host=a.host, port=a.port, workers=a.workers, tokens_file=a.tokens, no_auth=a.no_auth,
-                  max_body=a.max_body)
+                  max_body=a.max_body, redis=redis_url, redis_prefix=prefix)
     return 0
 
 
@@ -218,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("restore", help="make a kept published version current again")
     rs.add_argument("version", type=int)
     target(rs)
+    rs.add_argument("--redis", help="switch this Redis online store too (default: publish.redis of --params)")
+    rs.add_argument("--redis-prefix", help="its key prefix (default: publish.redis_prefix)")
     rs.set_defaults(func=_cmd_restore)
 
     ru = sub.add_parser("runs", help="the runs under runs_dir: status, age, published version (marks killed runs aborted)")
@@ -242,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tokens", help="JSON/YAML file of bearer tokens and their scopes (read, write)")
     sv.add_argument("--no-auth", action="store_true", help="accept requests without a token (local tests only)")
     sv.add_argument("--max-body", type=int, default=16384, help="largest request body in bytes (larger: 413)")
+    sv.add_argument("--redis", help="read lookups from this Redis online store (default: publish.redis of --params)")
+    sv.add_argument("--redis-prefix", help="its key prefix (default: publish.redis_prefix)")
     sv.set_defaults(func=_cmd_serve)
 
     cr = sub.add_parser("check-reports", help="open a run's index.html and reviewer reports in headless Chromium at "

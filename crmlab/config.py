@@ -139,6 +139,8 @@ DEFAULTS: dict[str, Any] = {
         "keep": 5,                        # versions kept for restore
         "drift_psi": 0.2,                 # warn when a score's distribution shifts more than this
         "lookups": 1000,                  # timed sample lookups in the report
+        "redis": None,                    # Redis URL of the online store (e.g. redis://127.0.0.1:6379/0); null: none
+        "redis_prefix": "crmlab",         # key prefix in Redis: one per publish target
     },
     "measure": {
         "window_days": None,              # response window; null: each campaign's window_days

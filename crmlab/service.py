@@ -2,8 +2,10 @@
 
 Touchpoint systems (call-centre screen, web site, till) call it over HTTP while the customer is
 there. Every answer comes from the published SQL database (SQLite by default, PostgreSQL), read
-through the views that ``publish`` switches in one transaction: a response is one row of one
-version, and a publish or restore is seen by the next request, without a restart.
+through the views that ``publish`` switches in one transaction, or, with ``--redis``, from the Redis
+online store that publishing fills per version and switches with one pointer (``crmlab.online_store``):
+either way a response is one row of one version, and a publish or restore is seen by the next request,
+without a restart.
 
 Endpoints (JSON; OpenAPI at ``/docs`` and ``/openapi.json``):
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CrmlabError
+from .online_store import RedisStore
 from .publish import CATALOG, PublishError, _safe, engine, score_row
 from .sources import TOUCHPOINT_CONTACTS
 
@@ -41,7 +44,7 @@ CONTACTS_TABLE = TOUCHPOINT_CONTACTS                # read by the next run as pa
 SCOPES = ("read", "write")
 #: Environment of ``crmlab serve`` workers (uvicorn starts each from an import string).
 ENV = {"db": "CRMLAB_SERVICE_DB", "tokens": "CRMLAB_SERVICE_TOKENS_FILE", "no_auth": "CRMLAB_SERVICE_NO_AUTH",
-       "max_body": "CRMLAB_SERVICE_MAX_BODY"}
+       "max_body": "CRMLAB_SERVICE_MAX_BODY", "redis": "CRMLAB_SERVICE_REDIS", "redis_prefix": "CRMLAB_SERVICE_REDIS_PREFIX"}
 
 
 class ServiceError(CrmlabError):
@@ -181,6 +184,8 @@ class ServiceConfig:
     tokens: dict = field(default_factory=dict)       # sha256 -> scopes; empty with no_auth only
     no_auth: bool = False
     max_body: int = 16384                             # bytes per request body
+    redis: str | None = None                          # Redis online store for lookups (None: the SQL database)
+    redis_prefix: str = "crmlab"
 
 
 class _BodyLimit:
@@ -263,7 +268,8 @@ def create_app(cfg: ServiceConfig):
     if not cfg.tokens and not cfg.no_auth:
         raise ServiceError("no bearer tokens configured: give a token file (--tokens) or, for a local test only, "
                            "--no-auth")
-    store = ScoreStore(cfg.db)
+    store = ScoreStore(cfg.db)                        # contacts, and lookups unless a Redis online store serves them
+    reader = RedisStore(cfg.redis, cfg.redis_prefix) if cfg.redis else store
     app = FastAPI(title="crmlab touchpoint service", version="1",
                   description="Recognise, decide and record at the moment of contact, from the published scores.")
     app.state.store = store
@@ -312,14 +318,14 @@ def create_app(cfg: ServiceConfig):
 
     @app.get("/health")
     def health():
-        v = store.version()
+        v = reader.version()
         if v is None:
             return JSONResponse({"status": "unavailable", "detail": "nothing published yet"}, status_code=503)
         return {"status": "ok", "version": v["version"]}
 
     @app.get("/v1/version", dependencies=[scope("read")])
     def version():
-        v = store.version()
+        v = reader.version()
         if v is None:
             raise HTTPException(503, "nothing published yet: run the chain (stage 60_publish) first")
         return v
@@ -328,7 +334,7 @@ def create_app(cfg: ServiceConfig):
     def customer(source_system: str, source_id: str):
         if len(source_system) > 100 or len(source_id) > 100:
             raise HTTPException(422, "source_system and source_id are at most 100 characters")
-        row = store.customer(source_system, source_id)
+        row = reader.customer(source_system, source_id)
         if row is None:
             return JSONResponse({"detail": "unknown customer: this id is not in the published key map"},
                                 status_code=404)
@@ -360,11 +366,13 @@ def app_from_env():
     no_auth = os.environ.get(ENV["no_auth"]) == "1"
     tokens = load_tokens(tokens_file) if tokens_file else {}
     return create_app(ServiceConfig(db=db, tokens=tokens, no_auth=no_auth,
-                                    max_body=int(os.environ.get(ENV["max_body"], "16384"))))
+                                    max_body=int(os.environ.get(ENV["max_body"], "16384")),
+                                    redis=os.environ.get(ENV["redis"]) or None,
+                                    redis_prefix=os.environ.get(ENV["redis_prefix"], "crmlab")))
 
 
 def serve(db: str, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, tokens_file=None,
-          no_auth: bool = False, max_body: int = 16384) -> None:
+          no_auth: bool = False, max_body: int = 16384, redis: str | None = None, redis_prefix: str = "crmlab") -> None:
     """Run the service under uvicorn until SIGINT/SIGTERM (requests in flight finish first)."""
     import uvicorn
 
@@ -373,10 +381,14 @@ def serve(db: str, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, 
     elif not no_auth:
         raise ServiceError("no bearer tokens configured: give --tokens FILE (or --no-auth for a local test)")
     ScoreStore(db).close()                            # the database must exist
-    os.environ.update({ENV["db"]: db, ENV["no_auth"]: "1" if no_auth else "0", ENV["max_body"]: str(max_body)})
+    if redis:
+        RedisStore(redis, redis_prefix).close()       # and the online store answer
+    os.environ.update({ENV["db"]: db, ENV["no_auth"]: "1" if no_auth else "0", ENV["max_body"]: str(max_body),
+                       ENV["redis"]: redis or "", ENV["redis_prefix"]: redis_prefix})
     if tokens_file:
         os.environ[ENV["tokens"]] = str(Path(tokens_file).resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    log.info("serving %s on http://%s:%d with %d worker(s)", _safe(db), host, port, workers)
+    log.info("serving %s%s on http://%s:%d with %d worker(s)", _safe(db),
+             f" (lookups from the Redis online store {_safe(redis)})" if redis else "", host, port, workers)
     uvicorn.run("crmlab.service:app_from_env", factory=True, host=host, port=port, workers=workers,
                 access_log=False, timeout_graceful_shutdown=10, log_level="info")

@@ -143,3 +143,47 @@ def browser() -> str:
         pytest.skip("no headless Chromium here and it cannot be installed (needs root and apt-get: "
                     "apt-get install chromium-headless-shell), or set CRMLAB_BROWSER to a Chromium binary")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """URL of a Redis server: $CRMLAB_TEST_REDIS or redis://127.0.0.1:6379/0; when none answers, a private
+    redis-server started for the session (nothing kept on disk); else the test is skipped saying why."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    url = os.environ.get("CRMLAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        yield url
+        return
+    except (redis.RedisError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip(f"no Redis server at {url} ({why}) and no redis-server here to start one; "
+                    "set CRMLAB_TEST_REDIS to a server's URL")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+            break
+        except redis.RedisError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.skip(f"no Redis server at {url} ({why}) and the private redis-server did not start")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

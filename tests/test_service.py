@@ -70,6 +70,26 @@ def server(request, tmp_path_factory):
     logf.close()
 
 
+def stream_answers(url: str, headers: dict | None = None):
+    """Ask for ``url`` again and again on a thread until ``stop`` is set: (thread, seen, errors, stop), where
+    ``seen`` collects (time, score_version, treatment) of each answer and ``errors`` every failure."""
+    seen, errors, stop = [], [], threading.Event()
+
+    def client():
+        with httpx.Client(headers=headers or {}, timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    b = c.get(url).json()
+                    seen.append((time.perf_counter(), b["score_version"], b["treatment"]))
+                except Exception as exc:                                   # noqa: BLE001 - counted, then asserted
+                    errors.append(repr(exc))
+
+    th = threading.Thread(target=client)
+    th.start()
+    time.sleep(0.3)
+    return th, seen, errors, stop
+
+
 def _h(token):
     return {"Authorization": f"Bearer {token}"}
 
@@ -160,21 +180,7 @@ def test_publishes_during_a_stream_of_requests(server):
     every answer one version (its treatment is that version's), versions never go back, and the new
     version is served within a second of the publish."""
     base, url, folder = server[0], server[1], server[2].parent / "published"
-    seen, errors, stop = [], [], threading.Event()
-
-    def client():
-        with httpx.Client(headers=_h(READ), timeout=5) as c:
-            while not stop.is_set():
-                try:
-                    r = c.get(f"{base}/v1/customers/web/W3")
-                    b = r.json()
-                    seen.append((time.perf_counter(), b["score_version"], b["treatment"]))
-                except Exception as exc:                                   # noqa: BLE001 - counted, then asserted
-                    errors.append(repr(exc))
-
-    th = threading.Thread(target=client)
-    th.start()
-    time.sleep(0.3)
+    th, seen, errors, stop = stream_answers(f"{base}/v1/customers/web/W3", _h(READ))
     marks = {}
     for tag in (2, 3):
         v = publish.publish(tables(tag), url, folder=folder)

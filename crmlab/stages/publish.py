@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import affinity, decisions, publish, targets
+from .. import affinity, decisions, online_store, publish, targets
 from ..errors import CrmlabError
 
 
@@ -57,6 +57,8 @@ def run_publish(ctx) -> PublishResult:
               "affinity_rules": ctx.read_artifact("affinity_rules"),
               "segment_profiles": ctx.read_artifact("segment_profiles")}
     version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print)
+    if PUB["redis"]:                                # the online store follows: filled, then its pointer switched
+        online_store.sync(url, PUB["redis"], PUB["redis_prefix"], progress=print)
     (ctx.run_dir / "artifacts" / "published.json").write_text(
         pd.Series({"version": version, "url": publish._safe(url), "dir": PUB["dir"]}).to_json())
     return PublishResult(url, cutoff, scores, rules, guarded, previous_version, previous, drift, version, tables)
