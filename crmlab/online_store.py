@@ -142,9 +142,15 @@ class RedisStore:
         v = self.r.get(self.pointer)
         return int(v) if v is not None else None
 
-    def customer(self, source_system: str, source_id: str) -> dict | None:
-        """The current answer for a touchpoint's id (pointer and keys read in one script: one version)."""
+    def customer_json(self, source_system: str, source_id: str) -> bytes | None:
+        """The current answer for a touchpoint's id as stored (JSON bytes; pointer and keys read in one script,
+        so one version), for the service to send without decoding it."""
         _v, raw = self._lookup(keys=[self.pointer], args=[self.prefix, _id_key(source_system, source_id)])
+        return raw or None
+
+    def customer(self, source_system: str, source_id: str) -> dict | None:
+        """The current answer for a touchpoint's id, as a dict."""
+        raw = self.customer_json(source_system, source_id)
         return json.loads(raw) if raw else None
 
     def version(self) -> dict | None:

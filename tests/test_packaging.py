@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"psycopg[binary]": "psycopg", "redis": "redis-py"}   # PyPI name -> conda-forge name where they differ
+CONDA_NAMES = {"psycopg[binary]": "psycopg", "redis": "redis-py", "uvicorn[standard]": "uvicorn-standard"}   # PyPI name -> conda-forge name where they differ
 MIRRORED_EXTRAS = ("dev", "postgres")
 
 

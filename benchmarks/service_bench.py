@@ -1,0 +1,265 @@
+"""Load benchmark of the touchpoint service (#20): lookups at fixed request rates, per backend.
+
+For each backend (SQLite, PostgreSQL when a server answers, the Redis online store) a published database of
+``--customers`` customers (two source ids each) is served by ``crmlab serve`` on a loopback port, and an
+open-loop client sends ``GET /v1/customers/{system}/{id}`` at fixed rates (``--rates``) for ``--seconds`` each:
+requests leave on schedule whether or not earlier ones have answered, and each latency is measured from its
+scheduled time (queueing included, no coordinated omission). The key mix: 90% known ids, a fifth of them
+"regulars" asked for again and again, 10% unknown ids (404). Reported per rate: achieved throughput, p50,
+p99 and max latency, errors. Bounded: every run stops after its seconds and a drain of at most 5 s.
+
+    python benchmarks/service_bench.py [--customers 200000] [--rates 500 1000 2000] [--seconds 8]
+        [--workers 2] [--out benchmarks/results/service_bench.txt]
+
+The client is raw asyncio sockets with prepared requests (HTTP/1.1 keep-alive over --connections
+connections), so that it takes as little of the machine's two cores as possible from the server.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from crmlab import online_store, publish  # noqa: E402
+
+TOKEN = "bench-read-token-000000000001"
+_LEN = re.compile(rb"content-length:\s*(\d+)", re.I)
+
+
+def tables(n: int, seed: int = 0) -> dict:
+    """customer_scores and customer_key_map of ``n`` customers, each known to the web shop and the store."""
+    rng = np.random.default_rng(seed)
+    keys = np.array([f"K{i:09d}" for i in range(n)], dtype=object)
+    scores = pd.DataFrame({
+        "customer_key": keys, "segment_id": rng.integers(0, 6, n), "segment": "Active web shoppers",
+        "value_band": rng.choice(["low", "medium", "high"], n), "risk_band": rng.choice(["low", "medium", "high"], n),
+        "value_risk_cell": "high value / low risk", "value": rng.gamma(2, 20, n), "p_alive": rng.random(n),
+        "expected_purchases_365d": rng.gamma(2, 1, n), "attrition_risk": rng.random(n),
+        "propensity_food": rng.random(n), "propensity_drinks": rng.random(n), "response_propensity": rng.random(n),
+        "next_best_offer": "P0001", "next_best_offer_name": "Bananas", "preferred_channel": "web",
+        "preferred_medium": "email", "treatment": "newsletter", "rule": "default", "contact": True,
+        "contact_reason": None, "control": False, "model_version": "bench", "decision_version": "bench"})
+    km = pd.DataFrame({"source_system": np.repeat(["web", "store"], n),
+                       "source_id": np.r_[[f"W{i}" for i in range(n)], [f"S{i}" for i in range(n)]],
+                       "customer_key": np.r_[keys, keys], "match_confidence": 1.0})
+    return {"customer_scores": scores, "customer_key_map": km}
+
+
+def paths(n: int, count: int, seed: int = 1) -> list[bytes]:
+    """Prepared requests: 90% known ids (a fifth of them from 1,000 regulars), 10% unknown."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        u = rng.random()
+        if u < 0.1:
+            path = f"/v1/customers/web/X{rng.integers(0, 10**9)}"
+        else:
+            i = int(rng.integers(0, 1000)) if u < 0.28 else int(rng.integers(0, n))
+            system = "web" if rng.random() < 0.5 else "store"
+            path = f"/v1/customers/{system}/{'W' if system == 'web' else 'S'}{i}"
+        out.append(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    return out
+
+
+async def _load(port: int, rate: int, seconds: float, requests: list[bytes], connections: int):
+    queue: asyncio.Queue = asyncio.Queue()
+    results: list[tuple[float, float, int]] = []
+    errors = [0]
+
+    async def conn():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            errors[0] += 1
+            return
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            due, req = item
+            try:
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = _LEN.search(head)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                results.append((due, time.perf_counter(), int(head[9:12])))
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                errors[0] += 1
+                break
+        writer.close()
+
+    workers = [asyncio.create_task(conn()) for _ in range(connections)]
+    await asyncio.sleep(0.2)
+    n = int(rate * seconds)
+    t0 = time.perf_counter() + 0.05
+    i = 0
+    while i < n:
+        now = time.perf_counter()
+        due_n = min(n, int((now - t0) * rate) + 1)
+        while i < due_n:
+            queue.put_nowait((t0 + i / rate, requests[i % len(requests)]))
+            i += 1
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+    end = t0 + seconds
+    deadline = end + 5.0
+    while len(results) + errors[0] < n and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    for _ in workers:
+        queue.put_nowait(None)
+    done, pending = await asyncio.wait(workers, timeout=1)
+    for t in pending:
+        t.cancel()
+    lat = np.array([(d - s) * 1e3 for s, d, _ in results])
+    last = max((d for _, d, _ in results), default=end)
+    status = pd.Series([c for _, _, c in results]).value_counts().to_dict()
+    bad = sum(v for k, v in status.items() if k not in (200, 404))
+    return {"rate": rate, "sent": n, "answered": len(results), "errors": errors[0] + bad + (n - len(results) - errors[0]),
+            "throughput": len(results) / max(last - t0, 1e-9),
+            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "max": float(lat.max()) if len(lat) else float("nan"), "status": status}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefix: str = "crmlab"):
+    tok = tmp / "tokens.yaml"
+    tok.write_text(f"tokens:\n  - name: bench\n    token: {TOKEN}\n    scopes: [read]\n")
+    port = _port()
+    cmd = [sys.executable, "-m", "crmlab", "serve", "--db", url, "--port", str(port), "--tokens", str(tok),
+           "--workers", str(workers)]
+    if redis_url:
+        cmd += ["--redis", redis_url, "--redis-prefix", prefix]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp)
+    import httpx
+
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"the service over {publish._safe(url)} did not start")
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("CRMLAB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    try:
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        with eng.connect():
+            pass
+        eng.dispose()
+        return url
+    except Exception:  # noqa: BLE001 - no server: the backend is left out and the report says so
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--customers", type=int, default=200_000)
+    ap.add_argument("--rates", type=int, nargs="+", default=[500, 1000, 2000])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of the service")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--redis", default=os.environ.get("CRMLAB_TEST_REDIS", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    lines = [f"# python benchmarks/service_bench.py --customers {a.customers} --rates {' '.join(map(str, a.rates))} "
+             f"--seconds {a.seconds:g} --workers {a.workers}",
+             f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs; client and service on the same "
+             "machine (loopback); open loop, latency from each request's scheduled time"]
+    requests = paths(a.customers, 50_000)
+    with tempfile.TemporaryDirectory(prefix="crmlab-svc-") as tmpd:
+        tmp = Path(tmpd)
+        data = tables(a.customers)
+        backends = []
+        sqlite_url = publish.default_url(tmp / "sqlite")
+        t = time.perf_counter()
+        publish.publish(data, sqlite_url)
+        lines.append(f"# published {a.customers:,} customers / {2 * a.customers:,} ids to SQLite in {time.perf_counter() - t:.1f} s")
+        backends.append(("sqlite", sqlite_url, None))
+        pg = _postgres_url()
+        schema = None
+        if pg:
+            import sqlalchemy as sa
+
+            schema = f"crmlab_bench_{uuid.uuid4().hex[:8]}"
+            eng = sa.create_engine(pg)
+            with eng.begin() as c:
+                c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            pg_url = f"{pg}?options=-csearch_path%3D{schema}"
+            t = time.perf_counter()
+            publish.publish(data, pg_url)
+            lines.append(f"# published to PostgreSQL in {time.perf_counter() - t:.1f} s")
+            backends.append(("postgresql", pg_url, None))
+        else:
+            lines.append("# PostgreSQL: no server answered; left out")
+        prefix = f"crmlab-bench-{uuid.uuid4().hex[:8]}"
+        try:
+            t = time.perf_counter()
+            online_store.sync(sqlite_url, a.redis, prefix)
+            lines.append(f"# Redis online store filled from SQLite in {time.perf_counter() - t:.1f} s")
+            backends.append(("redis", sqlite_url, a.redis))
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"# Redis: {exc}; left out")
+        lines.append(f"{'backend':11s} {'rate/s':>7s} {'answered':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+                     f"{'max ms':>8s} {'errors':>7s}")
+        try:
+            for name, url, redis_url in backends:
+                proc, port = serve(url, a.workers, tmp, redis_url, prefix)
+                try:
+                    asyncio.run(_load(port, 200, 2.0, requests, a.connections))          # warm-up
+                    for rate in a.rates:
+                        r = asyncio.run(_load(port, rate, a.seconds, requests, a.connections))
+                        line = (f"{name:11s} {rate:7d} {r['answered']:9,d} {r['throughput']:8.0f} {r['p50']:8.2f} "
+                                f"{r['p99']:8.2f} {r['max']:8.1f} {r['errors']:7d}")
+                        print(line, flush=True)
+                        lines.append(line)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=30)
+        finally:
+            if schema:
+                with eng.begin() as c:
+                    c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            import redis
+
+            r = redis.Redis.from_url(a.redis)
+            keys = list(r.scan_iter(match=f"{prefix}:*", count=10_000))
+            for i in range(0, len(keys), 10_000):
+                r.unlink(*keys[i:i + 10_000])
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
