@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of the service")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--redis", default=os.environ.get("CRMLAB_TEST_REDIS", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "redis"])
     ap.add_argument("--out")
     a = ap.parse_args()
     lines = [f"# python benchmarks/service_bench.py --customers {a.customers} --rates {' '.join(map(str, a.rates))} "
@@ -232,7 +233,7 @@ def main() -> None:
         lines.append(f"{'backend':11s} {'rate/s':>7s} {'answered':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
                      f"{'max ms':>8s} {'errors':>7s}")
         try:
-            for name, url, redis_url in backends:
+            for name, url, redis_url in [b for b in backends if b[0] in a.backends]:
                 proc, port = serve(url, a.workers, tmp, redis_url, prefix)
                 try:
                     asyncio.run(_load(port, 200, 2.0, requests, a.connections))          # warm-up

@@ -105,6 +105,11 @@ class ScoreStore:
         self.url = url
         self.eng = engine(url, create=False)
         self.sqlite = self.eng.dialect.name == "sqlite"
+        # lookups on a server database: autocommit (one statement is one snapshot, so one version, without
+        # BEGIN/ROLLBACK round trips), no ping per checkout (a dropped connection is retried once instead),
+        # a pool as large as the worker's threads
+        self.read_eng = self.eng if self.sqlite else sa.create_engine(
+            url, isolation_level="AUTOCOMMIT", pool_size=16, max_overflow=24, pool_pre_ping=False, pool_recycle=600)
         self._lookup = sa.text(
             "SELECT s.* FROM customer_key_map m JOIN customer_scores s ON s.customer_key = m.customer_key "
             "WHERE m.source_system = :system AND m.source_id = :id")
@@ -113,10 +118,19 @@ class ScoreStore:
         self.ensure_contacts()
 
     def _read(self, stmt, params=None):
-        with self.eng.connect() as conn:
-            rows = conn.execute(stmt, params or {}).mappings().all()
-            conn.rollback()
-        return rows
+        import sqlalchemy as sa
+
+        for attempt in (0, 1):
+            try:
+                with self.read_eng.connect() as conn:
+                    rows = conn.execute(stmt, params or {}).mappings().all()
+                    if self.sqlite:
+                        conn.rollback()
+                return rows
+            except sa.exc.DBAPIError as exc:
+                if attempt or not exc.connection_invalidated:
+                    raise
+        return []
 
     def customer(self, source_system: str, source_id: str) -> dict | None:
         rows = self._read(self._lookup, {"system": source_system, "id": source_id})
@@ -174,6 +188,8 @@ class ScoreStore:
 
     def close(self) -> None:
         self.eng.dispose()
+        if self.read_eng is not self.eng:
+            self.read_eng.dispose()
 
 
 # ----------------------------------------------------------------------------- the app
