@@ -188,7 +188,7 @@ def summary(points: list[str], warnings: list[str] | None = None, title: str = "
                    for k, v in figures.items() if k in old]
         if changes:
             points.append(f"Since the previous run ({run_id}): " + "; ".join(changes) + ".")
-    elif ctx is not None and figures:
+    elif ctx is not None and figures and not getattr(ctx, "interactive", False):
         points.append("No earlier successful run of these parameters with figures to compare with.")
     items = "".join(f"<li>{_inline(p)}</li>" for p in points)
     warn = "".join(f"<li>{_inline(w)}</li>" for w in warnings)
