@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import re
@@ -61,19 +62,33 @@ def tables(n: int, seed: int = 0) -> dict:
     return {"customer_scores": scores, "customer_key_map": km}
 
 
-def paths(n: int, count: int, seed: int = 1) -> list[bytes]:
-    """Prepared requests: 90% known ids (a fifth of them from 1,000 regulars), 10% unknown."""
+def ids(n: int, count: int, seed: int = 1) -> list[tuple[str, str]]:
+    """The key mix: 90% known ids (a fifth of them from 1,000 regulars), 10% unknown."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
         u = rng.random()
         if u < 0.1:
-            path = f"/v1/customers/web/X{rng.integers(0, 10**9)}"
+            out.append(("web", f"X{rng.integers(0, 10**9)}"))
         else:
             i = int(rng.integers(0, 1000)) if u < 0.28 else int(rng.integers(0, n))
             system = "web" if rng.random() < 0.5 else "store"
-            path = f"/v1/customers/{system}/{'W' if system == 'web' else 'S'}{i}"
-        out.append(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            out.append((system, f"{'W' if system == 'web' else 'S'}{i}"))
+    return out
+
+
+def crmlab_requests(keys) -> list[bytes]:
+    return [f"GET /v1/customers/{s}/{i} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+            for s, i in keys]
+
+
+def feast_requests(keys, features: list[str]) -> list[bytes]:
+    out = []
+    for s, i in keys:
+        body = json.dumps({"features": [f"customer_scores:{f}" for f in features],
+                           "entities": {"source_ref": [f"{s}:{i}"]}})
+        out.append((f"POST /get-online-features HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
     return out
 
 
@@ -83,27 +98,31 @@ async def _load(port: int, rate: int, seconds: float, requests: list[bytes], con
     errors = [0]
 
     async def conn():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            errors[0] += 1
-            return
+        reader = writer = None
         while True:
             item = await queue.get()
             if item is None:
                 break
             due, req = item
-            try:
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = _LEN.search(head)
-                if m:
-                    await reader.readexactly(int(m.group(1)))
-                results.append((due, time.perf_counter(), int(head[9:12])))
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                errors[0] += 1
-                break
-        writer.close()
+            for attempt in (0, 1):                 # a keep-alive connection the server closed: reopen, resend once
+                try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(req)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    m = _LEN.search(head)
+                    if m:
+                        await reader.readexactly(int(m.group(1)))
+                    results.append((due, time.perf_counter(), int(head[9:12])))
+                    break
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None
+                    if attempt:
+                        errors[0] += 1
+        if writer is not None:
+            writer.close()
 
     workers = [asyncio.create_task(conn()) for _ in range(connections)]
     await asyncio.sleep(0.2)
@@ -130,7 +149,7 @@ async def _load(port: int, rate: int, seconds: float, requests: list[bytes], con
     last = max((d for _, d, _ in results), default=end)
     status = pd.Series([c for _, _, c in results]).value_counts().to_dict()
     bad = sum(v for k, v in status.items() if k not in (200, 404))
-    return {"rate": rate, "sent": n, "answered": len(results), "errors": errors[0] + bad + (n - len(results) - errors[0]),
+    return {"rate": rate, "sent": n, "answered": len(results), "errors": n - len(results) + bad,
             "throughput": len(results) / max(last - t0, 1e-9),
             "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
@@ -167,6 +186,71 @@ def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefi
     raise SystemExit(f"the service over {publish._safe(url)} did not start")
 
 
+FEAST_TYPES = {"f": "Float64", "i": "Int64", "b": "Bool", "O": "String"}
+
+
+def feast_repo(tmp: Path, data: dict, feast_bin: str, online: str, redis_url: str) -> tuple[Path, list[str], float]:
+    """A Feast feature repository holding the same answers: one row per source id (``source_ref`` =
+    "system:id", as touchpoints ask) with every customer_scores column, materialised into Feast's online store
+    (``online``: sqlite or redis). Returns (repo, feature names, seconds to apply and materialise)."""
+    repo = tmp / f"feast_{online}"
+    (repo / "data").mkdir(parents=True)
+    km, sc = data["customer_key_map"], data["customer_scores"]
+    df = km.merge(sc, on="customer_key")
+    df.insert(0, "source_ref", df["source_system"] + ":" + df["source_id"])
+    df = df.drop(columns=["source_system", "source_id", "match_confidence"])
+    for c in df.columns:
+        if df[c].dtype == object or str(df[c].dtype).startswith("str"):
+            df[c] = df[c].astype(object).where(df[c].notna(), "")
+    df["event_timestamp"] = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(days=1)
+    df.to_parquet(repo / "data" / "scores.parquet", index=False)
+    features = [c for c in df.columns if c not in ("source_ref", "event_timestamp")]
+    fields = ",\n        ".join(f'Field(name="{c}", dtype={FEAST_TYPES.get(df[c].dtype.kind, "String")})'
+                                 for c in features)
+    store = ("  type: sqlite\n  path: data/online_store.db" if online == "sqlite" else
+             f"  type: redis\n  connection_string: \"{redis_url.split('//', 1)[1].rsplit('/', 1)[0]}\"")
+    (repo / "feature_store.yaml").write_text(
+        f"project: crmlab_bench_{online}\nregistry: data/registry.db\nprovider: local\nonline_store:\n{store}\n"
+        "entity_key_serialization_version: 3\n")
+    (repo / "features.py").write_text(f"""from datetime import timedelta
+from feast import Entity, FeatureView, Field, FileSource
+from feast.types import Bool, Float64, Int64, String
+
+ref = Entity(name="source_ref", join_keys=["source_ref"])
+source = FileSource(path="data/scores.parquet", timestamp_field="event_timestamp")
+customer_scores = FeatureView(
+    name="customer_scores", entities=[ref], ttl=timedelta(days=3650), online=True, source=source,
+    schema=[
+        {fields}
+    ])
+""")
+    t = time.perf_counter()
+    for cmd in (["apply"], ["materialize", "2000-01-01T00:00:00", pd.Timestamp.now().strftime("%Y-%m-%dT%H:%M:%S")]):
+        r = subprocess.run([feast_bin, *cmd], cwd=repo, capture_output=True, text=True, timeout=1800)
+        if r.returncode:
+            raise RuntimeError(f"feast {cmd[0]} failed: {r.stderr[-1500:]}")
+    return repo, features, time.perf_counter() - t
+
+
+def feast_serve(repo: Path, feast_bin: str, workers: int):
+    port = _port()
+    proc = subprocess.Popen([feast_bin, "serve", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers),
+                             "--no-access-log"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("feast serve did not start")
+
+
+
 def _postgres_url() -> str | None:
     url = os.environ.get("CRMLAB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     try:
@@ -189,14 +273,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of the service")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--redis", default=os.environ.get("CRMLAB_TEST_REDIS", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "redis"])
+    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "redis", "feast-sqlite"])
+    ap.add_argument("--feast", default=str(ROOT / ".bench" / "feast" / "bin" / "feast"),
+                    help="the feast command of its own environment (python -m venv .bench/feast && "
+                         ".bench/feast/bin/pip install feast)")
     ap.add_argument("--out")
     a = ap.parse_args()
     lines = [f"# python benchmarks/service_bench.py --customers {a.customers} --rates {' '.join(map(str, a.rates))} "
              f"--seconds {a.seconds:g} --workers {a.workers}",
              f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs; client and service on the same "
              "machine (loopback); open loop, latency from each request's scheduled time"]
-    requests = paths(a.customers, 50_000)
+    keys = ids(a.customers, 50_000)
+    requests = crmlab_requests(keys)
     with tempfile.TemporaryDirectory(prefix="crmlab-svc-") as tmpd:
         tmp = Path(tmpd)
         data = tables(a.customers)
@@ -205,7 +293,7 @@ def main() -> None:
         t = time.perf_counter()
         publish.publish(data, sqlite_url)
         lines.append(f"# published {a.customers:,} customers / {2 * a.customers:,} ids to SQLite in {time.perf_counter() - t:.1f} s")
-        backends.append(("sqlite", sqlite_url, None))
+        backends.append(("sqlite", lambda: serve(sqlite_url, a.workers, tmp), requests))
         pg = _postgres_url()
         schema = None
         if pg:
@@ -219,7 +307,7 @@ def main() -> None:
             t = time.perf_counter()
             publish.publish(data, pg_url)
             lines.append(f"# published to PostgreSQL in {time.perf_counter() - t:.1f} s")
-            backends.append(("postgresql", pg_url, None))
+            backends.append(("postgresql", lambda: serve(pg_url, a.workers, tmp), requests))
         else:
             lines.append("# PostgreSQL: no server answered; left out")
         prefix = f"crmlab-bench-{uuid.uuid4().hex[:8]}"
@@ -227,21 +315,34 @@ def main() -> None:
             t = time.perf_counter()
             online_store.sync(sqlite_url, a.redis, prefix)
             lines.append(f"# Redis online store filled from SQLite in {time.perf_counter() - t:.1f} s")
-            backends.append(("redis", sqlite_url, a.redis))
+            backends.append(("redis", lambda: serve(sqlite_url, a.workers, tmp, a.redis, prefix), requests))
         except Exception as exc:  # noqa: BLE001
             lines.append(f"# Redis: {exc}; left out")
-        lines.append(f"{'backend':11s} {'rate/s':>7s} {'answered':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        if "feast-sqlite" in a.backends and Path(a.feast).exists():
+            try:
+                repo, features, secs = feast_repo(tmp, data, a.feast, "sqlite", a.redis)
+                ver = re.sub(r"\x1b\[[0-9;]*m", "", subprocess.run([a.feast, "version"], capture_output=True,
+                                                                text=True).stdout).split(":")[-1].strip().strip('"')
+                lines.append(f"# Feast {ver}: same {2 * a.customers:,} ids and columns (entity source_ref = 'system:id'), "
+                             f"SQLite online store, apply + materialize in {secs:.1f} s; feast serve with {a.workers} workers")
+                backends.append(("feast-sqlite", lambda: feast_serve(repo, a.feast, a.workers),
+                                 feast_requests(keys, features)))
+            except Exception as exc:  # noqa: BLE001 - reported, the rest still runs
+                lines.append(f"# Feast: {exc}; left out")
+        elif "feast-sqlite" in a.backends:
+            lines.append(f"# Feast: no {a.feast}; left out")
+        lines.append(f"{'backend':12s} {'rate/s':>7s} {'answered':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
                      f"{'max ms':>8s} {'errors':>7s}")
         try:
-            for name, url, redis_url in [b for b in backends if b[0] in a.backends]:
-                proc, port = serve(url, a.workers, tmp, redis_url, prefix)
+            for name, start, reqs in [b for b in backends if b[0] in a.backends]:
+                proc, port = start()
                 try:
-                    asyncio.run(_load(port, 200, 2.0, requests, a.connections))          # warm-up
+                    asyncio.run(_load(port, 200, 2.0, reqs, a.connections))              # warm-up
                     for rate in a.rates:
-                        r = asyncio.run(_load(port, rate, a.seconds, requests, a.connections))
-                        line = (f"{name:11s} {rate:7d} {r['answered']:9,d} {r['throughput']:8.0f} {r['p50']:8.2f} "
+                        r = asyncio.run(_load(port, rate, a.seconds, reqs, a.connections))
+                        line = (f"{name:12s} {rate:7d} {r['answered']:9,d} {r['throughput']:8.0f} {r['p50']:8.2f} "
                                 f"{r['p99']:8.2f} {r['max']:8.1f} {r['errors']:7d}")
-                        print(line, flush=True)
+                        print(line, r["status"], flush=True)
                         lines.append(line)
                 finally:
                     proc.send_signal(signal.SIGTERM)
@@ -253,9 +354,9 @@ def main() -> None:
             import redis
 
             r = redis.Redis.from_url(a.redis)
-            keys = list(r.scan_iter(match=f"{prefix}:*", count=10_000))
-            for i in range(0, len(keys), 10_000):
-                r.unlink(*keys[i:i + 10_000])
+            left = list(r.scan_iter(match=f"{prefix}:*", count=10_000))
+            for i in range(0, len(left), 10_000):
+                r.unlink(*left[i:i + 10_000])
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
