@@ -162,6 +162,21 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _healthy(proc, port: int, what: str, seconds: float):
+    """(proc, port) once GET /health answers 200; stops the process and raises if it does not in ``seconds``."""
+    import httpx
+
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{what} did not answer /health within {seconds:g} s")
+
+
 def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefix: str = "crmlab"):
     tok = tmp / "tokens.yaml"
     tok.write_text(f"tokens:\n  - name: bench\n    token: {TOKEN}\n    scopes: [read]\n")
@@ -172,18 +187,7 @@ def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefi
         cmd += ["--redis", redis_url, "--redis-prefix", prefix]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp)
-    import httpx
-
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"the service over {publish._safe(url)} did not start")
+    return _healthy(proc, port, f"the service over {publish._safe(url)}", 30)
 
 
 FEAST_TYPES = {"f": "Float64", "i": "Int64", "b": "Bool", "O": "String"}
@@ -236,18 +240,7 @@ def feast_serve(repo: Path, feast_bin: str, workers: int):
     port = _port()
     proc = subprocess.Popen([feast_bin, "serve", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers),
                              "--no-access-log"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import httpx
-
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("feast serve did not start")
+    return _healthy(proc, port, "feast serve", 60)
 
 
 
