@@ -6,6 +6,7 @@ run's currency (``report.currency`` in params, set by ``crmlab.report.use``) on 
 """
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -150,3 +151,9 @@ def _missing(x) -> bool:
         return x is None or bool(pd.isna(x))
     except (TypeError, ValueError):
         return False
+
+
+def inline_markdown(text: str) -> str:
+    """Text as HTML, escaped, with Markdown **bold** and *italic* kept (report summaries, index.html)."""
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", t)

@@ -62,8 +62,8 @@ def m_u_table(matcher: RecordMatcher) -> pd.DataFrame:
     """Per comparison level: m, u and the log2 Bayes factor (the model in one table)."""
     rows = []
     for c, m, u in zip(matcher.comparisons_, matcher.m_, matcher.u_):
-        for lv, label in enumerate(c.labels()):
-            rows.append((c.column, label, m[lv], u[lv], np.log2(m[lv] / u[lv])))
+        for lv, name in enumerate(c.labels()):
+            rows.append((c.column, name, m[lv], u[lv], np.log2(m[lv] / u[lv])))
     return pd.DataFrame(rows, columns=["comparison", "level", "m", "u", "log2_bayes_factor"])
 
 

@@ -18,7 +18,6 @@ import html
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import sys
@@ -33,6 +32,7 @@ import pandas as pd
 from . import config, events, reuse, reviewer, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
+from .labels import inline_markdown
 from .sources import (TOUCHPOINT_CONTACTS, Sources, SourcesInvalid, fingerprint, input_files, load_params,
                       read_touchpoint_contacts, touchpoint_digest, touchpoints_url)
 
@@ -371,13 +371,6 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _inline_md(text: str) -> str:
-    """Escaped text with Markdown **bold** and *italic* kept (the stage summaries)."""
-    t = html.escape(text)
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", t)
-
-
 def write_index(run_dir: Path, manifest: dict) -> Path:
     """index.html: status, published version, each stage's headline figures and warnings, links to the reports,
     inputs and package versions. Plain HTML and CSS (no JavaScript)."""
@@ -401,8 +394,8 @@ def write_index(run_dir: Path, manifest: dict) -> Path:
                     + "</td>"
                     f"<td>{links}</td><td>{arts}{err}</td></tr>")
         if summ:
-            pts = "".join(f"<li>{_inline_md(p)}</li>" for p in summ.get("points", []))
-            warn = "".join(f"<li>{_inline_md(w)}</li>" for w in summ.get("warnings", []))
+            pts = "".join(f"<li>{inline_markdown(p)}</li>" for p in summ.get("points", []))
+            warn = "".join(f"<li>{inline_markdown(w)}</li>" for w in summ.get("warnings", []))
             heads.append(f"<section id='{esc(s['name'])}'><h3>{esc(title)}</h3><ul>{pts}</ul>"
                          + (f"<p class='warn'>Look at:</p><ul class='warn'>{warn}</ul>" if warn else "")
                          + (f"<p><a href='{esc(s['reviewer_html'])}'>Open the report</a></p>" if s.get("reviewer_html") else "")

@@ -92,14 +92,14 @@ def shared_identifiers(customers: pd.DataFrame) -> pd.DataFrame:
     keys = {"email": ["email_std"], "phone": ["phone_std"],
             "name + postcode": ["first_name_std", "last_name_std", "postcode_std"]}
     rows = []
-    for label, cols in keys.items():
+    for ident, cols in keys.items():
         if not all(c in customers for c in cols):
             continue
         d = customers.dropna(subset=cols)
         grp = d.groupby(cols, sort=False)["source_system"]
         size, n_sys = grp.transform("size"), grp.transform("nunique")
         within = d.assign(size=size).groupby(cols + ["source_system"], sort=False)["size"].transform("size") > 1
-        rows.append((label, len(d), int(within.sum()), int((n_sys > 1).sum())))
+        rows.append((ident, len(d), int(within.sum()), int((n_sys > 1).sum())))
     return pd.DataFrame(rows, columns=["identifier", "records_with_it", "shared_within_system",
                                        "shared_across_systems"])
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -26,8 +25,12 @@ from IPython.display import HTML, Markdown, display
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from .labels import _CURRENCY, MISSING, _missing, label, pct, pp, money, num, date
-from .labels import LABELS, currency, labels, money_label, rule_label  # noqa: F401  (re-exported for notebooks)
+from .labels import _CURRENCY, MISSING, _missing, date, inline_markdown, label, money, num, pct, pp
+from .labels import LABELS, currency, labels, money_label, rule_label
+
+#: Notebooks use this module alone: the names and formats of crmlab.labels are re-exported.
+__all__ = ["DPI", "LABELS", "MISSING", "PAGE_INCHES", "currency", "date", "describe", "figure", "image_html", "label",
+           "labels", "money", "money_label", "note", "num", "pct", "pp", "rule_label", "show", "summary", "table", "use"]
 
 DPI = 96
 PAGE_INCHES = 11.5          # 1,104 px at DPI: fits a 1280 px window with the report's margins
@@ -73,9 +76,9 @@ def _auto_kind(s: pd.Series) -> str:
 def use(params: dict | None = None) -> None:
     """Apply the report style in this notebook: matplotlib sizes, a description on every figure shown, and
     the currency of ``params["report"]["currency"]``."""
-    currency = ((params or {}).get("report") or {}).get("currency")
-    if currency:
-        _CURRENCY["code"] = currency
+    code = ((params or {}).get("report") or {}).get("currency")
+    if code:
+        _CURRENCY["code"] = code
     mpl.rcParams.update({
         "figure.dpi": DPI, "savefig.dpi": DPI, "figure.figsize": (PAGE_INCHES * 0.7, 3.6),
         "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
@@ -190,8 +193,8 @@ def summary(points: list[str], warnings: list[str] | None = None, title: str = "
             points.append(f"Since the previous run ({run_id}): " + "; ".join(changes) + ".")
     elif ctx is not None and figures and not getattr(ctx, "interactive", False):
         points.append("No earlier successful run of these parameters with figures to compare with.")
-    items = "".join(f"<li>{_inline(p)}</li>" for p in points)
-    warn = "".join(f"<li>{_inline(w)}</li>" for w in warnings)
+    items = "".join(f"<li>{inline_markdown(p)}</li>" for p in points)
+    warn = "".join(f"<li>{inline_markdown(w)}</li>" for w in warnings)
     box = (f'<div class="crmlab-summary" style="border-left:4px solid #2a6f97;background:#f3f8fb;padding:.6em 1em;'
            f'margin:.5em 0 1em 0"><b>{html.escape(title)}</b><ul style="margin:.3em 0">{items}</ul>'
            + (f'<b style="color:#9a3412">Look at</b><ul style="margin:.3em 0">{warn}</ul>' if warn else "")
@@ -201,12 +204,6 @@ def summary(points: list[str], warnings: list[str] | None = None, title: str = "
 
 def _figure(v: float) -> str:
     return f"{v:,.0f}" if v == round(v) or abs(v) >= 100 else f"{v:.3g}"
-
-
-def _inline(text: str) -> str:
-    """Escape text, keeping **bold** and *italic* from Markdown."""
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
-    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", t)
 
 
 def note(text: str) -> None:
