@@ -42,7 +42,8 @@ LABELS = {
     # scores
     "attrition": "Attrition", "attrition_risk": "Attrition risk", "mean_attrition_risk": "Mean attrition risk",
     "mean_risk": "Mean attrition risk", "response": "Campaign response", "p_alive": "Probability alive",
-    "value": "Customer value", "expected_purchases_365d": "Expected purchases, next 365 days", "mean_value": "Mean customer value", "value_share": "Share of value",
+    "value": "Customer value", "expected_purchases_365d": "Expected purchases, next 365 days",
+    "mean_value": "Mean customer value", "value_share": "Share of value",
     "share": "Share of customers", "customers": "Customers", "segment": "Segment",
     "value_risk_cell": "Value x risk cell", "treatment": "Treatment", "next_best_offer": "Next best offer",
     "next_best_offer_name": "Next best offer", "preferred_channel": "Preferred channel",

@@ -337,21 +337,15 @@ class _Reports:
 
 # ----------------------------------------------------------------------------- reports
 
-def render_html(notebook: Path, out: Path, no_input: bool = False) -> Path:
-    """Render an executed notebook to HTML (``no_input``: reviewer copy without code)."""
-    import nbformat
+def render_html(notebook, out: Path) -> Path:
+    """Render an executed notebook (a path, or the notebook already read) to HTML with its code."""
     from nbconvert import HTMLExporter
-
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     exporter = HTMLExporter(template_name="lab")
     exporter.register_preprocessor(CoalesceStreamsPreprocessor, enabled=True)   # a progress bar: its last line
-    if no_input:
-        exporter.exclude_input = True
-        exporter.exclude_input_prompt = True
-        exporter.exclude_output_prompt = True
-    nb = nbformat.read(notebook, as_version=4)
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+    nb = reviewer.read(notebook)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(out).name.split(".")[0]}})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body, encoding="utf-8")
     return out
@@ -859,13 +853,14 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
 
 def _render_files(params: dict, run_dir: Path, out_nb: Path, name: str) -> dict:
     """The stage's HTML reports (with code, and without for reviewers), as the parameters ask."""
-    out = {"html": str(render_html(out_nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))}
+    nb = reviewer.read(out_nb)                                   # read once for all three
+    out = {"html": str(render_html(nb, run_dir / "reports" / f"{name}.html").relative_to(run_dir))}
     if params["report"]["reviewer_html"]:
         out["reviewer_html"] = str(reviewer.render(
-            out_nb, run_dir / "reports" / f"{name}.reviewer.html",
+            nb, run_dir / "reports" / f"{name}.reviewer.html",
             header=f'crmlab &middot; run {html.escape(run_dir.name)} &middot; <a href="../index.html">all reports</a>'
         ).relative_to(run_dir))
-    summary = reviewer.stage_summary(out_nb)
+    summary = reviewer.stage_summary(nb)
     if summary is not None:
         out["summary"] = summary
     return out

@@ -72,7 +72,6 @@ def _auto_kind(s: pd.Series) -> str:
     return "text"
 
 
-
 def use(params: dict | None = None) -> None:
     """Apply the report style in this notebook: matplotlib sizes, a description on every figure shown, and
     the currency of ``params["report"]["currency"]``."""
@@ -152,15 +151,14 @@ def table(df: pd.DataFrame, formats: dict | None = None, names: bool = True, cap
     d = d.copy()
     formats = dict(formats or {})
     cur = _CURRENCY["code"]
+    kinds = [formats.get(c) or _auto_kind(d[c]) for c in d.columns]
     out = pd.DataFrame(index=d.index)
-    for col in d.columns:
-        kind = formats.get(col) or _auto_kind(d[col])
+    for col, kind in zip(d.columns, kinds):
         f = _formatter(kind, cur)
         out[col] = [f(v) for v in d[col].tolist()]
     if names:
         out.columns = [label(c) for c in out.columns]
-    numeric = [j for j, c in enumerate(d.columns)
-               if str(formats.get(c) or _auto_kind(d[c])).split(":")[0] in ("pct", "pp", "money", "int", "num")]
+    numeric = [j for j, k in enumerate(kinds) if str(k).split(":")[0] in ("pct", "pp", "money", "int", "num")]
     css = _TABLE_CSS + [{"selector": f"td.col{j}, th.col_heading.col{j}", "props": "text-align:right;"}
                         for j in numeric]                # one rule per column, not one per cell
     sty = Styler(out, cell_ids=False).hide(axis="index").set_table_styles(css)

@@ -48,6 +48,13 @@ def _nbformat():
     return nbformat
 
 
+def read(notebook):
+    """A notebook node from a path (read and validated once), or the node itself."""
+    if isinstance(notebook, (str, Path)):
+        return _nbformat().read(notebook, as_version=4)
+    return notebook
+
+
 def _reviewer_outputs(outputs: list) -> list:
     """Keep what a reviewer reads: tables, figures, text the notebook displays. Streams (progress lines, warnings,
     test printouts) are left out: notebooks show content with ``display``, not ``print``."""
@@ -70,9 +77,10 @@ def _reviewer_outputs(outputs: list) -> list:
     return keep
 
 
-def stage_summary(notebook: Path) -> dict | None:
-    """The summary a report opened with (``crmlab.report.summary``): points, warnings and headline figures."""
-    nb = _nbformat().read(notebook, as_version=4)
+def stage_summary(notebook) -> dict | None:
+    """The summary a report opened with (``crmlab.report.summary``): points, warnings and headline figures.
+    ``notebook``: a path or the notebook already read."""
+    nb = read(notebook)
     for cell in nb.cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             found = (out.get("metadata") or {}).get("crmlab", {}).get("summary")
@@ -98,16 +106,17 @@ def reviewer_notebook(nb):
     return nb
 
 
-def render(notebook: Path, out: Path, header: str = "") -> Path:
-    """Render ``notebook`` (executed) as the reviewer's page at ``out``."""
+def render(notebook, out: Path, header: str = "") -> Path:
+    """Render ``notebook`` (executed; a path or the notebook already read) as the reviewer's page at ``out``."""
     from nbconvert import HTMLExporter      # heavy: imported when a report is rendered
 
-    nb = reviewer_notebook(_nbformat().read(notebook, as_version=4))
+    nb = reviewer_notebook(read(notebook))
     exporter = HTMLExporter(template_name="basic", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, anchor_link_text="")
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(notebook).stem}})
+    stem = Path(out).name.split(".")[0]
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": stem}})
     title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
-                  if c.cell_type == "markdown" and c.source.startswith("# ")), Path(notebook).stem)
+                  if c.cell_type == "markdown" and c.source.startswith("# ")), stem)
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"

@@ -130,7 +130,6 @@ class ScoreStore:
             except sa.exc.DBAPIError as exc:
                 if attempt or not exc.connection_invalidated:
                     raise
-        return []
 
     def customer(self, source_system: str, source_id: str) -> dict | None:
         rows = self._read(self._lookup, {"system": source_system, "id": source_id})
@@ -140,6 +139,11 @@ class ScoreStore:
         if out.get("scored_at") is not None and not isinstance(out["scored_at"], str):
             out["scored_at"] = str(out["scored_at"])
         return out
+
+    def customer_json(self, source_system: str, source_id: str) -> bytes | None:
+        """The answer as JSON bytes (as the Redis online store keeps it), or None."""
+        row = self.customer(source_system, source_id)
+        return None if row is None else json.dumps(row, default=str).encode()
 
     def version(self) -> dict | None:
         import sqlalchemy as sa
@@ -350,11 +354,7 @@ def create_app(cfg: ServiceConfig):
     def customer(source_system: str, source_id: str):
         if len(source_system) > 100 or len(source_id) > 100:
             raise HTTPException(422, "source_system and source_id are at most 100 characters")
-        if cfg.redis:                                 # the stored JSON as it is: nothing decoded or re-encoded
-            raw = reader.customer_json(source_system, source_id)
-        else:
-            row = reader.customer(source_system, source_id)
-            raw = None if row is None else json.dumps(row, default=str).encode()
+        raw = reader.customer_json(source_system, source_id)     # Redis: the stored bytes, never decoded
         if raw is None:
             return JSONResponse({"detail": "unknown customer: this id is not in the published key map"},
                                 status_code=404)
