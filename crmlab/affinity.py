@@ -676,8 +676,9 @@ def one_direction(rules: pd.DataFrame) -> pd.DataFrame:
     """One rule per set of items: of "A -> B" and "B -> A" (and every split of a larger itemset) keep the one
     with the highest confidence; lift and support are the same for all of them (a ``rules_table`` frame)."""
     key = (rules["antecedents"] + "|" + rules["consequents"]).map(lambda s: "|".join(sorted(s.split("|"))))
-    order = rules.assign(_key=key.to_numpy()).sort_values("confidence", ascending=False, kind="stable")
-    return order.drop_duplicates("_key").drop(columns="_key").loc[lambda d: rules.index.intersection(d.index)]
+    best = (rules.assign(_key=key.to_numpy()).sort_values("confidence", ascending=False, kind="stable")
+            .drop_duplicates("_key").index)
+    return rules[rules.index.isin(best)]                 # in the rules' own order
 
 
 def plot_rules(rules: pd.DataFrame, top: int = 15):
