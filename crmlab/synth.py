@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -278,119 +278,132 @@ _ID_FORMAT = {  # system -> (prefix, multiplier, offset, modulus, formatter)
 }
 
 
+def _person_records(rng, rnd, C: dict, spec: WorldSpec, system: str, prof: dict, cust_all: np.ndarray,
+                    is_dup: np.ndarray, ids_for=None):
+    """One system's records of the customers ``cust_all`` with planted variation (``prof``); returns
+    (table in random row order, its truth rows, the ids in ``cust_all`` order). ``ids_for(m)``: ids
+    other than the system's own scrambled format."""
+    start = np.datetime64(pd.Timestamp(spec.start).date())
+    accented = dict(W.ACCENTED)
+    nick_of = {}
+    for short, full in W.NICKNAMES.items():
+        nick_of.setdefault(full, []).append(short)
+    m = len(cust_all)
+    u = lambda: rng.random(m)                                 # noqa: E731
+    flags = {}
+    first = C["first"][cust_all].reset_index(drop=True)
+    last = C["last"][cust_all].reset_index(drop=True)
+    # accents: recorded with the accent in about half the records of accented names
+    acc = first.isin(list(accented)).to_numpy() & (u() < 0.5)
+    first[acc] = first[acc].map(accented)
+    nick = (u() < prof["nick"]) & first.isin(list(nick_of)).to_numpy()
+    first[nick] = [rnd.choice(nick_of[v]) for v in first[nick]]
+    flags["nickname"] = nick
+    for col, ser in (("first", first), ("last", last)):
+        t = u() < prof["typo"] / 2
+        ser[t] = [_typo(v, rnd) for v in ser[t]]
+        flags[f"typo_{col}"] = t
+    swap = u() < prof["swap"]
+    first[swap], last[swap] = last[swap].to_numpy(), first[swap].to_numpy()
+    flags["swapped_names"] = swap
+    case = u()
+    up, lo = case < prof["case"] / 2, (case >= prof["case"] / 2) & (case < prof["case"])
+    first[up], last[up] = first[up].str.upper(), last[up].str.upper()
+    first[lo], last[lo] = first[lo].str.lower(), last[lo].str.lower()
+
+    mover = C["mover"][cust_all]
+    old_addr = mover & ((u() < prof["old_addr"]) | is_dup)
+    street = C["street"][cust_all].reset_index(drop=True)
+    town = C["town"][cust_all].reset_index(drop=True)
+    postcode = C["postcode"][cust_all].reset_index(drop=True)
+    street[old_addr] = C["old_street"][cust_all[old_addr]].to_numpy()
+    town[old_addr] = C["old_town"][cust_all[old_addr]].to_numpy()
+    postcode[old_addr] = C["old_postcode"][cust_all[old_addr]].to_numpy()
+    flags["old_address"] = old_addr
+    abbrev = u() < 0.3
+    for full, short in W.STREET_ABBREV.items():
+        street[abbrev] = street[abbrev].str.replace(f" {full}", f" {short}", regex=False)
+    pc_style = rng.integers(0, 4, m)
+    postcode[pc_style == 1] = postcode[pc_style == 1].str.replace(" ", "", regex=False)
+    postcode[pc_style == 2] = postcode[pc_style == 2].str.lower()
+
+    phone = C["phone"][cust_all].reset_index(drop=True)
+    old_ph = (u() < 0.25 * prof["old_phone"]) | (is_dup & (u() < 0.5))
+    phone[old_ph] = C["old_phone"][cust_all[old_ph]].to_numpy()
+    flags["old_phone"] = old_ph
+    style = rng.integers(0, 4, m)
+    phone = np.select([style == 0, style == 1, style == 2],
+                      [phone.str[:5] + " " + phone.str[5:], "+44 " + phone.str[1:],
+                       "+44 (0)" + phone.str[1:5] + "-" + phone.str[5:8] + "-" + phone.str[8:]], default=phone)
+    phone = _s(phone)
+    email = C["email"][cust_all].reset_index(drop=True)
+    old_em = (u() < 0.3 * prof["old_email"]) | (is_dup & (system == "web"))
+    email[old_em] = C["old_email"][cust_all[old_em]].to_numpy()
+    flags["old_email"] = old_em
+    shout = u() < 0.05
+    email[shout] = email[shout].str.upper()
+    dob = pd.Series(C["dob"][cust_all]).astype("datetime64[s]")
+
+    for col, key in ((email, "miss_email"), (phone, "miss_phone"), (dob, "miss_dob")):
+        miss = u() < prof[key]
+        col[miss] = None
+        flags[key.replace("miss_", "missing_")] = miss
+    for col, junk in ((email, ["n/a", "none", "test@test", "no email"]), (phone, ["0", "n/a", "01234", "tba"]),
+                      (postcode, ["N/A", "XXX", "unknown"])):
+        bad = u() < 0.01                                    # placeholder junk typed at the till
+        col[bad] = np.array(junk, dtype=object)[rng.integers(0, len(junk), int(bad.sum()))]
+        flags["junk_value"] = flags.get("junk_value", np.zeros(m, bool)) | bad
+    miss_addr = u() < prof["miss_addr"]
+    street[miss_addr] = None
+    postcode[miss_addr & (u() < 0.7)] = None
+    flags["missing_address"] = miss_addr
+
+    created = start + C["acq_day"][cust_all] - rng.integers(0, 15, m) + is_dup * rng.integers(30, 200, m)
+    pref_media = C["media"][cust_all]
+    if ids_for is None:
+        prefix, mult, add, mod, fmt = _ID_FORMAT[system]
+        ids = prefix + fmt(pd.Series(_scrambled(m, mult, add, mod)))
+    else:
+        ids = ids_for(m)
+    hh = C["household"][cust_all] != cust_all
+    table = pd.DataFrame({
+        "source_id": ids.to_numpy(), "first_name": first.to_numpy(), "last_name": last.to_numpy(),
+        "dob": dob.to_numpy(), "email": email.to_numpy(), "phone": phone.to_numpy(),
+        "address": street.to_numpy(), "town": town.to_numpy(), "postcode": postcode.to_numpy(),
+        "created_at": pd.Series(created.astype("datetime64[D]")).astype("datetime64[s]").to_numpy(),
+        "email_opt_in": (pref_media[:, 0] > 0.25) | (u() < 0.15),
+        "mail_opt_in": (pref_media[:, 1] > 0.25) | (u() < 0.15),
+        "sms_opt_in": (pref_media[:, 2] > 0.25) | (u() < 0.15),
+    })
+    for col in ("first_name", "last_name", "email", "phone", "address", "town", "postcode"):
+        table[col] = table[col].astype("string")
+    order = rng.permutation(m)
+    flag_names = np.array(list(flags), dtype=object)
+    fm = np.column_stack([flags[k] for k in flags])
+    fm = np.column_stack([fm, is_dup, hh])
+    flag_names = np.r_[flag_names, ["duplicate_record", "shared_household"]]
+    variations = [",".join(flag_names[row]) for row in fm]
+    truth = pd.DataFrame({"source_system": system, "source_id": ids.to_numpy(), "customer_id": cust_all + 1,
+                          "variations": variations}).iloc[order]
+    return table.iloc[order].reset_index(drop=True), truth, ids
+
+
 def make_records(rng: np.random.Generator, C: dict, spec: WorldSpec):
     """Source records per system with planted variation; returns tables, truth and the order lookup."""
     n = C["n"]
     has = C["chan"] > 0
     has[:, 2] |= rng.random(n) < 0.08                            # service calls create call-centre records
     rnd = random.Random(int(rng.integers(2**31)))
-    start = np.datetime64(pd.Timestamp(spec.start).date())
     tables, truths, lookup = {}, [], {}
-    accented = {k: v for k, v in W.ACCENTED.items()}
-    nick_of = {}
-    for short, full in W.NICKNAMES.items():
-        nick_of.setdefault(full, []).append(short)
     for s_i, system in enumerate(SYSTEMS):
         prof = RECORD_PROFILE[system]
         cust = np.flatnonzero(has[:, s_i])
         dup = cust[rng.random(len(cust)) < spec.duplicate_share]
         cust_all = np.concatenate([cust, dup])
         is_dup = np.r_[np.zeros(len(cust), bool), np.ones(len(dup), bool)]
-        m = len(cust_all)
-        u = lambda: rng.random(m)                                 # noqa: E731
-        flags = {}
-        first = C["first"][cust_all].reset_index(drop=True)
-        last = C["last"][cust_all].reset_index(drop=True)
-        # accents: recorded with the accent in about half the records of accented names
-        acc = first.isin(list(accented)).to_numpy() & (u() < 0.5)
-        first[acc] = first[acc].map(accented)
-        nick = (u() < prof["nick"]) & first.isin(list(nick_of)).to_numpy()
-        first[nick] = [rnd.choice(nick_of[v]) for v in first[nick]]
-        flags["nickname"] = nick
-        for col, ser in (("first", first), ("last", last)):
-            t = u() < prof["typo"] / 2
-            ser[t] = [_typo(v, rnd) for v in ser[t]]
-            flags[f"typo_{col}"] = t
-        swap = u() < prof["swap"]
-        first[swap], last[swap] = last[swap].to_numpy(), first[swap].to_numpy()
-        flags["swapped_names"] = swap
-        case = u()
-        up, lo = case < prof["case"] / 2, (case >= prof["case"] / 2) & (case < prof["case"])
-        first[up], last[up] = first[up].str.upper(), last[up].str.upper()
-        first[lo], last[lo] = first[lo].str.lower(), last[lo].str.lower()
-
-        mover = C["mover"][cust_all]
-        old_addr = mover & ((u() < prof["old_addr"]) | is_dup)
-        street = C["street"][cust_all].reset_index(drop=True)
-        town = C["town"][cust_all].reset_index(drop=True)
-        postcode = C["postcode"][cust_all].reset_index(drop=True)
-        street[old_addr] = C["old_street"][cust_all[old_addr]].to_numpy()
-        town[old_addr] = C["old_town"][cust_all[old_addr]].to_numpy()
-        postcode[old_addr] = C["old_postcode"][cust_all[old_addr]].to_numpy()
-        flags["old_address"] = old_addr
-        abbrev = u() < 0.3
-        for full, short in W.STREET_ABBREV.items():
-            street[abbrev] = street[abbrev].str.replace(f" {full}", f" {short}", regex=False)
-        pc_style = rng.integers(0, 4, m)
-        postcode[pc_style == 1] = postcode[pc_style == 1].str.replace(" ", "", regex=False)
-        postcode[pc_style == 2] = postcode[pc_style == 2].str.lower()
-
-        phone = C["phone"][cust_all].reset_index(drop=True)
-        old_ph = (u() < 0.25 * prof["old_phone"]) | (is_dup & (u() < 0.5))
-        phone[old_ph] = C["old_phone"][cust_all[old_ph]].to_numpy()
-        flags["old_phone"] = old_ph
-        style = rng.integers(0, 4, m)
-        phone = np.select([style == 0, style == 1, style == 2],
-                          [phone.str[:5] + " " + phone.str[5:], "+44 " + phone.str[1:],
-                           "+44 (0)" + phone.str[1:5] + "-" + phone.str[5:8] + "-" + phone.str[8:]], default=phone)
-        phone = _s(phone)
-        email = C["email"][cust_all].reset_index(drop=True)
-        old_em = (u() < 0.3 * prof["old_email"]) | (is_dup & (system == "web"))
-        email[old_em] = C["old_email"][cust_all[old_em]].to_numpy()
-        flags["old_email"] = old_em
-        shout = u() < 0.05
-        email[shout] = email[shout].str.upper()
-        dob = pd.Series(C["dob"][cust_all]).astype("datetime64[s]")
-
-        for col, key in ((email, "miss_email"), (phone, "miss_phone"), (dob, "miss_dob")):
-            miss = u() < prof[key]
-            col[miss] = None
-            flags[key.replace("miss_", "missing_")] = miss
-        for col, junk in ((email, ["n/a", "none", "test@test", "no email"]), (phone, ["0", "n/a", "01234", "tba"]),
-                          (postcode, ["N/A", "XXX", "unknown"])):
-            bad = u() < 0.01                                    # placeholder junk typed at the till
-            col[bad] = np.array(junk, dtype=object)[rng.integers(0, len(junk), int(bad.sum()))]
-            flags["junk_value"] = flags.get("junk_value", np.zeros(m, bool)) | bad
-        miss_addr = u() < prof["miss_addr"]
-        street[miss_addr] = None
-        postcode[miss_addr & (u() < 0.7)] = None
-        flags["missing_address"] = miss_addr
-
-        created = start + C["acq_day"][cust_all] - rng.integers(0, 15, m) + is_dup * rng.integers(30, 200, m)
-        pref_media = C["media"][cust_all]
-        prefix, mult, add, mod, fmt = _ID_FORMAT[system]
-        ids = prefix + fmt(pd.Series(_scrambled(m, mult, add, mod)))
-        hh = C["household"][cust_all] != cust_all
-        table = pd.DataFrame({
-            "source_id": ids.to_numpy(), "first_name": first.to_numpy(), "last_name": last.to_numpy(),
-            "dob": dob.to_numpy(), "email": email.to_numpy(), "phone": phone.to_numpy(),
-            "address": street.to_numpy(), "town": town.to_numpy(), "postcode": postcode.to_numpy(),
-            "created_at": pd.Series(created.astype("datetime64[D]")).astype("datetime64[s]").to_numpy(),
-            "email_opt_in": (pref_media[:, 0] > 0.25) | (u() < 0.15),
-            "mail_opt_in": (pref_media[:, 1] > 0.25) | (u() < 0.15),
-            "sms_opt_in": (pref_media[:, 2] > 0.25) | (u() < 0.15),
-        })
-        for col in ("first_name", "last_name", "email", "phone", "address", "town", "postcode"):
-            table[col] = table[col].astype("string")
-        order = rng.permutation(m)
-        tables[f"customers_{system}"] = table.iloc[order].reset_index(drop=True)
-        flag_names = np.array(list(flags), dtype=object)
-        fm = np.column_stack([flags[k] for k in flags])
-        fm = np.column_stack([fm, is_dup, hh])
-        flag_names = np.r_[flag_names, ["duplicate_record", "shared_household"]]
-        variations = [",".join(flag_names[row]) for row in fm]
-        truths.append(pd.DataFrame({"source_system": system, "source_id": ids.to_numpy(),
-                                    "customer_id": cust_all + 1, "variations": variations}).iloc[order])
+        table, truth, ids = _person_records(rng, rnd, C, spec, system, prof, cust_all, is_dup)
+        tables[f"customers_{system}"] = table
+        truths.append(truth)
         first_rec = np.full(n, -1, np.int64)
         first_rec[cust] = np.arange(len(cust))
         second_rec = np.full(n, -1, np.int64)
@@ -398,6 +411,45 @@ def make_records(rng: np.random.Generator, C: dict, spec: WorldSpec):
         lookup[system] = (ids.to_numpy(dtype=object), first_rec, second_rec)
     truth = pd.concat(truths, ignore_index=True)
     return tables, truth, lookup, has
+
+
+#: variation of the person fields a touchpoint is given at the moment of contact: current details
+#: (the customer is there), typed with the errors of a till or a call-centre screen
+HOLDOUT_PROFILE = dict(typo=0.05, nick=0.10, swap=0.01, case=0.10, miss_email=0.3, miss_phone=0.3,
+                       miss_dob=0.3, miss_addr=0.05, old_addr=0.0, old_phone=0.0, old_email=0.0)
+
+
+def make_identify_holdout(rng: np.random.Generator, C: dict, spec: WorldSpec, has: np.ndarray) -> pd.DataFrame:
+    """Person records held back from the batch, for checking real-time identification: records of
+    known customers (``customer_id`` set) and of people who are not customers (``customer_id`` <NA>),
+    a third of whom live in a known customer's household, mostly under the same surname."""
+    known = np.flatnonzero(has.any(axis=1))
+    n_known = int(min(2000, max(50, spec.customers // 10), len(known)))
+    n_new = max(n_known // 5, 1)
+    rnd = random.Random(int(rng.integers(2**31)))
+    pick = np.sort(rng.choice(known, n_known, replace=False))
+    kt, ktruth, _ = _person_records(rng, rnd, C, spec, "touchpoint", HOLDOUT_PROFILE, pick, np.zeros(n_known, bool),
+                                    ids_for=lambda m: _s(np.char.add("HK", np.arange(m).astype(str))))
+    N = make_customers(rng, replace(spec, customers=n_new))
+    joins = np.flatnonzero(rng.random(n_new) < 1 / 3)
+    hosts = rng.choice(known, len(joins))
+    for col in ("street", "town", "postcode"):
+        N[col][joins] = C[col][hosts].to_numpy()
+    same = rng.random(len(joins)) < 0.7
+    N["last"][joins[same]] = C["last"][hosts[same]].to_numpy()
+    N["household"] = np.arange(n_new)                 # a joiner is a person of their own, not a duplicate
+    nt, ntruth, _ = _person_records(rng, rnd, N, spec, "touchpoint", HOLDOUT_PROFILE, np.arange(n_new),
+                                    np.zeros(n_new, bool),
+                                    ids_for=lambda m: _s(np.char.add("HN", np.arange(m).astype(str))))
+    host_of = np.zeros(n_new, np.int64)
+    host_of[joins] = hosts + 1
+    kt["customer_id"] = pd.array(ktruth["customer_id"].to_numpy(), dtype="Int64")
+    kt["household_of"] = pd.array([pd.NA] * n_known, dtype="Int64")
+    nt["customer_id"] = pd.array([pd.NA] * n_new, dtype="Int64")
+    nt["household_of"] = pd.array(host_of[ntruth["customer_id"].to_numpy() - 1], dtype="Int64").astype("Int64")
+    nt.loc[nt["household_of"] == 0, "household_of"] = pd.NA
+    out = pd.concat([kt, nt], ignore_index=True)
+    return out.drop(columns=["created_at", "email_opt_in", "mail_opt_in", "sms_opt_in"])
 
 
 # ----------------------------------------------------------------------------- orders and lines
@@ -628,7 +680,7 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
     say(f"customers: drawing {spec.customers:,} true customers")
     C = make_customers(np.random.default_rng(s_cust), spec)
     say("source records: store, web, call centre with planted variation")
-    tables, record_truth, lookup, _ = make_records(np.random.default_rng(s_rec), C, spec)
+    tables, record_truth, lookup, has = make_records(np.random.default_rng(s_rec), C, spec)
     counts = {}
     for name, df in tables.items():
         _write(df, out / f"{name}.{ext}", fmt)
@@ -683,6 +735,9 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
             "gamma_gamma": {"p": spec.gg_p, "q": spec.gg_q, "gamma": spec.gg_gamma},
             "systems": list(SYSTEMS), "rows": counts, "format": fmt}
     (out / "truth" / "truth.json").write_text(json.dumps(meta, indent=2, default=str))
+    say("identify holdout: person records kept out of the sources, for checking real-time identification")
+    hold = make_identify_holdout(np.random.default_rng(ss.spawn(1)[0]), C, spec, has)
+    _write(hold, out / "truth" / f"identify_holdout.{ext}", fmt)
     return counts
 
 
