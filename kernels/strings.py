@@ -14,11 +14,17 @@ from numba import get_num_threads, njit, prange
 
 def to_arena(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Strings (list, array or Series; None/NaN = missing) -> (chars uint32, offsets int64, null bool)."""
-    import pandas as pd
+    if isinstance(values, list) and len(values) < 1000:      # one record's candidates: no Series
+        from pandas import NA as _NA
 
-    s = pd.Series(values, dtype="object")
-    null = s.isna().to_numpy()
-    texts = ["" if n else str(v) for v, n in zip(s.tolist(), null)]
+        null = np.array([v is None or v is _NA or v != v for v in values], dtype=bool)
+        texts = ["" if n else str(v) for v, n in zip(values, null)]
+    else:
+        import pandas as pd
+
+        s = pd.Series(values, dtype="object")
+        null = s.isna().to_numpy()
+        texts = ["" if n else str(v) for v, n in zip(s.tolist(), null)]
     joined = "".join(texts)
     chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).copy() if joined else np.zeros(0, np.uint32)
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 
 from crmlab import standardise as S
@@ -35,3 +37,33 @@ def test_standardise_customers_adds_columns_keeps_raw():
     assert out["first_name"].tolist() == ["Bill"]
     assert out[["first_name_std", "last_name_std", "postcode_std", "postcode_area"]].iloc[0].tolist() == [
         "william", "smith", "SW1A 1AA", "SW"]
+
+
+def test_one_record_standardisation_equals_the_table_path():
+    """standardise_person + identity.person_keys (the touchpoint service's per-request path) give
+    exactly what standardise_customers + identity.add_keys give a table: every sample record, the
+    identify holdout, and awkward values (accents, dotted capitals, junk, odd spacing)."""
+    import glob
+
+    from crmlab import identity
+
+    root = Path(__file__).resolve().parents[1] / "data" / "sample"
+    cols = ["first_name", "last_name", "dob", "email", "phone", "address", "postcode"]
+    frames = [pd.read_csv(f, dtype=str)[cols] for f in sorted(glob.glob(str(root / "customers_*.csv")))]
+    frames.append(pd.read_csv(root / "truth" / "identify_holdout.csv", dtype=str)[cols])
+    frames.append(pd.DataFrame({
+        "first_name": ["  Zoë-Ann ", "", "İsmail", "O'Brien", None, "Bill"],
+        "last_name": ["van der BERG", "---", "ÇELİK", "Ñúñez", "x", "Smith-Jones"],
+        "dob": [None, "1980-02-29", None, None, "1999-12-31", None],
+        "email": [" A.B@X.CO.UK ", "bad@", "x@y.z", None, "AB CD@ef.com", "n/a"],
+        "phone": ["0044 7700 900123", "+44(0)7700900123", "07700 90012", "abc", "+4407700900123", "0"],
+        "address": ["10 High St.", "Flat 2/3, Church Rd", "", None, "1 The Ave", "XXX"],
+        "postcode": ["sw1a1aa", "SW1A 1AA ", "XXX", None, "ec1a1bb", "N/A"]}))
+    raw = pd.concat(frames, ignore_index=True).astype("string")
+    raw["dob"] = pd.to_datetime(raw["dob"], errors="coerce")
+    table = identity.add_keys(S.standardise_customers(raw))
+    for i, rec in enumerate(raw.astype(object).where(raw.notna(), None).to_dict("records")):
+        one = identity.person_keys(S.standardise_person(rec), rec["dob"])
+        want = {c: (None if pd.isna(table.at[i, c]) else str(table.at[i, c])) for c in one}
+        assert one == want, (i, {c: (one[c], want[c]) for c in one if one[c] != want[c]})
+    assert len(one) == 16 and len(raw) > 10_000
