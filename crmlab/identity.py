@@ -12,6 +12,7 @@ stay stable across runs.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,27 +28,29 @@ NULL = -1
 
 # ----------------------------------------------------------------------------- keys for blocking
 
+_SOUNDEX = {**dict.fromkeys("bfpv", "1"), **dict.fromkeys("cgjkqsxz", "2"), **dict.fromkeys("dt", "3"),
+            "l": "4", **dict.fromkeys("mn", "5"), "r": "6"}
+
+
+def _soundex_one(v: str) -> str:
+    v = "".join(ch for ch in v.lower() if ch.isalpha())
+    if not v:
+        return ""
+    out, last = [v[0].upper()], _SOUNDEX.get(v[0], "")
+    for ch in v[1:]:
+        c = _SOUNDEX.get(ch, "")
+        if c and c != last:
+            out.append(c)
+        if ch not in "hw":
+            last = c
+    return ("".join(out) + "000")[:4]
+
+
 def soundex(s: pd.Series) -> pd.Series:
     """American Soundex of standardised names ('robert' -> 'R163'); <NA> for missing."""
-    codes = {**dict.fromkeys("bfpv", "1"), **dict.fromkeys("cgjkqsxz", "2"), **dict.fromkeys("dt", "3"),
-             "l": "4", **dict.fromkeys("mn", "5"), "r": "6"}
-
-    def one(v: str) -> str:
-        v = "".join(ch for ch in v.lower() if ch.isalpha())
-        if not v:
-            return ""
-        out, last = [v[0].upper()], codes.get(v[0], "")
-        for ch in v[1:]:
-            c = codes.get(ch, "")
-            if c and c != last:
-                out.append(c)
-            if ch not in "hw":
-                last = c
-        return ("".join(out) + "000")[:4]
-
     s = s.astype("string")
     uniq = s.dropna().unique()
-    table = {u: one(u) for u in uniq}
+    table = {u: _soundex_one(u) for u in uniq}
     out = s.map(table, na_action="ignore").astype("string")
     return out.mask(out == "")
 
@@ -76,6 +79,32 @@ def add_keys(df: pd.DataFrame) -> pd.DataFrame:
         out["email_local"] = out["email_std"].str.split("@").str[0]
     if "phone_std" in out:
         out["phone_tail"] = out["phone_std"].str[-7:]
+    return out
+
+
+def person_keys(std: dict, dob=None) -> dict:
+    """:func:`add_keys` for one standardised record (a dict of ``*_std`` fields and ``postcode_area``;
+    ``dob`` a date or ISO text), as plain values with None for missing; a test holds the two equal."""
+    out = dict(std)
+    f, la = std.get("first_name_std"), std.get("last_name_std")
+    out["first_initial"] = None if f is None else f[:1]
+    out["last_soundex"] = None if la is None else (_soundex_one(la) or None)
+    out["names_sorted"] = None if f is None or la is None else (f + "|" + la if f <= la else la + "|" + f)
+    d = dob
+    if isinstance(d, str):
+        try:
+            d = dt.date.fromisoformat(d[:10])
+        except ValueError:
+            d = pd.to_datetime(d, errors="coerce")
+    ok = d is not None and not pd.isna(d)
+    out["dob_str"] = d.strftime("%Y%m%d") if ok else None
+    out["dob_year"] = str(d.year) if ok else None
+    pc = std.get("postcode_std")
+    out["postcode_district"] = None if pc is None else pc.split(" ")[0]
+    out["postcode_sector"] = None if pc is None else pc[:-2]
+    e, ph = std.get("email_std"), std.get("phone_std")
+    out["email_local"] = None if e is None else e.split("@")[0]
+    out["phone_tail"] = None if ph is None else ph[-7:]
     return out
 
 
@@ -476,6 +505,7 @@ class RecordMatcher(Params):
             lam = new
         self.lambda_, self.n_iter_ = lam, it + 1
         self.comparisons_ = comps
+        self.blocking_rules_ = [tuple(r) for r in (self.blocking or DEFAULT_BLOCKING)]
         self.tf_ = {}
         for c in comps:
             if c.tf:
@@ -509,7 +539,7 @@ class RecordMatcher(Params):
                 top = len(c.labels()) - 1
                 ex = lv == top
                 if ex.any():
-                    tf_rec = df[c.column].map(self.tf_[c.column]).astype("float64").fillna(0.0).to_numpy()
+                    tf_rec = _tf_values(df[c.column], self.tf_[c.column])
                     u_tf = np.maximum(tf_rec[left[ex]], self.tf_min_u_)
                     # Splink's adjustment, downwards only: agreeing on a common value ('smith') weighs
                     # less than an average exact match; a rare value gets no extra credit, because
@@ -546,6 +576,60 @@ class RecordMatcher(Params):
         out = pd.DataFrame(rows, columns=["comparison", "left", "right", "level", "log2_bayes_factor"])
         out["cumulative"] = out["log2_bayes_factor"].cumsum()
         return out
+
+    # -- one record against known records (real-time identification)
+    def index_columns(self) -> list[str]:
+        """Columns of keyed records (:func:`add_keys`) that blocking and comparisons read."""
+        self._check_fitted()
+        comps = {c for comp in self.comparisons_ for c in comp.needs()}
+        rules = {c for rule in self.blocking_rules_ for c in rule}
+        return sorted(comps | rules)
+
+    def score_candidates(self, query: dict, candidates: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One keyed record (``query``: column -> value, None for missing) against candidates (column
+        -> list of values): the match probability of each pair, the (n_candidates, n_comparisons)
+        levels and log2 Bayes factors (0 where a field is missing). Plain lists, no DataFrame: this is
+        the per-request path of real-time identification."""
+        self._check_fitted()
+        n = len(candidates["customer_key"]) if "customer_key" in candidates else len(next(iter(candidates.values())))
+        left, right = np.zeros(n, np.int64), np.arange(1, n + 1, dtype=np.int64)
+        cols, arenas = {}, {}
+        for comp in self.comparisons_:
+            for c in comp.needs():
+                if c not in arenas:
+                    cols[c] = [query.get(c), *candidates[c]]
+                    arenas[c] = (np.array([np.nan if v is None else float(v) for v in cols[c]])
+                                 if comp.kind == "numeric" and c == comp.column else S.to_arena(cols[c]))
+        levels = self._levels(arenas, self.comparisons_, left, right)
+        bf = self._weights(cols, levels, left, right)
+        weight = np.log2(self.lambda_ / (1 - self.lambda_)) + bf.sum(axis=1)
+        return 1.0 / (1.0 + np.exp2(-weight)), levels, bf
+
+    def to_dict(self) -> dict:
+        """What a fitted matcher learned, as plain JSON-ready data (:meth:`from_dict` reads it back)."""
+        self._check_fitted()
+        comps = [{"column": c.column, "kind": c.kind, "thresholds": list(c.thresholds), "tf": c.tf,
+                  "swap_with": c.swap_with, "dice": c.dice} for c in self.comparisons_]
+        return {"format": 1, "params": {k: v for k, v in self.get_params(deep=False).items()
+                                        if k not in ("comparisons", "blocking", "training")},
+                "comparisons": comps, "blocking": [list(r) for r in self.blocking_rules_],
+                "m": [v.tolist() for v in self.m_], "u": [v.tolist() for v in self.u_],
+                "lambda": self.lambda_, "tf": self.tf_, "tf_min_u": self.tf_min_u_, "n_records": self.n_records_}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecordMatcher":
+        """A fitted matcher from :meth:`to_dict`'s output (scores exactly as the one saved)."""
+        if not isinstance(d, dict) or d.get("format") != 1:
+            raise CrmlabError("not a saved RecordMatcher (format 1)")
+        comps = [Comparison(c["column"], c["kind"], tuple(c["thresholds"]), c["tf"], c["swap_with"], c["dice"])
+                 for c in d["comparisons"]]
+        rules = [tuple(r) for r in d["blocking"]]
+        m = cls(comparisons=comps, blocking=rules, **d["params"])
+        m.comparisons_, m.blocking_rules_ = comps, rules
+        m.m_ = [np.asarray(v, float) for v in d["m"]]
+        m.u_ = [np.asarray(v, float) for v in d["u"]]
+        m.lambda_, m.tf_, m.tf_min_u_, m.n_records_ = float(d["lambda"]), d["tf"], float(d["tf_min_u"]), d["n_records"]
+        return m
 
     # -- clustering and keys
     def cluster(self, n: int, pairs: PairScores) -> np.ndarray:
@@ -614,6 +698,13 @@ class RecordMatcher(Params):
         self.bridges_ = int((bridge > 1).sum())
         scores = PairScores(left, right, levels, weight, prob)
         return key_map(allrec, labels, scores, km, self.source_col)
+
+
+def _tf_values(values, tf: dict) -> np.ndarray:
+    """Term frequency of each value (0 for missing or unseen); a Series or a plain list."""
+    if isinstance(values, pd.Series):
+        return values.map(tf).astype("float64").fillna(0.0).to_numpy()
+    return np.array([0.0 if v is None else tf.get(v, 0.0) for v in values])
 
 
 def _patterns(L: np.ndarray, n_levels) -> tuple[np.ndarray, np.ndarray]:

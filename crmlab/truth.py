@@ -48,12 +48,19 @@ def true_customer_transactions(world_dir, src=None, events=None) -> pd.DataFrame
 
 def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
     """The planted customer of each of ``records`` (source_system, source_id), in row order; None
-    when ``world_dir`` has no truth files (real data)."""
+    when ``world_dir`` has no truth files (real data). A record the world did not plant (a person a
+    touchpoint identified) is a person of its own (a negative id)."""
     rt = _read_truth(Path(world_dir), "record_truth")
     if rt is None:
         return None
     keys = records[["source_system", "source_id"]].astype({"source_id": "string"})
-    return keys.merge(rt.astype({"source_id": "string"}), on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
+    got = keys.merge(rt.astype({"source_id": "string"}), on=["source_system", "source_id"], how="left")["customer_id"]
+    miss = got.isna().to_numpy()
+    if miss.any():          # records the world did not plant (persons identified at a touchpoint): each its own
+        got = got.to_numpy(dtype="float64", copy=True)
+        got[miss] = -np.arange(1, miss.sum() + 1)
+        return got.astype(np.int64)
+    return got.to_numpy()
 
 
 def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:

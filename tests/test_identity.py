@@ -239,3 +239,31 @@ def test_extra_columns_modes_and_single_source_link(febrl):
     one = recs.assign(source_system="crm")
     with pytest.raises(CrmlabError, match="mode 'link' only compares records of different source systems.*'crm'"):
         datasets.febrl_matcher().fit(one)
+
+
+def test_saved_matcher_scores_one_record_as_the_batch_scores_its_pairs(world_records):
+    """A matcher saved as JSON (what stage 60 publishes for the service) and read back scores one
+    record against candidates (plain lists, the per-request path) exactly as the fitted matcher
+    scored the same pairs in batch: same levels, same probabilities."""
+    import json
+
+    rec, _ = world_records
+    m = identity.RecordMatcher(random_state=0).fit(rec)
+    pairs = m.score_pairs(rec)
+    saved = identity.RecordMatcher.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert saved.get_params(deep=False)["threshold"] == m.threshold
+    keyed = identity.add_keys(rec.reset_index(drop=True))
+    cols = saved.index_columns()
+    rows = keyed[cols].astype(object).where(keyed[cols].notna(), None)
+    rng = np.random.default_rng(0)
+    for i in rng.choice(np.unique(pairs.left), 40, replace=False):
+        mine = np.flatnonzero(pairs.left == i)
+        right = pairs.right[mine]
+        query = rows.iloc[i].to_dict()
+        cand = {c: rows[c].to_numpy()[right].tolist() for c in cols}
+        prob, levels, bf = saved.score_candidates(query, cand)
+        np.testing.assert_array_equal(levels, pairs.levels[mine])
+        np.testing.assert_allclose(prob, pairs.probability[mine], rtol=1e-12, atol=1e-15)
+        assert bf.shape == (len(mine), len(saved.comparisons_))
+    with pytest.raises(CrmlabError, match="not a saved RecordMatcher"):
+        identity.RecordMatcher.from_dict({"format": 99})
