@@ -20,11 +20,10 @@ import datetime as dt
 import fnmatch
 import json
 import os
-import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +80,25 @@ CONTRACT: dict[str, dict] = {
         Field("mean_value", "float"), Field("mean_attrition_risk", "prob"),
         Field("preferred_channel", "str"), Field("traits", "str"))),
 }
+
+@dataclass
+class IdentityTables:
+    """Person data published with a version but apart from the touchpoint tables (the identity index
+    of real-time identification): on PostgreSQL in its own ``schema``, closed to PUBLIC and readable
+    only through ``role`` (created NOLOGIN when missing; grant it to the service's login); on SQLite
+    (no schemas or roles) as plain tables of the same file. Never in the Parquet copy, never under
+    the contract's views. ``indexes``: per table, the column tuples to index; ``settle``: (table,
+    column, values) rows to delete in the publish transaction (provisional persons this run took in)."""
+
+    tables: dict
+    indexes: dict = field(default_factory=dict)
+    schema: str = "crmlab_identity"
+    role: str | None = "crmlab_identity_reader"
+    settle: tuple | None = None
+
+    def qualified(self, eng, name: str) -> str:
+        return f"{self.schema}.{name}" if eng.dialect.name == "postgresql" and self.schema else name
+
 
 #: Column names that would hold direct personal data: never published, whatever the table.
 PII_PATTERNS = ("*name", "*first_name*", "*last_name*", "*email*", "*e_mail*", "*phone*", "*mobile*",
@@ -225,6 +243,16 @@ def _q(eng, name: str) -> str:
     return eng.dialect.identifier_preparer.quote(name)
 
 
+def _qt(eng, name: str) -> str:
+    """A table or view name, schema-qualified ones ('crmlab_identity.identity_index') quoted per part."""
+    return ".".join(_q(eng, part) for part in name.split("."))
+
+
+def _split(name: str) -> tuple[str | None, str]:
+    schema, _, table = name.rpartition(".")
+    return schema or None, table
+
+
 def _ensure_catalog(conn) -> None:
     import sqlalchemy as sa
 
@@ -269,12 +297,13 @@ def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
     """Create ``name`` with pandas' column types, then fill it in bulk on the same connection (inside
     the publish transaction): ``executemany`` on SQLite, ``COPY`` on PostgreSQL (psycopg), pandas'
     ``to_sql`` elsewhere. Missing values become NULL."""
-    df.head(0).to_sql(name, conn, index=False)
+    schema, bare = _split(name)
+    df.head(0).to_sql(bare, conn, schema=schema, index=False)
     cols = [c for c in df.columns]
     values = [df[c].astype(object).where(df[c].notna(), None).tolist() for c in cols]
     rows = zip(*values)
     raw = conn.connection.driver_connection
-    target = f"{_q(eng, name)} ({', '.join(_q(eng, c) for c in cols)})"
+    target = f"{_qt(eng, name)} ({', '.join(_q(eng, c) for c in cols)})"
     if eng.dialect.name == "sqlite":
         cur = raw.cursor()
         cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(cols))})", rows)
@@ -284,7 +313,7 @@ def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
             for row in rows:
                 copy.write_row(row)
     else:
-        df.to_sql(name, conn, index=False, if_exists="append", chunksize=50_000)
+        df.to_sql(bare, conn, schema=schema, index=False, if_exists="append", chunksize=50_000)
 
 
 def _switch_views(conn, eng, tables, version: int) -> None:
@@ -301,7 +330,7 @@ def _switch_views(conn, eng, tables, version: int) -> None:
         _replace_views(conn, eng, tables, version)
         return
     views = set(sa.inspect(conn).get_view_names())
-    held = sorted(t for t in tables if t in views)
+    held = sorted(t for t in tables if t in views)       # the touchpoint views (identity views need no lock)
     rng = np.random.default_rng()
     for attempt in range(200):
         try:
@@ -322,34 +351,38 @@ def _replace_views(conn, eng, tables, version: int) -> None:
     import sqlalchemy as sa
 
     insp = sa.inspect(conn)
-    views = set(insp.get_view_names())
+    views = {}
     for t in sorted(tables):
-        body = f"AS SELECT * FROM {_q(eng, _phys(t, version))}"
-        if t in views:
+        schema, bare = _split(t)
+        if schema not in views:
+            views[schema] = set(insp.get_view_names(schema=schema))
+        body = f"AS SELECT * FROM {_qt(eng, _phys(t, version))}"
+        if bare in views[schema]:
             if eng.dialect.name == "postgresql":
                 # CREATE OR REPLACE keeps the view (and its grants); it needs the same leading
                 # columns, so a changed schema falls back to drop and create inside a savepoint
                 try:
                     with conn.begin_nested():
-                        conn.execute(sa.text(f"CREATE OR REPLACE VIEW {_q(eng, t)} {body}"))
+                        conn.execute(sa.text(f"CREATE OR REPLACE VIEW {_qt(eng, t)} {body}"))
                     continue
                 except sa.exc.DBAPIError as exc:
                     if getattr(exc.orig, "sqlstate", None) == "55P03":
                         raise
-            conn.execute(sa.text(f"DROP VIEW {_q(eng, t)}"))
-        elif insp.has_table(t):
+            conn.execute(sa.text(f"DROP VIEW {_qt(eng, t)}"))
+        elif insp.has_table(bare, schema=schema):
             raise PublishError(f"the database already has a table named '{t}' that crmlab did not create; "
                                "publish to another database or schema")
-        conn.execute(sa.text(f"CREATE VIEW {_q(eng, t)} {body}"))
+        conn.execute(sa.text(f"CREATE VIEW {_qt(eng, t)} {body}"))
 
 
 def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 5, note: str = "",
-            progress=None, _fail_after: str | None = None) -> int:
+            progress=None, identity: IdentityTables | None = None, _fail_after: str | None = None) -> int:
     """Publish ``tables`` as a new version; returns the version number.
 
     Every table is checked against the contract first (all problems reported together, nothing
     written). ``customer_scores`` gets ``score_version`` and ``scored_at`` here. ``keep`` versions
     stay in the database (older ones are dropped); ``folder`` (optional) receives the Parquet copy.
+    ``identity``: person tables published with the version, apart (:class:`IdentityTables`).
     ``_fail_after`` (tests) raises after writing that table, inside the transaction.
     """
     import sqlalchemy as sa
@@ -393,12 +426,17 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                         conn.execute(sa.text(f"CREATE INDEX {_q(eng, 'ixk_' + phys)} ON {_q(eng, phys)} (customer_key)"))
                     if _fail_after == name:
                         raise RuntimeError(f"simulated failure after writing {name}")
-                _switch_views(conn, eng, tables, version)
+                names = list(tables)
+                if identity is not None:
+                    names += _write_identity(conn, eng, identity, version, say)
+                _switch_views(conn, eng, names, version)
+                if identity is not None:
+                    _grant_identity(conn, eng, identity)
                 conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'kept' WHERE status = 'current'"))
                 conn.execute(sa.text(
                     f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
                     "VALUES (:v, 'current', :at, :sv, :t, :rc, :note)"),
-                    {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(tables)),
+                    {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(names)),
                      "rc": json.dumps(counts), "note": note})
                 _prune(conn, eng, keep)
         except BaseException:
@@ -416,6 +454,58 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
         eng.dispose()
 
 
+def _write_identity(conn, eng, idt: IdentityTables, version: int, say) -> list[str]:
+    """Write the identity tables of ``version`` (inside the publish transaction); their view names."""
+    import sqlalchemy as sa
+
+    pg = eng.dialect.name == "postgresql"
+    if pg and idt.schema:
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(eng, idt.schema)}"))
+        conn.execute(sa.text(f"REVOKE ALL ON SCHEMA {_q(eng, idt.schema)} FROM PUBLIC"))
+    names = []
+    for name, df in idt.tables.items():
+        qual = idt.qualified(eng, name)
+        phys = _phys(qual, version)
+        say(f"writing {name} ({len(df):,} rows, apart from the touchpoint tables) as version {version}")
+        _insert(conn, eng, phys, _to_sql_frame(df))
+        bare = _split(phys)[1]
+        for i, cols in enumerate(idt.indexes.get(name, ())):
+            conn.execute(sa.text(f"CREATE INDEX {_q(eng, f'ix{i}_{bare}')} ON {_qt(eng, phys)} "
+                                 f"({', '.join(_q(eng, c) for c in cols)})"))
+        names.append(qual)
+    if idt.settle is not None:
+        table, column, values = idt.settle
+        qual = idt.qualified(eng, table)
+        schema, bare = _split(qual)
+        if values and sa.inspect(conn).has_table(bare, schema=schema):
+            stmt = sa.text(f"DELETE FROM {_qt(eng, qual)} WHERE {_q(eng, column)} IN :v").bindparams(
+                sa.bindparam("v", expanding=True))
+            for i in range(0, len(values), 10_000):
+                conn.execute(stmt, {"v": list(values[i:i + 10_000])})
+    return names
+
+
+def _grant_identity(conn, eng, idt: IdentityTables) -> None:
+    """PostgreSQL: the identity views readable by ``idt.role`` (created NOLOGIN if missing) and nobody else."""
+    import sqlalchemy as sa
+
+    if eng.dialect.name != "postgresql" or not idt.schema or not idt.role:
+        return
+    role = _q(eng, idt.role)
+    exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": idt.role}).scalar()
+    if not exists:
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.text(f"CREATE ROLE {role} NOLOGIN"))
+        except sa.exc.DBAPIError:
+            raise PublishError(f"the role '{idt.role}' that reads the identity index does not exist and this login "
+                               f"may not create it: ask a database administrator to run CREATE ROLE {idt.role} "
+                               "NOLOGIN, or set publish.identity_role") from None
+    conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {_q(eng, idt.schema)} TO {role}"))
+    for name in idt.tables:
+        conn.execute(sa.text(f"GRANT SELECT ON {_qt(eng, idt.qualified(eng, name))} TO {role}"))
+
+
 def _prune(conn, eng, keep: int) -> None:
     import sqlalchemy as sa
 
@@ -423,7 +513,7 @@ def _prune(conn, eng, keep: int) -> None:
                                 "ORDER BY version DESC")).fetchall()
     for version, tabs in rows[keep:]:
         for t in json.loads(tabs):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {_q(eng, _phys(t, int(version)))}"))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {_qt(eng, _phys(t, int(version)))}"))
         conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'pruned' WHERE version = :v"), {"v": int(version)})
 
 

@@ -319,3 +319,68 @@ def test_drift_plot_shows_each_score_present_in_both():
     fig = publish.plot_drift(old, new)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["Customer value", "Attrition risk"]   # p_alive: new only
     assert publish.drift(old, new).loc["value", "psi"] > publish.drift(old, new).loc["attrition_risk", "psi"]
+
+
+def _identity(tag: int, schema: str, settle=()):
+    idx = pd.DataFrame({"source_system": "web", "source_id": [f"W{i}" for i in range(5 + tag)],
+                        "customer_key": [f"K{i:06d}" for i in range(5 + tag)], "last_name_std": "smith",
+                        "postcode_std": "SW1A 1AA", "model_id": f"m{tag}"})
+    return publish.IdentityTables(tables={"identity_index": idx, "identity_model": pd.DataFrame(
+        {"model_id": [f"m{tag}"], "model": ["{}"]})}, indexes={"identity_index": [("last_name_std", "postcode_std")]},
+        schema=schema, role="crmlab_t_identity_reader", settle=("identity_provisional", "provisional_key", list(settle)))
+
+
+def test_identity_tables_are_published_apart_and_versioned(target):
+    """Person data for real-time identification: published in the same transaction as the touchpoint
+    tables (same version, pruned and rolled back with them), never in the Parquet copy, and on
+    PostgreSQL in its own schema that PUBLIC cannot enter and only the identity role may read.
+    Provisional persons the run took in are deleted in that transaction."""
+    url, folder = target
+    eng = publish.engine(url)
+    pg = eng.dialect.name == "postgresql"
+    schema = f"{sa.engine.make_url(url).query['options'].split('%3D')[-1].split('=')[-1]}_id" if pg else None
+    name = f'"{schema}".identity_index' if pg else "identity_index"
+    prov = f'"{schema}".identity_provisional' if pg else "identity_provisional"
+    try:
+        with eng.begin() as c:
+            if pg:
+                c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            c.execute(sa.text(f"CREATE TABLE {prov} (provisional_key VARCHAR(40) PRIMARY KEY)"))
+            c.execute(sa.text(f"INSERT INTO {prov} VALUES ('PA'), ('PB'), ('PC')"))
+        assert publish.publish(tables(1), url, folder, keep=1, identity=_identity(1, schema, ["PA", "PB"])) == 1
+        with eng.connect() as c:
+            assert c.execute(sa.text(f"SELECT COUNT(*), MIN(model_id) FROM {name}")).one() == (6, "m1")
+            assert c.execute(sa.text(f"SELECT provisional_key FROM {prov}")).scalars().all() == ["PC"]
+        with pytest.raises(RuntimeError, match="simulated"):              # rolled back with the version
+            publish.publish(tables(2), url, folder, identity=_identity(2, schema), _fail_after="customer_key_map")
+        assert publish.publish(tables(3), url, folder, keep=1, identity=_identity(3, schema)) == 2
+        with eng.connect() as c:
+            assert c.execute(sa.text(f"SELECT COUNT(*), MIN(model_id) FROM {name}")).one() == (8, "m3")
+            insp = sa.inspect(c)
+            where = schema if pg else None
+            assert sorted(t for t in insp.get_table_names(schema=where) if t.startswith("identity_index")) == \
+                ["identity_index__v000002"]                             # version 1 pruned with the rest
+            if pg:
+                assert "identity_index" not in insp.get_view_names()   # not beside the touchpoint views
+                assert not c.execute(sa.text("SELECT has_schema_privilege('public', :s, 'USAGE')"),
+                                     {"s": schema}).scalar()
+                assert c.execute(sa.text("SELECT has_table_privilege('crmlab_t_identity_reader', :t, 'SELECT')"),
+                                 {"t": f"{schema}.identity_index"}).scalar()
+        assert sorted(json_tables(url)) == sorted(["customer_key_map", "customer_scores",
+                                                   f"{schema}.identity_index" if pg else "identity_index",
+                                                   f"{schema}.identity_model" if pg else "identity_model"])
+        assert not list((folder / "parquet").rglob("identity_*"))          # never in the Parquet copy
+        with pytest.raises(PublishError, match="not a published table"):
+            publish.read_table(url, "identity_index")
+    finally:
+        if pg:
+            with eng.begin() as c:
+                c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        eng.dispose()
+
+
+def json_tables(url: str) -> list[str]:
+    import json
+
+    h = publish.history(url)
+    return json.loads(h.loc[h["status"] == "current", "tables"].iloc[0])
