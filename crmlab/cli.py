@@ -152,7 +152,8 @@ def _cmd_serve(a) -> int:
     url, _ = _publish_target(a)
     redis_url, prefix = _redis_target(a)
     service.serve(url, host=a.host, port=a.port, workers=a.workers, tokens_file=a.tokens, no_auth=a.no_auth,
-                  max_body=a.max_body, redis=redis_url, redis_prefix=prefix)
+                  max_body=a.max_body, redis=redis_url, redis_prefix=prefix, identity_db=a.identity_db,
+                  identity_schema=a.identity_schema)
     return 0
 
 
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body", type=int, default=16384, help="largest request body in bytes (larger: 413)")
     sv.add_argument("--redis", help="read lookups from this Redis online store (default: publish.redis of --params)")
     sv.add_argument("--redis-prefix", help="its key prefix (default: publish.redis_prefix)")
+    sv.add_argument("--identity-db", help="SQLAlchemy URL (a login of the identity reader role) for POST /v1/identify; "
+                                          "default: --db")
+    sv.add_argument("--identity-schema", default="crmlab_identity", help="PostgreSQL schema of the identity index")
     sv.set_defaults(func=_cmd_serve)
 
     cr = sub.add_parser("check-reports", help="open a run's index.html and reviewer reports in headless Chromium at "

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "sql_schema": None,
         "systems": [],                    # customer source systems; [] = every customers_<system> found
         "as_of": None,                    # the data's as-of date (YYYY-MM-DD): later event dates are errors; null: today
-        "touchpoint_contacts": True,      # add the contacts touchpoints recorded (service) in the publish database
+        "touchpoint_contacts": True,      # add the contacts and provisional persons touchpoints recorded (service)
     },
     "quality": {
         "examples": 5,                    # offending rows shown per finding
@@ -141,6 +141,9 @@ DEFAULTS: dict[str, Any] = {
         "lookups": 1000,                  # timed sample lookups in the report
         "redis": None,                    # Redis URL of the online store (e.g. redis://127.0.0.1:6379/0); null: none
         "redis_prefix": "crmlab",         # key prefix in Redis: one per publish target
+        "identity": True,                 # publish the identity index for real-time identification (service)
+        "identity_schema": "crmlab_identity",   # PostgreSQL: its own schema, apart from the touchpoint tables
+        "identity_role": "crmlab_identity_reader",  # PostgreSQL: the only role that may read it
     },
     "measure": {
         "window_days": None,              # response window; null: each campaign's window_days

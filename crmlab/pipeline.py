@@ -33,8 +33,9 @@ from . import config, events, reuse, reviewer, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .labels import inline_markdown
-from .sources import (TOUCHPOINT_CONTACTS, Sources, SourcesInvalid, fingerprint, input_files, load_params,
-                      read_touchpoint_contacts, touchpoint_digest, touchpoints_url)
+from .sources import (PROVISIONAL_SYSTEM, TOUCHPOINT_CONTACTS, Sources, SourcesInvalid, fingerprint, input_files,
+                      load_params, read_provisional_persons, read_touchpoint_contacts, touchpoint_digest,
+                      touchpoints_url)
 
 KERNEL_NAME = "crmlab"
 
@@ -43,7 +44,7 @@ KERNEL_NAME = "crmlab"
 
 #: The stage that writes each artifact a later stage reads (a test checks this against the notebooks).
 ARTIFACT_STAGES = {
-    "customer_key_map": "10_identity",
+    "customer_key_map": "10_identity", "identity_model": "10_identity",
     **{name: "10_identity" for name in events.ARTIFACTS},
     "affinity_rules": "20_affinity", "customer_recommendations": "20_affinity",
     "customer_value": "30_value",
@@ -644,6 +645,9 @@ def _input_digests(params: dict) -> dict | None:
     tp = read_touchpoint_contacts(url) if url else None
     if tp is not None and len(tp):
         out[TOUCHPOINT_CONTACTS] = touchpoint_digest(tp)             # new contacts: the load is redone
+    persons = read_provisional_persons(url, params["publish"]["identity_schema"]) if url else None
+    if persons is not None:
+        out[f"customers_{PROVISIONAL_SYSTEM}"] = touchpoint_digest(persons)   # so are new provisional persons
     return out
 
 

@@ -13,6 +13,9 @@ Endpoints (JSON; OpenAPI at ``/docs`` and ``/openapi.json``):
 * ``GET /v1/version``: current published version, when, and its model and decision versions;
 * ``GET /v1/customers/{source_system}/{source_id}``: the customer's current scores and decision;
   404 with a JSON reason when the id is not in the published key map;
+* ``POST /v1/identify``: person fields -> customer key, match probability and per-field evidence,
+  from the published matcher and identity index (:mod:`crmlab.identity_index`); a person nobody
+  known matches gets a provisional key (write scope) that the next run reconciles;
 * ``POST /v1/contacts``: records a contact or response durably (committed before the 201) in the
   ``touchpoint_contacts`` table; idempotent by ``contact_id`` (the same body again: 200; a
   different body under a used id: 409).
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CrmlabError
+from .identity_index import Identifier
 from .online_store import RedisStore
 from .publish import CATALOG, PublishError, _safe, engine, score_row
 from .sources import TOUCHPOINT_CONTACTS
@@ -44,7 +48,8 @@ CONTACTS_TABLE = TOUCHPOINT_CONTACTS                # read by the next run as pa
 SCOPES = ("read", "write")
 #: Environment of ``crmlab serve`` workers (uvicorn starts each from an import string).
 ENV = {"db": "CRMLAB_SERVICE_DB", "tokens": "CRMLAB_SERVICE_TOKENS_FILE", "no_auth": "CRMLAB_SERVICE_NO_AUTH",
-       "max_body": "CRMLAB_SERVICE_MAX_BODY", "redis": "CRMLAB_SERVICE_REDIS", "redis_prefix": "CRMLAB_SERVICE_REDIS_PREFIX"}
+       "max_body": "CRMLAB_SERVICE_MAX_BODY", "redis": "CRMLAB_SERVICE_REDIS", "redis_prefix": "CRMLAB_SERVICE_REDIS_PREFIX",
+       "identity_db": "CRMLAB_SERVICE_IDENTITY_DB", "identity_schema": "CRMLAB_SERVICE_IDENTITY_SCHEMA"}
 
 
 class ServiceError(CrmlabError):
@@ -206,6 +211,8 @@ class ServiceConfig:
     max_body: int = 16384                             # bytes per request body
     redis: str | None = None                          # Redis online store for lookups (None: the SQL database)
     redis_prefix: str = "crmlab"
+    identity_db: str | None = None                   # login that reads the identity index (None: ``db``)
+    identity_schema: str = "crmlab_identity"
 
 
 class _BodyLimit:
@@ -283,13 +290,14 @@ def create_app(cfg: ServiceConfig):
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field as PField
+    from pydantic import BaseModel, ConfigDict, Field as PField, model_validator
 
     if not cfg.tokens and not cfg.no_auth:
         raise ServiceError("no bearer tokens configured: give a token file (--tokens) or, for a local test only, "
                            "--no-auth")
     store = ScoreStore(cfg.db)                        # contacts, and lookups unless a Redis online store serves them
     reader = RedisStore(cfg.redis, cfg.redis_prefix) if cfg.redis else store
+    identifier = Identifier(cfg.identity_db or cfg.db, cfg.identity_schema)
     app = FastAPI(title="crmlab touchpoint service", version="1",
                   description="Recognise, decide and record at the moment of contact, from the published scores.")
     app.state.store = store
@@ -309,10 +317,32 @@ def create_app(cfg: ServiceConfig):
         group: Literal["treatment", "control"] = "treatment"
         occurred_at: dt.datetime
 
+    Text = PField(None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+
+    class Person(BaseModel):
+        """Person fields as the touchpoint has them (raw: crmlab standardises them as in batch)."""
+        model_config = ConfigDict(extra="forbid")
+        first_name: str | None = Text
+        last_name: str | None = Text
+        dob: dt.date | None = None
+        email: str | None = PField(None, min_length=1, max_length=254, pattern=r"^[^\x00-\x1f]+$")
+        # junk a till accepts ("n/a", "tba") is allowed: it standardises to missing, as in batch
+        phone: str | None = PField(None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9+()\-./ ]+$")
+        address: str | None = PField(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+        town: str | None = Text
+        postcode: str | None = PField(None, min_length=1, max_length=16, pattern=r"^[A-Za-z0-9 /.-]+$")
+
+        @model_validator(mode="after")
+        def _enough(self):
+            given = [k for k, v in self.model_dump().items() if v is not None and k != "town"]
+            if len(given) < 2:
+                raise ValueError("give at least two of first_name, last_name, dob, email, phone, address, postcode")
+            return self
+
     def scope(need: str):
-        def check(request: Request):
+        def check(request: Request) -> frozenset:
             if cfg.no_auth:
-                return
+                return frozenset(SCOPES)
             auth = request.headers.get("authorization", "")
             kind, _, token = auth.partition(" ")
             if kind.lower() != "bearer" or not token:
@@ -323,6 +353,7 @@ def create_app(cfg: ServiceConfig):
                 raise HTTPException(401, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
             if need not in scopes:
                 raise HTTPException(403, f"this token lacks the '{need}' scope")
+            return scopes
         return Depends(check)
 
     @app.exception_handler(RequestValidationError)
@@ -360,6 +391,14 @@ def create_app(cfg: ServiceConfig):
                                 status_code=404)
         return Response(raw, media_type="application/json")   # the contract's columns: no personal data
 
+    @app.post("/v1/identify")
+    def identify(person: Person, scopes: frozenset = scope("read")):
+        """Who is this? The published matcher against the identity index: the customer key, the match
+        probability and the evidence per field (levels and weights, never a value). Nobody known
+        matches: a provisional key (tokens with the ``write`` scope; the next run reconciles it) or
+        ``status: unknown``."""
+        return identifier.identify(person.model_dump(), create="write" in scopes)
+
     @app.post("/v1/contacts", status_code=201, dependencies=[scope("write")])
     def contacts(c: Contact):
         rec = c.model_dump()
@@ -388,11 +427,14 @@ def app_from_env():
     return create_app(ServiceConfig(db=db, tokens=tokens, no_auth=no_auth,
                                     max_body=int(os.environ.get(ENV["max_body"], "16384")),
                                     redis=os.environ.get(ENV["redis"]) or None,
-                                    redis_prefix=os.environ.get(ENV["redis_prefix"], "crmlab")))
+                                    redis_prefix=os.environ.get(ENV["redis_prefix"], "crmlab"),
+                                    identity_db=os.environ.get(ENV["identity_db"]) or None,
+                                    identity_schema=os.environ.get(ENV["identity_schema"], "crmlab_identity")))
 
 
 def serve(db: str, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, tokens_file=None,
-          no_auth: bool = False, max_body: int = 16384, redis: str | None = None, redis_prefix: str = "crmlab") -> None:
+          no_auth: bool = False, max_body: int = 16384, redis: str | None = None, redis_prefix: str = "crmlab",
+          identity_db: str | None = None, identity_schema: str = "crmlab_identity") -> None:
     """Run the service under uvicorn until SIGINT/SIGTERM (requests in flight finish first)."""
     import uvicorn
 
@@ -404,7 +446,8 @@ def serve(db: str, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, 
     if redis:
         RedisStore(redis, redis_prefix).close()       # and the online store answer
     os.environ.update({ENV["db"]: db, ENV["no_auth"]: "1" if no_auth else "0", ENV["max_body"]: str(max_body),
-                       ENV["redis"]: redis or "", ENV["redis_prefix"]: redis_prefix})
+                       ENV["redis"]: redis or "", ENV["redis_prefix"]: redis_prefix,
+                       ENV["identity_db"]: identity_db or "", ENV["identity_schema"]: identity_schema})
     if tokens_file:
         os.environ[ENV["tokens"]] = str(Path(tokens_file).resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

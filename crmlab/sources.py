@@ -483,17 +483,24 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
 
 def load(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,
          systems: list[str] | None = None, as_of=None, fingerprints: dict[str, str] | None = None,
-         touchpoints_url: str | None = None) -> Sources:
+         touchpoints_url: str | None = None, identity_schema: str | None = "crmlab_identity") -> Sources:
     """Read, validate and standardise all input tables (see module docstring).
 
     ``fingerprints``: the files' :func:`fingerprint` by table name when the caller has them already
     (a run hashes its inputs before loading, to look for a reusable load); else computed here.
-    ``touchpoints_url``: the publish database whose ``touchpoint_contacts`` join ``contacts``."""
+    ``touchpoints_url``: the publish database whose ``touchpoint_contacts`` join ``contacts`` and
+    whose provisional persons (in ``identity_schema``) become the customers of system ``touchpoint``."""
     raw, origin = read_raw(folder, url, schema, systems)
     prints = {}
     if folder and not url:
         known = fingerprints or {}
         prints = {k: known[k] if k in known else fingerprint(v) for k, v in origin.items()}
+    persons = read_provisional_persons(touchpoints_url, identity_schema) if touchpoints_url else None
+    if persons is not None:
+        name = f"customers_{PROVISIONAL_SYSTEM}"
+        raw[name] = persons
+        origin[name] = f"{_mask(touchpoints_url)} table {PROVISIONAL_TABLE} (persons identified at touchpoints)"
+        prints[name] = (fingerprints or {}).get(name) or touchpoint_digest(persons)
     tp = read_touchpoint_contacts(touchpoints_url) if touchpoints_url else None
     files, aside = dict(origin), {}
     if tp is not None and len(tp):
@@ -518,7 +525,7 @@ def load_params(params: dict, fingerprints: dict[str, str] | None = None) -> Sou
     ``data.touchpoint_contacts``, the contacts touchpoints recorded in the publish database)."""
     d = params["data"]
     return load(d["dir"], d["url"], d["sql_schema"], d["systems"] or None, d["as_of"], fingerprints,
-                touchpoints_url(params))
+                touchpoints_url(params), params["publish"]["identity_schema"])
 
 
 # ----------------------------------------------------------------------------- touchpoint contacts
@@ -572,6 +579,45 @@ def read_touchpoint_contacts(url: str) -> pd.DataFrame | None:
                         "contact_date": when.dt.strftime("%Y-%m-%d"), "medium": df["channel"],
                         "ref_code": df["ref_code"], "group": df["contact_group"]})
     return out.astype("string").reset_index(drop=True)
+
+
+#: persons identified at a touchpoint without a known record (crmlab.identity_index), in the publish
+#: database's identity schema; the next run reads them as customers of this source system
+PROVISIONAL_TABLE = "identity_provisional"
+PROVISIONAL_SYSTEM = "touchpoint"
+#: person fields a touchpoint may give (raw, as typed); standardised like every customer table
+PERSON_FIELDS = ("first_name", "last_name", "dob", "email", "phone", "address", "town", "postcode")
+
+
+def read_provisional_persons(url: str, schema: str | None = "crmlab_identity") -> pd.DataFrame | None:
+    """The persons touchpoints identified but no known record matched (:mod:`crmlab.identity_index`),
+    as the ``customers_touchpoint`` source table: raw fields, ``source_id`` the provisional key,
+    ``created_at`` its date. None when there are none."""
+    import sqlalchemy as sa
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return None
+    eng = sa.create_engine(url)
+    try:
+        pg = eng.dialect.name == "postgresql"
+        sch = schema if pg and schema else None
+        if not sa.inspect(eng).has_table(PROVISIONAL_TABLE, schema=sch):
+            return None
+        q = eng.dialect.identifier_preparer.quote
+        name = f"{q(sch)}.{q(PROVISIONAL_TABLE)}" if sch else q(PROVISIONAL_TABLE)
+        with eng.connect() as conn:
+            df = pd.read_sql_query(sa.text(
+                f"SELECT provisional_key, created_at, {', '.join('raw_' + f for f in PERSON_FIELDS)} FROM {name} "
+                "ORDER BY provisional_key"), conn)
+    except sa.exc.SQLAlchemyError as exc:
+        raise SourceError(PROVISIONAL_TABLE, None, f"cannot be read from {_mask(url)}: {type(exc).__name__}") from None
+    finally:
+        eng.dispose()
+    if df.empty:
+        return None
+    out = df.rename(columns={f"raw_{f}": f for f in PERSON_FIELDS}).rename(columns={"provisional_key": "source_id"})
+    out["created_at"] = pd.to_datetime(out["created_at"], utc=True, format="ISO8601").dt.strftime("%Y-%m-%d")
+    return out[["source_id", *PERSON_FIELDS, "created_at"]].astype("string")
 
 
 def _known_only(tp: pd.DataFrame, raw: dict) -> tuple[pd.DataFrame, str | None]:

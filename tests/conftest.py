@@ -187,3 +187,62 @@ def redis_server():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+READ, WRITE = "r" * 8 + "-read-token-0001", "w" * 8 + "-write-token-0001"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_service(url: str, tmp: Path, *extra: str):
+    """``crmlab serve`` over ``url`` on a free loopback port with a read token (READ) and a read+write
+    token (WRITE); yields (base URL, log file). Stopped with SIGTERM: it must shut down gracefully."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from crmlab import service
+
+    tok = tmp / "tokens.yaml"
+    tok.write_text(json.dumps({"tokens": [
+        {"name": "call-centre screen", "token": READ, "scopes": ["read"]},
+        {"name": "campaign manager", "sha256": service._digest(WRITE), "scopes": ["read", "write"]}]}))
+    port = free_port()
+    logf = open(tmp / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "crmlab", "serve", "--db", url, "--port", str(port),
+                             "--tokens", str(tok), *extra], stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            logf.seek(0)
+            pytest.fail(f"the service exited: {logf.read()[-2000:]}")
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the service did not answer /health within 30 s")
+    try:
+        yield base, tmp / "server.log"
+    finally:
+        proc.send_signal(signal.SIGTERM)                  # graceful shutdown, then uvicorn re-raises the signal
+        code = proc.wait(timeout=20)
+        logf.seek(0)
+        log = logf.read()
+        logf.close()
+    assert code in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in log

@@ -1,9 +1,6 @@
 """The touchpoint service, started for real (``crmlab serve`` under uvicorn on a loopback port) and
 called over HTTP: each endpoint, auth failures, bad input, publishes during a stream of requests."""
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,15 +12,8 @@ import sqlalchemy as sa
 
 from crmlab import publish, service
 from crmlab.service import ServiceError, load_tokens
+from conftest import READ, WRITE, start_service
 from test_publish import tables
-
-READ, WRITE = "r" * 8 + "-read-token-0001", "w" * 8 + "-write-token-0001"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -40,34 +30,8 @@ def server(request, tmp_path_factory):
         url, _ = schema.__enter__()
         request.addfinalizer(lambda: schema.__exit__(None, None, None))
     publish.publish(tables(1), url, folder=tmp / "published")
-    tok = tmp / "tokens.yaml"
-    tok.write_text(json.dumps({"tokens": [
-        {"name": "call-centre screen", "token": READ, "scopes": ["read"]},
-        {"name": "campaign manager", "sha256": service._digest(WRITE), "scopes": ["read", "write"]}]}))
-    port = _port()
-    logf = open(tmp / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "crmlab", "serve", "--db", url, "--port", str(port),
-                             "--tokens", str(tok)], stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            logf.seek(0)
-            pytest.fail(f"the service exited: {logf.read()[-2000:]}")
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the service did not answer /health within 30 s")
-    yield base, url, tmp / "server.log"
-    proc.send_signal(signal.SIGTERM)                      # graceful shutdown, then uvicorn re-raises the signal
-    assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
-    logf.seek(0)
-    assert "Application shutdown complete" in logf.read()
-    logf.close()
+    with start_service(url, tmp) as (base, log):
+        yield base, url, log
 
 
 def stream_answers(url: str, headers: dict | None = None):
@@ -112,7 +76,8 @@ def test_lookup_version_health_and_openapi(server):
     assert v["version"] == publish.current_version(url) and v["model_version"] == "m1"
     assert httpx.get(f"{base}/health").json() == {"status": "ok", "version": v["version"]}
     schema = httpx.get(f"{base}/openapi.json").json()
-    assert {"/v1/customers/{source_system}/{source_id}", "/v1/contacts", "/v1/version", "/health"} <= set(schema["paths"])
+    assert {"/v1/customers/{source_system}/{source_id}", "/v1/contacts", "/v1/identify", "/v1/version",
+            "/health"} <= set(schema["paths"])
     assert httpx.get(f"{base}/docs").status_code == 200
 
 
@@ -126,6 +91,24 @@ def test_auth_failures(server):
     r = httpx.post(f"{base}/v1/contacts", headers=_h(READ), json=_contact("c-auth"))
     assert r.status_code == 403 and "write" in r.json()["detail"]
     assert httpx.get(path, headers=_h(WRITE)).status_code == 200          # write tokens read too
+    assert httpx.post(f"{base}/v1/identify", json={"last_name": "Smith", "postcode": "SW1A 1AA"}).status_code == 401
+
+
+def test_identify_input_checks_and_no_index(server):
+    """Person fields are validated (422 naming the field, never echoing the value); a database
+    published without an identity index answers 503 with the reason."""
+    base, _, log = server
+    ok = {"first_name": "Zoë", "last_name": "Smith", "dob": "1980-02-29", "postcode": "SW1A 1AA"}
+    r = httpx.post(f"{base}/v1/identify", headers=_h(READ), json=ok)
+    assert r.status_code == 503 and "no identity index" in r.json()["detail"]
+    for bad, field in (({"last_name": "Smith"}, ""), ({**ok, "dob": "1980-02-30"}, "dob"),
+                       ({**ok, "phone": "0770;DROP"}, "phone"), ({**ok, "ssn": "123"}, "ssn"),
+                       ({**ok, "postcode": "SW1A<script>"}, "postcode"), ({**ok, "last_name": "x" * 101}, "last_name")):
+        r = httpx.post(f"{base}/v1/identify", headers=_h(READ), json=bad)
+        assert r.status_code == 422, bad
+        assert any(e["field"] == field for e in r.json()["errors"]), r.json()
+        assert "Smith" not in r.text and "<script>" not in r.text and "DROP" not in r.text
+    assert "Smith" not in log.read_text() and "SW1A" not in log.read_text()
 
 
 def _contact(cid, **kw):

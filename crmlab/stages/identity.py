@@ -1,6 +1,7 @@
 """Stage 10: recognise customers across source systems, write the key map and the run's events."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def run_identity(ctx) -> IdentityResult:
         both = key_map.merge(prev_map.astype({"source_id": "string"}), on=["source_system", "source_id"])
         kept = float((both["customer_key_x"] == both["customer_key_y"]).mean()) if len(both) else float("nan")
     ctx.write_artifact("customer_key_map", key_map)
+    # the fitted matcher, for the identity index that stage 60 publishes (real-time identification)
+    ctx.write_artifact("identity_model", pd.DataFrame({"model": [json.dumps(matcher.to_dict())]}))
     ev = CustomerEvents.from_sources(src, key_map)
     ctx.write_events(ev)
     return IdentityResult(records, matcher, pairs, key_map, ev, truth, previous, kept, n_new)

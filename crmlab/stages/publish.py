@@ -1,11 +1,12 @@
 """Stage 60: decisions per customer and the versioned publication every touchpoint reads."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import affinity, decisions, online_store, publish, targets
+from .. import affinity, decisions, identity, identity_index, online_store, publish, targets
 from ..errors import CrmlabError
 
 
@@ -56,7 +57,13 @@ def run_publish(ctx) -> PublishResult:
               "customer_key_map": key_map.astype({"source_id": str, "source_system": str, "customer_key": str}),
               "affinity_rules": ctx.read_artifact("affinity_rules"),
               "segment_profiles": ctx.read_artifact("segment_profiles")}
-    version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print)
+    ident = None
+    if PUB["identity"]:                             # the identity index, apart from the touchpoint tables
+        matcher = identity.RecordMatcher.from_dict(json.loads(ctx.read_artifact("identity_model")["model"].iloc[0]))
+        ident = identity_index.identity_tables(ctx.sources().customers, key_map, matcher, PUB["identity_schema"],
+                                               PUB["identity_role"])
+    version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print,
+                              identity=ident)
     if PUB["redis"]:                                # the online store follows: filled, then its pointer switched
         online_store.sync(url, PUB["redis"], PUB["redis_prefix"], progress=print)
     (ctx.run_dir / "artifacts" / "published.json").write_text(

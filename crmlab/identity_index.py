@@ -1,0 +1,234 @@
+"""The identity index and real-time identification against it.
+
+A touchpoint that meets someone (a caller, a web sign-up, a till) asks "who is this?". The batch
+matcher (:class:`crmlab.identity.RecordMatcher`) answered that for every known record; this module
+publishes what it needs to answer it for one new record, at the moment of contact:
+
+* ``identity_index``: the standardised person fields (and blocking keys) of every known record with
+  its customer key, one row per record, indexed per blocking rule;
+* ``identity_model``: the fitted matcher (m, u, prior, term frequencies) as JSON.
+
+Both are published with each version (:class:`crmlab.publish.IdentityTables`): apart from the
+touchpoint tables (own schema and role on PostgreSQL), never in the Parquet copy, never returned.
+:class:`Identifier` standardises a person exactly as the sources layer does, reads the candidates
+that share a blocking key with it (one statement, so one version), scores them with the published
+matcher and answers the best customer with the per-field evidence, never a value. A person no
+known record matches gets a **provisional key**: the person is kept in ``identity_provisional``
+(same schema), found again by later calls, read by the next run as the source system
+``touchpoint`` and matched in batch; that run's publication settles the provisional rows it took in.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+
+import numpy as np
+import pandas as pd
+
+from . import identity
+from .publish import IdentityTables, PublishError, engine
+from .sources import PERSON_FIELDS, PROVISIONAL_SYSTEM, PROVISIONAL_TABLE
+from .standardise import standardise_person
+
+INDEX, MODEL = "identity_index", "identity_model"
+PROVISIONAL = PROVISIONAL_TABLE
+
+
+def model_id(model: dict) -> str:
+    return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_tables(records: pd.DataFrame, key_map: pd.DataFrame, matcher: identity.RecordMatcher,
+                    schema: str = "crmlab_identity", role: str | None = "crmlab_identity_reader") -> IdentityTables:
+    """The identity index and model of one run, ready for :func:`crmlab.publish.publish`.
+
+    ``records``: the run's standardised customer records (``Sources.customers``); ``key_map``: its
+    customer key map. Provisional persons the run took in are settled (deleted) at publication."""
+    model = matcher.to_dict()
+    mid = model_id(model)
+    cols = matcher.index_columns()
+    keyed = identity.add_keys(records.reset_index(drop=True))
+    idx = keyed[["source_system", "source_id", *cols]].astype({"source_id": "string", "source_system": "string"})
+    idx = idx.merge(key_map[["source_system", "source_id", "customer_key"]].astype(
+        {"source_id": "string", "source_system": "string"}), on=["source_system", "source_id"], how="left")
+    if idx["customer_key"].isna().any():
+        raise PublishError(f"{int(idx['customer_key'].isna().sum())} records have no customer key: the identity "
+                           "index and the key map disagree")
+    idx["model_id"] = mid
+    for c in cols:
+        idx[c] = idx[c].astype("string")
+    took = key_map.loc[key_map["source_system"] == PROVISIONAL_SYSTEM, "source_id"].astype(str).tolist()
+    return IdentityTables(
+        tables={INDEX: idx, MODEL: pd.DataFrame({"model_id": [mid], "model": [json.dumps(model)]})},
+        indexes={INDEX: [tuple(r) for r in matcher.blocking_rules_] + [("customer_key",)]},
+        schema=schema, role=role, settle=(PROVISIONAL, "provisional_key", took))
+
+
+def keyed_person(person: dict) -> dict:
+    """One person's raw fields -> one keyed record (column -> value, None for missing), standardised
+    as the sources layer standardises a table."""
+    return identity.person_keys(standardise_person(person), person.get("dob"))
+
+
+class Identifier:
+    """Identification of one person at a time against the published identity index.
+
+    ``url``: the database (a login that can read the identity schema, and write its provisional
+    table); ``schema``: the identity schema on PostgreSQL; ``threshold``: the match probability
+    from which a customer is recognised (default: the published matcher's)."""
+
+    def __init__(self, url: str, schema: str = "crmlab_identity", threshold: float | None = None,
+                 max_candidates: int = 2000):
+        import sqlalchemy as sa
+
+        self.eng = engine(url, create=False)
+        pg = self.eng.dialect.name == "postgresql"
+        q = self.eng.dialect.identifier_preparer.quote
+        self._index = f"{q(schema)}.{q(INDEX)}" if pg and schema else q(INDEX)
+        self._model = f"{q(schema)}.{q(MODEL)}" if pg and schema else q(MODEL)
+        self._prov = f"{q(schema)}.{q(PROVISIONAL)}" if pg and schema else q(PROVISIONAL)
+        self._prov_schema = schema if pg and schema else None
+        self._q = q
+        self.threshold = threshold
+        self.max_candidates = int(max_candidates)
+        self._models: dict[str, identity.RecordMatcher] = {}
+        self._prov_cols: list[str] | None = None
+        self._sa = sa
+
+    # ---- the published model
+    def _matcher(self, mid: str | None = None) -> identity.RecordMatcher:
+        sa = self._sa
+        if mid is not None and mid in self._models:
+            return self._models[mid]
+        with self.eng.connect() as conn:
+            try:
+                rows = conn.execute(sa.text(f"SELECT model_id, model FROM {self._model}")).all()
+            except sa.exc.DBAPIError:
+                raise PublishError("no identity index is published here: run the chain (stage 60_publish) with "
+                                   "publish.identity on") from None
+        if not rows:
+            raise PublishError("the published identity model is empty")
+        got, model = rows[0][0], identity.RecordMatcher.from_dict(json.loads(rows[0][1]))
+        self._models = {got: model}                   # one model at a time: the current version's
+        if mid is not None and mid != got:            # a publish happened between the two reads: read again
+            return self._matcher(None)
+        return model
+
+    # ---- candidates
+    def _where(self, m: identity.RecordMatcher, rec: dict) -> tuple[str, dict]:
+        terms, params = [], {}
+        for rule in m.blocking_rules_:
+            vals = [rec.get(c) for c in rule]
+            if any(v is None for v in vals):
+                continue
+            parts = []
+            for c, v in zip(rule, vals):
+                p = f"p{len(params)}"
+                params[p] = str(v)
+                parts.append(f"{self._q(c)} = :{p}")
+            terms.append("(" + " AND ".join(parts) + ")")
+        return " OR ".join(terms), params
+
+    def _candidates(self, m, rec) -> dict:
+        """Column -> list of values of the known records (then provisional persons) sharing a blocking
+        key with ``rec``; ``provisional`` flags the latter. One statement reads the published index."""
+        sa = self._sa
+        where, params = self._where(m, rec)
+        cols = ["customer_key", *m.index_columns()]
+        out = {c: [] for c in [*cols, "model_id", "provisional"]}
+        if not where:
+            return out
+        with self.eng.connect() as conn:
+            rows = conn.execute(sa.text(
+                f"SELECT {', '.join(self._q(c) for c in [*cols, 'model_id'])} FROM {self._index} WHERE {where} "
+                f"LIMIT {self.max_candidates}"), params).all()
+            prov = []
+            if self._provisional_ready(conn, m):
+                prov = conn.execute(sa.text(
+                    f"SELECT provisional_key, {', '.join(self._q(c) for c in cols[1:])}, NULL FROM {self._prov} "
+                    f"WHERE {where} LIMIT {self.max_candidates}"), params).all()
+        for flag, part in ((False, rows), (True, prov)):
+            for r in part:
+                for c, v in zip([*cols, "model_id"], r):
+                    out[c].append(v)
+                out["provisional"].append(flag)
+        return out
+
+    def _provisional_ready(self, conn, m) -> bool:
+        sa = self._sa
+        if self._prov_cols is None:
+            insp = sa.inspect(conn)
+            if not insp.has_table(PROVISIONAL, schema=self._prov_schema):
+                return False
+            self._prov_cols = [c["name"] for c in insp.get_columns(PROVISIONAL, schema=self._prov_schema)]
+        return all(c in self._prov_cols for c in m.index_columns())
+
+    # ---- the answer
+    def identify(self, person: dict, create: bool = True) -> dict:
+        """The customer this person is, with match probability and per-field evidence (levels and
+        weights, never values). Not found: a provisional key when ``create``, else no key."""
+        rec = keyed_person(person)
+        m = self._matcher(next(iter(self._models), None))
+        cand = self._candidates(m, rec)
+        mids = [v for v in cand["model_id"] if v is not None]
+        if mids and mids[0] not in self._models:      # a new version was published: its model scores it
+            m = self._matcher(mids[0])
+        threshold = m.threshold if self.threshold is None else self.threshold
+        n = len(cand["customer_key"])
+        out = {"status": "unknown", "customer_key": None, "match_probability": 0.0, "provisional": False,
+               "candidates_compared": n, "other_customers_above_threshold": 0, "evidence": []}
+        if n:
+            prob, levels, bf = m.score_candidates(rec, cand)
+            best = int(np.argmax(prob))
+            out["match_probability"] = round(float(prob[best]), 6)
+            out["evidence"] = [
+                {"field": c.column.removesuffix("_std"), "level": "missing" if levels[best, k] == identity.NULL
+                 else c.labels()[levels[best, k]], "log2_bayes_factor": round(float(bf[best, k]), 3)}
+                for k, c in enumerate(m.comparisons_)]
+            above = {cand["customer_key"][i] for i in np.flatnonzero(prob >= threshold)}
+            out["other_customers_above_threshold"] = max(len(above) - 1, 0)
+            if prob[best] >= threshold:
+                prov = bool(cand["provisional"][best])
+                out.update(status="provisional" if prov else "matched", customer_key=cand["customer_key"][best],
+                           provisional=prov)
+                return out
+        if create:
+            out.update(status="provisional", customer_key=self._new_provisional(m, person, rec), provisional=True)
+        return out
+
+    def _new_provisional(self, m, person: dict, rec: dict) -> str:
+        sa = self._sa
+        key = "P" + secrets.token_hex(8).upper()
+        cols = m.index_columns()
+        row = {"provisional_key": key, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               **{f"raw_{f}": (None if person.get(f) is None else str(person.get(f))) for f in PERSON_FIELDS},
+               **{c: rec.get(c) for c in cols}}
+        with self.eng.begin() as conn:
+            self._ensure_provisional(conn, list(row))
+            conn.execute(sa.text(f"INSERT INTO {self._prov} ({', '.join(self._q(c) for c in row)}) "
+                                 f"VALUES ({', '.join(':' + f'v{i}' for i in range(len(row)))})"),
+                         {f"v{i}": v for i, v in enumerate(row.values())})
+        return key
+
+    def _ensure_provisional(self, conn, cols: list[str]) -> None:
+        sa = self._sa
+        insp = sa.inspect(conn)
+        if not insp.has_table(PROVISIONAL, schema=self._prov_schema):
+            if self._prov_schema:
+                conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self._q(self._prov_schema)}"))
+            body = ", ".join(f"{self._q(c)} VARCHAR(200)" for c in cols if c != "provisional_key")
+            conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {self._prov} (provisional_key VARCHAR(40) PRIMARY KEY, "
+                                 f"{body})"))
+            have = ["provisional_key", *[c for c in cols if c != "provisional_key"]]
+        else:
+            have = [c["name"] for c in insp.get_columns(PROVISIONAL, schema=self._prov_schema)]
+            for c in cols:
+                if c not in have:
+                    conn.execute(sa.text(f"ALTER TABLE {self._prov} ADD COLUMN {self._q(c)} VARCHAR(200)"))
+                    have.append(c)
+        self._prov_cols = have
+
+    def close(self) -> None:
+        self.eng.dispose()
