@@ -96,6 +96,7 @@ async def _load(port: int, rate: int, seconds: float, requests: list[bytes], con
     queue: asyncio.Queue = asyncio.Queue()
     results: list[tuple[float, float, int]] = []
     errors = [0]
+    kinds: dict[str, int] = {}
 
     async def conn():
         reader = writer = None
@@ -115,10 +116,11 @@ async def _load(port: int, rate: int, seconds: float, requests: list[bytes], con
                         await reader.readexactly(int(m.group(1)))
                     results.append((due, time.perf_counter(), int(head[9:12])))
                     break
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                     if writer is not None:
                         writer.close()
                     reader = writer = None
+                    kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
                     if attempt:
                         errors[0] += 1
         if writer is not None:
@@ -153,7 +155,59 @@ async def _load(port: int, rate: int, seconds: float, requests: list[bytes], con
             "throughput": len(results) / max(last - t0, 1e-9),
             "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-            "max": float(lat.max()) if len(lat) else float("nan"), "status": status}
+            "max": float(lat.max()) if len(lat) else float("nan"), "status": status, "failures": kinds}
+
+
+def identify_world(tmp: Path, customers: int, urls: list[str], schema: str) -> tuple[list[bytes], list[str]]:
+    """A synthetic world of ``customers`` customers, matched as stage 10 does and published with its
+    identity index to each of ``urls``; returns the POST /v1/identify requests (the world's held-back
+    person records: known customers and people who are not customers) and report lines, including
+    recall and precision against the planted truth, measured in-process on the same records."""
+    from crmlab import identity, identity_index, sources, synth
+    from crmlab.truth import record_truth
+
+    lines = []
+    world = tmp / "world"
+    t = time.perf_counter()
+    synth.generate(synth.WorldSpec(customers=customers, seed=11), world)
+    src = sources.load(world)
+    rec = src.customers
+    m = identity.RecordMatcher(random_state=11).fit(rec)
+    km = m.predict(rec)
+    lines.append(f"# identify: world of {customers:,} customers ({len(rec):,} source records) generated, loaded and "
+                 f"matched in {time.perf_counter() - t:.0f} s")
+    keys = km["customer_key"].unique()
+    scores = tables(len(keys))["customer_scores"].assign(customer_key=keys)      # the lookups' answers
+    for url in urls:
+        t = time.perf_counter()
+        publish.publish({"customer_key_map": km.astype({"source_id": str}), "customer_scores": scores}, url,
+                        identity=identity_index.identity_tables(rec, km, m, schema=schema, role=None))
+        lines.append(f"# identify: identity index published to {url.split(':')[0]} in {time.perf_counter() - t:.1f} s")
+    hold = pd.read_parquet(world / "truth" / "identify_holdout.parquet")
+    fields = list(identity_index.PERSON_FIELDS)
+    bodies = []
+    for r in hold[fields].astype(object).where(hold[fields].notna(), None).to_dict("records"):
+        if r["dob"] is not None:
+            r["dob"] = str(r["dob"])[:10]
+        bodies.append({k: v for k, v in r.items() if v is not None})
+    owner = pd.DataFrame({"key": km["customer_key"], "cid": record_truth(world, km)}) \
+        .groupby("key")["cid"].agg(lambda x: x.value_counts().index[0])
+    idf = identity_index.Identifier(urls[0], schema)
+    got = [idf.identify(b, create=False) for b in bodies]
+    idf.close()
+    known = hold["customer_id"].notna().to_numpy()
+    matched = np.array([g["status"] == "matched" for g in got])
+    right = np.array([g["status"] == "matched" and str(owner.get(g["customer_key"])) == str(c)
+                      for g, c in zip(got, hold["customer_id"])])
+    lines.append(f"# identify: held-back records {known.sum():,} known + {(~known).sum():,} not customers: recall "
+                 f"{right[known].mean():.4f}, precision {right.sum() / max(matched.sum(), 1):.4f}, "
+                 f"non-customers given a key {int((matched & ~known).sum())}")
+    reqs = []
+    for b in bodies:
+        body = json.dumps(b)
+        reqs.append((f"POST /v1/identify HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}").encode())
+    return reqs, lines
 
 
 def _port() -> int:
@@ -177,7 +231,8 @@ def _healthy(proc, port: int, what: str, seconds: float):
     raise RuntimeError(f"{what} did not answer /health within {seconds:g} s")
 
 
-def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefix: str = "crmlab"):
+def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefix: str = "crmlab",
+          identity_schema: str | None = None):
     tok = tmp / "tokens.yaml"
     tok.write_text(f"tokens:\n  - name: bench\n    token: {TOKEN}\n    scopes: [read]\n")
     port = _port()
@@ -185,6 +240,8 @@ def serve(url: str, workers: int, tmp: Path, redis_url: str | None = None, prefi
            "--workers", str(workers)]
     if redis_url:
         cmd += ["--redis", redis_url, "--redis-prefix", prefix]
+    if identity_schema:
+        cmd += ["--identity-schema", identity_schema]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp)
     return _healthy(proc, port, f"the service over {publish._safe(url)}", 30)
@@ -270,6 +327,9 @@ def main() -> None:
     ap.add_argument("--feast", default=str(ROOT / ".bench" / "feast" / "bin" / "feast"),
                     help="the feast command of its own environment (python -m venv .bench/feast && "
                          ".bench/feast/bin/pip install feast)")
+    ap.add_argument("--identify-customers", type=int, default=100_000,
+                    help="customers of the world whose identity index POST /v1/identify is measured on (0: none)")
+    ap.add_argument("--identify-rates", type=int, nargs="+", default=[250, 500, 1000])
     ap.add_argument("--out")
     a = ap.parse_args()
     lines = [f"# python benchmarks/service_bench.py --customers {a.customers} --rates {' '.join(map(str, a.rates))} "
@@ -324,16 +384,32 @@ def main() -> None:
                 lines.append(f"# Feast: {exc}; left out")
         elif "feast-sqlite" in a.backends:
             lines.append(f"# Feast: no {a.feast}; left out")
-        lines.append(f"{'backend':12s} {'rate/s':>7s} {'answered':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        id_schema = f"crmlab_bench_id_{uuid.uuid4().hex[:8]}"
+        if a.identify_customers:
+            id_sqlite = publish.default_url(tmp / "identify")
+            id_pg = None
+            if pg:
+                with eng.begin() as c:
+                    c.execute(sa.text(f'CREATE SCHEMA "{id_schema}_main"'))
+                id_pg = f"{pg}?options=-csearch_path%3D{id_schema}_main"
+            id_reqs, more = identify_world(tmp, a.identify_customers, [id_sqlite] + ([id_pg] if pg else []), id_schema)
+            lines += more
+            backends.append(("identify-sqlite", lambda: serve(id_sqlite, a.workers, tmp, identity_schema=id_schema),
+                             id_reqs))
+            if pg:
+                backends.append(("identify-postgresql",
+                                 lambda: serve(id_pg, a.workers, tmp, identity_schema=id_schema), id_reqs))
+        lines.append(f"{'backend':19s} {'rate/s':>7s} {'answered':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
                      f"{'max ms':>8s} {'errors':>7s}")
         try:
-            for name, start, reqs in [b for b in backends if b[0] in a.backends]:
+            wanted = set(a.backends) | ({"identify-sqlite", "identify-postgresql"} if a.identify_customers else set())
+            for name, start, reqs in [b for b in backends if b[0] in wanted]:
                 proc, port = start()
                 try:
                     asyncio.run(_load(port, 200, 2.0, reqs, a.connections))              # warm-up
-                    for rate in a.rates:
+                    for rate in (a.identify_rates if name.startswith("identify") else a.rates):
                         r = asyncio.run(_load(port, rate, a.seconds, reqs, a.connections))
-                        line = (f"{name:12s} {rate:7d} {r['answered']:9,d} {r['throughput']:8.0f} {r['p50']:8.2f} "
+                        line = (f"{name:19s} {rate:7d} {r['answered']:9,d} {r['throughput']:8.0f} {r['p50']:8.2f} "
                                 f"{r['p99']:8.2f} {r['max']:8.1f} {r['errors']:7d}")
                         print(line, r["status"], flush=True)
                         lines.append(line)
@@ -343,7 +419,8 @@ def main() -> None:
         finally:
             if schema:
                 with eng.begin() as c:
-                    c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+                    for sch in (schema, id_schema, f"{id_schema}_main"):
+                        c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{sch}" CASCADE'))
             import redis
 
             r = redis.Redis.from_url(a.redis)

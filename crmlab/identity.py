@@ -221,6 +221,13 @@ class Comparison:
         lv[null] = NULL
         return lv
 
+    def compares_text(self) -> list[str]:
+        """The columns whose characters :meth:`levels` reads (similarities, edit distances); the others
+        it reads only as value codes and missing flags."""
+        if self.kind in ("name", "string", "date", "code", "address"):
+            return [self.column, *([self.swap_with] if self.swap_with else [])]
+        return []
+
     def needs(self) -> list[str]:
         extra = {"postcode": ["postcode_district", "postcode_sector"],
                  "address": ["postcode_std", "postcode_district", "postcode_sector"],
@@ -594,12 +601,20 @@ class RecordMatcher(Params):
         n = len(candidates["customer_key"]) if "customer_key" in candidates else len(next(iter(candidates.values())))
         left, right = np.zeros(n, np.int64), np.arange(1, n + 1, dtype=np.int64)
         cols, arenas = {}, {}
+        text = {c for comp in self.comparisons_ for c in comp.compares_text()}
         for comp in self.comparisons_:
             for c in comp.needs():
                 if c not in arenas:
                     cols[c] = [query.get(c), *candidates[c]]
-                    arenas[c] = (np.array([np.nan if v is None else float(v) for v in cols[c]])
-                                 if comp.kind == "numeric" and c == comp.column else S.to_arena(cols[c]))
+                    if comp.kind == "numeric" and c == comp.column:
+                        arenas[c] = np.array([np.nan if v is None else float(v) for v in cols[c]])
+                        continue
+                    null = np.array([v is None for v in cols[c]])
+                    arenas[c] = S.to_arena(cols[c]) if c in text else (np.zeros(0, np.uint32),
+                                                                          np.zeros(n + 2, np.int64), null)
+                    codes: dict = {}            # value codes: 'same value' is an integer compare, no kernel call
+                    arenas[("codes", c)] = np.array([-1 if v is None else codes.setdefault(v, len(codes))
+                                                     for v in cols[c]], np.int64)
         levels = self._levels(arenas, self.comparisons_, left, right)
         bf = self._weights(cols, levels, left, right)
         weight = np.log2(self.lambda_ / (1 - self.lambda_)) + bf.sum(axis=1)

@@ -23,6 +23,8 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -72,6 +74,12 @@ def keyed_person(person: dict) -> dict:
     return identity.person_keys(standardise_person(person), person.get("dob"))
 
 
+def _is_disconnect(exc: Exception) -> bool:
+    """A dropped server connection (worth one retry on a fresh one), not a bad statement."""
+    name = type(exc).__name__
+    return name in ("OperationalError", "InterfaceError") and "no such" not in str(exc)
+
+
 class Identifier:
     """Identification of one person at a time against the published identity index.
 
@@ -95,6 +103,10 @@ class Identifier:
         self.max_candidates = int(max_candidates)
         self._models: dict[str, identity.RecordMatcher] = {}
         self._prov_cols: list[str] | None = None
+        self._prov_checked = -1e9
+        self._ph = "?" if self.eng.dialect.paramstyle == "qmark" else "%s"
+        self._local = threading.local()
+        self._direct = sa.create_engine(url, poolclass=sa.pool.NullPool)
         self._sa = sa
 
     # ---- the published model
@@ -117,38 +129,63 @@ class Identifier:
         return model
 
     # ---- candidates
-    def _where(self, m: identity.RecordMatcher, rec: dict) -> tuple[str, dict]:
-        terms, params = [], {}
+    def _where(self, m: identity.RecordMatcher, rec: dict) -> tuple[str, list]:
+        """The blocking rules whose fields ``rec`` has, as one OR of ANDs in the driver's parameter style."""
+        terms, params = [], []
         for rule in m.blocking_rules_:
             vals = [rec.get(c) for c in rule]
             if any(v is None for v in vals):
                 continue
-            parts = []
-            for c, v in zip(rule, vals):
-                p = f"p{len(params)}"
-                params[p] = str(v)
-                parts.append(f"{self._q(c)} = :{p}")
-            terms.append("(" + " AND ".join(parts) + ")")
+            terms.append("(" + " AND ".join(f"{self._q(c)} = {self._ph}" for c in rule) + ")")
+            params += [str(v) for v in vals]
         return " OR ".join(terms), params
+
+    def _conn(self):
+        """This thread's DB-API connection (autocommit: each statement reads the current version). The
+        per-request path skips SQLAlchemy's statement compilation: every query text differs."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # outside the engine's pool: a server's request threads (40 under uvicorn) each keep one, and a
+            # pool of 15 made the 16th wait (requests that never answered under load)
+            conn = self._direct.raw_connection()
+            if self._direct.dialect.name == "postgresql":
+                conn.driver_connection.autocommit = True
+            self._local.conn = conn
+        return conn
+
+    def _query(self, sql: str, params: list) -> list:
+        for attempt in (0, 1):
+            conn = self._conn()
+            try:
+                cur = conn.cursor()
+                try:
+                    cur.execute(sql, params)
+                    return cur.fetchall()
+                finally:
+                    cur.close()
+            except Exception as exc:  # noqa: BLE001 - the driver's own error classes; re-raised unless a disconnect
+                self._local.conn = None
+                try:
+                    conn.invalidate()
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                if attempt or not _is_disconnect(exc):
+                    raise
 
     def _candidates(self, m, rec) -> dict:
         """Column -> list of values of the known records (then provisional persons) sharing a blocking
         key with ``rec``; ``provisional`` flags the latter. One statement reads the published index."""
-        sa = self._sa
         where, params = self._where(m, rec)
         cols = ["customer_key", *m.index_columns()]
         out = {c: [] for c in [*cols, "model_id", "provisional"]}
         if not where:
             return out
-        with self.eng.connect() as conn:
-            rows = conn.execute(sa.text(
-                f"SELECT {', '.join(self._q(c) for c in [*cols, 'model_id'])} FROM {self._index} WHERE {where} "
-                f"LIMIT {self.max_candidates}"), params).all()
-            prov = []
-            if self._provisional_ready(conn, m):
-                prov = conn.execute(sa.text(
-                    f"SELECT provisional_key, {', '.join(self._q(c) for c in cols[1:])}, NULL FROM {self._prov} "
-                    f"WHERE {where} LIMIT {self.max_candidates}"), params).all()
+        rows = self._query(f"SELECT {', '.join(self._q(c) for c in [*cols, 'model_id'])} FROM {self._index} "
+                           f"WHERE {where} LIMIT {self.max_candidates}", params)
+        prov = []
+        if self._provisional_ready(m):
+            prov = self._query(f"SELECT provisional_key, {', '.join(self._q(c) for c in cols[1:])}, NULL "
+                               f"FROM {self._prov} WHERE {where} LIMIT {self.max_candidates}", params)
         for flag, part in ((False, rows), (True, prov)):
             for r in part:
                 for c, v in zip([*cols, "model_id"], r):
@@ -156,13 +193,19 @@ class Identifier:
                 out["provisional"].append(flag)
         return out
 
-    def _provisional_ready(self, conn, m) -> bool:
+    def _provisional_ready(self, m) -> bool:
+        """Whether the provisional table exists with the model's columns (its absence is looked up again
+        at most once a second: another worker may create it)."""
         sa = self._sa
         if self._prov_cols is None:
-            insp = sa.inspect(conn)
-            if not insp.has_table(PROVISIONAL, schema=self._prov_schema):
+            if time.monotonic() < self._prov_checked + 1.0:
                 return False
-            self._prov_cols = [c["name"] for c in insp.get_columns(PROVISIONAL, schema=self._prov_schema)]
+            self._prov_checked = time.monotonic()
+            with self.eng.connect() as conn:
+                insp = sa.inspect(conn)
+                if not insp.has_table(PROVISIONAL, schema=self._prov_schema):
+                    return False
+                self._prov_cols = [c["name"] for c in insp.get_columns(PROVISIONAL, schema=self._prov_schema)]
         return all(c in self._prov_cols for c in m.index_columns())
 
     # ---- the answer
@@ -231,4 +274,8 @@ class Identifier:
         self._prov_cols = have
 
     def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
         self.eng.dispose()
+        self._direct.dispose()
