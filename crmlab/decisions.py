@@ -71,14 +71,16 @@ def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutof
     return out
 
 
-def next_best_offer(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.DataFrame | None = None,
-                    bought: pd.DataFrame | None = None, exclude=()) -> pd.DataFrame:
-    """Per customer, the recommended product with the best score x department propensity.
+def offers(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.DataFrame | None = None,
+           bought: pd.DataFrame | None = None, exclude=(), top: int = 10) -> pd.DataFrame:
+    """Per customer, the ``top`` recommended products ranked by score x department propensity: the
+    offers a touchpoint may make (``customer_offers``; rank 1 is the next best offer).
 
     ``recs``: customer_key, product_id, score (recommendations); ``propensity``: customer_key and
     ``propensity_<department slug>`` columns (a department without a model counts 1);
     ``bought``: customer_key, product_id pairs never to offer again; ``exclude``: product ids
     never offered (guarded). Sensitive products (``products.sensitive``) are always excluded.
+    Returns customer_key, rank (1 = best), product_id, product_name, nbo_score.
     """
     for col in ("customer_key", "product_id", "score"):
         if col not in recs:
@@ -89,10 +91,7 @@ def next_best_offer(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.D
     if unknown.any():
         raise CrmlabError(f"next_best_offer: {int(unknown.sum())} recommended product ids are not in products, "
                           f"e.g. {r.loc[unknown, 'product_id'].iloc[:3].tolist()}")
-    banned = set(exclude)
-    if "sensitive" in prod:
-        banned |= set(prod.index[prod["sensitive"].fillna(False).astype(bool)])
-    r = r[~r["product_id"].isin(banned)]
+    r = r[~r["product_id"].isin(guarded(products, exclude))]
     if bought is not None and len(bought):
         seen = pd.MultiIndex.from_frame(bought[["customer_key", "product_id"]])
         r = r[~pd.MultiIndex.from_frame(r[["customer_key", "product_id"]]).isin(seen)]
@@ -107,9 +106,29 @@ def next_best_offer(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.D
                 r.loc[hit, "weight"] = p[col].reindex(r.loc[hit, "customer_key"]).fillna(1.0).to_numpy()
     r["nbo_score"] = r["score"].clip(lower=0) * r["weight"]
     r = r.sort_values(["customer_key", "nbo_score", "score"], ascending=[True, False, False], kind="stable")
-    best = r.drop_duplicates("customer_key")
+    r["rank"] = r.groupby("customer_key", sort=False).cumcount() + 1
+    r = r[r["rank"] <= top]
+    return pd.DataFrame({"customer_key": r["customer_key"].to_numpy(), "rank": r["rank"].to_numpy(np.int64),
+                         "product_id": r["product_id"].to_numpy(),
+                         "product_name": prod["product_name"].reindex(r["product_id"]).to_numpy(),
+                         "nbo_score": r["nbo_score"].to_numpy(float)})
+
+
+def guarded(products: pd.DataFrame, exclude=()) -> set:
+    """Product ids never offered: ``exclude`` (guarded by affinity rules) and every sensitive product."""
+    banned = set(exclude)
+    if "sensitive" in products:
+        banned |= set(products.loc[products["sensitive"].fillna(False).astype(bool), "product_id"])
+    return banned
+
+
+def next_best_offer(recs: pd.DataFrame, products: pd.DataFrame, propensity: pd.DataFrame | None = None,
+                    bought: pd.DataFrame | None = None, exclude=()) -> pd.DataFrame:
+    """Per customer, the best of :func:`offers` (indexed by customer_key): next_best_offer,
+    next_best_offer_name, nbo_score."""
+    best = offers(recs, products, propensity, bought, exclude, top=1)
     return pd.DataFrame({"next_best_offer": best["product_id"].to_numpy(),
-                         "next_best_offer_name": prod["product_name"].reindex(best["product_id"]).to_numpy(),
+                         "next_best_offer_name": best["product_name"].to_numpy(),
                          "nbo_score": best["nbo_score"].to_numpy()}, index=pd.Index(best["customer_key"], name="customer_key"))
 
 
@@ -181,6 +200,75 @@ def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.Data
     return out
 
 
+# ----------------------------------------------------------------------------- at the moment of contact
+
+#: reasons against a contact that hold all day (the batch's verdict stands); the frequency cap and the
+#: control group are decided again at the moment of contact
+_STANDING = ("no contact for this treatment", "do not contact", "no consented medium")
+
+
+def policy_table(D: dict, cutoff, guarded_products) -> pd.DataFrame:
+    """The decision policy touchpoints apply at the moment of contact (``decision_policy``: setting, value)."""
+    import json
+
+    rows = {"decision_version": str(D["version"]), "control_share": repr(float(D["control_share"])),
+            "frequency_cap": str(int(D["frequency_cap"])), "frequency_days": str(int(D["frequency_days"])),
+            "no_contact_treatments": json.dumps(list(D["no_contact_treatments"])),
+            "guarded_products": json.dumps(sorted(map(str, guarded_products))),
+            "cutoff": pd.Timestamp(cutoff).isoformat()}
+    return pd.DataFrame({"setting": list(rows), "value": list(rows.values())})
+
+
+def recent_contacts(contacts: pd.DataFrame | None, cutoff, days: int) -> pd.DataFrame:
+    """Contacts per customer and day in the ``days`` before ``cutoff`` (``recent_contacts``): what the
+    frequency cap counts, published so that a touchpoint adds today's contacts to them."""
+    cols = {"customer_key": pd.Series(dtype=object), "contact_date": pd.Series(dtype="datetime64[ns]"),
+            "contacts": pd.Series(dtype=np.int64)}
+    if contacts is None or not len(contacts):
+        return pd.DataFrame(cols)
+    cutoff = pd.Timestamp(cutoff)
+    c = contacts[(contacts["contact_date"] < cutoff) & (contacts["contact_date"] >= cutoff - days * DAY)]
+    out = c.groupby(["customer_key", c["contact_date"].dt.normalize()]).size().rename("contacts").reset_index()
+    return out.astype({"contacts": np.int64, "customer_key": object})
+
+
+def decide_now(row: dict, offer_rows: list[dict], contacts_in_window: int, policy: dict, basket=()) -> dict:
+    """One customer's decision at the moment of contact, from the published row, their published
+    offers (rank order) and the contacts counted in the frequency window (published ones plus those
+    recorded since through the service).
+
+    The treatment and the standing reasons against a contact (treatment without contact,
+    do-not-contact, no consented medium) are the batch's; the frequency cap is applied to the count
+    given; the control group is the batch's hash draw, so a customer is held back exactly when the
+    batch would hold them back. The offer is the best published one that is not in the basket and
+    not guarded, and only when a contact happens (the control group gets none)."""
+    import json
+
+    no_contact = set(json.loads(policy["no_contact_treatments"]))
+    guarded_ids = set(json.loads(policy["guarded_products"]))
+    cap, days = int(policy["frequency_cap"]), int(policy["frequency_days"])
+    reason = row.get("contact_reason")
+    if row["treatment"] in no_contact:
+        reason = "no contact for this treatment"
+    elif reason not in _STANDING:
+        reason = None
+        if contacts_in_window >= cap:
+            reason = f"frequency cap ({cap} in {days} days)"
+        elif control_flags([row["customer_key"]], float(policy["control_share"]), f"{policy['decision_version']}|")[0]:
+            reason = "control group"
+    in_basket = set(basket)
+    best = next((o for o in sorted(offer_rows, key=lambda o: o["rank"])
+                 if o["product_id"] not in in_basket and o["product_id"] not in guarded_ids), None)
+    contact = reason is None
+    return {"customer_key": row["customer_key"], "treatment": row["treatment"], "rule": row["rule"],
+            "contact": contact, "control": reason == "control group", "reason": reason,
+            "offer": ({"product_id": best["product_id"], "name": best["product_name"], "rank": int(best["rank"])}
+                      if contact and best is not None else None),
+            "contacts_in_window": int(contacts_in_window), "frequency_cap": cap,
+            "preferred_channel": row.get("preferred_channel"), "preferred_medium": row.get("preferred_medium"),
+            "decision_version": policy["decision_version"], "score_version": row.get("score_version")}
+
+
 def summary(decided: pd.DataFrame) -> pd.DataFrame:
     """Customers per treatment: contacted, in the control group (held back from a contact that would
     otherwise have happened), and not contacted for another reason, by reason."""
@@ -216,13 +304,15 @@ SCORE_COLUMNS = ["customer_key", "segment_id", "segment", "value_band", "risk_ba
 
 def build_scores(segments: pd.DataFrame, value: pd.DataFrame, propensity: pd.DataFrame | None,
                  recs: pd.DataFrame | None, products: pd.DataFrame, ev, D: dict, cutoff,
-                 bought: pd.DataFrame | None = None, do_not_contact=(), exclude_products=()) -> pd.DataFrame:
+                 bought: pd.DataFrame | None = None, do_not_contact=(), exclude_products=(),
+                 offer_table: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per recognised customer: segment, value, risks, propensities, next best offer,
     preferred channel and medium, treatment and contact policy (the ``customer_scores`` table
     without ``score_version`` / ``scored_at``, which publishing adds).
 
     ``bought``: customer_key, product_id of past purchases (never offered again);
-    ``exclude_products``: guarded product ids (never offered).
+    ``exclude_products``: guarded product ids (never offered); ``offer_table``: :func:`offers` of
+    the same inputs when the caller has it (its rank 1 is the next best offer).
     """
     s = segments.set_index("customer_key")
     v = value.set_index("customer_key")
@@ -234,7 +324,11 @@ def build_scores(segments: pd.DataFrame, value: pd.DataFrame, propensity: pd.Dat
             if c.startswith("propensity_") or c in ("response_propensity", "model_version"):
                 s[c] = p[c].reindex(s.index)
         s["attrition_risk"] = p["attrition_risk"].reindex(s.index).fillna(s["attrition_risk"])
-    if recs is not None and len(recs):
+    if offer_table is not None and len(offer_table):
+        best = offer_table[offer_table["rank"] == 1].set_index("customer_key")
+        s = s.join(best[["product_id", "product_name"]].rename(
+            columns={"product_id": "next_best_offer", "product_name": "next_best_offer_name"}))
+    elif recs is not None and len(recs):
         nbo = next_best_offer(recs, products, propensity, bought, exclude_products)
         s = s.join(nbo[["next_best_offer", "next_best_offer_name"]])
     else:

@@ -33,7 +33,7 @@ from .config import mask_url
 from .errors import CrmlabError
 from .labels import label, money_label
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                # 2: customer_offers, recent_contacts, decision_policy added
 CATALOG = "crmlab_versions"
 
 
@@ -74,6 +74,13 @@ CONTRACT: dict[str, dict] = {
         Field("n_antecedent", "int"), Field("n_consequent", "int"), Field("n_both", "int"),
         Field("p_value", "prob"), Field("q_value", "prob"), Field("significant", "bool"),
         Field("customer_facing", "bool", False), Field("guard", "str"))),
+    "customer_offers": dict(key=("customer_key", "rank"), fields=(
+        Field("customer_key", "str", False), Field("rank", "int", False), Field("product_id", "str", False),
+        Field("product_name", "str"), Field("nbo_score", "float"))),
+    "recent_contacts": dict(key=("customer_key", "contact_date"), fields=(
+        Field("customer_key", "str", False), Field("contact_date", "timestamp", False),
+        Field("contacts", "int", False))),
+    "decision_policy": dict(key=("setting",), fields=(Field("setting", "str", False), Field("value", "str", False))),
     "segment_profiles": dict(key=("kind", "segment"), fields=(
         Field("kind", "str", False), Field("segment_id", "int"), Field("segment", "str", False),
         Field("customers", "int", False), Field("share", "prob"), Field("value_share", "prob"),
@@ -103,7 +110,7 @@ class IdentityTables:
 #: Column names that would hold direct personal data: never published, whatever the table.
 PII_PATTERNS = ("*name", "*first_name*", "*last_name*", "*email*", "*e_mail*", "*phone*", "*mobile*",
                 "*address*", "*street*", "*postcode*", "*zip*", "*dob*", "*birth*", "*town*")
-_PII_ALLOWED = {"next_best_offer_name"}          # a product name, not a person's
+_PII_ALLOWED = {"next_best_offer_name", "product_name"}     # product names, not a person's
 
 
 # ----------------------------------------------------------------------------- contract
@@ -162,6 +169,7 @@ def check_contract(name: str, df: pd.DataFrame) -> list[str]:
 #: a value starting with = + - @ or a tab/CR would run as a formula when a touchpoint exports
 #: the table to a spreadsheet, so it is published with a leading apostrophe (OWASP CSV injection).
 TEXT_FIELDS = {"customer_scores": ("segment", "next_best_offer_name", "rule", "contact_reason", "value_risk_cell"),
+               "customer_offers": ("product_name",),
                "affinity_rules": ("rule", "antecedents", "consequents", "guard"),
                "segment_profiles": ("segment", "traits")}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -422,7 +430,7 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                     _insert(conn, eng, phys, _to_sql_frame(df))
                     key = ", ".join(_q(eng, k) for k in CONTRACT[name]["key"])
                     conn.execute(sa.text(f"CREATE UNIQUE INDEX {_q(eng, 'ix_' + phys)} ON {_q(eng, phys)} ({key})"))
-                    if name == "customer_key_map":
+                    if name in ("customer_key_map", "recent_contacts"):
                         conn.execute(sa.text(f"CREATE INDEX {_q(eng, 'ixk_' + phys)} ON {_q(eng, phys)} (customer_key)"))
                     if _fail_after == name:
                         raise RuntimeError(f"simulated failure after writing {name}")

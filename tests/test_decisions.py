@@ -105,3 +105,47 @@ def test_allowed_media_lists_each_customers_consented_media():
     want = [",".join(m for m, (opt, reach) in decisions.MEDIUM_CONSENT.items()
                      if row[opt] and (reach is None or row[reach])) for _, row in profile.iterrows()]
     assert out["allowed_media"].tolist() == want and "" in want and "email,mail,sms" in want
+
+
+def test_decide_now_keeps_standing_reasons_redraws_cap_and_control_and_skips_guarded():
+    """decide_now: the batch's standing reasons stand; the cap counts what it is given; the control
+    draw is the batch's hash (every key); guarded and basket items are never the offer."""
+    import json
+
+    D = {"version": "v7", "control_share": 0.3, "frequency_cap": 2, "frequency_days": 30,
+         "no_contact_treatments": ["no_action"]}
+    policy = dict(decisions.policy_table(D, "2026-06-30", {"P9"}).to_numpy())
+    assert json.loads(policy["guarded_products"]) == ["P9"]
+    keys = [f"K{i:04d}" for i in range(400)]
+    held = decisions.control_flags(pd.Index(keys), 0.3, "v7|")
+    offers = [{"rank": 1, "product_id": "P9", "product_name": "guarded"},
+              {"rank": 2, "product_id": "P1", "product_name": "one"}, {"rank": 3, "product_id": "P2", "product_name": "two"}]
+    for k, h in zip(keys, held):
+        row = {"customer_key": k, "treatment": "newsletter", "rule": "default", "contact_reason": None}
+        d = decisions.decide_now(row, offers, 0, policy)
+        assert d["control"] == h and d["contact"] == (not h)
+        assert d["offer"] == (None if h else {"product_id": "P1", "name": "one", "rank": 2})
+    row = {"customer_key": keys[int(np.flatnonzero(~held)[0])], "treatment": "newsletter", "rule": "r",
+           "contact_reason": "frequency cap (2 in 30 days)"}
+    assert decisions.decide_now(row, offers, 1, policy)["contact"]                   # the cap is counted again
+    assert decisions.decide_now(row, offers, 2, policy)["reason"] == "frequency cap (2 in 30 days)"
+    assert decisions.decide_now(row, offers, 0, policy, basket=["P1"])["offer"]["product_id"] == "P2"
+    assert decisions.decide_now(row, offers, 0, policy, basket=["P1", "P2"])["offer"] is None
+    for standing in ("do not contact", "no consented medium"):
+        d = decisions.decide_now({**row, "contact_reason": standing}, offers, 0, policy)
+        assert (d["contact"], d["reason"], d["offer"]) == (False, standing, None)
+    d = decisions.decide_now({**row, "treatment": "no_action", "contact_reason": None}, offers, 0, policy)
+    assert d["reason"] == "no contact for this treatment"
+
+
+def test_offers_rank_excludes_bought_and_guarded_and_rank_one_is_the_next_best_offer():
+    products = pd.DataFrame({"product_id": ["A", "B", "C", "D"], "product_name": list("abcd"),
+                             "department": ["x", "x", "y", "y"], "sensitive": [False, False, False, True]})
+    recs = pd.DataFrame({"customer_key": ["K1"] * 4 + ["K2"] * 2, "product_id": ["A", "B", "C", "D", "A", "C"],
+                         "score": [0.9, 0.8, 0.7, 0.95, 0.1, 0.2]})
+    bought = pd.DataFrame({"customer_key": ["K1"], "product_id": ["A"]})
+    o = decisions.offers(recs, products, bought=bought, exclude={"C"}, top=5)
+    assert o[o["customer_key"] == "K1"][["rank", "product_id"]].to_numpy().tolist() == [[1, "B"]]
+    assert o[o["customer_key"] == "K2"][["rank", "product_id"]].to_numpy().tolist() == [[1, "A"]]
+    nbo = decisions.next_best_offer(recs, products, bought=bought, exclude={"C"})
+    assert nbo["next_best_offer"].to_dict() == {"K1": "B", "K2": "A"}

@@ -15,7 +15,8 @@ from crmlab.cli import main
 from crmlab.online_store import OnlineStoreError, RedisStore
 from crmlab.service import ScoreStore
 from test_publish import tables
-from test_service import _port, stream_answers
+from conftest import free_port
+from test_service import stream_answers
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_service_reads_the_online_store_while_versions_change(target):
     url, folder, rurl, prefix = target
     publish.publish(tables(1), url, folder)
     online_store.sync(url, rurl, prefix)
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "crmlab", "serve", "--db", url, "--redis", rurl,
                              "--redis-prefix", prefix, "--port", str(port), "--no-auth"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -381,3 +381,69 @@ def _strings(obj):
             yield from _strings(v)
     elif isinstance(obj, str):
         yield obj
+
+
+def test_touchpoints_decide_at_the_moment_of_contact(ci_run, tmp_path):
+    """POST /v1/decide over HTTP against the CI run's publication: at the data's end with an empty
+    basket it repeats the batch decision (treatment, contact, reason, control group, next best offer)
+    for every customer asked; the basket's items are never offered (the next published offer comes
+    instead); contacts recorded through the service today count against the frequency cap."""
+    import httpx
+
+    from conftest import READ, WRITE, start_service
+    from crmlab import publish
+
+    runs = tmp_path / "runs"
+    shutil.copytree(ci_run.parent, runs)
+    url = publish.default_url(runs / "published" / "ci")
+    scores = publish.read_table(url, "customer_scores").set_index("customer_key")
+    offers = publish.read_table(url, "customer_offers")
+    policy = dict(publish.read_table(url, "decision_policy").to_numpy())
+    at = policy["cutoff"] + "Z"
+    ask = sorted(set(scores.sample(300, random_state=1).index) | set(scores.index[scores["control"]]))
+    with start_service(url, tmp_path) as (base, _), httpx.Client(headers={"Authorization": f"Bearer {READ}"}) as c:
+        for key in ask:
+            d = c.post(f"{base}/v1/decide", json={"customer_key": key, "channel": "web", "at": at}).json()
+            want = scores.loc[key].astype(object).where(scores.loc[key].notna(), None)
+            assert (d["treatment"], d["contact"], d["control"], d["reason"]) == \
+                (want["treatment"], bool(want["contact"]), bool(want["control"]), want["contact_reason"]), (key, d)
+            if d["contact"]:
+                assert (d["offer"] or {}).get("product_id") == want["next_best_offer"], (key, d)
+            else:
+                assert d["offer"] is None
+        assert scores.loc[ask, "control"].sum() > 10 and scores.loc[ask, "contact"].sum() > 100
+
+        # the basket: its items are never offered, the next published offer comes instead
+        key = next(k for k in ask if scores.loc[k, "contact"] and (offers["customer_key"] == k).sum() >= 3)
+        mine = offers[offers["customer_key"] == key].sort_values("rank")["product_id"].tolist()
+        d = c.post(f"{base}/v1/decide", json={"customer_key": key, "channel": "store", "at": at,
+                                              "basket": mine[:2]}).json()
+        assert d["offer"]["product_id"] == mine[2] and d["offer"]["rank"] == 3 and d["channel"] == "store"
+        # by a source system's id: the same customer
+        km = publish.read_table(url, "customer_key_map")
+        rec = km[km["customer_key"] == key].iloc[0]
+        d2 = c.post(f"{base}/v1/decide", json={"source_system": rec["source_system"], "source_id": rec["source_id"],
+                                               "channel": "web", "at": at}).json()
+        assert d2["customer_key"] == key and d2["offer"]["product_id"] == mine[0]
+
+        # today's contacts through the service count against the frequency cap
+        cap = int(policy["frequency_cap"])
+        for i in range(cap):
+            r = c.post(f"{base}/v1/contacts", headers={"Authorization": f"Bearer {WRITE}"}, json={
+                "contact_id": f"cap-{i}", "campaign_id": "SU26", "source_system": rec["source_system"],
+                "source_id": rec["source_id"], "channel": "web", "outcome": "contacted", "occurred_at": at})
+            assert r.status_code == 201
+            d = c.post(f"{base}/v1/decide", json={"customer_key": key, "channel": "web", "at": at}).json()
+            assert d["contacts_in_window"] == i + 1
+        assert not d["contact"] and d["reason"].startswith("frequency cap") and d["offer"] is None
+        later = c.post(f"{base}/v1/decide", json={"customer_key": key, "channel": "web",
+                                                  "at": policy["cutoff"][:4] + "-12-31T00:00:00Z"}).json()
+        assert later["contacts_in_window"] == 0 and later["contact"]           # out of the window again
+
+        # unknown customers and bad input
+        assert c.post(f"{base}/v1/decide", json={"customer_key": "K-nobody", "channel": "web"}).status_code == 404
+        for bad in ({"channel": "web"}, {"customer_key": key, "source_system": "web", "source_id": "W1",
+                                          "channel": "web"}, {"customer_key": key, "channel": "fax"},
+                    {"customer_key": key, "channel": "web", "at": "2026-01-01T00:00:00"},
+                    {"customer_key": key, "channel": "web", "basket": ["x" * 101]}):
+            assert c.post(f"{base}/v1/decide", json=bad).status_code == 422, bad

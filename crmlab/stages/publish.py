@@ -30,7 +30,8 @@ class PublishResult:
 
 def run_publish(ctx) -> PublishResult:
     """Score and decide every customer, then publish ``customer_scores``, ``customer_key_map``,
-    ``affinity_rules`` and ``segment_profiles`` as a new version (atomically; the previous stays
+    ``affinity_rules``, ``segment_profiles`` and what decisions at the moment of contact read
+    (``customer_offers``, ``recent_contacts``, ``decision_policy``; plus the identity index apart) as a new version (atomically; the previous stays
     restorable) and record it in ``artifacts/published.json``."""
     D, PUB = ctx.params["decisions"], ctx.params["publish"]
     url = PUB["url"] or publish.default_url(PUB["dir"])
@@ -41,10 +42,13 @@ def run_publish(ctx) -> PublishResult:
     dnc = decisions.read_do_not_contact(D["do_not_contact"], key_map) if D["do_not_contact"] else set()
     guarded = affinity.sensitive_items(products, ctx.params["affinity"]["sensitive_categories"])
     bought = ev.lines[["customer_key", "product_id"]].drop_duplicates()
+    propensity, recs = ctx.optional_artifact("customer_propensity"), ctx.optional_artifact("customer_recommendations")
+    offers = (decisions.offers(recs, products, propensity, bought, guarded) if recs is not None and len(recs)
+              else pd.DataFrame({"customer_key": [], "rank": pd.Series(dtype="int64"), "product_id": [],
+                                 "product_name": [], "nbo_score": pd.Series(dtype=float)}))
     scores = decisions.build_scores(ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
-                                    ctx.optional_artifact("customer_propensity"),
-                                    ctx.optional_artifact("customer_recommendations"), products, ev, D, cutoff,
-                                    bought=bought, do_not_contact=dnc, exclude_products=guarded)
+                                    propensity, recs, products, ev, D, cutoff, bought=bought, do_not_contact=dnc,
+                                    exclude_products=guarded, offer_table=offers)
     leak = int(scores["next_best_offer"].isin(guarded).sum())
     if leak:
         raise CrmlabError(f"{leak} next best offers are guarded products: nothing published")
@@ -56,7 +60,11 @@ def run_publish(ctx) -> PublishResult:
     tables = {"customer_scores": scores,
               "customer_key_map": key_map.astype({"source_id": str, "source_system": str, "customer_key": str}),
               "affinity_rules": ctx.read_artifact("affinity_rules"),
-              "segment_profiles": ctx.read_artifact("segment_profiles")}
+              "segment_profiles": ctx.read_artifact("segment_profiles"),
+              # what a touchpoint needs to decide at the moment of contact (POST /v1/decide)
+              "customer_offers": offers.astype({"customer_key": str, "product_id": str}),
+              "recent_contacts": decisions.recent_contacts(ev.contacts, cutoff, D["frequency_days"]),
+              "decision_policy": decisions.policy_table(D, cutoff, decisions.guarded(products, guarded))}
     ident = None
     if PUB["identity"]:                             # the identity index, apart from the touchpoint tables
         matcher = identity.RecordMatcher.from_dict(json.loads(ctx.read_artifact("identity_model")["model"].iloc[0]))
