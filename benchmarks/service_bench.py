@@ -59,7 +59,19 @@ def tables(n: int, seed: int = 0) -> dict:
     km = pd.DataFrame({"source_system": np.repeat(["web", "store"], n),
                        "source_id": np.r_[[f"W{i}" for i in range(n)], [f"S{i}" for i in range(n)]],
                        "customer_key": np.r_[keys, keys], "match_confidence": 1.0})
-    return {"customer_scores": scores, "customer_key_map": km}
+    # what POST /v1/decide reads: 5 offers per customer, a tenth contacted in the last 30 days, the policy
+    offers = pd.DataFrame({"customer_key": np.repeat(keys, 5), "rank": np.tile(np.arange(1, 6), n),
+                           "product_id": [f"P{i:04d}" for i in rng.integers(0, 2000, 5 * n)],
+                           "product_name": "Bananas", "nbo_score": rng.random(5 * n)})
+    offers = offers.drop_duplicates(["customer_key", "product_id"])
+    offers["rank"] = offers.groupby("customer_key").cumcount() + 1
+    hit = keys[rng.random(n) < 0.1]
+    recent = pd.DataFrame({"customer_key": hit, "contact_date": pd.Timestamp("2026-06-20"), "contacts": 1})
+    policy = pd.DataFrame({"setting": ["decision_version", "control_share", "frequency_cap", "frequency_days",
+                                       "no_contact_treatments", "guarded_products", "cutoff"],
+                           "value": ["bench", "0.1", "2", "30", '["no_action"]', '["P0007"]', "2026-06-30T00:00:00"]})
+    return {"customer_scores": scores, "customer_key_map": km, "customer_offers": offers,
+            "recent_contacts": recent, "decision_policy": policy}
 
 
 def ids(n: int, count: int, seed: int = 1) -> list[tuple[str, str]]:
@@ -80,6 +92,20 @@ def ids(n: int, count: int, seed: int = 1) -> list[tuple[str, str]]:
 def crmlab_requests(keys) -> list[bytes]:
     return [f"GET /v1/customers/{s}/{i} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
             for s, i in keys]
+
+
+def decide_requests(keys, seed: int = 2) -> list[bytes]:
+    """POST /v1/decide for the key mix's known ids, with a basket of 0-5 products, at the data's end."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s, i in keys:
+        if i.startswith("X"):
+            continue
+        body = json.dumps({"source_system": s, "source_id": i, "channel": "web", "at": "2026-06-30T12:00:00Z",
+                           "basket": [f"P{j:04d}" for j in rng.integers(0, 2000, rng.integers(0, 6))]})
+        out.append((f"POST /v1/decide HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+    return out
 
 
 def feast_requests(keys, features: list[str]) -> list[bytes]:
@@ -323,7 +349,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of the service")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--redis", default=os.environ.get("CRMLAB_TEST_REDIS", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "redis", "feast-sqlite"])
+    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "redis", "feast-sqlite", "decide-sqlite",
+                                                     "decide-postgresql"])
     ap.add_argument("--feast", default=str(ROOT / ".bench" / "feast" / "bin" / "feast"),
                     help="the feast command of its own environment (python -m venv .bench/feast && "
                          ".bench/feast/bin/pip install feast)")
@@ -347,6 +374,7 @@ def main() -> None:
         publish.publish(data, sqlite_url)
         lines.append(f"# published {a.customers:,} customers / {2 * a.customers:,} ids to SQLite in {time.perf_counter() - t:.1f} s")
         backends.append(("sqlite", lambda: serve(sqlite_url, a.workers, tmp), requests))
+        backends.append(("decide-sqlite", lambda: serve(sqlite_url, a.workers, tmp), decide_requests(keys)))
         pg = _postgres_url()
         schema = None
         if pg:
@@ -361,6 +389,7 @@ def main() -> None:
             publish.publish(data, pg_url)
             lines.append(f"# published to PostgreSQL in {time.perf_counter() - t:.1f} s")
             backends.append(("postgresql", lambda: serve(pg_url, a.workers, tmp), requests))
+            backends.append(("decide-postgresql", lambda: serve(pg_url, a.workers, tmp), decide_requests(keys)))
         else:
             lines.append("# PostgreSQL: no server answered; left out")
         prefix = f"crmlab-bench-{uuid.uuid4().hex[:8]}"
@@ -407,7 +436,7 @@ def main() -> None:
                 proc, port = start()
                 try:
                     asyncio.run(_load(port, 200, 2.0, reqs, a.connections))              # warm-up
-                    for rate in (a.identify_rates if name.startswith("identify") else a.rates):
+                    for rate in (a.identify_rates if name.startswith(("identify", "decide")) else a.rates):
                         r = asyncio.run(_load(port, rate, a.seconds, reqs, a.connections))
                         line = (f"{name:19s} {rate:7d} {r['answered']:9,d} {r['throughput']:8.0f} {r['p50']:8.2f} "
                                 f"{r['p99']:8.2f} {r['max']:8.1f} {r['errors']:7d}")
