@@ -339,6 +339,13 @@ class _AccessLog:
             log.info("%s %s %d %.1f ms", scope.get("method"), route, status, 1e3 * (time.perf_counter() - t))
 
 
+def _json(body: dict):
+    """A JSON answer of plain values, serialised once (FastAPI's encoder walks every value first)."""
+    from fastapi.responses import Response
+
+    return Response(json.dumps(body).encode(), media_type="application/json")
+
+
 async def _plain(send, status: int, body: dict):
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -467,7 +474,7 @@ def create_app(cfg: ServiceConfig):
         out = identifier.identify(data, create=False)
         if out["status"] == "unknown" and "write" in scopes:     # a write may wait for a publish: in a thread
             out = await run_in_threadpool(identifier.identify, data, True)
-        return out
+        return _json(out)
 
     class Decide(BaseModel):
         """A recognised customer (their customer key, or a source system's id) and the context."""
@@ -498,7 +505,7 @@ def create_app(cfg: ServiceConfig):
         got = store.decide(at, d.basket, d.source_system, d.source_id, d.customer_key)
         if got is None:
             return JSONResponse({"detail": "unknown customer: not in the published version"}, status_code=404)
-        return {**got, "channel": d.channel, "campaign_id": d.campaign_id, "at": at.isoformat()}
+        return _json({**got, "channel": d.channel, "campaign_id": d.campaign_id, "at": at.isoformat()})
 
     @app.post("/v1/contacts", status_code=201, dependencies=[scope("write")])
     def contacts(c: Contact):
