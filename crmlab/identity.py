@@ -540,8 +540,8 @@ class RecordMatcher(Params):
         bf = np.zeros(levels.shape, np.float64)
         for k, c in enumerate(comps):
             lv = levels[:, k]
-            ok = lv != NULL
-            bf[ok, k] = np.log2(self.m_[k][lv[ok]] / self.u_[k][lv[ok]])
+            # log2(m/u) per level, and 0 at the end for NULL (-1) levels: one gather per comparison
+            bf[:, k] = np.r_[np.log2(self.m_[k] / self.u_[k]), 0.0][lv]
             if c.tf:
                 top = len(c.labels()) - 1
                 ex = lv == top

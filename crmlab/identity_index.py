@@ -187,10 +187,10 @@ class Identifier:
             prov = self._query(f"SELECT provisional_key, {', '.join(self._q(c) for c in cols[1:])}, NULL "
                                f"FROM {self._prov} WHERE {where} LIMIT {self.max_candidates}", params)
         for flag, part in ((False, rows), (True, prov)):
-            for r in part:
-                for c, v in zip([*cols, "model_id"], r):
-                    out[c].append(v)
-                out["provisional"].append(flag)
+            if part:
+                for c, values in zip([*cols, "model_id"], zip(*part)):
+                    out[c].extend(values)
+                out["provisional"].extend([flag] * len(part))
         return out
 
     def _provisional_ready(self, m) -> bool:
