@@ -227,7 +227,7 @@ class Identifier:
             best = int(np.argmax(prob))
             out["match_probability"] = round(float(prob[best]), 6)
             out["evidence"] = [
-                {"field": c.column.removesuffix("_std"), "level": "missing" if levels[best, k] == identity.NULL
+                {"field": c.column.removesuffix("_std").removesuffix("_str"), "level": "missing" if levels[best, k] == identity.NULL
                  else c.labels()[levels[best, k]], "log2_bayes_factor": round(float(bf[best, k]), 3)}
                 for k, c in enumerate(m.comparisons_)]
             above = {cand["customer_key"][i] for i in np.flatnonzero(prob >= threshold)}
