@@ -141,6 +141,7 @@ DEFAULTS: dict[str, Any] = {
         "lookups": 1000,                  # timed sample lookups in the report
         "redis": None,                    # Redis URL of the online store (e.g. redis://127.0.0.1:6379/0); null: none
         "redis_prefix": "crmlab",         # key prefix in Redis: one per publish target
+        "offers": 5,                      # best offers kept per customer for decisions at the moment of contact
         "identity": True,                 # publish the identity index for real-time identification (service)
         "identity_schema": "crmlab_identity",   # PostgreSQL: its own schema, apart from the touchpoint tables
         "identity_role": "crmlab_identity_reader",  # PostgreSQL: the only role that may read it
@@ -192,7 +193,7 @@ _RANGES: dict[str, tuple] = {
     "segments.k": (1, None, True, True), "segments.min_stability": (0, 1, True, True),
     "segments.bootstraps": (1, None, True, True), "segments.select_rows": (100, None, True, True),
     "publish.keep": (1, None, True, True), "publish.drift_psi": (0, None, False, True),
-    "publish.lookups": (0, None, True, True),
+    "publish.lookups": (0, None, True, True), "publish.offers": (1, 100, True, True),
     "report.cell_timeout": (1, None, True, True),
     "engine.threads": (1, 4096, True, True),
 }

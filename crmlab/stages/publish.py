@@ -43,7 +43,8 @@ def run_publish(ctx) -> PublishResult:
     guarded = affinity.sensitive_items(products, ctx.params["affinity"]["sensitive_categories"])
     bought = ev.lines[["customer_key", "product_id"]].drop_duplicates()
     propensity, recs = ctx.optional_artifact("customer_propensity"), ctx.optional_artifact("customer_recommendations")
-    offers = (decisions.offers(recs, products, propensity, bought, guarded) if recs is not None and len(recs)
+    offers = (decisions.offers(recs, products, propensity, bought, guarded, top=PUB["offers"])
+              if recs is not None and len(recs)
               else pd.DataFrame({"customer_key": [], "rank": pd.Series(dtype="int64"), "product_id": [],
                                  "product_name": [], "nbo_score": pd.Series(dtype=float)}))
     scores = decisions.build_scores(ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
