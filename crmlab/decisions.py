@@ -8,6 +8,7 @@ rules stay the same, and recorded per customer so measurement can compare agains
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,19 @@ from .errors import ConfigError, CrmlabError
 from .features import _slug
 
 DAY = pd.Timedelta(days=1)
+
+#: reasons against a contact, in the order they are checked (batch and moment of contact alike)
+NO_CONTACT_TREATMENT, DO_NOT_CONTACT, NO_MEDIUM, CONTROL = ("no contact for this treatment", "do not contact",
+                                                            "no consented medium", "control group")
+
+
+def cap_reason(cap: int, days: int) -> str:
+    return f"frequency cap ({cap} in {days} days)"
+
+
+def held_back(keys, share: float, version) -> np.ndarray:
+    """The control-group draw of a rules version (the trailing '|' keeps the groups of earlier versions)."""
+    return control_flags(keys, share, f"{version}|")
 
 #: medium -> (opt-in column, reachability column) of the customer profile
 MEDIUM_CONSENT = {"email": ("email_opt_in", "has_email"), "mail": ("mail_opt_in", None),
@@ -181,19 +195,18 @@ def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.Data
     if contacts is not None and len(contacts):
         c = contacts[(contacts["contact_date"] < cutoff) & (contacts["contact_date"] >= cutoff - D["frequency_days"] * DAY)]
         recent = c.groupby("customer_key").size().reindex(out.index, fill_value=0)
-    # the hash key is the rules' version (the trailing '|' keeps the groups of earlier versions unchanged)
-    held = control_flags(out.index, D["control_share"], f"{D['version']}|")
+    held = held_back(out.index, D["control_share"], D["version"])
     reason = pd.Series("", index=out.index, dtype=object)
-    checks = [(out["treatment"].isin(D["no_contact_treatments"]), "no contact for this treatment"),
-              (out.index.isin(list(do_not_contact)), "do not contact"),
-              (out["preferred_medium"].isna(), "no consented medium"),
-              (recent >= D["frequency_cap"], f"frequency cap ({D['frequency_cap']} in {D['frequency_days']} days)"),
-              (held, "control group")]
+    checks = [(out["treatment"].isin(D["no_contact_treatments"]), NO_CONTACT_TREATMENT),
+              (out.index.isin(list(do_not_contact)), DO_NOT_CONTACT),
+              (out["preferred_medium"].isna(), NO_MEDIUM),
+              (recent >= D["frequency_cap"], cap_reason(D["frequency_cap"], D["frequency_days"])),
+              (held, CONTROL)]
     for mask, why in checks:
         reason[np.asarray(mask) & (reason == "").to_numpy()] = why
     # the control group: customers held back from a contact that would otherwise have happened (a customer
     # suppressed for another reason, e.g. a treatment without contact, is in no group)
-    out["control"] = (reason == "control group").to_numpy()
+    out["control"] = (reason == CONTROL).to_numpy()
     out["contact"] = (reason == "").to_numpy()
     out["contact_reason"] = reason.where(reason != "", None)
     out["decision_version"] = str(D["version"])
@@ -204,13 +217,11 @@ def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.Data
 
 #: reasons against a contact that hold all day (the batch's verdict stands); the frequency cap and the
 #: control group are decided again at the moment of contact
-_STANDING = ("no contact for this treatment", "do not contact", "no consented medium")
+_STANDING = (NO_CONTACT_TREATMENT, DO_NOT_CONTACT, NO_MEDIUM)
 
 
 def policy_table(D: dict, cutoff, guarded_products) -> pd.DataFrame:
     """The decision policy touchpoints apply at the moment of contact (``decision_policy``: setting, value)."""
-    import json
-
     rows = {"decision_version": str(D["version"]), "control_share": repr(float(D["control_share"])),
             "frequency_cap": str(int(D["frequency_cap"])), "frequency_days": str(int(D["frequency_days"])),
             "no_contact_treatments": json.dumps(list(D["no_contact_treatments"])),
@@ -242,26 +253,24 @@ def decide_now(row: dict, offer_rows: list[dict], contacts_in_window: int, polic
     given; the control group is the batch's hash draw, so a customer is held back exactly when the
     batch would hold them back. The offer is the best published one that is not in the basket and
     not guarded, and only when a contact happens (the control group gets none)."""
-    import json
-
     no_contact = set(json.loads(policy["no_contact_treatments"]))
     guarded_ids = set(json.loads(policy["guarded_products"]))
     cap, days = int(policy["frequency_cap"]), int(policy["frequency_days"])
     reason = row.get("contact_reason")
     if row["treatment"] in no_contact:
-        reason = "no contact for this treatment"
+        reason = NO_CONTACT_TREATMENT
     elif reason not in _STANDING:
         reason = None
         if contacts_in_window >= cap:
-            reason = f"frequency cap ({cap} in {days} days)"
-        elif control_flags([row["customer_key"]], float(policy["control_share"]), f"{policy['decision_version']}|")[0]:
-            reason = "control group"
+            reason = cap_reason(cap, days)
+        elif held_back([row["customer_key"]], float(policy["control_share"]), policy["decision_version"])[0]:
+            reason = CONTROL
     in_basket = set(basket)
     best = next((o for o in sorted(offer_rows, key=lambda o: o["rank"])
                  if o["product_id"] not in in_basket and o["product_id"] not in guarded_ids), None)
     contact = reason is None
     return {"customer_key": row["customer_key"], "treatment": row["treatment"], "rule": row["rule"],
-            "contact": contact, "control": reason == "control group", "reason": reason,
+            "contact": contact, "control": reason == CONTROL, "reason": reason,
             "offer": ({"product_id": best["product_id"], "name": best["product_name"], "rank": int(best["rank"])}
                       if contact and best is not None else None),
             "contacts_in_window": int(contacts_in_window), "frequency_cap": cap,
@@ -275,7 +284,7 @@ def summary(decided: pd.DataFrame) -> pd.DataFrame:
     t = decided.groupby("treatment").agg(customers=("contact", "size"), contacted=("contact", "sum"),
                                          in_control_group=("control", "sum"))
     other = decided.dropna(subset=["contact_reason"])
-    other = other[other["contact_reason"] != "control group"]
+    other = other[other["contact_reason"] != CONTROL]
     reasons = other.groupby(["treatment", "contact_reason"]).size().unstack(fill_value=0)
     reasons.columns = [f"not contacted: {c}" for c in reasons.columns]
     return t.join(reasons).fillna(0).astype(int).sort_values("customers", ascending=False)
