@@ -609,9 +609,9 @@ class RecordMatcher(Params):
                     if comp.kind == "numeric" and c == comp.column:
                         arenas[c] = np.array([np.nan if v is None else float(v) for v in cols[c]])
                         continue
-                    null = np.array([v is None for v in cols[c]])
-                    arenas[c] = S.to_arena(cols[c]) if c in text else (np.zeros(0, np.uint32),
-                                                                          np.zeros(n + 2, np.int64), null)
+                    # compared as text: the characters; else only missing flags (codes answer 'same value')
+                    arenas[c] = S.to_arena(cols[c]) if c in text else (
+                        np.zeros(0, np.uint32), np.zeros(n + 2, np.int64), np.array([v is None for v in cols[c]]))
                     codes: dict = {}            # value codes: 'same value' is an integer compare, no kernel call
                     arenas[("codes", c)] = np.array([-1 if v is None else codes.setdefault(v, len(codes))
                                                      for v in cols[c]], np.int64)

@@ -30,12 +30,11 @@ import numpy as np
 import pandas as pd
 
 from . import identity
-from .publish import IdentityTables, PublishError, engine
+from .publish import IdentityTables, PublishError, _qt, _split, engine, identity_name
 from .sources import PERSON_FIELDS, PROVISIONAL_SYSTEM, PROVISIONAL_TABLE
 from .standardise import standardise_person
 
 INDEX, MODEL = "identity_index", "identity_model"
-PROVISIONAL = PROVISIONAL_TABLE
 
 
 def model_id(model: dict) -> str:
@@ -65,7 +64,7 @@ def identity_tables(records: pd.DataFrame, key_map: pd.DataFrame, matcher: ident
     return IdentityTables(
         tables={INDEX: idx, MODEL: pd.DataFrame({"model_id": [mid], "model": [json.dumps(model)]})},
         indexes={INDEX: [tuple(r) for r in matcher.blocking_rules_] + [("customer_key",)]},
-        schema=schema, role=role, settle=(PROVISIONAL, "provisional_key", took))
+        schema=schema, role=role, settle=(PROVISIONAL_TABLE, "provisional_key", took))
 
 
 def keyed_person(person: dict) -> dict:
@@ -92,13 +91,10 @@ class Identifier:
         import sqlalchemy as sa
 
         self.eng = engine(url, create=False)
-        pg = self.eng.dialect.name == "postgresql"
-        q = self.eng.dialect.identifier_preparer.quote
-        self._index = f"{q(schema)}.{q(INDEX)}" if pg and schema else q(INDEX)
-        self._model = f"{q(schema)}.{q(MODEL)}" if pg and schema else q(MODEL)
-        self._prov = f"{q(schema)}.{q(PROVISIONAL)}" if pg and schema else q(PROVISIONAL)
-        self._prov_schema = schema if pg and schema else None
-        self._q = q
+        self._index, self._model, self._prov = (_qt(self.eng, identity_name(self.eng, schema, t))
+                                                for t in (INDEX, MODEL, PROVISIONAL_TABLE))
+        self._prov_schema = _split(identity_name(self.eng, schema, PROVISIONAL_TABLE))[0]
+        self._q = self.eng.dialect.identifier_preparer.quote
         self.threshold = threshold
         self.max_candidates = int(max_candidates)
         self._models: dict[str, identity.RecordMatcher] = {}
@@ -203,9 +199,9 @@ class Identifier:
             self._prov_checked = time.monotonic()
             with self.eng.connect() as conn:
                 insp = sa.inspect(conn)
-                if not insp.has_table(PROVISIONAL, schema=self._prov_schema):
+                if not insp.has_table(PROVISIONAL_TABLE, schema=self._prov_schema):
                     return False
-                self._prov_cols = [c["name"] for c in insp.get_columns(PROVISIONAL, schema=self._prov_schema)]
+                self._prov_cols = [c["name"] for c in insp.get_columns(PROVISIONAL_TABLE, schema=self._prov_schema)]
         return all(c in self._prov_cols for c in m.index_columns())
 
     # ---- the answer
@@ -258,7 +254,7 @@ class Identifier:
     def _ensure_provisional(self, conn, cols: list[str]) -> None:
         sa = self._sa
         insp = sa.inspect(conn)
-        if not insp.has_table(PROVISIONAL, schema=self._prov_schema):
+        if not insp.has_table(PROVISIONAL_TABLE, schema=self._prov_schema):
             if self._prov_schema:
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {self._q(self._prov_schema)}"))
             body = ", ".join(f"{self._q(c)} VARCHAR(200)" for c in cols if c != "provisional_key")
@@ -266,7 +262,7 @@ class Identifier:
                                  f"{body})"))
             have = ["provisional_key", *[c for c in cols if c != "provisional_key"]]
         else:
-            have = [c["name"] for c in insp.get_columns(PROVISIONAL, schema=self._prov_schema)]
+            have = [c["name"] for c in insp.get_columns(PROVISIONAL_TABLE, schema=self._prov_schema)]
             for c in cols:
                 if c not in have:
                     conn.execute(sa.text(f"ALTER TABLE {self._prov} ADD COLUMN {self._q(c)} VARCHAR(200)"))

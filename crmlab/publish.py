@@ -104,7 +104,13 @@ class IdentityTables:
     settle: tuple | None = None
 
     def qualified(self, eng, name: str) -> str:
-        return f"{self.schema}.{name}" if eng.dialect.name == "postgresql" and self.schema else name
+        return identity_name(eng, self.schema, name)
+
+
+def identity_name(eng, schema: str | None, name: str) -> str:
+    """A table of the identity schema as this database names it: ``schema.name`` on PostgreSQL, ``name``
+    on SQLite (no schemas)."""
+    return f"{schema}.{name}" if eng.dialect.name == "postgresql" and schema else name
 
 
 #: Column names that would hold direct personal data: never published, whatever the table.

@@ -25,6 +25,8 @@ _SPACES = r"\s+"
 _EMAIL = r"[a-z0-9._%+'-]+@[a-z0-9.-]+\.[a-z]{2,}"
 _PHONE_TRUNK = r"\(0\)"
 _PHONE_JUNK = r"[^0-9+]"
+_INTERNATIONAL = r"^00"
+_TRUNK_ZERO = r"^0"
 _NATIONAL = r"[1-9][0-9]{9}"
 _POSTCODE_JUNK = r"[^A-Z0-9]"
 _POSTCODE = r"[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}"
@@ -73,8 +75,8 @@ def phone(s: pd.Series, country_code: str = "44") -> pd.Series:
     <NA> unless the result has 10 national digits.
     """
     s = _as_str(s).str.replace(_PHONE_TRUNK, "", regex=True).str.replace(_PHONE_JUNK, "", regex=True)
-    s = s.str.replace(r"^00", "+", regex=True)
-    national = s.str.replace(rf"^\+{country_code}", "", regex=True).str.replace(r"^0", "", regex=True)
+    s = s.str.replace(_INTERNATIONAL, "+", regex=True)
+    national = s.str.replace(rf"^\+{country_code}", "", regex=True).str.replace(_TRUNK_ZERO, "", regex=True)
     ok = national.str.fullmatch(_NATIONAL).fillna(False).astype(bool)
     return ("+" + country_code + national).where(ok)
 
@@ -109,6 +111,7 @@ def standardise_customers(df: pd.DataFrame) -> pd.DataFrame:
 
 _RE = {k: re.compile(v) for k, v in dict(sep=_SEPARATORS, not_name=_NOT_NAME, not_name_digit=_NOT_NAME_OR_DIGIT,
                                          spaces=_SPACES, email=_EMAIL, trunk=_PHONE_TRUNK, phone_junk=_PHONE_JUNK,
+                                         international=_INTERNATIONAL, trunk_zero=_TRUNK_ZERO,
                                          national=_NATIONAL, pc_junk=_POSTCODE_JUNK, postcode=_POSTCODE,
                                          street=_STREET_WORDS, area=_AREA).items()}
 
@@ -142,8 +145,8 @@ def standardise_person(raw: dict, country_code: str = "44") -> dict:
     p = raw.get("phone")
     if p is not None:
         p = _RE["phone_junk"].sub("", _RE["trunk"].sub("", str(p)))
-        p = re.sub(r"^00", "+", p)
-        national = re.sub(r"^0", "", re.sub(rf"^\+{country_code}", "", p))
+        p = _RE["international"].sub("+", p)
+        national = _RE["trunk_zero"].sub("", re.sub(rf"^\+{country_code}", "", p))
         p = "+" + country_code + national if _RE["national"].fullmatch(national) else None
     out["phone_std"] = p
     pc = raw.get("postcode")
