@@ -20,7 +20,7 @@ import pandas as pd
 
 from .errors import CrmlabError, mask_value
 from .estimator import Params, reset
-from .kernels import graph
+from .kernels import graph, linkage
 from .kernels import strings as S
 
 NULL = -1
@@ -595,30 +595,63 @@ class RecordMatcher(Params):
     def score_candidates(self, query: dict, candidates: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One keyed record (``query``: column -> value, None for missing) against candidates (column
         -> list of values): the match probability of each pair, the (n_candidates, n_comparisons)
-        levels and log2 Bayes factors (0 where a field is missing). Plain lists, no DataFrame: this is
-        the per-request path of real-time identification."""
+        levels and log2 Bayes factors (0 where a field is missing). Plain lists, no DataFrame, one
+        compiled call (:func:`crmlab.kernels.linkage.score_one`): the per-request path of real-time
+        identification, with the batch's levels and weights."""
         self._check_fitted()
         n = len(candidates["customer_key"]) if "customer_key" in candidates else len(next(iter(candidates.values())))
-        left, right = np.zeros(n, np.int64), np.arange(1, n + 1, dtype=np.int64)
-        cols, arenas = {}, {}
-        text = {c for comp in self.comparisons_ for c in comp.compares_text()}
-        for comp in self.comparisons_:
-            for c in comp.needs():
-                if c not in arenas:
-                    cols[c] = [query.get(c), *candidates[c]]
-                    if comp.kind == "numeric" and c == comp.column:
-                        arenas[c] = np.array([np.nan if v is None else float(v) for v in cols[c]])
-                        continue
-                    # compared as text: the characters; else only missing flags (codes answer 'same value')
-                    arenas[c] = S.to_arena(cols[c]) if c in text else (
-                        np.zeros(0, np.uint32), np.zeros(n + 2, np.int64), np.array([v is None for v in cols[c]]))
-                    codes: dict = {}            # value codes: 'same value' is an integer compare, no kernel call
-                    arenas[("codes", c)] = np.array([-1 if v is None else codes.setdefault(v, len(codes))
-                                                     for v in cols[c]], np.int64)
-        levels = self._levels(arenas, self.comparisons_, left, right)
-        bf = self._weights(cols, levels, left, right)
-        weight = np.log2(self.lambda_ / (1 - self.lambda_)) + bf.sum(axis=1)
-        return 1.0 / (1.0 + np.exp2(-weight)), levels, bf
+        plan = self._one_record_plan()
+        texts = [v for c in plan["text"] for v in (query.get(c), *candidates[c])]
+        nums = np.array([[np.nan if v is None else float(v) for v in (query.get(c), *candidates[c])]
+                         for c in plan["numeric"]], np.float64)
+        tf_adjust = np.zeros(len(self.comparisons_))
+        for k, c in enumerate(self.comparisons_):
+            if c.tf and query.get(c.column) is not None:
+                u_tf = max(self.tf_[c.column].get(query[c.column], 0.0), self.tf_min_u_)
+                tf_adjust[k] = min(np.log2(self.u_[k][-1] / u_tf), 0.0)
+        return linkage.score_one(S.to_arena(texts), nums, n, plan["spec"], plan["thresholds"], plan["n_thr"],
+                                 plan["dice"], plan["log2_bf"], plan["top"], tf_adjust, plan["prior"])
+
+    def _one_record_plan(self) -> dict:
+        """The fitted comparisons as :func:`crmlab.kernels.linkage.score_one` reads them (built once)."""
+        plan = getattr(self, "_plan_", None)
+        if plan is not None:
+            return plan
+        comps = self.comparisons_
+        numeric = [c.column for c in comps if c.kind == "numeric"]
+        text = sorted({col for c in comps if c.kind != "numeric" for col in c.needs()})
+        at = {c: i for i, c in enumerate(text)}
+        kinds = {"exact": linkage.EXACT, "email": linkage.EXACT, "name": linkage.NAME, "string": linkage.STRING,
+                 "date": linkage.EDIT, "code": linkage.EDIT, "postcode": linkage.POSTCODE,
+                 "address": linkage.ADDRESS, "phone": linkage.PHONE, "numeric": linkage.NUMERIC}
+        helpers = {"postcode": ["postcode_district", "postcode_sector"],
+                   "address": ["postcode_std", "postcode_district", "postcode_sector"], "phone": ["phone_tail"],
+                   "name": lambda c: [c.swap_with] if c.swap_with else []}
+        width = max(1, *(len(c.thresholds) for c in comps))
+        spec = np.full((len(comps), 5), -1, np.int64)
+        thresholds = np.zeros((len(comps), width))
+        n_thr = np.zeros(len(comps), np.int64)
+        levels = max(len(c.labels()) for c in comps)
+        log2_bf = np.zeros((len(comps), levels))
+        for k, c in enumerate(comps):
+            if c.kind not in kinds:
+                raise CrmlabError(f"unknown comparison kind '{c.kind}'")
+            extra = helpers.get(c.kind, [])
+            extra = extra(c) if callable(extra) else extra
+            spec[k, 0] = kinds[c.kind]
+            spec[k, 1] = numeric.index(c.column) if c.kind == "numeric" else at[c.column]
+            spec[k, 2:2 + len(extra)] = [at[h] for h in extra]
+            # names and strings: from the lowest; numeric tolerances: from the widest; address: its first
+            thr = {"name": sorted(c.thresholds), "string": sorted(c.thresholds),
+                   "numeric": sorted(c.thresholds, reverse=True), "address": list(c.thresholds[:1])}.get(c.kind, [])
+            thresholds[k, :len(thr)], n_thr[k] = thr, len(thr)
+            log2_bf[k, :len(c.labels())] = np.log2(self.m_[k] / self.u_[k])
+        self._plan_ = plan = {
+            "text": text, "numeric": numeric, "spec": spec, "thresholds": thresholds, "n_thr": n_thr,
+            "dice": np.array([c.dice for c in comps], np.float64), "log2_bf": log2_bf,
+            "top": np.array([len(c.labels()) - 1 if c.tf else -2 for c in comps], np.int64),
+            "prior": float(np.log2(self.lambda_ / (1 - self.lambda_)))}
+        return plan
 
     def to_dict(self) -> dict:
         """What a fitted matcher learned, as plain JSON-ready data (:meth:`from_dict` reads it back)."""

@@ -23,13 +23,13 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-import threading
 import time
 
 import numpy as np
 import pandas as pd
 
 from . import identity
+from .direct import DirectConnections
 from .publish import IdentityTables, PublishError, _qt, _split, engine, identity_name
 from .sources import PERSON_FIELDS, PROVISIONAL_SYSTEM, PROVISIONAL_TABLE
 from .standardise import standardise_person
@@ -73,12 +73,6 @@ def keyed_person(person: dict) -> dict:
     return identity.person_keys(standardise_person(person), person.get("dob"))
 
 
-def _is_disconnect(exc: Exception) -> bool:
-    """A dropped server connection (worth one retry on a fresh one), not a bad statement."""
-    name = type(exc).__name__
-    return name in ("OperationalError", "InterfaceError") and "no such" not in str(exc)
-
-
 class Identifier:
     """Identification of one person at a time against the published identity index.
 
@@ -98,11 +92,11 @@ class Identifier:
         self.threshold = threshold
         self.max_candidates = int(max_candidates)
         self._models: dict[str, identity.RecordMatcher] = {}
+        self._plans: dict[int, dict] = {}             # id(model) -> statement pieces and labels
         self._prov_cols: list[str] | None = None
         self._prov_checked = -1e9
-        self._ph = "?" if self.eng.dialect.paramstyle == "qmark" else "%s"
-        self._local = threading.local()
-        self._direct = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        self._direct = DirectConnections(url)        # the per-request reads: driver cursors, no pool
+        self._ph = self._direct.placeholder
         self._sa = sa
 
     # ---- the published model
@@ -125,63 +119,44 @@ class Identifier:
         return model
 
     # ---- candidates
+    def _sql(self, m: identity.RecordMatcher) -> dict:
+        """The statement pieces and evidence labels of one model (built once per model)."""
+        got = self._plans.get(id(m))
+        if got is None:
+            cols = ["customer_key", *m.index_columns()]
+            got = {"rules": [(rule, "(" + " AND ".join(f"{self._q(c)} = {self._ph}" for c in rule) + ")")
+                             for rule in m.blocking_rules_],
+                   "cols": cols, "index": f"SELECT {', '.join(self._q(c) for c in [*cols, 'model_id'])} FROM {self._index}",
+                   "prov": f"SELECT provisional_key, {', '.join(self._q(c) for c in cols[1:])}, NULL FROM {self._prov}",
+                   "fields": [c.column.removesuffix("_std").removesuffix("_str") for c in m.comparisons_],
+                   "labels": [c.labels() for c in m.comparisons_]}
+            self._plans = {id(m): got}                 # one model at a time, as _models
+        return got
+
     def _where(self, m: identity.RecordMatcher, rec: dict) -> tuple[str, list]:
         """The blocking rules whose fields ``rec`` has, as one OR of ANDs in the driver's parameter style."""
         terms, params = [], []
-        for rule in m.blocking_rules_:
+        for rule, term in self._sql(m)["rules"]:
             vals = [rec.get(c) for c in rule]
             if any(v is None for v in vals):
                 continue
-            terms.append("(" + " AND ".join(f"{self._q(c)} = {self._ph}" for c in rule) + ")")
+            terms.append(term)
             params += [str(v) for v in vals]
         return " OR ".join(terms), params
-
-    def _conn(self):
-        """This thread's DB-API connection (autocommit: each statement reads the current version). The
-        per-request path skips SQLAlchemy's statement compilation: every query text differs."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # outside the engine's pool: a server's request threads (40 under uvicorn) each keep one, and a
-            # pool of 15 made the 16th wait (requests that never answered under load)
-            conn = self._direct.raw_connection()
-            if self._direct.dialect.name == "postgresql":
-                conn.driver_connection.autocommit = True
-            self._local.conn = conn
-        return conn
-
-    def _query(self, sql: str, params: list) -> list:
-        for attempt in (0, 1):
-            conn = self._conn()
-            try:
-                cur = conn.cursor()
-                try:
-                    cur.execute(sql, params)
-                    return cur.fetchall()
-                finally:
-                    cur.close()
-            except Exception as exc:  # noqa: BLE001 - the driver's own error classes; re-raised unless a disconnect
-                self._local.conn = None
-                try:
-                    conn.invalidate()
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
-                if attempt or not _is_disconnect(exc):
-                    raise
 
     def _candidates(self, m, rec) -> dict:
         """Column -> list of values of the known records (then provisional persons) sharing a blocking
         key with ``rec``; ``provisional`` flags the latter. One statement reads the published index."""
         where, params = self._where(m, rec)
-        cols = ["customer_key", *m.index_columns()]
+        sql = self._sql(m)
+        cols = sql["cols"]
         out = {c: [] for c in [*cols, "model_id", "provisional"]}
         if not where:
             return out
-        rows = self._query(f"SELECT {', '.join(self._q(c) for c in [*cols, 'model_id'])} FROM {self._index} "
-                           f"WHERE {where} LIMIT {self.max_candidates}", params)
+        rows = self._direct.fetchall(f"{sql['index']} WHERE {where} LIMIT {self.max_candidates}", params)
         prov = []
         if self._provisional_ready(m):
-            prov = self._query(f"SELECT provisional_key, {', '.join(self._q(c) for c in cols[1:])}, NULL "
-                               f"FROM {self._prov} WHERE {where} LIMIT {self.max_candidates}", params)
+            prov = self._direct.fetchall(f"{sql['prov']} WHERE {where} LIMIT {self.max_candidates}", params)
         for flag, part in ((False, rows), (True, prov)):
             if part:
                 for c, values in zip([*cols, "model_id"], zip(*part)):
@@ -222,10 +197,10 @@ class Identifier:
             prob, levels, bf = m.score_candidates(rec, cand)
             best = int(np.argmax(prob))
             out["match_probability"] = round(float(prob[best]), 6)
+            sql = self._sql(m)
             out["evidence"] = [
-                {"field": c.column.removesuffix("_std").removesuffix("_str"), "level": "missing" if levels[best, k] == identity.NULL
-                 else c.labels()[levels[best, k]], "log2_bayes_factor": round(float(bf[best, k]), 3)}
-                for k, c in enumerate(m.comparisons_)]
+                {"field": field, "level": "missing" if lv == identity.NULL else labels[lv], "log2_bayes_factor": round(w, 3)}
+                for field, labels, lv, w in zip(sql["fields"], sql["labels"], levels[best].tolist(), bf[best].tolist())]
             above = {cand["customer_key"][i] for i in np.flatnonzero(prob >= threshold)}
             out["other_customers_above_threshold"] = max(len(above) - 1, 0)
             if prob[best] >= threshold:
@@ -270,8 +245,5 @@ class Identifier:
         self._prov_cols = have
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+        self._direct.close()
         self.eng.dispose()
-        self._direct.dispose()

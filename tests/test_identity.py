@@ -140,6 +140,73 @@ def test_levels_skip_only_work_that_cannot_change_them(world_records):
     assert checked == 3 and len(left) > 1000
 
 
+def test_one_record_kernel_gives_the_batch_levels_on_hard_pairs(world_records):
+    """The fused one-record kernel (:func:`crmlab.kernels.linkage.score_one`, behind
+    ``score_candidates``) against the batch path (column kernels, value codes, NumPy weights) on
+    pairs chosen to reach every level: swapped names, one-letter typos, transposed birth dates, the
+    same postcode with a similar street, missing fields, a term-frequency weighted common name, a
+    numeric comparison, and random strangers."""
+    rec, _ = world_records
+    comps = [*identity.DEFAULT_COMPARISONS[:5], identity.Comparison("address_std", "address", (0.88,)),
+             identity.Comparison("address_std", "string", (0.9, 0.7), dice=0.5),
+             identity.Comparison("postcode_std", "postcode"), identity.Comparison("email_std", "exact"),
+             identity.Comparison("age", "numeric", (5.0, 1.0))]
+    base = rec.sample(150, random_state=1).reset_index(drop=True)
+    base["age"] = pd.to_datetime(base["dob"], errors="coerce").dt.year.rsub(2026).astype("float64")
+    rng = np.random.default_rng(2)
+    variants = []
+    for kind in ("swap", "typo", "dob", "street", "missing"):
+        v = base.copy()
+        v["source_id"] = v["source_id"].astype(str) + "-" + kind
+        if kind == "swap":
+            v["first_name_std"], v["last_name_std"] = base["last_name_std"], base["first_name_std"]
+        elif kind == "typo":
+            v["first_name_std"] = v["first_name_std"].str.slice_replace(1, 2, "x")
+            v["last_name_std"] = v["last_name_std"].str[:-1]
+            v["age"] += rng.choice([0.0, 0.5, 3.0, 9.0], len(v))
+            v["phone_std"] = "+99" + v["phone_std"].str[3:]          # same last 7 digits, another prefix
+        elif kind == "dob":
+            d = pd.to_datetime(v["dob"], errors="coerce")
+            swapped = pd.to_datetime(d.dt.strftime("%Y%d%m"), format="%Y%m%d", errors="coerce").fillna(d)
+            v["dob"] = swapped.where(rng.random(len(v)) < 0.5, d + pd.Timedelta(days=1))    # 1 edit, mostly
+        elif kind == "street":
+            v["address_std"] = v["address_std"].str.replace(r"\b(\w)", lambda m: m.group(1).upper(), regex=True)
+            v["address_std"] = v["address_std"].str[:-2] + "zz"
+            moved = rng.random(len(v)) < 0.3                          # same sector, another postcode
+            v.loc[moved, "postcode_std"] = v.loc[moved, "postcode_std"].str[:-2] + "ZZ"
+        else:
+            for c in ("first_name_std", "last_name_std", "email_std", "phone_std", "postcode_std", "address_std",
+                      "dob", "age"):
+                v.loc[rng.random(len(v)) < 0.5, c] = None
+        variants.append(v)
+    allrec = pd.concat([base, *variants], ignore_index=True)
+    m = identity.RecordMatcher(comparisons=comps, random_state=0).fit(pd.concat([rec.assign(
+        age=pd.to_datetime(rec["dob"], errors="coerce").dt.year.rsub(2026).astype("float64")), allrec.iloc[150:]],
+        ignore_index=True))
+    keyed, arenas, _ = m._prepare(allrec)
+    cols = m.index_columns()
+    rows = keyed[cols].astype(object).where(keyed[cols].notna(), None)
+    n = len(base)
+    reached = np.zeros((len(comps), 7), bool)
+    for i in range(n):
+        cand = np.r_[i + n * np.arange(1, 6), rng.integers(0, len(allrec), 5)]
+        cand = cand[cand != i]
+        left = np.full(len(cand), i)
+        levels = m._levels(arenas, m.comparisons_, left, cand)
+        bf = m._weights(keyed, levels, left, cand)
+        prob = 1.0 / (1.0 + np.exp2(-(np.log2(m.lambda_ / (1 - m.lambda_)) + bf.sum(axis=1))))
+        got_p, got_l, got_bf = m.score_candidates(rows.iloc[i].to_dict(),
+                                                  {c: rows[c].to_numpy()[cand].tolist() for c in cols})
+        np.testing.assert_array_equal(got_l, levels, err_msg=f"record {i}")
+        np.testing.assert_allclose(got_bf, bf, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got_p, prob, rtol=1e-12, atol=1e-15)
+        for k in range(len(comps)):
+            reached[k, levels[:, k][levels[:, k] >= 0]] = True
+            reached[k, 6] |= (levels[:, k] < 0).any()
+    for k, c in enumerate(comps):          # every level of every comparison was met, and a missing value
+        assert reached[k, :len(c.labels())].all() and reached[k, 6], (c.column, c.kind, reached[k])
+
+
 def test_blocking_report_counts_completeness_from_the_true_pairs(world_records):
     """The report's pairs completeness (from the planted pairs) equals counting over the candidate pairs."""
     rec, truth = world_records
