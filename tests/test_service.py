@@ -21,16 +21,18 @@ def server(request, tmp_path_factory):
     """A published database (version 1: SQLite, or a fresh PostgreSQL schema) and the service over it;
     yields (base URL, db URL, log file)."""
     tmp = tmp_path_factory.mktemp("service")
+    extra = ()
     if request.param == "sqlite":
         url = publish.default_url(tmp)
     else:
         from conftest import fresh_schema
 
         schema = fresh_schema(request.getfixturevalue("postgres_server"))
-        url, _ = schema.__enter__()
+        url, name = schema.__enter__()
         request.addfinalizer(lambda: schema.__exit__(None, None, None))
+        extra = ("--identity-schema", f"{name}_id")     # never the server's shared crmlab_identity
     publish.publish(tables(1), url, folder=tmp / "published")
-    with start_service(url, tmp) as (base, log):
+    with start_service(url, tmp, *extra) as (base, log):
         yield base, url, log
 
 
