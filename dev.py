@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("CRMLAB_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / ("python.exe" if os.name == "nt" else "python")
-EXTRAS = "dev,postgres"
+EXTRAS = "dev,postgres,dask"
 
 
 def sh(*cmd: str | Path) -> None:

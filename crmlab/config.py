@@ -161,6 +161,11 @@ DEFAULTS: dict[str, Any] = {
     "engine": {
         "threads": None,                  # threads for Numba, OpenMP and BLAS in every stage; null: the cores available
         "reuse": False,                   # true: copy a stage from an earlier run when nothing it read changed
+        "kind": "local",                  # local | dask: stages that support it (30_value) compute on a Dask cluster
+        "address": None,                  # dask: a scheduler (tcp://host:8786); null: a LocalCluster for the run
+        "workers": None,                  # dask LocalCluster: worker processes (one thread each); null: the cores
+        "memory_limit": None,             # dask LocalCluster: per worker, e.g. "6GB"; null: an equal share of RAM
+        "partition_rows": 1000000,        # dask: rows per partition of the tables sent to the cluster
     },
     "seed": 42,
 }
@@ -195,7 +200,8 @@ _RANGES: dict[str, tuple] = {
     "publish.keep": (1, None, True, True), "publish.drift_psi": (0, None, False, True),
     "publish.lookups": (0, None, True, True), "publish.offers": (1, 100, True, True),
     "report.cell_timeout": (1, None, True, True),
-    "engine.threads": (1, 4096, True, True),
+    "engine.threads": (1, 4096, True, True), "engine.workers": (1, 4096, True, True),
+    "engine.partition_rows": (1, None, True, True),
 }
 
 #: Allowed values of choice parameters.
@@ -205,6 +211,7 @@ _CHOICES: dict[str, tuple] = {
     "value.model": ("bgnbd", "mbgnbd", "pareto"),
     "propensity.model": ("logistic", "hgb"), "propensity.calibration": ("sigmoid", "isotonic", "none"),
     "segments.method": ("kmeans", "gmm"), "segments.criterion": ("silhouette", "bic"),
+    "engine.kind": ("local", "dask"),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

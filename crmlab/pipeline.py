@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, events, reuse, reviewer, runs, threads
+from . import config, engine, events, reuse, reviewer, runs, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .labels import inline_markdown
@@ -708,12 +708,22 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
         stage["finished_at"] = _now()
         say(f"      reused from run {hit[0].name} (nothing it read changed; {stage['original_seconds'] or 0:.0f} s saved)")
 
-    saved_env = {k: os.environ.get(k) for k in (*threads.ENV_VARS, "CRMLAB_STAGE")}
+    saved_env = {k: os.environ.get(k) for k in (*threads.ENV_VARS, "CRMLAB_STAGE", engine.ENV_SCHEDULER)}
     os.environ.update(threads.environ(params["engine"]["threads"]))   # inherited by every stage kernel
     in_main = threading.current_thread() is threading.main_thread()
-    kernels = None
+    kernels = cluster = None
     old_handler = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
+        if params["engine"]["kind"] == "dask":             # started or joined once, before any stage
+            try:
+                cluster = engine.start(params["engine"])
+            except CrmlabError as exc:
+                (run_dir / "error.txt").write_text(config.mask_url(exc) + "\n")
+                finish("failed", str(exc))
+                raise
+            os.environ[engine.ENV_SCHEDULER] = cluster.address          # every stage kernel joins it
+            manifest["engine"] = cluster.describe()
+            say(f"      dask: {cluster.workers} workers at {cluster.address}, dashboard {cluster.dashboard}")
         # step 1: inputs
         t0 = time.time()
         say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
@@ -843,6 +853,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
     finally:
         if kernels is not None:
             kernels.close()
+        if cluster is not None:
+            cluster.close()
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -152,8 +152,10 @@ _INDEX_CACHE: dict = {}
 class RFMIndex:
     """Customers reduced to distinct (x, t_x, T) patterns over small value tables.
 
-    ``xu, txu, Tu``: distinct values; ``px, pt, pT``: each pattern's codes into them; ``w``: customers
-    per pattern; ``inverse``: customer -> pattern.
+    ``xu, txu, Tu``: distinct values; ``px, pt, pT``: each pattern's codes into them, patterns in
+    value order (whatever the customers' order, so that a fit on patterns reduced elsewhere, e.g.
+    across Dask partitions, sums the same terms in the same order); ``w``: customers per pattern;
+    ``inverse``: customer -> pattern.
     """
 
     xu: np.ndarray
@@ -182,7 +184,7 @@ class RFMIndex:
         txu, ct = _codes(tx)
         Tu, cT = _codes(T)
         key = (cx * len(txu) + ct) * len(Tu) + cT
-        inverse, uniq = pd.factorize(key, sort=False)
+        inverse, uniq = pd.factorize(key, sort=True)
         w = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
         uniq = np.asarray(uniq, dtype=np.int64)
         pT = uniq % len(Tu)
@@ -198,7 +200,7 @@ class RFMIndex:
 
 
 def _patterns(*cols: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Distinct rows of the given columns: (unique columns, counts, inverse index)."""
+    """Distinct rows of the given columns in value order: (unique columns, counts, inverse index)."""
     codes = [_codes(c) for c in cols]
     if np.prod([float(len(u)) for u, _ in codes]) > 2.0 ** 62:
         uniq, inverse, counts = np.unique(np.column_stack(cols), axis=0, return_inverse=True, return_counts=True)
@@ -206,11 +208,22 @@ def _patterns(*cols: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarr
     key = np.zeros(len(cols[0]), np.int64)
     for uniq, code in codes:
         key = key * len(uniq) + code
-    inverse, first = pd.factorize(key, sort=False)
+    inverse, first = pd.factorize(key, sort=True)
     rows = np.zeros(len(first), np.int64)
     rows[inverse] = np.arange(len(inverse))
     counts = np.bincount(inverse, minlength=len(first)).astype(np.float64)
     return [c[rows] for c in cols], counts, inverse.astype(np.int64)
+
+
+def _weights(sample_weight, n: int) -> np.ndarray | None:
+    """``sample_weight`` checked: None, or one finite weight >= 0 per row (customers per pattern)."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64).ravel()
+    if len(w) != n or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise CrmlabError(f"sample_weight must hold one finite weight >= 0 per row ({n}), got {len(w)} "
+                          "values" + ("" if len(w) != n else " with negative or non-finite ones"))
+    return w
 
 
 # ----------------------------------------------------------------------------- fitting helpers
@@ -377,10 +390,15 @@ class BetaGeo(_PurchaseModel):
         ga, gA, gB = theta[4:4 + k], theta[4 + k:4 + 2 * k], theta[4 + 2 * k:4 + 3 * k]
         return r, alpha * np.exp(Z @ ga), a * np.exp(Z @ gA), b * np.exp(Z @ gB)
 
-    def fit(self, X, y=None):
-        """Fit to an RFM table (columns frequency, recency, T [+ covariates]) or a tuple (x, t_x, T)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit to an RFM table (columns frequency, recency, T [+ covariates]) or a tuple (x, t_x, T).
+
+        ``sample_weight``: customers per row, when the rows are distinct patterns reduced elsewhere
+        (:func:`crmlab.value_dask.fit_value`): the likelihood, parameters and standard errors are
+        those of the customers' table, bit for bit."""
         x, tx, T = _rfm_arrays(X)
-        if np.sum(x > 0) == 0:
+        sw = _weights(sample_weight, len(x))
+        if np.sum((x > 0) if sw is None else (x > 0) & (sw > 0)) == 0:
             raise CrmlabError("no customer made a repeat purchase: BG/NBD cannot estimate dropout")
         reset(self)                                         # a refit learns everything anew
         Z = self._design(X, fitting=True)
@@ -388,14 +406,20 @@ class BetaGeo(_PurchaseModel):
         if k == 0:                                           # tabled fast path
             idx = RFMIndex.build(x, tx, T)
             w, n_pat = idx.w, len(idx.w)
+            if sw is not None:
+                w = np.bincount(idx.inverse, weights=sw, minlength=n_pat)
+            mean_x, mean_T = np.dot(w, idx.xu[idx.px]), np.dot(w, idx.Tu[idx.pT])
             objective = btyd.bgnbd_tabled_objective(idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT, w, self.modified)
 
             def negll(theta):
                 ll, g = objective(*np.exp(theta))
                 return (-ll / N if np.isfinite(ll) else 1e300), -g * np.exp(theta) / N
         else:
-            cols, w, _ = _patterns(x, tx, T, *Z.T)
+            cols, w, inv = _patterns(x, tx, T, *Z.T)
+            if sw is not None:
+                w = np.bincount(inv, weights=sw, minlength=len(w))
             ux, utx, uT = cols[:3]
+            mean_x, mean_T = np.dot(w, ux), np.dot(w, uT)
             uZ = np.column_stack(cols[3:])
             n_pat = len(ux)
             objective = btyd.bgnbd_objective(ux, utx, uT, self.modified)
@@ -416,7 +440,7 @@ class BetaGeo(_PurchaseModel):
                 return (f if np.isfinite(f) else 1e300), -grad / N
         N = w.sum()
 
-        scale = max(float(np.mean(T)) / (float(np.mean(x)) + 1.0), 1e-6)
+        scale = max(float(mean_T / N) / (float(mean_x / N) + 1.0), 1e-6)   # from the patterns: any order, same start
         starts = [np.r_[np.log([1.0, scale, 1.0, 1.0]), np.zeros(3 * k)],
                   np.r_[np.log([0.3, scale / 3, 0.5, 2.0]), np.zeros(3 * k)],
                   np.r_[np.log([3.0, scale * 3, 2.0, 5.0]), np.zeros(3 * k)]]
@@ -489,13 +513,18 @@ class ParetoNBD(_PurchaseModel):
         self.tol = tol
         self.max_iter = max_iter
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit to an RFM table or a tuple (x, t_x, T); ``sample_weight`` as in :meth:`BetaGeo.fit`."""
         x, tx, T = _rfm_arrays(X)
-        if np.sum(x > 0) == 0:
+        sw = _weights(sample_weight, len(x))
+        if np.sum((x > 0) if sw is None else (x > 0) & (sw > 0)) == 0:
             raise CrmlabError("no customer made a repeat purchase: Pareto/NBD cannot estimate dropout")
         reset(self)
-        (ux, utx, uT), w, _ = _patterns(x, tx, T)
+        (ux, utx, uT), w, inv = _patterns(x, tx, T)
+        if sw is not None:
+            w = np.bincount(inv, weights=sw, minlength=len(w))
         N = w.sum()
+        mean_T = float(np.dot(w, uT) / N)
 
         objective = btyd.pareto_objective(ux, utx, uT)
 
@@ -506,7 +535,7 @@ class ParetoNBD(_PurchaseModel):
             v = -ll_total(np.exp(theta)) / N
             return v if np.isfinite(v) else 1e300
 
-        scale = max(float(np.mean(T)) / (float(np.mean(x)) + 1.0), 1e-6)
+        scale = max(mean_T / (float(np.dot(w, ux) / N) + 1.0), 1e-6)
         starts = [np.log([1.0, scale, 1.0, scale]), np.log([0.5, scale / 2, 0.5, 2 * scale]),
                   np.log([2.0, 2 * scale, 2.0, scale / 2])]
         bounds = [(-15.0, 15.0)] * 4
@@ -518,7 +547,7 @@ class ParetoNBD(_PurchaseModel):
                           options=dict(xatol=1e-9, fatol=1e-13, maxiter=4000))
         theta = nm.x if nm.fun <= res.fun else res.x
         self.diagnostics_ = _bound_diagnostics(["r", "alpha", "s", "beta"], theta, bounds,
-                                               no_dropout=(np.exp(theta[2] - theta[3]) * float(np.mean(T)) < 1e-4
+                                               no_dropout=(np.exp(theta[2] - theta[3]) * mean_T < 1e-4
                                                            or theta[2] <= -15 + 1e-3 or theta[3] >= 15 - 1e-3))
         phi = np.exp(theta)
         self.params_ = dict(zip(("r", "alpha", "s", "beta"), phi))
@@ -582,7 +611,8 @@ class GammaGamma(Params):
         keep = (x > 0) & (m > 0)
         if keep.sum() < 3:
             raise CrmlabError(f"Gamma-Gamma needs repeat customers with positive spend; found {int(keep.sum())}")
-        x, m = x[keep], m[keep]
+        order = np.lexsort((m[keep], x[keep]))              # value order: any customer order, same sums
+        x, m = x[keep][order], m[keep][order]
         xu, xk = _codes(x)
         w = np.ones(len(m))
         N = w.sum()
@@ -642,6 +672,20 @@ def customer_value(purchase_model, spend_model, rfm: pd.DataFrame, months: int =
                    discount_rate: float = 0.01, margin: float = 1.0, time_unit: float | None = None) -> pd.DataFrame:
     """The ``customer_value`` artifact: p_alive, expected purchases (90 / 365 days), expected spend,
     CLV and value decile (10 = most valuable) per customer."""
+    out = customer_scores(purchase_model, spend_model, rfm, months, discount_rate, margin, time_unit)
+    out["value_decile"] = value_deciles(out[f"clv_{months}m"].to_numpy())
+    return out
+
+
+def value_deciles(clv_values: np.ndarray) -> np.ndarray:
+    """Value decile per customer (10 = most valuable; ties by position), over the whole table."""
+    ranks = pd.Series(clv_values).rank(method="first")
+    return np.ceil(ranks / len(clv_values) * 10).astype("int64").clip(1, 10).to_numpy()
+
+
+def customer_scores(purchase_model, spend_model, rfm: pd.DataFrame, months: int = 12,
+                    discount_rate: float = 0.01, margin: float = 1.0, time_unit: float | None = None) -> pd.DataFrame:
+    """:func:`customer_value` without the decile: every column is the customer's own (one partition at a time)."""
     time_unit = _time_unit(rfm, time_unit)
     h = np.array([90.0, 365.0]) / time_unit
     p_alive = purchase_model.p_alive(rfm)
@@ -653,8 +697,6 @@ def customer_value(purchase_model, spend_model, rfm: pd.DataFrame, months: int =
         "monetary_value": rfm["monetary_value"].to_numpy(), "p_alive": p_alive,
         "expected_purchases_90d": e[:, 0], "expected_purchases_365d": e[:, 1],
         "expected_spend": spend_model.expected_spend(rfm), f"clv_{months}m": value})
-    ranks = pd.Series(value).rank(method="first")
-    out["value_decile"] = np.ceil(ranks / len(out) * 10).astype("int64").clip(1, 10).to_numpy()
     return out
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"psycopg[binary]": "psycopg", "redis": "redis-py", "uvicorn[standard]": "uvicorn-standard"}   # PyPI name -> conda-forge name where they differ
-MIRRORED_EXTRAS = ("dev", "postgres")
+CONDA_NAMES = {"psycopg[binary]": "psycopg", "redis": "redis-py", "uvicorn[standard]": "uvicorn-standard",
+               "dask[distributed]": "dask"}   # PyPI name -> conda-forge name where they differ
+MIRRORED_EXTRAS = ("dev", "postgres", "dask")
 
 
 def _split(req: str) -> tuple[str, str]:

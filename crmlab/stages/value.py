@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import value, value_report
+from .. import engine, value, value_dask, value_report
 from ..events import CustomerEvents
 
 
@@ -33,19 +33,26 @@ def rfm_at(tx: pd.DataFrame, P: dict, observation_end, calibration_end=None) -> 
 
 
 def run_value(ctx) -> ValueResult:
-    """Fit the purchase model and Gamma-Gamma on all history, write ``customer_value``."""
+    """Fit the purchase model and Gamma-Gamma on all history, write ``customer_value``; with
+    ``engine.kind: dask`` on the run's cluster (:mod:`crmlab.value_dask`, the same table)."""
     P = ctx.params["value"]
     ev = ctx.events()
     tx = ev.transactions()
     observation_end = tx["order_date"].max()
-    rfm = rfm_at(tx, P, observation_end)
-    with warnings.catch_warnings(record=True) as caught:
-        model = value.make_model(P["model"], P["covariates"]).fit(rfm)
-    spend = value.GammaGamma().fit(rfm)
-    table = value.customer_value(model, spend, rfm, months=P["clv_months"], discount_rate=P["discount_rate"],
-                                 margin=P["margin"], time_unit=P["time_unit_days"])
+    client = engine.client(ctx.params["engine"])
+    if client is not None:
+        rfm, model, spend, table, said = value_dask.fit_value(client, tx, P, observation_end,
+                                                              ctx.params["engine"]["partition_rows"])
+    else:
+        rfm = rfm_at(tx, P, observation_end)
+        with warnings.catch_warnings(record=True) as caught:
+            model = value.make_model(P["model"], P["covariates"]).fit(rfm)
+        said = [str(w.message) for w in caught]
+        spend = value.GammaGamma().fit(rfm)
+        table = value.customer_value(model, spend, rfm, months=P["clv_months"], discount_rate=P["discount_rate"],
+                                     margin=P["margin"], time_unit=P["time_unit_days"])
     ctx.write_artifact("customer_value", table)
-    return ValueResult(ev, tx, observation_end, rfm, model, spend, table, [str(w.message) for w in caught])
+    return ValueResult(ev, tx, observation_end, rfm, model, spend, table, said)
 
 
 def holdout_check(r: ValueResult, P: dict):

@@ -1,0 +1,89 @@
+"""Stage 30 (customer value) in local mode and on a Dask LocalCluster, side by side in one run (#18).
+
+The same transactions (simulated: skewed order counts, same-day repeats, three channels) go through
+the local stage (``rfm_at`` -> BG/NBD -> Gamma-Gamma -> ``customer_value``) and through
+:func:`crmlab.value_dask.fit_value` on a LocalCluster of ``--workers`` processes; the run checks the two
+tables and the parameters are equal bit for bit and reports wall times and their ratio.
+
+    python benchmarks/value_dask_bench.py --customers 200000 1000000 --out benchmarks/results/value_dask_bench.txt
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crmlab import config, engine, threads, value, value_dask
+from crmlab.stages.value import rfm_at
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def transactions(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` customers' orders over two years: Zipf-like order counts (1 to hundreds), values lognormal."""
+    rng = np.random.default_rng(seed)
+    orders = np.minimum(rng.geometric(0.25, n) * rng.choice([1, 1, 1, 2, 5], n), 400)
+    cust = np.repeat(np.arange(n), orders)
+    start = rng.integers(0, 600, n)[cust]
+    day = np.minimum(start + rng.exponential(60, len(cust)).astype(np.int64), 729)
+    return pd.DataFrame({
+        "customer_key": pd.Series(np.char.add("K", cust.astype("U9")), dtype="str"),
+        "order_date": pd.Timestamp("2024-12-01") + pd.to_timedelta(day, unit="D"),
+        "value": np.round(rng.lognormal(3.5, 0.8, len(cust)), 2),
+        "channel": pd.Series(np.array(["store", "web", "phone"])[rng.integers(0, 3, len(cust))], dtype="str"),
+    })
+
+
+def local(tx: pd.DataFrame, P: dict):
+    end = tx["order_date"].max()
+    rfm = rfm_at(tx, P, end)
+    model = value.make_model(P["model"], P["covariates"]).fit(rfm)
+    spend = value.GammaGamma().fit(rfm)
+    return model, value.customer_value(model, spend, rfm, P["clv_months"], P["discount_rate"], P["margin"],
+                                       P["time_unit_days"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, nargs="+", default=[200_000, 1_000_000])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--partition-rows", type=int, default=1_000_000)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    threads.limit(None)
+    P = config.load(ROOT / "params" / "default.yaml")["value"]
+    lines = [f"# python benchmarks/value_dask_bench.py --customers {' '.join(map(str, a.customers))} "
+             f"--workers {a.workers} --partition-rows {a.partition_rows}",
+             f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; LocalCluster of {a.workers} worker "
+             "processes (1 thread each) on the same machine; local mode with every core in this process",
+             f"{'customers':>10s} {'orders':>11s} {'local s':>8s} {'dask s':>8s} {'dask/local':>10s} "
+             f"{'patterns':>9s}  equal"]
+    print("\n".join(lines), flush=True)
+    cluster = engine.start({"kind": "dask", "workers": a.workers})
+    try:
+        for n in a.customers:
+            tx = transactions(n)
+            t0 = time.perf_counter()
+            model, want = local(tx, P)
+            t_local = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, m2, _, got, _ = value_dask.fit_value(cluster.client, tx, P, tx["order_date"].max(), a.partition_rows)
+            t_dask = time.perf_counter() - t0
+            same = model.params_ == m2.params_ and model.se_ == m2.se_ and got.equals(want)
+            lines.append(f"{n:>10,} {len(tx):>11,} {t_local:>8.2f} {t_dask:>8.2f} {t_dask / t_local:>10.2f} "
+                         f"{m2.n_patterns_:>9,}  {same}")
+            print(lines[-1], flush=True)
+    finally:
+        cluster.close()
+    if a.out:
+        Path(a.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Where a run computes: in the stage's own process (``engine.kind: local``, the default) or on a Dask
+cluster (``engine.kind: dask``): a scheduler at ``engine.address``, or a LocalCluster of
+``engine.workers`` processes started for the run.
+
+The run starts (or joins) the cluster once, before its first stage, writes the dashboard link into its
+log and manifest and hands the scheduler's address to every stage kernel (``CRMLAB_DASK_SCHEDULER``);
+a stage reaches it through :func:`client`. Each worker runs one task at a time with Numba, OpenMP and
+BLAS at one thread and the run's Numba cache, so kernels neither oversubscribe the cores nor recompile.
+``dask[distributed]`` is the ``dask`` extra (``pip install 'crmlab[dask]'``), imported only here.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+
+from . import compile_cache, threads
+from .errors import ConfigError, CrmlabError
+
+#: The scheduler a run started or joined, for its stage kernels.
+ENV_SCHEDULER = "CRMLAB_DASK_SCHEDULER"
+#: Seconds to wait for a scheduler named by ``engine.address`` before the run stops.
+CONNECT_TIMEOUT_S = 10
+
+
+class EngineError(CrmlabError):
+    """The Dask cluster cannot be started or reached."""
+
+
+@dataclass
+class Cluster:
+    """A Dask cluster a run started (``local`` holds the LocalCluster) or joined; :meth:`close` ends
+    what the run started and leaves a joined scheduler running."""
+
+    client: object
+    address: str
+    dashboard: str | None
+    workers: int
+    local: object | None = None
+
+    def describe(self) -> dict:
+        """What the manifest records."""
+        return {"kind": "dask", "scheduler": self.address, "dashboard": self.dashboard, "workers": self.workers,
+                "started_for_run": self.local is not None}
+
+    def close(self) -> None:
+        self.client.close()
+        if self.local is not None:
+            self.local.close()
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError("engine.kind 'dask' needs dask.distributed, which is not installed here: "
+                          "pip install 'crmlab[dask]'") from exc
+    return distributed
+
+
+def _worker_setup(cache: str | None) -> int:
+    """Run on every worker: one thread per pool, the run's Numba cache."""
+    if cache:
+        os.environ["NUMBA_CACHE_DIR"] = cache
+        compile_cache.configure()
+    return threads.limit(1)
+
+
+def start(engine: dict) -> Cluster | None:
+    """The cluster ``engine`` (the ``engine`` parameters) asks for, started or joined; None for local."""
+    if engine.get("kind", "local") == "local":
+        return None
+    distributed = _distributed()
+    cache = str(compile_cache.configure() or "") or None
+    address = engine.get("address")
+    if address:
+        try:
+            client = distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise EngineError(f"engine.address {address}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s "
+                              f"({type(exc).__name__}: {exc}); start one (`dask scheduler`) or leave "
+                              "engine.address empty for a LocalCluster") from None
+        local = None
+    else:
+        n = engine.get("workers") or threads.available_cores()
+        env = {**threads.environ(1), **({"NUMBA_CACHE_DIR": cache} if cache else {})}
+        try:
+            local = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                             memory_limit=engine.get("memory_limit") or "auto",
+                                             dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                                             silence_logs=40, env=env)
+        except (OSError, ValueError, TypeError) as exc:
+            raise EngineError(f"could not start a Dask LocalCluster of {n} workers "
+                              f"(memory_limit {engine.get('memory_limit') or 'auto'}): {exc}") from None
+        client = distributed.Client(local)
+    client.run(_worker_setup, cache)
+    workers = len(client.scheduler_info().get("workers", {}))
+    return Cluster(client, client.scheduler.address, getattr(client, "dashboard_link", None), workers, local)
+
+
+_CLIENT: dict = {}
+
+
+def client(engine: dict):
+    """The Dask client of this process for ``engine``: the run's scheduler (``CRMLAB_DASK_SCHEDULER``),
+    else, opened interactively with ``engine.kind: dask``, a cluster started for this process (closed at
+    exit); None for ``engine.kind: local``."""
+    if engine.get("kind", "local") == "local":
+        return None
+    if "cluster" not in _CLIENT:
+        address = os.environ.get(ENV_SCHEDULER)
+        if address:
+            cluster = start({**engine, "address": address})
+        else:
+            cluster = start(engine)
+            print(f"dask: {cluster.workers} workers, dashboard {cluster.dashboard}", flush=True)
+        atexit.register(cluster.close)
+        _CLIENT["cluster"] = cluster
+    return _CLIENT["cluster"].client

@@ -1,0 +1,123 @@
+"""Customer value on a Dask cluster (``engine.kind: dask``), with the local results bit for bit.
+
+* the RFM table by partitions: transactions split by ``customer_key`` (every customer's rows in one
+  partition), each partition in the rows' original order and summarised by
+  :func:`crmlab.value.rfm_summary` itself, so validation, day sums and first channels are the local ones;
+* the purchase model fitted on the distinct (frequency, recency, T [, covariates]) patterns counted per
+  partition and summed across them: one row per pattern reaches the client (595k for 1M simulated
+  customers with day-level dates, benchmarks/results/value_dask_bench.txt), and since the models sum
+  their likelihood over patterns in value order, the likelihood, parameters and standard errors equal
+  the local fit's;
+* Gamma-Gamma on the (frequency, spend) pairs of repeat customers (continuous spend does not reduce);
+* scores by ``map_partitions`` with the compiled kernels (:func:`crmlab.value.customer_scores`); the
+  value decile, a rank over all customers, on the collected table.
+
+``dask`` is imported inside the functions: the core install runs without the ``dask`` extra.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from . import value
+from .errors import CrmlabError
+
+#: Column of each transaction's position in the input, kept through the shuffle.
+_ROW = "_crmlab_row"
+
+
+def partitioned(client, transactions: pd.DataFrame, partition_rows: int):
+    """``transactions`` sent to the workers of ``client`` (scattered, not inside the task graph) as a Dask
+    DataFrame of ~``partition_rows`` rows per partition, every customer's rows in one partition and in
+    their input order, with their input position in ``_ROW``.
+
+    The table is in this process already, so it is split by customer here (one pass, no shuffle across
+    the workers: that took 7.2 of 13 s at 1M customers); a table read by the workers would be shuffled
+    on ``customer_key`` instead, and ``_ROW`` puts each partition back in the input order."""
+    import dask.dataframe as dd
+
+    n = max(1, math.ceil(len(transactions) / partition_rows))
+    tx = transactions.assign(**{_ROW: np.arange(len(transactions), dtype=np.int64)})
+    part = pd.factorize(tx["customer_key"])[0] % n
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(n + 1))
+    chunks = client.scatter([tx.iloc[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])])
+    return dd.from_delayed(chunks, meta=tx.iloc[:0], verify_meta=False)
+
+
+def _rfm_part(part: pd.DataFrame, observation_end, calibration_end, time_unit: float, covariates: bool,
+              meta: pd.DataFrame) -> pd.DataFrame:
+    """One partition's RFM rows, as :func:`crmlab.stages.value.rfm_at` makes them for the whole table."""
+    part = part.sort_values(_ROW, kind="stable").drop(columns=_ROW)      # the input order: same sums
+    cut = calibration_end if calibration_end is not None else observation_end
+    if part.empty or not (pd.to_datetime(part["order_date"]).dt.normalize() <= pd.Timestamp(cut)).any():
+        return meta
+    rfm = value.rfm_summary(part, calibration_end=calibration_end, observation_end=observation_end,
+                            time_unit=time_unit)
+    return value.add_first(rfm, part, "channel") if covariates else rfm
+
+
+def rfm_summary(ddf, observation_end, calibration_end=None, time_unit: float = 7.0, covariates: bool = False,
+                sample: pd.DataFrame | None = None):
+    """The RFM table of :func:`partitioned` transactions as a Dask DataFrame indexed by customer_key
+    (partitions in no particular key order). ``sample``: a few transactions to build the schema from."""
+    head = (sample if sample is not None else ddf.head(1000, npartitions=-1)).copy()
+    if _ROW not in head:
+        head[_ROW] = np.arange(len(head), dtype=np.int64)
+    meta = _rfm_part(head, observation_end, None, time_unit, covariates,
+                     None).iloc[:0] if len(head) else None
+    if meta is None:
+        raise CrmlabError("rfm_summary: no transactions")
+    return ddf.map_partitions(_rfm_part, observation_end, calibration_end, time_unit, covariates, meta, meta=meta)
+
+
+def _pattern_counts(part: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    value._rfm_arrays(part)                      # the local checks, per partition
+    return part.groupby(cols, sort=False, dropna=False).size().rename("customers").reset_index()
+
+
+def patterns(rfm, columns: list[str]) -> pd.DataFrame:
+    """Distinct rows of ``columns`` of a Dask RFM table with their customer counts (``customers``)."""
+    meta = _pattern_counts(rfm._meta, columns)
+    got = rfm.map_partitions(_pattern_counts, columns, meta=meta).compute()
+    return got.groupby(columns, sort=True, dropna=False)["customers"].sum().reset_index()
+
+
+def _scores_part(rfm: pd.DataFrame, model, spend, months, discount_rate, margin, time_unit, meta) -> pd.DataFrame:
+    if rfm.empty:
+        return meta
+    return value.customer_scores(model, spend, rfm, months, discount_rate, margin, time_unit)
+
+
+def fit_value(client, transactions: pd.DataFrame, P: dict, observation_end, partition_rows: int):
+    """Stage 30 on the cluster of ``client``: (RFM table, purchase model, Gamma-Gamma, ``customer_value``,
+    the model fit's warnings), equal to the local stage's. ``P``: the ``value`` parameters."""
+    import dask
+
+    covariates = bool(P["covariates"])
+    with dask.config.set({"scheduler": client, "dataframe.convert-string": False}):   # the local dtypes
+        ddf = partitioned(client, transactions, partition_rows)
+        rfm = rfm_summary(ddf, observation_end, time_unit=P["time_unit_days"], covariates=covariates,
+                          sample=transactions.head(1000)).persist()
+        cols = ["frequency", "recency", "T"] + list(P["covariates"] or [])
+        counts = patterns(rfm, cols)
+        if counts.empty:
+            raise CrmlabError("rfm_summary: no transactions on or before the calibration end")
+        with warnings.catch_warnings(record=True) as caught:
+            model = value.make_model(P["model"], P["covariates"]).fit(counts[cols],
+                                                                      sample_weight=counts["customers"])
+        spend = value.GammaGamma().fit(rfm[["frequency", "monetary_value"]][
+            (rfm["frequency"] > 0) & (rfm["monetary_value"] > 0)].compute())
+        months = P["clv_months"]
+        args = (model, spend, months, P["discount_rate"], P["margin"], P["time_unit_days"])
+        meta = value.customer_scores(args[0], args[1], rfm.head(5, npartitions=-1), *args[2:]).iloc[:0]
+        scored = rfm.map_partitions(_scores_part, *args, meta, meta=meta)
+        table, rfm_local = dask.compute(scored, rfm)
+    table = table.sort_values("customer_key", kind="stable").reset_index(drop=True)
+    table["value_decile"] = value.value_deciles(table[f"clv_{months}m"].to_numpy())
+    rfm_local = rfm_local.sort_index(kind="stable")
+    rfm_local.attrs["time_unit_days"] = float(P["time_unit_days"])
+    return rfm_local, model, spend, table, [str(w.message) for w in caught]

@@ -1,0 +1,85 @@
+"""Customer value on Dask (engine.kind: dask) equals the local stage bit for bit: patterns reduced
+across partitions give the local likelihood, parameters and standard errors; scores by partition give
+the local table. Also: fits on weighted patterns, the engine's errors."""
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmlab import config, engine, sources, value
+from crmlab.errors import CrmlabError
+from crmlab.stages.value import rfm_at
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
+from crmlab import value_dask  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+CI = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = engine.start({"kind": "dask", "workers": 2, "memory_limit": "1GB"})
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def tx():
+    return value.transactions(sources.load(SAMPLE))
+
+
+@pytest.mark.parametrize("model,covariates", [("bgnbd", []), ("mbgnbd", ["first_channel"]), ("pareto", [])])
+def test_dask_value_stage_equals_local(cluster, tx, model, covariates):
+    P = {**config.load(CI)["value"], "model": model, "covariates": covariates}
+    end = tx["order_date"].max()
+    rfm = rfm_at(tx, P, end)
+    m = value.make_model(model, covariates).fit(rfm)
+    gg = value.GammaGamma().fit(rfm)
+    want = value.customer_value(m, gg, rfm, P["clv_months"], P["discount_rate"], P["margin"], P["time_unit_days"])
+    # ~12 partitions: customers spread by the shuffle, several partitions per worker
+    rfm2, m2, gg2, got, said = value_dask.fit_value(cluster.client, tx, P, end, partition_rows=len(tx) // 12)
+    assert m2.params_ == m.params_ and m2.se_ == m.se_ and m2.loglik_ == m.loglik_          # exactly
+    assert m2.n_customers_ == m.n_customers_ == len(rfm)
+    assert gg2.params_ == gg.params_ and gg2.se_ == gg.se_
+    pd.testing.assert_frame_equal(rfm2, rfm, check_exact=True)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert isinstance(said, list)
+
+
+def test_dask_value_names_the_bad_rows(cluster, tx):
+    bad = tx.copy()
+    bad.loc[bad.index[7], "value"] = np.nan
+    P = config.load(CI)["value"]
+    with pytest.raises(CrmlabError, match="missing or non-finite 'value'"):
+        value_dask.fit_value(cluster.client, bad, P, bad["order_date"].max(), partition_rows=len(bad) // 4)
+
+
+def test_models_fitted_on_weighted_patterns_equal_the_customer_fit():
+    x, tx_, T = value.simulate_bgnbd(20000, 0.6, 4.0, 0.8, 2.5, T=np.random.default_rng(1).uniform(20, 60, 20000))
+    rfm = pd.DataFrame({"frequency": x, "recency": tx_, "T": T})
+    pats = rfm.groupby(["frequency", "recency", "T"]).size().rename("w").reset_index()
+    pats = pats.sample(frac=1.0, random_state=3)                      # any order of the patterns
+    for make in (lambda: value.BetaGeo(), lambda: value.BetaGeo(modified=True), lambda: value.ParetoNBD()):
+        a = make().fit(rfm)
+        b = make().fit(pats[["frequency", "recency", "T"]], sample_weight=pats["w"].to_numpy())
+        assert a.params_ == b.params_ and a.se_ == b.se_ and a.n_customers_ == b.n_customers_ == 20000
+    with pytest.raises(CrmlabError, match="sample_weight"):
+        value.BetaGeo().fit(pats[["frequency", "recency", "T"]], sample_weight=-pats["w"].to_numpy())
+    with pytest.raises(CrmlabError, match="sample_weight"):
+        value.BetaGeo().fit(pats[["frequency", "recency", "T"]], sample_weight=[1.0, 2.0])
+
+
+def test_a_scheduler_that_does_not_answer_is_a_clear_error(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                                     # nothing listens there
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT_S", 2)
+    t0 = time.perf_counter()
+    with pytest.raises(engine.EngineError, match=f"engine.address tcp://127.0.0.1:{port}: no Dask scheduler"):
+        engine.start({"kind": "dask", "address": f"tcp://127.0.0.1:{port}"})
+    assert time.perf_counter() - t0 < 15
+    assert engine.start({"kind": "local"}) is None
