@@ -1,9 +1,12 @@
-"""Stage 30 (customer value) in local mode and on a Dask LocalCluster, side by side in one run (#18).
+"""Stage 30 (customer value) and the features of stages 40/50 in local mode and on a Dask LocalCluster,
+side by side in one run (#18).
 
 The same transactions (simulated: skewed order counts, same-day repeats, three channels) go through
 the local stage (``rfm_at`` -> BG/NBD -> Gamma-Gamma -> ``customer_value``) and through
 :func:`crmlab.value_dask.fit_value` on a LocalCluster of ``--workers`` processes; the run checks the two
-tables and the parameters are equal bit for bit and reports wall times and their ratio.
+tables and the parameters are equal bit for bit and reports wall times and their ratio. With
+``--world N``, a generated world of N customers: its features at the scoring cut-off computed locally
+and by customer parts on the cluster (:mod:`crmlab.events_dask`), the split timed apart.
 
     python benchmarks/value_dask_bench.py --customers 200000 1000000 --out benchmarks/results/value_dask_bench.txt
 """
@@ -19,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crmlab import config, engine, threads, value, value_dask
+import tempfile
+
+from crmlab import config, engine, events_dask, sources, synth, targets, threads, value, value_dask
+from crmlab.events import CustomerEvents
+from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +61,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, nargs="+", default=[200_000, 1_000_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partition-rows", type=int, default=1_000_000)
+    ap.add_argument("--world", type=int, default=0, help="also time features on a generated world of N customers")
     ap.add_argument("--out")
     a = ap.parse_args()
     threads.limit(None)
@@ -78,6 +86,28 @@ def main() -> None:
             same = model.params_ == m2.params_ and model.se_ == m2.se_ and got.equals(want)
             lines.append(f"{n:>10,} {len(tx):>11,} {t_local:>8.2f} {t_dask:>8.2f} {t_dask / t_local:>10.2f} "
                          f"{m2.n_patterns_:>9,}  {same}")
+            print(lines[-1], flush=True)
+        if a.world:
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                synth.generate(synth.WorldSpec(customers=a.world, seed=42), Path(tmp), fmt="parquet")
+                ev = CustomerEvents.from_sources(sources.load(Path(tmp)))
+                made = time.perf_counter() - t0
+            cut = targets.cutoffs(ev.last_date, 90)["score"]
+            fb = FeatureBuilder().fit(ev, cut)
+            t0 = time.perf_counter()
+            want = fb.transform(ev, cut)
+            t_local = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            parts = events_dask.PartitionedEvents(cluster.client, ev, a.partition_rows)
+            t_split = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            got = parts.features(fb, cut)
+            t_parts = time.perf_counter() - t0
+            lines.append(f"# features at the scoring cut-off, world of {a.world:,} customers ({len(ev.orders):,} orders, "
+                         f"{len(ev.lines):,} lines; generated and keyed in {made:.0f} s): local {t_local:.2f} s; "
+                         f"Dask {parts.n} parts: split + scatter {t_split:.2f} s (once per stage), features "
+                         f"{t_parts:.2f} s ({t_parts / t_local:.2f}x local's time); equal {got.equals(want)}")
             print(lines[-1], flush=True)
     finally:
         cluster.close()

@@ -65,7 +65,11 @@ def _training_builder(ev, cut: dict):
     return FeatureBuilder().fit(ev, cut["train"])
 
 
-def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "FeatureBuilder", dict]:
+def _local_features(ev):
+    return lambda fb, cutoff: fb.transform(ev, cutoff)
+
+
+def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tuple[dict, "FeatureBuilder", dict]:
     """Fit, evaluate on a time holdout and refit every target.
 
     Each target is evaluated honestly: a model fitted on features at the training cut-off (labels
@@ -73,16 +77,18 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "Feat
     last ``horizon_days`` of data. The model kept for scoring is then refitted at the validation
     cut-off. Campaign response is fitted on treated contacts (features at each campaign's start)
     and evaluated on the latest campaign. Returns (results by target, the scoring feature builder,
-    cut-offs).
+    cut-offs). ``features(builder, cutoff)``: how features are computed (default ``builder.transform(ev,
+    cutoff)``; :meth:`crmlab.events_dask.PartitionedEvents.features` on a Dask cluster, the same frames).
     """
+    features = features or _local_features(ev)
     cut = cutoffs(ev.last_date, P["horizon_days"])
     depts = purchase_departments(ev, P, cut["valid"])
     fb_train = _training_builder(ev, cut)
     fb_final = FeatureBuilder().fit(ev, cut["valid"])
-    X_tr, X_va = fb_train.transform(ev, cut["train"]), fb_train.transform(ev, cut["valid"])
+    X_tr, X_va = features(fb_train, cut["train"]), features(fb_train, cut["valid"])
     y_tr = labels(ev, X_tr.index, cut["train"], P["horizon_days"], depts)
     y_va = labels(ev, X_va.index, cut["valid"], P["horizon_days"], depts)
-    X_fin = fb_final.transform(ev, cut["valid"])
+    X_fin = features(fb_final, cut["valid"])
     targets = (["attrition"] if P["attrition"] else []) + [c for c in y_tr.columns if c.startswith("buy_")]
     out = {}
     for t in bar(targets, "propensity models", unit="target"):
@@ -94,18 +100,18 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print) -> tuple[dict, "Feat
         meta = {"target": t, "cutoff": f"{cut['valid']:%Y-%m-%d}", "horizon_days": P["horizon_days"]}
         out[t] = TargetResult(t, m, X_va, y_va[t].to_numpy(), p, evaluate(y_va[t], p), final, final.compile(t, meta))
     if P["response"] and ev.contacts is not None:
-        r = _fit_response(ev, P, seed, fb_train, fb_final, progress)
+        r = _fit_response(ev, P, seed, fb_train, fb_final, progress, features)
         if r is not None:
             out["response"] = r
     return out, fb_final, cut
 
 
-def _response_frame(ev, fb, campaigns) -> tuple[pd.DataFrame, np.ndarray]:
+def _response_frame(ev, fb, campaigns, features) -> tuple[pd.DataFrame, np.ndarray]:
     c = ev.contacts[(ev.contacts["group"] == "treatment") & ev.contacts["campaign_id"].isin(campaigns)]
     Xs, ys = [], []
     for camp, grp in c.groupby("campaign_id", sort=False):
         start = grp["contact_date"].min()
-        X = fb.transform(ev, start)
+        X = features(fb, start)
         keys = grp.drop_duplicates("customer_key").set_index("customer_key")
         pos = X.index.get_indexer(keys.index)               # hash lookup (isin on str keys walks a list)
         keys = keys[pos >= 0]
@@ -114,14 +120,14 @@ def _response_frame(ev, fb, campaigns) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.concat(Xs, ignore_index=True).set_index("customer_key"), np.concatenate(ys)
 
 
-def _fit_response(ev, P, seed, fb_train, fb_final, progress):
+def _fit_response(ev, P, seed, fb_train, fb_final, progress, features):
     order = (ev.contacts.groupby("campaign_id")["contact_date"].min().sort_values())
     if len(order) < 2:
         progress("response: fewer than two campaigns, no honest holdout: skipped")
         return None
     first, last = list(order.index[:-1]), [order.index[-1]]
-    X_tr, y_tr = _response_frame(ev, fb_train, first)
-    X_va, y_va = _response_frame(ev, fb_train, last)
+    X_tr, y_tr = _response_frame(ev, fb_train, first, features)
+    X_va, y_va = _response_frame(ev, fb_train, last, features)
     if len(set(y_tr)) < 2 or len(set(y_va)) < 2:
         progress("response: a campaign without both responders and non-responders: skipped")
         return None
@@ -129,7 +135,7 @@ def _fit_response(ev, P, seed, fb_train, fb_final, progress):
              f"validating on {len(X_va):,} of {last[0]}")
     m = _model(P, seed).fit(X_tr, y_tr)
     p = m.predict_proba(X_va)[:, 1]
-    X_all, y_all = _response_frame(ev, fb_final, list(order.index))
+    X_all, y_all = _response_frame(ev, fb_final, list(order.index), features)
     final = _model(P, seed).fit(X_all, y_all)
     meta = {"target": "response", "campaigns": list(order.index)}
     return TargetResult("response", m, X_va, y_va, p, evaluate(y_va, p), final, final.compile("response", meta))

@@ -130,19 +130,21 @@ def test_nbval_reproduces_checked_cells(ci_run):
     assert " passed" in proc.stdout
 
 
-def test_dask_engine_runs_the_value_stage_on_a_local_cluster_with_the_local_table(ci_run, tmp_path):
-    """engine.kind: dask starts a LocalCluster of two worker processes for the run, records its dashboard,
-    and stage 30 computes on it the customer_value table of the local run, bit for bit."""
+def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci_run, tmp_path):
+    """engine.kind: dask starts a LocalCluster of two worker processes for the run and records its
+    dashboard; stages 30-50 compute on it (value by partitions, features on events split by customer)
+    and write the tables of the local run, bit for bit."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
-    run = pipeline.run(CI, [f"runs_dir={tmp_path}", "stages=[10_identity, 30_value]", "engine.kind=dask",
-                            "engine.workers=2", "engine.partition_rows=5000"], quiet=True)
+    run = pipeline.run(CI, [f"runs_dir={tmp_path}", "stages=[10_identity, 30_value, 40_propensity, 50_segments]",
+                            "engine.kind=dask", "engine.workers=2", "engine.partition_rows=5000"], quiet=True)
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
     assert m["engine"]["dashboard"].startswith("http://127.0.0.1:") and m["engine"]["started_for_run"]
-    got = pd.read_parquet(run / "artifacts" / "customer_value.parquet")
-    want = pd.read_parquet(ci_run / "artifacts" / "customer_value.parquet")
-    assert len(got) > 1000
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    for name in ("customer_value", "customer_propensity", "customer_segments", "segment_profiles"):
+        got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
+        want = pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet")
+        assert len(got) > 5, name
+        pd.testing.assert_frame_equal(got, want, check_exact=True, obj=name)
 
 
 def test_unknown_parameter_rejected_before_anything_runs(tmp_path):

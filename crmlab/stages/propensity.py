@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import targets
+from .. import engine, events_dask, targets
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 
@@ -35,16 +35,17 @@ def run_propensity(ctx) -> PropensityResult:
     """Fit and evaluate every target (or load saved models: ``propensity.models``), check the compiled
     scorers against scikit-learn, score every customer at the scoring cut-off; write
     ``customer_propensity`` and, after a refit, the models."""
-    P = ctx.params["propensity"]
+    P, E = ctx.params["propensity"], ctx.params["engine"]
     ev = ctx.events()
+    features = events_dask.features_on(engine.client(E), ev, E["partition_rows"])   # Dask: by parts, same frames
     cut = targets.cutoffs(ev.last_date, P["horizon_days"])
     results, check, n_check = None, None, 0
     if P["models"] is None:
-        results, builder, _ = targets.fit_targets(ev, P, seed=ctx.params["seed"])
+        results, builder, _ = targets.fit_targets(ev, P, seed=ctx.params["seed"], features=features)
         models = {t: r.compiled for t, r in results.items()}
     else:
         models, builder = targets.load_models(P["models"])
-    X_now = builder.transform(ev, cut["score"])
+    X_now = features(builder, cut["score"])
     if results is not None:
         rows = X_now.sample(min(len(X_now), CHECK_ROWS), random_state=ctx.params["seed"])
         check = {t: float(np.max(np.abs(r.model.predict_proba(rows)[:, 1] - models[t].predict_proba(rows))))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import segments, targets
+from .. import engine, events_dask, segments, targets
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 from ..features import FeatureBuilder
@@ -40,7 +40,8 @@ def run_segments(ctx) -> SegmentsResult:
     cutoff = targets.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
     value = ctx.read_artifact("customer_value")
     risk = ctx.read_artifact("customer_propensity")
-    X_all = FeatureBuilder().fit(ev, cutoff).transform(ev, cutoff)
+    E = ctx.params["engine"]
+    X_all = events_dask.features_on(engine.client(E), ev, E["partition_rows"])(FeatureBuilder().fit(ev, cutoff), cutoff)
     grid = segments.value_risk_grid(value, risk, value_quantiles=S["value_quantiles"], risk_quantiles=S["risk_quantiles"])
     X = X_all[segments.select_features(X_all.columns, S["features"])]
     if S["model"] is None:

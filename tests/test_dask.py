@@ -1,6 +1,6 @@
-"""Customer value on Dask (engine.kind: dask) equals the local stage bit for bit: patterns reduced
-across partitions give the local likelihood, parameters and standard errors; scores by partition give
-the local table. Also: fits on weighted patterns, the engine's errors."""
+"""Dask mode (engine.kind: dask) gives the local results bit for bit: customer value from patterns
+reduced across partitions (likelihood, parameters, standard errors, the table), features computed on
+events split by customer. Also: fits on weighted patterns, the engine's errors."""
 import socket
 import time
 from pathlib import Path
@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import config, engine, sources, value
+from crmlab import config, engine, sources, targets, value
 from crmlab.errors import CrmlabError
+from crmlab.events import CustomerEvents
+from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
-from crmlab import value_dask  # noqa: E402
+from crmlab import events_dask, value_dask  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 CI = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
@@ -83,3 +85,22 @@ def test_a_scheduler_that_does_not_answer_is_a_clear_error(monkeypatch):
         engine.start({"kind": "dask", "address": f"tcp://127.0.0.1:{port}"})
     assert time.perf_counter() - t0 < 15
     assert engine.start({"kind": "local"}) is None
+
+
+def test_features_by_customer_parts_equal_the_whole(cluster, world):
+    """Seven parts (customers hashed), features at cut-offs from before the first order to after the
+    last, with contacts and the profile: the frames equal the whole table's, dtypes and order included."""
+    ev = CustomerEvents.from_sources(sources.load(world))
+    parts = events_dask.PartitionedEvents(cluster.client, ev, partition_rows=len(ev.lines) // 7 + 1)
+    assert parts.n == 7
+    pieces = events_dask.split(ev, 7)
+    assert sum(len(p.orders) for p in pieces) == len(ev.orders) and sum(len(p.profile) for p in pieces) == len(ev.profile)
+    assert all(set(p.orders["customer_key"]) <= set(p.profile.index) for p in pieces)
+    cut = targets.cutoffs(ev.last_date, 90)
+    fb = FeatureBuilder().fit(ev, cut["train"])
+    first = ev.orders["order_date"].min()
+    for c in (first + pd.Timedelta(days=3), cut["train"], cut["valid"], cut["score"]):
+        want = fb.transform(ev, c)
+        got = parts.features(fb, c)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert "response_rate" in want and want["contacts"].sum() > 0            # contact features covered
