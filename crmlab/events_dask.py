@@ -20,12 +20,13 @@ import pandas as pd
 from .events import CustomerEvents
 
 
-def _part_of(keys, n: int) -> np.ndarray:
+def part_of(keys, n: int) -> np.ndarray:
     """Partition of each customer key: a hash of the key's text, the same in every table."""
     return (pd.util.hash_array(np.asarray(keys, dtype=object)) % np.uint64(n)).astype(np.int64)
 
 
-def _split(df: pd.DataFrame, part: np.ndarray, n: int) -> list[pd.DataFrame]:
+def split_rows(df: pd.DataFrame, part: np.ndarray, n: int) -> list[pd.DataFrame]:
+    """``df``'s rows by ``part`` (0..n-1), each list entry in input order."""
     order = np.argsort(part, kind="stable")                 # stable: each part keeps the input order
     bounds = np.searchsorted(part[order], np.arange(n + 1))
     return [df.iloc[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -34,11 +35,11 @@ def _split(df: pd.DataFrame, part: np.ndarray, n: int) -> list[pd.DataFrame]:
 def split(ev: CustomerEvents, n: int) -> list[CustomerEvents]:
     """``ev`` as ``n`` events objects over disjoint sets of customers (every table's rows of a customer
     in one of them, in input order)."""
-    orders = _split(ev.orders, _part_of(ev.orders["customer_key"], n), n)
-    lines = _split(ev.lines, _part_of(ev.lines["customer_key"], n), n)
-    contacts = (_split(ev.contacts, _part_of(ev.contacts["customer_key"], n), n) if ev.contacts is not None
+    orders = split_rows(ev.orders, part_of(ev.orders["customer_key"], n), n)
+    lines = split_rows(ev.lines, part_of(ev.lines["customer_key"], n), n)
+    contacts = (split_rows(ev.contacts, part_of(ev.contacts["customer_key"], n), n) if ev.contacts is not None
                 else [None] * n)
-    profile = _split(ev.profile, _part_of(ev.profile.index, n), n)
+    profile = split_rows(ev.profile, part_of(ev.profile.index, n), n)
     return [CustomerEvents(o, ln, c, p) for o, ln, c, p in zip(orders, lines, contacts, profile)]
 
 

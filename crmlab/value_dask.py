@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import value
+from . import events_dask, value
 from .errors import CrmlabError
 
 #: Column of each transaction's position in the input, kept through the shuffle.
@@ -41,10 +41,7 @@ def partitioned(client, transactions: pd.DataFrame, partition_rows: int):
 
     n = max(1, math.ceil(len(transactions) / partition_rows))
     tx = transactions.assign(**{_ROW: np.arange(len(transactions), dtype=np.int64)})
-    part = pd.factorize(tx["customer_key"])[0] % n
-    order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange(n + 1))
-    chunks = client.scatter([tx.iloc[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])])
+    chunks = client.scatter(events_dask.split_rows(tx, events_dask.part_of(tx["customer_key"], n), n))
     return dd.from_delayed(chunks, meta=tx.iloc[:0], verify_meta=False)
 
 
