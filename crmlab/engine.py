@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from asyncio import CancelledError
 from dataclasses import dataclass
 
 from . import compile_cache, threads
@@ -96,6 +97,36 @@ def start(engine: dict) -> Cluster | None:
     client.run(_worker_setup, cache)
     workers = len(client.scheduler_info().get("workers", {}))
     return Cluster(client, client.scheduler.address, getattr(client, "dashboard_link", None), workers, local)
+
+
+def _lost_errors() -> tuple:
+    """What a computation raises when the cluster lost a worker, and with it data scattered to it."""
+    distributed = _distributed()
+    from distributed.comm.core import CommClosedError
+
+    return tuple({getattr(distributed.client, "FutureCancelledError", CancelledError), CancelledError,
+                  distributed.scheduler.KilledWorker, CommClosedError})
+
+
+def retry_lost(fn, what: str, again=None):
+    """``fn()``, and once more (after ``again()``, e.g. scattering the data anew) when a worker was lost
+    on the way; lost twice, an :class:`EngineError` naming the stage and ``what``. The data come from
+    the stage's process, so a worker that died (out of memory, killed) costs a recomputation, not the run."""
+    errors = _lost_errors()
+    try:
+        return fn()
+    except errors as exc:
+        print(f"dask: a worker was lost while computing {what} ({type(exc).__name__}); computing it again", flush=True)
+    if again is not None:
+        again()
+    try:
+        return fn()
+    except errors as exc:
+        stage = os.environ.get("CRMLAB_STAGE")
+        raise EngineError(f"{f'stage {stage}: ' if stage else ''}Dask workers were lost twice while computing "
+                          f"{what} ({type(exc).__name__}: {exc}); nothing of it was written. Check the workers' "
+                          "memory (engine.memory_limit, the dashboard) and rerun, e.g. crmlab run --from "
+                          f"{stage or 'STAGE'}") from None
 
 
 _CLIENT: dict = {}

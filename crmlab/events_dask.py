@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from . import engine
 from .events import CustomerEvents
 
 
@@ -56,19 +57,29 @@ class PartitionedEvents:
     of ``client``; :meth:`features` computes :meth:`FeatureBuilder.transform` on every part."""
 
     def __init__(self, client, ev: CustomerEvents, partition_rows: int):
-        self.client = client
+        self.client, self.events = client, ev
         self.n = max(1, math.ceil(max(len(ev.lines), len(ev.orders)) / partition_rows))
-        self.parts = client.scatter(split(ev, self.n))
+        self.scatter()
 
-    def map(self, fn, *args) -> list:
-        """``fn(part_events, *args)`` on every part, on the workers; the results in part order."""
-        return self.client.gather(self.client.map(fn, self.parts, *[[a] * self.n for a in args], pure=False))
+    def scatter(self) -> None:
+        """Send the parts to the workers (again, after a worker holding some was lost)."""
+        self.parts = self.client.scatter(split(self.events, self.n))
+
+    def map(self, fn, *args, what: str | None = None) -> list:
+        """``fn(part_events, *args)`` on every part, on the workers; the results in part order. A worker
+        lost on the way costs one more try on parts scattered anew (:func:`crmlab.engine.retry_lost`)."""
+        def run():
+            return self.client.gather(self.client.map(fn, self.parts, *[[a] * self.n for a in args], pure=False))
+
+        return engine.retry_lost(run, f"{what or getattr(fn, '__name__', 'a function')} on {self.n} parts of the "
+                                      "events", again=self.scatter)
 
     def features(self, builder, cutoff) -> pd.DataFrame:
         """``builder.transform(ev, cutoff)`` of the whole events, computed by parts: equal to it."""
-        got = [f for f in self.map(_transform, builder, cutoff) if f is not None]
+        what = f"features at {pd.Timestamp(cutoff):%Y-%m-%d}"
+        got = [f for f in self.map(_transform, builder, cutoff, what=what) if f is not None]
         if not got:                                       # no order before the cut-off: what the whole says
-            return self.client.submit(_features_of, self.parts[0], builder, cutoff).result()
+            return self.map(_features_of, builder, cutoff, what=what)[0][:0]
         return pd.concat(got).sort_index(kind="stable") if len(got) > 1 else got[0]
 
 

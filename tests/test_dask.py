@@ -2,6 +2,7 @@
 reduced across partitions (likelihood, parameters, standard errors, the table), features computed on
 events split by customer. Also: fits on weighted patterns, the engine's errors."""
 import socket
+from asyncio import CancelledError
 import time
 from pathlib import Path
 
@@ -104,3 +105,32 @@ def test_features_by_customer_parts_equal_the_whole(cluster, world):
         got = parts.features(fb, c)
         pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert "response_rate" in want and want["contacts"].sum() > 0            # contact features covered
+
+
+def test_a_lost_worker_costs_a_recomputation_and_twice_a_clear_error(world, monkeypatch):
+    """A worker holding parts of the events dies (killed, out of memory): the parts are scattered anew and
+    the features come out equal; lost twice, the stage stops with its name and what it was computing."""
+    import os
+
+    ev = CustomerEvents.from_sources(sources.load(world))
+    cut = targets.cutoffs(ev.last_date, 90)["score"]
+    fb = FeatureBuilder().fit(ev, cut)
+    own = engine.start({"kind": "dask", "workers": 2, "memory_limit": "1GB"})
+    try:
+        parts = events_dask.PartitionedEvents(own.client, ev, partition_rows=len(ev.lines) // 4 + 1)
+        victim = next(iter(own.client.who_has(parts.parts[0]).values()))[0]
+        try:
+            own.client.run(os._exit, 1, workers=[victim])
+        except Exception:                                              # noqa: BLE001 - its connection drops
+            pass
+        pd.testing.assert_frame_equal(parts.features(fb, cut), fb.transform(ev, cut), check_exact=True)
+    finally:
+        own.close()
+
+    def always_lost():
+        raise CancelledError("lost dependencies")
+
+    monkeypatch.setenv("CRMLAB_STAGE", "40_propensity")
+    with pytest.raises(engine.EngineError, match="stage 40_propensity: Dask workers were lost twice while computing "
+                                                 "the features"):
+        engine.retry_lost(always_lost, "the features")
