@@ -624,10 +624,12 @@ def sensitive_items(products: pd.DataFrame, categories=()) -> set:
     return set(products.loc[flag | products["category"].isin(list(categories)), "product_id"])
 
 
-def mine_rules(b: Baskets, p: dict, sensitive=(), names: pd.Series | None = None) -> pd.DataFrame:
+def mine_rules(b: Baskets, p: dict, sensitive=(), names: pd.Series | None = None, itemsets=None) -> pd.DataFrame:
     """Itemsets -> rules -> significance -> guards with the ``affinity`` parameters; readable table.
-    Columnar all the way (:class:`Itemsets`, :class:`Rules`): no frozenset is built."""
-    fi = frequent_itemsets(b, min_support=p["min_support"], max_len=p["max_len"], columnar=True)
+    Columnar all the way (:class:`Itemsets`, :class:`Rules`): no frozenset is built. ``itemsets``: how
+    to mine (``frequent_itemsets(b, min_support, max_len)`` -> :class:`Itemsets`; default the local one)."""
+    fi = (itemsets(b, p["min_support"], p["max_len"]) if itemsets is not None else
+          frequent_itemsets(b, min_support=p["min_support"], max_len=p["max_len"], columnar=True))
     rules = association_rules(fi, metric="confidence", min_threshold=p["min_confidence"], fdr=p["fdr"])
     g = guard_rules(rules, sensitive_items=sensitive, min_lift=p["min_lift"], max_rules=p["max_rules"])
     t = rules_table(g, names)

@@ -5,7 +5,7 @@
   :func:`crmlab.value.rfm_summary` itself, so validation, day sums and first channels are the local ones;
 * the purchase model fitted on the distinct (frequency, recency, T [, covariates]) patterns counted per
   partition and summed across them: one row per pattern reaches the client (595k for 1M simulated
-  customers with day-level dates, benchmarks/results/value_dask_bench.txt), and since the models sum
+  customers with day-level dates, benchmarks/results/dask_bench.txt), and since the models sum
   their likelihood over patterns in value order, the likelihood, parameters and standard errors equal
   the local fit's;
 * Gamma-Gamma on the (frequency, spend) pairs of repeat customers (continuous spend does not reduce);

@@ -395,57 +395,164 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
         raise ValueError("min_count must be >= 1")
     max_len = n_items if max_len is None else int(max_len)
     counts = item_counts(indptr, indices, n_items)
-    freq = np.flatnonzero(counts >= min_count)
-    freq = freq[np.argsort(counts[freq], kind="stable")].astype(np.int32)   # rank = ascending support
-    items, lens, cnts = [np.sort(freq)], [np.ones(len(freq), np.int32)], [counts[np.sort(freq)]]
+    freq, rank = frequent_ranks(counts, min_count)
     m = len(freq)
+    items, lens, cnts = [np.sort(freq)], [np.ones(m, np.int32)], [counts[np.sort(freq)]]
     if max_len >= 2 and m >= 2:
-        if m * (m - 1) // 2 > 400_000_000:
-            raise MemoryError(f"{m:,} frequent items: the pair matrix would be too large; raise min_support")
-        rank = np.full(n_items, -1, np.int64)
-        rank[freq] = np.arange(m)
         longest = max(1, int(np.diff(indptr).max()))
-        if len(indices) < SERIAL_PAIRS:
-            pc = _pair_counts_serial(indptr, indices, rank, m, longest)
-        else:
-            pc = _pair_counts(indptr, indices, rank, m, get_num_threads(), longest)
-        sel = np.flatnonzero(pc >= min_count)
-        if len(sel):
-            # invert the packed index: row i holds positions [start_i, start_i + m - i - 1)
-            starts = np.arange(m) * m - np.arange(m) * (np.arange(m) + 1) // 2
-            i = np.searchsorted(starts, sel, side="right") - 1
-            j = sel - starts[i] + i + 1
-            a, b = freq[i], freq[j]
-            items.append(np.column_stack([np.minimum(a, b), np.maximum(a, b)]).ravel())
-            lens.append(np.full(len(sel), 2, np.int32))
-            cnts.append(pc[sel])
+        pc = ranked_pair_counts(indptr, indices, rank, m, longest, parallel=len(indices) >= SERIAL_PAIRS)
+        two = frequent_pairs(pc, freq, min_count)
+        items.append(two[0])
+        lens.append(two[1])
+        cnts.append(two[2])
         max_len = min(max_len, longest)                          # no itemset outgrows its basket
-        if max_len >= 3 and len(sel):
-            ptr, tids = _tidlists(indptr, indices, rank, m)
-            n = len(indptr) - 1
-            use_bits = m * ((n + 63) // 64) * 8 <= BITSET_BYTES
-            bits = _bitsets(ptr, tids, m, n) if use_bits else np.zeros((1, 1), np.uint64)
+        if max_len >= 3 and len(two[1]):
             nbr = _neighbours(pc, m, min_count)
             nt = max(1, min(get_num_threads(), m // 8))
             parts = _balanced(_work_estimate(pc, nbr, m, min_count), nt) if nt > 1 else [np.arange(m)]
+            ptr, tids, bits, use_bits = _deep_index(indptr, indices, rank, m)
 
             def run(firsts):
                 return _eclat_deep(nbr, m, ptr, tids, int(min_count), max_len, bits, use_bits, firsts)
 
-            if nt > 1:
-                res = list(_pool(nt).map(run, parts))
-            else:
-                res = [run(parts[0])]
-            it = np.concatenate([r[0] for r in res])
-            ln = np.concatenate([r[1] for r in res])
-            ct = np.concatenate([r[2] for r in res])
-            if len(ln):
-                it, ln, ct = _by_size(it, ln, ct, freq, True)
-                items.append(it)
-                lens.append(ln)
-                cnts.append(ct)
+            res = list(_pool(nt).map(run, parts)) if nt > 1 else [run(parts[0])]
+            deep = sized_itemsets(res, freq)
+            if deep is not None:
+                items.append(deep[0])
+                lens.append(deep[1])
+                cnts.append(deep[2])
     return (np.concatenate(items).astype(np.int32), np.concatenate(lens).astype(np.int32),
             np.concatenate(cnts).astype(np.int64))
+
+
+# -- the steps of frequent_itemsets, public for mining by parts (crmlab.affinity_dask): item counts and
+# -- pair counts add up over any split of the baskets; the deep search runs per group of first items
+# -- on the baskets projected on that group (project), each group's itemsets exactly once.
+
+def frequent_ranks(counts: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frequent item ids by ascending support, rank of every item id: -1 if not frequent)."""
+    freq = np.flatnonzero(counts >= min_count)
+    freq = freq[np.argsort(counts[freq], kind="stable")].astype(np.int32)   # rank = ascending support
+    rank = np.full(len(counts), -1, np.int64)
+    rank[freq] = np.arange(len(freq))
+    return freq, rank
+
+
+def ranked_pair_counts(indptr, indices, rank, m: int, longest: int, parallel: bool = False) -> np.ndarray:
+    """Baskets containing each pair of frequent items, packed upper triangle over ranks (int64)."""
+    if m * (m - 1) // 2 > 400_000_000:
+        raise MemoryError(f"{m:,} frequent items: the pair matrix would be too large; raise min_support")
+    if parallel:
+        return _pair_counts(indptr, indices, rank, m, get_num_threads(), longest)
+    return _pair_counts_serial(indptr, indices, rank, m, longest)
+
+
+def frequent_pairs(pc: np.ndarray, freq: np.ndarray, min_count: int):
+    """The frequent pairs of packed counts ``pc``: (flat item ids, lengths, counts)."""
+    m = len(freq)
+    sel = np.flatnonzero(pc >= min_count)
+    # invert the packed index: row i holds positions [start_i, start_i + m - i - 1)
+    starts = np.arange(m) * m - np.arange(m) * (np.arange(m) + 1) // 2
+    i = np.searchsorted(starts, sel, side="right") - 1
+    j = sel - starts[i] + i + 1
+    a, b = freq[i], freq[j]
+    return (np.column_stack([np.minimum(a, b), np.maximum(a, b)]).ravel().astype(np.int32),
+            np.full(len(sel), 2, np.int32), pc[sel])
+
+
+def deep_plan(pc: np.ndarray, m: int, min_count: int, groups: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(frequent-pair bitsets, first items split into ``groups`` of about equal estimated work)."""
+    nbr = _neighbours(pc, m, min_count)
+    return nbr, _balanced(_work_estimate(pc, nbr, m, min_count), groups) if groups > 1 else [np.arange(m)]
+
+
+def _deep_index(indptr, indices, rank, m):
+    ptr, tids = _tidlists(indptr, indices, rank, m)
+    n = len(indptr) - 1
+    use_bits = m * ((n + 63) // 64) * 8 <= BITSET_BYTES
+    bits = _bitsets(ptr, tids, m, n) if use_bits else np.zeros((1, 1), np.uint64)
+    return ptr, tids, bits, use_bits
+
+
+def mine_deep(indptr, indices, rank, nbr, min_count: int, max_len: int, firsts: np.ndarray):
+    """Itemsets of 3..``max_len`` items whose first (lowest-ranked) item is in ``firsts``, in ranks,
+    from baskets holding every basket that contains one of ``firsts`` (e.g. :func:`project`'s)."""
+    indptr, indices = _csr(indptr, indices)
+    m = nbr.shape[0]
+    ptr, tids, bits, use_bits = _deep_index(indptr, indices, np.asarray(rank, np.int64), m)
+    return _eclat_deep(nbr, m, ptr, tids, int(min_count), int(max_len), bits, use_bits, np.asarray(firsts, np.int64))
+
+
+def sized_itemsets(results: list, freq: np.ndarray):
+    """Deep itemsets of several runs (in ranks) as item ids grouped by size, each size in item order (so
+    the result depends neither on how the search was split, over threads or workers, nor on its order);
+    None when there are none."""
+    it = np.concatenate([r[0] for r in results])
+    ln = np.concatenate([r[1] for r in results])
+    ct = np.concatenate([r[2] for r in results])
+    if not len(ln):
+        return None
+    it, ln, ct = _by_size(it, ln, ct, freq, True)
+    at = 0
+    for size in np.unique(ln):
+        k = int(np.sum(ln == size))
+        block = it[at:at + k * size].reshape(k, size)
+        order = np.lexsort(block.T[::-1])
+        it[at:at + k * size] = block[order].ravel()
+        first = int(np.argmax(ln == size))                        # the size's first itemset
+        ct[first:first + k] = ct[first:first + k][order]
+        at += k * size
+    return it, ln, ct
+
+
+@njit(cache=True)
+def _project(indptr, indices, rank, group, g):
+    """Each basket holding an item of group ``g`` (by rank), cut to its items ranked at or after the
+    lowest-ranked of them; CSR (indptr, items)."""
+    n = indptr.shape[0] - 1
+    lo = np.full(n, -1, np.int64)
+    size = np.zeros(n + 1, np.int64)
+    for b in range(n):
+        mn = -1
+        for p in range(indptr[b], indptr[b + 1]):
+            r = rank[indices[p]]
+            if r >= 0 and group[r] == g and (mn < 0 or r < mn):
+                mn = r
+        if mn < 0:
+            continue
+        lo[b] = mn
+        k = 0
+        for p in range(indptr[b], indptr[b + 1]):
+            if rank[indices[p]] >= mn:
+                k += 1
+        size[b + 1] = k
+    keep = np.cumsum(size > 0) if n else np.zeros(0, np.int64)
+    out_ptr = np.zeros((keep[-1] if n else 0) + 1, np.int64)
+    k = 0
+    for b in range(n):
+        if lo[b] >= 0:
+            out_ptr[k + 1] = out_ptr[k] + size[b + 1]
+            k += 1
+    out = np.empty(out_ptr[-1], np.int32)
+    k = 0
+    q = 0
+    for b in range(n):
+        if lo[b] < 0:
+            continue
+        for p in range(indptr[b], indptr[b + 1]):
+            if rank[indices[p]] >= lo[b]:
+                out[q] = indices[p]
+                q += 1
+        k += 1
+    return out_ptr, out
+
+
+def project(indptr, indices, rank, group: np.ndarray, g: int):
+    """The baskets that hold an item of group ``g`` (``group``: group of each rank), each cut to its
+    items ranked at or after its lowest-ranked item of ``g``: all that :func:`mine_deep` needs to find
+    the itemsets whose first item is in ``g``, each basket once. CSR (indptr int64, items int32)."""
+    indptr, indices = _csr(indptr, indices)
+    return _project(indptr, indices, np.asarray(rank, np.int64), np.asarray(group, np.int64), int(g))
 
 
 def pair_counts(indptr, indices, n_items: int, min_count: int):

@@ -255,3 +255,24 @@ def test_take_selects_baskets_and_sampled_evaluation_is_an_estimate():
     part = affinity.holdout_evaluation(lines, cut, 5, max_customers=1500, random_state=1)
     assert part["customers"].max() < full["customers"].min()
     np.testing.assert_allclose(part["hit_rate@5"], full["hit_rate@5"], atol=0.05)
+
+
+def test_deep_itemsets_come_out_in_item_order_whatever_the_split():
+    """Local mining with 1 or 2 threads and mining by 1 or 7 first-item groups list itemsets of each
+    size in the same (item) order, so rule tables do not depend on how the search was split."""
+    import numba
+
+    rng = np.random.default_rng(9)
+    lists = [rng.choice(40, size=rng.integers(2, 15), replace=False).tolist() for _ in range(1500)]
+    b = affinity.Baskets.from_lists(lists)
+    runs = []
+    for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(t)
+        its = affinity.frequent_itemsets(b, min_support=0.01, columnar=True)
+        runs.append((its.flat.tolist(), its.lens.tolist(), its.counts.tolist()))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    deep = np.flatnonzero(its.lens >= 3)
+    assert len(deep) > 50 and runs[0] == runs[1]
+    ptr = np.r_[0, np.cumsum(its.lens)]
+    sets = [tuple(its.flat[ptr[i]:ptr[i + 1]]) for i in deep]
+    assert sets == sorted(sets, key=lambda s: (len(s), s))

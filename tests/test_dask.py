@@ -10,14 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import config, engine, sources, targets, value
+from crmlab import affinity, config, datasets, engine, sources, targets, value
+from crmlab.kernels import baskets as K
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
 from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
-from crmlab import events_dask, value_dask  # noqa: E402
+from crmlab import affinity_dask, events_dask, value_dask  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 CI = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
@@ -134,3 +135,60 @@ def test_a_lost_worker_costs_a_recomputation_and_twice_a_clear_error(world, monk
     with pytest.raises(engine.EngineError, match="stage 40_propensity: Dask workers were lost twice while computing "
                                                  "the features"):
         engine.retry_lost(always_lost, "the features")
+
+
+def _as_dict(its):
+    ptr = np.r_[0, np.cumsum(its.lens)]
+    return {tuple(its.flat[a:z]): int(c) for a, z, c in zip(ptr[:-1], ptr[1:], its.counts)}
+
+
+def test_groceries_itemsets_and_rules_on_the_cluster_equal_local(cluster):
+    """Groceries at support 0.001: the same 13,492 itemsets with the same supports, mined on parts of
+    the baskets (supports and pairs summed, longer itemsets by first-item groups), and the same rules."""
+    b = datasets.read_groceries(Path(__file__).resolve().parents[1] / "data" / "groceries" / "groceries.csv")
+    want = affinity.frequent_itemsets(b, min_support=0.001, columnar=True)
+    got = affinity_dask.frequent_itemsets(cluster.client, b, min_support=0.001, partition_baskets=2000)
+    assert len(want) == 13_492 and _as_dict(got) == _as_dict(want)
+    for a in ("flat", "lens", "counts"):                            # the same arrays, in the same order
+        assert np.array_equal(getattr(got, a), getattr(want, a)), a
+    for longest, n_rules in ((1, 5_668), (None, 5_829)):
+        rw, rg = (affinity.association_rules(x, metric="confidence", min_threshold=0.5, max_consequent_len=longest)
+                  for x in (want, got))
+        assert len(rw) == len(rg) == n_rules
+        key = lambda r: sorted(zip(r.joined("antecedents"), r.joined("consequents"), r["support"], r["lift"]))
+        assert key(rg) == key(rw)
+
+
+@pytest.mark.parametrize("groups,max_len", [(1, None), (3, None), (7, 4), (5, 2)])
+def test_itemsets_by_parts_on_long_skewed_baskets(cluster, groups, max_len):
+    """Zipf item popularity, baskets of 1 to 60 items, 9 parts: every support equals local mining's."""
+    rng = np.random.default_rng(5)
+    n_items, lists = 120, []
+    pop = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    for size in np.minimum(rng.geometric(0.12, 3000), 60):
+        lists.append(rng.choice(n_items, size=size, replace=False, p=pop / pop.sum()).tolist())
+    b = affinity.Baskets.from_lists(lists)
+    want = affinity.frequent_itemsets(b, min_support=0.01, max_len=max_len, columnar=True)
+    got = affinity_dask.frequent_itemsets(cluster.client, b, min_support=0.01, max_len=max_len,
+                                          partition_baskets=350, groups=groups)
+    assert len(want) > 200 and _as_dict(got) == _as_dict(want)
+
+
+def test_projection_keeps_what_the_group_needs():
+    """project(): baskets with an item of the group, cut at their lowest-ranked group item (plain reference)."""
+    rng = np.random.default_rng(2)
+    lists = [rng.choice(30, size=rng.integers(1, 12), replace=False).tolist() for _ in range(400)]
+    indptr = np.r_[0, np.cumsum([len(x) for x in lists])]
+    indices = np.concatenate(lists).astype(np.int32)
+    rank = np.full(30, -1)
+    rank[rng.permutation(30)[:25]] = np.arange(25)
+    group = rng.integers(0, 3, 25)
+    for g in range(3):
+        ptr, items = K.project(indptr, indices, rank, group, g)
+        ref = []
+        for x in lists:
+            lo = min((rank[i] for i in x if rank[i] >= 0 and group[rank[i]] == g), default=None)
+            if lo is not None:
+                ref.append([i for i in x if rank[i] >= lo])
+        assert [items[a:z].tolist() for a, z in zip(ptr[:-1], ptr[1:])] == ref
+

@@ -132,15 +132,16 @@ def test_nbval_reproduces_checked_cells(ci_run):
 
 def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci_run, tmp_path):
     """engine.kind: dask starts a LocalCluster of two worker processes for the run and records its
-    dashboard; stages 30-50 compute on it (value by partitions, features on events split by customer)
-    and write the tables of the local run, bit for bit."""
+    dashboard; stages 20-50 compute on it (itemsets by parts, value by partitions, features on events
+    split by customer) and write the tables of the local run, bit for bit."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
-    run = pipeline.run(CI, [f"runs_dir={tmp_path}", "stages=[10_identity, 30_value, 40_propensity, 50_segments]",
+    run = pipeline.run(CI, [f"runs_dir={tmp_path}",
+                            "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments]",
                             "engine.kind=dask", "engine.workers=2", "engine.partition_rows=5000"], quiet=True)
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
     assert m["engine"]["dashboard"].startswith("http://127.0.0.1:") and m["engine"]["started_for_run"]
-    for name in ("customer_value", "customer_propensity", "customer_segments", "segment_profiles"):
+    for name in ("affinity_rules", "customer_value", "customer_propensity", "customer_segments", "segment_profiles"):
         got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
         want = pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet")
         assert len(got) > 5, name

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import affinity
+from .. import affinity, affinity_dask, engine
 from ..errors import CrmlabError
 
 
@@ -28,8 +28,9 @@ class AffinityResult:
 
 
 def run_affinity(ctx) -> AffinityResult:
-    """Mine and guard rules over order baskets, fit the recommender on customer baskets, write
-    ``affinity_rules`` and ``customer_recommendations`` (sensitive products never recommended)."""
+    """Mine and guard rules over order baskets (with ``engine.kind: dask`` on the cluster, the same
+    itemsets), fit the recommender on customer baskets, write ``affinity_rules`` and
+    ``customer_recommendations`` (sensitive products never recommended)."""
     P = ctx.params["affinity"]
     products = ctx.sources()["products"]
     names = products.set_index("product_id")["product_name"]
@@ -40,7 +41,10 @@ def run_affinity(ctx) -> AffinityResult:
     if level != "product_id":
         baskets = baskets.roll_up(products.set_index("product_id")[level])
         names = None
-    rules = affinity.mine_rules(baskets, P, sensitive if level == "product_id" else (), names)
+    client = engine.client(ctx.params["engine"])               # Dask: itemsets mined by parts, the same ones
+    mine = None if client is None else (lambda b, support, max_len: affinity_dask.frequent_itemsets(
+        client, b, support, max_len, partition_baskets=ctx.params["engine"]["partition_rows"]))
+    rules = affinity.mine_rules(baskets, P, sensitive if level == "product_id" else (), names, itemsets=mine)
     ctx.write_artifact("affinity_rules", rules.drop(columns=["representativity"]))
     customer_baskets = affinity.Baskets.from_frame(lines, "customer_key", "product_id", items=products["product_id"])
     recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"],

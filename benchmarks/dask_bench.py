@@ -1,14 +1,17 @@
-"""Stage 30 (customer value) and the features of stages 40/50 in local mode and on a Dask LocalCluster,
-side by side in one run (#18).
+"""Dask mode against local mode, side by side in one run (#18, #19): stage 30 (customer value), the
+features of stages 40/50 and frequent itemsets, each checked equal bit for bit.
 
 The same transactions (simulated: skewed order counts, same-day repeats, three channels) go through
 the local stage (``rfm_at`` -> BG/NBD -> Gamma-Gamma -> ``customer_value``) and through
 :func:`crmlab.value_dask.fit_value` on a LocalCluster of ``--workers`` processes; the run checks the two
 tables and the parameters are equal bit for bit and reports wall times and their ratio. With
 ``--world N``, a generated world of N customers: its features at the scoring cut-off computed locally
-and by customer parts on the cluster (:mod:`crmlab.events_dask`), the split timed apart.
+and by customer parts on the cluster (:mod:`crmlab.events_dask`), the split timed apart. With
+``--baskets N``: N skewed baskets over 20,000 items (benchmarks/affinity_bench.py's), itemsets to
+length 3 at ``--support``, locally and by parts (:mod:`crmlab.affinity_dask`).
 
-    python benchmarks/value_dask_bench.py --customers 200000 1000000 --out benchmarks/results/value_dask_bench.txt
+    python benchmarks/dask_bench.py --customers 200000 1000000 --world 200000 --baskets 5000000 \
+        --out benchmarks/results/dask_bench.txt
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import pandas as pd
 
 import tempfile
 
-from crmlab import config, engine, events_dask, sources, synth, targets, threads, value, value_dask
+from affinity_bench import make_large
+from crmlab import affinity, affinity_dask, config, engine, events_dask, sources, synth, targets, threads, value, value_dask
 from crmlab.events import CustomerEvents
 from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
@@ -58,15 +62,17 @@ def local(tx: pd.DataFrame, P: dict):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--customers", type=int, nargs="+", default=[200_000, 1_000_000])
+    ap.add_argument("--customers", type=int, nargs="*", default=[200_000, 1_000_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partition-rows", type=int, default=1_000_000)
     ap.add_argument("--world", type=int, default=0, help="also time features on a generated world of N customers")
+    ap.add_argument("--baskets", type=int, default=0, help="also time itemsets of N generated baskets")
+    ap.add_argument("--support", type=float, default=0.0005)
     ap.add_argument("--out")
     a = ap.parse_args()
     threads.limit(None)
     P = config.load(ROOT / "params" / "default.yaml")["value"]
-    lines = [f"# python benchmarks/value_dask_bench.py --customers {' '.join(map(str, a.customers))} "
+    lines = [f"# python benchmarks/dask_bench.py --customers {' '.join(map(str, a.customers))} "
              f"--workers {a.workers} --partition-rows {a.partition_rows}",
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; LocalCluster of {a.workers} worker "
              "processes (1 thread each) on the same machine; local mode with every core in this process",
@@ -108,6 +114,20 @@ def main() -> None:
                          f"{len(ev.lines):,} lines; generated and keyed in {made:.0f} s): local {t_local:.2f} s; "
                          f"Dask {parts.n} parts: split + scatter {t_split:.2f} s (once per stage), features "
                          f"{t_parts:.2f} s ({t_parts / t_local:.2f}x local's time); equal {got.equals(want)}")
+            print(lines[-1], flush=True)
+        if a.baskets:
+            indptr, indices, m = make_large(a.baskets)
+            b = affinity.Baskets(indptr, indices, pd.Index(np.arange(m)))
+            t0 = time.perf_counter()
+            want = affinity.frequent_itemsets(b, min_support=a.support, max_len=3, columnar=True)
+            t_local = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            got = affinity_dask.frequent_itemsets(cluster.client, b, a.support, 3, partition_baskets=a.partition_rows)
+            t_parts = time.perf_counter() - t0
+            same = all(np.array_equal(getattr(got, k), getattr(want, k)) for k in ("flat", "lens", "counts"))
+            lines.append(f"# itemsets to length 3 of {a.baskets:,} baskets over {m:,} items at support {a.support:g} "
+                         f"({len(want):,} itemsets): local {t_local:.2f} s, Dask {t_parts:.2f} s "
+                         f"({t_parts / t_local:.2f}x local's time); equal {same}")
             print(lines[-1], flush=True)
     finally:
         cluster.close()

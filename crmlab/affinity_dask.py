@@ -1,0 +1,112 @@
+"""Frequent itemsets on a Dask cluster (#19, basket mining), equal to :func:`crmlab.affinity.frequent_itemsets`.
+
+The baskets are split into parts on the workers. Item supports and the packed pair counts are counted
+per part with the local kernels and summed (counts add up over any split). Longer itemsets come from a
+partitioned search, as in parallel FP-growth: the frequent items are split into groups of about equal
+estimated work, each part projects its baskets on each group (a basket that holds an item of the group,
+cut to the items ranked at or after its lowest-ranked one), and one task per group runs the local
+depth-first search on its projected baskets from the group's first items only. Every basket that
+contains an itemset's first item reaches that group once, so every support is the global one. Rules,
+significance and guards then run on the gathered :class:`~crmlab.affinity.Itemsets` as they do locally.
+
+``dask`` is imported inside the functions: the core install runs without the ``dask`` extra.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from . import engine
+from .affinity import Baskets, Itemsets, _as_baskets, _min_count
+from .errors import CrmlabError
+from .kernels import baskets as K
+
+
+def _parts(b: Baskets, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """CSR slices of about equal numbers of baskets."""
+    cuts = np.linspace(0, b.n_baskets, n + 1).astype(np.int64)
+    out = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        a, z = b.indptr[lo], b.indptr[hi]
+        out.append((np.asarray(b.indptr[lo:hi + 1] - a, np.int64), np.asarray(b.indices[a:z], np.int32)))
+    return out
+
+
+def _item_counts(part, n_items):
+    return K.item_counts(part[0], part[1], n_items), int(np.diff(part[0]).max()) if len(part[0]) > 1 else 0
+
+
+def _pair_counts(part, rank, m, longest):
+    return K.ranked_pair_counts(part[0], part[1], rank, m, max(1, longest))
+
+
+def _projections(part, rank, group, groups):
+    return [K.project(part[0], part[1], rank, group, g) for g in range(groups)]
+
+
+def _tree_sum(client, futures) -> np.ndarray:
+    """Sum of the arrays of ``futures`` added pairwise on the workers (integers: exact in any order), so
+    the client receives one packed pair matrix, not one per part."""
+    while len(futures) > 1:
+        nxt = [client.submit(operator.add, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
+        futures = nxt + ([futures[-1]] if len(futures) % 2 else [])
+    return futures[0].result()
+
+
+def _mine(pieces, rank, nbr, min_count, max_len, firsts):
+    ptrs = [p[0] for p in pieces]
+    lens = np.concatenate([np.diff(p) for p in ptrs]) if ptrs else np.zeros(0, np.int64)
+    indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    indices = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.int32)
+    return K.mine_deep(indptr, indices, rank, nbr, min_count, max_len, firsts)
+
+
+def frequent_itemsets(client, data, min_support: float = 0.5, max_len: int | None = None,
+                      partition_baskets: int = 1_000_000, groups: int | None = None) -> Itemsets:
+    """:func:`crmlab.affinity.frequent_itemsets` (``columnar=True``) computed on the cluster of ``client``:
+    the same itemsets with the same supports. ``groups``: first-item groups of the deep search (default:
+    twice the workers)."""
+    b = _as_baskets(data)
+    if b.n_baskets == 0:
+        raise CrmlabError("no baskets")
+    mc = _min_count(min_support, b.n_baskets)
+    max_len = b.n_items if max_len is None else int(max_len)
+    n = max(1, math.ceil(b.n_baskets / partition_baskets))
+    groups = groups or 2 * max(1, len(client.scheduler_info().get("workers", {})))
+
+    def run():
+        parts = client.scatter(_parts(b, n))
+        got = client.gather(client.map(_item_counts, parts, [b.n_items] * n, pure=False))
+        counts = np.sum([g[0] for g in got], axis=0)
+        longest = max(g[1] for g in got)
+        freq, rank = K.frequent_ranks(counts, mc)
+        m = len(freq)
+        items, lens, cnts = [np.sort(freq)], [np.ones(m, np.int32)], [counts[np.sort(freq)]]
+        if max_len >= 2 and m >= 2:
+            pc = _tree_sum(client, client.map(_pair_counts, parts, [rank] * n, [m] * n, [longest] * n, pure=False))
+            two = K.frequent_pairs(pc, freq, mc)
+            items.append(two[0])
+            lens.append(two[1])
+            cnts.append(two[2])
+            deep_len = min(max_len, longest)
+            if deep_len >= 3 and len(two[1]):
+                nbr, firsts = K.deep_plan(pc, m, mc, min(groups, m))
+                group = np.empty(m, np.int64)
+                for g, f in enumerate(firsts):
+                    group[f] = g
+                proj = client.map(_projections, parts, [rank] * n, [group] * n, [len(firsts)] * n, pure=False)
+                mined = [client.submit(_mine, [client.submit(operator.getitem, p, g, pure=False) for p in proj],
+                                       rank, nbr, mc, deep_len, f, pure=False)
+                         for g, f in enumerate(firsts)]
+                deep = K.sized_itemsets(client.gather(mined), freq)
+                if deep is not None:
+                    items.append(deep[0])
+                    lens.append(deep[1])
+                    cnts.append(deep[2])
+        return (np.concatenate(items).astype(np.int32), np.concatenate(lens).astype(np.int32),
+                np.concatenate(cnts).astype(np.int64))
+
+    flat, lens, counts = engine.retry_lost(run, f"frequent itemsets of {b.n_baskets:,} baskets on {n} parts")
+    return Itemsets(flat, lens, counts, b.items, b.n_baskets)
