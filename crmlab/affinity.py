@@ -528,12 +528,16 @@ class ItemRecommender(Params):
         self.neighbours = neighbours
         self.min_co = min_co
 
-    def fit(self, customer_baskets: Baskets) -> "ItemRecommender":
+    def fit(self, customer_baskets: Baskets, pair_counts=None) -> "ItemRecommender":
+        """Learn each item's strongest neighbours. ``pair_counts(baskets, min_count) -> (a, c, n_ab)``:
+        how co-occurrences are counted (default the local kernel; :func:`crmlab.affinity_dask.pair_counts`
+        on a Dask cluster, the same counts)."""
         if self.similarity not in ("cosine", "lift"):
             raise CrmlabError(f"similarity must be 'cosine' or 'lift', got '{self.similarity}'")
         reset(self)
         b = customer_baskets
-        a, c, n_ab = K.pair_counts(b.indptr, b.indices, b.n_items, self.min_co)
+        a, c, n_ab = (pair_counts(b, self.min_co) if pair_counts is not None else
+                      K.pair_counts(b.indptr, b.indices, b.n_items, self.min_co))
         pop = K.item_counts(b.indptr, b.indices, b.n_items).astype(np.float64)
         if self.similarity == "cosine":
             sim = n_ab / np.sqrt(pop[a] * pop[c])

@@ -17,6 +17,7 @@ import math
 import operator
 
 import numpy as np
+import pandas as pd
 
 from . import engine
 from .affinity import Baskets, Itemsets, _as_baskets, _min_count
@@ -63,16 +64,8 @@ def _mine(pieces, rank, nbr, min_count, max_len, firsts):
     return K.mine_deep(indptr, indices, rank, nbr, min_count, max_len, firsts)
 
 
-def frequent_itemsets(client, data, min_support: float = 0.5, max_len: int | None = None,
-                      partition_baskets: int = 1_000_000, groups: int | None = None) -> Itemsets:
-    """:func:`crmlab.affinity.frequent_itemsets` (``columnar=True``) computed on the cluster of ``client``:
-    the same itemsets with the same supports. ``groups``: first-item groups of the deep search (default:
-    twice the workers)."""
-    b = _as_baskets(data)
-    if b.n_baskets == 0:
-        raise CrmlabError("no baskets")
-    mc = _min_count(min_support, b.n_baskets)
-    max_len = b.n_items if max_len is None else int(max_len)
+def _mine_counts(client, b: Baskets, mc: int, max_len: int, partition_baskets: int, groups: int | None):
+    """:func:`crmlab.kernels.baskets.frequent_itemsets` by parts: (flat item ids, lengths, counts)."""
     n = max(1, math.ceil(b.n_baskets / partition_baskets))
     groups = groups or 2 * max(1, len(client.scheduler_info().get("workers", {})))
 
@@ -108,5 +101,45 @@ def frequent_itemsets(client, data, min_support: float = 0.5, max_len: int | Non
         return (np.concatenate(items).astype(np.int32), np.concatenate(lens).astype(np.int32),
                 np.concatenate(cnts).astype(np.int64))
 
-    flat, lens, counts = engine.retry_lost(run, f"frequent itemsets of {b.n_baskets:,} baskets on {n} parts")
+    return engine.retry_lost(run, f"frequent itemsets of {b.n_baskets:,} baskets on {n} parts")
+
+
+def frequent_itemsets(client, data, min_support: float = 0.5, max_len: int | None = None,
+                      partition_baskets: int = 1_000_000, groups: int | None = None) -> Itemsets:
+    """:func:`crmlab.affinity.frequent_itemsets` (``columnar=True``) computed on the cluster of ``client``:
+    the same itemsets with the same supports, in the same order. ``groups``: first-item groups of the
+    deep search (default: twice the workers)."""
+    b = _as_baskets(data)
+    if b.n_baskets == 0:
+        raise CrmlabError("no baskets")
+    max_len = b.n_items if max_len is None else int(max_len)
+    flat, lens, counts = _mine_counts(client, b, _min_count(min_support, b.n_baskets), max_len, partition_baskets,
+                                      groups)
     return Itemsets(flat, lens, counts, b.items, b.n_baskets)
+
+
+def pair_counts(client, b: Baskets, min_count: int, partition_baskets: int = 1_000_000):
+    """:func:`crmlab.kernels.baskets.pair_counts` by parts: (item_a, item_b, count) of the pairs in at
+    least ``min_count`` baskets, in the local order (the recommender's co-occurrences)."""
+    flat, lens, cnts = _mine_counts(client, b, int(min_count), 2, partition_baskets, 1)
+    start = int(np.sum(lens == 1))
+    pairs = flat[start:].reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1], cnts[lens == 2]
+
+
+def _recommend(part: Baskets, recommender, exclude_items) -> pd.DataFrame:
+    return recommender.recommend(part, exclude_items=exclude_items)
+
+
+def recommend(client, recommender, b: Baskets, exclude_items=(), partition_baskets: int = 1_000_000) -> pd.DataFrame:
+    """``recommender.recommend(b, exclude_items)`` by parts of the customers' baskets on the cluster (each
+    customer's list is its own): the same table, in the same order."""
+    n = max(1, math.ceil(b.n_baskets / partition_baskets))
+    cuts = np.linspace(0, b.n_baskets, n + 1).astype(np.int64)
+
+    def run():
+        parts = client.scatter([b.take(np.arange(lo, hi)) for lo, hi in zip(cuts[:-1], cuts[1:])])
+        got = client.gather(client.map(_recommend, parts, [recommender] * n, [list(exclude_items)] * n, pure=False))
+        return pd.concat(got, ignore_index=True) if n > 1 else got[0]
+
+    return engine.retry_lost(run, f"recommendations for {b.n_baskets:,} customers on {n} parts")

@@ -192,3 +192,20 @@ def test_projection_keeps_what_the_group_needs():
                 ref.append([i for i in x if rank[i] >= lo])
         assert [items[a:z].tolist() for a, z in zip(ptr[:-1], ptr[1:])] == ref
 
+
+
+def test_recommender_by_parts_equals_local(cluster, world):
+    """Co-occurrences counted by parts and lists made by parts of the customers: the same neighbours
+    and the same recommendation table, sensitive items excluded."""
+    ev = CustomerEvents.from_sources(sources.load(world))
+    b = affinity.Baskets.from_frame(ev.lines, "customer_key", "product_id")
+    banned = set(b.items[:5])
+    local = affinity.ItemRecommender(k=5)
+    want = local.fit(b).recommend(b, exclude_items=banned)
+    rec = affinity.ItemRecommender(k=5).fit(
+        b, pair_counts=lambda bb, mc: affinity_dask.pair_counts(cluster.client, bb, mc, partition_baskets=300))
+    for a in ("nbr_ptr_", "nbr_idx_", "nbr_sim_", "popularity_"):
+        assert np.array_equal(getattr(rec, a), getattr(local, a)), a
+    got = affinity_dask.recommend(cluster.client, rec, b, banned, partition_baskets=300)
+    assert len(want) > 1000 and not got["item"].isin(banned).any()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)

@@ -41,16 +41,19 @@ def run_affinity(ctx) -> AffinityResult:
     if level != "product_id":
         baskets = baskets.roll_up(products.set_index("product_id")[level])
         names = None
-    client = engine.client(ctx.params["engine"])               # Dask: itemsets mined by parts, the same ones
+    client, rows = engine.client(ctx.params["engine"]), ctx.params["engine"]["partition_rows"]
     mine = None if client is None else (lambda b, support, max_len: affinity_dask.frequent_itemsets(
-        client, b, support, max_len, partition_baskets=ctx.params["engine"]["partition_rows"]))
+        client, b, support, max_len, partition_baskets=rows))          # Dask: by parts, the same itemsets
     rules = affinity.mine_rules(baskets, P, sensitive if level == "product_id" else (), names, itemsets=mine)
     ctx.write_artifact("affinity_rules", rules.drop(columns=["representativity"]))
     customer_baskets = affinity.Baskets.from_frame(lines, "customer_key", "product_id", items=products["product_id"])
-    recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"],
-                                           neighbours=P["neighbours"]).fit(customer_baskets)
-    recs = recommender.recommend(customer_baskets, exclude_items=sensitive).rename(
-        columns={"customer": "customer_key", "item": "product_id"})
+    recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"], neighbours=P["neighbours"])
+    if client is None:
+        recs = recommender.fit(customer_baskets).recommend(customer_baskets, exclude_items=sensitive)
+    else:                                                             # co-occurrences and lists by parts
+        recommender.fit(customer_baskets, pair_counts=lambda b, mc: affinity_dask.pair_counts(client, b, mc, rows))
+        recs = affinity_dask.recommend(client, recommender, customer_baskets, sensitive, rows)
+    recs = recs.rename(columns={"customer": "customer_key", "item": "product_id"})
     recs["product_name"] = recs["product_id"].map(products.set_index("product_id")["product_name"])
     if recs["product_id"].isin(sensitive).any():            # the guard is the contract: never publish one
         raise CrmlabError("a sensitive product was recommended: the recommender ignored its exclusions")
