@@ -76,13 +76,11 @@ def _mine_counts(client, b: Baskets, mc: int, max_len: int, partition_baskets: i
         longest = max(g[1] for g in got)
         freq, rank = K.frequent_ranks(counts, mc)
         m = len(freq)
-        items, lens, cnts = [np.sort(freq)], [np.ones(m, np.int32)], [counts[np.sort(freq)]]
+        levels = [K.singles(counts, freq)]
         if max_len >= 2 and m >= 2:
             pc = _tree_sum(client, client.map(_pair_counts, parts, [rank] * n, [m] * n, [longest] * n, pure=False))
             two = K.frequent_pairs(pc, freq, mc)
-            items.append(two[0])
-            lens.append(two[1])
-            cnts.append(two[2])
+            levels.append(two)
             deep_len = min(max_len, longest)
             if deep_len >= 3 and len(two[1]):
                 nbr, firsts = K.deep_plan(pc, m, mc, min(groups, m))
@@ -93,13 +91,8 @@ def _mine_counts(client, b: Baskets, mc: int, max_len: int, partition_baskets: i
                 mined = [client.submit(_mine, [client.submit(operator.getitem, p, g, pure=False) for p in proj],
                                        rank, nbr, mc, deep_len, f, pure=False)
                          for g, f in enumerate(firsts)]
-                deep = K.sized_itemsets(client.gather(mined), freq)
-                if deep is not None:
-                    items.append(deep[0])
-                    lens.append(deep[1])
-                    cnts.append(deep[2])
-        return (np.concatenate(items).astype(np.int32), np.concatenate(lens).astype(np.int32),
-                np.concatenate(cnts).astype(np.int64))
+                levels.append(K.sized_itemsets(client.gather(mined), freq))
+        return K.stacked(levels)
 
     return engine.retry_lost(run, f"frequent itemsets of {b.n_baskets:,} baskets on {n} parts")
 

@@ -397,14 +397,12 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
     counts = item_counts(indptr, indices, n_items)
     freq, rank = frequent_ranks(counts, min_count)
     m = len(freq)
-    items, lens, cnts = [np.sort(freq)], [np.ones(m, np.int32)], [counts[np.sort(freq)]]
+    levels = [singles(counts, freq)]
     if max_len >= 2 and m >= 2:
         longest = max(1, int(np.diff(indptr).max()))
         pc = ranked_pair_counts(indptr, indices, rank, m, longest, parallel=len(indices) >= SERIAL_PAIRS)
         two = frequent_pairs(pc, freq, min_count)
-        items.append(two[0])
-        lens.append(two[1])
-        cnts.append(two[2])
+        levels.append(two)
         max_len = min(max_len, longest)                          # no itemset outgrows its basket
         if max_len >= 3 and len(two[1]):
             nbr = _neighbours(pc, m, min_count)
@@ -416,18 +414,27 @@ def frequent_itemsets(indptr, indices, n_items: int, min_count: int, max_len: in
                 return _eclat_deep(nbr, m, ptr, tids, int(min_count), max_len, bits, use_bits, firsts)
 
             res = list(_pool(nt).map(run, parts)) if nt > 1 else [run(parts[0])]
-            deep = sized_itemsets(res, freq)
-            if deep is not None:
-                items.append(deep[0])
-                lens.append(deep[1])
-                cnts.append(deep[2])
-    return (np.concatenate(items).astype(np.int32), np.concatenate(lens).astype(np.int32),
-            np.concatenate(cnts).astype(np.int64))
+            levels.append(sized_itemsets(res, freq))
+    return stacked(levels)
 
 
 # -- the steps of frequent_itemsets, public for mining by parts (crmlab.affinity_dask): item counts and
 # -- pair counts add up over any split of the baskets; the deep search runs per group of first items
 # -- on the baskets projected on that group (project), each group's itemsets exactly once.
+
+def singles(counts: np.ndarray, freq: np.ndarray):
+    """The frequent single items: (ids ascending, lengths, counts)."""
+    ids = np.sort(freq)
+    return ids, np.ones(len(ids), np.int32), counts[ids]
+
+
+def stacked(levels: list):
+    """Levels of itemsets (flat items, lengths, counts; None for an empty one) as one result, smallest first."""
+    levels = [lv for lv in levels if lv is not None]
+    return (np.concatenate([lv[0] for lv in levels]).astype(np.int32),
+            np.concatenate([lv[1] for lv in levels]).astype(np.int32),
+            np.concatenate([lv[2] for lv in levels]).astype(np.int64))
+
 
 def frequent_ranks(counts: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray]:
     """(frequent item ids by ascending support, rank of every item id: -1 if not frequent)."""
