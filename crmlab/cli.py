@@ -19,11 +19,14 @@ def _cmd_run(a) -> int:
 def _cmd_generate(a) -> int:
     from . import synth
 
-    spec = synth.WorldSpec(customers=a.customers, seed=a.seed, **({"chunk": a.chunk} if a.chunk else {}))
+    if a.partitions is not None and a.partitions < 1:
+        raise CrmlabError(f"--partitions must be >= 1, got {a.partitions}")
+    chunk = a.chunk or (-(-a.customers // a.partitions) if a.partitions else None)
+    spec = synth.WorldSpec(customers=a.customers, seed=a.seed, **({"chunk": chunk} if chunk else {}))
     t0 = time.perf_counter()
     say = (lambda m: None) if a.quiet else (lambda m: print(f"[{time.perf_counter() - t0:6.1f} s] {m}",
                                                             file=sys.stderr, flush=True))
-    counts = synth.generate(spec, a.out, fmt=a.format, progress=say)
+    counts = synth.generate(spec, a.out, fmt=a.format, progress=say, partitioned=bool(a.partitions))
     if not a.quiet:
         print(f"wrote {a.out} in {time.perf_counter() - t0:.1f} s: "
               + ", ".join(f"{k} {v:,}" for k, v in counts.items()), file=sys.stderr)
@@ -207,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="data/generated")
     g.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     g.add_argument("--chunk", type=int, default=None, help="customers per chunk (memory bound)")
+    g.add_argument("--partitions", type=int, default=None,
+                   help="write the large tables as folders of N Parquet parts (one per chunk of customers)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_generate)
 

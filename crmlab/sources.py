@@ -1,7 +1,7 @@
 """Input tables: documented schemas, reading (CSV, Parquet, SQL) and validation.
 
-Tables (one file per table in a folder, named ``<table>.csv`` / ``.csv.gz`` / ``.parquet``, or one
-database table each):
+Tables (one file per table in a folder, named ``<table>.csv`` / ``.csv.gz`` / ``.parquet``, or a folder
+``<table>/`` of Parquet parts read in name order, or one database table each):
 
 =====================  ==========================================================================
 ``customers_<system>``  one per source system (store, web, callcentre, ...): ``source_id`` (key),
@@ -182,11 +182,27 @@ def _file_for(folder: Path, name: str) -> Path | None:
         p = folder / f"{name}{ext}"
         if p.exists():
             return p
-    return None
+    p = folder / name
+    return p if _is_parts(p) else None
+
+
+def _is_parts(path: Path) -> bool:
+    """A folder of Parquet part files (a partitioned table, e.g. ``crmlab generate --partitions``)."""
+    return path.is_dir() and any(path.glob("*.parquet"))
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(path.glob("*.parquet"))
 
 
 def _read_file(path: Path) -> pd.DataFrame:
     table = path.name.split(".")[0]
+    if path.is_dir():                              # partitioned: its parts in name order, one table
+        try:
+            return pd.concat([pd.read_parquet(p) for p in _parts(path)], ignore_index=True)
+        except (OSError, ValueError) as exc:
+            raise SourcesInvalid([SourceError(table, None, f"a part cannot be read: {str(exc).splitlines()[0]}",
+                                              path=str(path))]) from None
     if path.stat().st_size == 0:
         raise SourcesInvalid([SourceError(table, None, "the file is empty (0 bytes): expected a header row and "
                                           "data", path=str(path))])
@@ -213,11 +229,15 @@ def _read_file(path: Path) -> pd.DataFrame:
 
 
 def fingerprint(path: str | Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits)."""
+    """sha256 of a file's bytes, or of a partitioned table's part names and bytes (first 16 hex digits)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    path = Path(path)
+    for part in (_parts(path) if path.is_dir() else [path]):
+        if path.is_dir():
+            h.update(part.name.encode() + b"\0")
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -231,7 +251,7 @@ def input_files(folder: str | Path) -> dict[str, Path]:
         if name != "customers" and (p := _file_for(folder, name)) is not None:
             out[name] = p
     for p in sorted(folder.iterdir()):
-        if p.name.startswith("customers_") and any(p.name.endswith(e) for e in _EXTS):
+        if p.name.startswith("customers_") and (any(p.name.endswith(e) for e in _EXTS) or _is_parts(p)):
             out[p.name.split(".")[0]] = p
     return out
 

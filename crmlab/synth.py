@@ -636,14 +636,24 @@ def _ref_codes(campaign_id: str, cust: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- writing
 
 class _Writer:
-    """Appends chunks of a table to one CSV or Parquet file."""
+    """Appends chunks of a table to one CSV or Parquet file, or with ``parts`` writes each chunk as a
+    Parquet part file of the folder ``path`` (a partitioned table: ``path/part-00000.parquet``, ...)."""
 
-    def __init__(self, path: Path, fmt: str):
-        self.path, self.fmt, self._pq, self.rows = path, fmt, None, 0
-        self.path.unlink(missing_ok=True)
+    def __init__(self, path: Path, fmt: str, parts: bool = False):
+        self.path, self.fmt, self._pq, self.rows, self.parts, self.n = path, fmt, None, 0, parts, 0
+        if parts:
+            if path.is_dir():
+                for old in path.glob("part-*.parquet"):
+                    old.unlink()
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            self.path.unlink(missing_ok=True)
 
     def write(self, df: pd.DataFrame) -> None:
-        if self.fmt == "parquet":
+        if self.parts:
+            df.to_parquet(self.path / f"part-{self.n:05d}.parquet", index=False)
+            self.n += 1
+        elif self.fmt == "parquet":
             table = pa.Table.from_pandas(df, preserve_index=False)
             if self._pq is None:
                 self._pq = pq.ParquetWriter(self.path, table.schema)
@@ -663,13 +673,18 @@ def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:
     w.close()
 
 
-def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=None) -> dict:
+def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=None, partitioned: bool = False) -> dict:
     """Generate a world into ``out`` (tables) and ``out/truth`` (planted truth); returns row counts.
 
-    ``progress``: optional callable(str) told about each step.
+    ``progress``: optional callable(str) told about each step. ``partitioned``: the large tables
+    (customers_<system>, orders, order_lines, contacts) as folders of Parquet parts, one per chunk of
+    ``spec.chunk`` customers (orders, lines and contacts are written as they are made; the customer
+    records are made whole, then split); the other tables as single files.
     """
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"format must be 'csv' or 'parquet', got {fmt!r}")
+    if partitioned and fmt != "parquet":
+        raise ValueError("partitioned worlds are written as Parquet parts: use format 'parquet'")
     say = progress or (lambda msg: None)
     out = Path(out)
     (out / "truth").mkdir(parents=True, exist_ok=True)
@@ -682,8 +697,14 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
     say("source records: store, web, call centre with planted variation")
     tables, record_truth, lookup, has = make_records(np.random.default_rng(s_rec), C, spec)
     counts = {}
+    n_parts = (spec.customers + spec.chunk - 1) // spec.chunk
     for name, df in tables.items():
-        _write(df, out / f"{name}.{ext}", fmt)
+        if partitioned:
+            w = _Writer(out / name, fmt, parts=True)
+            for rows in np.array_split(np.arange(len(df)), n_parts):
+                w.write(df.iloc[rows])
+        else:
+            _write(df, out / f"{name}.{ext}", fmt)
         counts[name] = len(df)
     _write(record_truth, out / "truth" / f"record_truth.{ext}", fmt)
     _write(products.drop(columns="_base"), out / f"products.{ext}", fmt)
@@ -700,7 +721,8 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
     _write(campaigns, out / f"campaigns.{ext}", fmt)
     counts["campaigns"] = len(campaigns)
 
-    writers = {k: _Writer(out / f"{k}.{ext}", fmt) for k in ("orders", "order_lines", "contacts")}
+    writers = {k: _Writer(out / (k if partitioned else f"{k}.{ext}"), fmt, parts=partitioned)
+               for k in ("orders", "order_lines", "contacts")}
     t_writer = _Writer(out / "truth" / f"customer_truth.{ext}", fmt)
     uplift_rows, order_id0, contact_id0 = [], 1_000_001, 5_000_001
     chunk_seeds = s_chunks.spawn((spec.customers + spec.chunk - 1) // spec.chunk)
