@@ -403,6 +403,12 @@ def write_index(run_dir: Path, manifest: dict) -> Path:
     pub = manifest.get("published") or {}
     published = (f"<b>{esc(str(pub['version']))}</b>" if pub.get("version") is not None
                  else "<b>none</b> (nothing published by this run)")
+    eng = manifest.get("engine")
+    engine_line = ("" if not eng else
+                   f" &middot; Dask: {eng.get('workers', '?')} workers at <code>{esc(str(eng.get('scheduler')))}</code>"
+                   + (f" (dashboard <code>{esc(str(eng['dashboard']))}</code> while the run lasted)"
+                      if eng.get("dashboard") and eng.get("started_for_run") else
+                      f" (<a href=\"{esc(str(eng['dashboard']))}\">dashboard</a>)" if eng.get("dashboard") else ""))
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>crmlab run {esc(manifest['run_id'])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font-family:system-ui,sans-serif;margin:0;color:#1d2430;line-height:1.45}}
@@ -416,7 +422,7 @@ section{{border-top:1px solid #e3e6ea;margin-top:.8em}} code{{overflow-wrap:anyw
 <h1>crmlab run <code>{esc(manifest['run_id'])}</code></h1>
 <div class="banner">Status: <b class="status-{esc(manifest['status'])}">{esc(manifest['status'])}</b> &middot;
 published version: {published} &middot; parameters <code>{esc(manifest['params_file'])}</code> &middot;
-started {esc(str(manifest['started_at']))} &middot; {manifest.get('seconds', 0):,.1f} s &middot;
+started {esc(str(manifest['started_at']))} &middot; {manifest.get('seconds', 0):,.1f} s{engine_line} &middot;
 <a href="manifest.json">manifest.json</a></div>
 <h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>reports</th><th>outputs (rows)</th></tr>
 {''.join(rows)}</table>

@@ -209,3 +209,20 @@ def test_recommender_by_parts_equals_local(cluster, world):
     got = affinity_dask.recommend(cluster.client, rec, b, banned, partition_baskets=300)
     assert len(want) > 1000 and not got["item"].isin(banned).any()
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_a_run_joins_a_running_scheduler_and_leaves_it_running():
+    """engine.address: the engine joins that scheduler (workers capped to one thread) and, closed, leaves
+    the cluster running for whoever started it."""
+    other = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     host="127.0.0.1")
+    try:
+        joined = engine.start({"kind": "dask", "address": other.scheduler_address})
+        assert joined.local is None and joined.address == other.scheduler_address and joined.workers == 1
+        assert joined.describe()["started_for_run"] is False
+        assert set(joined.client.run(lambda: __import__("numba").get_num_threads()).values()) == {1}
+        joined.close()
+        with distributed.Client(other) as c:
+            assert c.submit(sum, [1, 2]).result() == 3                      # still running
+    finally:
+        other.close()

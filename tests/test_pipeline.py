@@ -141,6 +141,7 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
     assert m["engine"]["dashboard"].startswith("http://127.0.0.1:") and m["engine"]["started_for_run"]
+    assert "Dask: 2 workers at" in (run / "index.html").read_text()
     for name in ("affinity_rules", "customer_recommendations", "customer_value", "customer_propensity",
                  "customer_segments", "segment_profiles"):
         got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
