@@ -44,10 +44,26 @@ class Cluster:
         return {"kind": "dask", "scheduler": self.address, "dashboard": self.dashboard, "workers": self.workers,
                 "started_for_run": self.local is not None}
 
+    def usage(self) -> dict:
+        """Per worker so far: peak resident memory (MB) and bytes spilled to disk, for the manifest."""
+        try:
+            got = self.client.run(_worker_usage)
+        except Exception:                                   # noqa: BLE001 - a report, never a failure
+            return {}
+        return {"workers_peak_mb": round(max((v[0] for v in got.values()), default=0.0), 1),
+                "spilled_bytes": int(sum(v[1] for v in got.values()))}
+
     def close(self) -> None:
         self.client.close()
         if self.local is not None:
             self.local.close()
+
+
+def _worker_usage(dask_worker=None) -> tuple[float, int]:
+    import resource
+
+    spilled = getattr(getattr(dask_worker, "data", None), "spilled_total", None)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(getattr(spilled, "disk", 0) or 0)
 
 
 def _distributed():

@@ -729,7 +729,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 raise
             os.environ[engine.ENV_SCHEDULER] = cluster.address          # every stage kernel joins it
             manifest["engine"] = cluster.describe()
-            say(f"      dask: {cluster.workers} workers at {cluster.address}, dashboard {cluster.dashboard}")
+            say(f"Dask cluster: {cluster.workers} workers at {cluster.address}, dashboard {cluster.dashboard}")
         # step 1: inputs
         t0 = time.time()
         say(f"[1/{total}] load and validate inputs from {config.mask_url(params['data']['url'] or params['data']['dir'])}")
@@ -829,6 +829,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                     kernels.stop(km)
             stage["seconds"] = round(time.time() - t0, 2)
             stage["finished_at"] = _now()
+            if cluster is not None:                            # workers' peak so far and bytes spilled
+                stage["dask"] = cluster.usage()
             outputs = _outputs(run_dir / "artifacts", t0)
             stage["artifacts"] = _artifact_rows(run_dir / "artifacts", outputs)
             published = run_dir / "artifacts" / "published.json"
@@ -848,7 +850,9 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             plan.record(stage, reads, outputs)
             stage["status"] = "ok"
             say(f"      ok in {stage['seconds']:.1f} s"
-                + (f", kernel peak {stage['peak_rss_mb']:,.0f} MB" if stage.get("peak_rss_mb") else ""))
+                + (f", kernel peak {stage['peak_rss_mb']:,.0f} MB" if stage.get("peak_rss_mb") else "")
+                + (f", Dask workers' peak {stage['dask']['workers_peak_mb']:,.0f} MB, spilled "
+                   f"{stage['dask']['spilled_bytes'] / 2**20:,.0f} MB" if stage.get("dask") else ""))
     except (RunAborted, KeyboardInterrupt) as exc:
         why = str(exc) or "interrupted"
         for st in manifest["stages"]:

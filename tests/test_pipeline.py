@@ -142,6 +142,8 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
     assert m["engine"]["dashboard"].startswith("http://127.0.0.1:") and m["engine"]["started_for_run"]
     assert "Dask: 2 workers at" in (run / "index.html").read_text()
+    value = next(s for s in m["stages"] if s["name"] == "30_value")
+    assert value["dask"]["workers_peak_mb"] > 50 and value["dask"]["spilled_bytes"] >= 0
     for name in ("affinity_rules", "customer_recommendations", "customer_value", "customer_propensity",
                  "customer_segments", "segment_profiles"):
         got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
