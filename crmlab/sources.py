@@ -291,8 +291,13 @@ def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: li
     raw = df[col.name]
     present = raw.notna()
     if col.kind in ("str", "id"):
+        if col.kind == "id" and pd.api.types.is_signed_integer_dtype(raw) and present.any():
+            return raw.astype("Int64")                       # what the text path gives for whole numbers
         s = raw.astype("string")
         if col.kind == "id":
+            head = s[present].head(1000)                     # one text value among them: not numeric ids,
+            if pd.to_numeric(head, errors="coerce").isna().any():   # without parsing every row (15 s at 1M)
+                return s.str.strip()
             num = pd.to_numeric(s, errors="coerce")
             if s.notna().any() and num[present].notna().all() and (num[present] % 1 == 0).all() \
                     and not s[present].str.match(r"^0\d").any():
@@ -419,6 +424,29 @@ def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = N
     return out, errors
 
 
+def _orphans(left: pd.DataFrame, right: pd.DataFrame) -> np.ndarray:
+    """Rows of ``left`` whose key (its columns, compared as text) is no row of ``right``: each column's
+    values of both sides coded together, the codes combined into one integer key, looked up by hash
+    (a merge with indicator took 8 s for the foreign keys of 1M customers' 12M order lines)."""
+    key_l = np.zeros(len(left), np.int64)
+    key_r = np.zeros(len(right), np.int64)
+    span = 1.0
+    for a, b in zip(left.columns, right.columns):
+        lv, rv = left[a], right[b]
+        if lv.dtype != rv.dtype:                          # as text, as the contract compares them
+            lv, rv = lv.astype("string"), rv.astype("string")
+        codes, uniq = pd.factorize(pd.concat([lv, rv], ignore_index=True), use_na_sentinel=True)
+        codes = codes.astype(np.int64) + 1                # missing: 0
+        span *= len(uniq) + 1
+        if span > 2.0 ** 62:                              # keys too wide for one integer: the merge
+            m = left.astype("string").merge(right.astype("string").set_axis(list(left.columns), axis=1)
+                                            .drop_duplicates(), how="left", indicator=True)
+            return (m["_merge"] == "left_only").to_numpy()
+        key_l = key_l * (len(uniq) + 1) + codes[:len(lv)]
+        key_r = key_r * (len(uniq) + 1) + codes[len(lv):]
+    return pd.Index(np.unique(key_r)).get_indexer(key_l) < 0
+
+
 def _check_foreign_keys(tables: dict, origin: dict, broken: set, errors: list) -> None:
     for child, cols, parent, pcols in FOREIGN_KEYS:
         if child not in tables or child in broken:
@@ -442,11 +470,7 @@ def _check_foreign_keys(tables: dict, origin: dict, broken: set, errors: list) -
             continue
         else:
             known = tables[parent][list(pcols)]
-        left = c[list(cols)].astype("string")
-        right = known.astype("string")
-        right.columns = list(cols)
-        m = left.merge(right.drop_duplicates(), how="left", on=list(cols), indicator=True)
-        orphan = (m["_merge"] == "left_only").to_numpy() & left.notna().all(axis=1).to_numpy()
+        orphan = _orphans(c[list(cols)], known) & c[list(cols)].notna().all(axis=1).to_numpy()
         if orphan.any():
             errors.append(SourceError(child, ", ".join(cols), f"orphan foreign key: no matching "
                                       f"{', '.join(pcols)} in '{parent}'", c.loc[orphan],

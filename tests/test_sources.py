@@ -1,6 +1,7 @@
 """Validation gives one clear message naming table, column, file and offending rows."""
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -205,3 +206,27 @@ def test_errors_mask_personal_data(sample_copy):
         v = raw.loc[0, col]
         if isinstance(v, str) and len(v) > 3:
             assert v not in err, col
+
+
+def test_orphan_lookup_equals_the_merge_on_text():
+    """The foreign-key check's hashed lookup gives the rows a merge on the keys as text gives: one and
+    two columns, integer against text ids, missing values, duplicates on the parent side."""
+    from crmlab.sources import _orphans
+
+    rng = np.random.default_rng(4)
+    sys_ = pd.Series(rng.choice(["web", "store", None], 3000), dtype="string")
+    ids = pd.Series(rng.integers(0, 500, 3000), dtype="Int64").mask(rng.random(3000) < 0.05)
+    parent = pd.DataFrame({"s": pd.Series(rng.choice(["web", "store"], 900), dtype="string"),
+                           "i": pd.Series(rng.integers(0, 400, 900).astype(str), dtype="string")})
+    child = pd.DataFrame({"s": sys_, "i": ids})
+
+    def reference(left, right):
+        m = left.astype("string").merge(right.astype("string").set_axis(list(left.columns), axis=1).drop_duplicates(),
+                                        how="left", indicator=True)
+        return (m["_merge"] == "left_only").to_numpy()
+
+    for cols in (["i"], ["s", "i"]):
+        got = _orphans(child[cols], parent[cols])
+        assert np.array_equal(got, reference(child[cols], parent[cols])) and 100 < got.sum() < 3000
+    same = child.assign(i=child["i"].astype("string"))                   # both sides text: no conversion
+    assert np.array_equal(_orphans(same[["s", "i"]], parent), reference(same[["s", "i"]], parent))
