@@ -444,6 +444,10 @@ def _orphans(left: pd.DataFrame, right: pd.DataFrame) -> np.ndarray:
             return (m["_merge"] == "left_only").to_numpy()
         key_l = key_l * (len(uniq) + 1) + codes[:len(lv)]
         key_r = key_r * (len(uniq) + 1) + codes[len(lv):]
+    if span <= 2.0 ** 28:                                 # dense codes: a presence table, no hashing
+        known = np.zeros(int(span), bool)
+        known[key_r] = True
+        return ~known[key_l]
     return pd.Index(np.unique(key_r)).get_indexer(key_l) < 0
 
 

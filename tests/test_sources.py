@@ -230,3 +230,7 @@ def test_orphan_lookup_equals_the_merge_on_text():
         assert np.array_equal(got, reference(child[cols], parent[cols])) and 100 < got.sum() < 3000
     same = child.assign(i=child["i"].astype("string"))                   # both sides text: no conversion
     assert np.array_equal(_orphans(same[["s", "i"]], parent), reference(same[["s", "i"]], parent))
+    wide = pd.DataFrame({"a": pd.Series(rng.integers(0, 20000, 40000).astype(str), dtype="string"),
+                         "b": pd.Series(rng.integers(0, 20000, 40000).astype(str), dtype="string")})
+    got = _orphans(wide.iloc[:30000], wide.iloc[25000:])                 # codes too wide for a table: hashed
+    assert np.array_equal(got, reference(wide.iloc[:30000], wide.iloc[25000:])) and got.sum() > 1000
