@@ -21,7 +21,10 @@ _STREET = {v.lower(): k.lower() for k, v in STREET_ABBREV.items() if v.lower() !
 _SEPARATORS = r"[-_/.,]"
 _NOT_NAME = r"[^a-z ]"
 _NOT_NAME_OR_DIGIT = r"[^a-z0-9 ]"
-_SPACES = r"\s+"
+#: Python's ``\s`` spelled out (no whitespace lies above U+3000; a test checks the whole range): pyarrow's RE2
+#: then runs the replacements, where ``\s`` itself sends pandas to Python's ``re`` value by value
+_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if re.fullmatch(r"\s", c))
+_SPACES = "[" + _WHITESPACE + "]+"
 _EMAIL = r"[a-z0-9._%+'-]+@[a-z0-9.-]+\.[a-z]{2,}"
 _PHONE_TRUNK = r"\(0\)"
 _PHONE_JUNK = r"[^0-9+]"

@@ -67,3 +67,21 @@ def test_one_record_standardisation_equals_the_table_path():
         want = {c: (None if pd.isna(table.at[i, c]) else str(table.at[i, c])) for c in one}
         assert one == want, (i, {c: (one[c], want[c]) for c in one if one[c] != want[c]})
     assert len(one) == 16 and len(raw) > 10_000
+
+
+def test_whitespace_is_pythons_whole_set_and_runs_on_the_arrow_path(monkeypatch):
+    """The spelled-out class matches exactly what Python's \\s matches over all of Unicode, so pyarrow runs
+    the replacements (no per-value fallback), and names, e-mails and addresses come out as with \\s."""
+    import re
+    import sys
+
+    every = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if re.fullmatch(r"\s", c))
+    assert S._WHITESPACE == every
+    raw = pd.Series(["Anne\x0bMarie", "Jo\xa0\u2003Smith", "x\x1cy  z", "plain", None, "a\u3000b\tc\nd",
+                     "12\u2003High\xa0\xa0St", " A.B @Ex\u2003ample.com\x85"], dtype="string")
+    assert not raw.array._needs_python_regex(S._SPACES)
+    fns = (S.name, S.first_name, S.address, S.email)
+    got = [f(raw).tolist() for f in fns]
+    monkeypatch.setattr(S, "_SPACES", r"\s+")                   # Python's own \\s, value by value
+    assert raw.array._needs_python_regex(S._SPACES)
+    assert got == [f(raw).tolist() for f in fns]
