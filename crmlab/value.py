@@ -215,15 +215,21 @@ def _patterns(*cols: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarr
     return [c[rows] for c in cols], counts, inverse.astype(np.int64)
 
 
-def _weights(sample_weight, n: int) -> np.ndarray | None:
-    """``sample_weight`` checked: None, or one finite weight >= 0 per row (customers per pattern)."""
-    if sample_weight is None:
-        return None
-    w = np.asarray(sample_weight, dtype=np.float64).ravel()
-    if len(w) != n or not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise CrmlabError(f"sample_weight must hold one finite weight >= 0 per row ({n}), got {len(w)} "
-                          "values" + ("" if len(w) != n else " with negative or non-finite ones"))
+def _weights(sample_weight, x: np.ndarray, model: str) -> np.ndarray | None:
+    """``sample_weight`` checked (None, or one finite weight >= 0 per row: customers per pattern), and
+    at least one (weighted) customer with a repeat purchase, without which ``model`` has no dropout."""
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+    if w is not None and (len(w) != len(x) or not np.all(np.isfinite(w)) or np.any(w < 0)):
+        raise CrmlabError(f"sample_weight must hold one finite weight >= 0 per row ({len(x)}), got {len(w)} "
+                          "values" + ("" if len(w) != len(x) else " with negative or non-finite ones"))
+    if not np.any((x > 0) if w is None else (x > 0) & (w > 0)):
+        raise CrmlabError(f"no customer made a repeat purchase: {model} cannot estimate dropout")
     return w
+
+
+def _pattern_weights(counts: np.ndarray, inverse: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray:
+    """Customers per pattern: the rows' counts, or the sum of their ``sample_weight``."""
+    return counts if sample_weight is None else np.bincount(inverse, weights=sample_weight, minlength=len(counts))
 
 
 # ----------------------------------------------------------------------------- fitting helpers
@@ -397,29 +403,24 @@ class BetaGeo(_PurchaseModel):
         (:func:`crmlab.value_dask.fit_value`): the likelihood, parameters and standard errors are
         those of the customers' table, bit for bit."""
         x, tx, T = _rfm_arrays(X)
-        sw = _weights(sample_weight, len(x))
-        if np.sum((x > 0) if sw is None else (x > 0) & (sw > 0)) == 0:
-            raise CrmlabError("no customer made a repeat purchase: BG/NBD cannot estimate dropout")
+        sw = _weights(sample_weight, x, "BG/NBD")
         reset(self)                                         # a refit learns everything anew
         Z = self._design(X, fitting=True)
         k = Z.shape[1]
         if k == 0:                                           # tabled fast path
             idx = RFMIndex.build(x, tx, T)
-            w, n_pat = idx.w, len(idx.w)
-            if sw is not None:
-                w = np.bincount(idx.inverse, weights=sw, minlength=n_pat)
-            mean_x, mean_T = np.dot(w, idx.xu[idx.px]), np.dot(w, idx.Tu[idx.pT])
+            w, n_pat = _pattern_weights(idx.w, idx.inverse, sw), len(idx.w)
+            sum_x, sum_T = np.dot(w, idx.xu[idx.px]), np.dot(w, idx.Tu[idx.pT])
             objective = btyd.bgnbd_tabled_objective(idx.xu, idx.txu, idx.Tu, idx.px, idx.pt, idx.pT, w, self.modified)
 
             def negll(theta):
                 ll, g = objective(*np.exp(theta))
                 return (-ll / N if np.isfinite(ll) else 1e300), -g * np.exp(theta) / N
         else:
-            cols, w, inv = _patterns(x, tx, T, *Z.T)
-            if sw is not None:
-                w = np.bincount(inv, weights=sw, minlength=len(w))
+            cols, counts, inv = _patterns(x, tx, T, *Z.T)
+            w = _pattern_weights(counts, inv, sw)
             ux, utx, uT = cols[:3]
-            mean_x, mean_T = np.dot(w, ux), np.dot(w, uT)
+            sum_x, sum_T = np.dot(w, ux), np.dot(w, uT)
             uZ = np.column_stack(cols[3:])
             n_pat = len(ux)
             objective = btyd.bgnbd_objective(ux, utx, uT, self.modified)
@@ -440,7 +441,7 @@ class BetaGeo(_PurchaseModel):
                 return (f if np.isfinite(f) else 1e300), -grad / N
         N = w.sum()
 
-        scale = max(float(mean_T / N) / (float(mean_x / N) + 1.0), 1e-6)   # from the patterns: any order, same start
+        scale = max(float(sum_T / N) / (float(sum_x / N) + 1.0), 1e-6)   # from the patterns: any order, same start
         starts = [np.r_[np.log([1.0, scale, 1.0, 1.0]), np.zeros(3 * k)],
                   np.r_[np.log([0.3, scale / 3, 0.5, 2.0]), np.zeros(3 * k)],
                   np.r_[np.log([3.0, scale * 3, 2.0, 5.0]), np.zeros(3 * k)]]
@@ -516,13 +517,10 @@ class ParetoNBD(_PurchaseModel):
     def fit(self, X, y=None, sample_weight=None):
         """Fit to an RFM table or a tuple (x, t_x, T); ``sample_weight`` as in :meth:`BetaGeo.fit`."""
         x, tx, T = _rfm_arrays(X)
-        sw = _weights(sample_weight, len(x))
-        if np.sum((x > 0) if sw is None else (x > 0) & (sw > 0)) == 0:
-            raise CrmlabError("no customer made a repeat purchase: Pareto/NBD cannot estimate dropout")
+        sw = _weights(sample_weight, x, "Pareto/NBD")
         reset(self)
-        (ux, utx, uT), w, inv = _patterns(x, tx, T)
-        if sw is not None:
-            w = np.bincount(inv, weights=sw, minlength=len(w))
+        (ux, utx, uT), counts, inv = _patterns(x, tx, T)
+        w = _pattern_weights(counts, inv, sw)
         N = w.sum()
         mean_T = float(np.dot(w, uT) / N)
 
