@@ -19,56 +19,38 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import pandas as pd
 
 from . import events_dask, value
 from .errors import CrmlabError
 
-#: Column of each transaction's position in the input, kept through the shuffle.
-_ROW = "_crmlab_row"
-
-
 def partitioned(client, transactions: pd.DataFrame, partition_rows: int):
     """``transactions`` sent to the workers of ``client`` (scattered, not inside the task graph) as a Dask
     DataFrame of ~``partition_rows`` rows per partition, every customer's rows in one partition and in
-    their input order, with their input position in ``_ROW``.
+    their input order (so per-customer day sums add in the local order).
 
     The table is in this process already, so it is split by customer here (one pass, no shuffle across
-    the workers: that took 7.2 of 13 s at 1M customers); a table read by the workers would be shuffled
-    on ``customer_key`` instead, and ``_ROW`` puts each partition back in the input order."""
+    the workers: that took 7.2 of 13 s at 1M customers)."""
     import dask.dataframe as dd
 
     n = max(1, math.ceil(len(transactions) / partition_rows))
-    tx = transactions.assign(**{_ROW: np.arange(len(transactions), dtype=np.int64)})
-    chunks = client.scatter(events_dask.split_rows(tx, events_dask.part_of(tx["customer_key"], n), n))
-    return dd.from_delayed(chunks, meta=tx.iloc[:0], verify_meta=False)
+    parts = events_dask.split_rows(transactions, events_dask.part_of(transactions["customer_key"], n), n)
+    return dd.from_delayed(client.scatter(parts), meta=transactions.iloc[:0], verify_meta=False)
 
 
-def _rfm_part(part: pd.DataFrame, observation_end, calibration_end, time_unit: float, covariates: bool,
-              meta: pd.DataFrame) -> pd.DataFrame:
+def _rfm_part(part: pd.DataFrame, observation_end, time_unit: float, covariates: bool, meta) -> pd.DataFrame:
     """One partition's RFM rows, as :func:`crmlab.stages.value.rfm_at` makes them for the whole table."""
-    part = part.sort_values(_ROW, kind="stable").drop(columns=_ROW)      # the input order: same sums
-    cut = calibration_end if calibration_end is not None else observation_end
-    if part.empty or not (pd.to_datetime(part["order_date"]).dt.normalize() <= pd.Timestamp(cut)).any():
+    if part.empty:
         return meta
-    rfm = value.rfm_summary(part, calibration_end=calibration_end, observation_end=observation_end,
-                            time_unit=time_unit)
+    rfm = value.rfm_summary(part, observation_end=observation_end, time_unit=time_unit)
     return value.add_first(rfm, part, "channel") if covariates else rfm
 
 
-def rfm_summary(ddf, observation_end, calibration_end=None, time_unit: float = 7.0, covariates: bool = False,
-                sample: pd.DataFrame | None = None):
+def rfm_summary(ddf, sample: pd.DataFrame, observation_end, time_unit: float = 7.0, covariates: bool = False):
     """The RFM table of :func:`partitioned` transactions as a Dask DataFrame indexed by customer_key
-    (partitions in no particular key order). ``sample``: a few transactions to build the schema from."""
-    head = (sample if sample is not None else ddf.head(1000, npartitions=-1)).copy()
-    if _ROW not in head:
-        head[_ROW] = np.arange(len(head), dtype=np.int64)
-    meta = _rfm_part(head, observation_end, None, time_unit, covariates,
-                     None).iloc[:0] if len(head) else None
-    if meta is None:
-        raise CrmlabError("rfm_summary: no transactions")
-    return ddf.map_partitions(_rfm_part, observation_end, calibration_end, time_unit, covariates, meta, meta=meta)
+    (partitions in no particular key order); ``sample``: a few of the transactions, for the schema."""
+    meta = _rfm_part(sample, observation_end, time_unit, covariates, None).iloc[:0]
+    return ddf.map_partitions(_rfm_part, observation_end, time_unit, covariates, meta, meta=meta)
 
 
 def _pattern_counts(part: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -97,8 +79,7 @@ def fit_value(client, transactions: pd.DataFrame, P: dict, observation_end, part
     covariates = bool(P["covariates"])
     with dask.config.set({"scheduler": client, "dataframe.convert-string": False}):   # the local dtypes
         ddf = partitioned(client, transactions, partition_rows)
-        rfm = rfm_summary(ddf, observation_end, time_unit=P["time_unit_days"], covariates=covariates,
-                          sample=transactions.head(1000)).persist()
+        rfm = rfm_summary(ddf, transactions.head(1000), observation_end, P["time_unit_days"], covariates).persist()
         cols = ["frequency", "recency", "T"] + list(P["covariates"] or [])
         counts = patterns(rfm, cols)
         if counts.empty:
