@@ -25,26 +25,25 @@ from .errors import CrmlabError
 from .kernels import baskets as K
 
 
-def _parts(b: Baskets, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """CSR slices of about equal numbers of baskets."""
+def _parts(b: Baskets, partition_baskets: int) -> list[Baskets]:
+    """Runs of consecutive baskets, about ``partition_baskets`` each (same vocabulary, ids kept)."""
+    n = max(1, math.ceil(b.n_baskets / partition_baskets))
     cuts = np.linspace(0, b.n_baskets, n + 1).astype(np.int64)
-    out = []
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        a, z = b.indptr[lo], b.indptr[hi]
-        out.append((np.asarray(b.indptr[lo:hi + 1] - a, np.int64), np.asarray(b.indices[a:z], np.int32)))
-    return out
+    return [Baskets(b.indptr[lo:hi + 1] - b.indptr[lo], b.indices[b.indptr[lo]:b.indptr[hi]], b.items,
+                    None if b.ids is None else b.ids[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
 
 
-def _item_counts(part, n_items):
-    return K.item_counts(part[0], part[1], n_items), int(np.diff(part[0]).max()) if len(part[0]) > 1 else 0
+def _item_counts(part: Baskets, n_items):
+    longest = int(np.diff(part.indptr).max()) if part.n_baskets else 0
+    return K.item_counts(part.indptr, part.indices, n_items), longest
 
 
-def _pair_counts(part, rank, m, longest):
-    return K.ranked_pair_counts(part[0], part[1], rank, m, max(1, longest))
+def _pair_counts(part: Baskets, rank, m, longest):
+    return K.ranked_pair_counts(part.indptr, part.indices, rank, m, max(1, longest))
 
 
-def _projections(part, rank, group, groups):
-    return [K.project(part[0], part[1], rank, group, g) for g in range(groups)]
+def _projections(part: Baskets, rank, group, groups):
+    return [K.project(part.indptr, part.indices, rank, group, g) for g in range(groups)]
 
 
 def _tree_sum(client, futures) -> np.ndarray:
@@ -66,11 +65,12 @@ def _mine(pieces, rank, nbr, min_count, max_len, firsts):
 
 def _mine_counts(client, b: Baskets, mc: int, max_len: int, partition_baskets: int, groups: int | None):
     """:func:`crmlab.kernels.baskets.frequent_itemsets` by parts: (flat item ids, lengths, counts)."""
-    n = max(1, math.ceil(b.n_baskets / partition_baskets))
+    pieces = _parts(b, partition_baskets)
+    n = len(pieces)
     groups = groups or 2 * max(1, len(client.scheduler_info().get("workers", {})))
 
     def run():
-        parts = client.scatter(_parts(b, n))
+        parts = client.scatter(pieces)
         got = client.gather(client.map(_item_counts, parts, [b.n_items] * n, pure=False))
         counts = np.sum([g[0] for g in got], axis=0)
         longest = max(g[1] for g in got)
@@ -127,11 +127,11 @@ def _recommend(part: Baskets, recommender, exclude_items) -> pd.DataFrame:
 def recommend(client, recommender, b: Baskets, exclude_items=(), partition_baskets: int = 1_000_000) -> pd.DataFrame:
     """``recommender.recommend(b, exclude_items)`` by parts of the customers' baskets on the cluster (each
     customer's list is its own): the same table, in the same order."""
-    n = max(1, math.ceil(b.n_baskets / partition_baskets))
-    cuts = np.linspace(0, b.n_baskets, n + 1).astype(np.int64)
+    pieces = _parts(b, partition_baskets)
+    n = len(pieces)
 
     def run():
-        parts = client.scatter([b.take(np.arange(lo, hi)) for lo, hi in zip(cuts[:-1], cuts[1:])])
+        parts = client.scatter(pieces)
         got = client.gather(client.map(_recommend, parts, [recommender] * n, [list(exclude_items)] * n, pure=False))
         return pd.concat(got, ignore_index=True) if n > 1 else got[0]
 

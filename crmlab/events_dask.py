@@ -44,10 +44,6 @@ def split(ev: CustomerEvents, n: int) -> list[CustomerEvents]:
     return [CustomerEvents(o, ln, c, p) for o, ln, c, p in zip(orders, lines, contacts, profile)]
 
 
-def _features_of(ev: CustomerEvents, builder, cutoff) -> pd.DataFrame:
-    return builder.transform(ev, cutoff)
-
-
 def _transform(ev: CustomerEvents, builder, cutoff) -> pd.DataFrame | None:
     return builder.transform(ev, cutoff) if (ev.orders["order_date"] < pd.Timestamp(cutoff)).any() else None
 
@@ -79,7 +75,7 @@ class PartitionedEvents:
         what = f"features at {pd.Timestamp(cutoff):%Y-%m-%d}"
         got = [f for f in self.map(_transform, builder, cutoff, what=what) if f is not None]
         if not got:                                       # no order before the cut-off: what the whole says
-            return self.map(_features_of, builder, cutoff, what=what)[0][:0]
+            return builder.transform(self.events, cutoff)
         return pd.concat(got).sort_index(kind="stable") if len(got) > 1 else got[0]
 
 
