@@ -232,8 +232,9 @@ def fingerprint(path: str | Path) -> str:
     """sha256 of a file's bytes, or of a partitioned table's part names and bytes (first 16 hex digits)."""
     h = hashlib.sha256()
     path = Path(path)
-    for part in (_parts(path) if path.is_dir() else [path]):
-        if path.is_dir():
+    folder = path.is_dir()
+    for part in (_parts(path) if folder else [path]):
+        if folder:
             h.update(part.name.encode() + b"\0")
         with open(part, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -697,7 +697,7 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
     say("source records: store, web, call centre with planted variation")
     tables, record_truth, lookup, has = make_records(np.random.default_rng(s_rec), C, spec)
     counts = {}
-    n_parts = (spec.customers + spec.chunk - 1) // spec.chunk
+    n_parts = (spec.customers + spec.chunk - 1) // spec.chunk      # chunks of customers: one part each
     for name, df in tables.items():
         if partitioned:
             w = _Writer(out / name, fmt, parts=True)
@@ -725,7 +725,7 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
                for k in ("orders", "order_lines", "contacts")}
     t_writer = _Writer(out / "truth" / f"customer_truth.{ext}", fmt)
     uplift_rows, order_id0, contact_id0 = [], 1_000_001, 5_000_001
-    chunk_seeds = s_chunks.spawn((spec.customers + spec.chunk - 1) // spec.chunk)
+    chunk_seeds = s_chunks.spawn(n_parts)
     for k, lo in enumerate(range(0, spec.customers, spec.chunk)):
         hi = min(lo + spec.chunk, spec.customers)
         say(f"orders: customers {lo + 1:,}-{hi:,} of {spec.customers:,}")
