@@ -2,113 +2,168 @@
 
 A string column in pandas (``str``, backed by pyarrow) is an offsets array and one byte buffer.
 Scoring needs each value's position in the vocabulary the model was fitted with: hashing with
-pyarrow (``index_in``) costs ~19 ns a value, 10 category columns at 2M rows 0.4 s against 0.04 s
-for the model itself. Category values are short, so a value here is its length plus its first 16
-bytes as two words (each loaded from the two aligned words that hold it and shifted into place,
-without a branch on alignment or length); their hash points to one slot of a table in which every
-vocabulary entry has its own slot, and the value is that entry exactly when length and both words
-agree and, past 16 bytes, the rest too.
+pyarrow (``index_in``) costs ~19 ns a value, 10 category columns at 2M rows 0.4 s against 0.03 s
+for the model itself. Here a value of length ``L`` is read as four 8-byte words by unaligned
+loads, each masked by a row of a small table indexed by ``min(L, 32)``, so that no branch depends
+on the data: its first bytes (up to 8), its last 8 (past 8 bytes), bytes 8-16 (past 16) and 16-24
+(past 24). Length and these words determine any string of up to 32 bytes, and are exactly the
+entry's when the value is that entry; longer values compare their middle words one by one. The
+words, mixed and multiplied, point to a slot of a table searched so that (nearly) every entry sits
+in its home slot: one probe decides for the usual few-category vocabulary.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
-_C1 = np.uint64(0x9E3779B97F4A7C15)
-_C2 = np.uint64(0xC2B2AE3D27D4EB4F)
+if sys.byteorder != "little":                                  # the words are read little-endian
+    raise ImportError("crmlab.kernels.vocab reads string bytes as little-endian words")
+
+_U = np.uint64
+_ONES = (1 << 64) - 1
 #: _MASKS[k]: the low k bytes of a word (k = 0..8).
-_MASKS = np.array([0] + [(1 << (8 * k)) - 1 for k in range(1, 8)] + [0xFFFFFFFFFFFFFFFF], np.uint64)
+_MASKS = np.array([0] + [(1 << (8 * k)) - 1 for k in range(1, 8)] + [_ONES], np.uint64)
+#: _SELECT[min(L, 32)]: the masks of a value's four words (first, last, 8-16, 16-24) at length L.
+_SELECT = np.array([[_MASKS[min(n, 8)], _ONES * (n > 8), _ONES * (n > 16), _ONES * (n > 24)] for n in range(33)],
+                   np.uint64)
+
+
+@intrinsic
+def _load8(typingctx, data, p):
+    """The 8 bytes of ``data`` (uint8) from byte ``p`` as one little-endian word (an unaligned load)."""
+    sig = types.uint64(data, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+
+    return sig, codegen
 
 
 @njit(cache=True, inline="always")
-def _mix(head, tail, length):
-    h = (head * _C1) ^ (tail * _C2) ^ np.uint64(length)
-    return h ^ (h >> np.uint64(29))
+def _rotl(x, r):
+    return (x << _U(r)) | (x >> _U(64 - r))
 
 
 @njit(cache=True, inline="always")
-def _load(words, p):
-    """The 8 bytes from byte ``p``: two aligned loads and shifts (the double shift keeps p % 8 == 0 defined)."""
-    w = p >> 3
-    sh = np.uint64(8 * (p & 7))
-    return (words[w] >> sh) | ((words[w + 1] << (np.uint64(63) - sh)) << np.uint64(1))
+def _key(w0, w1, w2, w3, length):
+    return w0 ^ _rotl(w1, 21) ^ _rotl(w2, 42) ^ _rotl(w3, 11) ^ _U(length)
 
 
 @njit(cache=True, inline="always")
-def _bytes_word(data, p, k):
-    v = np.uint64(0)
+def _byte_word(data, p, k):
+    v = _U(0)
     for j in range(k):
-        v |= np.uint64(data[p + j]) << np.uint64(8 * j)
+        v |= _U(data[p + j]) << _U(8 * j)
     return v
 
 
 @njit(cache=True, nogil=True)
-def _lookup(offsets, words, data, first, nulls, slots, v_len, v_key, v_off, v_words, unknown, missing, out):
+def _lookup(offsets, data, first, nulls, mult, shift, probes, slots, v_len, v_w, v_off, v_mid, unknown, missing,
+            out):
     """out[i] = vocabulary position of string ``first + i`` (``unknown`` if absent, ``missing`` if null).
 
-    Every vocabulary entry sits in its home slot (``Vocabulary`` sizes the table so), so one probe
-    decides: a value is the entry there when length and first 16 bytes agree and, past 16 bytes,
-    the rest, word by word."""
-    mask = np.uint64(slots.shape[0] - 1)
-    has_nulls = nulls.shape[0] > 0
+    Indices are unsigned where they can be (no wrap-around code for negative ones)."""
     n_bytes = data.shape[0]
+    mask = _U(slots.shape[0] - 1)
+    has_nulls = nulls.shape[0] > 0
     for i in range(out.shape[0]):
-        s, e = offsets[first + i], offsets[first + i + 1]
+        s = np.int64(offsets[_U(first + i)])
+        e = np.int64(offsets[_U(first + i + 1)])
         length = e - s
-        k1, k2 = min(8, length), min(8, max(0, length - 8))
-        if s + 24 <= 8 * words.shape[0]:              # both words' loads stay inside the buffer
-            head = _load(words, s) & _MASKS[k1]
-            tail = _load(words, s + 8) & _MASKS[k2]
-        else:                                         # the buffer's last bytes
-            head = _bytes_word(data, s, min(k1, n_bytes - s))
-            tail = _bytes_word(data, s + 8, k2)
-        u = slots[_mix(head, tail, length) & mask]
+        if s + 24 <= n_bytes and e >= 8:              # all four loads stay inside the buffer
+            r = _U(min(length, 32))
+            w0 = _load8(data, s) & _SELECT[r, _U(0)]
+            w1 = _load8(data, e - 8) & _SELECT[r, _U(1)]
+            w2 = _load8(data, s + 8) & _SELECT[r, _U(2)]
+            w3 = _load8(data, s + 16) & _SELECT[r, _U(3)]
+        else:                                         # a buffer's first or last bytes
+            w0 = _byte_word(data, s, min(length, 8))
+            w1 = _byte_word(data, e - 8, 8) if length > 8 else _U(0)
+            w2 = _byte_word(data, s + 8, 8) if length > 16 else _U(0)
+            w3 = _byte_word(data, s + 16, 8) if length > 24 else _U(0)
+        h = (_key(w0, w1, w2, w3, length) * mult) >> shift
         code = unknown
-        if u >= 0 and v_len[u] == length and v_key[u, 0] == head and v_key[u, 1] == tail:
-            code = u
-            for j in range(16, length, 8):              # past 16 bytes: word by word
-                k = min(8, length - j)
-                got = _load(words, s + j) if s + j + 16 <= 8 * words.shape[0] else _bytes_word(data, s + j, k)
-                if (got & _MASKS[k]) != v_words[v_off[u] + (j >> 3)]:
+        for _ in range(probes):                       # one probe unless entries collided
+            u = _U(slots[h])
+            if (v_len[u] == length) & (v_w[u, _U(0)] == w0) & (v_w[u, _U(1)] == w1) & (v_w[u, _U(2)] == w2) \
+                    & (v_w[u, _U(3)] == w3):
+                code = np.int64(u)
+                break
+            h = (h + _U(1)) & mask
+        if length > 32 and code != unknown:           # the middle words of a long value
+            p = v_off[_U(code)]
+            for j in range(24, length - 8, 8):      # whole words before the last: inside the value
+                if _load8(data, s + j) != v_mid[_U(p)]:
                     code = unknown
                     break
-        out[i] = missing if has_nulls and nulls[i] else code
+                p += 1
+        if has_nulls and nulls[_U(i)]:
+            code = missing
+        out[_U(i)] = code
 
 
-def _words(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``data`` (uint8) and its whole 8-byte words as uint64, both over one 8-byte-aligned buffer
-    (Arrow's buffers are 64-byte aligned: no copy; anything else is copied once)."""
-    if data.ctypes.data % 8:
-        data = np.frombuffer(data.tobytes(), np.uint8)
-    return data, data[: data.shape[0] // 8 * 8].view(np.uint64)
+def _entry_words(b: bytes) -> tuple[int, int, int, int]:
+    n = len(b)
+    pad = b + bytes(32)
+    w = lambda p: int.from_bytes(pad[p:p + 8], "little")          # noqa: E731
+    return (w(0) & int(_MASKS[min(n, 8)]), w(n - 8) if n > 8 else 0, w(8) if n > 16 else 0,
+            w(16) if n > 24 else 0)
 
 
 class Vocabulary:
-    """A vocabulary's strings (UTF-8) with their open-addressing table, for :func:`lookup`.
-    Of equal strings the first keeps its position."""
+    """A vocabulary's strings (UTF-8) with their hash table, for :func:`lookup`. Of equal strings
+    the first keeps its position."""
 
-    def __init__(self, values):
+    def __init__(self, values, seed: int = 0):
         raw = [str(v).encode("utf-8") for v in values]
         self.size = len(raw)
-        self.length = np.array([len(b) for b in raw], np.int64)
-        padded = [b + bytes(-len(b) % 8 + 32) for b in raw]           # whole words, at least four
-        self.key = np.array([[int.from_bytes(b[j:j + 8], "little") for j in (0, 8, 16, 24)] for b in padded],
-                            np.uint64).reshape(-1, 4)
-        self.offsets = np.zeros(len(raw) + 1, np.int64)
-        self.offsets[1:] = np.cumsum([len(b) // 8 for b in padded])
-        self.words = np.frombuffer(b"".join(padded) + bytes(8), np.uint64)
         first = {}
         for v, b in enumerate(raw):
             first.setdefault(b, v)
-        homes = {v: int(_mix(self.key[v, 0], self.key[v, 1], int(self.length[v]))) for v in first.values()}
-        size = 1 << max(3, int(np.ceil(np.log2(4 * max(1, len(first))))))
-        while len({h & (size - 1) for h in homes.values()}) < len(homes):
-            size *= 2                                  # every entry in its home slot: one probe decides
-            if size > 1 << 30:
-                raise ValueError("vocabulary strings collide in the hash table")
-        self.slots = np.full(size, -1, np.int64)
-        for v, h in homes.items():
-            self.slots[h & (size - 1)] = v
+        words = [_entry_words(b) for b in raw]
+        # the entries, then a sentinel that matches nothing (length -1) for empty slots
+        self.length = np.array([len(b) for b in raw] + [-1], np.int64)
+        self.words = np.array(words + [(0, 0, 0, 0)], np.uint64).reshape(-1, 4)
+        mids = [[int.from_bytes(b[j:j + 8], "little") for j in range(24, len(b) - 8, 8)] for b in raw]
+        self.mid_offset = np.r_[0, np.cumsum([len(m) for m in mids])[:-1]].astype(np.int64) if raw else \
+            np.zeros(0, np.int64)
+        self.mid = np.array([w for m in mids for w in m] + [0], np.uint64)
+        keys = {v: int(_key(_U(words[v][0]), _U(words[v][1]), _U(words[v][2]), _U(words[v][3]), len(raw[v])))
+                for v in first.values()}
+        self.mult, self.shift, self.slots, self.probes = self._table(keys, seed)
+
+    def _table(self, keys: dict, seed: int):
+        """A multiplier and a power-of-two table: every entry in its home slot if a multiplier found
+        among a few hundred allows it at 2-8 slots per entry; else linear probing at 4 per entry."""
+        rng = np.random.default_rng(seed)
+        n = max(1, len(keys))
+        base = max(3, int(np.ceil(np.log2(2 * n))))
+        for bits in range(base, base + 3):
+            for _ in range(128 if n <= 64 else 8):
+                mult = int(rng.integers(1, 1 << 62)) * 2 + 1
+                homes = {v: ((k * mult) & _ONES) >> (64 - bits) for v, k in keys.items()}
+                if len(set(homes.values())) == len(homes):
+                    slots = np.full(1 << bits, self.size, np.int64)
+                    for v, h in homes.items():
+                        slots[h] = v
+                    return _U(mult), _U(64 - bits), slots, 1
+        bits = base + 1
+        slots = np.full(1 << bits, self.size, np.int64)
+        probes = 1
+        for v, k in keys.items():
+            h = ((k * mult) & _ONES) >> (64 - bits)
+            d = 0
+            while slots[(h + d) & ((1 << bits) - 1)] != self.size:
+                d += 1
+            slots[(h + d) & ((1 << bits) - 1)] = v
+            probes = max(probes, d + 1)
+        return _U(mult), _U(64 - bits), slots, probes
 
 
 def lookup(offsets, data, first: int, n: int, vocabulary: Vocabulary, out, nulls=None,
@@ -129,10 +184,11 @@ def lookup(offsets, data, first: int, n: int, vocabulary: Vocabulary, out, nulls
     data = np.asarray(data, np.uint8)
     if data.ndim != 1 or (n and data.shape[0] < offsets[first + n]):
         raise ValueError("data must be the uint8 buffer the offsets point into")
-    data, words = _words(data)
+    if n and offsets[first] < 0:
+        raise ValueError("offsets must not be negative")
     v = vocabulary
-    _lookup(offsets, words, data, int(first), nulls, v.slots, v.length, v.key, v.offsets, v.words,
-            int(unknown), int(missing), out)
+    _lookup(offsets, data, int(first), nulls, v.mult, v.shift, v.probes, v.slots, v.length, v.words,
+            v.mid_offset, v.mid, int(unknown), int(missing), out)
     return out
 
 
