@@ -63,7 +63,8 @@ class _Categorical:
 class _Arrow:
     """A pyarrow-backed column: plain strings through the vocabulary kernel (``kernels.vocab``) on
     Arrow's own buffers, dictionaries through a lookup of their dictionary, other types through
-    ``pyarrow.compute.index_in``."""
+    ``pyarrow.compute.index_in``. The buffers of each Arrow chunk are taken once, so a chunk of rows
+    costs one kernel call per Arrow chunk it overlaps."""
 
     def __init__(self, s: pd.Series, vocabulary, unknown, missing):
         import pyarrow as pa
@@ -82,26 +83,43 @@ class _Arrow:
             arr = arr.cast(pa.string())
             self.value_set = pa.array(vocabulary.astype(str).tolist(), type=arr.type)
         self.arr, self.unknown, self.missing = arr, unknown, missing
+        self.starts = np.r_[0, np.cumsum([len(c) for c in arr.chunks])].astype(np.int64)
+        self.parts = [self._part(c) for c in arr.chunks]
+
+    def _part(self, chunk):
+        """What a lookup in one Arrow chunk needs, taken once: nulls, and the buffers or the codes."""
+        nulls = chunk.is_null().to_numpy(zero_copy_only=False) if chunk.null_count else None
+        if self.dictionary:
+            return nulls, chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        if self.strings:
+            _, off, data = chunk.buffers()
+            offsets = np.frombuffer(off, np.int64 if self.large else np.int32)
+            data = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+            return nulls, (offsets, data, chunk.offset)
+        return nulls, chunk
 
     def into(self, lo, hi, out):
         import pyarrow.compute as pc
 
-        pos = 0
-        for chunk in self.arr.slice(lo, hi - lo).chunks:
-            k = len(chunk)
-            dest = out[pos:pos + k]
-            pos += k
-            nulls = chunk.is_null().to_numpy(zero_copy_only=False) if chunk.null_count else None
+        first = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        for k in range(max(first, 0), len(self.parts)):
+            a, b = max(lo, self.starts[k]), min(hi, self.starts[k + 1])
+            if a >= hi:
+                break
+            if b <= a:
+                continue
+            nulls, part = self.parts[k]
+            i, j = a - self.starts[k], b - self.starts[k]
+            dest = out[a - lo:b - lo]
+            nulls = None if nulls is None else nulls[i:j]
             if self.dictionary:
-                vocab.remap(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), self.lut, dest)
+                vocab.remap(part[i:j], self.lut, dest)
             elif self.strings:
-                _, off, data = chunk.buffers()
-                offsets = np.frombuffer(off, np.int64 if self.large else np.int32)
-                data = np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
-                vocab.lookup(offsets, data, chunk.offset, k, self.vocab, dest, nulls, self.unknown, self.missing)
+                offsets, data, offset = part
+                vocab.lookup(offsets, data, offset + i, j - i, self.vocab, dest, nulls, self.unknown, self.missing)
             else:
-                dest[:] = pc.index_in(chunk, value_set=self.value_set).fill_null(self.unknown).to_numpy(
-                    zero_copy_only=False)
+                dest[:] = pc.index_in(part.slice(i, j - i), value_set=self.value_set).fill_null(
+                    self.unknown).to_numpy(zero_copy_only=False)
                 if nulls is not None:
                     dest[nulls] = self.missing
 
@@ -151,8 +169,8 @@ class FrameEncoder:
     dtype : float type of the numeric matrix; None: float32 when every numeric column is float32,
         else float64.
     chunk_rows : rows per chunk.
-    threads : threads that encode each chunk of a frame with string columns, each a share of its
-        rows (None: Numba's thread count, i.e. ``engine.threads``); the string kernel releases the GIL.
+    threads : threads of :meth:`map`, each taking whole chunks (None: Numba's thread count, i.e.
+        ``engine.threads``).
     """
 
     def __init__(self, numeric, categorical, vocabularies, missing, dtype=None, chunk_rows: int = CHUNK_ROWS,
@@ -162,47 +180,71 @@ class FrameEncoder:
         self.missing = [int(m) for m in missing]
         self.dtype, self.chunk_rows, self.threads = dtype, int(chunk_rows), threads
 
-    def chunks(self, X: pd.DataFrame):
-        """Yield ``(lo, hi, M, codes)`` per chunk of rows: ``M`` (hi - lo, p) column-major float,
-        ``codes`` (hi - lo, q) column-major int32. Both are reused by the next chunk."""
-        import numba
-
-        n = len(X)
+    def _sources(self, X: pd.DataFrame):
         nums = [_numeric_source(X[c]) for c in self.numeric]
         dtype = self.dtype
         if dtype is None:
             dtype = np.float32 if nums and all(a.dtype == np.float32 for a in nums) else np.float64
         cats = [_category_column(X[c], v, -1, m) for c, v, m in zip(self.categorical, self.vocabularies, self.missing)]
+        return nums, cats, dtype
+
+    @staticmethod
+    def _fill(nums, cats, lo, hi, M, codes):
+        """Rows lo..hi of the frame into the buffers ((p, m) and (q, m): the chunk's columns, each contiguous)."""
+        for j, arr in enumerate(nums):
+            M[j] = arr[lo:hi]
+        for j, col in enumerate(cats):
+            col.into(lo, hi, codes[j])
+
+    def chunks(self, X: pd.DataFrame):
+        """Yield ``(lo, hi, M, codes)`` per chunk of rows, in order, in this thread: ``M`` (hi - lo, p)
+        column-major float, ``codes`` (hi - lo, q) column-major int32. Both are reused by the next chunk."""
+        n = len(X)
+        nums, cats, dtype = self._sources(X)
         size = min(self.chunk_rows, max(n, 1))
-        # threads pay where per-value work is heavy (strings); for codes and numbers, at about a
-        # nanosecond a value, the hand-over costs more than it saves
-        heavy = any(isinstance(c, _Arrow) and c.strings for c in cats)
-        threads = max(1, min(self.threads or numba.get_num_threads(), size // 4096 or 1)) if heavy else 1
         M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
+        for lo in range(0, n, size):
+            hi = min(n, lo + size)
+            if hi - lo < size:                 # the last, shorter chunk: buffers of its own length
+                M, codes = np.empty((len(nums), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
+            self._fill(nums, cats, lo, hi, M, codes)
+            yield lo, hi, M.T, codes.T
 
-        def fill(lo, a, b):                    # rows lo + a .. lo + b of the chunk
-            for j, arr in enumerate(nums):
-                M[j, a:b] = arr[lo + a:lo + b]
-            for j, col in enumerate(cats):
-                col.into(lo + a, lo + b, codes[j, a:b])
+    def map(self, X: pd.DataFrame, fn, threads: int | None = None) -> None:
+        """Call ``fn(lo, hi, M, codes)`` for every chunk (as :meth:`chunks` gives them), the chunks
+        shared among ``threads`` threads (None: the encoder's setting), each encoding its chunks
+        into buffers of its own and scoring them; ``fn`` must release the GIL to gain (the string
+        kernel and the serial scoring kernels do). The first error stops the rest and is raised."""
+        import numba
 
-        pool = None
-        if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        n = len(X)
+        nums, cats, dtype = self._sources(X)
+        size = min(self.chunk_rows, max(n, 1))
+        n_chunks = -(-n // size)
+        threads = threads or self.threads or numba.get_num_threads()
+        threads = max(1, min(int(threads), n_chunks))
 
-            pool = ThreadPoolExecutor(threads)
-        try:
-            for lo in range(0, n, size):
-                hi = min(n, lo + size)
-                m = hi - lo
-                if m < size:                   # the last, shorter chunk: buffers of its own length
-                    M, codes = np.empty((len(nums), m), dtype), np.empty((len(cats), m), np.int32)
-                if pool is None or m < 8192:
-                    fill(lo, 0, m)
-                else:
-                    cuts = np.linspace(0, m, threads + 1).astype(int)
-                    list(pool.map(fill, [lo] * threads, cuts[:-1], cuts[1:]))
-                yield lo, hi, M.T, codes.T
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        def work(first):
+            M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
+            for k in range(first, n_chunks, threads):
+                if stop:
+                    return
+                lo, hi = k * size, min(n, (k + 1) * size)
+                if hi - lo < size:
+                    M, codes = np.empty((len(nums), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
+                self._fill(nums, cats, lo, hi, M, codes)
+                try:
+                    fn(lo, hi, M.T, codes.T)
+                except BaseException:
+                    stop.append(True)
+                    raise
+
+        stop: list = []
+        if threads == 1:
+            work(0)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            for f in [pool.submit(work, t) for t in range(threads)]:
+                f.result()

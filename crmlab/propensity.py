@@ -504,7 +504,9 @@ class CompiledModel:
         """P(positive) per row of ``X`` (a DataFrame with the model's feature columns).
 
         Rows are encoded and scored ``chunk_rows`` at a time into one output array (``out`` when
-        given), so memory beyond the frame and the result stays a few MB at any number of rows.
+        given), so memory beyond the frame and the result stays a few MB per thread at any number
+        of rows; Numba's threads (``engine.threads``) take whole chunks, each encoding and scoring
+        its own, so no two pools share the cores.
         ``dtype``: float type the numeric columns are scored in (None: float32 when all are).
         """
         num = self.info["numeric"]
@@ -513,11 +515,15 @@ class CompiledModel:
         a = self.arrays
         calib = self._calib()
         trees = {**a, "baseline": a["baseline"][0]} if self.info["kind"] != "logistic" else None
-        for lo, hi, M, codes in self.encoder(dtype, chunk_rows).chunks(X):
+
+        def score(lo, hi, M, codes):          # in the encoder's threads, each on chunks of its own
             if trees is None:
-                scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib, out=out[lo:hi])
+                scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib, out=out[lo:hi],
+                                     parallel=False)
             else:
-                scoring.tree_proba(M, trees, codes, calib, out=out[lo:hi])
+                scoring.tree_proba(M, trees, codes, calib, out=out[lo:hi], parallel=False)
+
+        self.encoder(dtype, chunk_rows).map(X, score)
         bad = np.isnan(out)
         if bad.any():
             raise ScoringError(self._explain_bad(X, bad))

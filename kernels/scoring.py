@@ -13,6 +13,8 @@ scores NaN; the public wrappers in ``crmlab.propensity`` turn that into an error
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 from numba.cpython.unsafe.numbers import trailing_zeros
@@ -310,6 +312,22 @@ def _quickscorer(X, codes, q_thr, q_tree, q_mask, q_off, n_tree, n_mask, n_off, 
                 out[i0 + r] = np.nan if bad[r] else _link(s[r], calib, a, b, xs, ys)
 
 
+def _serial(kernel, **options):
+    """The same kernel compiled without ``parallel`` and releasing the GIL, under a name of its own
+    (its own on-disk cache entry): for callers that spread chunks of rows over their own threads,
+    where Numba's pool and theirs would share the cores (``prange`` runs as ``range``)."""
+    f = kernel.py_func
+    name = f.__name__ + "_serial"
+    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__, g.__doc__ = name, f.__doc__
+    return njit(cache=True, nogil=True, **options)(g)
+
+
+_linear_serial = _serial(_linear, fastmath={"reassoc", "contract"}, error_model="numpy")
+_trees_serial = _serial(_trees)
+_quickscorer_serial = _serial(_quickscorer)
+
+
 def _bits(row) -> np.ndarray:
     """The 256 membership bits of a bitset row (8 uint32 words) as booleans, category k at index k."""
     return np.unpackbits(np.ascontiguousarray(row, np.uint32).astype("<u4").view(np.uint8),
@@ -502,13 +520,14 @@ def _calibration(calib):
     raise ValueError(f"unknown calibration {calib[0]!r}")
 
 
-def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=None):
+def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=None, parallel: bool = True):
     """Probabilities of a logistic model: ``link(bias + X w + table[codes])``.
 
     ``X`` (n, p) in row or column order; ``fill`` (p,) replaces NaN per column (NaN there: the
     column takes no missing values, and such rows score NaN); ``codes`` (n, q) int (column order
     saves a transpose); ``table`` (q, k) holds each category's contribution (codes < 0 add nothing).
-    ``out``: written in place when given.
+    ``out``: written in place when given. ``parallel=False``: in the calling thread only, without
+    the GIL (the same numbers), for callers that split the rows over threads of their own.
     """
     X, codes = _matrices(X, codes)
     p, q = X.shape[1], codes.shape[0]
@@ -521,11 +540,11 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=
     if q and codes.size and codes.max() >= table.shape[1]:
         raise ValueError("a category code exceeds the contribution table")
     out = _output(X.shape[0], out)
-    _linear(X, fill, w, codes, table, float(bias), *_calibration(calib), out)
+    (_linear if parallel else _linear_serial)(X, fill, w, codes, table, float(bias), *_calibration(calib), out)
     return out
 
 
-def tree_proba(X, trees, codes=None, calib=None, method: str = "auto", out=None):
+def tree_proba(X, trees, codes=None, calib=None, method: str = "auto", out=None, parallel: bool = True):
     """Probabilities of a binary tree ensemble (sum of leaf values from ``trees['baseline']``, logistic link).
 
     ``method``: ``"quickscorer"`` (vectorised across rows; trees of at most 64 leaves), ``"walk"``
@@ -536,7 +555,7 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto", out=None)
     or of ``codes`` for categorical nodes), ``thr``, ``left``, ``right``, ``miss_left``, ``bitset``
     (row of ``cat_bitsets`` going left), ``known_row`` (row of ``known_bitsets`` per categorical column),
     ``value`` and ``roots`` (first node of each tree). ``X`` and ``codes`` as in :func:`linear_proba`
-    (codes < 0: missing); ``out``: written in place when given.
+    (codes < 0: missing); ``out``: written in place when given; ``parallel`` as in :func:`linear_proba`.
     """
     X, codes = _matrices(X, codes)
     t = trees
@@ -564,14 +583,16 @@ def tree_proba(X, trees, codes=None, calib=None, method: str = "auto", out=None)
             cap = 256 if width == 4 else 64
             lanes = int(min(cap, max(8, 2 ** int(np.log2(max(8, 262144 // (width * max(1, len(t["roots"])))))))))
             out = _output(X.shape[0], out)
-            _quickscorer(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"],
-                         qs["n_mask"], qs["n_off"], qs["c_tree"], qs["c_base"], qs["c_off"], qs["c_width"],
-                         qs["c_tab"], qs["leaf_val"], qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib),
-                         qs["full"], X.dtype.type(-np.inf), out)
+            kernel = _quickscorer if parallel else _quickscorer_serial
+            kernel(X, codes, qs["q_thr"], qs["q_tree"], qs["q_mask"], qs["q_off"], qs["n_tree"], qs["n_mask"],
+                   qs["n_off"], qs["c_tree"], qs["c_base"], qs["c_off"], qs["c_width"], qs["c_tab"], qs["leaf_val"],
+                   qs["leaf_off"], lanes, float(t["baseline"]), *_calibration(calib), qs["full"],
+                   X.dtype.type(-np.inf), out)
             return out
     child, depth = _layout(t["kind"], t["left"], t["right"], t["roots"])
     out = _output(X.shape[0], out)
-    _trees(X, codes, t["kind"], t["feat"], t["thr"], child, t["miss_left"], t["bitset"],
+    kernel = _trees if parallel else _trees_serial
+    kernel(X, codes, t["kind"], t["feat"], t["thr"], child, t["miss_left"], t["bitset"],
            t["cat_bitsets"], t["known_bitsets"], t["known_row"], t["value"], t["roots"], depth,
            float(t["baseline"]), *_calibration(calib), out)
     return out

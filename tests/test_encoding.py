@@ -50,6 +50,38 @@ def test_vocab_lookup_at_the_end_of_an_unpadded_buffer():
     np.testing.assert_array_equal(out, vocab_lookup_ref(vals, VOCAB))
 
 
+def test_vocab_lookup_large_vocabulary_and_every_length():
+    """3,000 entries (too many for one-probe placement: the probing path) of every length 0-70,
+    against values that differ from an entry in one byte anywhere (first, last, middle words of
+    long values) or by one byte of length, in a buffer that ends where its last value does."""
+    rng = np.random.default_rng(5)
+    letters = np.array(list("abcdefghij é"))
+    voc = list(dict.fromkeys("".join(rng.choice(letters, size=rng.integers(0, 71))) for _ in range(3000)))
+    near = []
+    for v in rng.choice(np.array(voc, dtype=object), 2000):
+        b = bytearray(v.encode())
+        if b and rng.random() < 0.7:
+            b[rng.integers(len(b))] ^= 1                           # one bit of one byte
+        else:
+            b += b"x"
+        near.append(b.decode("utf-8", "replace"))
+    vals = [voc[k] for k in rng.integers(len(voc), size=4000)] + near + [None] * 50
+    vals = [vals[k] for k in rng.permutation(len(vals))]
+    V = vocab.Vocabulary(voc)
+    assert V.probes > 1
+    raw = [b"" if v is None else v.encode() for v in vals]
+    data = np.frombuffer(b"".join(raw), np.uint8).copy()
+    offsets = np.r_[0, np.cumsum([len(b) for b in raw])].astype(np.int64)
+    nulls = np.array([v is None for v in vals])
+    out = np.empty(len(vals), np.int32)
+    vocab.lookup(offsets, data, 0, len(vals), V, out, nulls, unknown=-7, missing=-3)
+    np.testing.assert_array_equal(out, vocab_lookup_ref(vals, voc, -7, -3))
+    small = vocab.Vocabulary(voc[:5])                               # one probe: unknown long values too
+    assert small.probes == 1
+    vocab.lookup(offsets, data, 0, len(vals), small, out, nulls, unknown=-7, missing=-3)
+    np.testing.assert_array_equal(out, vocab_lookup_ref(vals, voc[:5], -7, -3))
+
+
 def _frame(rng, n, kind):
     vals = _values(rng, n)
     s = pd.Series(vals, dtype=object)
@@ -73,17 +105,38 @@ def _frame(rng, n, kind):
 def test_encoder_reads_every_column_type(kind, threads):
     rng = np.random.default_rng(1)
     df, vals = _frame(rng, 30_000, kind)
-    enc = FrameEncoder(["x", "i", "b", "f32", "nullable"], ["c"], [VOCAB], [2], chunk_rows=8192, threads=threads)
+    enc = FrameEncoder(["x", "i", "b", "f32", "nullable"], ["c"], [VOCAB], [2], chunk_rows=8192)
     want_codes = vocab_lookup_ref(vals, VOCAB, -1, 2)
     want_num = np.column_stack([df["x"], df["i"], df["b"], df["f32"].astype(float),
                                 df["nullable"].to_numpy(float, na_value=np.nan)])
-    seen = 0
-    for lo, hi, M, codes in enc.chunks(df):
+    seen = []
+
+    def check(lo, hi, M, codes):
         assert M.flags.f_contiguous and codes.flags.f_contiguous and M.dtype == np.float64
         np.testing.assert_array_equal(codes[:, 0], want_codes[lo:hi])
         np.testing.assert_array_equal(M, want_num[lo:hi])
-        seen += hi - lo
-    assert seen == len(df)
+        seen.append((lo, hi))
+
+    for lo, hi, M, codes in enc.chunks(df):
+        check(lo, hi, M, codes)
+    assert seen == [(lo, min(lo + 8192, len(df))) for lo in range(0, len(df), 8192)]
+    seen.clear()
+    enc.map(df, check, threads=threads)                 # each chunk once, whichever thread takes it
+    assert sorted(seen) == [(lo, min(lo + 8192, len(df))) for lo in range(0, len(df), 8192)]
+
+
+def test_encoder_map_raises_the_first_error_and_stops():
+    df = pd.DataFrame({"x": np.arange(100_000.0)})
+    calls = []
+
+    def fail(lo, hi, M, codes):
+        calls.append(lo)
+        if lo == 8192:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        FrameEncoder(["x"], [], [], [], chunk_rows=4096).map(df, fail, threads=2)
+    assert len(calls) < 100_000 // 4096
 
 
 def test_encoder_keeps_float32_when_every_numeric_column_is():

@@ -28,6 +28,9 @@ def test_linear_matches_reference(calib, dtype, order):
     assert np.array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got[3]) and np.isnan(got).sum() > 10
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    serial = scoring.linear_proba(np.asarray(X, order=order), w, 0.3, fill, np.asarray(codes, order=order), table,
+                                  calib, parallel=False)
+    np.testing.assert_array_equal(serial, got)                     # the same numbers in one thread
 
 
 def _random_trees(rng, n_trees, p, q, n_cats=6, depth=5):
@@ -110,6 +113,9 @@ def test_trees_match_reference(calib, dtype, method, depth):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     got_f = scoring.tree_proba(np.asfortranarray(X), arrays, np.asfortranarray(codes), calib, method=method)
     np.testing.assert_array_equal(got_f, got)                      # a DataFrame's column order: same sums
+    serial = scoring.tree_proba(np.asfortranarray(X), arrays, np.asfortranarray(codes), calib, method=method,
+                                parallel=False)
+    np.testing.assert_array_equal(serial, got)                     # the same numbers in one thread
 
 
 @pytest.mark.parametrize("method", ["quickscorer", "walk"])
