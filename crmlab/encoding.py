@@ -180,8 +180,12 @@ class FrameEncoder:
         self.missing = [int(m) for m in missing]
         self.dtype, self.chunk_rows, self.threads = dtype, int(chunk_rows), threads
 
-    def _sources(self, X: pd.DataFrame):
-        nums = [_numeric_source(X[c]) for c in self.numeric]
+    def numeric_columns(self, X: pd.DataFrame) -> list[np.ndarray]:
+        """The numeric feature columns as NumPy arrays, each the frame's own where its type allows."""
+        return [_numeric_source(X[c]) for c in self.numeric]
+
+    def _sources(self, X: pd.DataFrame, numeric: bool = True):
+        nums = self.numeric_columns(X) if numeric else []
         dtype = self.dtype
         if dtype is None:
             dtype = np.float32 if nums and all(a.dtype == np.float32 for a in nums) else np.float64
@@ -210,15 +214,17 @@ class FrameEncoder:
             self._fill(nums, cats, lo, hi, M, codes)
             yield lo, hi, M.T, codes.T
 
-    def map(self, X: pd.DataFrame, fn, threads: int | None = None) -> None:
+    def map(self, X: pd.DataFrame, fn, threads: int | None = None, numeric: bool = True) -> None:
         """Call ``fn(lo, hi, M, codes)`` for every chunk (as :meth:`chunks` gives them), the chunks
         shared among ``threads`` threads (None: the encoder's setting), each encoding its chunks
         into buffers of its own and scoring them; ``fn`` must release the GIL to gain (the string
-        kernel and the serial scoring kernels do). The first error stops the rest and is raised."""
+        kernel and the serial scoring kernels do). The first error stops the rest and is raised.
+        ``numeric=False``: only the codes are made (``M`` has no columns), for a ``fn`` that reads
+        the numeric columns where they lie (:meth:`numeric_columns`)."""
         import numba
 
         n = len(X)
-        nums, cats, dtype = self._sources(X)
+        nums, cats, dtype = self._sources(X, numeric)
         size = min(self.chunk_rows, max(n, 1))
         n_chunks = -(-n // size)
         threads = threads or self.threads or numba.get_num_threads()

@@ -506,8 +506,10 @@ class CompiledModel:
         Rows are encoded and scored ``chunk_rows`` at a time into one output array (``out`` when
         given), so memory beyond the frame and the result stays a few MB per thread at any number
         of rows; Numba's threads (``engine.threads``) take whole chunks, each encoding and scoring
-        its own, so no two pools share the cores.
-        ``dtype``: float type the numeric columns are scored in (None: float32 when all are).
+        its own, so no two pools share the cores. A logistic model reads the numeric columns where
+        they lie (``dtype`` None); trees take them copied per chunk into a matrix that stays in cache.
+        ``dtype``: float type the numeric columns are scored in (None: their own; for trees float32
+        when all are, else float64).
         """
         num = self.info["numeric"]
         _check_frame(X, num, self.info["categorical"], f"model '{self.info['name']}'")
@@ -516,14 +518,22 @@ class CompiledModel:
         calib = self._calib()
         trees = {**a, "baseline": a["baseline"][0]} if self.info["kind"] != "logistic" else None
 
+        encoder = self.encoder(dtype, chunk_rows)
+        # a linear model reads the numeric columns where they lie; trees take them copied per chunk
+        direct = trees is None and dtype is None
+        columns = scoring.column_arrays(encoder.numeric_columns(X)) if direct else None
+
         def score(lo, hi, M, codes):          # in the encoder's threads, each on chunks of its own
-            if trees is None:
+            if direct:
+                scoring.linear_proba_columns(columns, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib,
+                                             rows=(lo, hi), out=out[lo:hi])
+            elif trees is None:
                 scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib, out=out[lo:hi],
                                      parallel=False)
             else:
                 scoring.tree_proba(M, trees, codes, calib, out=out[lo:hi], parallel=False)
 
-        self.encoder(dtype, chunk_rows).map(X, score)
+        encoder.map(X, score, numeric=not direct)
         bad = np.isnan(out)
         if bad.any():
             raise ScoringError(self._explain_bad(X, bad))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange, types as nbtypes
+from numba.extending import intrinsic
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 NUMERIC, CATEGORICAL, LEAF = 0, 1, 2
@@ -153,6 +154,78 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
                     out[lo + r] = _link(z[r], calib, a, b, xs, ys)
             else:
                 _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
+
+
+#: Column types :func:`linear_proba_columns` reads in place, by code.
+COLUMN_TYPES = (np.float64, np.float32, np.int64, np.int32, np.int16, np.int8, np.uint8)
+
+
+def _pointer_to(dtype):
+    @intrinsic
+    def cast(typingctx, address):
+        sig = nbtypes.CPointer(dtype)(nbtypes.int64)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+        return sig, codegen
+
+    return cast
+
+
+_as_f8, _as_f4, _as_i8, _as_i4, _as_i2, _as_i1, _as_u1 = (_pointer_to(t) for t in (
+    nbtypes.float64, nbtypes.float32, nbtypes.int64, nbtypes.int32, nbtypes.int16, nbtypes.int8, nbtypes.uint8))
+
+
+@njit(cache=True, inline="always")
+def _add_column(z, col, row, m, wj, fj):
+    for r in range(m):
+        v = np.float64(col[row + r])
+        z[r] += wj * (v if v == v else fj)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _linear_columns(addresses, kinds, n_rows, row0, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
+    """:func:`_linear` on a frame's own column arrays (``addresses``: where each column's values
+    start, ``kinds``: their type, by ``COLUMN_TYPES``), rows ``row0 .. row0 + len(out)``, in the
+    calling thread: the same sums in the same order as ``_linear`` on a column-major copy."""
+    n = out.shape[0]
+    q = codes.shape[0]
+    z = np.empty(BLOCK)
+    poly = np.empty(BLOCK)
+    kbuf = np.empty(BLOCK)
+    for lo in range(0, n, BLOCK):
+        m = min(n, lo + BLOCK) - lo
+        for r in range(m):
+            z[r] = bias
+        for j in range(addresses.shape[0]):
+            k, at, row = kinds[j], addresses[j], row0 + lo
+            if k == 0:
+                _add_column(z, carray(_as_f8(at), n_rows), row, m, w[j], fill[j])
+            elif k == 1:
+                _add_column(z, carray(_as_f4(at), n_rows), row, m, w[j], fill[j])
+            elif k == 2:
+                _add_column(z, carray(_as_i8(at), n_rows), row, m, w[j], fill[j])
+            elif k == 3:
+                _add_column(z, carray(_as_i4(at), n_rows), row, m, w[j], fill[j])
+            elif k == 4:
+                _add_column(z, carray(_as_i2(at), n_rows), row, m, w[j], fill[j])
+            elif k == 5:
+                _add_column(z, carray(_as_i1(at), n_rows), row, m, w[j], fill[j])
+            else:
+                _add_column(z, carray(_as_u1(at), n_rows), row, m, w[j], fill[j])
+        for c in range(q):
+            for r in range(m):
+                k = codes[c, lo + r]
+                z[r] += table[c, k] if k >= 0 else 0.0
+        for r in range(m):
+            s = z[r]
+            z[r] = s if s - s == 0.0 else np.nan
+        if calib == 2:
+            for r in range(m):
+                out[lo + r] = _link(z[r], calib, a, b, xs, ys)
+        else:
+            _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
 
 
 @njit(cache=True, inline="always")
@@ -541,6 +614,54 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=
         raise ValueError("a category code exceeds the contribution table")
     out = _output(X.shape[0], out)
     (_linear if parallel else _linear_serial)(X, fill, w, codes, table, float(bias), *_calibration(calib), out)
+    return out
+
+
+def column_arrays(columns) -> tuple[np.ndarray, np.ndarray, list]:
+    """(addresses, kinds, arrays) for :func:`linear_proba_columns`: each column as a contiguous
+    array of one of ``COLUMN_TYPES`` (bool as uint8; no copy when it is one already, else one
+    float64 copy), where its values start, and its type code. Keep ``arrays`` alive while scoring."""
+    arrays, kinds = [], []
+    for col in columns:
+        col = np.asarray(col)
+        if col.dtype == np.bool_:
+            col = col.view(np.uint8)
+        if col.dtype.type not in COLUMN_TYPES:
+            col = col.astype(np.float64)
+        col = np.ascontiguousarray(col)
+        arrays.append(col)
+        kinds.append(COLUMN_TYPES.index(col.dtype.type))
+    addresses = np.array([c.ctypes.data for c in arrays], np.int64)
+    return addresses, np.array(kinds, np.int64), arrays
+
+
+def linear_proba_columns(columns, w, bias, fill=None, codes=None, table=None, calib=None, rows=None, out=None):
+    """:func:`linear_proba` on a frame's numeric columns where they lie (no matrix is built):
+    ``columns`` is what :func:`column_arrays` returns for them (equally long), ``rows`` a
+    ``(start, stop)`` range of them (default: all), ``codes`` (stop - start, q) as in
+    :func:`linear_proba`. Runs in the calling thread without the GIL; equal to
+    :func:`linear_proba` on the same values as a float64 matrix."""
+    addresses, kinds, arrays = columns
+    n_rows = len(arrays[0]) if arrays else None               # no numeric columns: the codes' rows
+    if any(len(c) != n_rows for c in arrays):
+        raise ValueError("the columns differ in length")
+    if rows is None:
+        rows = (0, n_rows if arrays else (0 if codes is None else len(codes)))
+    start, stop = int(rows[0]), int(rows[1])
+    if not 0 <= start <= stop or (arrays and stop > n_rows):
+        raise ValueError(f"rows {start}..{stop} lie outside the columns' {n_rows}")
+    n, p = stop - start, len(arrays)
+    _, codes = _matrices(np.empty((n, 0)), codes)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    fill = np.full(p, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
+    table = np.zeros((codes.shape[0], 1)) if table is None else np.ascontiguousarray(table, dtype=np.float64)
+    if w.shape != (p,) or fill.shape != (p,) or table.shape[0] != codes.shape[0]:
+        raise ValueError(f"weights {w.shape}, fill {fill.shape} and table {table.shape} do not fit {p} columns "
+                         f"and codes {codes.shape[::-1]}")
+    if codes.size and codes.max() >= table.shape[1]:
+        raise ValueError("a category code exceeds the contribution table")
+    out = _output(n, out)
+    _linear_columns(addresses, kinds, n_rows or 0, start, fill, w, codes, table, float(bias), *_calibration(calib), out)
     return out
 
 

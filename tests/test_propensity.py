@@ -76,6 +76,26 @@ def test_compiled_scoring_reads_every_category_type_in_chunks(telco, kind):
     assert cm.predict_proba(Xs, out=out) is out and np.array_equal(out, one)
 
 
+def test_compiled_logistic_reads_numeric_columns_of_every_type_in_place():
+    """float64 with NaN, float32, int8, bool, uint16 and nullable Int64 columns beside a string one:
+    the compiled logistic (columns read where they lie) equals scikit-learn and the matrix path."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    df = pd.DataFrame({"f64": rng.normal(size=n), "f32": rng.normal(size=n).astype(np.float32),
+                       "i8": rng.integers(-3, 3, n).astype(np.int8), "b": rng.random(n) < 0.4,
+                       "u16": rng.integers(0, 50, n).astype(np.uint16),
+                       "nullable": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 9, n)), dtype="Int64"),
+                       "s": pd.Series(rng.choice(["a", "bb", "ccc"], n)).astype("str")})
+    df.loc[rng.random(n) < 0.1, "f64"] = np.nan
+    y = (df["f64"].fillna(0) + df["b"] + rng.normal(size=n) > 0.5).astype(int)
+    m = PropensityModel(kind="logistic", calibration="sigmoid", cv=3).fit(df, y)
+    cm = m.compile()
+    assert cm.info["categorical"] == ["s"] and len(cm.info["numeric"]) == 6
+    got = cm.predict_proba(df, chunk_rows=700)
+    assert np.max(np.abs(got - m.predict_proba(df)[:, 1])) <= 1e-12
+    np.testing.assert_array_equal(got, cm.predict_proba(df, dtype=np.float64))      # the copied matrix
+
+
 def test_compiled_model_saves_loads_and_detects_tampering(telco, tmp_path):
     X, y = telco
     m = PropensityModel(kind="hgb", max_iter=30, cv=3).fit(X, y)
