@@ -148,14 +148,27 @@ def _category_column(s: pd.Series, vocabulary: pd.Index, unknown: int, missing: 
     return _Objects(s, vocabulary, unknown, missing)
 
 
+class _Converted:
+    """A nullable or pyarrow number column, converted a slice at a time (float64, NaN for missing)."""
+
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.asarray(self.array[rows].to_numpy(dtype=np.float64, na_value=np.nan))
+
+
 def _numeric_source(s: pd.Series):
-    """A column's values as a NumPy array without converting the whole column where its type allows
-    (NumPy float/int/bool columns: the frame's own array); nullable and pyarrow numbers are read as
-    float64 with NaN for missing values."""
-    arr = s.array
+    """A column's values without converting the whole column: NumPy float/int/bool columns as the
+    frame's own array; nullable and pyarrow numbers as float64 with NaN, a chunk at a time."""
     if isinstance(s.dtype, np.dtype) and s.dtype.kind in "fiub":
         return s.to_numpy(copy=False)
-    return np.asarray(arr.to_numpy(dtype=np.float64, na_value=np.nan))
+    return _Converted(s.array)
 
 
 class FrameEncoder:
@@ -180,12 +193,8 @@ class FrameEncoder:
         self.missing = [int(m) for m in missing]
         self.dtype, self.chunk_rows, self.threads = dtype, int(chunk_rows), threads
 
-    def numeric_columns(self, X: pd.DataFrame) -> list[np.ndarray]:
-        """The numeric feature columns as NumPy arrays, each the frame's own where its type allows."""
-        return [_numeric_source(X[c]) for c in self.numeric]
-
-    def _sources(self, X: pd.DataFrame, numeric: bool = True):
-        nums = self.numeric_columns(X) if numeric else []
+    def _sources(self, X: pd.DataFrame):
+        nums = [_numeric_source(X[c]) for c in self.numeric]
         dtype = self.dtype
         if dtype is None:
             dtype = np.float32 if nums and all(a.dtype == np.float32 for a in nums) else np.float64
@@ -214,33 +223,44 @@ class FrameEncoder:
             self._fill(nums, cats, lo, hi, M, codes)
             yield lo, hi, M.T, codes.T
 
-    def map(self, X: pd.DataFrame, fn, threads: int | None = None, numeric: bool = True) -> None:
+    def map(self, X: pd.DataFrame, fn, threads: int | None = None, numeric: str = "matrix") -> None:
         """Call ``fn(lo, hi, M, codes)`` for every chunk (as :meth:`chunks` gives them), the chunks
         shared among ``threads`` threads (None: the encoder's setting), each encoding its chunks
         into buffers of its own and scoring them; ``fn`` must release the GIL to gain (the string
         kernel and the serial scoring kernels do). The first error stops the rest and is raised.
-        ``numeric=False``: only the codes are made (``M`` has no columns), for a ``fn`` that reads
-        the numeric columns where they lie (:meth:`numeric_columns`)."""
+
+        ``numeric="columns"``: ``M`` is instead the list of the chunk's numeric columns, each a view
+        of the frame's own array where it is a NumPy one (nothing copied), else converted into a
+        buffer of the thread's."""
         import numba
 
+        if numeric not in ("matrix", "columns"):
+            raise ValueError(f"numeric must be 'matrix' or 'columns', got {numeric!r}")
         n = len(X)
-        nums, cats, dtype = self._sources(X, numeric)
+        nums, cats, dtype = self._sources(X)
         size = min(self.chunk_rows, max(n, 1))
         n_chunks = -(-n // size)
         threads = threads or self.threads or numba.get_num_threads()
         threads = max(1, min(int(threads), n_chunks))
+        in_place = [isinstance(a, np.ndarray) for a in nums] if numeric == "columns" else [False] * len(nums)
+        copied = [a for a, keep in zip(nums, in_place) if not keep]
 
         def work(first):
-            M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
+            M, codes = np.empty((len(copied), size), dtype), np.empty((len(cats), size), np.int32)
             for k in range(first, n_chunks, threads):
                 if stop:
                     return
                 lo, hi = k * size, min(n, (k + 1) * size)
                 if hi - lo < size:
-                    M, codes = np.empty((len(nums), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
-                self._fill(nums, cats, lo, hi, M, codes)
+                    M, codes = np.empty((len(copied), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
+                self._fill(copied, cats, lo, hi, M, codes)
+                if numeric == "columns":
+                    rows = iter(M)
+                    arg = [a[lo:hi] if keep else next(rows) for a, keep in zip(nums, in_place)]
+                else:
+                    arg = M.T
                 try:
-                    fn(lo, hi, M.T, codes.T)
+                    fn(lo, hi, arg, codes.T)
                 except BaseException:
                     stop.append(True)
                     raise

@@ -71,12 +71,17 @@ def _check_frame(X, numeric: list[str], categorical: list[str], where: str) -> p
 
 
 def _as_object(X: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
-    if not categorical:
+    """The frame scikit-learn is given: categories as objects (NaN for missing), and nullable or
+    pyarrow numbers as float64 with NaN (scikit-learn refuses pandas.NA)."""
+    numbers = [c for c in X.columns if c not in categorical and not isinstance(X[c].dtype, np.dtype)]
+    if not categorical and not numbers:
         return X
     X = X.copy()
     for c in categorical:
         s = X[c].astype(object)
         X[c] = s.where(s.notna(), np.nan)
+    for c in numbers:
+        X[c] = X[c].to_numpy(dtype=np.float64, na_value=np.nan)
     return X
 
 
@@ -521,19 +526,18 @@ class CompiledModel:
         encoder = self.encoder(dtype, chunk_rows)
         # a linear model reads the numeric columns where they lie; trees take them copied per chunk
         direct = trees is None and dtype is None
-        columns = scoring.column_arrays(encoder.numeric_columns(X)) if direct else None
 
         def score(lo, hi, M, codes):          # in the encoder's threads, each on chunks of its own
             if direct:
-                scoring.linear_proba_columns(columns, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib,
-                                             rows=(lo, hi), out=out[lo:hi])
+                scoring.linear_proba_columns(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib,
+                                             out=out[lo:hi])
             elif trees is None:
                 scoring.linear_proba(M, a["w"], a["bias"][0], a["fill"], codes, a["table"], calib, out=out[lo:hi],
                                      parallel=False)
             else:
                 scoring.tree_proba(M, trees, codes, calib, out=out[lo:hi], parallel=False)
 
-        encoder.map(X, score, numeric=not direct)
+        encoder.map(X, score, numeric="columns" if direct else "matrix")
         bad = np.isnan(out)
         if bad.any():
             raise ScoringError(self._explain_bad(X, bad))

@@ -156,7 +156,7 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
                 _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
 
 
-#: Column types :func:`linear_proba_columns` reads in place, by code.
+#: Column types :func:`linear_proba_columns` reads in place, by code (bool as uint8).
 COLUMN_TYPES = (np.float64, np.float32, np.int64, np.int32, np.int16, np.int8, np.uint8)
 
 
@@ -185,10 +185,10 @@ def _add_column(z, col, row, m, wj, fj):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _linear_columns(addresses, kinds, n_rows, row0, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
-    """:func:`_linear` on a frame's own column arrays (``addresses``: where each column's values
-    start, ``kinds``: their type, by ``COLUMN_TYPES``), rows ``row0 .. row0 + len(out)``, in the
-    calling thread: the same sums in the same order as ``_linear`` on a column-major copy."""
+def _linear_columns(addresses, kinds, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
+    """:func:`_linear` on separate column arrays of ``len(out)`` values each (``addresses``: where
+    each one's values start, ``kinds``: their type, by ``COLUMN_TYPES``), in the calling thread:
+    the same sums in the same order as ``_linear`` on a column-major copy."""
     n = out.shape[0]
     q = codes.shape[0]
     z = np.empty(BLOCK)
@@ -199,21 +199,21 @@ def _linear_columns(addresses, kinds, n_rows, row0, fill, w, codes, table, bias,
         for r in range(m):
             z[r] = bias
         for j in range(addresses.shape[0]):
-            k, at, row = kinds[j], addresses[j], row0 + lo
+            k, at = kinds[j], addresses[j]
             if k == 0:
-                _add_column(z, carray(_as_f8(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_f8(at), n), lo, m, w[j], fill[j])
             elif k == 1:
-                _add_column(z, carray(_as_f4(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_f4(at), n), lo, m, w[j], fill[j])
             elif k == 2:
-                _add_column(z, carray(_as_i8(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_i8(at), n), lo, m, w[j], fill[j])
             elif k == 3:
-                _add_column(z, carray(_as_i4(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_i4(at), n), lo, m, w[j], fill[j])
             elif k == 4:
-                _add_column(z, carray(_as_i2(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_i2(at), n), lo, m, w[j], fill[j])
             elif k == 5:
-                _add_column(z, carray(_as_i1(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_i1(at), n), lo, m, w[j], fill[j])
             else:
-                _add_column(z, carray(_as_u1(at), n_rows), row, m, w[j], fill[j])
+                _add_column(z, carray(_as_u1(at), n), lo, m, w[j], fill[j])
         for c in range(q):
             for r in range(m):
                 k = codes[c, lo + r]
@@ -617,10 +617,12 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=
     return out
 
 
-def column_arrays(columns) -> tuple[np.ndarray, np.ndarray, list]:
-    """(addresses, kinds, arrays) for :func:`linear_proba_columns`: each column as a contiguous
-    array of one of ``COLUMN_TYPES`` (bool as uint8; no copy when it is one already, else one
-    float64 copy), where its values start, and its type code. Keep ``arrays`` alive while scoring."""
+def linear_proba_columns(columns, w, bias, fill=None, codes=None, table=None, calib=None, out=None):
+    """:func:`linear_proba` on separate numeric columns (a list of equally long 1-d arrays, e.g. a
+    frame's own, or views of them) where they lie, without building a matrix. Columns of
+    ``COLUMN_TYPES`` (and bool) are read in place, others through a float64 copy. Runs in the
+    calling thread without the GIL; equal to :func:`linear_proba` on the same values as a float64
+    matrix."""
     arrays, kinds = [], []
     for col in columns:
         col = np.asarray(col)
@@ -628,29 +630,12 @@ def column_arrays(columns) -> tuple[np.ndarray, np.ndarray, list]:
             col = col.view(np.uint8)
         if col.dtype.type not in COLUMN_TYPES:
             col = col.astype(np.float64)
-        col = np.ascontiguousarray(col)
-        arrays.append(col)
+        arrays.append(np.ascontiguousarray(col))
         kinds.append(COLUMN_TYPES.index(col.dtype.type))
-    addresses = np.array([c.ctypes.data for c in arrays], np.int64)
-    return addresses, np.array(kinds, np.int64), arrays
-
-
-def linear_proba_columns(columns, w, bias, fill=None, codes=None, table=None, calib=None, rows=None, out=None):
-    """:func:`linear_proba` on a frame's numeric columns where they lie (no matrix is built):
-    ``columns`` is what :func:`column_arrays` returns for them (equally long), ``rows`` a
-    ``(start, stop)`` range of them (default: all), ``codes`` (stop - start, q) as in
-    :func:`linear_proba`. Runs in the calling thread without the GIL; equal to
-    :func:`linear_proba` on the same values as a float64 matrix."""
-    addresses, kinds, arrays = columns
-    n_rows = len(arrays[0]) if arrays else None               # no numeric columns: the codes' rows
-    if any(len(c) != n_rows for c in arrays):
-        raise ValueError("the columns differ in length")
-    if rows is None:
-        rows = (0, n_rows if arrays else (0 if codes is None else len(codes)))
-    start, stop = int(rows[0]), int(rows[1])
-    if not 0 <= start <= stop or (arrays and stop > n_rows):
-        raise ValueError(f"rows {start}..{stop} lie outside the columns' {n_rows}")
-    n, p = stop - start, len(arrays)
+    n = len(arrays[0]) if arrays else (0 if codes is None else len(codes))
+    if any(c.ndim != 1 or len(c) != n for c in arrays):
+        raise ValueError(f"the columns must be 1-d and equally long ({[c.shape for c in arrays]})")
+    p = len(arrays)
     _, codes = _matrices(np.empty((n, 0)), codes)
     w = np.ascontiguousarray(w, dtype=np.float64)
     fill = np.full(p, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
@@ -661,7 +646,9 @@ def linear_proba_columns(columns, w, bias, fill=None, codes=None, table=None, ca
     if codes.size and codes.max() >= table.shape[1]:
         raise ValueError("a category code exceeds the contribution table")
     out = _output(n, out)
-    _linear_columns(addresses, kinds, n_rows or 0, start, fill, w, codes, table, float(bias), *_calibration(calib), out)
+    addresses = np.array([c.ctypes.data for c in arrays], np.int64)
+    _linear_columns(addresses, np.array(kinds, np.int64), fill, w, codes, table, float(bias), *_calibration(calib),
+                    out)
     return out
 
 
