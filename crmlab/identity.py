@@ -355,12 +355,17 @@ class RecordMatcher(Params):
             raise CrmlabError(f"mode 'link' only compares records of different source systems, but every record "
                               f"comes from '{df[self.source_col].iloc[0]}': use mode='dedupe' (or "
                               "'link_and_dedupe') to find duplicates within one system")
-        compared = sorted({c for comp in comps for c in comp.needs()})   # blocking needs no arenas
+        return df, self._arenas(df, comps), comps
+
+    def _arenas(self, df: pd.DataFrame, comps) -> dict:
+        """The compared columns of ``df`` as the comparison kernels read them (blocking needs none)."""
+        numeric = {comp.column for comp in comps if comp.kind == "numeric"}
+        compared = sorted({c for comp in comps for c in comp.needs()})
         arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
                       else S.to_arena(df[c].astype("string").tolist())) for c in compared}
         # value codes per text column: 'exact' is one integer comparison per pair, not a string scan
         arenas.update({("codes", c): self._column_codes(df, c) for c in compared if c not in numeric})
-        return df, arenas, comps
+        return arenas
 
     def _mode_filter(self, df, left, right):
         if self.mode == "link_and_dedupe":
@@ -464,9 +469,7 @@ class RecordMatcher(Params):
                 u_exact = float(np.sum(shares ** 2))
                 rest = self.u_[k][:-1]
                 self.u_[k] = np.r_[rest / rest.sum() * (1.0 - u_exact), u_exact]
-        left, right, self.blocking_ = self.candidate_pairs(df)
-        if len(left) == 0:
-            raise CrmlabError("blocking produced no candidate pairs: check the blocking rules and fields")
+        cand_patterns, cand_counts = self._candidate_patterns(records, df, arenas, comps, n_levels)
         # m by EM in sessions, one per training rule, u fixed; a comparison on the rule's own fields
         # agrees by construction there, so it is left out of that session
         sums = [np.zeros(n) for n in n_levels]
@@ -492,9 +495,7 @@ class RecordMatcher(Params):
                               "does not use those fields")
         self.m_ = [s / c for s, c in zip(sums, counts_k)]
         # prior: expected matches among the candidates over all comparable pairs (fixed point)
-        L = self._levels(arenas, comps, left, right)
-        self._cache = (_fingerprint(records), left, right, L, self.blocking_, df)
-        patterns, counts = _patterns(L, n_levels)
+        patterns, counts = cand_patterns, cand_counts
         n_rec = len(df)
         total = n_rec * (n_rec - 1) / 2
         if self.mode != "link_and_dedupe":
@@ -521,6 +522,16 @@ class RecordMatcher(Params):
         self.tf_min_u_ = self.tf_min_u if self.tf_min_u is not None else 1.0 / max(len(df), 1)
         self.n_records_ = len(df)
         return self
+
+    def _candidate_patterns(self, records, df, arenas, comps, n_levels):
+        """The candidate pairs' distinct level patterns and their counts (sets ``blocking_``; the
+        pairs and levels are kept for :meth:`score_pairs` on the same records)."""
+        left, right, self.blocking_ = self.candidate_pairs(df)
+        if len(left) == 0:
+            raise CrmlabError("blocking produced no candidate pairs: check the blocking rules and fields")
+        L = self._levels(arenas, comps, left, right)
+        self._cache = (_fingerprint(records), left, right, L, self.blocking_, df)
+        return _patterns(L, n_levels)
 
     def _keyed(self, records: pd.DataFrame) -> pd.DataFrame:
         """:func:`add_keys` of ``records``, reused from fit when they are the records it was fitted on."""
@@ -832,14 +843,21 @@ def _loglik(patterns: np.ndarray, probs: list) -> np.ndarray:
     return out
 
 
-def key_map(records: pd.DataFrame, labels: np.ndarray, pairs: PairScores, previous: pd.DataFrame | None = None,
-            source_col: str = "source_system") -> pd.DataFrame:
-    """Key map rows with confidence: linked records get their strongest accepted link's probability,
-    single records 1 - their strongest candidate's probability."""
-    n = len(records)
+def best_probability(n: int, pairs: PairScores) -> np.ndarray:
+    """Each record's strongest candidate pair's match probability (0 without a candidate)."""
     best = np.zeros(n)
     np.maximum.at(best, pairs.left, pairs.probability)
     np.maximum.at(best, pairs.right, pairs.probability)
+    return best
+
+
+def key_map(records: pd.DataFrame, labels: np.ndarray, pairs: PairScores | None, previous: pd.DataFrame | None = None,
+            source_col: str = "source_system", best: np.ndarray | None = None) -> pd.DataFrame:
+    """Key map rows with confidence: linked records get their strongest accepted link's probability,
+    single records 1 - their strongest candidate's probability (``best``: those probabilities
+    when the pairs are not at hand, :func:`best_probability`)."""
+    n = len(records)
+    best = best_probability(n, pairs) if best is None else best
     sizes = np.bincount(labels, minlength=n)[labels]
     conf = np.where(sizes > 1, best, 1.0 - best)
     out = pd.DataFrame({"source_system": records[source_col].to_numpy(), "source_id": records["source_id"].to_numpy(),
