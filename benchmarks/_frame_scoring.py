@@ -69,7 +69,7 @@ def run_case(name: str, X: pd.DataFrame, y: np.ndarray, n: int, repeats: int, sk
             t_kernel, p_kernel = best(kern, repeats)
             encoder = cm.encoder()                # as predict_proba runs it: threads on whole chunks; a
             noop = lambda lo, hi, M, codes: None  # noqa: E731   logistic model makes only the codes
-            t_encode, _ = best(lambda: encoder.map(F, noop, numeric=kind != "logistic"), repeats)
+            t_encode, _ = best(lambda: encoder.map(F, noop, numeric="columns" if kind == "logistic" else "matrix"), repeats)
             t_total, p = best(lambda: cm.predict_proba(F), repeats)
             sk = F.iloc[:sklearn_rows]
             t_sk, p_sk = best(lambda: m.predict_proba(sk)[:, 1], 1)

@@ -276,6 +276,8 @@ class PairScores:
     weight: np.ndarray
     probability: np.ndarray
     blocking: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: each record's strongest candidate probability, where only some pairs are held (Dask: the links)
+    best: np.ndarray | None = None
 
 
 class RecordMatcher(Params):
@@ -738,14 +740,9 @@ class RecordMatcher(Params):
             raise CrmlabError("every existing record must be in the key map given to match_new")
         allrec = pd.concat([records, new_records], ignore_index=True)
         n_old = len(records)
-        df, arenas, _ = self._prepare(allrec)
-        left, right, _ = self.candidate_pairs(df)
-        keep = right >= n_old                                  # left < right: the pair involves a new record
-        left, right = left[keep], right[keep]
-        levels = self._levels(arenas, self.comparisons_, left, right)
-        weight = np.log2(self.lambda_ / (1 - self.lambda_)) + self._weights(df, levels, left, right).sum(axis=1)
-        prob = 1.0 / (1.0 + np.exp2(-weight))
-        acc = prob >= self.threshold
+        scores = self._new_pairs(allrec, n_old)
+        left, right = scores.left, scores.right
+        acc = scores.probability >= self.threshold
         key_of_old = have.merge(km, left_on=[self.source_col, "source_id"], right_on=["source_system", "source_id"],
                                 how="left")["customer_key"].to_numpy()
         codes, uniq = pd.factorize(key_of_old)
@@ -755,8 +752,17 @@ class RecordMatcher(Params):
         labels = graph.connected_components(len(allrec), np.r_[old_l, left[acc]], np.r_[old_r, right[acc]])
         bridge = pd.Series(codes).groupby(labels[:n_old]).nunique()
         self.bridges_ = int((bridge > 1).sum())
-        scores = PairScores(left, right, levels, weight, prob)
         return key_map(allrec, labels, scores, km, self.source_col)
+
+    def _new_pairs(self, allrec: pd.DataFrame, n_old: int) -> PairScores:
+        """The scored candidate pairs of ``allrec`` that involve a record at or past row ``n_old``."""
+        df, arenas, _ = self._prepare(allrec)
+        left, right, _ = self.candidate_pairs(df)
+        keep = right >= n_old                                  # left < right: the pair involves a new record
+        left, right = left[keep], right[keep]
+        levels = self._levels(arenas, self.comparisons_, left, right)
+        weight = np.log2(self.lambda_ / (1 - self.lambda_)) + self._weights(df, levels, left, right).sum(axis=1)
+        return PairScores(left, right, levels, weight, 1.0 / (1.0 + np.exp2(-weight)))
 
 
 def _tf_values(values, tf: dict) -> np.ndarray:
@@ -857,7 +863,8 @@ def key_map(records: pd.DataFrame, labels: np.ndarray, pairs: PairScores | None,
     single records 1 - their strongest candidate's probability (``best``: those probabilities
     when the pairs are not at hand, :func:`best_probability`)."""
     n = len(records)
-    best = best_probability(n, pairs) if best is None else best
+    if best is None:
+        best = pairs.best if pairs.best is not None else best_probability(n, pairs)
     sizes = np.bincount(labels, minlength=n)[labels]
     conf = np.where(sizes > 1, best, 1.0 - best)
     out = pd.DataFrame({"source_system": records[source_col].to_numpy(), "source_id": records["source_id"].to_numpy(),

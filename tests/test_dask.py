@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import affinity, config, datasets, engine, sources, targets, value
+from crmlab import affinity, config, datasets, engine, identity, sources, targets, value
 from crmlab.kernels import baskets as K
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
@@ -18,7 +18,7 @@ from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
-from crmlab import affinity_dask, events_dask, value_dask  # noqa: E402
+from crmlab import affinity_dask, events_dask, identity_dask, value_dask  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 CI = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
@@ -226,3 +226,51 @@ def test_a_run_joins_a_running_scheduler_and_leaves_it_running():
             assert c.submit(sum, [1, 2]).result() == 3                      # still running
     finally:
         other.close()
+
+
+def _matched(m, records, previous=None):
+    m.fit(records)
+    pairs = m.score_pairs(records)
+    return pairs, identity.key_map(records, m.cluster(len(records), pairs), pairs, previous)
+
+
+@pytest.mark.parametrize("world", ["febrl4", "sample"])
+def test_dask_record_matching_equals_local(cluster, world):
+    """Candidate pairs made, compared and scored by parts on the workers: the same m, u and prior
+    bit for bit, the same blocking statistics, links and key map (keys kept from a previous map
+    alike), and incremental matching of new records the same."""
+    if world == "febrl4":
+        records = datasets.read_febrl4(SAMPLE.parent / "febrl")[0]
+        make = datasets.febrl_matcher
+    else:
+        records = sources.load(SAMPLE).customers
+        make = identity.RecordMatcher
+    local = make()
+    pairs, km = _matched(local, records)
+    dm = identity_dask.DaskRecordMatcher.like(make()).on(cluster.client, parts=5)
+    dpairs, dkm = _matched(dm, records)
+    assert all(np.array_equal(a, b) for a, b in zip(local.m_, dm.m_))
+    assert all(np.array_equal(a, b) for a, b in zip(local.u_, dm.u_))
+    assert dm.lambda_ == local.lambda_ and dm.n_iter_ == local.n_iter_ and dm.tf_ == local.tf_
+    pd.testing.assert_frame_equal(dm.blocking_, local.blocking_)
+    acc = pairs.probability >= local.threshold
+    np.testing.assert_array_equal(dpairs.left, pairs.left[acc])
+    np.testing.assert_array_equal(dpairs.right, pairs.right[acc])
+    np.testing.assert_array_equal(dpairs.probability, pairs.probability[acc])
+    np.testing.assert_array_equal(dpairs.best, identity.best_probability(len(records), pairs))
+    pd.testing.assert_frame_equal(dkm, km)
+    assert dm.to_dict() == local.to_dict()
+    # a later run keeps the keys: the previous map's, shuffled in, as locally
+    prev = km.assign(customer_key="P" + km["customer_key"].str[1:])
+    rows = np.random.default_rng(0).permutation(len(records))
+    again = records.iloc[rows].reset_index(drop=True)
+    p1 = local.score_pairs(again)
+    p2 = dm.score_pairs(again)
+    pd.testing.assert_frame_equal(identity.key_map(again, dm.cluster(len(again), p2), p2, prev),
+                                  identity.key_map(again, local.cluster(len(again), p1), p1, prev))
+    # incremental: the last 5% of the records are new
+    cut = int(len(records) * 0.95)
+    old, new = records.iloc[:cut].reset_index(drop=True), records.iloc[cut:].reset_index(drop=True)
+    known = km.iloc[:cut]
+    pd.testing.assert_frame_equal(dm.match_new(old, known, new), local.match_new(old, known, new))
+    assert dm.bridges_ == local.bridges_
