@@ -28,15 +28,15 @@ import numpy as np
 import pandas as pd
 
 from . import engine
-from .identity import (DEFAULT_BLOCKING, PairScores, RecordMatcher, _fingerprint, _patterns)
+from .errors import CrmlabError
+from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher, _fingerprint, _patterns
+from .kernels import graph
 
 
 def _part_pairs(piece: pd.DataFrame, matcher: RecordMatcher, rule: int, n_levels: list[int]):
     """One part of one blocking rule: its pairs (global rows, each kept by the first rule that makes
     it), their levels, and the rule's counts. ``piece`` holds the part's records in table order with
     ``_row`` and per rule up to this one ``_c{k}`` (block code) and ``_s{k}`` (block size)."""
-    from .kernels import graph
-
     left, right, skipped = graph.block_pairs(piece[f"_c{rule}"].to_numpy(), matcher.max_block)
     keep = matcher._mode_filter(piece, left, right)
     left, right = left[keep], right[keep]
@@ -71,6 +71,16 @@ def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None
     acc = prob >= scorer.threshold
     return {"left": rows[left[acc]], "right": rows[right[acc]], "levels": L[acc], "weight": weight[acc],
             "probability": prob[acc], "rows": rows[has], "best": best[has]}
+
+
+def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> PairScores:
+    """A share of a part's candidate pairs drawn at random, scored (global rows)."""
+    rng = np.random.default_rng(seed)
+    take = np.flatnonzero(rng.random(len(part["left"])) < share)
+    piece, left, right, L = part["piece"], part["left"][take], part["right"][take], part["levels"][take]
+    weight = np.log2(scorer.lambda_ / (1 - scorer.lambda_)) + scorer._weights(piece, L, left, right).sum(axis=1)
+    rows = piece["_row"].to_numpy()
+    return PairScores(rows[left], rows[right], L, weight, 1.0 / (1.0 + np.exp2(-weight)))
 
 
 def _pattern_table(parts: list) -> tuple[np.ndarray, np.ndarray]:
@@ -166,8 +176,6 @@ class DaskRecordMatcher(RecordMatcher):
         return pd.DataFrame(rows), union
 
     def _candidate_patterns(self, records, df, arenas, comps, n_levels):
-        from .errors import CrmlabError
-
         client = self._client
 
         def run():
@@ -180,7 +188,7 @@ class DaskRecordMatcher(RecordMatcher):
         if union == 0:
             raise CrmlabError("blocking produced no candidate pairs: check the blocking rules and fields")
         self._cache = None
-        self._dask_parts = (_fingerprint(records), futures)
+        self._dask_parts = (_fingerprint(records), futures, self.blocking_)
         return _pattern_table(got)
 
     def score_pairs(self, records: pd.DataFrame) -> PairScores:
@@ -200,12 +208,13 @@ class DaskRecordMatcher(RecordMatcher):
         def run():
             cached = getattr(self, "_dask_parts", None)
             if cached is not None and cached[0] == _fingerprint(records):
-                futures, stats = cached[1], self.blocking_
+                futures, stats = cached[1], cached[2]
             else:
                 df, _, comps = self._prepare(records)
                 rules, tagged = self._scatter_parts(df, [len(c.labels()) for c in comps])
                 stats, _ = self._gather_parts(len(df), rules, tagged)
                 futures = [f for _, f in tagged]
+                self._dask_parts = (_fingerprint(records), futures, stats)   # kept on the workers for the next call
             scorer = client.scatter(self._plain(), broadcast=True)
             return stats, client.gather([client.submit(_part_scores, f, scorer, first_new, pure=False)
                                          for f in futures])
@@ -227,3 +236,27 @@ class DaskRecordMatcher(RecordMatcher):
         order = np.argsort(left * n + right, kind="stable")     # the local order: by (left, right)
         return PairScores(left[order], right[order], cat["levels"][order], cat["weight"][order],
                           cat["probability"][order], stats, best=best)
+
+    def pair_sample(self, records: pd.DataFrame, n: int, seed: int = 0) -> PairScores:
+        """About ``n`` of the candidate pairs of ``records`` (those :meth:`fit` or :meth:`score_pairs`
+        last made for them), drawn uniformly and scored: for the reports, which plot weights and
+        review pairs near the threshold from a sample when the pairs stay on the workers."""
+        self._check_fitted()
+        cached = getattr(self, "_dask_parts", None)
+        if cached is None or cached[0] != _fingerprint(records):
+            self._links(records)
+            cached = self._dask_parts
+        union = int(cached[2]["pairs"].iloc[-1])
+        share = min(1.0, n / max(union, 1))
+        client = self._client
+        scorer = client.scatter(self._plain(), broadcast=True)
+        got = engine.retry_lost(lambda: client.gather([client.submit(_part_sample, f, scorer, share, seed + i,
+                                                                     pure=False)
+                                                       for i, f in enumerate(cached[1])]),
+                                f"a sample of {n:,} candidate pairs")
+        left = np.concatenate([g.left for g in got]).astype(np.int64)
+        right = np.concatenate([g.right for g in got]).astype(np.int64)
+        order = np.argsort(left * len(records) + right, kind="stable")
+        return PairScores(left[order], right[order], np.concatenate([g.levels for g in got])[order],
+                          np.concatenate([g.weight for g in got])[order],
+                          np.concatenate([g.probability for g in got])[order], cached[2])

@@ -260,6 +260,12 @@ def test_dask_record_matching_equals_local(cluster, world):
     np.testing.assert_array_equal(dpairs.best, identity.best_probability(len(records), pairs))
     pd.testing.assert_frame_equal(dkm, km)
     assert dm.to_dict() == local.to_dict()
+    # the report's sample: candidate pairs scored as locally, about as many as asked for
+    sample = dm.pair_sample(records, 1000)
+    at = pd.Series(np.arange(len(pairs.left)), index=pairs.left * len(records) + pairs.right)
+    idx = at.loc[sample.left * len(records) + sample.right].to_numpy()
+    assert 800 < len(idx) < 1200 and len(np.unique(idx)) == len(idx)
+    np.testing.assert_array_equal(sample.probability, pairs.probability[idx])
     # a later run keeps the keys: the previous map's, shuffled in, as locally
     prev = km.assign(customer_key="P" + km["customer_key"].str[1:])
     rows = np.random.default_rng(0).permutation(len(records))

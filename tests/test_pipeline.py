@@ -132,8 +132,9 @@ def test_nbval_reproduces_checked_cells(ci_run):
 
 def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci_run, tmp_path):
     """engine.kind: dask starts a LocalCluster of two worker processes for the run and records its
-    dashboard; stages 20-50 compute on it (itemsets by parts, value by partitions, features on events
-    split by customer) and write the tables of the local run, bit for bit."""
+    dashboard; stages 10-50 compute on it (candidate pairs by parts, itemsets by parts, value by
+    partitions, features on events split by customer) and write the tables of the local run, bit for
+    bit; the identity report plots a sample of the pairs and says so."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
     run = pipeline.run(CI, [f"runs_dir={tmp_path}",
                             "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments]",
@@ -144,8 +145,9 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     assert "Dask: 2 workers at" in (run / "index.html").read_text()
     value = next(s for s in m["stages"] if s["name"] == "30_value")
     assert value["dask"]["workers_peak_mb"] > 50 and value["dask"]["spilled_bytes"] >= 0
-    for name in ("affinity_rules", "customer_recommendations", "customer_value", "customer_propensity",
-                 "customer_segments", "segment_profiles"):
+    assert "Dask mode: the candidate pairs stay on the workers" in (run / "reports" / "10_identity.html").read_text()
+    for name in ("customer_key_map", "affinity_rules", "customer_recommendations", "customer_value",
+                 "customer_propensity", "customer_segments", "segment_profiles"):
         got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
         want = pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet")
         assert len(got) > 5, name

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import identity, runs
+from .. import engine, identity, identity_dask, runs
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 from ..truth import record_truth
@@ -20,7 +20,8 @@ class IdentityResult:
 
     ``truth``: the planted customer of each record (synthetic worlds), else None; ``previous``: the
     key map whose keys were kept (path), ``kept_share``: the share of records seen before that kept
-    their key; ``n_new``: records matched incrementally (None for a full match).
+    their key; ``n_new``: records matched incrementally (None for a full match); ``pairs_of``: in
+    Dask mode ``pairs`` is a uniform sample of this many candidate pairs (None: all of them).
     """
 
     records: pd.DataFrame
@@ -32,6 +33,11 @@ class IdentityResult:
     previous: Path | None = None
     kept_share: float | None = None
     n_new: int | None = None
+    pairs_of: int | None = None
+
+
+#: Candidate pairs the report samples in Dask mode (the pairs themselves stay on the workers).
+REPORT_PAIRS = 200_000
 
 
 def find_previous_key_map(params: dict, exclude=None):
@@ -64,8 +70,12 @@ def run_identity(ctx) -> IdentityResult:
     truth = record_truth(ctx.params["data"]["dir"], records)
     matcher = identity.RecordMatcher(threshold=P["threshold"], mode=P["mode"], max_block=P["max_block"],
                                      max_cluster=P["max_cluster"], u_sample=P["u_sample"], random_state=ctx.params["seed"])
+    client = engine.client(ctx.params["engine"])
+    if client is not None:                 # engine.kind dask: the candidate pairs on the workers, the same keys
+        matcher = identity_dask.DaskRecordMatcher.like(matcher).on(client,
+                                                                  partition_rows=ctx.params["engine"]["partition_rows"])
     matcher.fit(records)
-    pairs = matcher.score_pairs(records)
+    pairs = matcher.score_pairs(records)   # Dask: the links and each record's best probability
     previous = previous_key_map(ctx)
     prev_map = pd.read_parquet(previous) if previous is not None else None
     n_new = None
@@ -89,4 +99,8 @@ def run_identity(ctx) -> IdentityResult:
     ctx.write_artifact("identity_model", pd.DataFrame({"model": [json.dumps(matcher.to_dict())]}))
     ev = CustomerEvents.from_sources(src, key_map)
     ctx.write_events(ev)
-    return IdentityResult(records, matcher, pairs, key_map, ev, truth, previous, kept, n_new)
+    sampled = None
+    if client is not None:                 # the report's pairs: a uniform sample of the candidates
+        pairs = matcher.pair_sample(records, REPORT_PAIRS, seed=ctx.params["seed"])
+        sampled = int(matcher.blocking_["pairs"].iloc[-1])
+    return IdentityResult(records, matcher, pairs, key_map, ev, truth, previous, kept, n_new, sampled)
