@@ -8,7 +8,11 @@ tables and the parameters are equal bit for bit and reports wall times and their
 ``--world N``, a generated world of N customers: its features at the scoring cut-off computed locally
 and by customer parts on the cluster (:mod:`crmlab.events_dask`), the split timed apart. With
 ``--baskets N``: N skewed baskets over 20,000 items (benchmarks/affinity_bench.py's), itemsets to
-length 3 at ``--support``, locally and by parts (:mod:`crmlab.affinity_dask`).
+length 3 at ``--support``, locally and by parts (:mod:`crmlab.affinity_dask`). With ``--records N``:
+a generated world of about N customer source records deduplicated by :class:`RecordMatcher` and by
+:class:`crmlab.identity_dask.DaskRecordMatcher` (candidate pairs by parts on the workers): time per
+step, candidate pairs per second, peak memory (this process; the workers), pairwise and B-cubed F1
+against the planted truth, key maps equal.
 
     python benchmarks/dask_bench.py --customers 200000 1000000 --world 200000 --baskets 5000000 \
         --out benchmarks/results/dask_bench.txt
@@ -27,8 +31,9 @@ import pandas as pd
 
 import tempfile
 
-from affinity_bench import make_large
-from crmlab import affinity, affinity_dask, config, engine, events_dask, sources, synth, targets, threads, value, value_dask
+from affinity_bench import PeakRSS, make_large
+from crmlab import (affinity, affinity_dask, config, engine, events_dask, identity, identity_dask, matching_report,
+                    sources, synth, targets, threads, value, value_dask)
 from crmlab.events import CustomerEvents
 from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
@@ -60,6 +65,52 @@ def local(tx: pd.DataFrame, P: dict):
                                        P["time_unit_days"])
 
 
+def _matched(m, rec):
+    t = {}
+    t0 = time.perf_counter()
+    m.fit(rec)
+    t["fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pairs = m.score_pairs(rec)
+    t["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    km = identity.key_map(rec, m.cluster(len(rec), pairs), pairs)
+    t["keys"] = time.perf_counter() - t0
+    return km, t
+
+
+def dedup(cluster, n_records: int, partition_rows: int) -> list[str]:
+    """Local and Dask record matching of one generated world, side by side."""
+    with tempfile.TemporaryDirectory() as tmp:
+        synth.generate(synth.WorldSpec(customers=max(1000, n_records * 100 // 207), seed=11), tmp, fmt="parquet")
+        rec = sources.load(tmp).customers
+        rt = pd.read_parquet(Path(tmp) / "truth" / "record_truth.parquet")
+        truth = rec.merge(rt, on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
+    out = []
+    with PeakRSS() as mem:
+        km, t_local = _matched(identity.RecordMatcher(), rec)
+    local_mb = mem.above
+    dm = identity_dask.DaskRecordMatcher().on(cluster.client, partition_rows=partition_rows)
+    with PeakRSS() as mem:
+        km2, t_dask = _matched(dm, rec)
+    pairs = int(dm.blocking_["pairs"].iloc[-1])
+    use = cluster.usage()
+    scores = {k: (matching_report.pairwise_scores(x["customer_key"].to_numpy(), truth)["f1"],
+                  matching_report.bcubed_scores(x["customer_key"].to_numpy(), truth)["f1"]) for k, x in
+              (("local", km), ("dask", km2))}
+    out.append(f"# dedup of {len(rec):,} source records ({pairs:,} candidate pairs), default RecordMatcher; "
+               f"key maps equal: {km.equals(km2)}")
+    for k, t, mb in (("local", t_local, local_mb), ("dask", t_dask, mem.above)):
+        total = sum(t.values())
+        out.append(f"#   {k:5s} fit {t['fit']:7.1f} s, score {t['score']:6.1f} s, components+keys {t['keys']:5.1f} s = "
+                   f"{total:7.1f} s ({pairs / total / 1e3:,.0f} k candidate pairs/s end to end); peak {mb:,.0f} MB above "
+                   f"the records in this process; pairwise F1 {scores[k][0]:.4f}, B-cubed F1 {scores[k][1]:.4f}")
+    out.append(f"#   dask workers: peak {use.get('workers_peak_mb', float('nan')):,.0f} MB (limit per worker), "
+               f"spilled {use.get('spilled_bytes', 0):,} bytes; dask/local time "
+               f"{sum(t_dask.values()) / sum(t_local.values()):.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, nargs="*", default=[200_000, 1_000_000])
@@ -68,18 +119,22 @@ def main() -> None:
     ap.add_argument("--world", type=int, default=0, help="also time features on a generated world of N customers")
     ap.add_argument("--baskets", type=int, default=0, help="also time itemsets of N generated baskets")
     ap.add_argument("--support", type=float, default=0.0005)
+    ap.add_argument("--records", type=int, default=0, help="also deduplicate a world of about N source records")
+    ap.add_argument("--memory-limit", default="6GB", help="per worker")
     ap.add_argument("--out")
     a = ap.parse_args()
     threads.limit(None)
     P = config.load(ROOT / "params" / "default.yaml")["value"]
     lines = [f"# python benchmarks/dask_bench.py --customers {' '.join(map(str, a.customers))} "
-             f"--workers {a.workers} --partition-rows {a.partition_rows}",
+             f"--workers {a.workers} --partition-rows {a.partition_rows} --memory-limit {a.memory_limit}"
+             + (f" --world {a.world}" if a.world else "") + (f" --baskets {a.baskets}" if a.baskets else "")
+             + (f" --records {a.records}" if a.records else ""),
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; LocalCluster of {a.workers} worker "
              "processes (1 thread each) on the same machine; local mode with every core in this process",
              f"{'customers':>10s} {'orders':>11s} {'local s':>8s} {'dask s':>8s} {'dask/local':>10s} "
              f"{'patterns':>9s}  equal"]
     print("\n".join(lines), flush=True)
-    cluster = engine.start({"kind": "dask", "workers": a.workers})
+    cluster = engine.start({"kind": "dask", "workers": a.workers, "memory_limit": a.memory_limit})
     try:
         for n in a.customers:
             tx = transactions(n)
@@ -129,6 +184,9 @@ def main() -> None:
                          f"({len(want):,} itemsets): local {t_local:.2f} s, Dask {t_parts:.2f} s "
                          f"({t_parts / t_local:.2f}x local's time); equal {same}")
             print(lines[-1], flush=True)
+        if a.records:
+            lines += dedup(cluster, a.records, a.partition_rows)
+            print("\n".join(lines[-4:]), flush=True)
     finally:
         cluster.close()
     if a.out:
