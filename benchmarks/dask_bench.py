@@ -79,35 +79,41 @@ def _matched(m, rec):
     return km, t
 
 
-def dedup(cluster, n_records: int, partition_rows: int) -> list[str]:
-    """Local and Dask record matching of one generated world, side by side."""
+def dedup(cluster, n_records: int, partition_rows: int, local: bool = True) -> list[str]:
+    """Local and Dask record matching of one generated world, side by side (``local=False``: Dask only)."""
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        synth.generate(synth.WorldSpec(customers=max(1000, n_records * 100 // 207), seed=11), tmp, fmt="parquet")
+        synth.generate(synth.WorldSpec(customers=max(1000, n_records * 100 // 207), seed=11), tmp, fmt="parquet",
+                       partitioned=n_records > 2_000_000)
         rec = sources.load(tmp).customers
         rt = pd.read_parquet(Path(tmp) / "truth" / "record_truth.parquet")
         truth = rec.merge(rt, on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
-    out = []
-    with PeakRSS() as mem:
-        km, t_local = _matched(identity.RecordMatcher(), rec)
-    local_mb = mem.above
+    made = time.perf_counter() - t0
+    runs = {}
+    if local:
+        with PeakRSS() as mem:
+            km, t = _matched(identity.RecordMatcher(), rec)
+        runs["local"] = (km, t, mem.above)
     dm = identity_dask.DaskRecordMatcher().on(cluster.client, partition_rows=partition_rows)
     with PeakRSS() as mem:
-        km2, t_dask = _matched(dm, rec)
+        km, t = _matched(dm, rec)
+    runs["dask"] = (km, t, mem.above)
     pairs = int(dm.blocking_["pairs"].iloc[-1])
     use = cluster.usage()
-    scores = {k: (matching_report.pairwise_scores(x["customer_key"].to_numpy(), truth)["f1"],
-                  matching_report.bcubed_scores(x["customer_key"].to_numpy(), truth)["f1"]) for k, x in
-              (("local", km), ("dask", km2))}
-    out.append(f"# dedup of {len(rec):,} source records ({pairs:,} candidate pairs), default RecordMatcher; "
-               f"key maps equal: {km.equals(km2)}")
-    for k, t, mb in (("local", t_local, local_mb), ("dask", t_dask, mem.above)):
+    out = [f"# dedup of {len(rec):,} source records ({pairs:,} candidate pairs; world generated and loaded in "
+           f"{made:.0f} s), default RecordMatcher"
+           + (f"; key maps equal: {runs['local'][0].equals(runs['dask'][0])}" if local else "")]
+    for k, (km, t, mb) in runs.items():
         total = sum(t.values())
+        f1 = matching_report.pairwise_scores(km["customer_key"].to_numpy(), truth)["f1"]
+        bc = matching_report.bcubed_scores(km["customer_key"].to_numpy(), truth)["f1"]
         out.append(f"#   {k:5s} fit {t['fit']:7.1f} s, score {t['score']:6.1f} s, components+keys {t['keys']:5.1f} s = "
                    f"{total:7.1f} s ({pairs / total / 1e3:,.0f} k candidate pairs/s end to end); peak {mb:,.0f} MB above "
-                   f"the records in this process; pairwise F1 {scores[k][0]:.4f}, B-cubed F1 {scores[k][1]:.4f}")
+                   f"the records in this process; pairwise F1 {f1:.4f}, B-cubed F1 {bc:.4f}")
     out.append(f"#   dask workers: peak {use.get('workers_peak_mb', float('nan')):,.0f} MB (limit per worker), "
-               f"spilled {use.get('spilled_bytes', 0):,} bytes; dask/local time "
-               f"{sum(t_dask.values()) / sum(t_local.values()):.2f}")
+               f"spilled {use.get('spilled_bytes', 0):,} bytes"
+               + (f"; dask/local time {sum(runs['dask'][1].values()) / sum(runs['local'][1].values()):.2f}"
+                  if local else ""))
     return out
 
 
@@ -121,6 +127,7 @@ def main() -> None:
     ap.add_argument("--support", type=float, default=0.0005)
     ap.add_argument("--records", type=int, default=0, help="also deduplicate a world of about N source records")
     ap.add_argument("--memory-limit", default="6GB", help="per worker")
+    ap.add_argument("--dask-only", action="store_true", help="--records: the Dask matcher only (local mode skipped)")
     ap.add_argument("--out")
     a = ap.parse_args()
     threads.limit(None)
@@ -128,7 +135,7 @@ def main() -> None:
     lines = [f"# python benchmarks/dask_bench.py --customers {' '.join(map(str, a.customers))} "
              f"--workers {a.workers} --partition-rows {a.partition_rows} --memory-limit {a.memory_limit}"
              + (f" --world {a.world}" if a.world else "") + (f" --baskets {a.baskets}" if a.baskets else "")
-             + (f" --records {a.records}" if a.records else ""),
+             + (f" --records {a.records}" if a.records else "") + (" --dask-only" if a.dask_only else ""),
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; LocalCluster of {a.workers} worker "
              "processes (1 thread each) on the same machine; local mode with every core in this process",
              f"{'customers':>10s} {'orders':>11s} {'local s':>8s} {'dask s':>8s} {'dask/local':>10s} "
@@ -185,7 +192,7 @@ def main() -> None:
                          f"({t_parts / t_local:.2f}x local's time); equal {same}")
             print(lines[-1], flush=True)
         if a.records:
-            lines += dedup(cluster, a.records, a.partition_rows)
+            lines += dedup(cluster, a.records, a.partition_rows, local=not a.dask_only)
             print("\n".join(lines[-4:]), flush=True)
     finally:
         cluster.close()
