@@ -156,6 +156,7 @@ class DaskRecordMatcher(RecordMatcher):
             if pieces:
                 scattered = client.scatter(pieces)
                 futures += [(r, client.submit(_part_pairs, p, plain, r, n_levels, pure=False)) for p in scattered]
+            del pieces                                   # on the workers now: one rule's copy here at a time
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):
