@@ -108,15 +108,22 @@ class DaskRecordMatcher(RecordMatcher):
     def like(cls, matcher: RecordMatcher) -> "DaskRecordMatcher":
         return cls(**matcher.get_params(deep=False))
 
-    # -- arenas only for the records a sample needs
+    # -- arenas here only for the records the samples need
     def _arenas(self, df, comps):
         return {"_records": df}
 
     def _levels(self, arenas, comps, left, right):
+        """Levels of sampled pairs: arenas of just their records while those are a small share of
+        the table; once a sample touches a quarter of it, of the whole table, built once and kept."""
         if "_records" not in arenas:
             return super()._levels(arenas, comps, left, right)
+        df = arenas["_records"]
         rows = np.unique(np.r_[left, right])
-        sub = arenas["_records"].iloc[rows].reset_index(drop=True)
+        if "_all" in arenas or 4 * len(rows) >= len(df):
+            if "_all" not in arenas:
+                arenas["_all"] = RecordMatcher._arenas(self, df, self._comps())
+            return super()._levels(arenas["_all"], comps, left, right)
+        sub = df.iloc[rows].reset_index(drop=True)
         local = super()._levels(RecordMatcher._arenas(self, sub, comps), comps, np.searchsorted(rows, left),
                                 np.searchsorted(rows, right))
         self._codes_memo = {k: v for k, v in self._codes_memo.items() if k[0] != id(sub)}
