@@ -81,13 +81,22 @@ def _matched(m, rec):
 
 def dedup(cluster, n_records: int, partition_rows: int, local: bool = True) -> list[str]:
     """Local and Dask record matching of one generated world, side by side (``local=False``: Dask only)."""
+    import subprocess
+    import sys
+
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        synth.generate(synth.WorldSpec(customers=max(1000, n_records * 100 // 207), seed=11), tmp, fmt="parquet",
-                       partitioned=n_records > 2_000_000)
-        rec = sources.load(tmp).customers
-        rt = pd.read_parquet(Path(tmp) / "truth" / "record_truth.parquet")
-        truth = rec.merge(rt, on=["source_system", "source_id"], how="left")["customer_id"].to_numpy()
+        # generated in a child process (its memory goes back when it ends); only the customer tables are read
+        args = ["generate", "--customers", str(max(1000, n_records * 100 // 207)), "--seed", "11", "--out", tmp,
+                "--quiet"] + (["--partitions", str(max(2, n_records // 1_000_000))] if n_records > 2_000_000 else [])
+        subprocess.run([sys.executable, "-m", "crmlab", *args], check=True)
+        rec = sources.load_customers(tmp)
+        rt = pd.read_parquet(Path(tmp) / "truth" / "record_truth.parquet", columns=["source_system", "source_id",
+                                                                                     "customer_id"])
+        truth = rec[["source_system", "source_id"]].merge(rt.astype({"source_id": "string"}),
+                                                          on=["source_system", "source_id"],
+                                                          how="left")["customer_id"].to_numpy()
+        del rt
     made = time.perf_counter() - t0
     runs = {}
     if local:

@@ -146,24 +146,28 @@ class DaskRecordMatcher(RecordMatcher):
         comps = self._comps()
         cols = sorted({c for comp in comps for c in comp.needs()} |
                       ({self.source_col} if self.mode != "link_and_dedupe" else set()))
-        base = df[cols].assign(_row=np.arange(n))
+        at = [df.columns.get_loc(c) for c in cols]
         plain = client.scatter(self._plain(), broadcast=True)
-        futures = []
+        futures, codes, sizes = [], [], []
         for r, rule in enumerate(rules):
             code = self._rule_codes(df, rule)
             size = np.bincount(code[code >= 0], minlength=1)
-            base[f"_c{r}"] = code
-            base[f"_s{r}"] = np.where(code >= 0, size[np.maximum(code, 0)], 0)
+            codes.append(code)
+            sizes.append(np.where(code >= 0, size[np.maximum(code, 0)], 0))
             rows = np.flatnonzero(code >= 0)
             part = code[rows] % n_parts
             order = np.argsort(part, kind="stable")             # each part in table order
             bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
-            pieces = [base.iloc[rows[order[a:b]]].reset_index(drop=True)
-                      for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1]
-            if pieces:
-                scattered = client.scatter(pieces)
-                futures += [(r, client.submit(_part_pairs, p, plain, r, n_levels, pure=False)) for p in scattered]
-            del pieces                                   # on the workers now: one rule's copy here at a time
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if b - a < 2:
+                    continue
+                take = rows[order[a:b]]                     # only this part's rows are copied here
+                piece = df.iloc[take, at].reset_index(drop=True).assign(
+                    _row=take, **{f"_c{k}": codes[k][take] for k in range(r + 1)},
+                    **{f"_s{k}": sizes[k][take] for k in range(r + 1)})
+                futures.append((r, client.submit(_part_pairs, client.scatter(piece), plain, r, n_levels,
+                                                 pure=False)))
+                del piece                                   # on a worker now
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):

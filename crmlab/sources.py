@@ -510,15 +510,11 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
             broken.add(name)
             errors += errs
     if cust_names and not any(n in broken for n in cust_names):
-        parts = [typed[n].assign(source_system=n[len("customers_"):]) for n in cust_names]
-        customers = pd.concat(parts, ignore_index=True)
-        customers["source_id"] = customers["source_id"].astype("string")
-        typed["customers"] = customers[["source_system", *(c for c in customers if c != "source_system")]]
+        typed["customers"] = _combined_customers(typed, cust_names)
     _check_foreign_keys(typed, origin, broken, errors)
     if errors:
         raise SourcesInvalid(errors)
-    customers = standardise_customers(typed["customers"])
-    customers["source_system"] = customers["source_system"].astype("string")
+    customers = _standardised(typed["customers"])
     tables = {"customers": customers}
     for n in SCHEMAS:
         if n != "customers" and n in typed:
@@ -528,6 +524,39 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
             tables[n]["source_id"] = tables[n]["source_id"].astype("string")
     systems = [n[len("customers_"):] for n in cust_names]
     return Sources(tables, systems, dict(origin))
+
+
+def _combined_customers(typed: dict, cust_names: list[str]) -> pd.DataFrame:
+    parts = [typed[n].assign(source_system=n[len("customers_"):]) for n in cust_names]
+    customers = pd.concat(parts, ignore_index=True)
+    customers["source_id"] = customers["source_id"].astype("string")
+    return customers[["source_system", *(c for c in customers if c != "source_system")]]
+
+
+def _standardised(customers: pd.DataFrame) -> pd.DataFrame:
+    customers = standardise_customers(customers)
+    customers["source_system"] = customers["source_system"].astype("string")
+    return customers
+
+
+def load_customers(folder: str | Path, systems: list[str] | None = None) -> pd.DataFrame:
+    """The customer records alone: every ``customers_<system>`` table of ``folder`` (or those of
+    ``systems``), validated and standardised as :func:`load` makes ``Sources.customers``, without
+    reading the other tables (record matching on its own: orders and lines are most of a world)."""
+    files = {n: p for n, p in input_files(folder).items() if n.startswith("customers_")
+             and (not systems or n[len("customers_"):] in systems)}
+    missing = [s for s in systems or [] if f"customers_{s}" not in files]
+    if missing or not files:
+        raise SourcesInvalid([SourceError(f"customers_{missing[0]}" if missing else "customers_<system>", None,
+                                          "table not found" if missing else "no customer table found (expected "
+                                          "at least one file named customers_<system>)", path=str(folder))])
+    typed, errors = {}, []
+    for name, p in sorted(files.items()):
+        typed[name], errs = validate_table(_read_file(p), name, "customers", str(p))
+        errors += errs
+    if errors:
+        raise SourcesInvalid(errors)
+    return _standardised(_combined_customers(typed, sorted(files)))
 
 
 def load(folder: str | Path | None = None, url: str | None = None, schema: str | None = None,

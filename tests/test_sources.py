@@ -1,5 +1,6 @@
 """Validation gives one clear message naming table, column, file and offending rows."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -234,3 +235,20 @@ def test_orphan_lookup_equals_the_merge_on_text():
                          "b": pd.Series(rng.integers(0, 20000, 40000).astype(str), dtype="string")})
     got = _orphans(wide.iloc[:30000], wide.iloc[25000:])                 # codes too wide for a table: hashed
     assert np.array_equal(got, reference(wide.iloc[:30000], wide.iloc[25000:])) and got.sum() > 1000
+
+
+def test_load_customers_alone_equals_the_loaded_customers(tmp_path):
+    """The customer tables alone, read, validated and standardised as load() makes them; a missing
+    system or a bad customer table is named."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "sample"
+    pd.testing.assert_frame_equal(sources.load_customers(folder), sources.load(folder).customers)
+    systems = sources.load(folder).systems[:1]
+    got = sources.load_customers(folder, systems)
+    assert set(got["source_system"]) == set(systems) and len(got) > 100
+    with pytest.raises(SourcesInvalid, match="customers_nowhere.*table not found"):
+        sources.load_customers(folder, ["nowhere"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "customers_web.csv").write_text("source_id,first_name\n1,Ann\n1,Bob\n")
+    with pytest.raises(SourcesInvalid, match="customers_web"):
+        sources.load_customers(bad)
