@@ -103,6 +103,24 @@ def _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf):
         out[lo + r] = v if z[r] == z[r] else np.nan
 
 
+@njit(cache=True, inline="always")
+def _finish_block(z, codes, table, lo, m, calib, a, b, xs, ys, out, poly, kbuf):
+    """Rows lo .. lo + m of a linear pass: the category contributions added to the numeric sums
+    ``z``, non-finite sums made NaN, then the link into ``out`` (inlined: the caller's loops)."""
+    for c in range(codes.shape[0]):
+        for r in range(m):
+            k = codes[c, lo + r]
+            z[r] += table[c, k] if k >= 0 else 0.0
+    for r in range(m):
+        s = z[r]
+        z[r] = s if s - s == 0.0 else np.nan
+    if calib == 2:
+        for r in range(m):
+            out[lo + r] = _link(z[r], calib, a, b, xs, ys)
+    else:
+        _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
     """out[i] = link(bias + sum_j w_j * x_ij (NaN -> fill_j) + sum_c table[c, codes[c, i]]).
@@ -116,7 +134,6 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
     pass).
     """
     n, p = X.shape
-    q = codes.shape[0]
     rowmajor = p < 2 or X.strides[1] == X.itemsize
     n_blocks = (n + BLOCK - 1) // BLOCK
     n_tasks = (n_blocks + SUPER - 1) // SUPER
@@ -142,18 +159,7 @@ def _linear(X, fill, w, codes, table, bias, calib, a, b, xs, ys, out):
                     for r in range(m):
                         v = np.float64(X[lo + r, j])
                         z[r] += wj * (v if v == v else fj)
-            for c in range(q):
-                for r in range(m):
-                    k = codes[c, lo + r]
-                    z[r] += table[c, k] if k >= 0 else 0.0
-            for r in range(m):
-                s = z[r]
-                z[r] = s if s - s == 0.0 else np.nan
-            if calib == 2:
-                for r in range(m):
-                    out[lo + r] = _link(z[r], calib, a, b, xs, ys)
-            else:
-                _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
+            _finish_block(z, codes, table, lo, m, calib, a, b, xs, ys, out, poly, kbuf)
 
 
 #: Column types :func:`linear_proba_columns` reads in place, by code (bool as uint8).
@@ -190,7 +196,6 @@ def _linear_columns(addresses, kinds, fill, w, codes, table, bias, calib, a, b, 
     each one's values start, ``kinds``: their type, by ``COLUMN_TYPES``), in the calling thread:
     the same sums in the same order as ``_linear`` on a column-major copy."""
     n = out.shape[0]
-    q = codes.shape[0]
     z = np.empty(BLOCK)
     poly = np.empty(BLOCK)
     kbuf = np.empty(BLOCK)
@@ -214,18 +219,7 @@ def _linear_columns(addresses, kinds, fill, w, codes, table, bias, calib, a, b, 
                 _add_column(z, carray(_as_i1(at), n), lo, m, w[j], fill[j])
             else:
                 _add_column(z, carray(_as_u1(at), n), lo, m, w[j], fill[j])
-        for c in range(q):
-            for r in range(m):
-                k = codes[c, lo + r]
-                z[r] += table[c, k] if k >= 0 else 0.0
-        for r in range(m):
-            s = z[r]
-            z[r] = s if s - s == 0.0 else np.nan
-        if calib == 2:
-            for r in range(m):
-                out[lo + r] = _link(z[r], calib, a, b, xs, ys)
-        else:
-            _logistic_block(z, out, lo, m, calib, a, b, poly, kbuf)
+        _finish_block(z, codes, table, lo, m, calib, a, b, xs, ys, out, poly, kbuf)
 
 
 @njit(cache=True, inline="always")
