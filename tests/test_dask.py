@@ -234,6 +234,20 @@ def _matched(m, records, previous=None):
     return pairs, identity.key_map(records, m.cluster(len(records), pairs), pairs, previous)
 
 
+def test_dask_record_matching_with_oversized_blocks_equals_local(cluster):
+    """Blocks above max_block are skipped by their rule (and counted) and a pair in an earlier rule's
+    skipped block is still made by a later rule, in parts as locally."""
+    records = sources.load(SAMPLE).customers
+    local = identity.RecordMatcher(max_block=3)
+    pairs, km = _matched(local, records)
+    dm = identity_dask.DaskRecordMatcher.like(local).on(cluster.client, parts=3)
+    dpairs, dkm = _matched(dm, records)
+    assert local.blocking_["blocks_skipped"].iloc[:-1].gt(0).sum() >= 2
+    pd.testing.assert_frame_equal(dm.blocking_, local.blocking_)
+    assert dm.lambda_ == local.lambda_
+    pd.testing.assert_frame_equal(dkm, km)
+
+
 @pytest.mark.parametrize("world", ["febrl4", "sample"])
 def test_dask_record_matching_equals_local(cluster, world):
     """Candidate pairs made, compared and scored by parts on the workers: the same m, u and prior
