@@ -8,7 +8,9 @@ tables and the parameters are equal bit for bit and reports wall times and their
 ``--world N``, a generated world of N customers: its features at the scoring cut-off computed locally
 and by customer parts on the cluster (:mod:`crmlab.events_dask`), the split timed apart. With
 ``--baskets N``: N skewed baskets over 20,000 items (benchmarks/affinity_bench.py's), itemsets to
-length 3 at ``--support``, locally and by parts (:mod:`crmlab.affinity_dask`). With ``--records N``:
+length 3 at ``--support``, locally and by parts (:mod:`crmlab.affinity_dask`); with ``--local-baskets K``
+(past local mode's memory) the baskets are made 5M at a time, local mode and the equality check run on
+the first K, the cluster mines all N. With ``--records N``:
 a generated world of about N customer source records deduplicated by :class:`RecordMatcher` and by
 :class:`crmlab.identity_dask.DaskRecordMatcher` (candidate pairs by parts on the workers): time per
 step, candidate pairs per second, peak memory (this process; the workers), pairwise and B-cubed F1
@@ -63,6 +65,15 @@ def local(tx: pd.DataFrame, P: dict):
     spend = value.GammaGamma().fit(rfm)
     return model, value.customer_value(model, spend, rfm, P["clv_months"], P["discount_rate"], P["margin"],
                                        P["time_unit_days"])
+
+
+def baskets_in_chunks(n: int, chunk: int = 5_000_000):
+    """affinity_bench's skewed baskets, made 5M at a time (one seed per chunk) so that memory stays
+    near the result's (make_large sorts every (basket, item) key at once: 16 GB at 50M)."""
+    parts = [make_large(min(chunk, n - lo), seed=lo // chunk) for lo in range(0, n, chunk)]
+    m = parts[0][2]
+    indptr = np.concatenate([[0]] + [p[0][1:] + sum(q[0][-1] for q in parts[:i]) for i, p in enumerate(parts)])
+    return indptr.astype(np.int64), np.concatenate([p[1] for p in parts]), m
 
 
 def _matched(m, rec):
@@ -134,6 +145,8 @@ def main() -> None:
     ap.add_argument("--world", type=int, default=0, help="also time features on a generated world of N customers")
     ap.add_argument("--baskets", type=int, default=0, help="also time itemsets of N generated baskets")
     ap.add_argument("--support", type=float, default=0.0005)
+    ap.add_argument("--local-baskets", type=int, default=0,
+                    help="--baskets: local mode (and equality) on the first N baskets only; all on the cluster")
     ap.add_argument("--records", type=int, default=0, help="also deduplicate a world of about N source records")
     ap.add_argument("--memory-limit", default="6GB", help="per worker")
     ap.add_argument("--dask-only", action="store_true", help="--records: the Dask matcher only (local mode skipped)")
@@ -144,6 +157,7 @@ def main() -> None:
     lines = [f"# python benchmarks/dask_bench.py --customers {' '.join(map(str, a.customers))} "
              f"--workers {a.workers} --partition-rows {a.partition_rows} --memory-limit {a.memory_limit}"
              + (f" --world {a.world}" if a.world else "") + (f" --baskets {a.baskets}" if a.baskets else "")
+             + (f" --local-baskets {a.local_baskets}" if a.local_baskets else "")
              + (f" --records {a.records}" if a.records else "") + (" --dask-only" if a.dask_only else ""),
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; LocalCluster of {a.workers} worker "
              "processes (1 thread each) on the same machine; local mode with every core in this process",
@@ -186,7 +200,29 @@ def main() -> None:
                          f"Dask {parts.n} parts: split + scatter {t_split:.2f} s (once per stage), features "
                          f"{t_parts:.2f} s ({t_parts / t_local:.2f}x local's time); equal {got.equals(want)}")
             print(lines[-1], flush=True)
-        if a.baskets:
+        if a.baskets and a.local_baskets:            # local mode on the first baskets only, the cluster on all
+            indptr, indices, m = baskets_in_chunks(a.baskets)
+            b = affinity.Baskets(indptr, indices, pd.Index(np.arange(m)))
+            sub = affinity.Baskets(indptr[:a.local_baskets + 1], indices[:indptr[a.local_baskets]], b.items)
+            t0 = time.perf_counter()
+            want = affinity.frequent_itemsets(sub, min_support=a.support, max_len=3, columnar=True)
+            t_local = time.perf_counter() - t0
+            got = affinity_dask.frequent_itemsets(cluster.client, sub, a.support, 3,
+                                                  partition_baskets=a.partition_rows)
+            same = all(np.array_equal(getattr(got, k), getattr(want, k)) for k in ("flat", "lens", "counts"))
+            lines.append(f"# itemsets to length 3 of the first {a.local_baskets:,} baskets at support "
+                         f"{a.support:g} ({len(want):,} itemsets): local {t_local:.2f} s; Dask equal {same}")
+            print(lines[-1], flush=True)
+            t0 = time.perf_counter()
+            got = affinity_dask.frequent_itemsets(cluster.client, b, a.support, 3, partition_baskets=a.partition_rows)
+            t_parts = time.perf_counter() - t0
+            use = cluster.usage()
+            lines.append(f"# itemsets to length 3 of {a.baskets:,} baskets ({len(indices):,} items in them) over "
+                         f"{m:,} items at support {a.support:g} on the cluster: {len(got):,} itemsets in "
+                         f"{t_parts:.1f} s; workers peak {use.get('workers_peak_mb', float('nan')):,.0f} MB, "
+                         f"spilled {use.get('spilled_bytes', 0):,} bytes")
+            print(lines[-1], flush=True)
+        elif a.baskets:
             indptr, indices, m = make_large(a.baskets)
             b = affinity.Baskets(indptr, indices, pd.Index(np.arange(m)))
             t0 = time.perf_counter()
@@ -196,9 +232,11 @@ def main() -> None:
             got = affinity_dask.frequent_itemsets(cluster.client, b, a.support, 3, partition_baskets=a.partition_rows)
             t_parts = time.perf_counter() - t0
             same = all(np.array_equal(getattr(got, k), getattr(want, k)) for k in ("flat", "lens", "counts"))
+            use = cluster.usage()
             lines.append(f"# itemsets to length 3 of {a.baskets:,} baskets over {m:,} items at support {a.support:g} "
                          f"({len(want):,} itemsets): local {t_local:.2f} s, Dask {t_parts:.2f} s "
-                         f"({t_parts / t_local:.2f}x local's time); equal {same}")
+                         f"({t_parts / t_local:.2f}x local's time); equal {same}; workers peak "
+                         f"{use.get('workers_peak_mb', float('nan')):,.0f} MB, spilled {use.get('spilled_bytes', 0):,} bytes")
             print(lines[-1], flush=True)
         if a.records:
             lines += dedup(cluster, a.records, a.partition_rows, local=not a.dask_only)
