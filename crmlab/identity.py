@@ -406,6 +406,28 @@ class RecordMatcher(Params):
         stats.append(row)
         return left, right, pd.DataFrame(stats)
 
+    def largest_blocks(self, records: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+        """Per blocking rule its ``k`` largest blocks: the key (values joined by ' | ', masked), the
+        records in it and whether it exceeds ``max_block`` (then its pairs are not made: it is
+        skipped and counted in ``blocking_``). Blocks past ``max_block`` are where a rule would run
+        out of memory; this names them."""
+        df = self._keyed(records)
+        rows = []
+        for rule in (self.blocking or DEFAULT_BLOCKING):
+            codes = self._rule_codes(df, list(rule))
+            ok = codes >= 0
+            if not ok.any():
+                continue
+            sizes = np.bincount(codes[ok])
+            first = np.full(len(sizes), -1, np.int64)
+            first[codes[ok][::-1]] = np.flatnonzero(ok)[::-1]          # each block's first record
+            for b in np.argsort(-sizes, kind="stable")[:k]:
+                key = " | ".join(mask_value(df.at[int(first[b]), c]) for c in rule)
+                rows.append({"rule": " & ".join(rule), "key": key, "records": int(sizes[b]),
+                             "pairs": int(sizes[b]) * (int(sizes[b]) - 1) // 2,
+                             "skipped": bool(sizes[b] > self.max_block)})
+        return pd.DataFrame(rows, columns=["rule", "key", "records", "pairs", "skipped"])
+
     def _column_codes(self, df, col):
         """Integer code per record for one column (-1 = missing), memoised per record table."""
         memo = self.__dict__.setdefault("_codes_memo", {})

@@ -243,6 +243,10 @@ def test_dask_record_matching_with_oversized_blocks_equals_local(cluster):
     dm = identity_dask.DaskRecordMatcher.like(local).on(cluster.client, parts=3)
     dpairs, dkm = _matched(dm, records)
     assert local.blocking_["blocks_skipped"].iloc[:-1].gt(0).sum() >= 2
+    big = dm.largest_blocks(records, k=2)                      # named with their (masked) key and size
+    pd.testing.assert_frame_equal(big, local.largest_blocks(records, k=2))
+    assert big["skipped"].any() and (big.loc[big["skipped"], "records"] > 3).all()
+    assert (big["key"].str.len() > 0).all()
     pd.testing.assert_frame_equal(dm.blocking_, local.blocking_)
     assert dm.lambda_ == local.lambda_
     pd.testing.assert_frame_equal(dkm, km)

@@ -334,3 +334,19 @@ def test_saved_matcher_scores_one_record_as_the_batch_scores_its_pairs(world_rec
         assert bf.shape == (len(mine), len(saved.comparisons_))
     with pytest.raises(CrmlabError, match="not a saved RecordMatcher"):
         identity.RecordMatcher.from_dict({"format": 99})
+
+
+def test_largest_blocks_name_the_key_and_size():
+    """Each rule's largest blocks: sizes as a group-by of the keyed records says, the key masked,
+    skipped exactly when above max_block."""
+    records = sources.load(ROOT / "data" / "sample").customers
+    m = identity.RecordMatcher(max_block=4)
+    big = m.largest_blocks(records, k=3)
+    keyed = identity.add_keys(records)
+    for rule in identity.DEFAULT_BLOCKING:
+        want = keyed.groupby(list(rule), dropna=True).size().sort_values(ascending=False).head(3).to_numpy()
+        got = big.loc[big["rule"] == " & ".join(rule)]
+        np.testing.assert_array_equal(got["records"].to_numpy(), want)
+        np.testing.assert_array_equal(got["skipped"].to_numpy(), want > 4)
+        assert (got["pairs"] == got["records"] * (got["records"] - 1) // 2).all()
+    assert big["key"].str.contains(r"\*").all()                   # person fields masked
