@@ -200,44 +200,28 @@ def main() -> None:
                          f"Dask {parts.n} parts: split + scatter {t_split:.2f} s (once per stage), features "
                          f"{t_parts:.2f} s ({t_parts / t_local:.2f}x local's time); equal {got.equals(want)}")
             print(lines[-1], flush=True)
-        if a.baskets and a.local_baskets:            # local mode on the first baskets only, the cluster on all
-            indptr, indices, m = baskets_in_chunks(a.baskets)
+        if a.baskets:                 # --local-baskets K: local mode (and equality) on the first K only
+            indptr, indices, m = baskets_in_chunks(a.baskets) if a.local_baskets else make_large(a.baskets)
             b = affinity.Baskets(indptr, indices, pd.Index(np.arange(m)))
-            sub = affinity.Baskets(indptr[:a.local_baskets + 1], indices[:indptr[a.local_baskets]], b.items)
+            k = min(a.local_baskets or a.baskets, a.baskets)
+            sub = b if k == a.baskets else affinity.Baskets(indptr[:k + 1], indices[:indptr[k]], b.items)
             t0 = time.perf_counter()
             want = affinity.frequent_itemsets(sub, min_support=a.support, max_len=3, columnar=True)
             t_local = time.perf_counter() - t0
-            got = affinity_dask.frequent_itemsets(cluster.client, sub, a.support, 3,
-                                                  partition_baskets=a.partition_rows)
-            same = all(np.array_equal(getattr(got, k), getattr(want, k)) for k in ("flat", "lens", "counts"))
-            lines.append(f"# itemsets to length 3 of the first {a.local_baskets:,} baskets at support "
-                         f"{a.support:g} ({len(want):,} itemsets): local {t_local:.2f} s; Dask equal {same}")
-            print(lines[-1], flush=True)
-            t0 = time.perf_counter()
-            got = affinity_dask.frequent_itemsets(cluster.client, b, a.support, 3, partition_baskets=a.partition_rows)
-            t_parts = time.perf_counter() - t0
-            use = cluster.usage()
-            lines.append(f"# itemsets to length 3 of {a.baskets:,} baskets ({len(indices):,} items in them) over "
-                         f"{m:,} items at support {a.support:g} on the cluster: {len(got):,} itemsets in "
-                         f"{t_parts:.1f} s; workers peak {use.get('workers_peak_mb', float('nan')):,.0f} MB, "
-                         f"spilled {use.get('spilled_bytes', 0):,} bytes")
-            print(lines[-1], flush=True)
-        elif a.baskets:
-            indptr, indices, m = make_large(a.baskets)
-            b = affinity.Baskets(indptr, indices, pd.Index(np.arange(m)))
-            t0 = time.perf_counter()
-            want = affinity.frequent_itemsets(b, min_support=a.support, max_len=3, columnar=True)
-            t_local = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            got = affinity_dask.frequent_itemsets(cluster.client, b, a.support, 3, partition_baskets=a.partition_rows)
-            t_parts = time.perf_counter() - t0
-            same = all(np.array_equal(getattr(got, k), getattr(want, k)) for k in ("flat", "lens", "counts"))
-            use = cluster.usage()
-            lines.append(f"# itemsets to length 3 of {a.baskets:,} baskets over {m:,} items at support {a.support:g} "
-                         f"({len(want):,} itemsets): local {t_local:.2f} s, Dask {t_parts:.2f} s "
-                         f"({t_parts / t_local:.2f}x local's time); equal {same}; workers peak "
-                         f"{use.get('workers_peak_mb', float('nan')):,.0f} MB, spilled {use.get('spilled_bytes', 0):,} bytes")
-            print(lines[-1], flush=True)
+            for part, n in ((sub, k), (b, a.baskets))[:1 if k == a.baskets else 2]:
+                t0 = time.perf_counter()
+                got = affinity_dask.frequent_itemsets(cluster.client, part, a.support, 3,
+                                                      partition_baskets=a.partition_rows)
+                t_parts = time.perf_counter() - t0
+                use = cluster.usage()
+                same = (f"local {t_local:.2f} s ({t_parts / t_local:.2f}x); equal "
+                        f"{all(np.array_equal(getattr(got, f), getattr(want, f)) for f in ('flat', 'lens', 'counts'))}"
+                        if n == k else "local mode not run")
+                lines.append(f"# itemsets to length 3 of {n:,} baskets ({int(part.indptr[-1]):,} items in them) over "
+                             f"{m:,} items at support {a.support:g}: {len(got):,} itemsets, Dask {t_parts:.2f} s; "
+                             f"{same}; workers peak {use.get('workers_peak_mb', float('nan')):,.0f} MB, spilled "
+                             f"{use.get('spilled_bytes', 0):,} bytes")
+                print(lines[-1], flush=True)
         if a.records:
             lines += dedup(cluster, a.records, a.partition_rows, local=not a.dask_only)
             print("\n".join(lines[-4:]), flush=True)
