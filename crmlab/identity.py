@@ -599,11 +599,14 @@ class RecordMatcher(Params):
             df, arenas, comps = self._prepare(records)
             left, right, stats = self.candidate_pairs(df)
             levels = self._levels(arenas, self.comparisons_, left, right)
-        bf = self._weights(df, levels, left, right)
-        prior = np.log2(self.lambda_ / (1 - self.lambda_))
-        weight = prior + bf.sum(axis=1)
-        prob = 1.0 / (1.0 + np.exp2(-weight))
-        return PairScores(left, right, levels, weight, prob, stats)
+        return self._scored(df, levels, left, right, stats)
+
+    def _scored(self, df, levels, left, right, stats=None) -> PairScores:
+        """Pairs of rows of ``df`` with their levels, scored: match weight (prior plus the
+        comparisons' log2 Bayes factors) and probability."""
+        weight = np.log2(self.lambda_ / (1 - self.lambda_)) + self._weights(df, levels, left, right).sum(axis=1)
+        return PairScores(left, right, levels, weight, 1.0 / (1.0 + np.exp2(-weight)),
+                          pd.DataFrame() if stats is None else stats)
 
     def explain(self, records: pd.DataFrame, pairs: PairScores, index: int) -> pd.DataFrame:
         """Waterfall of one pair's match weight: prior, then each comparison's level and contribution."""
@@ -782,9 +785,7 @@ class RecordMatcher(Params):
         left, right, _ = self.candidate_pairs(df)
         keep = right >= n_old                                  # left < right: the pair involves a new record
         left, right = left[keep], right[keep]
-        levels = self._levels(arenas, self.comparisons_, left, right)
-        weight = np.log2(self.lambda_ / (1 - self.lambda_)) + self._weights(df, levels, left, right).sum(axis=1)
-        return PairScores(left, right, levels, weight, 1.0 / (1.0 + np.exp2(-weight)))
+        return self._scored(df, self._levels(arenas, self.comparisons_, left, right), left, right)
 
 
 def _tf_values(values, tf: dict) -> np.ndarray:

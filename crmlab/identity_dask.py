@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import engine
 from .errors import CrmlabError
-from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher, _fingerprint, _patterns
+from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher, _fingerprint, _patterns, best_probability
 from .kernels import graph
 
 
@@ -62,15 +62,12 @@ def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None
     if first_new is not None:
         new = rows[right] >= first_new                   # left < right within the part, as globally
         left, right, L = left[new], right[new], L[new]
-    weight = np.log2(scorer.lambda_ / (1 - scorer.lambda_)) + scorer._weights(piece, L, left, right).sum(axis=1)
-    prob = 1.0 / (1.0 + np.exp2(-weight))
-    best = np.zeros(len(piece))
-    np.maximum.at(best, left, prob)
-    np.maximum.at(best, right, prob)
+    scored = scorer._scored(piece, L, left, right)
+    best = best_probability(len(piece), scored)
     has = best > 0
-    acc = prob >= scorer.threshold
-    return {"left": rows[left[acc]], "right": rows[right[acc]], "levels": L[acc], "weight": weight[acc],
-            "probability": prob[acc], "rows": rows[has], "best": best[has]}
+    acc = scored.probability >= scorer.threshold
+    return {"left": rows[left[acc]], "right": rows[right[acc]], "levels": L[acc], "weight": scored.weight[acc],
+            "probability": scored.probability[acc], "rows": rows[has], "best": best[has]}
 
 
 def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> PairScores:
@@ -78,9 +75,9 @@ def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> 
     rng = np.random.default_rng(seed)
     take = np.flatnonzero(rng.random(len(part["left"])) < share)
     piece, left, right, L = part["piece"], part["left"][take], part["right"][take], part["levels"][take]
-    weight = np.log2(scorer.lambda_ / (1 - scorer.lambda_)) + scorer._weights(piece, L, left, right).sum(axis=1)
+    scored = scorer._scored(piece, L, left, right)
     rows = piece["_row"].to_numpy()
-    return PairScores(rows[left], rows[right], L, weight, 1.0 / (1.0 + np.exp2(-weight)))
+    return PairScores(rows[left], rows[right], L, scored.weight, scored.probability)
 
 
 def _pattern_table(parts: list) -> tuple[np.ndarray, np.ndarray]:
