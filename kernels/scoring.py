@@ -587,6 +587,21 @@ def _calibration(calib):
     raise ValueError(f"unknown calibration {calib[0]!r}")
 
 
+def _linear_model(p: int, codes, w, fill, table):
+    """A linear model's weights, NaN fills and category table as the kernels read them, checked
+    against ``p`` numeric columns and the (q, n) ``codes``."""
+    q = codes.shape[0]
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    fill = np.full(p, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
+    table = np.zeros((q, 1)) if table is None else np.ascontiguousarray(table, dtype=np.float64)
+    if w.shape != (p,) or fill.shape != (p,) or table.shape[0] != q:
+        raise ValueError(f"weights {w.shape}, fill {fill.shape} and table {table.shape} do not fit {p} numeric "
+                         f"columns and codes {codes.shape[::-1]}")
+    if q and codes.size and codes.max() >= table.shape[1]:
+        raise ValueError("a category code exceeds the contribution table")
+    return w, fill, table
+
+
 def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=None, parallel: bool = True):
     """Probabilities of a logistic model: ``link(bias + X w + table[codes])``.
 
@@ -597,15 +612,7 @@ def linear_proba(X, w, bias, fill=None, codes=None, table=None, calib=None, out=
     the GIL (the same numbers), for callers that split the rows over threads of their own.
     """
     X, codes = _matrices(X, codes)
-    p, q = X.shape[1], codes.shape[0]
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    fill = np.full(p, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
-    table = np.zeros((q, 1)) if table is None else np.ascontiguousarray(table, dtype=np.float64)
-    if w.shape != (p,) or fill.shape != (p,) or table.shape[0] != q:
-        raise ValueError(f"weights {w.shape}, fill {fill.shape} and table {table.shape} do not fit X {X.shape}, "
-                         f"codes {codes.shape}")
-    if q and codes.size and codes.max() >= table.shape[1]:
-        raise ValueError("a category code exceeds the contribution table")
+    w, fill, table = _linear_model(X.shape[1], codes, w, fill, table)
     out = _output(X.shape[0], out)
     (_linear if parallel else _linear_serial)(X, fill, w, codes, table, float(bias), *_calibration(calib), out)
     return out
@@ -629,16 +636,8 @@ def linear_proba_columns(columns, w, bias, fill=None, codes=None, table=None, ca
     n = len(arrays[0]) if arrays else (0 if codes is None else len(codes))
     if any(c.ndim != 1 or len(c) != n for c in arrays):
         raise ValueError(f"the columns must be 1-d and equally long ({[c.shape for c in arrays]})")
-    p = len(arrays)
     _, codes = _matrices(np.empty((n, 0)), codes)
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    fill = np.full(p, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
-    table = np.zeros((codes.shape[0], 1)) if table is None else np.ascontiguousarray(table, dtype=np.float64)
-    if w.shape != (p,) or fill.shape != (p,) or table.shape[0] != codes.shape[0]:
-        raise ValueError(f"weights {w.shape}, fill {fill.shape} and table {table.shape} do not fit {p} columns "
-                         f"and codes {codes.shape[::-1]}")
-    if codes.size and codes.max() >= table.shape[1]:
-        raise ValueError("a category code exceeds the contribution table")
+    w, fill, table = _linear_model(len(arrays), codes, w, fill, table)
     out = _output(n, out)
     addresses = np.array([c.ctypes.data for c in arrays], np.int64)
     _linear_columns(addresses, np.array(kinds, np.int64), fill, w, codes, table, float(bias), *_calibration(calib),
