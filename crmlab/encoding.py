@@ -209,18 +209,24 @@ class FrameEncoder:
         for j, col in enumerate(cats):
             col.into(lo, hi, codes[j])
 
+    @classmethod
+    def _encoded(cls, nums, cats, dtype, n, size, first=0, step=1):
+        """Chunks ``first, first + step, ...`` of ``n`` rows in ``size`` rows each: ``(lo, hi, M,
+        codes)`` filled into buffers of this generator's own ((p, m) and (q, m)), reused from chunk
+        to chunk (the last, shorter chunk gets buffers of its own length, so both stay contiguous)."""
+        M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
+        for lo in range(first * size, n, step * size):
+            hi = min(n, lo + size)
+            if hi - lo < size:
+                M, codes = np.empty((len(nums), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
+            cls._fill(nums, cats, lo, hi, M, codes)
+            yield lo, hi, M, codes
+
     def chunks(self, X: pd.DataFrame):
         """Yield ``(lo, hi, M, codes)`` per chunk of rows, in order, in this thread: ``M`` (hi - lo, p)
         column-major float, ``codes`` (hi - lo, q) column-major int32. Both are reused by the next chunk."""
-        n = len(X)
         nums, cats, dtype = self._sources(X)
-        size = min(self.chunk_rows, max(n, 1))
-        M, codes = np.empty((len(nums), size), dtype), np.empty((len(cats), size), np.int32)
-        for lo in range(0, n, size):
-            hi = min(n, lo + size)
-            if hi - lo < size:                 # the last, shorter chunk: buffers of its own length
-                M, codes = np.empty((len(nums), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
-            self._fill(nums, cats, lo, hi, M, codes)
+        for lo, hi, M, codes in self._encoded(nums, cats, dtype, len(X), min(self.chunk_rows, max(len(X), 1))):
             yield lo, hi, M.T, codes.T
 
     def map(self, X: pd.DataFrame, fn, threads: int | None = None, numeric: str = "matrix") -> None:
@@ -246,14 +252,9 @@ class FrameEncoder:
         copied = [a for a, keep in zip(nums, in_place) if not keep]
 
         def work(first):
-            M, codes = np.empty((len(copied), size), dtype), np.empty((len(cats), size), np.int32)
-            for k in range(first, n_chunks, threads):
+            for lo, hi, M, codes in self._encoded(copied, cats, dtype, n, size, first, threads):
                 if stop:
                     return
-                lo, hi = k * size, min(n, (k + 1) * size)
-                if hi - lo < size:
-                    M, codes = np.empty((len(copied), hi - lo), dtype), np.empty((len(cats), hi - lo), np.int32)
-                self._fill(copied, cats, lo, hi, M, codes)
                 if numeric == "columns":
                     rows = iter(M)
                     arg = [a[lo:hi] if keep else next(rows) for a, keep in zip(nums, in_place)]
