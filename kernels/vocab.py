@@ -63,6 +63,27 @@ def _byte_word(data, p, k):
     return v
 
 
+@njit(cache=True, inline="always")
+def _words(data, s, e, n_bytes):
+    """The four words of the string at bytes ``s .. e`` of ``data`` (first, last, 8-16, 16-24, each
+    masked to the bytes the string has there), the same for a value and a vocabulary entry."""
+    length = e - s
+    if s + 24 <= n_bytes and e >= 8:                  # all four loads stay inside the buffer
+        r = _U(min(length, 32))
+        return (_load8(data, s) & _SELECT[r, _U(0)], _load8(data, e - 8) & _SELECT[r, _U(1)],
+                _load8(data, s + 8) & _SELECT[r, _U(2)], _load8(data, s + 16) & _SELECT[r, _U(3)])
+    return (_byte_word(data, s, min(length, 8)),      # a buffer's first or last bytes
+            _byte_word(data, e - 8, 8) if length > 8 else _U(0),
+            _byte_word(data, s + 8, 8) if length > 16 else _U(0),
+            _byte_word(data, s + 16, 8) if length > 24 else _U(0))
+
+
+@njit(cache=True)
+def _entry_words(offsets, data, out):
+    for v in range(out.shape[0]):
+        out[v, 0], out[v, 1], out[v, 2], out[v, 3] = _words(data, offsets[v], offsets[v + 1], data.shape[0])
+
+
 @njit(cache=True, nogil=True)
 def _lookup(offsets, data, first, nulls, mult, shift, probes, slots, v_len, v_w, v_off, v_mid, unknown, missing,
             out):
@@ -76,17 +97,7 @@ def _lookup(offsets, data, first, nulls, mult, shift, probes, slots, v_len, v_w,
         s = np.int64(offsets[_U(first + i)])
         e = np.int64(offsets[_U(first + i + 1)])
         length = e - s
-        if s + 24 <= n_bytes and e >= 8:              # all four loads stay inside the buffer
-            r = _U(min(length, 32))
-            w0 = _load8(data, s) & _SELECT[r, _U(0)]
-            w1 = _load8(data, e - 8) & _SELECT[r, _U(1)]
-            w2 = _load8(data, s + 8) & _SELECT[r, _U(2)]
-            w3 = _load8(data, s + 16) & _SELECT[r, _U(3)]
-        else:                                         # a buffer's first or last bytes
-            w0 = _byte_word(data, s, min(length, 8))
-            w1 = _byte_word(data, e - 8, 8) if length > 8 else _U(0)
-            w2 = _byte_word(data, s + 8, 8) if length > 16 else _U(0)
-            w3 = _byte_word(data, s + 16, 8) if length > 24 else _U(0)
+        w0, w1, w2, w3 = _words(data, s, e, n_bytes)
         h = (_key(w0, w1, w2, w3, length) * mult) >> shift
         code = unknown
         for _ in range(probes):                       # one probe unless entries collided
@@ -108,14 +119,6 @@ def _lookup(offsets, data, first, nulls, mult, shift, probes, slots, v_len, v_w,
         out[_U(i)] = code
 
 
-def _entry_words(b: bytes) -> tuple[int, int, int, int]:
-    n = len(b)
-    pad = b + bytes(32)
-    w = lambda p: int.from_bytes(pad[p:p + 8], "little")          # noqa: E731
-    return (w(0) & int(_MASKS[min(n, 8)]), w(n - 8) if n > 8 else 0, w(8) if n > 16 else 0,
-            w(16) if n > 24 else 0)
-
-
 class Vocabulary:
     """A vocabulary's strings (UTF-8) with their hash table, for :func:`lookup`. Of equal strings
     the first keeps its position."""
@@ -126,16 +129,17 @@ class Vocabulary:
         first = {}
         for v, b in enumerate(raw):
             first.setdefault(b, v)
-        words = [_entry_words(b) for b in raw]
-        # the entries, then a sentinel that matches nothing (length -1) for empty slots
-        self.length = np.array([len(b) for b in raw] + [-1], np.int64)
-        self.words = np.array(words + [(0, 0, 0, 0)], np.uint64).reshape(-1, 4)
+        # the entries, then a sentinel that matches nothing (length -1) for empty slots; each entry's
+        # words read as the kernel reads a value's
+        offsets = np.r_[0, np.cumsum([len(b) for b in raw])].astype(np.int64)
+        self.words = np.zeros((len(raw) + 1, 4), np.uint64)
+        _entry_words(offsets, np.frombuffer(b"".join(raw) + bytes(1), np.uint8), self.words[:-1])
+        self.length = np.r_[np.diff(offsets), -1].astype(np.int64)
         mids = [[int.from_bytes(b[j:j + 8], "little") for j in range(24, len(b) - 8, 8)] for b in raw]
         self.mid_offset = np.r_[0, np.cumsum([len(m) for m in mids])[:-1]].astype(np.int64) if raw else \
             np.zeros(0, np.int64)
         self.mid = np.array([w for m in mids for w in m] + [0], np.uint64)
-        keys = {v: int(_key(_U(words[v][0]), _U(words[v][1]), _U(words[v][2]), _U(words[v][3]), len(raw[v])))
-                for v in first.values()}
+        keys = {v: int(_key(*self.words[v], len(raw[v]))) for v in first.values()}
         self.mult, self.shift, self.slots, self.probes = self._table(keys, seed)
 
     def _table(self, keys: dict, seed: int):
