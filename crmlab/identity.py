@@ -266,6 +266,16 @@ DEFAULT_TRAINING = [("dob_str",), ("last_name_std", "postcode_district"), ("emai
 
 # ----------------------------------------------------------------------------- the matcher
 
+#: The ``rule`` of the last row of ``blocking_``: the rules' pairs together.
+UNION = "all rules (union)"
+
+
+def blocking_row(rule: str, pairs: int, skipped: int, total: float) -> dict:
+    """One row of ``blocking_``: a rule's candidate pairs (or the union's), the share of the ``total``
+    possible pairs they avoid, and the blocks skipped as larger than ``max_block``."""
+    return {"rule": rule, "pairs": pairs, "reduction_ratio": 1 - pairs / max(total, 1), "blocks_skipped": skipped}
+
+
 @dataclass
 class PairScores:
     """Scored candidate pairs: row indices, level per comparison, match weight and probability."""
@@ -391,16 +401,14 @@ class RecordMatcher(Params):
             left, right, skipped = self._rule_pairs(df, cols)
             key = left * n + right
             keys.append(key)
-            row = {"rule": " & ".join(cols), "pairs": len(key), "reduction_ratio": 1 - len(key) / max(total, 1),
-                   "blocks_skipped": skipped}
+            row = blocking_row(" & ".join(cols), len(key), skipped, total)
             if true_pairs:
                 row["pairs_completeness"] = float(np.sum(t[left] == t[right]) / true_pairs)
             stats.append(row)
         allk = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
         allk = allk[np.r_[True, allk[1:] != allk[:-1]]] if len(allk) else allk
         left, right = allk // n, allk % n
-        row = {"rule": "all rules (union)", "pairs": len(allk), "reduction_ratio": 1 - len(allk) / max(total, 1),
-               "blocks_skipped": sum(s["blocks_skipped"] for s in stats)}
+        row = blocking_row(UNION, len(allk), sum(s["blocks_skipped"] for s in stats), total)
         if true_pairs:
             row["pairs_completeness"] = float(np.sum(t[left] == t[right]) / true_pairs)
         stats.append(row)

@@ -29,7 +29,8 @@ import pandas as pd
 
 from . import engine
 from .errors import CrmlabError
-from .identity import DEFAULT_BLOCKING, PairScores, RecordMatcher, _fingerprint, _patterns, best_probability
+from .identity import (DEFAULT_BLOCKING, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
+                       best_probability, blocking_row)
 from .kernels import graph
 
 
@@ -134,7 +135,7 @@ class DaskRecordMatcher(RecordMatcher):
         return RecordMatcher(**self.get_params(deep=False))
 
     def _scatter_parts(self, df: pd.DataFrame, n_levels: list[int]):
-        """Futures of :func:`_part_pairs` for every (rule, part), and the blocking statistics."""
+        """The rules and, per (rule, part), the rule's index with the future of :func:`_part_pairs`."""
         client = self._client
         n = len(df)
         workers = max(1, len(client.scheduler_info()["workers"]))
@@ -168,20 +169,16 @@ class DaskRecordMatcher(RecordMatcher):
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):
-        """(part futures, pattern table, blocking statistics) once every part is made."""
+        """(blocking statistics, pairs in the union) once every part is made."""
         client = self._client
         stats = client.gather([client.submit(lambda d: (d["made"], d["skipped"], len(d["left"])), f, pure=False)
                                for _, f in futures])
         total = n * (n - 1) / 2
-        rows = []
-        for r, rule in enumerate(rules):
-            made = sum(s[0] for (k, _), s in zip(futures, stats) if k == r)
-            skipped = sum(s[1] for (k, _), s in zip(futures, stats) if k == r)
-            rows.append({"rule": " & ".join(rule), "pairs": made, "reduction_ratio": 1 - made / max(total, 1),
-                         "blocks_skipped": skipped})
+        rows = [blocking_row(" & ".join(rule), sum(s[0] for (k, _), s in zip(futures, stats) if k == r),
+                             sum(s[1] for (k, _), s in zip(futures, stats) if k == r), total)
+                for r, rule in enumerate(rules)]
         union = sum(s[2] for s in stats)
-        rows.append({"rule": "all rules (union)", "pairs": union, "reduction_ratio": 1 - union / max(total, 1),
-                     "blocks_skipped": sum(r["blocks_skipped"] for r in rows)})
+        rows.append(blocking_row(UNION, union, sum(r["blocks_skipped"] for r in rows), total))
         return pd.DataFrame(rows), union
 
     def _candidate_patterns(self, records, df, arenas, comps, n_levels):
