@@ -55,6 +55,10 @@ def soundex(s: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+#: the columns :func:`add_keys` derives its keys from (with those it adds, what a matcher may read)
+KEY_INPUTS = ("first_name_std", "last_name_std", "dob", "postcode_std", "postcode_area", "email_std", "phone_std")
+
+
 def add_keys(df: pd.DataFrame) -> pd.DataFrame:
     """Derived fields used by blocking rules and comparisons."""
     out = df.copy()
@@ -337,15 +341,26 @@ class RecordMatcher(Params):
     def _prepare(self, records: pd.DataFrame):
         if not isinstance(records, pd.DataFrame) or len(records) == 0:
             raise CrmlabError("record matching needs a non-empty DataFrame of records")
-        if self.mode not in ("link_and_dedupe", "link", "dedupe"):
-            raise CrmlabError(f"mode must be link_and_dedupe, link or dedupe, got '{self.mode}'")
         df = add_keys(records.reset_index(drop=True))
         self._codes_memo = {}
         comps = self._comps()
+        self._check_records(df, df.columns, column_stats(df, self._needed()[0]))
+        return df, self._arenas(df, comps), comps
+
+    def _needed(self) -> tuple[list[str], set]:
+        """The columns the comparisons and rules read (after :func:`add_keys`), and the numeric ones."""
+        comps = self._comps()
         rules = [*(self.blocking or DEFAULT_BLOCKING), *(self.training or DEFAULT_TRAINING)]
         needed = sorted({c for comp in comps for c in comp.needs()} | {c for rule in rules for c in rule})
-        numeric = {comp.column for comp in comps if comp.kind == "numeric"}
-        missing = [c for c in ["source_id", *needed] if c not in df]
+        return needed, {comp.column for comp in comps if comp.kind == "numeric"}
+
+    def _check_records(self, df: pd.DataFrame, keyed_columns, stats: dict):
+        """Clear errors for records the matcher cannot read. ``df``: the records (keys not needed);
+        ``keyed_columns``: their columns after :func:`add_keys`; ``stats``: :func:`column_stats` of those."""
+        if self.mode not in ("link_and_dedupe", "link", "dedupe"):
+            raise CrmlabError(f"mode must be link_and_dedupe, link or dedupe, got '{self.mode}'")
+        needed, numeric = self._needed()
+        missing = [c for c in ["source_id", *needed] if c not in keyed_columns]
         if missing:
             raise CrmlabError(f"records lack column(s) {missing} needed by the comparisons/blocking rules "
                               f"(standardise them with crmlab.sources / identity.add_keys)")
@@ -353,21 +368,21 @@ class RecordMatcher(Params):
                                                                           else [])]).any():
             raise CrmlabError("source_id must be present and unique within each source system")
         for c in needed:
-            if df[c].notna().sum() == 0:
+            present, kind, dtype, is_number = stats[c]
+            if present == 0:
                 raise CrmlabError(f"column '{c}' is empty in every record: drop it from the comparisons "
                                   "and blocking rules")
             if c in numeric:
-                if not pd.api.types.is_numeric_dtype(df[c]):
-                    raise CrmlabError(f"column '{c}' is compared as a number but holds {df[c].dtype}")
-            elif pd.api.types.infer_dtype(df[c], skipna=True) not in ("string", "empty"):
-                raise CrmlabError(f"column '{c}' must hold text (found {df[c].dtype}); convert it first")
+                if not is_number:
+                    raise CrmlabError(f"column '{c}' is compared as a number but holds {dtype}")
+            elif kind not in ("string", "empty"):
+                raise CrmlabError(f"column '{c}' must hold text (found {dtype}); convert it first")
         if self.mode != "link_and_dedupe" and self.source_col not in df:
             raise CrmlabError(f"mode '{self.mode}' needs the column '{self.source_col}'")
         if self.mode == "link" and df[self.source_col].nunique() < 2:
             raise CrmlabError(f"mode 'link' only compares records of different source systems, but every record "
                               f"comes from '{df[self.source_col].iloc[0]}': use mode='dedupe' (or "
                               "'link_and_dedupe') to find duplicates within one system")
-        return df, self._arenas(df, comps), comps
 
     def _arenas(self, df: pd.DataFrame, comps) -> dict:
         """The compared columns of ``df`` as the comparison kernels read them (blocking needs none)."""
@@ -496,9 +511,9 @@ class RecordMatcher(Params):
         for k, c in enumerate(comps):
             if c.kind == "address":
                 continue
-            shares = df[c.column].value_counts(normalize=True, dropna=True).to_numpy()
-            if len(shares):
-                u_exact = float(np.sum(shares ** 2))
+            counts = self._value_counts(df, c.column).to_numpy(np.int64)
+            if len(counts):                        # sum of squared shares, in integers: any order
+                u_exact = float(np.sum(counts * counts)) / float(counts.sum()) ** 2
                 rest = self.u_[k][:-1]
                 self.u_[k] = np.r_[rest / rest.sum() * (1.0 - u_exact), u_exact]
         cand_patterns, cand_counts = self._candidate_patterns(records, df, arenas, comps, n_levels)
@@ -549,11 +564,15 @@ class RecordMatcher(Params):
         self.tf_ = {}
         for c in comps:
             if c.tf:
-                vc = df[c.column].value_counts(dropna=True)
+                vc = self._value_counts(df, c.column)
                 self.tf_[c.column] = (vc / vc.sum()).to_dict()
         self.tf_min_u_ = self.tf_min_u if self.tf_min_u is not None else 1.0 / max(len(df), 1)
         self.n_records_ = len(df)
         return self
+
+    def _value_counts(self, df, col) -> pd.Series:
+        """Records per value of a compared column (missing values left out)."""
+        return df[col].value_counts(dropna=True)
 
     def _candidate_patterns(self, records, df, arenas, comps, n_levels):
         """The candidate pairs' distinct level patterns and their counts (sets ``blocking_``; the
@@ -840,6 +859,31 @@ def _em_m(patterns, counts, u, n_levels, max_iter, tol):
         if delta < tol:
             break
     return m, lam, it + 1
+
+
+def column_stats(df: pd.DataFrame, cols) -> dict:
+    """Per column of ``cols`` in ``df``: (values present, pandas' inferred kind, dtype, numeric dtype),
+    what :meth:`RecordMatcher._check_records` reads; parts of a table merge with :func:`merge_column_stats`."""
+    return {c: (int(df[c].notna().sum()), pd.api.types.infer_dtype(df[c], skipna=True), str(df[c].dtype),
+                bool(pd.api.types.is_numeric_dtype(df[c]))) for c in cols if c in df}
+
+
+def merge_column_stats(parts: list[dict]) -> dict:
+    """:func:`column_stats` of a table from those of its row parts: a part that holds no text decides
+    the kind (and dtype) it reports, as the whole column would."""
+    out = {}
+    for part in parts:
+        for c, (present, kind, dtype, number) in part.items():
+            if c not in out:
+                out[c] = (present, kind, dtype, number)
+                continue
+            p0, k0, d0, n0 = out[c]
+            if k0 in ("string", "empty") and kind not in ("string", "empty"):
+                k0, d0 = kind, dtype
+            elif k0 == "empty" and kind == "string":
+                k0 = kind
+            out[c] = (p0 + present, k0, d0, n0 and number)
+    return out
 
 
 def _canonical_order(df: pd.DataFrame, source_col: str = "source_system") -> np.ndarray:

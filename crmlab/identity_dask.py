@@ -1,57 +1,170 @@
 """Record matching on a Dask cluster (#19), with the local matcher's parameters and key map.
 
-The work that grows with the candidate pairs (pairs, comparison levels, match weights) runs on the
-workers; what is fitted from it is fitted here on reduced tables:
+Everything that grows with the records or the candidate pairs runs on the workers; what is fitted
+from it is fitted here on reduced tables:
 
-* **blocks to parts**: per blocking rule, each record's block code (one integer per record, made
-  here over the whole table) picks its part (code mod parts), so every block lies in one part, whose
-  pairs are the rule's pairs of its blocks (oversized blocks skipped and counted as locally). A pair
-  that an earlier rule also makes (both records in one of its blocks, not an oversized one) is left
-  to that rule: the parts hold the union of the rules' pairs, each once, with no global de-duplication;
+* **keys per chunk**: the records go to the workers once, in chunks of rows, and get their blocking
+  keys there (:func:`~crmlab.identity.add_keys`); column checks and value counts (term frequencies,
+  the exact levels' u) are reduced from the chunks;
+* **blocks to parts**: per blocking rule, the chunks' records are shuffled by a hash of the rule's
+  key (records lacking a field of it are never paired and stay behind), so every block lies in one
+  part, whose pairs are the rule's pairs of its blocks (oversized blocks skipped, counted and their
+  keys kept). A pair that an earlier rule also makes (both records share its key, not an oversized
+  block's) is left to that rule: the parts hold the union of the rules' pairs, each once;
 * **levels per part**: each part builds the comparison arenas of its own records and computes the
   levels with the local comparisons; the candidate pairs' level patterns are counted per part and
-  summed, so the prior, and with it everything the matcher learns, equals the local fit's (u and
-  the training sessions come from samples drawn here with the local code and random stream; only
-  their records' arenas are built);
-* **scores per part**: weights (term frequencies from the global value counts) and probabilities
-  per part; the links at or above the threshold and each record's strongest candidate probability
-  come back, and components, the oversized-cluster guard and the keys run here on them.
+  summed, so the prior, and with it everything the matcher learns, equals the local fit's;
+* **training samples**: per training rule, the parts send each block's first row and size; the
+  blocks in first-row order are the local enumeration, so the local random stream draws the same
+  pairs, whose rows the parts then name. u's random pairs are drawn here as locally; the levels of
+  sampled pairs come from arenas of just their records;
+* **scores and clusters per part**: weights and probabilities per part; each part's links give a
+  forest of its components, forests are merged pairwise on the workers (union-find), and only the
+  labels, each record's strongest candidate probability and the links of oversized clusters (for
+  the guard) come here.
 
-The records and their block codes are still in this process (as for the other Dask stages until the
-sources are read by the workers). ``dask`` is imported inside the functions.
+The record table itself is still this process's input (until the sources are read by the workers).
+``dask`` is imported inside the functions.
 """
 from __future__ import annotations
 
+import copy
 import math
+import operator
 
 import numpy as np
 import pandas as pd
 
 from . import engine
-from .errors import CrmlabError
-from .identity import (DEFAULT_BLOCKING, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
-                       best_probability, blocking_row)
+from .errors import CrmlabError, mask_value
+from .identity import (DEFAULT_BLOCKING, KEY_INPUTS, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
+                       add_keys, best_probability, blocking_row, column_stats, merge_column_stats)
+from .identity import key_map as identity_key_map
 from .kernels import graph
 
+#: chunks merged by one task when value counts and forests are reduced
+FAN_IN = 8
 
-def _part_pairs(piece: pd.DataFrame, matcher: RecordMatcher, rule: int, n_levels: list[int]):
-    """One part of one blocking rule: its pairs (global rows, each kept by the first rule that makes
-    it), their levels, and the rule's counts. ``piece`` holds the part's records in table order with
-    ``_row`` and per rule up to this one ``_c{k}`` (block code) and ``_s{k}`` (block size)."""
-    left, right, skipped = graph.block_pairs(piece[f"_c{rule}"].to_numpy(), matcher.max_block)
-    keep = matcher._mode_filter(piece, left, right)
+
+# ----------------------------------------------------------------------------- tasks on the records
+
+def _keyed_chunk(raw: pd.DataFrame, start: int, cols: list[str]) -> pd.DataFrame:
+    """Records ``start``.. of the table with their keys, only ``cols`` kept, and their row as ``_row``."""
+    df = add_keys(raw.reset_index(drop=True))
+    out = df[[c for c in cols if c in df]]
+    return out.assign(_row=np.arange(start, start + len(df), dtype=np.int64))
+
+
+def _split(chunk: pd.DataFrame, rule: list[str], n_parts: int, cols: list[str]) -> list[pd.DataFrame]:
+    """A chunk's records with every field of ``rule``, cut in ``n_parts`` pieces by a hash of the
+    rule's key: a block's records get the same piece number in every chunk."""
+    ok = chunk[rule].notna().all(axis=1).to_numpy()
+    sub = chunk.loc[ok, cols]
+    h = pd.util.hash_pandas_object(sub[rule].astype(object), index=False).to_numpy() % np.uint64(n_parts)
+    order = np.argsort(h, kind="stable")
+    bounds = np.searchsorted(h[order], np.arange(n_parts + 1))
+    return [sub.iloc[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _joined(pieces) -> pd.DataFrame:
+    """One part's pieces (one per chunk) as one table in table order."""
+    piece = pd.concat(pieces, ignore_index=True)
+    return piece.sort_values("_row", kind="stable").reset_index(drop=True)
+
+
+def _add_counts(*counts: pd.Series) -> pd.Series:
+    return pd.concat(counts).groupby(level=0, sort=False).sum()
+
+
+def _in_keys(piece: pd.DataFrame, cols: list[str], keys: pd.DataFrame) -> np.ndarray:
+    """Whether each record's key (``cols``) is one of ``keys``' rows."""
+    if not len(keys) or not len(piece):
+        return np.zeros(len(piece), bool)
+    got = piece[cols].astype(object).merge(keys.astype(object).assign(_in=True), on=cols, how="left")["_in"]
+    return got.notna().to_numpy()
+
+
+def _fresh(matcher: RecordMatcher) -> RecordMatcher:
+    """The task's own copy of the matcher (its column-code memo is per table, never shared by threads)."""
+    m = copy.copy(matcher)
+    m._codes_memo = {}
+    return m
+
+
+# ----------------------------------------------------------------------------- tasks on the parts
+
+def _part_pairs(matcher: RecordMatcher, rule: int, rules: list, n_levels: list[int], oversized: list, *pieces):
+    """One part of blocking rule ``rule``: its pairs (each kept by the first rule that makes it), their
+    levels and the rule's counts; ``oversized``: the keys of the earlier rules' oversized blocks."""
+    m = _fresh(matcher)
+    piece = _joined(pieces)
+    cols = list(rules[rule])
+    e = np.zeros(0, np.int64)
+    if len(piece) < 2:
+        L = np.zeros((0, len(n_levels)), np.int8)
+        return {"piece": piece, "left": e, "right": e, "levels": L, "made": 0, "skipped": 0,
+                "patterns": _patterns(L, n_levels), "oversized": piece[cols].iloc[:0]}
+    codes = m._rule_codes(piece, cols)
+    sizes = np.bincount(codes)
+    first = np.unique(codes, return_index=True)[1]          # codes number the blocks by first record
+    left, right, skipped = graph.block_pairs(codes, m.max_block)
+    keep = m._mode_filter(piece, left, right)
     left, right = left[keep], right[keep]
     made = len(left)
-    first = np.ones(len(left), bool)
-    for k in range(rule):                               # an earlier rule's pair: that rule keeps it
-        c, s = piece[f"_c{k}"].to_numpy(), piece[f"_s{k}"].to_numpy()
-        first &= ~((c[left] == c[right]) & (c[left] >= 0) & (s[left] <= matcher.max_block))
-    left, right = left[first], right[first]
-    comps = matcher._comps()
-    L = matcher._levels(matcher._arenas(piece, comps), comps, left, right)
-    matcher._codes_memo = {}
+    alone = np.ones(len(left), bool)
+    for k in range(rule):                                   # an earlier rule's pair: that rule keeps it
+        c = m._rule_codes(piece, list(rules[k]))
+        big = _in_keys(piece, list(rules[k]), oversized[k])
+        alone &= ~((c[left] == c[right]) & (c[left] >= 0) & ~big[left])
+    left, right = left[alone], right[alone]
+    comps = m._comps()
+    L = m._levels(m._arenas(piece, comps), comps, left, right)
     return {"piece": piece, "left": left, "right": right, "levels": L, "made": made, "skipped": skipped,
-            "patterns": _patterns(L, n_levels)}
+            "patterns": _patterns(L, n_levels),
+            "oversized": piece.loc[first[sizes > m.max_block], cols].reset_index(drop=True)}
+
+
+def _oversized(*parts) -> pd.DataFrame:
+    return pd.concat([p["oversized"] for p in parts], ignore_index=True)
+
+
+def _part_largest(part: dict, cols: list[str], k: int, max_block: int) -> pd.DataFrame:
+    """A part's ``k`` largest blocks as :meth:`RecordMatcher.largest_blocks` names them, with their
+    first record's row (``_first``) to order ties as the local table does."""
+    piece = part["piece"]
+    if not len(piece):
+        return pd.DataFrame(columns=["key", "records", "_first"])
+    codes = RecordMatcher()._rule_codes(piece, cols)
+    sizes = np.bincount(codes)
+    first = np.unique(codes, return_index=True)[1]
+    top = np.argsort(-sizes, kind="stable")[:k]
+    return pd.DataFrame({"key": [" | ".join(mask_value(piece.at[int(first[b]), c]) for c in cols) for b in top],
+                         "records": sizes[top].astype(int), "_first": piece["_row"].to_numpy()[first[top]]})
+
+
+def _part_blocks(matcher: RecordMatcher, cols: list[str], *pieces) -> dict:
+    """A training rule's part: its blocks that make pairs (in table order of their first record),
+    with each block's records' rows, for :func:`_block_meta` and :func:`_pick_rows`."""
+    m = _fresh(matcher)
+    piece = _joined(pieces)
+    rows = piece["_row"].to_numpy()
+    if len(piece) < 2:
+        e = np.zeros(0, np.int64)
+        return {"rows": rows, "starts": e, "kept": e, "skipped": 0}
+    order, starts, kept, skipped = graph.pair_blocks(m._rule_codes(piece, cols), m.max_block)
+    return {"rows": rows[order], "starts": starts, "kept": kept, "skipped": skipped}
+
+
+def _block_meta(blocks: dict):
+    """(first row, size) of each pair-making block of a training part, and its skipped blocks."""
+    s, k = blocks["starts"], blocks["kept"]
+    return blocks["rows"][s[k]], (s[k + 1] - s[k]), blocks["skipped"]
+
+
+def _pick_rows(blocks: dict, block: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """Rows of records ``x`` and ``y`` (positions in table order) of the part's pair-making blocks ``block``."""
+    s = blocks["starts"][blocks["kept"][block]]
+    return blocks["rows"][s + x], blocks["rows"][s + y]
 
 
 def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None):
@@ -63,6 +176,10 @@ def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None
     if first_new is not None:
         new = rows[right] >= first_new                   # left < right within the part, as globally
         left, right, L = left[new], right[new], L[new]
+    if not len(left):
+        e = np.zeros(0, np.int64)
+        return {"left": e, "right": e, "levels": L, "weight": np.zeros(0), "probability": np.zeros(0),
+                "rows": e, "best": np.zeros(0)}
     scored = scorer._scored(piece, L, left, right)
     best = best_probability(len(piece), scored)
     has = best > 0
@@ -76,9 +193,32 @@ def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> 
     rng = np.random.default_rng(seed)
     take = np.flatnonzero(rng.random(len(part["left"])) < share)
     piece, left, right, L = part["piece"], part["left"][take], part["right"][take], part["levels"][take]
-    scored = scorer._scored(piece, L, left, right)
     rows = piece["_row"].to_numpy()
+    if not len(take):
+        e = np.zeros(0, np.int64)
+        return PairScores(e, e, L, np.zeros(0), np.zeros(0))
+    scored = scorer._scored(piece, L, left, right)
     return PairScores(rows[left], rows[right], L, scored.weight, scored.probability)
+
+
+def _forest(*found) -> tuple[np.ndarray, np.ndarray]:
+    """The components of links as (record, the smallest record of its component) for every linked
+    record that is not that smallest one: from parts' scores (``left``/``right``) or from forests."""
+    left = np.concatenate([f["left"] if isinstance(f, dict) else f[0] for f in found]).astype(np.int64)
+    right = np.concatenate([f["right"] if isinstance(f, dict) else f[1] for f in found]).astype(np.int64)
+    nodes, pos = np.unique(np.r_[left, right], return_inverse=True)
+    if not len(nodes):
+        return nodes, nodes
+    labels = graph.connected_components(len(nodes), pos[:len(left)], pos[len(left):])
+    moved = labels != np.arange(len(nodes))
+    return nodes[moved], nodes[labels[moved]]
+
+
+def _links_among(found: dict, inside: np.ndarray) -> dict:
+    """A part's links whose first record is one of the sorted rows ``inside``."""
+    at = np.searchsorted(inside, found["left"]).clip(max=max(len(inside) - 1, 0))
+    keep = (inside[at] == found["left"]) if len(inside) else np.zeros(len(found["left"]), bool)
+    return {k: found[k][keep] for k in ("left", "right", "probability")}
 
 
 def _pattern_table(parts: list) -> tuple[np.ndarray, np.ndarray]:
@@ -91,12 +231,20 @@ def _pattern_table(parts: list) -> tuple[np.ndarray, np.ndarray]:
     return uniq, np.bincount(inv.ravel(), weights=counts, minlength=len(uniq)).astype(np.int64)
 
 
+def _reduce(client, futures: list, fn):
+    """``fn`` applied FAN_IN at a time on the workers until one future is left."""
+    while len(futures) > 1:
+        futures = [client.submit(fn, *futures[i:i + FAN_IN], pure=False) for i in range(0, len(futures), FAN_IN)]
+    return futures[0]
+
+
 class DaskRecordMatcher(RecordMatcher):
-    """:class:`~crmlab.identity.RecordMatcher` whose candidate pairs are made, compared and scored on
-    the workers of ``client`` (set with :meth:`on`); learns and predicts what the local one does.
+    """:class:`~crmlab.identity.RecordMatcher` whose keys, candidate pairs, levels, scores and
+    components are made on the workers of ``client`` (set with :meth:`on`); learns and predicts what
+    the local one does.
 
     ``parts``: parts per blocking rule (None: one per ``partition_rows`` records, at least two per
-    worker)."""
+    worker); the records go to the workers in chunks of ``partition_rows``."""
 
     def on(self, client, parts: int | None = None, partition_rows: int = 200_000) -> "DaskRecordMatcher":
         self._client, self._n_parts, self._partition_rows = client, parts, partition_rows
@@ -106,10 +254,77 @@ class DaskRecordMatcher(RecordMatcher):
     def like(cls, matcher: RecordMatcher) -> "DaskRecordMatcher":
         return cls(**matcher.get_params(deep=False))
 
-    # -- arenas here only for the records the samples need
-    def _arenas(self, df, comps):
-        return {"_records": df}
+    def _plain(self) -> RecordMatcher:
+        """The matcher as the tasks need it (no client), fitted state included when there is one."""
+        if hasattr(self, "m_"):
+            return RecordMatcher.from_dict(self.to_dict())
+        return RecordMatcher(**self.get_params(deep=False))
 
+    def _parts_count(self, n: int) -> int:
+        workers = max(1, len(self._client.scheduler_info()["workers"]))
+        return self._n_parts or max(2 * workers, math.ceil(n / self._partition_rows))
+
+    # -- the records, keyed, on the workers
+    def _chunks(self, df: pd.DataFrame, fingerprint: tuple) -> list:
+        """Futures of the keyed chunks of ``df`` (made once per record table and kept until dropped)."""
+        cached = getattr(self, "_dask_chunks", None)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        needed, _ = self._needed()
+        cols = sorted({*needed, *([self.source_col] if self.source_col in df else [])})
+        raw = [df.columns.get_loc(c) for c in df.columns if c in set(cols) | set(KEY_INPUTS)]
+        step = max(1, self._partition_rows)
+        client = self._client
+        futures = [client.submit(_keyed_chunk, client.scatter(df.iloc[a:a + step, raw]), a, cols, pure=False)
+                   for a in range(0, len(df), step)]       # one chunk's copy here at a time
+        self._dask_chunks = (fingerprint, futures)
+        return futures
+
+    def _print(self, df: pd.DataFrame) -> tuple:
+        """:func:`~crmlab.identity._fingerprint` of ``df``, hashed once while the same table is at hand."""
+        memo = getattr(self, "_print_memo", None)
+        if memo is None or memo[0] is not df:
+            self._print_memo = memo = (df, _fingerprint(df))
+        return memo[1]
+
+    def _drop_chunks(self):
+        self._dask_chunks = self._print_memo = None
+
+    def _prepare(self, records: pd.DataFrame):
+        """The records' checks, made on the keyed chunks; arenas only for what the samples need."""
+        if not isinstance(records, pd.DataFrame) or len(records) == 0:
+            raise CrmlabError("record matching needs a non-empty DataFrame of records")
+        df = records if records.index.equals(pd.RangeIndex(len(records))) else records.reset_index(drop=True)
+        needed, _ = self._needed()
+        client = self._client
+
+        def run():
+            chunks = self._chunks(df, self._print(df))
+            return client.gather([client.submit(column_stats, c, needed, pure=False) for c in chunks])
+
+        stats = engine.retry_lost(run, f"the keys of {len(df):,} records", self._drop_chunks)
+        self._check_records(df, add_keys(df.iloc[:0]).columns, merge_column_stats(stats))
+        self._codes_memo = {}
+        return df, {"_records": df}, self._comps()
+
+    def _value_counts(self, df, col) -> pd.Series:
+        """Records per value of ``col``, counted per chunk and summed on the workers."""
+        client = self._client
+
+        def run():
+            chunks = self._chunks(df, self._print(df))
+            counts = [client.submit(lambda c: c[col].value_counts(dropna=True), ch, pure=False) for ch in chunks]
+            return _reduce(client, counts, _add_counts).result()
+
+        return engine.retry_lost(run, f"the value counts of '{col}'", self._drop_chunks)
+
+    def fit(self, records: pd.DataFrame, y=None) -> "DaskRecordMatcher":
+        try:
+            return super().fit(records)
+        finally:
+            self._drop_chunks()                  # the parts keep what scoring needs
+
+    # -- arenas here only for the records the samples need
     def _levels(self, arenas, comps, left, right):
         """Levels of sampled pairs: arenas of just their records while those are a small share of
         the table; once a sample touches a quarter of it, of the whole table, built once and kept."""
@@ -119,53 +334,37 @@ class DaskRecordMatcher(RecordMatcher):
         rows = np.unique(np.r_[left, right])
         if "_all" in arenas or 4 * len(rows) >= len(df):
             if "_all" not in arenas:
-                arenas["_all"] = RecordMatcher._arenas(self, df, self._comps())
+                arenas["_all"] = RecordMatcher._arenas(self, add_keys(df), self._comps())
             return super()._levels(arenas["_all"], comps, left, right)
-        sub = df.iloc[rows].reset_index(drop=True)
+        sub = add_keys(df.iloc[rows].reset_index(drop=True))
         local = super()._levels(RecordMatcher._arenas(self, sub, comps), comps, np.searchsorted(rows, left),
                                 np.searchsorted(rows, right))
         self._codes_memo = {k: v for k, v in self._codes_memo.items() if k[0] != id(sub)}
         return local
 
-    # -- the candidate pairs on the workers
-    def _plain(self) -> RecordMatcher:
-        """The matcher as the tasks need it (no client), fitted state included when there is one."""
-        if hasattr(self, "m_"):
-            return RecordMatcher.from_dict(self.to_dict())
-        return RecordMatcher(**self.get_params(deep=False))
+    # -- shuffles of the chunks by a rule's key
+    def _shuffle(self, chunks: list, rule: list[str], n_parts: int, cols: list[str]) -> list[list]:
+        """Per part, the futures of its pieces (one per chunk) under ``rule``."""
+        client = self._client
+        splits = [client.submit(_split, c, rule, n_parts, cols, pure=False) for c in chunks]
+        return [[client.submit(operator.getitem, s, j, pure=False) for s in splits] for j in range(n_parts)]
 
     def _scatter_parts(self, df: pd.DataFrame, n_levels: list[int]):
         """The rules and, per (rule, part), the rule's index with the future of :func:`_part_pairs`."""
         client = self._client
-        n = len(df)
-        workers = max(1, len(client.scheduler_info()["workers"]))
-        n_parts = self._n_parts or max(2 * workers, math.ceil(n / self._partition_rows))
+        chunks = self._chunks(df, self._print(df))
+        n_parts = self._parts_count(len(df))
         rules = [list(r) for r in (self.blocking or DEFAULT_BLOCKING)]
-        comps = self._comps()
-        cols = sorted({c for comp in comps for c in comp.needs()} |
-                      ({self.source_col} if self.mode != "link_and_dedupe" else set()))
-        at = [df.columns.get_loc(c) for c in cols]
+        compared = {c for comp in self._comps() for c in comp.needs()}
+        extra = {self.source_col} if self.mode != "link_and_dedupe" else set()
         plain = client.scatter(self._plain(), broadcast=True)
-        futures, codes, sizes = [], [], []
+        futures, oversized = [], []
         for r, rule in enumerate(rules):
-            code = self._rule_codes(df, rule)
-            size = np.bincount(code[code >= 0], minlength=1)
-            codes.append(code)
-            sizes.append(np.where(code >= 0, size[np.maximum(code, 0)], 0))
-            rows = np.flatnonzero(code >= 0)
-            part = code[rows] % n_parts
-            order = np.argsort(part, kind="stable")             # each part in table order
-            bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                if b - a < 2:
-                    continue
-                take = rows[order[a:b]]                     # only this part's rows are copied here
-                piece = df.iloc[take, at].reset_index(drop=True).assign(
-                    _row=take, **{f"_c{k}": codes[k][take] for k in range(r + 1)},
-                    **{f"_s{k}": sizes[k][take] for k in range(r + 1)})
-                futures.append((r, client.submit(_part_pairs, client.scatter(piece), plain, r, n_levels,
-                                                 pure=False)))
-                del piece                                   # on a worker now
+            cols = sorted(compared | extra | {c for earlier in rules[:r + 1] for c in earlier}) + ["_row"]
+            parts = [client.submit(_part_pairs, plain, r, rules, n_levels, oversized[:r], *pieces, pure=False)
+                     for pieces in self._shuffle(chunks, rule, n_parts, cols)]
+            oversized.append(client.submit(_oversized, *parts, pure=False))
+            futures += [(r, f) for f in parts]
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):
@@ -188,14 +387,102 @@ class DaskRecordMatcher(RecordMatcher):
             rules, futures = self._scatter_parts(df, n_levels)
             stats, union = self._gather_parts(len(df), rules, futures)
             got = client.gather([client.submit(lambda d: d["patterns"], f, pure=False) for _, f in futures])
-            return stats, union, [f for _, f in futures], got
+            return stats, union, futures, got
 
-        self.blocking_, union, futures, got = engine.retry_lost(run, f"candidate pairs of {len(df):,} records")
+        self.blocking_, union, futures, got = engine.retry_lost(run, f"candidate pairs of {len(df):,} records",
+                                                                self._drop_chunks)
         if union == 0:
             raise CrmlabError("blocking produced no candidate pairs: check the blocking rules and fields")
         self._cache = None
-        self._dask_parts = (_fingerprint(records), futures, self.blocking_)
+        self._dask_parts = (self._print(records), futures, self.blocking_)
         return _pattern_table(got)
+
+    def _rule_pairs(self, df, cols, sample: int | None = None, rng=None):
+        """A training rule's sample, drawn as locally: the parts' pair-making blocks in the order of
+        their first record are the local enumeration, the same random picks name the same pairs."""
+        if sample is None:
+            raise NotImplementedError("DaskRecordMatcher makes the blocking rules' pairs by parts")
+        client = self._client
+        cols = list(cols)
+
+        def blocks():
+            chunks = self._chunks(df, self._print(df))
+            plain = client.scatter(self._plain(), broadcast=True)
+            parts = [client.submit(_part_blocks, plain, cols, *pieces, pure=False)
+                     for pieces in self._shuffle(chunks, cols, self._parts_count(len(df)), cols + ["_row"])]
+            return parts, client.gather([client.submit(_block_meta, p, pure=False) for p in parts])
+
+        parts, meta = engine.retry_lost(blocks, f"the blocks of training rule {' & '.join(cols)}", self._drop_chunks)
+        part = np.concatenate([np.full(len(m[0]), i) for i, m in enumerate(meta)]).astype(np.int64)
+        block = np.concatenate([np.arange(len(m[0])) for m in meta]).astype(np.int64)
+        first = np.concatenate([m[0] for m in meta]).astype(np.int64)
+        size = np.concatenate([m[1] for m in meta]).astype(np.int64)
+        skipped = sum(m[2] for m in meta)
+        order = np.argsort(first, kind="stable")
+        part, block, size = part[order], block[order], size[order]
+        starts = np.r_[0, np.cumsum(size)].astype(np.int64)
+        total = int(np.sum(size * (size - 1) // 2))
+        picks = (np.arange(total, dtype=np.int64) if total <= sample else
+                 np.sort(rng.choice(total, int(sample), replace=False)).astype(np.int64))
+        a, b = graph.nth_block_pairs(starts, self.max_block, picks)
+        g = np.searchsorted(starts, a, side="right") - 1
+        left, right = np.empty(len(a), np.int64), np.empty(len(a), np.int64)
+        by_part = [np.flatnonzero(part[g] == i) for i in range(len(parts))]
+        got = engine.retry_lost(lambda: client.gather([
+            client.submit(_pick_rows, parts[i], block[g[sel]], a[sel] - starts[g[sel]], b[sel] - starts[g[sel]],
+                          pure=False) for i, sel in enumerate(by_part)]), "the training pairs' rows")
+        for sel, (ra, rb) in zip(by_part, got):
+            left[sel], right[sel] = np.minimum(ra, rb), np.maximum(ra, rb)
+        keep = self._mode_filter(df, left, right)
+        return left[keep], right[keep], skipped
+
+    def largest_blocks(self, records: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+        """:meth:`RecordMatcher.largest_blocks` from the parts of the last fit or scoring of ``records``."""
+        parts = self._parts(records)[0]
+        client = self._client
+        rules = [list(r) for r in (self.blocking or DEFAULT_BLOCKING)]
+        got = engine.retry_lost(lambda: client.gather([client.submit(_part_largest, f, rules[r], k, self.max_block,
+                                                                     pure=False) for r, f in parts]),
+                                "the largest blocks")
+        rows = []
+        for r, rule in enumerate(rules):
+            top = pd.concat([g for (q, _), g in zip(parts, got) if q == r and len(g)], ignore_index=True) \
+                if any(q == r and len(g) for (q, _), g in zip(parts, got)) else None
+            if top is None:
+                continue
+            top = top.sort_values(["records", "_first"], ascending=[False, True], kind="stable").head(k)
+            for key, size in zip(top["key"], top["records"].astype(int)):
+                rows.append({"rule": " & ".join(rule), "key": key, "records": size, "pairs": size * (size - 1) // 2,
+                             "skipped": bool(size > self.max_block)})
+        return pd.DataFrame(rows, columns=["rule", "key", "records", "pairs", "skipped"])
+
+    # -- scoring
+    def _parts(self, records: pd.DataFrame):
+        """(parts as (rule, future), blocking statistics) of ``records``: those of the last fit or
+        scoring when they are the same records, else made anew."""
+        fingerprint = self._print(records)
+        cached = getattr(self, "_dask_parts", None)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1], cached[2]
+        df, _, comps = self._prepare(records)
+        try:
+            rules, tagged = self._scatter_parts(df, [len(c.labels()) for c in comps])
+            stats, _ = self._gather_parts(len(df), rules, tagged)
+        finally:
+            self._drop_chunks()
+        self._dask_parts = (fingerprint, tagged, stats)        # kept on the workers for the next call
+        return tagged, stats
+
+    def _scores(self, records: pd.DataFrame, first_new: int | None = None):
+        """(blocking statistics, futures of each part's :func:`_part_scores`)."""
+        client = self._client
+        parts, stats = self._parts(records)
+        scorer = client.scatter(self._plain(), broadcast=True)
+        return stats, [client.submit(_part_scores, f, scorer, first_new, pure=False) for _, f in parts]
+
+    def _lost(self):                               # the parts died with their worker: make them anew
+        self._dask_parts = None
+        self._drop_chunks()
 
     def score_pairs(self, records: pd.DataFrame) -> PairScores:
         """The links (pairs at or above the threshold) with levels, weights and probabilities, the
@@ -208,61 +495,77 @@ class DaskRecordMatcher(RecordMatcher):
         """:meth:`match_new`'s pairs on the workers: the links that involve a new record, and ``best``."""
         return self._links(allrec, first_new=n_old)
 
+    def _best(self, n: int, got: list) -> np.ndarray:
+        best = np.zeros(n)
+        for rows, b in got:
+            np.maximum.at(best, rows, b)
+        return best
+
     def _links(self, records: pd.DataFrame, first_new: int | None = None) -> PairScores:
         client = self._client
 
         def run():
-            cached = getattr(self, "_dask_parts", None)
-            if cached is not None and cached[0] == _fingerprint(records):
-                futures, stats = cached[1], cached[2]
-            else:
-                df, _, comps = self._prepare(records)
-                rules, tagged = self._scatter_parts(df, [len(c.labels()) for c in comps])
-                stats, _ = self._gather_parts(len(df), rules, tagged)
-                futures = [f for _, f in tagged]
-                self._dask_parts = (_fingerprint(records), futures, stats)   # kept on the workers for the next call
-            scorer = client.scatter(self._plain(), broadcast=True)
-            return stats, client.gather([client.submit(_part_scores, f, scorer, first_new, pure=False)
-                                         for f in futures])
+            stats, scores = self._scores(records, first_new)
+            return stats, client.gather(scores)
 
-        def again():                                   # the parts died with their worker: make them anew
-            self._dask_parts = None
-
-        stats, got = engine.retry_lost(run, f"match weights of {len(records):,} records", again)
+        stats, got = engine.retry_lost(run, f"match weights of {len(records):,} records", self._lost)
         n = len(records)
-        if not got:                                     # no block holds two records
-            e = np.zeros(0, np.int64)
-            return PairScores(e, e, np.zeros((0, len(self.comparisons_)), np.int8), np.zeros(0), np.zeros(0), stats,
-                              best=np.zeros(n))
-        best = np.zeros(n)
-        for g in got:
-            np.maximum.at(best, g["rows"], g["best"])
+        best = self._best(n, [(g["rows"], g["best"]) for g in got])
         cat = {k: np.concatenate([g[k] for g in got]) for k in ("left", "right", "levels", "weight", "probability")}
         left, right = cat["left"].astype(np.int64), cat["right"].astype(np.int64)
         order = np.argsort(left * n + right, kind="stable")     # the local order: by (left, right)
         return PairScores(left[order], right[order], cat["levels"][order], cat["weight"][order],
                           cat["probability"][order], stats, best=best)
 
+    def predict(self, records: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The customer key map, as :meth:`RecordMatcher.predict`, with the links left on the workers:
+        components from merged per-part forests, the oversized-cluster guard on the links of the
+        oversized clusters only, each record's strongest candidate probability gathered."""
+        self._check_fitted()
+        client = self._client
+        n = len(records)
+
+        def run():
+            stats, scores = self._scores(records)
+            nodes, roots = _reduce(client, [client.submit(_forest, s, pure=False) for s in scores], _forest).result()
+            labels = np.arange(n, dtype=np.int64)
+            labels[nodes] = roots
+            sizes = np.bincount(labels, minlength=n)
+            big = np.flatnonzero(sizes[labels] > self.max_cluster)        # sorted rows of oversized clusters
+            inside = client.gather([client.submit(_links_among, s, big, pure=False) for s in scores]) if len(big) \
+                else []
+            best = client.gather([client.submit(lambda g: (g["rows"], g["best"]), s, pure=False) for s in scores])
+            return stats, labels, inside, best
+
+        self.blocking_, labels, inside, best = engine.retry_lost(run, f"the clusters of {n:,} records", self._lost)
+        if inside:                                  # the guard, where it acts, on those clusters' links only
+            links = {k: np.concatenate([g[k] for g in inside]) for k in ("left", "right", "probability")}
+            sub = self.cluster(n, PairScores(links["left"].astype(np.int64), links["right"].astype(np.int64),
+                                             np.zeros((len(links["left"]), 0), np.int8), np.zeros(len(links["left"])),
+                                             links["probability"]))
+            rows = np.unique(np.r_[links["left"], links["right"]]).astype(np.int64)
+            labels[rows] = sub[rows]
+        self.n_oversized_ = int(np.sum(np.bincount(labels, minlength=n) > self.max_cluster))
+        return identity_key_map(records, labels, None, previous, self.source_col, best=self._best(n, best))
+
     def pair_sample(self, records: pd.DataFrame, n: int, seed: int = 0) -> PairScores:
         """About ``n`` of the candidate pairs of ``records`` (those :meth:`fit` or :meth:`score_pairs`
         last made for them), drawn uniformly and scored: for the reports, which plot weights and
         review pairs near the threshold from a sample when the pairs stay on the workers."""
         self._check_fitted()
-        cached = getattr(self, "_dask_parts", None)
-        if cached is None or cached[0] != _fingerprint(records):
-            self._links(records)
-            cached = self._dask_parts
-        union = int(cached[2]["pairs"].iloc[-1])
-        share = min(1.0, n / max(union, 1))
         client = self._client
-        scorer = client.scatter(self._plain(), broadcast=True)
-        got = engine.retry_lost(lambda: client.gather([client.submit(_part_sample, f, scorer, share, seed + i,
-                                                                     pure=False)
-                                                       for i, f in enumerate(cached[1])]),
-                                f"a sample of {n:,} candidate pairs")
+
+        def run():
+            parts, stats = self._parts(records)
+            share = min(1.0, n / max(int(stats["pairs"].iloc[-1]), 1))
+            scorer = client.scatter(self._plain(), broadcast=True)
+            return stats, client.gather([client.submit(_part_sample, f, scorer, share, seed + i, pure=False)
+                                         for i, (_, f) in enumerate(parts)])
+
+        stats, got = engine.retry_lost(run, f"a sample of {n:,} candidate pairs", self._lost)
         left = np.concatenate([g.left for g in got]).astype(np.int64)
         right = np.concatenate([g.right for g in got]).astype(np.int64)
         order = np.argsort(left * len(records) + right, kind="stable")
         return PairScores(left[order], right[order], np.concatenate([g.levels for g in got])[order],
                           np.concatenate([g.weight for g in got])[order],
-                          np.concatenate([g.probability for g in got])[order], cached[2])
+                          np.concatenate([g.probability for g in got])[order], stats)

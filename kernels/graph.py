@@ -75,6 +75,28 @@ def _sampled_block_pairs(order, starts, max_block, group_ok, picks):
     return left, right
 
 
+def pair_blocks(codes: np.ndarray, max_block: int = 1000):
+    """The blocks that make pairs under :func:`block_pairs`: (rows sorted by block code, stable; each
+    block's start in them, one more at the end; the indices of the blocks with 2..max_block records
+    and a code; the number of blocks skipped as larger than max_block)."""
+    order, starts, group_ok, skipped, _ = _blocks(codes, max_block)
+    sizes = np.diff(starts)
+    return order, starts, np.flatnonzero(group_ok & (sizes > 1) & (sizes <= max_block)), skipped
+
+
+def nth_block_pairs(starts: np.ndarray, max_block: int, picks: np.ndarray):
+    """Pairs numbered ``picks`` (ascending) in :func:`block_pairs`' enumeration of blocks that lie at
+    positions ``starts[g]..starts[g+1]`` of one sequence (each block 2..max_block long), as the two
+    positions (a < b): what :func:`sample_block_pairs` draws, for blocks held elsewhere."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    picks = np.ascontiguousarray(picks, dtype=np.int64)
+    n = int(starts[-1]) if len(starts) else 0
+    if len(picks) and (picks[0] < 0 or np.any(np.diff(picks) < 0)):
+        raise ValueError("picks must be ascending and non-negative")
+    return _sampled_block_pairs(np.arange(n, dtype=np.int64), starts, int(max_block),
+                                np.ones(max(len(starts) - 1, 0), np.bool_), picks)
+
+
 def _blocks(codes, max_block):
     codes = np.asarray(codes, dtype=np.int64)
     order = np.argsort(codes, kind="stable")

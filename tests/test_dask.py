@@ -234,9 +234,11 @@ def _matched(m, records, previous=None):
     return pairs, identity.key_map(records, m.cluster(len(records), pairs), pairs, previous)
 
 
-def test_dask_record_matching_with_oversized_blocks_equals_local(cluster):
+def test_dask_record_matching_with_oversized_blocks_equals_local(cluster, monkeypatch):
     """Blocks above max_block are skipped by their rule (and counted) and a pair in an earlier rule's
-    skipped block is still made by a later rule, in parts as locally."""
+    skipped block is still made by a later rule, in parts as locally; training samples drawn from
+    rules with more pairs than they take are the local ones."""
+    monkeypatch.setattr(identity, "TRAINING_PAIRS", 3000)
     records = sources.load(SAMPLE).customers
     local = identity.RecordMatcher(max_block=3)
     pairs, km = _matched(local, records)
@@ -248,8 +250,16 @@ def test_dask_record_matching_with_oversized_blocks_equals_local(cluster):
     assert big["skipped"].any() and (big.loc[big["skipped"], "records"] > 3).all()
     assert (big["key"].str.len() > 0).all()
     pd.testing.assert_frame_equal(dm.blocking_, local.blocking_)
-    assert dm.lambda_ == local.lambda_
+    assert dm.lambda_ == local.lambda_ and dm.to_dict() == local.to_dict()
+    assert {s["pairs"] for s in local.sessions_} > {3000} and dm.sessions_ == local.sessions_   # both paths
     pd.testing.assert_frame_equal(dkm, km)
+    # the links left on the workers: components from merged forests, the guard on oversized clusters
+    pd.testing.assert_frame_equal(dm.predict(records), km)
+    assert km["customer_key"].value_counts().max() > 2
+    local.max_cluster = dm.max_cluster = 2
+    guarded = local.predict(records)
+    pd.testing.assert_frame_equal(dm.predict(records), guarded)
+    assert dm.n_oversized_ == local.n_oversized_ and not guarded.equals(km)
 
 
 @pytest.mark.parametrize("world", ["febrl4", "sample"])
@@ -277,6 +287,7 @@ def test_dask_record_matching_equals_local(cluster, world):
     np.testing.assert_array_equal(dpairs.probability, pairs.probability[acc])
     np.testing.assert_array_equal(dpairs.best, identity.best_probability(len(records), pairs))
     pd.testing.assert_frame_equal(dkm, km)
+    pd.testing.assert_frame_equal(dm.predict(records), km)
     assert dm.to_dict() == local.to_dict()
     # the report's sample: candidate pairs scored as locally, about as many as asked for
     sample = dm.pair_sample(records, 1000)

@@ -41,6 +41,28 @@ def test_sampled_block_pairs_are_the_numbered_pairs(seed):
     assert list(zip(every[0].tolist(), every[1].tolist())) == ref
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numbered_pairs_of_blocks_held_elsewhere(seed):
+    """Dask's training samples: the pair-making blocks (pair_blocks) laid end to end and numbered by
+    nth_block_pairs name the pairs sample_block_pairs draws with the same picks."""
+    rng = np.random.default_rng(seed)
+    codes = np.where(rng.random(3000) < 0.1, -1, rng.zipf(1.6, 3000) % 97)
+    ref = naive.block_pairs_ref(codes, 400)
+    order, starts, kept, skipped = graph.pair_blocks(codes, 400)
+    assert skipped == graph.block_pairs(codes, 400)[2]
+    size = starts[kept + 1] - starts[kept]
+    assert (size > 1).all() and (size <= 400).all()
+    flat = np.r_[0, np.cumsum(size)]
+    picks = np.sort(rng.choice(len(ref), len(ref) // 5, replace=False))
+    a, b = graph.nth_block_pairs(flat, 400, picks)
+    g = np.searchsorted(flat, a, side="right") - 1
+    ra, rb = order[starts[kept[g]] + a - flat[g]], order[starts[kept[g]] + b - flat[g]]
+    got = list(zip(np.minimum(ra, rb).tolist(), np.maximum(ra, rb).tolist()))
+    assert got == [ref[i] for i in picks]
+    with pytest.raises(ValueError, match="ascending"):
+        graph.nth_block_pairs(flat, 400, picks[::-1])
+
+
 def test_soundex():
     s = identity.soundex(pd.Series(["robert", "rupert", "tymczak", "pfister", "honeyman", None]))
     assert s.tolist() == ["R163", "R163", "T522", "P236", "H555", pd.NA]

@@ -75,7 +75,8 @@ def run_identity(ctx) -> IdentityResult:
         matcher = identity_dask.DaskRecordMatcher.like(matcher).on(client,
                                                                   partition_rows=ctx.params["engine"]["partition_rows"])
     matcher.fit(records)
-    pairs = matcher.score_pairs(records)   # Dask: the links and each record's best probability
+    # Dask: the candidate pairs stay on the workers (the report samples them below)
+    pairs = matcher.score_pairs(records) if client is None else None
     previous = previous_key_map(ctx)
     prev_map = pd.read_parquet(previous) if previous is not None else None
     n_new = None
@@ -87,6 +88,8 @@ def run_identity(ctx) -> IdentityResult:
         key_map = records[["source_system", "source_id"]].merge(km, on=["source_system", "source_id"], how="left")
         matcher.n_oversized_ = 0
         n_new = int((~known).sum())
+    elif client is not None:               # components and the guard on the workers' links
+        key_map = matcher.predict(records, prev_map)
     else:
         labels = matcher.cluster(len(records), pairs)
         key_map = identity.key_map(records, labels, pairs, prev_map)
