@@ -82,11 +82,8 @@ def _matched(m, rec):
     m.fit(rec)
     t["fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pairs = m.score_pairs(rec)
-    t["score"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    km = identity.key_map(rec, m.cluster(len(rec), pairs), pairs)
-    t["keys"] = time.perf_counter() - t0
+    km = m.predict(rec)                  # scores, components, keys (Dask: the links stay on the workers)
+    t["predict"] = time.perf_counter() - t0
     return km, t
 
 
@@ -127,7 +124,7 @@ def dedup(cluster, n_records: int, partition_rows: int, local: bool = True) -> l
         total = sum(t.values())
         f1 = matching_report.pairwise_scores(km["customer_key"].to_numpy(), truth)["f1"]
         bc = matching_report.bcubed_scores(km["customer_key"].to_numpy(), truth)["f1"]
-        out.append(f"#   {k:5s} fit {t['fit']:7.1f} s, score {t['score']:6.1f} s, components+keys {t['keys']:5.1f} s = "
+        out.append(f"#   {k:5s} fit {t['fit']:7.1f} s, predict (scores, components, keys) {t['predict']:6.1f} s = "
                    f"{total:7.1f} s ({pairs / total / 1e3:,.0f} k candidate pairs/s end to end); peak {mb:,.0f} MB above "
                    f"the records in this process; pairwise F1 {f1:.4f}, B-cubed F1 {bc:.4f}")
     out.append(f"#   dask workers: peak {use.get('workers_peak_mb', float('nan')):,.0f} MB (limit per worker), "

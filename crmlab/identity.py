@@ -59,29 +59,34 @@ def soundex(s: pd.Series) -> pd.Series:
 KEY_INPUTS = ("first_name_std", "last_name_std", "dob", "postcode_std", "postcode_area", "email_std", "phone_std")
 
 
-def add_keys(df: pd.DataFrame) -> pd.DataFrame:
-    """Derived fields used by blocking rules and comparisons."""
+def add_keys(df: pd.DataFrame, keys=None) -> pd.DataFrame:
+    """Derived fields used by blocking rules and comparisons (``keys``: only those of them, e.g. the
+    compared ones for a sample's arenas; None: all)."""
     out = df.copy()
-    if "first_name_std" in out:
+
+    def want(*names):
+        return keys is None or any(n in keys for n in names)
+
+    if "first_name_std" in out and want("first_initial"):
         out["first_initial"] = out["first_name_std"].str[:1]
-    if "last_name_std" in out:
+    if "last_name_std" in out and want("last_soundex"):
         out["last_soundex"] = soundex(out["last_name_std"])
-    if "first_name_std" in out and "last_name_std" in out:    # same key when the names are transposed
+    if "first_name_std" in out and "last_name_std" in out and want("names_sorted"):   # transposed names too
         f, la = out["first_name_std"].astype("string"), out["last_name_std"].astype("string")
         out["names_sorted"] = f.where(f <= la, la) + "|" + la.where(f <= la, f)
-    if "dob" in out:
+    if "dob" in out and want("dob_str", "dob_year"):
         d = pd.to_datetime(out["dob"], errors="coerce")
         out["dob_str"] = d.dt.strftime("%Y%m%d").astype("string")
         out["dob_year"] = d.dt.year.astype("Int64").astype("string")
-    if "postcode_std" in out:
+    if "postcode_std" in out and want("postcode_district", "postcode_sector", "postcode_area"):
         pc = out["postcode_std"].astype("string")
         out["postcode_district"] = pc.str.split(" ").str[0]
         out["postcode_sector"] = pc.str[:-2]
         if "postcode_area" not in out:
             out["postcode_area"] = pc.str.extract(r"^([A-Za-z]+)", expand=False)
-    if "email_std" in out:
+    if "email_std" in out and want("email_local"):
         out["email_local"] = out["email_std"].str.split("@").str[0]
-    if "phone_std" in out:
+    if "phone_std" in out and want("phone_tail"):
         out["phone_tail"] = out["phone_std"].str[-7:]
     return out
 
@@ -389,7 +394,7 @@ class RecordMatcher(Params):
         numeric = {comp.column for comp in comps if comp.kind == "numeric"}
         compared = sorted({c for comp in comps for c in comp.needs()})
         arenas = {c: (pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in numeric
-                      else S.to_arena(df[c].astype("string").tolist())) for c in compared}
+                      else S.to_arena(df[c])) for c in compared}
         # value codes per text column: 'exact' is one integer comparison per pair, not a string scan
         arenas.update({("codes", c): self._column_codes(df, c) for c in compared if c not in numeric})
         return arenas

@@ -41,9 +41,13 @@ from .identity import (DEFAULT_BLOCKING, KEY_INPUTS, UNION, PairScores, RecordMa
                        add_keys, best_probability, blocking_row, column_stats, merge_column_stats)
 from .identity import key_map as identity_key_map
 from .kernels import graph
+from .kernels.strings import text_hash
 
 #: chunks merged by one task when value counts and forests are reduced
 FAN_IN = 8
+
+#: blocks each part keeps named for :meth:`DaskRecordMatcher.largest_blocks`, per rule
+LARGEST = 10
 
 
 # ----------------------------------------------------------------------------- tasks on the records
@@ -58,17 +62,25 @@ def _keyed_chunk(raw: pd.DataFrame, start: int, cols: list[str]) -> pd.DataFrame
 def _split(chunk: pd.DataFrame, rule: list[str], n_parts: int, cols: list[str]) -> list[pd.DataFrame]:
     """A chunk's records with every field of ``rule``, cut in ``n_parts`` pieces by a hash of the
     rule's key: a block's records get the same piece number in every chunk."""
-    ok = chunk[rule].notna().all(axis=1).to_numpy()
-    sub = chunk.loc[ok, cols]
-    h = pd.util.hash_pandas_object(sub[rule].astype(object), index=False).to_numpy() % np.uint64(n_parts)
+    ok = np.flatnonzero(chunk[rule].notna().all(axis=1).to_numpy())
+    keys = chunk[rule].iloc[ok]
+    try:
+        h = text_hash([keys[c] for c in rule])
+    except TypeError:                                       # a rule on a column that is not text
+        h = pd.util.hash_pandas_object(keys.astype(object), index=False).to_numpy()
+    h = h % np.uint64(n_parts)
     order = np.argsort(h, kind="stable")
     bounds = np.searchsorted(h[order], np.arange(n_parts + 1))
-    return [sub.iloc[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+    at = [chunk.columns.get_loc(c) for c in cols]
+    return [chunk.iloc[ok[order[a:b]], at] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _joined(pieces) -> pd.DataFrame:
     """One part's pieces (one per chunk) as one table in table order."""
     piece = pd.concat(pieces, ignore_index=True)
+    rows = piece["_row"].to_numpy()
+    if len(rows) < 2 or bool(np.all(rows[1:] > rows[:-1])):    # chunks in order, each piece in order
+        return piece
     return piece.sort_values("_row", kind="stable").reset_index(drop=True)
 
 
@@ -93,53 +105,61 @@ def _fresh(matcher: RecordMatcher) -> RecordMatcher:
 
 # ----------------------------------------------------------------------------- tasks on the parts
 
-def _part_pairs(matcher: RecordMatcher, rule: int, rules: list, n_levels: list[int], oversized: list, *pieces):
-    """One part of blocking rule ``rule``: its pairs (each kept by the first rule that makes it), their
-    levels and the rule's counts; ``oversized``: the keys of the earlier rules' oversized blocks."""
-    m = _fresh(matcher)
+def _part_keys(cols: list[str], max_block: int, *pieces) -> dict:
+    """A blocking rule's part, joined from its pieces: its records, their block codes, the keys of its
+    oversized blocks (which later rules read) and its largest blocks (:data:`LARGEST`, named for
+    :meth:`DaskRecordMatcher.largest_blocks`). Every rule's parts are made side by side: the pairs of
+    a rule then wait only for the earlier rules' oversized keys, not for their pairs."""
     piece = _joined(pieces)
-    cols = list(rules[rule])
-    e = np.zeros(0, np.int64)
-    if len(piece) < 2:
-        L = np.zeros((0, len(n_levels)), np.int8)
-        return {"piece": piece, "left": e, "right": e, "levels": L, "made": 0, "skipped": 0,
-                "patterns": _patterns(L, n_levels), "oversized": piece[cols].iloc[:0]}
-    codes = m._rule_codes(piece, cols)
+    codes = RecordMatcher()._rule_codes(piece, cols) if len(piece) else np.zeros(0, np.int64)
     sizes = np.bincount(codes)
     first = np.unique(codes, return_index=True)[1]          # codes number the blocks by first record
-    left, right, skipped = graph.block_pairs(codes, m.max_block)
+    top = np.argsort(-sizes, kind="stable")[:LARGEST]
+    largest = pd.DataFrame({"key": [" | ".join(mask_value(piece.at[int(first[b]), c]) for c in cols) for b in top],
+                            "records": sizes[top].astype(np.int64), "_first": piece["_row"].to_numpy()[first[top]]})
+    return {"piece": piece, "codes": codes, "largest": largest,
+            "oversized": piece.loc[first[sizes > max_block], cols].reset_index(drop=True)}
+
+
+def _part_pairs(keyed: dict, matcher: RecordMatcher, rule: int, rules: list, n_levels: list[int], oversized: list):
+    """One part of blocking rule ``rule`` (:func:`_part_keys`): its pairs (each kept by the first rule
+    that makes it), their levels and the rule's counts; ``oversized``: the earlier rules' oversized
+    keys. The part keeps only the records of its pairs (most records are alone in a rule's block)."""
+    m = _fresh(matcher)
+    piece, codes = keyed["piece"], keyed["codes"]
+    if len(piece) < 2:                                      # (the kernel wants one block at least)
+        left, right, skipped = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    else:
+        left, right, skipped = graph.block_pairs(codes, m.max_block)
     keep = m._mode_filter(piece, left, right)
     left, right = left[keep], right[keep]
     made = len(left)
+    piece, left, right = _only_paired(piece, left, right)
     alone = np.ones(len(left), bool)
     for k in range(rule):                                   # an earlier rule's pair: that rule keeps it
         c = m._rule_codes(piece, list(rules[k]))
         big = _in_keys(piece, list(rules[k]), oversized[k])
         alone &= ~((c[left] == c[right]) & (c[left] >= 0) & ~big[left])
-    left, right = left[alone], right[alone]
+    piece, left, right = _only_paired(piece, left[alone], right[alone])
     comps = m._comps()
-    L = m._levels(m._arenas(piece, comps), comps, left, right)
+    L = m._levels(m._arenas(piece, comps), comps, left, right) if len(left) else np.zeros((0, len(comps)), np.int8)
     return {"piece": piece, "left": left, "right": right, "levels": L, "made": made, "skipped": skipped,
-            "patterns": _patterns(L, n_levels),
-            "oversized": piece.loc[first[sizes > m.max_block], cols].reset_index(drop=True)}
+            "patterns": _patterns(L, n_levels), "largest": keyed["largest"]}
+
+
+def _only_paired(piece: pd.DataFrame, left: np.ndarray, right: np.ndarray):
+    """``piece`` cut to the records of the pairs (``left``, ``right``: its rows, renumbered)."""
+    paired = np.zeros(len(piece), bool)
+    paired[left] = True
+    paired[right] = True
+    if paired.all():
+        return piece, left, right
+    new = np.cumsum(paired) - 1                             # the records' rows in the cut table
+    return piece.iloc[np.flatnonzero(paired)].reset_index(drop=True), new[left], new[right]
 
 
 def _oversized(*parts) -> pd.DataFrame:
     return pd.concat([p["oversized"] for p in parts], ignore_index=True)
-
-
-def _part_largest(part: dict, cols: list[str], k: int, max_block: int) -> pd.DataFrame:
-    """A part's ``k`` largest blocks as :meth:`RecordMatcher.largest_blocks` names them, with their
-    first record's row (``_first``) to order ties as the local table does."""
-    piece = part["piece"]
-    if not len(piece):
-        return pd.DataFrame(columns=["key", "records", "_first"])
-    codes = RecordMatcher()._rule_codes(piece, cols)
-    sizes = np.bincount(codes)
-    first = np.unique(codes, return_index=True)[1]
-    top = np.argsort(-sizes, kind="stable")[:k]
-    return pd.DataFrame({"key": [" | ".join(mask_value(piece.at[int(first[b]), c]) for c in cols) for b in top],
-                         "records": sizes[top].astype(int), "_first": piece["_row"].to_numpy()[first[top]]})
 
 
 def _part_blocks(matcher: RecordMatcher, cols: list[str], *pieces) -> dict:
@@ -332,11 +352,13 @@ class DaskRecordMatcher(RecordMatcher):
             return super()._levels(arenas, comps, left, right)
         df = arenas["_records"]
         rows = np.unique(np.r_[left, right])
+        compared = {c for comp in self._comps() for c in comp.needs()}
+        at = [df.columns.get_loc(c) for c in df.columns if c in compared | set(KEY_INPUTS)]
         if "_all" in arenas or 4 * len(rows) >= len(df):
             if "_all" not in arenas:
-                arenas["_all"] = RecordMatcher._arenas(self, add_keys(df), self._comps())
+                arenas["_all"] = RecordMatcher._arenas(self, add_keys(df.iloc[:, at], compared), self._comps())
             return super()._levels(arenas["_all"], comps, left, right)
-        sub = add_keys(df.iloc[rows].reset_index(drop=True))
+        sub = add_keys(df.iloc[rows, at].reset_index(drop=True), compared)
         local = super()._levels(RecordMatcher._arenas(self, sub, comps), comps, np.searchsorted(rows, left),
                                 np.searchsorted(rows, right))
         self._codes_memo = {k: v for k, v in self._codes_memo.items() if k[0] != id(sub)}
@@ -358,13 +380,14 @@ class DaskRecordMatcher(RecordMatcher):
         compared = {c for comp in self._comps() for c in comp.needs()}
         extra = {self.source_col} if self.mode != "link_and_dedupe" else set()
         plain = client.scatter(self._plain(), broadcast=True)
-        futures, oversized = [], []
+        keyed, oversized = [], []
         for r, rule in enumerate(rules):
             cols = sorted(compared | extra | {c for earlier in rules[:r + 1] for c in earlier}) + ["_row"]
-            parts = [client.submit(_part_pairs, plain, r, rules, n_levels, oversized[:r], *pieces, pure=False)
-                     for pieces in self._shuffle(chunks, rule, n_parts, cols)]
-            oversized.append(client.submit(_oversized, *parts, pure=False))
-            futures += [(r, f) for f in parts]
+            keyed.append([client.submit(_part_keys, rule, self.max_block, *pieces, pure=False)
+                          for pieces in self._shuffle(chunks, rule, n_parts, cols)])
+            oversized.append(client.submit(_oversized, *keyed[-1], pure=False))
+        futures = [(r, client.submit(_part_pairs, k, plain, r, rules, n_levels, oversized[:r], pure=False))
+                   for r in range(len(rules)) for k in keyed[r]]
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):
@@ -437,20 +460,21 @@ class DaskRecordMatcher(RecordMatcher):
         return left[keep], right[keep], skipped
 
     def largest_blocks(self, records: pd.DataFrame, k: int = 3) -> pd.DataFrame:
-        """:meth:`RecordMatcher.largest_blocks` from the parts of the last fit or scoring of ``records``."""
+        """:meth:`RecordMatcher.largest_blocks` from the parts of the last fit or scoring of ``records``
+        (each part names its :data:`LARGEST` largest blocks; more than that are counted here)."""
+        if k > LARGEST:
+            return super().largest_blocks(records, k)
         parts = self._parts(records)[0]
         client = self._client
-        rules = [list(r) for r in (self.blocking or DEFAULT_BLOCKING)]
-        got = engine.retry_lost(lambda: client.gather([client.submit(_part_largest, f, rules[r], k, self.max_block,
-                                                                     pure=False) for r, f in parts]),
-                                "the largest blocks")
+        got = engine.retry_lost(lambda: client.gather([client.submit(lambda d: d["largest"], f, pure=False)
+                                                       for _, f in parts]), "the largest blocks")
         rows = []
-        for r, rule in enumerate(rules):
-            top = pd.concat([g for (q, _), g in zip(parts, got) if q == r and len(g)], ignore_index=True) \
-                if any(q == r and len(g) for (q, _), g in zip(parts, got)) else None
-            if top is None:
+        for r, rule in enumerate(self.blocking or DEFAULT_BLOCKING):
+            tops = [g for (q, _), g in zip(parts, got) if q == r and len(g)]
+            if not tops:
                 continue
-            top = top.sort_values(["records", "_first"], ascending=[False, True], kind="stable").head(k)
+            top = pd.concat(tops, ignore_index=True).sort_values(["records", "_first"], ascending=[False, True],
+                                                                 kind="stable").head(k)
             for key, size in zip(top["key"], top["records"].astype(int)):
                 rows.append({"rule": " & ".join(rule), "key": key, "records": size, "pairs": size * (size - 1) // 2,
                              "skipped": bool(size > self.max_block)})

@@ -20,6 +20,11 @@ def to_arena(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         null = np.array([v is None or v is _NA or v != v for v in values], dtype=bool)
         texts = ["" if n else str(v) for v, n in zip(values, null)]
     else:
+        utf8 = arrow_text(values)
+        if utf8 is not None:                               # text: decoded where it lies, no Python strings
+            data, offsets, null = utf8
+            chars, offsets = _code_points(data, offsets, null)
+            return chars, offsets, null
         import pandas as pd
 
         s = pd.Series(values, dtype="object")
@@ -31,6 +36,91 @@ def to_arena(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     offsets = np.zeros(len(texts) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return chars, offsets, null
+
+
+def arrow_text(values):
+    """A column of text as Arrow holds it: (UTF-8 bytes, offsets int64 into them, null bool), or None
+    when the values are not all text (numbers, mixed objects: the caller's slower path decides)."""
+    import pyarrow as pa
+
+    try:
+        arr = pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
+        return None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64, count=n + 1, offset=8 * arr.offset) if n else np.zeros(1, np.int64)
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(n, bool)
+    return data, offsets, null
+
+
+@njit(cache=True)
+def _decode(data, offsets, null):
+    """UTF-8 values (``data[offsets[i]:offsets[i+1]]``; null ones empty) -> code points and their offsets."""
+    n = offsets.shape[0] - 1
+    out = np.empty(offsets[n] - offsets[0], np.uint32)
+    starts = np.zeros(n + 1, np.int64)
+    k = 0
+    for i in range(n):
+        if not null[i]:
+            p, end = offsets[i], offsets[i + 1]
+            while p < end:
+                b = np.uint32(data[p])
+                if b < 0x80:
+                    cp, w = b, 1
+                elif b < 0xE0:
+                    cp, w = b & 0x1F, 2
+                elif b < 0xF0:
+                    cp, w = b & 0x0F, 3
+                else:
+                    cp, w = b & 0x07, 4
+                for j in range(1, w):
+                    cp = (cp << 6) | (np.uint32(data[p + j]) & 0x3F)
+                out[k] = cp
+                k += 1
+                p += w
+        starts[i + 1] = k
+    return out[:k], starts
+
+
+def _code_points(data: np.ndarray, offsets: np.ndarray, null: np.ndarray):
+    """Arena chars and offsets of Arrow's UTF-8 text (ASCII without a decoding loop)."""
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if not null.any() and (hi == lo or int(data[lo:hi].max()) < 0x80):
+        return data[lo:hi].astype(np.uint32), offsets - lo
+    return _decode(data, offsets, null)
+
+
+@njit(cache=True)
+def _text_hash(data, offsets, seed):
+    """FNV-1a 64 of each value's bytes (and its length), from ``seed``: the same text, the same hash
+    in every process and every chunk of a table."""
+    n = offsets.shape[0] - 1
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        h = seed[i]
+        for p in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[p])) * np.uint64(1099511628211)
+        out[i] = (h ^ np.uint64(offsets[i + 1] - offsets[i])) * np.uint64(1099511628211)
+    return out
+
+
+def text_hash(columns) -> np.ndarray:
+    """One uint64 per row for the values of several text columns together (rows with a missing value
+    hash as empty text: leave them out first); deterministic across processes, for hash partitioning."""
+    h = None
+    for values in columns:
+        utf8 = arrow_text(values)
+        if utf8 is None:
+            raise TypeError("text_hash reads text columns only")
+        data, offsets, _ = utf8
+        if h is None:
+            h = np.full(len(offsets) - 1, np.uint64(14695981039346656037))
+        h = _text_hash(data, offsets, h)
+    return h if h is not None else np.zeros(0, np.uint64)
 
 
 @njit(cache=True, inline="always")

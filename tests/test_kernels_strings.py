@@ -31,6 +31,38 @@ def test_arena_roundtrip_unicode_and_nulls():
     assert back == WORDS
 
 
+@pytest.mark.parametrize("dtype", ["object", "string", "str", "ascii"])
+def test_arena_from_arrow_equals_the_python_path(dtype):
+    """Long columns are decoded from Arrow's UTF-8 (ASCII without the decoding loop): the same chars,
+    offsets and nulls as the per-value path, from any pandas text dtype, sliced or not."""
+    import pandas as pd
+
+    words = [w for w in WORDS if dtype != "ascii" or (w is not None and w.isascii())] + ["😀x", np.nan] * (dtype != "ascii")
+    values = pd.Series(np.random.default_rng(1).choice(np.array(words, dtype=object), 5000))
+    values = values.iloc[7:] if dtype == "ascii" else values.astype(dtype if dtype != "ascii" else object)
+    got = S.to_arena(values)
+    want = S.to_arena(values.tolist()[:999])                # the per-value path (short lists)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+    np.testing.assert_array_equal(got[2][:999], want[2])
+    np.testing.assert_array_equal(got[1][:1000], want[1])
+    np.testing.assert_array_equal(got[0][:got[1][999]], want[0])
+    assert len(got[2]) == len(values) and got[1][-1] == len(got[0])
+
+
+def test_text_hash_is_the_same_for_the_same_text_in_any_dtype():
+    import pandas as pd
+
+    a = pd.Series(["smith", "", "zoë", "王小明", "smith"], dtype=object)
+    h = S.text_hash([a, a.str.upper()])
+    assert h[0] == h[4] and len(set(h[:4].tolist())) == 4
+    for dtype in ("string", "str"):
+        np.testing.assert_array_equal(S.text_hash([a.astype(dtype), a.str.upper().astype(dtype)]), h)
+    assert not np.array_equal(S.text_hash([a.str.upper(), a]), h)   # the columns' order counts
+    with pytest.raises(TypeError):
+        S.text_hash([pd.Series([1, 2])])
+
+
 def test_jaro_winkler(pairs):
     arena, left, right = pairs
     got = S.jaro_winkler(arena, arena, left, right)
