@@ -108,8 +108,8 @@ def _fresh(matcher: RecordMatcher) -> RecordMatcher:
 def _part_keys(cols: list[str], max_block: int, *pieces) -> dict:
     """A blocking rule's part, joined from its pieces: its records, their block codes, the keys of its
     oversized blocks (which later rules read) and its largest blocks (:data:`LARGEST`, named for
-    :meth:`DaskRecordMatcher.largest_blocks`). Every rule's parts are made side by side: the pairs of
-    a rule then wait only for the earlier rules' oversized keys, not for their pairs."""
+    :meth:`DaskRecordMatcher.largest_blocks`): a rule's pairs wait only for the earlier rules'
+    oversized keys, not for their pairs."""
     piece = _joined(pieces)
     codes = RecordMatcher()._rule_codes(piece, cols) if len(piece) else np.zeros(0, np.int64)
     sizes = np.bincount(codes)
@@ -380,14 +380,14 @@ class DaskRecordMatcher(RecordMatcher):
         compared = {c for comp in self._comps() for c in comp.needs()}
         extra = {self.source_col} if self.mode != "link_and_dedupe" else set()
         plain = client.scatter(self._plain(), broadcast=True)
-        keyed, oversized = [], []
-        for r, rule in enumerate(rules):
+        futures, oversized = [], []
+        for r, rule in enumerate(rules):          # submitted rule by rule: Dask runs them in this order
             cols = sorted(compared | extra | {c for earlier in rules[:r + 1] for c in earlier}) + ["_row"]
-            keyed.append([client.submit(_part_keys, rule, self.max_block, *pieces, pure=False)
-                          for pieces in self._shuffle(chunks, rule, n_parts, cols)])
-            oversized.append(client.submit(_oversized, *keyed[-1], pure=False))
-        futures = [(r, client.submit(_part_pairs, k, plain, r, rules, n_levels, oversized[:r], pure=False))
-                   for r in range(len(rules)) for k in keyed[r]]
+            keyed = [client.submit(_part_keys, rule, self.max_block, *pieces, pure=False)
+                     for pieces in self._shuffle(chunks, rule, n_parts, cols)]
+            oversized.append(client.submit(_oversized, *keyed, pure=False))
+            futures += [(r, client.submit(_part_pairs, k, plain, r, rules, n_levels, oversized[:r], pure=False))
+                        for k in keyed]
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):
