@@ -137,6 +137,27 @@ def test_a_lost_worker_costs_a_recomputation_and_twice_a_clear_error(world, monk
         engine.retry_lost(always_lost, "the features")
 
 
+def test_record_matching_survives_a_lost_worker():
+    """A worker holding the matcher's parts dies between fit and predict: the parts are made anew from
+    the records and the key map is the local one."""
+    import os
+
+    records = datasets.read_febrl4(SAMPLE.parent / "febrl")[0]
+    local = datasets.febrl_matcher()
+    want = local.fit(records).predict(records)
+    own = engine.start({"kind": "dask", "workers": 2, "memory_limit": "1GB"})
+    try:
+        dm = identity_dask.DaskRecordMatcher.like(datasets.febrl_matcher()).on(own.client, parts=3).fit(records)
+        victim = next(iter(own.client.who_has(dm._dask_parts[1][0][1]).values()))[0]
+        try:
+            own.client.run(os._exit, 1, workers=[victim])
+        except Exception:                                              # noqa: BLE001 - its connection drops
+            pass
+        pd.testing.assert_frame_equal(dm.predict(records), want)
+    finally:
+        own.close()
+
+
 def _as_dict(its):
     ptr = np.r_[0, np.cumsum(its.lens)]
     return {tuple(its.flat[a:z]): int(c) for a, z, c in zip(ptr[:-1], ptr[1:], its.counts)}
