@@ -440,21 +440,8 @@ class RecordMatcher(Params):
         skipped and counted in ``blocking_``). Blocks past ``max_block`` are where a rule would run
         out of memory; this names them."""
         df = self._keyed(records)
-        rows = []
-        for rule in (self.blocking or DEFAULT_BLOCKING):
-            codes = self._rule_codes(df, list(rule))
-            ok = codes >= 0
-            if not ok.any():
-                continue
-            sizes = np.bincount(codes[ok])
-            first = np.full(len(sizes), -1, np.int64)
-            first[codes[ok][::-1]] = np.flatnonzero(ok)[::-1]          # each block's first record
-            for b in np.argsort(-sizes, kind="stable")[:k]:
-                key = " | ".join(mask_value(df.at[int(first[b]), c]) for c in rule)
-                rows.append({"rule": " & ".join(rule), "key": key, "records": int(sizes[b]),
-                             "pairs": int(sizes[b]) * (int(sizes[b]) - 1) // 2,
-                             "skipped": bool(sizes[b] > self.max_block)})
-        return pd.DataFrame(rows, columns=["rule", "key", "records", "pairs", "skipped"])
+        return largest_table([(rule, top_blocks(df, self._rule_codes(df, list(rule)), list(rule), k))
+                              for rule in (self.blocking or DEFAULT_BLOCKING)], self.max_block)
 
     def _column_codes(self, df, col):
         """Integer code per record for one column (-1 = missing), memoised per record table."""
@@ -513,10 +500,11 @@ class RecordMatcher(Params):
         self.u_ = [_freq(U[:, k], n_levels[k], prior=1.0) for k in range(len(comps))]
         # the exact level's u is known exactly from the value frequencies (sum of squared shares);
         # the sample only has to resolve the fuzzy levels, which are far more common
+        counted = {c.column: self._value_counts(df, c.column) for c in comps if c.kind != "address" or c.tf}
         for k, c in enumerate(comps):
             if c.kind == "address":
                 continue
-            counts = self._value_counts(df, c.column).to_numpy(np.int64)
+            counts = counted[c.column].to_numpy(np.int64)
             if len(counts):                        # sum of squared shares, in integers: any order
                 u_exact = float(np.sum(counts * counts)) / float(counts.sum()) ** 2
                 rest = self.u_[k][:-1]
@@ -569,7 +557,7 @@ class RecordMatcher(Params):
         self.tf_ = {}
         for c in comps:
             if c.tf:
-                vc = self._value_counts(df, c.column)
+                vc = counted[c.column]
                 self.tf_[c.column] = (vc / vc.sum()).to_dict()
         self.tf_min_u_ = self.tf_min_u if self.tf_min_u is not None else 1.0 / max(len(df), 1)
         self.n_records_ = len(df)
@@ -864,6 +852,27 @@ def _em_m(patterns, counts, u, n_levels, max_iter, tol):
         if delta < tol:
             break
     return m, lam, it + 1
+
+
+def top_blocks(df: pd.DataFrame, codes: np.ndarray, cols: list[str], k: int) -> pd.DataFrame:
+    """The ``k`` largest blocks of ``codes`` (one per row of ``df``, -1: no key; codes numbered in
+    order of their first row): key (``cols``' values of its first row, masked, joined by ' | '),
+    records, and that first row (``_first``), largest first, ties by first row."""
+    ok = codes >= 0
+    sizes = np.bincount(codes[ok])
+    first = np.full(len(sizes), -1, np.int64)
+    first[codes[ok][::-1]] = np.flatnonzero(ok)[::-1]          # each block's first record
+    top = np.argsort(-sizes, kind="stable")[:k]
+    return pd.DataFrame({"key": [" | ".join(mask_value(df.at[int(first[b]), c]) for c in cols) for b in top],
+                         "records": sizes[top].astype(np.int64), "_first": first[top]})
+
+
+def largest_table(tops: list, max_block: int) -> pd.DataFrame:
+    """:meth:`RecordMatcher.largest_blocks`' table from (rule, :func:`top_blocks`) per rule."""
+    rows = [{"rule": " & ".join(rule), "key": key, "records": int(size), "pairs": int(size) * (int(size) - 1) // 2,
+             "skipped": bool(size > max_block)}
+            for rule, top in tops for key, size in zip(top["key"], top["records"])]
+    return pd.DataFrame(rows, columns=["rule", "key", "records", "pairs", "skipped"])
 
 
 def column_stats(df: pd.DataFrame, cols) -> dict:

@@ -36,9 +36,10 @@ import numpy as np
 import pandas as pd
 
 from . import engine
-from .errors import CrmlabError, mask_value
+from .errors import CrmlabError
 from .identity import (DEFAULT_BLOCKING, KEY_INPUTS, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
-                       add_keys, best_probability, blocking_row, column_stats, merge_column_stats)
+                       add_keys, best_probability, blocking_row, column_stats, largest_table, merge_column_stats,
+                       top_blocks)
 from .identity import key_map as identity_key_map
 from .kernels import graph
 from .kernels.strings import text_hash
@@ -114,9 +115,8 @@ def _part_keys(cols: list[str], max_block: int, *pieces) -> dict:
     codes = RecordMatcher()._rule_codes(piece, cols) if len(piece) else np.zeros(0, np.int64)
     sizes = np.bincount(codes)
     first = np.unique(codes, return_index=True)[1]          # codes number the blocks by first record
-    top = np.argsort(-sizes, kind="stable")[:LARGEST]
-    largest = pd.DataFrame({"key": [" | ".join(mask_value(piece.at[int(first[b]), c]) for c in cols) for b in top],
-                            "records": sizes[top].astype(np.int64), "_first": piece["_row"].to_numpy()[first[top]]})
+    largest = top_blocks(piece, codes, cols, LARGEST)
+    largest["_first"] = piece["_row"].to_numpy()[largest["_first"].to_numpy()]    # rows of the whole table
     return {"piece": piece, "codes": codes, "largest": largest,
             "oversized": piece.loc[first[sizes > max_block], cols].reset_index(drop=True)}
 
@@ -196,10 +196,6 @@ def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None
     if first_new is not None:
         new = rows[right] >= first_new                   # left < right within the part, as globally
         left, right, L = left[new], right[new], L[new]
-    if not len(left):
-        e = np.zeros(0, np.int64)
-        return {"left": e, "right": e, "levels": L, "weight": np.zeros(0), "probability": np.zeros(0),
-                "rows": e, "best": np.zeros(0)}
     scored = scorer._scored(piece, L, left, right)
     best = best_probability(len(piece), scored)
     has = best > 0
@@ -208,17 +204,33 @@ def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None
             "probability": scored.probability[acc], "rows": rows[has], "best": best[has]}
 
 
-def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> PairScores:
+def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> dict:
     """A share of a part's candidate pairs drawn at random, scored (global rows)."""
     rng = np.random.default_rng(seed)
     take = np.flatnonzero(rng.random(len(part["left"])) < share)
     piece, left, right, L = part["piece"], part["left"][take], part["right"][take], part["levels"][take]
     rows = piece["_row"].to_numpy()
-    if not len(take):
-        e = np.zeros(0, np.int64)
-        return PairScores(e, e, L, np.zeros(0), np.zeros(0))
     scored = scorer._scored(piece, L, left, right)
-    return PairScores(rows[left], rows[right], L, scored.weight, scored.probability)
+    return {"left": rows[left], "right": rows[right], "levels": L, "weight": scored.weight,
+            "probability": scored.probability}
+
+
+def _in_order(n: int, got: list, stats: pd.DataFrame, best=None) -> PairScores:
+    """The parts' scored pairs (dicts of global rows, levels, weight, probability) as one
+    :class:`PairScores` in the local order, by (left, right)."""
+    cat = {k: np.concatenate([g[k] for g in got]) for k in ("left", "right", "levels", "weight", "probability")}
+    left, right = cat["left"].astype(np.int64), cat["right"].astype(np.int64)
+    order = np.argsort(left * n + right, kind="stable")
+    return PairScores(left[order], right[order], cat["levels"][order], cat["weight"][order],
+                      cat["probability"][order], stats, best=best)
+
+
+def _best(n: int, got: list) -> np.ndarray:
+    """Each record's strongest candidate probability from the parts' (rows, best)."""
+    best = np.zeros(n)
+    for rows, b in got:
+        np.maximum.at(best, rows, b)
+    return best
 
 
 def _forest(*found) -> tuple[np.ndarray, np.ndarray]:
@@ -235,9 +247,8 @@ def _forest(*found) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _links_among(found: dict, inside: np.ndarray) -> dict:
-    """A part's links whose first record is one of the sorted rows ``inside``."""
-    at = np.searchsorted(inside, found["left"]).clip(max=max(len(inside) - 1, 0))
-    keep = (inside[at] == found["left"]) if len(inside) else np.zeros(len(found["left"]), bool)
+    """A part's links whose first record is one of the rows ``inside``."""
+    keep = np.isin(found["left"], inside)
     return {k: found[k][keep] for k in ("left", "right", "probability")}
 
 
@@ -371,7 +382,7 @@ class DaskRecordMatcher(RecordMatcher):
         splits = [client.submit(_split, c, rule, n_parts, cols, pure=False) for c in chunks]
         return [[client.submit(operator.getitem, s, j, pure=False) for s in splits] for j in range(n_parts)]
 
-    def _scatter_parts(self, df: pd.DataFrame, n_levels: list[int]):
+    def _blocking_parts(self, df: pd.DataFrame, n_levels: list[int]):
         """The rules and, per (rule, part), the rule's index with the future of :func:`_part_pairs`."""
         client = self._client
         chunks = self._chunks(df, self._print(df))
@@ -407,7 +418,7 @@ class DaskRecordMatcher(RecordMatcher):
         client = self._client
 
         def run():
-            rules, futures = self._scatter_parts(df, n_levels)
+            rules, futures = self._blocking_parts(df, n_levels)
             stats, union = self._gather_parts(len(df), rules, futures)
             got = client.gather([client.submit(lambda d: d["patterns"], f, pure=False) for _, f in futures])
             return stats, union, futures, got
@@ -468,17 +479,11 @@ class DaskRecordMatcher(RecordMatcher):
         client = self._client
         got = engine.retry_lost(lambda: client.gather([client.submit(lambda d: d["largest"], f, pure=False)
                                                        for _, f in parts]), "the largest blocks")
-        rows = []
-        for r, rule in enumerate(self.blocking or DEFAULT_BLOCKING):
-            tops = [g for (q, _), g in zip(parts, got) if q == r and len(g)]
-            if not tops:
-                continue
-            top = pd.concat(tops, ignore_index=True).sort_values(["records", "_first"], ascending=[False, True],
-                                                                 kind="stable").head(k)
-            for key, size in zip(top["key"], top["records"].astype(int)):
-                rows.append({"rule": " & ".join(rule), "key": key, "records": size, "pairs": size * (size - 1) // 2,
-                             "skipped": bool(size > self.max_block)})
-        return pd.DataFrame(rows, columns=["rule", "key", "records", "pairs", "skipped"])
+        rules = list(self.blocking or DEFAULT_BLOCKING)
+        tops = [pd.concat([g for (q, _), g in zip(parts, got) if q == r], ignore_index=True)
+                .sort_values(["records", "_first"], ascending=[False, True], kind="stable").head(k)
+                for r in range(len(rules))]
+        return largest_table(list(zip(rules, tops)), self.max_block)
 
     # -- scoring
     def _parts(self, records: pd.DataFrame):
@@ -490,7 +495,7 @@ class DaskRecordMatcher(RecordMatcher):
             return cached[1], cached[2]
         df, _, comps = self._prepare(records)
         try:
-            rules, tagged = self._scatter_parts(df, [len(c.labels()) for c in comps])
+            rules, tagged = self._blocking_parts(df, [len(c.labels()) for c in comps])
             stats, _ = self._gather_parts(len(df), rules, tagged)
         finally:
             self._drop_chunks()
@@ -519,12 +524,6 @@ class DaskRecordMatcher(RecordMatcher):
         """:meth:`match_new`'s pairs on the workers: the links that involve a new record, and ``best``."""
         return self._links(allrec, first_new=n_old)
 
-    def _best(self, n: int, got: list) -> np.ndarray:
-        best = np.zeros(n)
-        for rows, b in got:
-            np.maximum.at(best, rows, b)
-        return best
-
     def _links(self, records: pd.DataFrame, first_new: int | None = None) -> PairScores:
         client = self._client
 
@@ -534,12 +533,7 @@ class DaskRecordMatcher(RecordMatcher):
 
         stats, got = engine.retry_lost(run, f"match weights of {len(records):,} records", self._lost)
         n = len(records)
-        best = self._best(n, [(g["rows"], g["best"]) for g in got])
-        cat = {k: np.concatenate([g[k] for g in got]) for k in ("left", "right", "levels", "weight", "probability")}
-        left, right = cat["left"].astype(np.int64), cat["right"].astype(np.int64)
-        order = np.argsort(left * n + right, kind="stable")     # the local order: by (left, right)
-        return PairScores(left[order], right[order], cat["levels"][order], cat["weight"][order],
-                          cat["probability"][order], stats, best=best)
+        return _in_order(n, got, stats, best=_best(n, [(g["rows"], g["best"]) for g in got]))
 
     def predict(self, records: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
         """The customer key map, as :meth:`RecordMatcher.predict`, with the links left on the workers:
@@ -570,7 +564,7 @@ class DaskRecordMatcher(RecordMatcher):
             rows = np.unique(np.r_[links["left"], links["right"]]).astype(np.int64)
             labels[rows] = sub[rows]
         self.n_oversized_ = int(np.sum(np.bincount(labels, minlength=n) > self.max_cluster))
-        return identity_key_map(records, labels, None, previous, self.source_col, best=self._best(n, best))
+        return identity_key_map(records, labels, None, previous, self.source_col, best=_best(n, best))
 
     def pair_sample(self, records: pd.DataFrame, n: int, seed: int = 0) -> PairScores:
         """About ``n`` of the candidate pairs of ``records`` (those :meth:`fit` or :meth:`score_pairs`
@@ -587,9 +581,4 @@ class DaskRecordMatcher(RecordMatcher):
                                          for i, (_, f) in enumerate(parts)])
 
         stats, got = engine.retry_lost(run, f"a sample of {n:,} candidate pairs", self._lost)
-        left = np.concatenate([g.left for g in got]).astype(np.int64)
-        right = np.concatenate([g.right for g in got]).astype(np.int64)
-        order = np.argsort(left * len(records) + right, kind="stable")
-        return PairScores(left[order], right[order], np.concatenate([g.levels for g in got])[order],
-                          np.concatenate([g.weight for g in got])[order],
-                          np.concatenate([g.probability for g in got])[order], stats)
+        return _in_order(len(records), got, stats)
