@@ -40,18 +40,36 @@ MEDIUM_CONSENT = {"email": ("email_opt_in", "has_email"), "mail": ("mail_opt_in"
 
 def preferred_channel(orders: pd.DataFrame, cutoff, days: int = 365) -> pd.Series:
     """Per customer, the channel of most orders in the last ``days`` before ``cutoff`` (all history
-    when none); ties go to the most recent order's channel."""
+    when none); ties go to the channel of the most recent order (by date, then by row order). Each
+    customer's answer depends on their own orders only, so it is the same computed by parts."""
     o = orders[(orders["order_date"] < pd.Timestamp(cutoff)) & orders["channel"].notna()]
-    recent = o["order_date"] >= pd.Timestamp(cutoff) - days * DAY
-    o = o.assign(w=np.where(recent, 1_000_000.0, 1.0) + o["order_date"].rank(method="first") / (10 * len(o) + 1))
-    score = o.groupby(["customer_key", "channel"], sort=False)["w"].sum()
-    best = score.groupby(level=0).idxmax()
-    return pd.Series([b[1] for b in best], index=best.index, name="preferred_channel")
+    recent = (o["order_date"] >= pd.Timestamp(cutoff) - days * DAY).to_numpy()
+    latest = np.empty(len(o), dtype=np.int64)                # order of the orders by date, then row
+    latest[np.argsort(o["order_date"].to_numpy(), kind="stable")] = np.arange(len(o))
+    g = pd.DataFrame({"customer_key": o["customer_key"].to_numpy(), "channel": o["channel"].to_numpy(),
+                      "score": np.where(recent, 1_000_000, 1), "latest": latest})
+    per = g.groupby(["customer_key", "channel"], sort=False).agg(score=("score", "sum"), latest=("latest", "max"))
+    per = per.reset_index().sort_values(["customer_key", "score", "latest"], ascending=[True, False, False],
+                                        kind="stable").drop_duplicates("customer_key")
+    return pd.Series(per["channel"].to_numpy(), index=pd.Index(per["customer_key"].to_numpy()), name="preferred_channel")
 
 
-def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutoff, prior: float = 5.0) -> pd.DataFrame:
+def medium_rates(contacts: pd.DataFrame | None, cutoff) -> dict:
+    """Per medium, the share of contacts before ``cutoff`` answered before it (over all customers): the
+    rate :func:`preferred_medium` shrinks each customer's own towards (computed once when by parts)."""
+    if contacts is None or not len(contacts):
+        return {}
+    c = contacts[contacts["contact_date"] < pd.Timestamp(cutoff)]
+    answered = c["responded"] & (c["response_date"] < pd.Timestamp(cutoff)).fillna(False)
+    return {m: float(answered[(c["medium"] == m).to_numpy()].mean()) for m in MEDIUM_CONSENT
+            if (c["medium"] == m).any()}
+
+
+def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutoff, prior: float = 5.0,
+                     rates: dict | None = None) -> pd.DataFrame:
     """Per customer, the medium they consented to (and can be reached by) with the best response
-    rate in their own history, shrunk towards the medium's overall rate by ``prior`` contacts.
+    rate in their own history, shrunk towards the medium's overall rate by ``prior`` contacts
+    (``rates``: those overall rates, :func:`medium_rates` of ``contacts`` when None).
 
     Returns ``preferred_medium`` (None when no medium is allowed) and ``allowed_media``.
     """
@@ -62,14 +80,15 @@ def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutof
             ok &= profile[reach].fillna(0).astype(bool)
         allowed[m] = ok
     score = pd.DataFrame(0.0, index=profile.index, columns=allowed.columns)
-    if contacts is not None and len(contacts):
+    rates = medium_rates(contacts, cutoff) if rates is None else rates
+    if rates and contacts is not None:         # a part without contacts still gets the overall rates
         c = contacts[contacts["contact_date"] < pd.Timestamp(cutoff)]
         answered = c["responded"] & (c["response_date"] < pd.Timestamp(cutoff)).fillna(False)
         for m in allowed.columns:
-            hit = c["medium"] == m
-            if not hit.any():
+            if m not in rates:                      # nobody was ever contacted by m
                 continue
-            base = float(answered[hit].mean())
+            hit = c["medium"] == m
+            base = rates[m]
             n = hit.groupby(c["customer_key"]).sum().reindex(profile.index, fill_value=0)
             r = (answered & hit).groupby(c["customer_key"]).sum().reindex(profile.index, fill_value=0)
             score[m] = (r + prior * base) / (n + prior)
@@ -177,18 +196,19 @@ def apply_rules(scores: pd.DataFrame, rules: list[dict], default: str = "no_acti
 
 
 def decide(scores: pd.DataFrame, D: dict, profile: pd.DataFrame, orders: pd.DataFrame,
-           contacts: pd.DataFrame | None, cutoff, do_not_contact=()) -> pd.DataFrame:
+           contacts: pd.DataFrame | None, cutoff, do_not_contact=(), medium_rates: dict | None = None) -> pd.DataFrame:
     """All decisions for customers in ``scores`` (indexed by customer_key).
 
     Adds preferred_channel, preferred_medium, treatment, rule, contact (bool), contact_reason,
     control (bool) and decision_version. ``contact`` is False for customers in the control group,
     on the do-not-contact list or without any consented medium, over the frequency cap, or whose
-    treatment is in ``D['no_contact_treatments']``; the reason says which.
+    treatment is in ``D['no_contact_treatments']``; the reason says which. ``medium_rates``: see
+    :func:`preferred_medium` (given when ``scores`` is a part of the customers).
     """
     cutoff = pd.Timestamp(cutoff)
     out = scores.copy()
     out["preferred_channel"] = preferred_channel(orders, cutoff).reindex(out.index)
-    med = preferred_medium(profile.reindex(out.index), contacts, cutoff)
+    med = preferred_medium(profile.reindex(out.index), contacts, cutoff, rates=medium_rates)
     out["preferred_medium"] = med["preferred_medium"]
     out = out.join(apply_rules(out, D["rules"], D["default_treatment"]))
     recent = pd.Series(0, index=out.index)
@@ -314,14 +334,15 @@ SCORE_COLUMNS = ["customer_key", "segment_id", "segment", "value_band", "risk_ba
 def build_scores(segments: pd.DataFrame, value: pd.DataFrame, propensity: pd.DataFrame | None,
                  recs: pd.DataFrame | None, products: pd.DataFrame, ev, D: dict, cutoff,
                  bought: pd.DataFrame | None = None, do_not_contact=(), exclude_products=(),
-                 offer_table: pd.DataFrame | None = None) -> pd.DataFrame:
+                 offer_table: pd.DataFrame | None = None, medium_rates: dict | None = None) -> pd.DataFrame:
     """One row per recognised customer: segment, value, risks, propensities, next best offer,
     preferred channel and medium, treatment and contact policy (the ``customer_scores`` table
     without ``score_version`` / ``scored_at``, which publishing adds).
 
     ``bought``: customer_key, product_id of past purchases (never offered again);
     ``exclude_products``: guarded product ids (never offered); ``offer_table``: :func:`offers` of
-    the same inputs when the caller has it (its rank 1 is the next best offer).
+    the same inputs when the caller has it (its rank 1 is the next best offer); ``medium_rates``: see
+    :func:`decide`.
     """
     s = segments.set_index("customer_key")
     v = value.set_index("customer_key")
@@ -342,7 +363,7 @@ def build_scores(segments: pd.DataFrame, value: pd.DataFrame, propensity: pd.Dat
         s = s.join(nbo[["next_best_offer", "next_best_offer_name"]])
     else:
         s["next_best_offer"] = s["next_best_offer_name"] = None
-    decided = decide(s, D, ev.profile, ev.orders, ev.contacts, cutoff, do_not_contact)
+    decided = decide(s, D, ev.profile, ev.orders, ev.contacts, cutoff, do_not_contact, medium_rates)
     decided.index.name = "customer_key"
     out = decided.reset_index()
     keep = SCORE_COLUMNS + [c for c in out.columns if c.startswith("propensity_")] + [
@@ -353,3 +374,23 @@ def build_scores(segments: pd.DataFrame, value: pd.DataFrame, propensity: pd.Dat
               "preferred_channel", "preferred_medium", "contact_reason", "model_version", "treatment", "rule"):
         out[c] = out[c].astype(object).where(out[c].notna(), None)
     return out
+
+
+def no_offers() -> pd.DataFrame:
+    """An empty ``customer_offers`` table (no recommendations)."""
+    return pd.DataFrame({"customer_key": [], "rank": pd.Series(dtype="int64"), "product_id": [],
+                         "product_name": [], "nbo_score": pd.Series(dtype=float)})
+
+
+def decide_tables(ev, segments, value, propensity, recs, products, D: dict, cutoff, do_not_contact, guarded,
+                  top: int, medium_rates: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(``customer_scores`` without the publish columns, ``customer_offers``, ``recent_contacts``) of the
+    customers in ``ev`` (:class:`~crmlab.events.CustomerEvents`) and ``segments``: all of them, or one part
+    of them on a worker (:mod:`crmlab.decisions_dask`, with the overall ``medium_rates``)."""
+    bought = ev.lines[["customer_key", "product_id"]].drop_duplicates()
+    offered = (offers(recs, products, propensity, bought, guarded, top=top)
+               if recs is not None and len(recs) else no_offers())
+    scores = build_scores(segments, value, propensity, recs, products, ev, D, cutoff, bought=bought,
+                          do_not_contact=do_not_contact, exclude_products=guarded, offer_table=offered,
+                          medium_rates=medium_rates)
+    return scores, offered, recent_contacts(ev.contacts, cutoff, D["frequency_days"])

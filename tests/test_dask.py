@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import affinity, config, datasets, engine, identity, sources, targets, value
+from crmlab import affinity, config, datasets, decisions, engine, identity, sources, targets, value
 from crmlab.kernels import baskets as K
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
@@ -18,7 +18,7 @@ from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
-from crmlab import affinity_dask, events_dask, identity_dask, value_dask  # noqa: E402
+from crmlab import affinity_dask, decisions_dask, events_dask, identity_dask, value_dask  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 CI = Path(__file__).resolve().parents[1] / "params" / "ci.yaml"
@@ -230,6 +230,44 @@ def test_recommender_by_parts_equals_local(cluster, world):
     got = affinity_dask.recommend(cluster.client, rec, b, banned, partition_baskets=300)
     assert len(want) > 1000 and not got["item"].isin(banned).any()
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_decisions_by_parts_equal_the_whole(cluster, world):
+    """Scores, offers and recent contacts decided on nine parts of the customers equal the whole's, row
+    order included: the media's overall response rates come from all contacts (parts hold customers
+    never contacted by some medium), channel ties and the control draw are per customer, the
+    do-not-contact list and the guarded products apply in every part."""
+    ev = CustomerEvents.from_sources(sources.load(world))
+    c = ev.contacts
+    mailed = c.loc[c["medium"] == "mail", "customer_key"].unique()[:3]        # most parts: no mail contact
+    ev = CustomerEvents(ev.orders, ev.lines, c[(c["medium"] != "mail") | c["customer_key"].isin(mailed)], ev.profile)
+    keys = ev.profile.index.to_numpy()
+    rng = np.random.default_rng(5)
+    n = len(keys)
+    bands = np.array(["low", "medium", "high"], dtype=object)
+    segments = pd.DataFrame({"customer_key": keys[rng.permutation(n)], "segment_id": rng.integers(0, 4, n),
+                             "segment": rng.choice(np.array(["a", "b"], dtype=object), n),
+                             "value_band": rng.choice(bands, n), "risk_band": rng.choice(bands, n),
+                             "value": rng.gamma(2.0, 50.0, n), "attrition_risk": rng.random(n)})
+    segments["value_risk_cell"] = segments["value_band"] + " value / " + segments["risk_band"] + " risk"
+    value_t = pd.DataFrame({"customer_key": keys, "p_alive": rng.random(n), "expected_purchases_365d": rng.random(n)})
+    products = pd.read_parquet(world / "products.parquet")
+    items = ev.lines["product_id"].unique()
+    recs = pd.DataFrame({"customer_key": np.repeat(keys, 6), "product_id": rng.choice(items, 6 * n),
+                         "score": rng.random(6 * n)}).drop_duplicates(["customer_key", "product_id"])
+    propensity = pd.DataFrame({"customer_key": keys, "attrition_risk": rng.random(n), "response_propensity": rng.random(n),
+                               "model_version": "m1"})
+    for dept in products["department"].unique()[:3]:
+        propensity[f"propensity_{decisions._slug(dept)}"] = rng.random(n)
+    D = dict(config.DEFAULTS["decisions"], control_share=0.2, frequency_days=400, frequency_cap=2)
+    cutoff = ev.last_date - pd.Timedelta(days=30)
+    args = (segments, value_t, propensity, recs, products, D, cutoff, set(keys[::50]), set(items[:4]), 3)
+    want = decisions.decide_tables(ev, *args)
+    got = decisions_dask.decide_by_parts(cluster.client, len(ev.lines) // 9 + 1, ev, *args)
+    assert len(want[0]) == n and len(want[1]) > 2 * n and len(want[2]) > 100
+    assert want[0]["contact"].any() and want[0]["control"].any() and want[0]["preferred_medium"].nunique() > 1
+    for w, g in zip(want, got):
+        pd.testing.assert_frame_equal(g, w, check_exact=True)
 
 
 def test_a_run_joins_a_running_scheduler_and_leaves_it_running():

@@ -10,7 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from crmlab import pipeline
+from crmlab import pipeline, publish
 from crmlab.cli import main
 from crmlab.errors import ConfigError, StageError
 from crmlab.sources import SourcesInvalid
@@ -132,12 +132,13 @@ def test_nbval_reproduces_checked_cells(ci_run):
 
 def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci_run, tmp_path):
     """engine.kind: dask starts a LocalCluster of two worker processes for the run and records its
-    dashboard; stages 10-50 compute on it (candidate pairs by parts, itemsets by parts, value by
-    partitions, features on events split by customer) and write the tables of the local run, bit for
-    bit; the identity report plots a sample of the pairs and says so."""
+    dashboard; stages 10-60 compute on it (candidate pairs by parts, itemsets by parts, value by
+    partitions, features on events split by customer, decisions by parts of the customers) and write
+    and publish the tables of the local run, bit for bit; the identity report plots a sample of the
+    pairs and says so."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
     run = pipeline.run(CI, [f"runs_dir={tmp_path}",
-                            "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments]",
+                            "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments, 60_publish]",
                             "engine.kind=dask", "engine.workers=2", "engine.partition_rows=5000"], quiet=True)
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
@@ -152,6 +153,11 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
         want = pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet")
         assert len(got) > 5, name
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=name)
+    folders = [json.loads((r / "artifacts" / "published.json").read_text())["dir"] for r in (run, ci_run)]
+    for name in publish.CONTRACT:
+        got, want = (publish.read_parquet(f, name).drop(columns="scored_at", errors="ignore") for f in folders)
+        assert len(got) > 5 or name == "recent_contacts", name    # the sample has no contact in the cap's window
+        pd.testing.assert_frame_equal(got, want, check_exact=True, obj=f"published {name}")
 
 
 def test_unknown_parameter_rejected_before_anything_runs(tmp_path):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import affinity, decisions, identity, identity_index, online_store, publish, targets
+from .. import affinity, decisions, decisions_dask, engine, identity, identity_index, online_store, publish, targets
 from ..errors import CrmlabError
 
 
@@ -41,15 +41,15 @@ def run_publish(ctx) -> PublishResult:
     cutoff = targets.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
     dnc = decisions.read_do_not_contact(D["do_not_contact"], key_map) if D["do_not_contact"] else set()
     guarded = affinity.sensitive_items(products, ctx.params["affinity"]["sensitive_categories"])
-    bought = ev.lines[["customer_key", "product_id"]].drop_duplicates()
-    propensity, recs = ctx.optional_artifact("customer_propensity"), ctx.optional_artifact("customer_recommendations")
-    offers = (decisions.offers(recs, products, propensity, bought, guarded, top=PUB["offers"])
-              if recs is not None and len(recs)
-              else pd.DataFrame({"customer_key": [], "rank": pd.Series(dtype="int64"), "product_id": [],
-                                 "product_name": [], "nbo_score": pd.Series(dtype=float)}))
-    scores = decisions.build_scores(ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
-                                    propensity, recs, products, ev, D, cutoff, bought=bought, do_not_contact=dnc,
-                                    exclude_products=guarded, offer_table=offers)
+    inputs = (ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
+              ctx.optional_artifact("customer_propensity"), ctx.optional_artifact("customer_recommendations"),
+              products, D, cutoff, dnc, guarded, PUB["offers"])
+    client = engine.client(ctx.params["engine"])
+    if client is None:
+        scores, offers, recent = decisions.decide_tables(ev, *inputs)
+    else:                                           # by parts of the customers on the cluster: the same tables
+        scores, offers, recent = decisions_dask.decide_by_parts(client, ctx.params["engine"]["partition_rows"], ev,
+                                                                *inputs)
     leak = int(scores["next_best_offer"].isin(guarded).sum())
     if leak:
         raise CrmlabError(f"{leak} next best offers are guarded products: nothing published")
@@ -64,7 +64,7 @@ def run_publish(ctx) -> PublishResult:
               "segment_profiles": ctx.read_artifact("segment_profiles"),
               # what a touchpoint needs to decide at the moment of contact (POST /v1/decide)
               "customer_offers": offers.astype({"customer_key": str, "product_id": str}),
-              "recent_contacts": decisions.recent_contacts(ev.contacts, cutoff, D["frequency_days"]),
+              "recent_contacts": recent,
               "decision_policy": decisions.policy_table(D, cutoff, decisions.guarded(products, guarded))}
     ident = None
     if PUB["identity"]:                             # the identity index, apart from the touchpoint tables
