@@ -137,6 +137,7 @@ DEFAULTS: dict[str, Any] = {
         "url": None,                      # SQLAlchemy URL; null: SQLite file crmlab.sqlite in publish.dir
         "dir": None,                      # Parquet copies (and the SQLite file); null: <runs_dir>/published/<run_name>
         "keep": 5,                        # versions kept for restore
+        "writers": 4,                     # PostgreSQL: connections writing a version's tables at once (1-12)
         "drift_psi": 0.2,                 # warn when a score's distribution shifts more than this
         "lookups": 1000,                  # timed sample lookups in the report
         "redis": None,                    # Redis URL of the online store (e.g. redis://127.0.0.1:6379/0); null: none
@@ -197,7 +198,7 @@ _RANGES: dict[str, tuple] = {
     "segments.k_min": (2, None, True, True), "segments.k_max": (2, None, True, True),
     "segments.k": (1, None, True, True), "segments.min_stability": (0, 1, True, True),
     "segments.bootstraps": (1, None, True, True), "segments.select_rows": (100, None, True, True),
-    "publish.keep": (1, None, True, True), "publish.drift_psi": (0, None, False, True),
+    "publish.keep": (1, None, True, True), "publish.writers": (1, 12, True, True), "publish.drift_psi": (0, None, False, True),
     "publish.lookups": (0, None, True, True), "publish.offers": (1, 100, True, True),
     "report.cell_timeout": (1, None, True, True),
     "engine.threads": (1, 4096, True, True), "engine.workers": (1, 4096, True, True),

@@ -307,25 +307,79 @@ def _to_sql_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
-    """Create ``name`` with pandas' column types, then fill it in bulk on the same connection (inside
-    the publish transaction): ``executemany`` on SQLite, ``COPY`` on PostgreSQL (psycopg), pandas'
-    ``to_sql`` elsewhere. Missing values become NULL."""
-    schema, bare = _split(name)
-    df.head(0).to_sql(bare, conn, schema=schema, index=False)
-    cols = [c for c in df.columns]
-    values = [df[c].astype(object).where(df[c].notna(), None).tolist() for c in cols]
-    rows = zip(*values)
-    raw = conn.connection.driver_connection
-    target = f"{_qt(eng, name)} ({', '.join(_q(eng, c) for c in cols)})"
-    if eng.dialect.name == "sqlite":
-        cur = raw.cursor()
-        cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(cols))})", rows)
-        cur.close()
-    elif eng.dialect.name == "postgresql" and eng.dialect.driver == "psycopg":
-        with raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN") as copy:
-            for row in rows:
+#: rows per block of CSV made for COPY (bounds the text held at once)
+COPY_BLOCK = 200_000
+
+
+def _copies(eng) -> bool:
+    return eng.dialect.name == "postgresql" and eng.dialect.driver == "psycopg"
+
+
+def _target(eng, name: str, df: pd.DataFrame) -> str:
+    return f"{_qt(eng, name)} ({', '.join(_q(eng, c) for c in df.columns)})"
+
+
+def _arrow_blocks(df: pd.DataFrame) -> list | None:
+    """``df`` as Arrow tables of :data:`COPY_BLOCK` rows, timestamps as the text :func:`_to_sql_frame`
+    writes; None when Arrow cannot type a column (mixed Python objects)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = []
+    try:
+        for a in range(0, max(len(df), 1), COPY_BLOCK):
+            t = pa.Table.from_pandas(df.iloc[a:a + COPY_BLOCK], preserve_index=False)
+            for i, f in enumerate(t.schema):
+                if pa.types.is_timestamp(f.type):
+                    t = t.set_column(i, f.name, pc.strftime(t.column(i), "%Y-%m-%dT%H:%M:%S"))
+            out.append(t)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    return out
+
+
+def _copy(cur, name_cols: str, df: pd.DataFrame) -> None:
+    """``COPY`` the rows of ``df`` into ``name_cols`` on a psycopg cursor: CSV made by Arrow in blocks of
+    :data:`COPY_BLOCK` rows (text quoted, missing values unquoted empty, which PostgreSQL reads as
+    NULL; floats in their shortest exact form; timestamps as :func:`_to_sql_frame` writes them). A
+    column Arrow cannot type (mixed Python objects) falls back to psycopg's row by row formatting."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    blocks = _arrow_blocks(df)
+    if blocks is None:
+        sql = _to_sql_frame(df)
+        with cur.copy(f"COPY {name_cols} FROM STDIN") as copy:
+            values = [sql[c].astype(object).where(sql[c].notna(), None).tolist() for c in sql.columns]
+            for row in zip(*values):
                 copy.write_row(row)
+        return
+    options = pacsv.WriteOptions(include_header=False)
+    with cur.copy(f"COPY {name_cols} FROM STDIN (FORMAT csv)") as copy:
+        for block in blocks:
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(block, sink, options)
+            copy.write(memoryview(sink.getvalue()))
+
+
+def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
+    """Create ``name`` with the column types of :func:`_to_sql_frame`, then fill it in bulk on the same
+    connection (inside the publish transaction): ``executemany`` on SQLite, ``COPY`` on PostgreSQL
+    (psycopg), pandas' ``to_sql`` elsewhere. Missing values become NULL."""
+    schema, bare = _split(name)
+    _to_sql_frame(df.head(0)).to_sql(bare, conn, schema=schema, index=False)
+    target = _target(eng, name, df)
+    if _copies(eng):
+        with conn.connection.driver_connection.cursor() as cur:
+            _copy(cur, target, df)
+        return
+    df = _to_sql_frame(df)
+    if eng.dialect.name == "sqlite":
+        cols = list(df.columns)
+        values = [df[c].astype(object).where(df[c].notna(), None).tolist() for c in cols]
+        cur = conn.connection.driver_connection.cursor()
+        cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(cols))})", zip(*values))
+        cur.close()
     else:
         df.to_sql(bare, conn, schema=schema, index=False, if_exists="append", chunksize=50_000)
 
@@ -390,25 +444,36 @@ def _replace_views(conn, eng, tables, version: int) -> None:
 
 
 def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 5, note: str = "",
-            progress=None, identity: IdentityTables | None = None, _fail_after: str | None = None) -> int:
+            progress=None, identity: IdentityTables | None = None, writers: int = 1,
+            _fail_after: str | None = None) -> int:
     """Publish ``tables`` as a new version; returns the version number.
 
     Every table is checked against the contract first (all problems reported together, nothing
     written). ``customer_scores`` gets ``score_version`` and ``scored_at`` here. ``keep`` versions
     stay in the database (older ones are dropped); ``folder`` (optional) receives the Parquet copy.
     ``identity``: person tables published with the version, apart (:class:`IdentityTables`).
-    ``_fail_after`` (tests) raises after writing that table, inside the transaction.
+    ``writers`` > 1 on PostgreSQL: the tables are written in row ranges by that many connections at
+    once (:func:`_write_parallel`), then switched to in one transaction; on SQLite (one writer) and
+    other databases everything is written in the switching transaction.
+    ``_fail_after`` (tests) raises after writing that table.
     """
     import sqlalchemy as sa
 
     say = progress or (lambda m: None)
     if keep < 1:
         raise PublishError(f"publish.keep must be at least 1, got {keep}")
+    if not 1 <= writers <= MAX_WRITERS:
+        raise PublishError(f"publish.writers must be between 1 and {MAX_WRITERS}, got {writers}")
     eng = engine(url)
+    guard = None
     try:
+        parallel = writers > 1 and _copies(eng)
         with eng.connect() as conn:
             with conn.begin():
                 _ensure_catalog(conn)
+            if _copies(eng):
+                _drop_abandoned(conn, eng, say)
+            with conn.begin():
                 version = int(conn.execute(sa.text(f"SELECT COALESCE(MAX(version), 0) + 1 FROM {CATALOG}")).scalar())
         now = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).floor("s")
         tables = {n: neutralise_formulas(n, df) for n, df in tables.items()}
@@ -425,21 +490,25 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
         staged = _stage_parquet(tables, folder, version, counts) if folder else None
         t0 = time.perf_counter()
         try:
+            if parallel:
+                guard = _reserve(eng, version, now, tables, note)
+                _write_parallel(eng, tables, version, writers, say, _fail_after)
             with eng.connect() as conn, conn.begin():
-                _ensure_catalog(conn)
-                taken = conn.execute(sa.text(f"SELECT COUNT(*) FROM {CATALOG} WHERE version = :v"), {"v": version}).scalar()
-                if taken:
-                    raise PublishError(f"version {version} was taken by another publish running at the same time; retry")
-                for name, df in tables.items():
-                    say(f"writing {name} ({len(df):,} rows) as version {version}")
-                    phys = _phys(name, version)
-                    _insert(conn, eng, phys, _to_sql_frame(df))
-                    key = ", ".join(_q(eng, k) for k in CONTRACT[name]["key"])
-                    conn.execute(sa.text(f"CREATE UNIQUE INDEX {_q(eng, 'ix_' + phys)} ON {_q(eng, phys)} ({key})"))
-                    if name in ("customer_key_map", "recent_contacts"):
-                        conn.execute(sa.text(f"CREATE INDEX {_q(eng, 'ixk_' + phys)} ON {_q(eng, phys)} (customer_key)"))
-                    if _fail_after == name:
-                        raise RuntimeError(f"simulated failure after writing {name}")
+                if parallel:
+                    _check_written(conn, eng, counts, version)
+                else:
+                    taken = conn.execute(sa.text(f"SELECT COUNT(*) FROM {CATALOG} WHERE version = :v"),
+                                         {"v": version}).scalar()
+                    if taken:
+                        raise PublishError(f"version {version} was taken by another publish running at the same time; retry")
+                    for name, df in tables.items():
+                        say(f"writing {name} ({len(df):,} rows) as version {version}")
+                        phys = _phys(name, version)
+                        _insert(conn, eng, phys, df)
+                        for stmt in _indexes(eng, name, phys):
+                            conn.execute(sa.text(stmt))
+                        if _fail_after == name:
+                            raise RuntimeError(f"simulated failure after writing {name}")
                 names = list(tables)
                 if identity is not None:
                     names += _write_identity(conn, eng, identity, version, say)
@@ -447,15 +516,21 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                 if identity is not None:
                     _grant_identity(conn, eng, identity)
                 conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'kept' WHERE status = 'current'"))
-                conn.execute(sa.text(
-                    f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
-                    "VALUES (:v, 'current', :at, :sv, :t, :rc, :note)"),
-                    {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(names)),
-                     "rc": json.dumps(counts), "note": note})
+                row = {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(names)),
+                       "rc": json.dumps(counts), "note": note}
+                if parallel:
+                    conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'current', tables = :t, row_counts = :rc "
+                                         "WHERE version = :v"), row)
+                else:
+                    conn.execute(sa.text(
+                        f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
+                        "VALUES (:v, 'current', :at, :sv, :t, :rc, :note)"), row)
                 _prune(conn, eng, keep)
         except BaseException:
             if staged:
                 shutil.rmtree(staged, ignore_errors=True)
+            if guard is not None:
+                _abandon(guard, eng, version, list(tables))
             raise
         say(f"version {version} is current ({time.perf_counter() - t0:.1f} s in the database)")
         if folder:
@@ -465,7 +540,149 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
         raise PublishError(f"publishing to {_safe(url)} failed, nothing changed: {exc.__class__.__name__}: "
                            f"{str(exc).splitlines()[0]}") from None
     finally:
+        if guard is not None:
+            guard.close()
         eng.dispose()
+
+
+def _indexes(eng, name: str, phys: str) -> list[str]:
+    """The statements indexing a published table's version: its contract key (unique), and the
+    customer key where touchpoints look rows up by it."""
+    key = ", ".join(_q(eng, k) for k in CONTRACT[name]["key"])
+    out = [f"CREATE UNIQUE INDEX {_q(eng, 'ix_' + phys)} ON {_q(eng, phys)} ({key})"]
+    if name in ("customer_key_map", "recent_contacts"):
+        out.append(f"CREATE INDEX {_q(eng, 'ixk_' + phys)} ON {_q(eng, phys)} (customer_key)")
+    return out
+
+
+# ----------------------------------------------------------------------------- parallel writes (PostgreSQL)
+
+#: most connections writing at once (the engine's pool holds 15)
+MAX_WRITERS = 12
+#: fewest rows a connection writes when a table is split between writers
+PARALLEL_MIN_ROWS = 50_000
+#: the advisory lock a parallel publish holds on its version while it writes (per schema of the catalog)
+_LOCK = "hashtext(coalesce(current_schema(), '') || '.crmlab_versions')"
+
+
+def _reserve(eng, version: int, now, tables: dict, note: str):
+    """Take ``version`` for a parallel publish: a connection that holds the version's advisory lock for
+    the whole publish (a publish killed midway releases it with its connection), and the catalog row
+    ``writing`` committed under it. Returns that connection."""
+    import sqlalchemy as sa
+
+    guard = eng.connect()
+    try:
+        with guard.begin():
+            guard.execute(sa.text(f"SELECT pg_advisory_lock({_LOCK}, :v)"), {"v": version})
+            try:
+                guard.execute(sa.text(
+                    f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
+                    "VALUES (:v, 'writing', :at, :sv, :t, '{}', :note)"),
+                    {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(tables)),
+                     "note": note})
+            except sa.exc.IntegrityError:
+                raise PublishError(f"version {version} was taken by another publish running at the same time; "
+                                   "retry") from None
+    except BaseException:
+        guard.close()
+        raise
+    return guard
+
+
+def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_after: str | None) -> None:
+    """Write the version's tables by ``writers`` connections at once: each table created empty, its rows
+    COPYed in ranges of at least :data:`PARALLEL_MIN_ROWS` (each range committed by itself), then its
+    indexes. Readers see none of it: the views name the previous version until the switch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sqlalchemy as sa
+
+    frames = tables
+    with eng.begin() as conn:
+        for name, df in frames.items():
+            _to_sql_frame(df.head(0)).to_sql(_phys(name, version), conn, index=False)
+    jobs = []
+    for name, df in frames.items():
+        k = max(1, min(writers, len(df) // PARALLEL_MIN_ROWS))
+        bounds = np.linspace(0, len(df), k + 1).astype(np.int64)
+        jobs += [(name, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def copy(job):
+        name, a, b = job
+        if a == 0:
+            say(f"writing {name} ({len(frames[name]):,} rows) as version {version} by {writers} connections")
+        with eng.begin() as conn, conn.connection.driver_connection.cursor() as cur:
+            _copy(cur, _target(eng, _phys(name, version), frames[name]), frames[name].iloc[a:b])
+        if fail_after == name:
+            raise RuntimeError(f"simulated failure after writing {name}")
+
+    def index(stmt):
+        with eng.begin() as conn:
+            conn.execute(sa.text(stmt))
+
+    with ThreadPoolExecutor(writers) as pool:
+        for _ in pool.map(copy, jobs):
+            pass
+        say(f"indexing version {version}")
+        for _ in pool.map(index, [i for n in frames for i in _indexes(eng, n, _phys(n, version))]):
+            pass
+
+
+def _check_written(conn, eng, counts: dict, version: int) -> None:
+    """Inside the switching transaction: every table of ``version`` holds its rows."""
+    import sqlalchemy as sa
+
+    for name, n in counts.items():
+        got = conn.execute(sa.text(f"SELECT COUNT(*) FROM {_q(eng, _phys(name, version))}")).scalar()
+        if got != n:
+            raise PublishError(f"{_phys(name, version)} holds {got:,} rows, {n:,} were written: nothing published")
+
+
+def _drop_version(conn, eng, version: int, names) -> None:
+    import sqlalchemy as sa
+
+    for t in names:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {_qt(eng, _phys(t, version))}"))
+    conn.execute(sa.text(f"DELETE FROM {CATALOG} WHERE version = :v AND status = 'writing'"), {"v": version})
+
+
+def _abandon(guard, eng, version: int, names) -> None:
+    """A parallel publish that failed: its tables dropped and its version freed, then its lock released
+    (when the database is gone too, the next publish does it: :func:`_drop_abandoned`)."""
+    import sqlalchemy as sa
+
+    try:
+        if guard.in_transaction():
+            guard.rollback()
+        with guard.begin():
+            _drop_version(guard, eng, version, names)
+        guard.execute(sa.text(f"SELECT pg_advisory_unlock({_LOCK}, :v)"), {"v": version})
+        guard.commit()
+    except sa.exc.SQLAlchemyError:
+        pass
+
+
+def _drop_abandoned(conn, eng, say) -> None:
+    """Versions a killed parallel publish left ``writing`` (their lock is free: the process is gone):
+    their tables dropped and the version freed. A publish still running holds its lock and is left alone."""
+    import sqlalchemy as sa
+
+    rows = conn.execute(sa.text(f"SELECT version, tables FROM {CATALOG} WHERE status = 'writing'")).fetchall()
+    conn.commit()
+    for version, tabs in rows:
+        v = int(version)
+        got = conn.execute(sa.text(f"SELECT pg_try_advisory_lock({_LOCK}, :v)"), {"v": v}).scalar()
+        conn.commit()                                   # a session lock: it outlives the transaction
+        if not got:
+            continue
+        try:
+            with conn.begin():
+                _drop_version(conn, eng, v, json.loads(tabs))
+            say(f"dropped the tables of version {v}, left by a publish that did not finish")
+        finally:
+            conn.execute(sa.text(f"SELECT pg_advisory_unlock({_LOCK}, :v)"), {"v": v})
+            conn.commit()
 
 
 def _write_identity(conn, eng, idt: IdentityTables, version: int, say) -> list[str]:
@@ -481,7 +698,7 @@ def _write_identity(conn, eng, idt: IdentityTables, version: int, say) -> list[s
         qual = idt.qualified(eng, name)
         phys = _phys(qual, version)
         say(f"writing {name} ({len(df):,} rows, apart from the touchpoint tables) as version {version}")
-        _insert(conn, eng, phys, _to_sql_frame(df))
+        _insert(conn, eng, phys, df)
         bare = _split(phys)[1]
         for i, cols in enumerate(idt.indexes.get(name, ())):
             conn.execute(sa.text(f"CREATE INDEX {_q(eng, f'ix{i}_{bare}')} ON {_qt(eng, phys)} "
@@ -540,11 +757,12 @@ def restore(url: str, version: int, folder=None) -> int:
         with eng.connect() as conn, conn.begin():
             _ensure_catalog(conn)
             row = conn.execute(sa.text(f"SELECT status, tables FROM {CATALOG} WHERE version = :v"), {"v": version}).fetchone()
-            if row is None or row[0] == "pruned":
+            if row is None or row[0] not in ("current", "kept"):
                 kept = conn.execute(sa.text(f"SELECT version FROM {CATALOG} WHERE status IN ('current', 'kept') "
                                             "ORDER BY version")).scalars().all()
                 raise PublishError(f"version {version} cannot be restored: "
-                                   f"{'it was pruned' if row else 'it was never published'}; kept versions: {kept}")
+                                   f"{'it was never published' if row is None else 'it was pruned' if row[0] == 'pruned' else 'it is still being written'}; "
+                                   f"kept versions: {kept}")
             if folder and not (Path(folder) / "parquet" / f"v{version:06d}").is_dir():
                 raise PublishError(f"version {version} cannot be restored: its Parquet copy is missing under "
                                    f"{Path(folder) / 'parquet'} (SQL and Parquet would disagree); nothing changed")

@@ -1,5 +1,6 @@
 """Publishing: schema contract, atomic versions (a reader during a publish, a publish failing or
 killed midway), history and restore, lookup; on SQLite and on a real PostgreSQL server."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -179,8 +180,9 @@ def test_documented_contract_is_the_checked_one():
 
 
 # --- reliability findings (#14): one version truth for SQL and Parquet
-def _publish_killed_at(url, folder, flag, step: str, tag: int, n: int = 2000) -> None:
-    """Start a publish in another process and SIGKILL it when its progress reaches ``step``."""
+@contextlib.contextmanager
+def _publish_paused_at(url, folder, flag, step: str, tag: int, n: int = 2000, writers: int = 1):
+    """A publish in another process, paused when its progress reaches ``step``; SIGKILLed on leaving."""
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
@@ -190,7 +192,7 @@ def _publish_killed_at(url, folder, flag, step: str, tag: int, n: int = 2000) ->
             if msg.startswith({step!r}):
                 open({str(flag)!r}, "w").close()
                 time.sleep(60)
-        publish.publish(tables({tag}, n={n}), {url!r}, {str(folder)!r}, progress=progress)
+        publish.publish(tables({tag}, n={n}), {url!r}, {str(folder)!r}, progress=progress, writers={writers})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -199,10 +201,17 @@ def _publish_killed_at(url, folder, flag, step: str, tag: int, n: int = 2000) ->
                 break
             time.sleep(0.1)
         assert flag.exists(), f"the publishing process did not reach '{step}'"
+        yield proc
     finally:
         proc.kill()
         proc.wait(30)
     flag.unlink()
+
+
+def _publish_killed_at(url, folder, flag, step: str, tag: int, n: int = 2000, writers: int = 1) -> None:
+    """Start a publish in another process and SIGKILL it when its progress reaches ``step``."""
+    with _publish_paused_at(url, folder, flag, step, tag, n, writers):
+        pass
 
 
 @pytest.mark.parametrize("step", ["writing customer_scores", "writing customer_key_map", "version"])
@@ -384,3 +393,89 @@ def json_tables(url: str) -> list[str]:
 
     h = publish.history(url)
     return json.loads(h.loc[h["status"] == "current", "tables"].iloc[0])
+
+
+# --- #18: tables written by several connections at once on PostgreSQL, switched to in one transaction
+def _tricky(n: int = 3000) -> dict:
+    """Tables whose values test the COPY text: floats in their last bit, infinities, quotes, commas,
+    line breaks, empty text against missing text, missing numbers and flags."""
+    t = tables(1, n)
+    rng = np.random.default_rng(0)
+    s = t["customer_scores"]
+    s["value"] = rng.standard_normal(len(s)) * 10.0 ** rng.integers(-300, 300, len(s))
+    s.loc[s.index[:3], "value"] = [np.inf, -np.inf, 5e-324]
+    s["p_alive"] = rng.random(len(s))
+    s.loc[s.index[::7], "p_alive"] = np.nan
+    s["next_best_offer_name"] = np.where(np.arange(len(s)) % 5 == 0, 'say "hi",\nthen\tgo; \\N', "")
+    s.loc[s.index[::11], "next_best_offer_name"] = None
+    s["contact"] = np.arange(len(s)) % 3 == 0
+    return t
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("writers", [1, 3])
+def test_copy_text_reads_back_exactly(postgres_schema, tmp_path, monkeypatch, writers):
+    """What PostgreSQL holds is what was published, to the last bit of every float, whether one
+    connection wrote it or three wrote ranges of it."""
+    monkeypatch.setattr(publish, "PARALLEL_MIN_ROWS", 500)
+    url, _ = postgres_schema
+    want = _tricky()
+    v = publish.publish(want, url, tmp_path, writers=writers)
+    for name, df in want.items():
+        key = list(publish.CONTRACT[name]["key"])                        # SQL keeps no row order
+        got = publish.read_table(url, name).drop(columns=["score_version", "scored_at"], errors="ignore")
+        got = got.sort_values(key, ignore_index=True)
+        pd.testing.assert_frame_equal(got, df.sort_values(key, ignore_index=True), check_dtype=False, check_exact=True,
+                                      obj=name)
+    scored = publish.read_table(url, "customer_scores")
+    assert (scored["score_version"] == v).all() and scored["scored_at"].notna().all()
+    assert publish.history(url)["status"].tolist() == ["current"]
+
+
+@pytest.mark.postgres
+def test_parallel_publish_failing_midway_frees_its_version(postgres_schema, tmp_path, monkeypatch):
+    """A parallel publish that fails after some ranges were committed: the previous version stays
+    current, the new version's tables are dropped and its number is free for the next publish."""
+    monkeypatch.setattr(publish, "PARALLEL_MIN_ROWS", 500)
+    url, folder = postgres_schema[0], tmp_path
+    publish.publish(tables(1), url, folder, writers=3)
+    with pytest.raises(RuntimeError, match="simulated"):
+        publish.publish(tables(2), url, folder, writers=3, _fail_after="customer_scores")
+    assert publish.current_version(url) == 1 and len(publish.read_table(url, "customer_scores")) == 2010
+    eng = publish.engine(url)
+    names = sa.inspect(eng).get_table_names()
+    eng.dispose()
+    assert not [n for n in names if "__v000002" in n]
+    assert publish.history(url)["status"].tolist() == ["current"]
+    assert publish.publish(tables(3), url, folder, writers=3) == 2
+
+
+@pytest.mark.postgres
+def test_parallel_publish_killed_is_cleaned_by_the_next_and_a_running_one_is_left_alone(postgres_schema, tmp_path):
+    """A parallel publish SIGKILLed after its ranges were committed (before the switch): readers still
+    see the previous version. While it is alive (paused), another publish leaves its tables alone;
+    once it is dead, the next publish drops them and takes over."""
+    url, folder = postgres_schema[0], tmp_path
+    publish.publish(tables(1), url, folder)
+
+    def written():
+        eng = publish.engine(url)
+        try:
+            return sorted(n for n in sa.inspect(eng).get_table_names() if "__v000002" in n)
+        finally:
+            eng.dispose()
+
+    with _publish_paused_at(url, folder, tmp_path / "flag", "indexing version 2", tag=2, n=120_000, writers=3):
+        assert written() == ["customer_key_map__v000002", "customer_scores__v000002"]
+        assert publish.history(url).set_index("version")["status"].to_dict() == {2: "writing", 1: "current"}
+        with pytest.raises(PublishError, match="still being written"):
+            publish.restore(url, 2)
+        assert publish.publish(tables(3), url, folder) == 3               # a publish beside it
+        assert written() == ["customer_key_map__v000002", "customer_scores__v000002"]
+    assert publish.current_version(url) == 3 and len(publish.read_table(url, "customer_scores")) == 2030
+    said = []
+    assert publish.publish(tables(4), url, folder, writers=3, progress=said.append) == 4
+    assert written() == [] and any("left by a publish that did not finish" in m for m in said)
+    assert set(publish.history(url)["status"]) == {"current", "kept"}
+    with publish.Lookup(url) as lk:
+        assert lk.get("web", "W5")["score_version"] == 4

@@ -72,6 +72,7 @@ def run_publish(ctx) -> PublishResult:
         ident = identity_index.identity_tables(ctx.sources().customers, key_map, matcher, PUB["identity_schema"],
                                                PUB["identity_role"])
     version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print,
+                              writers=PUB["writers"],
                               identity=ident)
     if PUB["redis"]:                                # the online store follows: filled, then its pointer switched
         online_store.sync(url, PUB["redis"], PUB["redis_prefix"], progress=print)
