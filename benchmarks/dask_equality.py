@@ -1,8 +1,12 @@
 """The chain in local mode and with ``engine.kind: dask`` on a generated world: the tables of the stages
-that compute on the cluster must be equal bit for bit (#18: "on a 200k-customer world"); wall time per
-stage of both runs, side by side.
+that compute on the cluster and every published table must be equal bit for bit (#18: "on a
+200k-customer world"); wall time per stage of both runs, side by side.
 
     python benchmarks/dask_equality.py --customers 200000 --out benchmarks/results/dask_equality.txt
+    python benchmarks/dask_equality.py --customers 200000 --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+``--postgres``: both runs publish to that server (each to a schema of its own, dropped afterwards),
+with ``publish.writers`` connections; otherwise to SQLite files.
 """
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from crmlab import pipeline, synth
+from crmlab import pipeline, publish, synth
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["10_identity", "30_value", "40_propensity", "50_segments"]
-TABLES = ["customer_value", "customer_propensity", "customer_segments", "segment_profiles"]
+STAGES = ["10_identity", "20_affinity", "30_value", "40_propensity", "50_segments", "60_publish", "70_measure"]
+TABLES = ["customer_key_map", "affinity_rules", "customer_recommendations", "customer_value", "customer_propensity",
+          "customer_segments", "segment_profiles"]
 
 
 def main() -> None:
@@ -29,10 +34,12 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partition-rows", type=int, default=1_000_000)
+    ap.add_argument("--postgres", help="publish to this PostgreSQL server (a schema per run) instead of SQLite")
+    ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--out")
     a = ap.parse_args()
     lines = [f"# python benchmarks/dask_equality.py --customers {a.customers} --workers {a.workers} "
-             f"--partition-rows {a.partition_rows}",
+             f"--partition-rows {a.partition_rows}" + (f" --postgres ... --writers {a.writers}" if a.postgres else ""),
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; stages {', '.join(STAGES)} of "
              "params/default.yaml; local mode, then engine.kind: dask on a LocalCluster started for the run"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,13 +50,22 @@ def main() -> None:
         print(lines[-1], flush=True)
         base = [f"data.dir={world}", f"runs_dir={Path(tmp) / 'runs'}", f"stages=[{', '.join(STAGES)}]",
                 "report.html=false", "report.reviewer_html=false"]
-        runs = {}
-        for mode, extra in (("local", []), ("dask", ["engine.kind=dask", f"engine.workers={a.workers}",
-                                                      f"engine.partition_rows={a.partition_rows}"])):
-            t0 = time.perf_counter()
-            runs[mode] = pipeline.run(ROOT / "params" / "default.yaml", base + extra, quiet=True)
-            lines.append(f"# {mode}: {time.perf_counter() - t0:.0f} s")
-            print(lines[-1], flush=True)
+        runs, schemas = {}, {}
+        try:
+            for mode, extra in (("local", []), ("dask", ["engine.kind=dask", f"engine.workers={a.workers}",
+                                                          f"engine.partition_rows={a.partition_rows}"])):
+                if a.postgres:
+                    schemas[mode] = _schema(a.postgres, f"crmlab_eq_{mode}")
+                    extra = extra + [f"publish.url={schemas[mode]}", f"publish.identity_schema=crmlab_eq_{mode}_identity",
+                                     f"publish.writers={a.writers}"]
+                t0 = time.perf_counter()
+                runs[mode] = pipeline.run(ROOT / "params" / "default.yaml", base + extra, quiet=True)
+                lines.append(f"# {mode}: {time.perf_counter() - t0:.0f} s")
+                print(lines[-1], flush=True)
+            published = _published(runs, schemas)
+        finally:
+            if a.postgres:
+                _drop_schemas(a.postgres, [f"crmlab_eq_{m}{s}" for m in ("local", "dask") for s in ("", "_identity")])
         secs = {m: {s["name"]: s.get("seconds") for s in json.loads((r / "manifest.json").read_text())["stages"]}
                 for m, r in runs.items()}
         lines.append(f"{'stage':16s} {'local s':>8s} {'dask s':>8s}")
@@ -58,9 +74,50 @@ def main() -> None:
             want = pd.read_parquet(runs["local"] / "artifacts" / f"{name}.parquet")
             got = pd.read_parquet(runs["dask"] / "artifacts" / f"{name}.parquet")
             lines.append(f"{name}: {len(got):,} rows, equal bit for bit: {got.equals(want)}")
-    print("\n".join(lines[-(len(STAGES) + 1 + len(TABLES)):]), flush=True)
+        lines += published
+    print("\n".join(lines[-(len(STAGES) + 1 + len(TABLES) + len(published)):]), flush=True)
     if a.out:
         Path(a.out).write_text("\n".join(lines) + "\n")
+
+
+def _schema(server: str, name: str) -> str:
+    """A fresh schema on ``server``; the URL whose search_path points at it."""
+    import sqlalchemy as sa
+
+    _drop_schemas(server, [name])
+    eng = sa.create_engine(server)
+    with eng.begin() as c:
+        c.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    eng.dispose()
+    return f"{server}{'&' if '?' in server else '?'}options=-csearch_path%3D{name}"
+
+
+def _drop_schemas(server: str, names) -> None:
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(server)
+    with eng.begin() as c:
+        for n in names:
+            c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{n}" CASCADE'))
+    eng.dispose()
+
+
+def _published(runs: dict, schemas: dict) -> list[str]:
+    """Every published table of both runs compared (``scored_at``, the publish time, left out): the
+    Parquet copies row for row, and the database's tables (sorted by their key: SQL keeps no order)."""
+    out = []
+    where = {m: json.loads((r / "artifacts" / "published.json").read_text()) for m, r in runs.items()}
+    for name, spec in publish.CONTRACT.items():
+        got, want = (publish.read_parquet(where[m]["dir"], name).drop(columns="scored_at", errors="ignore")
+                     for m in ("dask", "local"))
+        line = f"published {name}: {len(got):,} rows, Parquet equal: {got.equals(want)}"
+        if schemas:
+            key = list(spec["key"])
+            got, want = (publish.read_table(schemas[m], name).drop(columns="scored_at", errors="ignore")
+                         .sort_values(key, ignore_index=True) for m in ("dask", "local"))
+            line += f", PostgreSQL equal: {got.equals(want)}"
+        out.append(line)
+    return out
 
 
 if __name__ == "__main__":
