@@ -167,19 +167,22 @@ def qini_coefficient(curve: pd.DataFrame) -> float:
     return float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(x)))
 
 
-def campaign_features(ev, responses: pd.DataFrame, builder=None):
+def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None):
     """Per contact, the customer's features at the campaign's start (strictly before it).
 
     Returns ``(X, treated, y, meta)`` aligned on contacts: X indexed by contact_id, treated
     (bool), y (responded, 0/1) and meta (contact_id, customer_key, campaign_id, group).
+    ``features(builder, cutoff)``: computes ``builder.transform(ev, cutoff)`` (e.g. by parts of the
+    customers on a Dask cluster: :func:`crmlab.events_dask.features_on`).
     """
     starts = responses.groupby("campaign_id")["contact_date"].min().sort_values()
     builder = builder or FeatureBuilder().fit(ev, starts.iloc[0])
+    features = features or (lambda b, cutoff: b.transform(ev, cutoff))
     parts = []
     for camp, start in starts.items():
         c = responses[responses["campaign_id"] == camp]
         try:
-            F = builder.transform(ev, start)
+            F = features(builder, start)
         except CrmlabError:
             continue
         parts.append(c[["contact_id", "customer_key", "campaign_id", "group", "responded"]].merge(

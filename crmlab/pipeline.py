@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, engine, events, reuse, reviewer, runs, threads
+from . import config, engine, events, reuse, reviewer, runs, sources_dask, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .labels import inline_markdown
@@ -744,7 +744,10 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             else:
                 if why:
                     say(f"      not reused: {'; '.join(why)}")
-                src = load_params(params, inputs)           # the files are hashed once
+                src = None
+                if cluster is not None:                     # read, checked and written by the workers
+                    src = sources_dask.load_params(cluster.client, params, run_dir / "artifacts" / "sources", inputs)
+                src = src or load_params(params, inputs)    # the files are hashed once
         except RunAborted:
             raise
         except (SourcesInvalid, CrmlabError) as exc:
@@ -753,12 +756,14 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             finish("failed", str(exc))
             raise
         if hit is None:
-            written = src.write(run_dir / "artifacts" / "sources")
+            on_workers = bool(src.counts)                   # written part by part by the workers already
+            written = list(src.tables) if on_workers else src.write(run_dir / "artifacts" / "sources")
             counts = src.row_counts()
-            per_system = src.customers["source_system"].value_counts()
+            per_system = (src.counts if on_workers else
+                          src.customers["source_system"].value_counts().rename(lambda s: f"customers_{s}"))
             manifest["inputs"] = {
                 name: {"path": path, "sha256": src.fingerprints.get(name),
-                       "rows": int(per_system.get(name[len("customers_"):], 0)) if name.startswith("customers_")
+                       "rows": int(per_system.get(name, 0)) if name.startswith("customers_")
                        else counts.get(name)}           # touchpoint_contacts: inside contacts
                 for name, path in src.origin.items()}
             stage.update(status="ok", seconds=round(time.time() - t0, 2), finished_at=_now(),

@@ -122,6 +122,7 @@ class Sources:
     origin: dict[str, str] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     set_aside: dict[str, str] = field(default_factory=dict)       # rows left out on purpose, by table: why
+    counts: dict[str, int] = field(default_factory=dict)          # rows per table when known without reading
 
     @property
     def customers(self) -> pd.DataFrame:
@@ -131,7 +132,7 @@ class Sources:
         return self.tables[name]
 
     def row_counts(self) -> dict[str, int]:
-        return {k: int(len(v)) for k, v in self.tables.items()}
+        return {k: int(self.counts[k]) if k in self.counts else int(len(self.tables[k])) for k in self.tables}
 
     def write(self, folder: str | Path) -> dict[str, str]:
         """Write every table as Parquet into ``folder``; returns name -> path."""
@@ -152,8 +153,10 @@ class Sources:
         """Read tables written by :meth:`write` (already validated; no checks repeated)."""
         folder = Path(folder)
         meta = json.loads((folder / "sources.json").read_text())
-        tables = _LazyTables({name: folder / f"{name}.parquet" for name in meta["tables"]})
-        return cls(tables, meta["systems"], meta["origin"], meta["fingerprints"], meta.get("set_aside", {}))
+        tables = _LazyTables({name: folder / (name if _is_parts(folder / name) else f"{name}.parquet")
+                              for name in meta["tables"]})
+        return cls(tables, meta["systems"], meta["origin"], meta["fingerprints"], meta.get("set_aside", {}),
+                   meta.get("counts", {}))
 
 
 class _LazyTables(Mapping):
@@ -164,8 +167,10 @@ class _LazyTables(Mapping):
         self._paths, self._frames = paths, {}
 
     def __getitem__(self, name: str) -> pd.DataFrame:
-        if name not in self._frames:
-            self._frames[name] = pd.read_parquet(self._paths[name])     # KeyError for an unknown table
+        if name not in self._frames:                                    # KeyError for an unknown table
+            path = self._paths[name]
+            self._frames[name] = (pd.concat([pd.read_parquet(p) for p in _parts(path)], ignore_index=True)
+                                  if path.is_dir() else pd.read_parquet(path))
         return self._frames[name]
 
     def __iter__(self):
@@ -288,9 +293,38 @@ def read_raw(folder: str | Path | None = None, url: str | None = None, schema: s
 
 # ----------------------------------------------------------------------------- validation
 
-def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: list) -> pd.Series | None:
+def id_facts(raw: pd.Series) -> dict:
+    """What :func:`_coerce` decides an id column's type from, for one part of a table: whether it is
+    stored as signed integers, the numeric test of its first 1,000 present values as text, and whether
+    every present value is a whole number without a leading zero (:func:`id_numeric` combines parts)."""
+    present = raw.notna()
+    s = raw[present].astype("string")
+    num = pd.to_numeric(s, errors="coerce")
+    return {"int": bool(pd.api.types.is_signed_integer_dtype(raw)), "present": int(present.sum()),
+            "head": num.head(1000).notna().to_numpy(),
+            "whole": bool(num.notna().all() and (num % 1 == 0).all() and not s.str.match(r"^0\d").any())}
+
+
+def id_numeric(parts: list[dict]) -> bool:
+    """The type :func:`_coerce` gives an id column of the parts laid end to end (their :func:`id_facts`):
+    True for whole numbers (Int64), False for text."""
+    if not any(f["present"] for f in parts):
+        return False
+    if all(f["int"] for f in parts):
+        return True
+    head = np.concatenate([f["head"] for f in parts])[:1000]
+    return bool(head.all() and all(f["whole"] for f in parts))
+
+
+def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: list,
+            numeric: bool | None = None) -> pd.Series | None:
     raw = df[col.name]
     present = raw.notna()
+    if col.kind == "id" and numeric is not None:            # decided over every part of the table
+        if numeric and pd.api.types.is_signed_integer_dtype(raw):
+            return raw.astype("Int64")
+        s = raw.astype("string")
+        return pd.to_numeric(s, errors="coerce").astype("Int64") if numeric else s.str.strip()
     if col.kind in ("str", "id"):
         if col.kind == "id" and pd.api.types.is_signed_integer_dtype(raw) and present.any():
             return raw.astype("Int64")                       # what the text path gives for whole numbers
@@ -351,16 +385,19 @@ def _coerce(df: pd.DataFrame, col: Col, table: str, path: str | None, errors: li
 
 
 def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = None,
-                   as_of=None) -> tuple[pd.DataFrame, list]:
+                   as_of=None, part: dict | None = None) -> tuple[pd.DataFrame, list]:
     """Type and check one table against ``SCHEMAS[kind]``; returns (typed frame, errors).
 
     Dates of events (orders, contacts) and birth dates may not lie after ``as_of`` (default: today);
-    birth dates may not lie more than 120 years before it."""
+    birth dates may not lie more than 120 years before it. ``part``: ``df`` is one part of the table
+    (:mod:`crmlab.sources_dask`): ``{"ids": {column: numeric}}`` the id types decided over all parts;
+    an empty part, a column empty in this part and the key are then the caller's to judge (an empty
+    required column is reported as missing values)."""
     as_of = pd.Timestamp(as_of if as_of is not None else pd.Timestamp.now().normalize())
     spec = SCHEMAS[kind]
     errors: list[SourceError] = []
     if len(df) == 0:
-        return df, [SourceError(table, None, "table is empty", path=path)]
+        return df, [] if part is not None else [SourceError(table, None, "table is empty", path=path)]
     missing = [c.name for c in spec["columns"] if c.required and c.name not in df.columns]
     for m in missing:
         close = [c for c in df.columns if c.lower().replace(" ", "_") == m]
@@ -373,13 +410,13 @@ def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = N
     for col in spec["columns"]:
         if col.name not in df.columns:
             continue
-        typed = _coerce(df, col, table, path, errors)
+        typed = _coerce(df, col, table, path, errors, None if part is None else part["ids"].get(col.name))
         if typed is None:
             continue
         out[col.name] = typed
         if not col.nullable:
             nul = typed.isna()
-            if nul.all():
+            if nul.all() and part is None:
                 errors.append(SourceError(table, col.name, "column is entirely empty", path=path))
                 continue
             if nul.any():
@@ -417,7 +454,7 @@ def validate_table(df: pd.DataFrame, table: str, kind: str, path: str | None = N
                 errors.append(SourceError(table, col.name, f"value not in {list(col.allowed)}",
                                           df.loc[bad, [col.name]], path, int(bad.sum())))
     key = list(spec["key"])
-    if not any(e.column in key for e in errors):
+    if part is None and not any(e.column in key for e in errors):
         dup = out.duplicated(key, keep=False)
         if dup.any():
             errors.append(SourceError(table, ", ".join(key), "duplicate key",

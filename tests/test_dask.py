@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import affinity, config, datasets, decisions, engine, identity, sources, targets, value
+from crmlab import affinity, config, datasets, decisions, engine, identity, measure, sources, targets, value
 from crmlab.kernels import baskets as K
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
@@ -270,6 +270,18 @@ def test_decisions_by_parts_equal_the_whole(cluster, world):
         pd.testing.assert_frame_equal(g, w, check_exact=True)
 
 
+def test_campaign_features_by_parts_equal_the_whole(cluster, world):
+    """Stage 70's uplift inputs: each contact's features at its campaign's start, computed by parts of the
+    customers, equal the whole's (campaigns before any order are skipped in both)."""
+    ev = CustomerEvents.from_sources(sources.load(world))
+    want = measure.campaign_features(ev, ev.contacts)
+    got = measure.campaign_features(ev, ev.contacts, features=events_dask.features_on(cluster.client, ev, len(ev.lines) // 5))
+    assert len(want[0]) > 500 and want[1].any() and want[2].any()
+    pd.testing.assert_frame_equal(got[0], want[0], check_exact=True)
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
+    pd.testing.assert_frame_equal(got[3], want[3])
+
+
 def test_a_run_joins_a_running_scheduler_and_leaves_it_running():
     """engine.address: the engine joins that scheduler (workers capped to one thread) and, closed, leaves
     the cluster running for whoever started it."""
@@ -368,3 +380,125 @@ def test_dask_record_matching_equals_local(cluster, world):
     known = km.iloc[:cut]
     pd.testing.assert_frame_equal(dm.match_new(old, known, new), local.match_new(old, known, new))
     assert dm.bridges_ == local.bridges_
+
+
+# --- #18: input tables read, validated and written by the workers, part by part
+@pytest.fixture(scope="module")
+def parted_world(tmp_path_factory) -> Path:
+    """A 3,000-customer world written as folders of six Parquet parts (orders, lines, contacts, customers)."""
+    from crmlab import synth
+
+    out = tmp_path_factory.mktemp("parted")
+    synth.generate(synth.WorldSpec(customers=3000, seed=11, chunk=500), out, partitioned=True)
+    return out
+
+
+AS_OF = "2026-07-01"
+
+
+def _tables(src) -> dict:
+    return {n: src[n] for n in src.tables}
+
+
+def test_sources_loaded_by_the_workers_equal_the_local_load(cluster, parted_world, tmp_path):
+    """Every table the workers type, check, standardise and write part by part equals the local load's
+    (values, dtypes, row order), read back as a stage reads the run's sources; row counts known
+    without reading."""
+    from crmlab import sources_dask
+
+    want = sources.load(parted_world, as_of=AS_OF)
+    want.write(tmp_path / "local")
+    want = sources.Sources.read_artifacts(tmp_path / "local")
+    got = sources_dask.load(cluster.client, parted_world, tmp_path / "dask", as_of=AS_OF)
+    assert (tmp_path / "dask" / "order_lines").is_dir() and len(list((tmp_path / "dask" / "order_lines").iterdir())) == 6
+    assert got.systems == want.systems and list(got.tables) == list(want.tables)
+    assert got.fingerprints == want.fingerprints and got.origin == want.origin
+    assert got.row_counts() == want.row_counts()
+    again = sources.Sources.read_artifacts(tmp_path / "dask")
+    for name in want.tables:
+        pd.testing.assert_frame_equal(again[name], want[name], check_exact=True, obj=name)
+
+
+def _plant(world: Path, to: Path) -> None:
+    """A copy of ``world`` with problems in some parts: missing product ids in one part of the lines,
+    orphan orders in another, an order id in two parts of the orders and an unparseable date in one,
+    and order ids stored as text in one part only (whole numbers all the same: Int64 as locally)."""
+    import shutil
+
+    shutil.copytree(world, to)
+    lines = sorted((to / "order_lines").glob("*.parquet"))
+    a = pd.read_parquet(lines[1])
+    a["product_id"] = a["product_id"].astype(object)
+    a.loc[a.index[[3, 7]], "product_id"] = None
+    a.to_parquet(lines[1], index=False)
+    b = pd.read_parquet(lines[4])
+    b.loc[b.index[[0, 1]], "order_id"] = -5                              # no such order
+    b.to_parquet(lines[4], index=False)
+    orders = sorted((to / "orders").glob("*.parquet"))
+    o0, o3 = pd.read_parquet(orders[0]), pd.read_parquet(orders[3])
+    o3.loc[o3.index[2], "order_id"] = o0["order_id"].iloc[5]             # the same order id in parts 0 and 3
+    o3["order_date"] = o3["order_date"].astype(str)
+    o3.loc[o3.index[9], "order_date"] = "31/02/2026"
+    o3.to_parquet(orders[3], index=False)
+    o2 = pd.read_parquet(orders[2])
+    o2["order_id"] = o2["order_id"].astype(str)
+    o2.to_parquet(orders[2], index=False)
+
+
+def test_problems_found_by_parts_are_the_local_loads(cluster, parted_world, tmp_path):
+    """Problems planted in some parts: the workers report each as the local load does (table, column,
+    problem, file, count, first rows), judged over the whole table (a key repeated across two parts,
+    an orphan key whose parent lies in other parts); nothing is written."""
+    from crmlab import sources_dask
+
+    bad = tmp_path / "bad"
+    _plant(parted_world, bad)
+    with pytest.raises(sources.SourcesInvalid) as local:
+        sources.load(bad, as_of=AS_OF)
+    with pytest.raises(sources.SourcesInvalid) as by_parts:
+        sources_dask.load(cluster.client, bad, tmp_path / "out", as_of=AS_OF)
+    assert not (tmp_path / "out").exists()
+
+    def described(errors):
+        return sorted((e.table, e.column, e.problem, e.path, e.n_bad,
+                       None if e.rows is None else e.rows.head(5).astype(str).to_csv()) for e in errors)
+
+    want = described(local.value.errors)
+    assert {(w[0], w[2]) for w in want} >= {("order_lines", "missing values in a required field"),
+                                            ("orders", "unparseable date (expected ISO 8601, e.g. 2025-03-31)")}
+    assert described(by_parts.value.errors) == want
+
+
+def test_cross_part_keys_found_by_buckets(cluster, parted_world, tmp_path):
+    """Every column valid: a key repeated in two parts is found by the hash buckets (and its children go
+    unchecked, as locally); once it is unique, lines whose order lies in no part are orphans: both
+    with the local message, count and first rows."""
+    from crmlab import sources_dask
+    import shutil
+
+    bad = tmp_path / "keys"
+    shutil.copytree(parted_world, bad)
+    orders = sorted((bad / "orders").glob("*.parquet"))
+    o0, o3 = pd.read_parquet(orders[0]), pd.read_parquet(orders[3])
+    o3.loc[o3.index[2], "order_id"] = o0["order_id"].iloc[5]
+    o3.to_parquet(orders[3], index=False)
+    lines = sorted((bad / "order_lines").glob("*.parquet"))
+    b = pd.read_parquet(lines[4])
+    b.loc[b.index[[0, 1]], "order_id"] = -5
+    b.to_parquet(lines[4], index=False)
+    with pytest.raises(sources.SourcesInvalid) as local:
+        sources.load(bad, as_of=AS_OF)
+    with pytest.raises(sources.SourcesInvalid) as by_parts:
+        sources_dask.load(cluster.client, bad, tmp_path / "out", as_of=AS_OF)
+    got = {(e.table, e.problem): e for e in by_parts.value.errors}
+    assert len(got) == len(local.value.errors) == 1                   # orders broken: its children unchecked
+    o3.loc[o3.index[2], "order_id"] = o3["order_id"].iloc[1] + 10 ** 9  # the key unique again
+    o3.to_parquet(orders[3], index=False)
+    with pytest.raises(sources.SourcesInvalid) as local2:
+        sources.load(bad, as_of=AS_OF)
+    with pytest.raises(sources.SourcesInvalid) as by_parts2:
+        sources_dask.load(cluster.client, bad, tmp_path / "out", as_of=AS_OF)
+    assert [e.problem for e in local2.value.errors] == ["orphan foreign key: no matching order_id in 'orders'"]
+    for e, g in ((local.value.errors[0], got[("orders", "duplicate key")]), (local2.value.errors[0],
+                                                                            by_parts2.value.errors[0])):
+        assert (g.column, g.path, g.n_bad, str(g)) == (e.column, e.path, e.n_bad, str(e))

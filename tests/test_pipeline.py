@@ -13,7 +13,7 @@ import pytest
 from crmlab import pipeline, publish
 from crmlab.cli import main
 from crmlab.errors import ConfigError, StageError
-from crmlab.sources import SourcesInvalid
+from crmlab.sources import Sources, SourcesInvalid
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "params" / "ci.yaml"
@@ -132,13 +132,14 @@ def test_nbval_reproduces_checked_cells(ci_run):
 
 def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci_run, tmp_path):
     """engine.kind: dask starts a LocalCluster of two worker processes for the run and records its
-    dashboard; stages 10-60 compute on it (candidate pairs by parts, itemsets by parts, value by
-    partitions, features on events split by customer, decisions by parts of the customers) and write
-    and publish the tables of the local run, bit for bit; the identity report plots a sample of the
-    pairs and says so."""
+    dashboard; the workers read, check and write the inputs; stages 10-70 compute on it (candidate
+    pairs by parts, itemsets by parts, value by partitions, features on events split by customer,
+    decisions by parts of the customers) and write and publish the tables of the local run, bit for
+    bit; the identity report plots a sample of the pairs and says so."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
     run = pipeline.run(CI, [f"runs_dir={tmp_path}",
-                            "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments, 60_publish]",
+                            "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments, 60_publish, "
+                            "70_measure]",
                             "engine.kind=dask", "engine.workers=2", "engine.partition_rows=5000"], quiet=True)
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
@@ -148,11 +149,17 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     assert value["dask"]["workers_peak_mb"] > 50 and value["dask"]["spilled_bytes"] >= 0
     assert "Dask mode: the candidate pairs stay on the workers" in (run / "reports" / "10_identity.html").read_text()
     for name in ("customer_key_map", "affinity_rules", "customer_recommendations", "customer_value",
-                 "customer_propensity", "customer_segments", "segment_profiles"):
+                 "customer_propensity", "customer_segments", "segment_profiles", "campaign_lift", "contact_responses"):
         got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
         want = pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet")
         assert len(got) > 5, name
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=name)
+    assert (run / "artifacts" / "sources" / "customers").is_dir()          # read and written by the workers
+    got_src, want_src = (Sources.read_artifacts(r / "artifacts" / "sources") for r in (run, ci_run))
+    assert got_src.row_counts() == want_src.row_counts() and m["inputs"] == json.loads(
+        (ci_run / "manifest.json").read_text())["inputs"]
+    for name in want_src.tables:
+        pd.testing.assert_frame_equal(got_src[name], want_src[name], check_exact=True, obj=f"sources {name}")
     folders = [json.loads((r / "artifacts" / "published.json").read_text())["dir"] for r in (run, ci_run)]
     for name in publish.CONTRACT:
         got, want = (publish.read_parquet(f, name).drop(columns="scored_at", errors="ignore") for f in folders)

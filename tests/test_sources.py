@@ -252,3 +252,25 @@ def test_load_customers_alone_equals_the_loaded_customers(tmp_path):
     (bad / "customers_web.csv").write_text("source_id,first_name\n1,Ann\n1,Bob\n")
     with pytest.raises(SourcesInvalid, match="customers_web"):
         sources.load_customers(bad)
+
+
+@pytest.mark.parametrize("parts", [
+    [["1", "2"], ["3", "x7"]],                 # text in a later part: text everywhere
+    [["1", None], ["012", "4"]],               # a leading zero: text
+    [[1, 2], [3, 4]],                          # integers stored as such
+    [[1, 2], ["3", "4"]],                      # integers, then the same as text
+    [[None, None], ["5", "6"]],                # a part without values
+    [["7", "8"], ["9.5", "10"]],               # a fraction: text
+])
+def test_id_type_decided_over_parts_is_the_whole_tables(parts):
+    """An id column typed part by part with the type decided from every part's facts equals the whole
+    column typed at once (#18: sources validated by the workers)."""
+    from crmlab.sources import CUSTOMER_COLUMNS, _coerce, id_facts, id_numeric
+
+    col = CUSTOMER_COLUMNS[0]
+    frames = [pd.DataFrame({"source_id": pd.Series(p, dtype=object if any(isinstance(v, str) for v in p) or
+                                                   None in p else "int64")}) for p in parts]
+    whole = _coerce(pd.concat(frames, ignore_index=True), col, "t", None, [])
+    numeric = id_numeric([id_facts(f["source_id"]) for f in frames])
+    by_parts = pd.concat([_coerce(f, col, "t", None, [], numeric) for f in frames], ignore_index=True)
+    pd.testing.assert_series_equal(by_parts, whole, check_exact=True)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import measure
+from .. import engine, events_dask, measure
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 
@@ -51,3 +51,12 @@ def run_measure(ctx) -> MeasureResult:
                                                   ignore_index=True).astype({"segment": str}))
     ctx.write_artifact("contact_responses", responses[CONTACT_RESPONSE_COLUMNS])
     return MeasureResult(ev, responses, campaigns, lift, seg_name, by_seg)
+
+
+def uplift_inputs(ctx, r: MeasureResult):
+    """:func:`crmlab.measure.campaign_features` of the stage's responses (the uplift model's inputs);
+    with ``engine.kind: dask`` the features at each campaign's start are computed by parts of the
+    customers on the cluster (the same frames)."""
+    E = ctx.params["engine"]
+    return measure.campaign_features(r.events, r.responses,
+                                     features=events_dask.features_on(engine.client(E), r.events, E["partition_rows"]))

@@ -1,0 +1,298 @@
+"""Input tables read, validated and written by the workers of a Dask cluster, part by part (#18).
+
+A table given as a folder of Parquet parts (``crmlab generate --partitions``) is read part by part on
+the workers; a single file is one part. Nothing of the rows passes through the caller:
+
+1. each part is read and the facts its id columns' type depends on come back (rows, columns, the
+   numeric test of the first values): the id types are decided over all parts, as for the whole table;
+2. each part is typed and checked on a worker (:func:`crmlab.sources.validate_table` with the decided
+   id types, its rows numbered as in the whole table) and, when it has no problem, standardised and
+   written as a part of the run's sources artifact;
+3. keys are checked for duplicates across parts and foreign keys for orphans by hashing the key
+   columns into buckets (every value of a key in one bucket; a bucket's pieces joined on a worker).
+
+Problems come back as the local load names them (table, column, the table's file or folder, counts,
+the first offending rows): parts' problems of one kind are summed, an empty required column or table
+judged over all parts. The tables written are the local load's tables, row for row (tested).
+``dask`` is imported by the caller (the client is given).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from operator import getitem
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import sources as S
+from .errors import SourceError
+
+def _pack(e: SourceError) -> tuple:
+    return (e.table, e.column, e.problem, e.rows, e.path, e.n_bad)
+
+
+def _facts(path: str, table: str, kind: str) -> dict:
+    """Pass 1 on a worker: rows, columns and the id columns' :func:`crmlab.sources.id_facts` of a part."""
+    try:
+        df = S._read_file(Path(path))
+    except S.SourcesInvalid as exc:
+        return {"rows": 0, "columns": [], "ids": {}, "errors": [_pack(e) for e in exc.errors]}
+    ids = {c.name: S.id_facts(df[c.name]) for c in S.SCHEMAS[kind]["columns"] if c.kind == "id" and c.name in df}
+    return {"rows": len(df), "columns": list(df.columns), "ids": ids, "errors": []}
+
+
+def _typed(path: str, table: str, kind: str, where: str, offset: int, ids: dict, as_of, out: str) -> dict:
+    """Pass 2 on a worker: the part typed and checked, its rows numbered from ``offset``; without a
+    problem, finished as the local load finishes the whole table and written to ``out``."""
+    df = S._read_file(Path(path))
+    df.index = pd.RangeIndex(offset, offset + len(df))
+    typed, errors = S.validate_table(df, table, kind, where, as_of, part={"ids": ids})
+    if errors:                                      # typed as far as it goes: the key is still checked
+        return {"typed": typed, "errors": [_pack(e) for e in errors]}
+    if kind == "customers":
+        typed = S._standardised(S._combined_customers({table: typed}, [table]))
+    elif "source_id" in typed and table in ("orders", "contacts"):
+        typed["source_id"] = typed["source_id"].astype("string")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    typed.to_parquet(out, index=False)
+    return {"typed": typed, "errors": []}
+
+
+def _errors(result: dict) -> list:
+    return result["errors"]
+
+
+def _hash_buckets(df: pd.DataFrame, cols: list, n: int) -> np.ndarray:
+    """Bucket of each row: a hash of its key columns as text (equal keys, whatever their dtypes, meet)."""
+    h = np.zeros(len(df), np.uint64)
+    for c in cols:
+        h = h * np.uint64(1_000_003) + pd.util.hash_array(df[c].astype("string").to_numpy(dtype=object))
+    return (h % np.uint64(n)).astype(np.int64)
+
+
+def _split_keys(result: dict, cols: list, n: int, rename: list | None = None) -> list:
+    """A typed part's key columns (and each row's number in the table) cut into ``n`` buckets."""
+    typed = result["typed"]
+    keys = typed[cols].astype("string").set_axis(rename or cols, axis=1).assign(_row=typed.index.to_numpy())
+    b = _hash_buckets(keys, rename or cols, n)
+    order = np.argsort(b, kind="stable")
+    bounds = np.searchsorted(b[order], np.arange(n + 1))
+    return [keys.iloc[order[a:z]] for a, z in zip(bounds[:-1], bounds[1:])]
+
+
+def _duplicates(cols: list, *pieces) -> pd.DataFrame:
+    keys = pd.concat(pieces, ignore_index=True)
+    return keys[keys.duplicated(cols, keep=False)]
+
+
+def _orphan_rows(cols: list, n_child: int, *pieces) -> np.ndarray:
+    child = pd.concat(pieces[:n_child], ignore_index=True)
+    parent = pd.concat(pieces[n_child:], ignore_index=True)
+    orphan = S._orphans(child[cols], parent[cols]) & child[cols].notna().all(axis=1).to_numpy()
+    return child["_row"].to_numpy()[orphan]
+
+
+def _take(result: dict, rows) -> pd.DataFrame:
+    typed = result["typed"]
+    return typed.loc[typed.index.intersection(rows)]
+
+
+def _raw_rows(path: str, offset: int, rows) -> pd.DataFrame:
+    df = S._read_file(Path(path))
+    df.index = pd.RangeIndex(offset, offset + len(df))
+    return df.loc[df.index.intersection(rows)]
+
+
+def _unknown_systems(result: dict, systems: set) -> tuple:
+    c = result["typed"]
+    bad = ~c["source_system"].isin(systems)
+    return int(bad.sum()), c.loc[bad].head(5)
+
+
+class _Table:
+    """One input table's parts on the cluster."""
+
+    def __init__(self, name: str, path: Path):
+        self.name, self.path = name, path
+        self.kind = "customers" if name.startswith("customers_") else name
+        self.parts = S._parts(path) if path.is_dir() else [path]
+        self.artifact = "customers" if self.kind == "customers" else name
+
+
+def _merge(errors: list, total: int) -> list:
+    """Parts' problems of one kind as one: counts summed, first rows kept; a required column missing in
+    every row is 'entirely empty', as the whole table says."""
+    merged = {}
+    for table, column, problem, rows, path, n_bad in errors:
+        key = (table, column, problem, path)
+        if key not in merged:
+            merged[key] = [rows, n_bad]
+            continue
+        had = merged[key]
+        if rows is not None and len(rows) and (had[0] is None or len(had[0]) < 5):
+            had[0] = rows if had[0] is None else pd.concat([had[0], rows]).head(5)
+        had[1] = (had[1] or 0) + (n_bad or 0) if (had[1] or n_bad) else None
+    out = []
+    for (table, column, problem, path), (rows, n_bad) in merged.items():
+        if problem == "missing values in a required field" and n_bad == total:
+            out.append(SourceError(table, column, "column is entirely empty", path=path))
+        else:
+            out.append(SourceError(table, column, problem, rows, path, n_bad))
+    return out
+
+
+def load(client, folder, out, systems: list[str] | None = None, as_of=None,
+         fingerprints: dict[str, str] | None = None) -> S.Sources:
+    """Read, validate and standardise the input tables of ``folder`` on ``client``'s workers and write
+    them as the run's sources artifact ``out`` (a folder of parts per table and ``sources.json``);
+    returns the :class:`~crmlab.sources.Sources` that reads them there. Raises
+    :class:`~crmlab.sources.SourcesInvalid` as :func:`crmlab.sources.load` does (nothing written)."""
+    folder, out = Path(folder), Path(out)
+    files = S.input_files(folder)
+    if systems:
+        for s in systems:
+            if f"customers_{s}" not in files:
+                raise SourceError(f"customers_{s}", None, f"table not found in {folder} (listed in data.systems)")
+        files = {k: v for k, v in files.items() if not k.startswith("customers_") or k[len("customers_"):] in systems}
+    errors: list[SourceError] = []
+    cust_names = sorted(k for k in files if k.startswith("customers_"))
+    if not cust_names:
+        errors.append(SourceError("customers_<system>", None, "no customer table found (expected at least one file "
+                                  "or table named customers_<system>)", path=str(folder)))
+    for name, spec in S.SCHEMAS.items():
+        if name != "customers" and name not in files and not spec.get("optional"):
+            errors.append(SourceError(name, None, "required table not found", path=str(folder)))
+    order = [*cust_names, *(n for n in S.SCHEMAS if n in files and n != "customers")]
+    tables = {n: _Table(n, files[n]) for n in order}
+
+    # pass 1: rows and id facts per part
+    facts = {n: client.gather([client.submit(_facts, str(p), n, t.kind, pure=False) for p in t.parts])
+             for n, t in tables.items()}
+    rows, offsets, ids = {}, {}, {}
+    for n, t in tables.items():
+        counts = [f["rows"] for f in facts[n]]
+        rows[n] = sum(counts)
+        offsets[n] = np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist()
+        for f in facts[n]:
+            errors += [SourceError(*e) for e in f["errors"]]
+        id_cols = {c for f in facts[n] for c in f["ids"]}
+        ids[n] = {c: S.id_numeric([f["ids"][c] for f in facts[n] if c in f["ids"]]) for c in id_cols}
+    if errors:                                          # a part that cannot be read, a table missing
+        raise S.SourcesInvalid(errors)
+
+    # pass 2: typed, checked and written part by part
+    shutil.rmtree(out, ignore_errors=True)
+    results, broken = {}, set()
+    for s_i, (n, t) in enumerate(tables.items()):
+        results[n] = [client.submit(_typed, str(p), n, t.kind, str(t.path), offsets[n][k], ids[n], as_of,
+                                    str(out / t.artifact / f"part-{s_i:03d}-{k:05d}.parquet"), pure=False)
+                      for k, p in enumerate(t.parts)]
+    try:
+        for n, t in tables.items():
+            found = _merge([e for part in client.gather([client.submit(_errors, r) for r in results[n]]) for e in part],
+                           rows[n])
+            if rows[n] == 0:
+                found = [SourceError(n, None, "table is empty", path=str(t.path))]
+            key = list(S.SCHEMAS[t.kind]["key"])
+            if rows[n] and not any(e.column in key for e in found):
+                found += _key_check(client, t, results[n], key, offsets[n])
+            errors += found
+            if found:
+                broken.add(n)
+        errors += _foreign_key_check(client, tables, results, broken, cust_names)
+        if errors:
+            raise S.SourcesInvalid(errors)
+    except BaseException:
+        client.cancel([r for rs in results.values() for r in rs])
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    client.cancel([r for rs in results.values() for r in rs])
+    known = fingerprints or {}
+    origin = {n: str(t.path) for n, t in tables.items()}
+    prints = {n: known[n] if n in known else S.fingerprint(p) for n, p in origin.items()}
+    counts = {"customers": sum(rows[n] for n in cust_names), **{n: rows[n] for n in order}}   # and per system
+    names = ["customers", *(n for n in S.SCHEMAS if n != "customers" and n in tables)]
+    meta = {"tables": names, "systems": [n[len("customers_"):] for n in cust_names], "origin": origin,
+            "fingerprints": prints, "set_aside": {}, "counts": counts}
+    (out / "sources.json").write_text(json.dumps(meta, indent=2))
+    return S.Sources.read_artifacts(out)
+
+
+def _buckets(parts: int) -> int:
+    return max(1, min(64, parts))
+
+
+#: most duplicate rows read back to show the first of them as the local load sorts them
+_SHOWN_FROM = 100_000
+
+
+def _key_check(client, t: _Table, results: list, key: list, offsets: list) -> list:
+    """Duplicate keys across the parts of a table (the local message, count and first rows)."""
+    n = _buckets(len(results))
+    splits = [client.submit(_split_keys, r, key, n, pure=False) for r in results]
+    dups = client.gather([client.submit(_duplicates, key, *[client.submit(getitem, s, b) for s in splits])
+                          for b in range(n)])
+    dup = np.sort(pd.concat(dups, ignore_index=True)["_row"].to_numpy())
+    if not len(dup):
+        return []
+    raw = pd.concat(client.gather([client.submit(_raw_rows, str(p), off, dup[:_SHOWN_FROM], pure=False)
+                                   for p, off in zip(t.parts, offsets)])).sort_index()
+    return [SourceError(t.name, ", ".join(key), "duplicate key", raw.sort_values(key), str(t.path), len(dup))]
+
+
+def _foreign_key_check(client, tables: dict, results: dict, broken: set, cust_names: list) -> list:
+    """The local foreign-key checks (:data:`crmlab.sources.FOREIGN_KEYS`) by hash buckets over the parts."""
+    errors = []
+    systems = {n[len("customers_"):] for n in cust_names}
+    for child, cols, parent, pcols in S.FOREIGN_KEYS:
+        if child not in tables or child in broken:
+            continue
+        c_parts = results[child]
+        path = str(tables[child].path)
+        if parent == "customers":
+            if not cust_names or any(n in broken for n in cust_names):
+                continue
+            p_parts = [r for n in cust_names for r in results[n]]     # standardised: with source_system
+            got = client.gather([client.submit(_unknown_systems, r, systems) for r in c_parts])
+            n_bad = sum(g[0] for g in got)
+            if n_bad:
+                shown = pd.concat([g[1] for g in got]).head(5)
+                errors.append(SourceError(child, "source_system", f"unknown source system (customer tables "
+                                          f"present: {sorted(systems)})", shown, path, n_bad))
+                continue
+        elif parent not in tables or parent in broken:
+            if parent not in tables:
+                errors.append(SourceError(child, cols[0], f"refers to table '{parent}', which is missing", path=path))
+            continue
+        else:
+            p_parts = results[parent]
+        n = _buckets(max(len(c_parts), len(p_parts)))
+        c_split = [client.submit(_split_keys, r, list(cols), n, pure=False) for r in c_parts]
+        p_split = [client.submit(_split_keys, r, list(pcols), n, list(cols), pure=False) for r in p_parts]
+        rows = client.gather([client.submit(_orphan_rows, list(cols), len(c_split),
+                                            *[client.submit(getitem, s, b) for s in (*c_split, *p_split)])
+                              for b in range(n)])
+        orphan = np.sort(np.concatenate(rows)) if rows else np.array([], np.int64)
+        if len(orphan):
+            shown = pd.concat(client.gather([client.submit(_take, r, orphan[:5]) for r in c_parts]))
+            errors.append(SourceError(child, ", ".join(cols), f"orphan foreign key: no matching {', '.join(pcols)} "
+                                      f"in '{parent}'", shown.sort_index(), path, len(orphan)))
+    return errors
+
+
+def load_params(client, params: dict, out, fingerprints: dict[str, str] | None = None) -> S.Sources | None:
+    """:func:`load` with the ``data`` section of a parameter dict; None where the workers cannot read the
+    inputs themselves (a SQL source, or contacts recorded by touchpoints joining them): the caller then
+    loads them locally (:func:`crmlab.sources.load_params`)."""
+    d = params["data"]
+    if d["url"] or not d["dir"]:
+        return None
+    tp = S.touchpoints_url(params)
+    if tp:
+        contacts = S.read_touchpoint_contacts(tp)
+        if (contacts is not None and len(contacts)) or S.read_provisional_persons(
+                tp, params["publish"]["identity_schema"]) is not None:
+            return None
+    return load(client, d["dir"], out, d["systems"] or None, d["as_of"], fingerprints)
