@@ -598,22 +598,23 @@ def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_aft
 
     import sqlalchemy as sa
 
-    frames = tables
     with eng.begin() as conn:
-        for name, df in frames.items():
+        for name, df in tables.items():
             _to_sql_frame(df.head(0)).to_sql(_phys(name, version), conn, index=False)
-    jobs = []
-    for name, df in frames.items():
-        k = max(1, min(writers, len(df) // PARALLEL_MIN_ROWS))
+    jobs, ranges = [], {}
+    for name, df in tables.items():
+        ranges[name] = k = max(1, min(writers, len(df) // PARALLEL_MIN_ROWS))
         bounds = np.linspace(0, len(df), k + 1).astype(np.int64)
         jobs += [(name, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def copy(job):
         name, a, b = job
+        df = tables[name]
         if a == 0:
-            say(f"writing {name} ({len(frames[name]):,} rows) as version {version} by {writers} connections")
+            say(f"writing {name} ({len(df):,} rows) as version {version}"
+                + (f" in {ranges[name]} ranges at once" if ranges[name] > 1 else ""))
         with eng.begin() as conn, conn.connection.driver_connection.cursor() as cur:
-            _copy(cur, _target(eng, _phys(name, version), frames[name]), frames[name].iloc[a:b])
+            _copy(cur, _target(eng, _phys(name, version), df), df.iloc[a:b])
         if fail_after == name:
             raise RuntimeError(f"simulated failure after writing {name}")
 
@@ -625,7 +626,7 @@ def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_aft
         for _ in pool.map(copy, jobs):
             pass
         say(f"indexing version {version}")
-        for _ in pool.map(index, [i for n in frames for i in _indexes(eng, n, _phys(n, version))]):
+        for _ in pool.map(index, [i for n in tables for i in _indexes(eng, n, _phys(n, version))]):
             pass
 
 
