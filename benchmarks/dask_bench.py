@@ -14,7 +14,10 @@ the first K, the cluster mines all N. With ``--records N``:
 a generated world of about N customer source records deduplicated by :class:`RecordMatcher` and by
 :class:`crmlab.identity_dask.DaskRecordMatcher` (candidate pairs by parts on the workers): time per
 step, candidate pairs per second, peak memory (this process; the workers), pairwise and B-cubed F1
-against the planted truth, key maps equal.
+against the planted truth, key maps equal. With ``--sources N``: a generated world of N customers as
+folders of Parquet parts, loaded and validated locally (:func:`crmlab.sources.load`) and by the workers
+part by part (:mod:`crmlab.sources_dask`, written as the run's sources artifact): time, peak memory of
+this process and of the workers, tables equal.
 
     python benchmarks/dask_bench.py --customers 200000 1000000 --world 200000 --baskets 5000000 \
         --out benchmarks/results/dask_bench.txt
@@ -35,7 +38,7 @@ import tempfile
 
 from affinity_bench import PeakRSS, make_large
 from crmlab import (affinity, affinity_dask, config, engine, events_dask, identity, identity_dask, matching_report,
-                    sources, synth, targets, threads, value, value_dask)
+                    sources, sources_dask, synth, targets, threads, value, value_dask)
 from crmlab.events import CustomerEvents
 from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
@@ -134,6 +137,41 @@ def dedup(cluster, n_records: int, partition_rows: int, local: bool = True) -> l
     return out
 
 
+def load_sources(cluster, n: int, local: bool = True) -> list[str]:
+    """The inputs of a generated world of ``n`` customers (folders of parts of 100,000 customers) loaded
+    and validated locally and by the workers, side by side."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "crmlab", "generate", "--customers", str(n), "--seed", "42",
+                        "--out", f"{tmp}/world", "--partitions", str(max(2, n // 100_000)), "--quiet"], check=True)
+        made = time.perf_counter() - t0
+        out, want = [], None
+        if local:
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                want = sources.load(f"{tmp}/world")
+                t_local = time.perf_counter() - t0
+            want.write(f"{tmp}/local")
+            want = sources.Sources.read_artifacts(f"{tmp}/local")
+            out.append(f"#   local  {t_local:7.1f} s, peak {mem.above:,.0f} MB in this process")
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            got = sources_dask.load(cluster.client, f"{tmp}/world", f"{tmp}/dask")
+            t_dask = time.perf_counter() - t0
+        rows = got.row_counts()
+        use = cluster.usage()
+        same = ("; tables equal: " + str(all(got[k].equals(want[k]) for k in want.tables))) if local else ""
+        out.append(f"#   dask   {t_dask:7.1f} s, peak {mem.above:,.0f} MB in this process; workers peak "
+                   f"{use.get('workers_peak_mb', float('nan')):,.0f} MB, spilled {use.get('spilled_bytes', 0):,} bytes"
+                   + (f"; dask/local time {t_dask / t_local:.2f}" if local else "") + same)
+    head = (f"# load and validate the inputs of {n:,} customers (generated in {made:.0f} s as parts of 100,000 "
+            f"customers): " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    return [head, *out]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, nargs="*", default=[200_000, 1_000_000])
@@ -145,6 +183,7 @@ def main() -> None:
     ap.add_argument("--local-baskets", type=int, default=0,
                     help="--baskets: local mode (and equality) on the first N baskets only; all on the cluster")
     ap.add_argument("--records", type=int, default=0, help="also deduplicate a world of about N source records")
+    ap.add_argument("--sources", type=int, default=0, help="also load the inputs of a world of N customers")
     ap.add_argument("--memory-limit", default="6GB", help="per worker")
     ap.add_argument("--dask-only", action="store_true", help="--records: the Dask matcher only (local mode skipped)")
     ap.add_argument("--out")
@@ -155,7 +194,8 @@ def main() -> None:
              f"--workers {a.workers} --partition-rows {a.partition_rows} --memory-limit {a.memory_limit}"
              + (f" --world {a.world}" if a.world else "") + (f" --baskets {a.baskets}" if a.baskets else "")
              + (f" --local-baskets {a.local_baskets}" if a.local_baskets else "")
-             + (f" --records {a.records}" if a.records else "") + (" --dask-only" if a.dask_only else ""),
+             + (f" --records {a.records}" if a.records else "") + (f" --sources {a.sources}" if a.sources else "")
+             + (" --dask-only" if a.dask_only else ""),
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; LocalCluster of {a.workers} worker "
              "processes (1 thread each) on the same machine; local mode with every core in this process",
              f"{'customers':>10s} {'orders':>11s} {'local s':>8s} {'dask s':>8s} {'dask/local':>10s} "
@@ -222,6 +262,9 @@ def main() -> None:
         if a.records:
             lines += dedup(cluster, a.records, a.partition_rows, local=not a.dask_only)
             print("\n".join(lines[-4:]), flush=True)
+        if a.sources:
+            lines += load_sources(cluster, a.sources, local=not a.dask_only)
+            print("\n".join(lines[-3:]), flush=True)
     finally:
         cluster.close()
     if a.out:

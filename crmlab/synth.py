@@ -388,8 +388,12 @@ def _person_records(rng, rnd, C: dict, spec: WorldSpec, system: str, prof: dict,
     return table.iloc[order].reset_index(drop=True), truth, ids
 
 
-def make_records(rng: np.random.Generator, C: dict, spec: WorldSpec):
-    """Source records per system with planted variation; returns tables, truth and the order lookup."""
+def make_records(rng: np.random.Generator, C: dict, spec: WorldSpec, emit=None):
+    """Source records per system with planted variation; returns tables, truth and the order lookup.
+
+    ``emit(name, table, truth)``: each system's table and truth rows are handed over as they are made
+    and not kept (tables and truth are then returned empty), so a large world holds one system's
+    records at a time."""
     n = C["n"]
     has = C["chan"] > 0
     has[:, 2] |= rng.random(n) < 0.08                            # service calls create call-centre records
@@ -402,14 +406,18 @@ def make_records(rng: np.random.Generator, C: dict, spec: WorldSpec):
         cust_all = np.concatenate([cust, dup])
         is_dup = np.r_[np.zeros(len(cust), bool), np.ones(len(dup), bool)]
         table, truth, ids = _person_records(rng, rnd, C, spec, system, prof, cust_all, is_dup)
-        tables[f"customers_{system}"] = table
-        truths.append(truth)
+        if emit is None:
+            tables[f"customers_{system}"] = table
+            truths.append(truth)
+        else:
+            emit(f"customers_{system}", table, truth)
+            del table, truth
         first_rec = np.full(n, -1, np.int64)
         first_rec[cust] = np.arange(len(cust))
         second_rec = np.full(n, -1, np.int64)
         second_rec[dup] = len(cust) + np.arange(len(dup))
         lookup[system] = (ids.to_numpy(dtype=object), first_rec, second_rec)
-    truth = pd.concat(truths, ignore_index=True)
+    truth = pd.concat(truths, ignore_index=True) if truths else pd.DataFrame()
     return tables, truth, lookup, has
 
 
@@ -695,18 +703,22 @@ def generate(spec: WorldSpec, out: str | Path, fmt: str = "parquet", progress=No
     say(f"customers: drawing {spec.customers:,} true customers")
     C = make_customers(np.random.default_rng(s_cust), spec)
     say("source records: store, web, call centre with planted variation")
-    tables, record_truth, lookup, has = make_records(np.random.default_rng(s_rec), C, spec)
     counts = {}
     n_parts = (spec.customers + spec.chunk - 1) // spec.chunk      # chunks of customers: one part each
-    for name, df in tables.items():
+    truth_writer = _Writer(out / "truth" / f"record_truth.{ext}", fmt)
+
+    def emit(name, df, truth):                                    # written as made: one system held at a time
         if partitioned:
             w = _Writer(out / name, fmt, parts=True)
             for rows in np.array_split(np.arange(len(df)), n_parts):
                 w.write(df.iloc[rows])
         else:
             _write(df, out / f"{name}.{ext}", fmt)
+        truth_writer.write(truth)
         counts[name] = len(df)
-    _write(record_truth, out / "truth" / f"record_truth.{ext}", fmt)
+
+    _, _, lookup, has = make_records(np.random.default_rng(s_rec), C, spec, emit)
+    truth_writer.close()
     _write(products.drop(columns="_base"), out / f"products.{ext}", fmt)
     counts["products"] = len(products)
     cat = _Catalogue(products, weights)
