@@ -43,21 +43,33 @@ def _facts(path: str, table: str, kind: str) -> dict:
     return {"rows": len(df), "columns": list(df.columns), "ids": ids, "errors": []}
 
 
-def _typed(path: str, table: str, kind: str, where: str, offset: int, ids: dict, as_of, out: str) -> dict:
+def _typed(path: str, table: str, kind: str, where: str, offset: int, ids: dict, as_of, out: str, keep: list) -> dict:
     """Pass 2 on a worker: the part typed and checked, its rows numbered from ``offset``; without a
-    problem, finished as the local load finishes the whole table and written to ``out``."""
+    problem, finished as the local load finishes the whole table and written to ``out``. Only the
+    ``keep`` columns (keys and foreign keys) stay in the worker's memory for the checks across parts."""
     df = S._read_file(Path(path))
     df.index = pd.RangeIndex(offset, offset + len(df))
     typed, errors = S.validate_table(df, table, kind, where, as_of, part={"ids": ids})
     if errors:                                      # typed as far as it goes: the key is still checked
-        return {"typed": typed, "errors": [_pack(e) for e in errors]}
+        return {"typed": typed[[c for c in keep if c in typed]], "errors": [_pack(e) for e in errors], "out": None}
     if kind == "customers":
         typed = S._standardised(S._combined_customers({table: typed}, [table]))
     elif "source_id" in typed and table in ("orders", "contacts"):
         typed["source_id"] = typed["source_id"].astype("string")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     typed.to_parquet(out, index=False)
-    return {"typed": typed, "errors": []}
+    return {"typed": typed[keep], "errors": [], "out": out, "offset": offset}
+
+
+def _kept(t: "_Table") -> list:
+    """The columns of a table the checks across parts read: its key and its foreign keys."""
+    cols = list(S.SCHEMAS[t.kind]["key"])
+    if t.kind == "customers":
+        cols += ["source_system"]
+    for child, fk, _, _ in S.FOREIGN_KEYS:
+        if child == t.name:
+            cols += [c for c in fk if c not in cols]
+    return cols
 
 
 def _errors(result: dict) -> list:
@@ -95,7 +107,9 @@ def _orphan_rows(cols: list, n_child: int, *pieces) -> np.ndarray:
 
 
 def _take(result: dict, rows) -> pd.DataFrame:
-    typed = result["typed"]
+    """Rows (numbered as in the whole table) of a part as written."""
+    typed = pd.read_parquet(result["out"])
+    typed.index = pd.RangeIndex(result["offset"], result["offset"] + len(typed))
     return typed.loc[typed.index.intersection(rows)]
 
 
@@ -108,7 +122,7 @@ def _raw_rows(path: str, offset: int, rows) -> pd.DataFrame:
 def _unknown_systems(result: dict, systems: set) -> tuple:
     c = result["typed"]
     bad = ~c["source_system"].isin(systems)
-    return int(bad.sum()), c.loc[bad].head(5)
+    return int(bad.sum()), _take(result, c.index[bad][:5]) if bad.any() else None
 
 
 class _Table:
@@ -187,7 +201,7 @@ def load(client, folder, out, systems: list[str] | None = None, as_of=None,
     results, broken = {}, set()
     for s_i, (n, t) in enumerate(tables.items()):
         results[n] = [client.submit(_typed, str(p), n, t.kind, str(t.path), offsets[n][k], ids[n], as_of,
-                                    str(out / t.artifact / f"part-{s_i:03d}-{k:05d}.parquet"), pure=False)
+                                    str(out / t.artifact / f"part-{s_i:03d}-{k:05d}.parquet"), _kept(t), pure=False)
                       for k, p in enumerate(t.parts)]
     try:
         for n, t in tables.items():
@@ -258,7 +272,7 @@ def _foreign_key_check(client, tables: dict, results: dict, broken: set, cust_na
             got = client.gather([client.submit(_unknown_systems, r, systems) for r in c_parts])
             n_bad = sum(g[0] for g in got)
             if n_bad:
-                shown = pd.concat([g[1] for g in got]).head(5)
+                shown = pd.concat([g[1] for g in got if g[1] is not None]).head(5)
                 errors.append(SourceError(child, "source_system", f"unknown source system (customer tables "
                                           f"present: {sorted(systems)})", shown, path, n_bad))
                 continue
