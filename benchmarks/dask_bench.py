@@ -137,29 +137,31 @@ def dedup(cluster, n_records: int, partition_rows: int, local: bool = True) -> l
     return out
 
 
-def load_sources(cluster, n: int, local: bool = True) -> list[str]:
+def load_sources(cluster, n: int, local: bool = True, world: str | None = None) -> list[str]:
     """The inputs of a generated world of ``n`` customers (folders of parts of 100,000 customers) loaded
-    and validated locally and by the workers, side by side."""
+    and validated locally and by the workers, side by side; ``world``: a folder generated so before."""
     import subprocess
     import sys
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "crmlab", "generate", "--customers", str(n), "--seed", "42",
-                        "--out", f"{tmp}/world", "--partitions", str(max(2, n // 100_000)), "--quiet"], check=True)
+        if world is None:
+            world = f"{tmp}/world"
+            subprocess.run([sys.executable, "-m", "crmlab", "generate", "--customers", str(n), "--seed", "42",
+                            "--out", world, "--partitions", str(max(2, n // 100_000)), "--quiet"], check=True)
         made = time.perf_counter() - t0
         out, want = [], None
         if local:
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                want = sources.load(f"{tmp}/world")
+                want = sources.load(world)
                 t_local = time.perf_counter() - t0
             want.write(f"{tmp}/local")
             want = sources.Sources.read_artifacts(f"{tmp}/local")
             out.append(f"#   local  {t_local:7.1f} s, peak {mem.above:,.0f} MB in this process")
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            got = sources_dask.load(cluster.client, f"{tmp}/world", f"{tmp}/dask")
+            got = sources_dask.load(cluster.client, world, f"{tmp}/dask")
             t_dask = time.perf_counter() - t0
         rows = got.row_counts()
         use = cluster.usage()
@@ -167,8 +169,8 @@ def load_sources(cluster, n: int, local: bool = True) -> list[str]:
         out.append(f"#   dask   {t_dask:7.1f} s, peak {mem.above:,.0f} MB in this process; workers peak "
                    f"{use.get('workers_peak_mb', float('nan')):,.0f} MB, spilled {use.get('spilled_bytes', 0):,} bytes"
                    + (f"; dask/local time {t_dask / t_local:.2f}" if local else "") + same)
-    head = (f"# load and validate the inputs of {n:,} customers (generated in {made:.0f} s as parts of 100,000 "
-            f"customers): " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    head = (f"# load and validate the inputs of {n:,} customers (" + (f"generated in {made:.0f} s " if made > 1 else "")
+            + "as parts of 100,000 customers): " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
     return [head, *out]
 
 
@@ -184,6 +186,7 @@ def main() -> None:
                     help="--baskets: local mode (and equality) on the first N baskets only; all on the cluster")
     ap.add_argument("--records", type=int, default=0, help="also deduplicate a world of about N source records")
     ap.add_argument("--sources", type=int, default=0, help="also load the inputs of a world of N customers")
+    ap.add_argument("--sources-world", help="--sources: a world generated before with crmlab generate --partitions")
     ap.add_argument("--memory-limit", default="6GB", help="per worker")
     ap.add_argument("--dask-only", action="store_true", help="--records: the Dask matcher only (local mode skipped)")
     ap.add_argument("--out")
@@ -263,7 +266,7 @@ def main() -> None:
             lines += dedup(cluster, a.records, a.partition_rows, local=not a.dask_only)
             print("\n".join(lines[-4:]), flush=True)
         if a.sources:
-            lines += load_sources(cluster, a.sources, local=not a.dask_only)
+            lines += load_sources(cluster, a.sources, local=not a.dask_only, world=a.sources_world)
             print("\n".join(lines[-3:]), flush=True)
     finally:
         cluster.close()

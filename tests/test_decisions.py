@@ -149,3 +149,18 @@ def test_offers_rank_excludes_bought_and_guarded_and_rank_one_is_the_next_best_o
     assert o[o["customer_key"] == "K2"][["rank", "product_id"]].to_numpy().tolist() == [[1, "A"]]
     nbo = decisions.next_best_offer(recs, products, bought=bought, exclude={"C"})
     assert nbo["next_best_offer"].to_dict() == {"K1": "B", "K2": "A"}
+
+
+def test_preferred_channel_ties_go_to_the_most_recent_order_whatever_the_other_customers():
+    """Equal counts: the channel of the customer's most recent order (by date, then row) wins, and a
+    customer's answer does not move when other customers' orders are added (decisions by parts)."""
+    d = lambda days: CUT - pd.Timedelta(days=days)                       # noqa: E731
+    orders = pd.DataFrame({"customer_key": ["A", "A", "A", "A", "B", "B", "C", "C"],
+                           "order_date": [d(300), d(10), d(200), d(150), d(5), d(5), d(20), d(20)],
+                           "channel": ["web", "web", "store", "store", "store", "web", "web", "store"]})
+    got = decisions.preferred_channel(orders, CUT)
+    assert got.to_dict() == {"A": "web", "B": "web", "C": "store"}     # same-day ties: the later row
+    others = pd.DataFrame({"customer_key": [f"X{i}" for i in range(50)], "order_date": d(250), "channel": "phone"})
+    for extra in (others, others.iloc[::-1]):
+        more = decisions.preferred_channel(pd.concat([extra, orders, extra], ignore_index=True), CUT)
+        assert more[["A", "B", "C"]].to_dict() == got.to_dict()
