@@ -28,6 +28,7 @@ import pandas as pd
 
 from . import sources as S
 from .errors import SourceError
+from .events_dask import split_rows
 
 def _pack(e: SourceError) -> tuple:
     return (e.table, e.column, e.problem, e.rows, e.path, e.n_bad)
@@ -88,10 +89,7 @@ def _split_keys(result: dict, cols: list, n: int, rename: list | None = None) ->
     """A typed part's key columns (and each row's number in the table) cut into ``n`` buckets."""
     typed = result["typed"]
     keys = typed[cols].astype("string").set_axis(rename or cols, axis=1).assign(_row=typed.index.to_numpy())
-    b = _hash_buckets(keys, rename or cols, n)
-    order = np.argsort(b, kind="stable")
-    bounds = np.searchsorted(b[order], np.arange(n + 1))
-    return [keys.iloc[order[a:z]] for a, z in zip(bounds[:-1], bounds[1:])]
+    return split_rows(keys, _hash_buckets(keys, rename or cols, n), n)
 
 
 def _duplicates(cols: list, *pieces) -> pd.DataFrame:
@@ -106,17 +104,20 @@ def _orphan_rows(cols: list, n_child: int, *pieces) -> np.ndarray:
     return child["_row"].to_numpy()[orphan]
 
 
+def _rows(df: pd.DataFrame, offset: int, rows) -> pd.DataFrame:
+    """``rows`` (numbered as in the whole table) of a part whose first row is row ``offset``."""
+    df.index = pd.RangeIndex(offset, offset + len(df))
+    return df.loc[df.index.intersection(rows)]
+
+
 def _take(result: dict, rows) -> pd.DataFrame:
-    """Rows (numbered as in the whole table) of a part as written."""
-    typed = pd.read_parquet(result["out"])
-    typed.index = pd.RangeIndex(result["offset"], result["offset"] + len(typed))
-    return typed.loc[typed.index.intersection(rows)]
+    """Rows of a part as written (typed)."""
+    return _rows(pd.read_parquet(result["out"]), result["offset"], rows)
 
 
 def _raw_rows(path: str, offset: int, rows) -> pd.DataFrame:
-    df = S._read_file(Path(path))
-    df.index = pd.RangeIndex(offset, offset + len(df))
-    return df.loc[df.index.intersection(rows)]
+    """Rows of a part as read (raw)."""
+    return _rows(S._read_file(Path(path)), offset, rows)
 
 
 def _unknown_systems(result: dict, systems: set) -> tuple:
