@@ -54,13 +54,18 @@ def preferred_channel(orders: pd.DataFrame, cutoff, days: int = 365) -> pd.Serie
     return pd.Series(per["channel"].to_numpy(), index=pd.Index(per["customer_key"].to_numpy()), name="preferred_channel")
 
 
+def _answered(contacts: pd.DataFrame, cutoff) -> tuple[pd.DataFrame, pd.Series]:
+    """The contacts before ``cutoff`` and whether each was answered before it."""
+    c = contacts[contacts["contact_date"] < pd.Timestamp(cutoff)]
+    return c, c["responded"] & (c["response_date"] < pd.Timestamp(cutoff)).fillna(False)
+
+
 def medium_rates(contacts: pd.DataFrame | None, cutoff) -> dict:
     """Per medium, the share of contacts before ``cutoff`` answered before it (over all customers): the
     rate :func:`preferred_medium` shrinks each customer's own towards (computed once when by parts)."""
     if contacts is None or not len(contacts):
         return {}
-    c = contacts[contacts["contact_date"] < pd.Timestamp(cutoff)]
-    answered = c["responded"] & (c["response_date"] < pd.Timestamp(cutoff)).fillna(False)
+    c, answered = _answered(contacts, cutoff)
     return {m: float(answered[(c["medium"] == m).to_numpy()].mean()) for m in MEDIUM_CONSENT
             if (c["medium"] == m).any()}
 
@@ -82,8 +87,7 @@ def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutof
     score = pd.DataFrame(0.0, index=profile.index, columns=allowed.columns)
     rates = medium_rates(contacts, cutoff) if rates is None else rates
     if rates and contacts is not None:         # a part without contacts still gets the overall rates
-        c = contacts[contacts["contact_date"] < pd.Timestamp(cutoff)]
-        answered = c["responded"] & (c["response_date"] < pd.Timestamp(cutoff)).fillna(False)
+        c, answered = _answered(contacts, cutoff)
         for m in allowed.columns:
             if m not in rates:                      # nobody was ever contacted by m
                 continue
