@@ -362,12 +362,19 @@ def _copy(cur, name_cols: str, df: pd.DataFrame) -> None:
             copy.write(memoryview(sink.getvalue()))
 
 
+def _create(conn, name: str, df: pd.DataFrame) -> tuple[str | None, str]:
+    """Create table ``name`` (``schema.table`` or ``table``), empty, with the column types of
+    :func:`_to_sql_frame`; returns (schema, table)."""
+    schema, bare = _split(name)
+    _to_sql_frame(df.head(0)).to_sql(bare, conn, schema=schema, index=False)
+    return schema, bare
+
+
 def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
     """Create ``name`` with the column types of :func:`_to_sql_frame`, then fill it in bulk on the same
     connection (inside the publish transaction): ``executemany`` on SQLite, ``COPY`` on PostgreSQL
     (psycopg), pandas' ``to_sql`` elsewhere. Missing values become NULL."""
-    schema, bare = _split(name)
-    _to_sql_frame(df.head(0)).to_sql(bare, conn, schema=schema, index=False)
+    schema, bare = _create(conn, name, df)
     target = _target(eng, name, df)
     if _copies(eng):
         with conn.connection.driver_connection.cursor() as cur:
@@ -516,15 +523,12 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
                 if identity is not None:
                     _grant_identity(conn, eng, identity)
                 conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'kept' WHERE status = 'current'"))
-                row = {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(names)),
-                       "rc": json.dumps(counts), "note": note}
                 if parallel:
                     conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'current', tables = :t, row_counts = :rc "
-                                         "WHERE version = :v"), row)
+                                         "WHERE version = :v"),
+                                 {"v": version, "t": json.dumps(sorted(names)), "rc": json.dumps(counts)})
                 else:
-                    conn.execute(sa.text(
-                        f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
-                        "VALUES (:v, 'current', :at, :sv, :t, :rc, :note)"), row)
+                    _catalog_insert(conn, version, "current", now, names, counts, note)
                 _prune(conn, eng, keep)
         except BaseException:
             if staged:
@@ -543,6 +547,17 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
         if guard is not None:
             guard.close()
         eng.dispose()
+
+
+def _catalog_insert(conn, version: int, status: str, now, names, counts: dict, note: str) -> None:
+    """The catalog row of ``version``."""
+    import sqlalchemy as sa
+
+    conn.execute(sa.text(
+        f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
+        "VALUES (:v, :status, :at, :sv, :t, :rc, :note)"),
+        {"v": version, "status": status, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(names)),
+         "rc": json.dumps(counts), "note": note})
 
 
 def _indexes(eng, name: str, phys: str) -> list[str]:
@@ -576,11 +591,7 @@ def _reserve(eng, version: int, now, tables: dict, note: str):
         with guard.begin():
             guard.execute(sa.text(f"SELECT pg_advisory_lock({_LOCK}, :v)"), {"v": version})
             try:
-                guard.execute(sa.text(
-                    f"INSERT INTO {CATALOG} (version, status, published_at, schema_version, tables, row_counts, note) "
-                    "VALUES (:v, 'writing', :at, :sv, :t, '{}', :note)"),
-                    {"v": version, "at": now.isoformat(), "sv": SCHEMA_VERSION, "t": json.dumps(sorted(tables)),
-                     "note": note})
+                _catalog_insert(guard, version, "writing", now, tables, {}, note)
             except sa.exc.IntegrityError:
                 raise PublishError(f"version {version} was taken by another publish running at the same time; "
                                    "retry") from None
@@ -600,7 +611,7 @@ def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_aft
 
     with eng.begin() as conn:
         for name, df in tables.items():
-            _to_sql_frame(df.head(0)).to_sql(_phys(name, version), conn, index=False)
+            _create(conn, _phys(name, version), df)
     jobs, ranges = [], {}
     for name, df in tables.items():
         ranges[name] = k = max(1, min(writers, len(df) // PARALLEL_MIN_ROWS))
@@ -640,11 +651,18 @@ def _check_written(conn, eng, counts: dict, version: int) -> None:
             raise PublishError(f"{_phys(name, version)} holds {got:,} rows, {n:,} were written: nothing published")
 
 
-def _drop_version(conn, eng, version: int, names) -> None:
+def _drop_tables(conn, eng, version: int, names) -> None:
+    """Drop the physical tables of ``version`` of the published tables ``names``."""
     import sqlalchemy as sa
 
     for t in names:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {_qt(eng, _phys(t, version))}"))
+
+
+def _drop_version(conn, eng, version: int, names) -> None:
+    import sqlalchemy as sa
+
+    _drop_tables(conn, eng, version, names)
     conn.execute(sa.text(f"DELETE FROM {CATALOG} WHERE version = :v AND status = 'writing'"), {"v": version})
 
 
@@ -744,8 +762,7 @@ def _prune(conn, eng, keep: int) -> None:
     rows = conn.execute(sa.text(f"SELECT version, tables FROM {CATALOG} WHERE status IN ('current', 'kept') "
                                 "ORDER BY version DESC")).fetchall()
     for version, tabs in rows[keep:]:
-        for t in json.loads(tabs):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {_qt(eng, _phys(t, int(version)))}"))
+        _drop_tables(conn, eng, int(version), json.loads(tabs))
         conn.execute(sa.text(f"UPDATE {CATALOG} SET status = 'pruned' WHERE version = :v"), {"v": int(version)})
 
 

@@ -281,14 +281,31 @@ def read_raw(folder: str | Path | None = None, url: str | None = None, schema: s
     else:
         for name, p in input_files(folder).items():
             tables[name], origin[name] = _read_file(p), str(p)
-    if systems:
-        for s in systems:
-            if f"customers_{s}" not in tables:
-                where = url or folder
-                raise SourceError(f"customers_{s}", None, f"table not found in {where} (listed in data.systems)")
-        tables = {k: v for k, v in tables.items()
-                  if not k.startswith("customers_") or k[len("customers_"):] in systems}
-    return tables, origin
+    return only_systems(tables, systems, url or folder), origin
+
+
+def only_systems(tables: dict, systems: list[str] | None, where) -> dict:
+    """``tables`` (by name) without the customer tables of systems not in ``systems`` (all when None);
+    a listed system without its table is an error naming ``where``."""
+    if not systems:
+        return tables
+    for s in systems:
+        if f"customers_{s}" not in tables:
+            raise SourceError(f"customers_{s}", None, f"table not found in {where} (listed in data.systems)")
+    return {k: v for k, v in tables.items() if not k.startswith("customers_") or k[len("customers_"):] in systems}
+
+
+def missing_tables(names, where) -> list[SourceError]:
+    """The problems of a set of table ``names`` read from ``where``: no customer table, a required table
+    missing."""
+    errors = []
+    if not any(n.startswith("customers_") for n in names):
+        errors.append(SourceError("customers_<system>", None, "no customer table found (expected at least "
+                                  "one file or table named customers_<system>)", path=where or None))
+    for name, spec in SCHEMAS.items():
+        if name != "customers" and name not in names and not spec.get("optional"):
+            errors.append(SourceError(name, None, "required table not found", path=where or None))
+    return errors
 
 
 # ----------------------------------------------------------------------------- validation
@@ -298,11 +315,16 @@ def id_facts(raw: pd.Series) -> dict:
     stored as signed integers, the numeric test of its first 1,000 present values as text, and whether
     every present value is a whole number without a leading zero (:func:`id_numeric` combines parts)."""
     present = raw.notna()
+    n = int(present.sum())
+    if pd.api.types.is_signed_integer_dtype(raw):          # whole numbers as stored: nothing to parse
+        return {"int": True, "present": n, "head": np.ones(min(n, 1000), bool), "whole": True}
     s = raw[present].astype("string")
-    num = pd.to_numeric(s, errors="coerce")
-    return {"int": bool(pd.api.types.is_signed_integer_dtype(raw)), "present": int(present.sum()),
-            "head": num.head(1000).notna().to_numpy(),
-            "whole": bool(num.notna().all() and (num % 1 == 0).all() and not s.str.match(r"^0\d").any())}
+    head = pd.to_numeric(s.head(1000), errors="coerce").notna().to_numpy()
+    whole = False
+    if head.all():                                         # a text value among the first: text, unparsed
+        num = pd.to_numeric(s, errors="coerce")
+        whole = bool(num.notna().all() and (num % 1 == 0).all() and not s.str.match(r"^0\d").any())
+    return {"int": False, "present": n, "head": head, "whole": whole}
 
 
 def id_numeric(parts: list[dict]) -> bool:
@@ -526,19 +548,9 @@ def validate(raw: dict[str, pd.DataFrame], origin: dict[str, str] | None = None,
     ``where`` (folder or URL) is named in messages about missing tables.
     """
     origin = origin or {}
-    errors: list[SourceError] = []
+    errors = missing_tables(raw, where)
     typed, broken = {}, set()
     cust_names = sorted(k for k in raw if k.startswith("customers_"))
-    if not cust_names:
-        errors.append(SourceError("customers_<system>", None, "no customer table found (expected at least "
-                                  "one file or table named customers_<system>)", path=where or None))
-    for name, spec in SCHEMAS.items():
-        if name == "customers":
-            continue
-        if name not in raw:
-            if not spec.get("optional"):
-                errors.append(SourceError(name, None, "required table not found", path=where or None))
-            continue
     for name in [*cust_names, *(n for n in SCHEMAS if n in raw and n != "customers")]:
         kind = "customers" if name.startswith("customers_") else name
         df, errs = validate_table(raw[name], name, kind, origin.get(name), as_of)

@@ -165,20 +165,9 @@ def load(client, folder, out, systems: list[str] | None = None, as_of=None,
     returns the :class:`~crmlab.sources.Sources` that reads them there. Raises
     :class:`~crmlab.sources.SourcesInvalid` as :func:`crmlab.sources.load` does (nothing written)."""
     folder, out = Path(folder), Path(out)
-    files = S.input_files(folder)
-    if systems:
-        for s in systems:
-            if f"customers_{s}" not in files:
-                raise SourceError(f"customers_{s}", None, f"table not found in {folder} (listed in data.systems)")
-        files = {k: v for k, v in files.items() if not k.startswith("customers_") or k[len("customers_"):] in systems}
-    errors: list[SourceError] = []
+    files = S.only_systems(S.input_files(folder), systems, folder)
+    errors: list[SourceError] = S.missing_tables(files, str(folder))
     cust_names = sorted(k for k in files if k.startswith("customers_"))
-    if not cust_names:
-        errors.append(SourceError("customers_<system>", None, "no customer table found (expected at least one file "
-                                  "or table named customers_<system>)", path=str(folder)))
-    for name, spec in S.SCHEMAS.items():
-        if name != "customers" and name not in files and not spec.get("optional"):
-            errors.append(SourceError(name, None, "required table not found", path=str(folder)))
     order = [*cust_names, *(n for n in S.SCHEMAS if n in files and n != "customers")]
     tables = {n: _Table(n, files[n]) for n in order}
 
