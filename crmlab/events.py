@@ -76,30 +76,55 @@ def attribute_responses(contacts: pd.DataFrame, orders: pd.DataFrame, window_day
         missing = sorted(need - set(df.columns))
         if missing:
             raise CrmlabError(f"attribute_responses: {name} lack column(s) {', '.join(missing)}")
-    c = contacts.drop(columns=[k for k in RESPONSE_COLUMNS if k in contacts]).reset_index(drop=True)
-    win = pd.to_timedelta(c["window_days"] if window_days is None else window_days, unit="D")
-    c = c.assign(_end=c["contact_date"] + win)
+    c = with_window_end(contacts, window_days)
     o = orders[["order_id", "customer_key", "order_date", "value"]
                + (["ref_code"] if "ref_code" in orders else [])]
+    quoted = ref_code_hits(c, o)
+    if quoted is None:
+        return with_responses(c, window_hits(c, o, [], []))
+    rest = window_hits(c, o, quoted["contact_id"], quoted["order_id"])
+    return with_responses(c, pd.concat([quoted, rest], ignore_index=True))
 
-    hits = []
-    if "ref_code" in c and "ref_code" in o:
-        quoted = o[o["ref_code"].notna()]
-        m = c[["contact_id", "ref_code", "contact_date", "_end"]].dropna(subset=["ref_code"]).merge(
-            quoted.drop(columns="customer_key"), on="ref_code")
-        m = m[(m["order_date"] >= m["contact_date"]) & (m["order_date"] < m["_end"])]
-        m = m.sort_values(["order_date", "order_id"]).drop_duplicates("contact_id").drop_duplicates("order_id")
-        hits.append(m.assign(attribution="ref_code"))
-    used_c = set(hits[0]["contact_id"]) if hits else set()
-    used_o = set(hits[0]["order_id"]) if hits else set()
-    rest = c[~c["contact_id"].isin(used_c)][["contact_id", "customer_key", "contact_date", "_end"]]
-    m = rest.merge(o[~o["order_id"].isin(used_o)], on="customer_key")
+
+def with_window_end(contacts: pd.DataFrame, window_days: int | None = None) -> pd.DataFrame:
+    """Contacts without earlier response columns, with the end of their response window (``_end``)."""
+    c = contacts.drop(columns=[k for k in RESPONSE_COLUMNS if k in contacts]).reset_index(drop=True)
+    win = pd.to_timedelta(c["window_days"] if window_days is None else window_days, unit="D")
+    return c.assign(_end=c["contact_date"] + win)
+
+
+_HIT_COLUMNS = ["contact_id", "order_id", "order_date", "value", "attribution", "order_key"]
+
+
+def ref_code_hits(c: pd.DataFrame, o: pd.DataFrame) -> pd.DataFrame | None:
+    """Orders quoting a contact's reference code within its window: one per contact, an order for one
+    contact (the earliest order first). ``order_key``: the order's customer (any customer may quote a code).
+    Every hit joins rows of one reference code, so the hits of a subset of the codes are computed
+    from their contacts and orders alone. None when either table has no ``ref_code``."""
+    if "ref_code" not in c or "ref_code" not in o:
+        return None
+    quoted = o[o["ref_code"].notna()].rename(columns={"customer_key": "order_key"})
+    m = c[["contact_id", "ref_code", "contact_date", "_end"]].dropna(subset=["ref_code"]).merge(quoted, on="ref_code")
+    m = m[(m["order_date"] >= m["contact_date"]) & (m["order_date"] < m["_end"])]
+    m = m.sort_values(["order_date", "order_id"]).drop_duplicates("contact_id").drop_duplicates("order_id")
+    return m.assign(attribution="ref_code")[_HIT_COLUMNS]
+
+
+def window_hits(c: pd.DataFrame, o: pd.DataFrame, used_contacts, used_orders) -> pd.DataFrame:
+    """For contacts not in ``used_contacts``: the customer's first order (not in ``used_orders``) within
+    the window; an order answers the latest such contact before it. Per customer: the hits of a
+    subset of the customers are computed from their contacts and orders alone."""
+    rest = c[~c["contact_id"].isin(used_contacts)][["contact_id", "customer_key", "contact_date", "_end"]]
+    m = rest.merge(o[~o["order_id"].isin(used_orders)], on="customer_key")
     m = m[(m["order_date"] >= m["contact_date"]) & (m["order_date"] < m["_end"])]
     m = m.sort_values(["order_date", "order_id"]).drop_duplicates("contact_id")
     m = m.sort_values(["contact_date", "contact_id"], ascending=False).drop_duplicates("order_id")  # latest touch
-    hits.append(m.assign(attribution="window"))
+    return m.assign(attribution="window", order_key=m["customer_key"])[_HIT_COLUMNS]
 
-    h = pd.concat(hits, ignore_index=True)[["contact_id", "order_id", "order_date", "value", "attribution"]]
+
+def with_responses(c: pd.DataFrame, hits: pd.DataFrame) -> pd.DataFrame:
+    """Contacts (:func:`with_window_end`) with the response columns of their ``hits``."""
+    h = hits[["contact_id", "order_id", "order_date", "value", "attribution"]]
     h = h.rename(columns={"order_id": "response_order_id", "order_date": "response_date", "value": "response_value"})
     out = c.drop(columns="_end").merge(h, on="contact_id", how="left")
     out["responded"] = out["response_order_id"].notna()
@@ -109,7 +134,12 @@ def attribute_responses(contacts: pd.DataFrame, orders: pd.DataFrame, window_day
 
 def profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFrame:
     """Per customer_key, undated attributes: earliest dob, number of source systems, opt-ins, contactability."""
-    c = customers.assign(customer_key=customer_keys(customers, key_map, "customer records"))
+    return profile_of(customers.assign(customer_key=customer_keys(customers, key_map, "customer records")))
+
+
+def profile_of(c: pd.DataFrame) -> pd.DataFrame:
+    """:func:`profile` of customer records that carry their ``customer_key`` (customers in order of
+    their first record: the profile of a subset of the customers is computed from their records alone)."""
     g = c.groupby("customer_key", sort=False)
     prof = pd.DataFrame({"dob": g["dob"].min(), "n_systems": g["source_system"].nunique()})
     for col in ("email_opt_in", "mail_opt_in", "sms_opt_in"):
@@ -118,6 +148,18 @@ def profile(customers: pd.DataFrame, key_map: pd.DataFrame | None) -> pd.DataFra
     prof["has_email"] = g["email"].count().gt(0).astype("float64") if "email" in c else np.nan
     prof["has_phone"] = g["phone"].count().gt(0).astype("float64") if "phone" in c else np.nan
     return prof
+
+
+#: The columns of the keyed orders (:attr:`CustomerEvents.orders`).
+ORDER_COLUMNS = ["order_id", "customer_key", "order_date", "value", "channel", "ref_code"]
+
+
+def keyed_lines(lines: pd.DataFrame, department: pd.Series, orders: pd.DataFrame) -> pd.DataFrame:
+    """Order lines with the product's ``department``, the line ``value`` and their order's
+    ``customer_key`` and ``order_date`` (lines of orders not in ``orders`` are left out; line order kept)."""
+    ln = lines.assign(department=lines["product_id"].map(department).to_numpy(),
+                      value=(lines["quantity"] * lines["unit_price"]).to_numpy())
+    return ln.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
 
 
 @dataclass
@@ -180,12 +222,8 @@ class CustomerEvents:
         """Key every order, line and contact of validated sources ``src`` with ``key_map``."""
         o = order_values(src["orders"], src["order_lines"])
         o = o.assign(customer_key=customer_keys(o, key_map, "orders"))
-        orders = o[["order_id", "customer_key", "order_date", "value", "channel", "ref_code"]].reset_index(drop=True)
-        dept = src["products"].set_index("product_id")["department"]
-        ln = src["order_lines"]
-        lines = ln.assign(department=ln["product_id"].map(dept).to_numpy(),
-                          value=(ln["quantity"] * ln["unit_price"]).to_numpy())
-        lines = lines.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
+        orders = o[ORDER_COLUMNS].reset_index(drop=True)
+        lines = keyed_lines(src["order_lines"], src["products"].set_index("product_id")["department"], orders)
         contacts = None
         if "contacts" in src.tables and "campaigns" in src.tables:
             contacts = attribute_responses(keyed_contacts(src, key_map), orders)

@@ -13,17 +13,29 @@ on one machine Dask mode holds them twice. ``dask`` is imported inside the funct
 from __future__ import annotations
 
 import math
+from operator import getitem
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import engine
-from .events import CustomerEvents
+from .errors import CrmlabError
+from .events import (ARTIFACTS, ORDER_COLUMNS, CustomerEvents, profile_of, ref_code_hits, window_hits,
+                     with_responses, with_window_end)
 
 
 def part_of(keys, n: int) -> np.ndarray:
     """Partition of each customer key: a hash of the key's text, the same in every table."""
     return (pd.util.hash_array(np.asarray(keys, dtype=object)) % np.uint64(n)).astype(np.int64)
+
+
+def hash_buckets(df: pd.DataFrame, cols: list, n: int) -> np.ndarray:
+    """Bucket of each row: a hash of its key columns as text (equal keys, whatever their dtypes, meet)."""
+    h = np.zeros(len(df), np.uint64)
+    for c in cols:
+        h = h * np.uint64(1_000_003) + pd.util.hash_array(df[c].astype("string").to_numpy(dtype=object))
+    return (h % np.uint64(n)).astype(np.int64)
 
 
 def split_rows(df: pd.DataFrame, part: np.ndarray, n: int) -> list[pd.DataFrame]:
@@ -85,3 +97,223 @@ def features_on(client, ev: CustomerEvents, partition_rows: int):
     if client is None:
         return lambda builder, cutoff: builder.transform(ev, cutoff)
     return PartitionedEvents(client, ev, partition_rows).features
+
+
+# ----------------------------------------------------------------------------- events built on the workers
+
+#: The column that numbers each row of an events part as in the whole table (its local row order).
+ROW = "_row"
+_SOURCE = ["source_system", "source_id"]
+
+
+def _numbered(path: str, offset: int, columns: list | None = None) -> pd.DataFrame:
+    df = pd.read_parquet(path, columns=columns)
+    return df.assign(**{ROW: np.arange(offset, offset + len(df), dtype=np.int64)})
+
+
+def _by_columns(df: pd.DataFrame, cols: list, n: int) -> list[pd.DataFrame]:
+    return split_rows(df, hash_buckets(df, cols, n), n)
+
+
+def _read_split(path: str, offset: int, cols: list, n: int, department=None) -> list[pd.DataFrame]:
+    """A sources part, its rows numbered from ``offset``, cut into ``n`` buckets by a hash of ``cols``;
+    order lines get their product's department and value first (:func:`crmlab.events.keyed_lines`)."""
+    df = _numbered(path, offset)
+    if department is not None:
+        df = df.assign(department=df["product_id"].map(department).to_numpy(),
+                       value=(df["quantity"] * df["unit_price"]).to_numpy())
+    return _by_columns(df, cols, n)
+
+
+def _in_order(pieces) -> pd.DataFrame:
+    df = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0].reset_index(drop=True)
+    return df.iloc[np.argsort(df[ROW].to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _keyed(key_map: pd.DataFrame | None, *pieces) -> dict:
+    """One bucket of source records (rows of one table) with their ``customer_key``: the rows whose
+    record the key map lacks are counted and the first three shown, as :func:`~crmlab.events.customer_keys`
+    says them."""
+    df = _in_order(pieces)
+    sid = df["source_id"].astype("string")
+    if key_map is None:
+        return {"df": df.assign(customer_key=(df["source_system"].astype("string") + ":" + sid).to_numpy()),
+                "missing": 0, "shown": None}
+    km = key_map.astype({"source_id": "string"})
+    key = pd.DataFrame({"source_system": df["source_system"].to_numpy(), "source_id": sid.to_numpy()}).merge(
+        km, on=_SOURCE, how="left")["customer_key"]
+    missing = key.isna().to_numpy()
+    shown = df.loc[missing, [ROW, *_SOURCE]].head(3).assign(source_id=sid[missing].head(3)) if missing.any() else None
+    return {"df": df.assign(customer_key=key.to_numpy())[~missing].reset_index(drop=True),
+            "missing": int(missing.sum()), "shown": shown}
+
+
+def _frame(got: dict, campaigns=None) -> pd.DataFrame:
+    """The keyed rows of a bucket (contacts: with their campaign's ``window_days``, as keyed_contacts)."""
+    return got["df"] if campaigns is None else got["df"].merge(campaigns, on="campaign_id", how="left")
+
+
+def _orders_by_id(got: dict, n: int) -> list[pd.DataFrame]:
+    """Keyed orders (the events' columns but their value) cut into ``n`` buckets by a hash of the order id."""
+    df = got["df"]
+    return _by_columns(df[[c for c in ORDER_COLUMNS if c != "value" and c in df] + [ROW]], ["order_id"], n)
+
+
+def _by_customer(df: pd.DataFrame, n: int) -> list[pd.DataFrame]:
+    return split_rows(df, part_of(df["customer_key"], n), n)
+
+
+def _by_code(df: pd.DataFrame, n: int, columns: list | None = None) -> list[pd.DataFrame]:
+    """Rows quoting a reference code, cut into ``n`` buckets by a hash of the code."""
+    df = df[df["ref_code"].notna()]
+    return _by_columns(df if columns is None else df[columns], ["ref_code"], n)
+
+
+def _missing(got: dict) -> tuple:
+    return got["missing"], got["shown"]
+
+
+def _valued(n: int, n_orders: int, codes: int, *pieces) -> tuple[list, list, list | None]:
+    """One bucket of order ids: the orders' ``value`` from their lines, the lines keyed with their
+    order's customer and date; both cut by customer part (``n`` parts), and the orders quoting a
+    reference code cut into ``codes`` buckets by its hash (None without codes)."""
+    orders = pd.concat(pieces[:n_orders], ignore_index=True)
+    lines = _in_order(pieces[n_orders:])
+    v = lines["value"].groupby(lines["order_id"]).sum()
+    orders = orders.assign(value=orders["order_id"].map(v).fillna(0.0).to_numpy())
+    lines = lines.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
+    quoting = _by_code(orders, codes, ["order_id", "customer_key", "order_date", "value", "ref_code", ROW]) if codes else None
+    return _by_customer(orders, n), _by_customer(lines, n), quoting
+
+
+def _quoted(n: int, n_contacts: int, *pieces) -> tuple[list, list]:
+    """One bucket of reference codes: :func:`~crmlab.events.ref_code_hits`, cut by the contact's
+    customer part (the hits) and by the order's (the orders they use)."""
+    c = _in_order(pieces[:n_contacts])
+    o = _in_order(pieces[n_contacts:])
+    hits = ref_code_hits(with_window_end(c), o)
+    contact_key = hits["contact_id"].map(pd.Series(c["customer_key"].to_numpy(), index=c["contact_id"]))
+    return (split_rows(hits, part_of(contact_key, n), n),
+            split_rows(hits[["order_id"]], part_of(hits["order_key"], n), n))
+
+
+def _last(df: pd.DataFrame, cols: list | None = None) -> pd.DataFrame:
+    """``df``'s columns (``cols``, else all) in their order with the row number last."""
+    return df[[c for c in (cols or df.columns) if c != ROW] + [ROW]]
+
+
+def _assemble(out: str, p: int, sizes: tuple, *pieces) -> dict:
+    """Customer part ``p`` of the events from its pieces (orders, lines, contacts, reference-code hits,
+    orders those hits use, keyed customer records; ``sizes`` pieces each), each table in the local row
+    order, written to ``out``; returns the rows written per table."""
+    groups, at = [], 0
+    for k in sizes:
+        groups.append(pieces[at:at + k])
+        at += k
+    o_p, l_p, c_p, h_p, u_p, r_p = groups
+    orders = _last(_in_order(o_p), ORDER_COLUMNS)
+    tables = {"events_orders": orders, "events_lines": _last(_in_order(l_p))}
+    if c_p:
+        c = _in_order(c_p)
+        rows = c[ROW].to_numpy()
+        c = with_window_end(c.drop(columns=ROW))
+        if h_p:                                             # hits by code, made in the code buckets
+            quoted = pd.concat(h_p, ignore_index=True)
+            used = pd.concat(u_p, ignore_index=True)["order_id"]
+            hits = pd.concat([quoted, window_hits(c, orders, quoted["contact_id"], used)], ignore_index=True)
+        else:
+            hits = window_hits(c, orders, [], [])
+        tables["events_contacts"] = with_responses(c, hits).assign(**{ROW: rows})
+    records = _in_order(r_p)
+    prof = profile_of(records)
+    prof[ROW] = records.groupby("customer_key", sort=False)[ROW].first()
+    tables["events_profile"] = prof.rename_axis("customer_key").reset_index()
+    written = {}
+    for name, df in tables.items():
+        path = Path(out) / name / f"part-{p:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(path, index=False)
+        written[name] = len(df)
+    return written
+
+
+def _offsets(paths: list) -> list[int]:
+    import pyarrow.parquet as pq
+    counts = [pq.read_metadata(p).num_rows for p in paths]
+    return np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist()
+
+
+def _columns(path) -> list[str]:
+    import pyarrow.parquet as pq
+    return pq.read_schema(path).names
+
+
+def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, out) -> dict[str, int]:
+    """The run's events (:meth:`crmlab.events.CustomerEvents.from_sources`) built by ``client``'s workers
+    from the sources' Parquet ``parts`` (table name -> part files in table order) and written to ``out``
+    as ``n`` parts split by customer (:func:`part_of`): ``out/<artifact>/part-NNNNN.parquet``, each
+    table's rows in the local order with their row number in the whole table (:data:`ROW`).
+
+    Nothing but the key map passes through the caller. Source records are joined to the key map in
+    buckets of a hash of (source_system, source_id), order lines to their orders in buckets of a hash
+    of the order id (the orders' values summed there), contacts quoting a reference code to the orders
+    quoting it in buckets of a hash of the code; every bucket is then cut by customer part. Records
+    missing from the key map raise the local error. Returns the rows written per artifact."""
+    out = Path(out)
+    offsets = {t: _offsets(ps) for t, ps in parts.items()}
+    b = max(1, min(64, max(len(ps) for ps in parts.values())))
+    products = pd.concat([pd.read_parquet(p, columns=["product_id", "department"]) for p in parts["products"]])
+    contacts = "contacts" in parts and "campaigns" in parts
+    codes = b if contacts and "ref_code" in _columns(parts["contacts"][0]) and "ref_code" in _columns(
+        parts["orders"][0]) else 0
+    held = {}
+
+    def send():
+        km = None if key_map is None else key_map[["source_system", "source_id", "customer_key"]]
+        held["km"] = [None] * b if km is None else client.scatter(_by_columns(km, _SOURCE, b))
+        held["dept"] = client.scatter([products.set_index("product_id")["department"]])[0]
+        if contacts:
+            camp = pd.concat([pd.read_parquet(p, columns=["campaign_id", "window_days"]) for p in parts["campaigns"]])
+            held["camp"] = client.scatter([camp])[0]
+
+    def piece(futures, i):
+        return [client.submit(getitem, f, i) for f in futures]
+
+    def keyed(table, what):
+        splits = [client.submit(_read_split, str(p), off, _SOURCE, b, pure=False)
+                  for p, off in zip(parts[table], offsets[table])]
+        got = [client.submit(_keyed, held["km"][i], *piece(splits, i), pure=False) for i in range(b)]
+        said = client.gather([client.submit(_missing, g) for g in got])
+        bad = sum(s[0] for s in said)
+        if bad:
+            shown = pd.concat([s[1] for s in said if s[1] is not None]).sort_values(ROW).head(3)
+            raise CrmlabError(f"{bad:,} {what} reference source records missing from the customer key map, "
+                              f"e.g. {shown[_SOURCE].to_dict('records')}")
+        return got
+
+    def run():
+        orders = [client.submit(_orders_by_id, g, b) for g in keyed("orders", "orders")]
+        lines = [client.submit(_read_split, str(p), off, ["order_id"], b, held["dept"], pure=False)
+                 for p, off in zip(parts["order_lines"], offsets["order_lines"])]
+        valued = [client.submit(_valued, n, len(orders), codes, *piece(orders, i), *piece(lines, i)) for i in range(b)]
+        cuts = [piece(valued, 0), piece(valued, 1)]
+        c_cut, hit_cut, used_cut = [], [], []
+        if contacts:
+            keyed_c = [client.submit(_frame, g, held["camp"]) for g in keyed("contacts", "contacts")]
+            c_cut = [client.submit(_by_customer, f, n) for f in keyed_c]
+            if codes:
+                c_code = [client.submit(_by_code, f, codes) for f in keyed_c]
+                o_code = piece(valued, 2)
+                quoted = [client.submit(_quoted, n, len(c_code), *piece(c_code, r), *piece(o_code, r))
+                          for r in range(codes)]
+                hit_cut, used_cut = piece(quoted, 0), piece(quoted, 1)
+        records = [client.submit(_by_customer, client.submit(_frame, g), n) for g in keyed("customers", "customer records")]
+        groups = [*cuts, c_cut, hit_cut, used_cut, records]
+        sizes = tuple(len(g) for g in groups)
+        done = [client.submit(_assemble, str(out), p, sizes, *[x for g in groups for x in piece(g, p)], pure=False)
+                for p in range(n)]
+        written = client.gather(done)
+        return {name: sum(w.get(name, 0) for w in written) for name in ARTIFACTS if any(name in w for w in written)}
+
+    send()
+    return engine.retry_lost(run, f"the events on {n} parts of the customers", again=send)

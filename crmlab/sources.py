@@ -131,6 +131,13 @@ class Sources:
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
 
+    def part_files(self) -> dict[str, list[Path]] | None:
+        """Each table's Parquet files in table order when the tables are read from files (the run's
+        sources artifact: a folder of parts or one file per table); None when they are held in memory."""
+        if not isinstance(self.tables, _LazyTables):
+            return None
+        return {n: _parts(p) if p.is_dir() else [p] for n, p in self.tables._paths.items()}
+
     def row_counts(self) -> dict[str, int]:
         return {k: int(self.counts[k]) if k in self.counts else int(len(self.tables[k])) for k in self.tables}
 

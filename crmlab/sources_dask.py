@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import sources as S
 from .errors import SourceError
-from .events_dask import split_rows
+from .events_dask import hash_buckets, split_rows
 
 def _pack(e: SourceError) -> tuple:
     return (e.table, e.column, e.problem, e.rows, e.path, e.n_bad)
@@ -77,19 +77,11 @@ def _errors(result: dict) -> list:
     return result["errors"]
 
 
-def _hash_buckets(df: pd.DataFrame, cols: list, n: int) -> np.ndarray:
-    """Bucket of each row: a hash of its key columns as text (equal keys, whatever their dtypes, meet)."""
-    h = np.zeros(len(df), np.uint64)
-    for c in cols:
-        h = h * np.uint64(1_000_003) + pd.util.hash_array(df[c].astype("string").to_numpy(dtype=object))
-    return (h % np.uint64(n)).astype(np.int64)
-
-
 def _split_keys(result: dict, cols: list, n: int, rename: list | None = None) -> list:
     """A typed part's key columns (and each row's number in the table) cut into ``n`` buckets."""
     typed = result["typed"]
     keys = typed[cols].astype("string").set_axis(rename or cols, axis=1).assign(_row=typed.index.to_numpy())
-    return split_rows(keys, _hash_buckets(keys, rename or cols, n), n)
+    return split_rows(keys, hash_buckets(keys, rename or cols, n), n)
 
 
 def _duplicates(cols: list, *pieces) -> pd.DataFrame:

@@ -508,3 +508,72 @@ def test_cross_part_keys_found_by_buckets(cluster, parted_world, tmp_path):
     for e, g in ((local.value.errors[0], got[("orders", "duplicate key")]), (local2.value.errors[0],
                                                                             by_parts2.value.errors[0])):
         assert (g.column, g.path, g.n_bad, str(g)) == (e.column, e.path, e.n_bad, str(e))
+
+
+# --- #18: the events built by the workers from the sources' parts
+def _key_map(src, world) -> pd.DataFrame:
+    """The planted customers as the key map (records of one person in several systems share a key)."""
+    from crmlab.truth import record_truth
+
+    rec = src.customers[["source_system", "source_id"]]
+    return rec.assign(customer_key=pd.Series(record_truth(world, rec)).map(lambda k: f"C{int(k):07d}").to_numpy())
+
+
+def _events_from(folder: Path) -> CustomerEvents:
+    def read(name):
+        parts = sorted((folder / name).glob("*.parquet"))
+        df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        return df.sort_values(events_dask.ROW, kind="stable").drop(columns=events_dask.ROW).reset_index(drop=True)
+    return CustomerEvents.from_artifacts(read)
+
+
+@pytest.mark.parametrize("keys", ["planted", "records"])
+def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world, tmp_path, keys):
+    """Orders (values summed over lines in other parts), lines, contacts with their responses (one
+    reference code quoted by another customer's order) and the profile, built by the workers from the
+    sources' six parts into five customer parts: put together they are the local events, values, dtypes
+    and row order; each part holds its customers' rows in the local order."""
+    from crmlab import sources_dask
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    km = _key_map(src, parted_world) if keys == "planted" else None
+    parts = src.part_files()
+    assert len(parts["order_lines"]) == 6
+    # another customer's order quotes a contact's code within its window: the contact's response
+    before = CustomerEvents.from_sources(src, km).contacts
+    o = src["orders"]
+    coded = before[before["ref_code"].notna() & before["attribution"].ne("ref_code")].iloc[0]
+    end = coded["contact_date"] + pd.Timedelta(days=int(coded["window_days"]))
+    other = o.index[(o["source_id"] != coded["source_id"]) & o["ref_code"].isna() & (o["order_date"] >= coded["contact_date"])
+                    & (o["order_date"] < end)][0]
+    first = pd.read_parquet(parts["orders"][0])
+    assert other < len(first)
+    first.loc[other, "ref_code"] = coded["ref_code"]
+    first.to_parquet(parts["orders"][0], index=False)
+    src = sources.Sources.read_artifacts(tmp_path / "src")
+    want = CustomerEvents.from_sources(src, km)
+    hit = want.contacts.set_index("contact_id").loc[coded["contact_id"]]
+    assert hit["attribution"] == "ref_code" and hit["response_order_id"] == o.loc[other, "order_id"]
+
+    written = events_dask.build(cluster.client, parts, km, 5, tmp_path / "ev")
+    assert written == {k: len(v) for k, v in want.artifacts().items()}
+    got = _events_from(tmp_path / "ev")
+    for name, df in want.artifacts().items():
+        pd.testing.assert_frame_equal(got.artifacts()[name], df, check_exact=True, obj=name)
+    for p, piece in enumerate(events_dask.split(want, 5)):
+        orders = pd.read_parquet(tmp_path / "ev" / "events_orders" / f"part-{p:05d}.parquet")
+        assert orders[events_dask.ROW].tolist() == piece.orders.index.tolist()
+
+
+def test_events_name_records_missing_from_the_key_map(cluster, parted_world, tmp_path):
+    """Orders of records the key map lacks: the local error, count and first records."""
+    from crmlab import sources_dask
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    km = _key_map(src, parted_world)
+    km = km[~km["source_id"].isin(src["orders"]["source_id"].iloc[[5, 900, 4000]])]
+    with pytest.raises(CrmlabError) as local:
+        CustomerEvents.from_sources(src, km)
+    with pytest.raises(CrmlabError) as got:
+        events_dask.build(cluster.client, src.part_files(), km, 3, tmp_path / "ev")
+    assert str(got.value) == str(local.value) and "orders reference source records missing" in str(got.value)
