@@ -11,6 +11,8 @@ Without a key map each source record counts as its own customer (key ``<system>:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -53,6 +55,20 @@ def keyed_contacts(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
     c = c.assign(customer_key=customer_keys(c, key_map, "contacts"))
     camp = src["campaigns"][["campaign_id", "window_days"]]
     return c.merge(camp, on="campaign_id", how="left")
+
+
+#: The column that numbers each row of a part of the events as in the whole table (its local row order).
+ROW = "_row"
+
+
+def read_parts(folder) -> pd.DataFrame:
+    """A table written as a folder of Parquet parts, whole: rows numbered :data:`ROW` (events split by
+    customer) put back in that order, the number dropped."""
+    parts = sorted(Path(folder).glob("*.parquet"))
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    if ROW in df:
+        df = df.iloc[np.argsort(df[ROW].to_numpy(), kind="stable")].drop(columns=ROW).reset_index(drop=True)
+    return df
 
 
 #: Columns :func:`attribute_responses` adds to contacts.
@@ -257,5 +273,5 @@ class CustomerEvents:
     @classmethod
     def from_artifacts(cls, read) -> "CustomerEvents":
         """Rebuild from :meth:`artifacts` through ``read(name) -> DataFrame | None``."""
-        return cls(read("events_orders"), read("events_lines"), read("events_contacts"),
-                   read("events_profile").set_index("customer_key"))
+        orders, lines, contacts, profile = (read(name) for name in ARTIFACTS)
+        return cls(orders, lines, contacts, profile if "customer_key" not in profile else profile.set_index("customer_key"))

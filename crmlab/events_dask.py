@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import engine
 from .errors import CrmlabError
-from .events import (ARTIFACTS, ORDER_COLUMNS, CustomerEvents, profile_of, ref_code_hits, window_hits,
+from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, profile_of, ref_code_hits, window_hits,
                      with_responses, with_window_end)
 
 
@@ -62,16 +62,25 @@ def _transform(ev: CustomerEvents, builder, cutoff) -> pd.DataFrame | None:
 
 class PartitionedEvents:
     """``ev`` split by customer into parts of about ``partition_rows`` order lines, held by the workers
-    of ``client``; :meth:`features` computes :meth:`FeatureBuilder.transform` on every part."""
+    of ``client``; :meth:`features` computes :meth:`FeatureBuilder.transform` on every part. With
+    ``folder`` (a run's artifacts holding the events as parts, :func:`build`) the workers read the parts
+    there: nothing is split or sent by the caller."""
 
-    def __init__(self, client, ev: CustomerEvents, partition_rows: int):
-        self.client, self.events = client, ev
-        self.n = max(1, math.ceil(max(len(ev.lines), len(ev.orders)) / partition_rows))
+    def __init__(self, client, ev: CustomerEvents, partition_rows: int, folder=None):
+        self.client, self.events, self.folder = client, ev, folder
+        if folder is None:
+            self.n = parts_for(max(len(ev.lines), len(ev.orders)), partition_rows)
+        else:
+            self.n = len(list((Path(folder) / "events_orders").glob("*.parquet")))
         self.scatter()
 
     def scatter(self) -> None:
-        """Send the parts to the workers (again, after a worker holding some was lost)."""
-        self.parts = self.client.scatter(split(self.events, self.n))
+        """Send the parts to the workers, or have them read the parts (again, after a worker holding
+        some was lost)."""
+        if self.folder is None:
+            self.parts = self.client.scatter(split(self.events, self.n))
+        else:
+            self.parts = [self.client.submit(read_part, str(self.folder), p, pure=False) for p in range(self.n)]
 
     def map(self, fn, *args, what: str | None = None) -> list:
         """``fn(part_events, *args)`` on every part, on the workers; the results in part order. A worker
@@ -91,18 +100,36 @@ class PartitionedEvents:
         return pd.concat(got).sort_index(kind="stable") if len(got) > 1 else got[0]
 
 
-def features_on(client, ev: CustomerEvents, partition_rows: int):
+def features_on(client, ev: CustomerEvents, partition_rows: int, folder=None):
     """``features(builder, cutoff)``: ``builder.transform(ev, cutoff)`` here when ``client`` is None, else
-    by the parts of ``ev`` on the cluster (:class:`PartitionedEvents`, split once for all cut-offs)."""
+    by the parts of ``ev`` on the cluster (:class:`PartitionedEvents`, split once for all cut-offs, or
+    read by the workers from ``folder``)."""
     if client is None:
         return lambda builder, cutoff: builder.transform(ev, cutoff)
-    return PartitionedEvents(client, ev, partition_rows).features
+    return PartitionedEvents(client, ev, partition_rows, folder).features
+
+
+def read_part(folder: str, p: int) -> CustomerEvents:
+    """Customer part ``p`` of the events written by :func:`build` into ``folder``: each table's rows
+    labelled with their row number in the whole table, as :func:`split` cuts the whole."""
+    def table(name):
+        path = Path(folder) / name / f"part-{p:05d}.parquet"
+        if not path.exists():
+            return None
+        df = pd.read_parquet(path)
+        if name == "events_profile":
+            return df.drop(columns=ROW)
+        return df.set_index(pd.Index(df[ROW].to_numpy())).drop(columns=ROW)
+    return CustomerEvents.from_artifacts(table)
+
+
+def parts_for(rows: int, partition_rows: int) -> int:
+    """How many customer parts events of ``rows`` order lines (or orders, the more) are cut into."""
+    return max(1, math.ceil(rows / partition_rows))
 
 
 # ----------------------------------------------------------------------------- events built on the workers
 
-#: The column that numbers each row of an events part as in the whole table (its local row order).
-ROW = "_row"
 _SOURCE = ["source_system", "source_id"]
 
 
@@ -237,10 +264,18 @@ def _assemble(out: str, p: int, sizes: tuple, *pieces) -> dict:
     return written
 
 
-def _offsets(paths: list) -> list[int]:
+def _counts(paths: list) -> list[int]:
     import pyarrow.parquet as pq
-    counts = [pq.read_metadata(p).num_rows for p in paths]
-    return np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist()
+    return [pq.read_metadata(p).num_rows for p in paths]
+
+
+def _offsets(paths: list) -> list[int]:
+    return np.r_[0, np.cumsum(_counts(paths))[:-1]].astype(int).tolist()
+
+
+def table_rows(paths: list) -> int:
+    """Rows of a table written as Parquet ``paths``, from their metadata."""
+    return int(sum(_counts(paths)))
 
 
 def _columns(path) -> list[str]:

@@ -123,13 +123,13 @@ class StageContext:
         self._read(name)
         own = self._own_path(name)
         if self.interactive and self.basis is not None:
-            theirs = self.basis / "artifacts" / f"{name}.parquet"
+            theirs = _artifact_at(self.basis / "artifacts", name)
             if theirs.exists() and (not own.exists() or theirs.stat().st_mtime >= own.stat().st_mtime):
                 return theirs
         return own
 
     def _own_path(self, name: str) -> Path:
-        return self.run_dir / "artifacts" / f"{name}.parquet"
+        return _artifact_at(self.run_dir / "artifacts", name)
 
     def write_artifact(self, name: str, df: pd.DataFrame) -> Path:
         """Write a Parquet artifact atomically (a reader never sees half a file)."""
@@ -151,7 +151,7 @@ class StageContext:
             else:
                 how = f"run {writer} before this stage (add it to 'stages' in {self.params['params_file']})"
             raise CrmlabError(f"artifact '{name}' not found in {path.parent}: it is written by {writer}; {how}")
-        return pd.read_parquet(path)
+        return events.read_parts(path) if path.is_dir() else pd.read_parquet(path)
 
     def optional_artifact(self, name: str) -> pd.DataFrame | None:
         """An artifact whose stage the parameter file may leave out ('stages'): None when it is left out,
@@ -176,6 +176,12 @@ class StageContext:
             return self.read_artifact(name)
         return events.CustomerEvents.from_artifacts(table)
 
+    def event_parts(self) -> Path | None:
+        """The artifacts folder when the run's events are parts split by customer (written by the
+        workers: :func:`crmlab.events_dask.build`), else None."""
+        path = self.artifact_path("events_orders")
+        return path.parent if path.is_dir() else None
+
     def write_events(self, ev: events.CustomerEvents) -> None:
         """Write the run's events, one artifact per table (see :data:`crmlab.events.ARTIFACTS`)."""
         for name, df in ev.artifacts().items():
@@ -199,6 +205,12 @@ class StageContext:
         src = load_params(self.params)
         src.write(folders[-1])
         return src
+
+
+def _artifact_at(folder: Path, name: str) -> Path:
+    """Artifact ``name`` in ``folder``: a folder of parts where the workers wrote it by parts, else one file."""
+    parts = folder / name
+    return parts if parts.is_dir() else folder / f"{name}.parquet"
 
 
 def _unchanged(src: Sources) -> bool:

@@ -10,7 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from crmlab import pipeline, publish
+from crmlab import events, pipeline, publish
 from crmlab.cli import main
 from crmlab.errors import ConfigError, StageError
 from crmlab.sources import Sources, SourcesInvalid
@@ -155,6 +155,10 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
         assert len(got) > 5, name
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=name)
     assert (run / "artifacts" / "sources" / "customers").is_dir()          # read and written by the workers
+    for name in events.ARTIFACTS:                              # built by the workers, as parts by customer
+        assert len(list((run / "artifacts" / name).glob("part-*.parquet"))) > 1, name
+        pd.testing.assert_frame_equal(events.read_parts(run / "artifacts" / name),
+                                      pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet"), check_exact=True, obj=name)
     got_src, want_src = (Sources.read_artifacts(r / "artifacts" / "sources") for r in (run, ci_run))
     assert got_src.row_counts() == want_src.row_counts() and m["inputs"] == json.loads(
         (ci_run / "manifest.json").read_text())["inputs"]

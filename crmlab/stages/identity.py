@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import engine, identity, identity_dask, runs
+from .. import engine, events_dask, identity, identity_dask, runs
 from ..errors import CrmlabError
 from ..events import CustomerEvents
 from ..truth import record_truth
@@ -21,14 +21,15 @@ class IdentityResult:
     ``truth``: the planted customer of each record (synthetic worlds), else None; ``previous``: the
     key map whose keys were kept (path), ``kept_share``: the share of records seen before that kept
     their key; ``n_new``: records matched incrementally (None for a full match); ``pairs_of``: in
-    Dask mode ``pairs`` is a uniform sample of this many candidate pairs (None: all of them).
+    Dask mode ``pairs`` is a uniform sample of this many candidate pairs (None: all of them);
+    ``events``: None where the workers built them (read them with ``ctx.events()``).
     """
 
     records: pd.DataFrame
     matcher: identity.RecordMatcher
     pairs: identity.PairScores
     key_map: pd.DataFrame
-    events: CustomerEvents
+    events: CustomerEvents | None
     truth: np.ndarray | None = None
     previous: Path | None = None
     kept_share: float | None = None
@@ -100,8 +101,15 @@ def run_identity(ctx) -> IdentityResult:
     ctx.write_artifact("customer_key_map", key_map)
     # the fitted matcher, for the identity index that stage 60 publishes (real-time identification)
     ctx.write_artifact("identity_model", pd.DataFrame({"model": [json.dumps(matcher.to_dict())]}))
-    ev = CustomerEvents.from_sources(src, key_map)
-    ctx.write_events(ev)
+    parts = src.part_files() if client is not None else None
+    if parts is not None:                  # the events built by the workers, as parts split by customer
+        n = events_dask.parts_for(max(events_dask.table_rows(parts["order_lines"]), events_dask.table_rows(
+            parts["orders"])), ctx.params["engine"]["partition_rows"])
+        events_dask.build(client, parts, key_map, n, ctx.run_dir / "artifacts")
+        ev = None
+    else:
+        ev = CustomerEvents.from_sources(src, key_map)
+        ctx.write_events(ev)
     sampled = None
     if client is not None:                 # the report's pairs: a uniform sample of the candidates
         pairs = matcher.pair_sample(records, REPORT_PAIRS, seed=ctx.params["seed"])
