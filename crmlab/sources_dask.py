@@ -121,8 +121,9 @@ def _unknown_systems(result: dict, systems: set) -> tuple:
 class _Table:
     """One input table's parts on the cluster."""
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, where: str | None = None):
         self.name, self.path = name, path
+        self.where = where or str(path)                 # how problems name the table's place
         self.kind = "customers" if name.startswith("customers_") else name
         self.parts = S._parts(path) if path.is_dir() else [path]
         self.artifact = "customers" if self.kind == "customers" else name
@@ -151,17 +152,20 @@ def _merge(errors: list, total: int) -> list:
 
 
 def load(client, folder, out, systems: list[str] | None = None, as_of=None,
-         fingerprints: dict[str, str] | None = None) -> S.Sources:
+         fingerprints: dict[str, str] | None = None, where: str | None = None,
+         origin: dict[str, str] | None = None) -> S.Sources:
     """Read, validate and standardise the input tables of ``folder`` on ``client``'s workers and write
     them as the run's sources artifact ``out`` (a folder of parts per table and ``sources.json``);
     returns the :class:`~crmlab.sources.Sources` that reads them there. Raises
-    :class:`~crmlab.sources.SourcesInvalid` as :func:`crmlab.sources.load` does (nothing written)."""
+    :class:`~crmlab.sources.SourcesInvalid` as :func:`crmlab.sources.load` does (nothing written).
+    ``where`` and ``origin`` (table -> text): how problems name the inputs' place and tables when the
+    folder only stages them (:func:`stage_sql`); the tables then have no fingerprints, as locally."""
     folder, out = Path(folder), Path(out)
     files = S.only_systems(S.input_files(folder), systems, folder)
-    errors: list[SourceError] = S.missing_tables(files, str(folder))
+    errors: list[SourceError] = S.missing_tables(files, where or str(folder))
     cust_names = sorted(k for k in files if k.startswith("customers_"))
     order = [*cust_names, *(n for n in S.SCHEMAS if n in files and n != "customers")]
-    tables = {n: _Table(n, files[n]) for n in order}
+    tables = {n: _Table(n, files[n], (origin or {}).get(n)) for n in order}
 
     # pass 1: rows and id facts per part
     facts = {n: client.gather([client.submit(_facts, str(p), n, t.kind, pure=False) for p in t.parts])
@@ -182,7 +186,7 @@ def load(client, folder, out, systems: list[str] | None = None, as_of=None,
     shutil.rmtree(out, ignore_errors=True)
     results, broken = {}, set()
     for s_i, (n, t) in enumerate(tables.items()):
-        results[n] = [client.submit(_typed, str(p), n, t.kind, str(t.path), offsets[n][k], ids[n], as_of,
+        results[n] = [client.submit(_typed, str(p), n, t.kind, t.where, offsets[n][k], ids[n], as_of,
                                     str(out / t.artifact / f"part-{s_i:03d}-{k:05d}.parquet"), _kept(t), pure=False)
                       for k, p in enumerate(t.parts)]
     try:
@@ -190,7 +194,7 @@ def load(client, folder, out, systems: list[str] | None = None, as_of=None,
             found = _merge([e for part in client.gather([client.submit(_errors, r) for r in results[n]]) for e in part],
                            rows[n])
             if rows[n] == 0:
-                found = [SourceError(n, None, "table is empty", path=str(t.path))]
+                found = [SourceError(n, None, "table is empty", path=t.where)]
             key = list(S.SCHEMAS[t.kind]["key"])
             if rows[n] and not any(e.column in key for e in found):
                 found += _key_check(client, t, results[n], key, offsets[n])
@@ -206,8 +210,8 @@ def load(client, folder, out, systems: list[str] | None = None, as_of=None,
         raise
     client.cancel([r for rs in results.values() for r in rs])
     known = fingerprints or {}
-    origin = {n: str(t.path) for n, t in tables.items()}
-    prints = {n: known[n] if n in known else S.fingerprint(p) for n, p in origin.items()}
+    prints = {} if origin else {n: known[n] if n in known else S.fingerprint(t.path) for n, t in tables.items()}
+    origin = {n: t.where for n, t in tables.items()}
     counts = {"customers": sum(rows[n] for n in cust_names), **{n: rows[n] for n in order}}   # and per system
     names = ["customers", *(n for n in S.SCHEMAS if n != "customers" and n in tables)]
     meta = {"tables": names, "systems": [n[len("customers_"):] for n in cust_names], "origin": origin,
@@ -235,7 +239,7 @@ def _key_check(client, t: _Table, results: list, key: list, offsets: list) -> li
         return []
     raw = pd.concat(client.gather([client.submit(_raw_rows, str(p), off, dup[:_SHOWN_FROM], pure=False)
                                    for p, off in zip(t.parts, offsets)])).sort_index()
-    return [SourceError(t.name, ", ".join(key), "duplicate key", raw.sort_values(key), str(t.path), len(dup))]
+    return [SourceError(t.name, ", ".join(key), "duplicate key", raw.sort_values(key), t.where, len(dup))]
 
 
 def _foreign_key_check(client, tables: dict, results: dict, broken: set, cust_names: list) -> list:
@@ -246,7 +250,7 @@ def _foreign_key_check(client, tables: dict, results: dict, broken: set, cust_na
         if child not in tables or child in broken:
             continue
         c_parts = results[child]
-        path = str(tables[child].path)
+        path = tables[child].where
         if parent == "customers":
             if not cust_names or any(n in broken for n in cust_names):
                 continue
@@ -278,12 +282,40 @@ def _foreign_key_check(client, tables: dict, results: dict, broken: set, cust_na
     return errors
 
 
+def stage_sql(url: str, schema: str | None, systems: list[str] | None, out, chunk_rows: int) -> dict[str, str]:
+    """The input tables of a SQL database written to ``out`` as folders of raw Parquet parts of
+    ``chunk_rows`` rows, streamed (a server-side cursor: one part in memory at a time), in the order the
+    local load reads them; returns how the local load names each table (its ``origin``)."""
+    import sqlalchemy as sa
+
+    out = Path(out)
+    engine = sa.create_engine(url)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        names = sa.inspect(engine).get_table_names(schema=schema)
+        wanted = S.only_systems({n: n for n in names if n in S.SCHEMAS or n.startswith("customers_")}, systems, url)
+        for n in wanted:
+            (out / n).mkdir(parents=True, exist_ok=True)
+            k = 0
+            with engine.connect().execution_options(stream_results=True) as conn:
+                for chunk in pd.read_sql_table(n, conn, schema=schema, chunksize=chunk_rows):
+                    if len(chunk) or not k:
+                        chunk.to_parquet(out / n / f"part-{k:05d}.parquet", index=False)
+                        k += 1
+            if not k:                               # an empty table: its columns, no rows
+                cols = [c["name"] for c in sa.inspect(engine).get_columns(n, schema=schema)]
+                pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).to_parquet(out / n / "part-00000.parquet")
+    finally:
+        engine.dispose()
+    return {n: f"{shown} table {n}" for n in wanted}
+
+
 def load_params(client, params: dict, out, fingerprints: dict[str, str] | None = None) -> S.Sources | None:
-    """:func:`load` with the ``data`` section of a parameter dict; None where the workers cannot read the
-    inputs themselves (a SQL source, or contacts recorded by touchpoints joining them): the caller then
-    loads them locally (:func:`crmlab.sources.load_params`)."""
+    """:func:`load` with the ``data`` section of a parameter dict (a SQL source streamed into parts
+    first: :func:`stage_sql`); None where the workers cannot read the inputs themselves (contacts
+    recorded by touchpoints join them): the caller then loads them locally (:func:`crmlab.sources.load_params`)."""
     d = params["data"]
-    if d["url"] or not d["dir"]:
+    if not d["url"] and not d["dir"]:
         return None
     tp = S.touchpoints_url(params)
     if tp:
@@ -291,4 +323,12 @@ def load_params(client, params: dict, out, fingerprints: dict[str, str] | None =
         if (contacts is not None and len(contacts)) or S.read_provisional_persons(
                 tp, params["publish"]["identity_schema"]) is not None:
             return None
-    return load(client, d["dir"], out, d["systems"] or None, d["as_of"], fingerprints)
+    if not d["url"]:
+        return load(client, d["dir"], out, d["systems"] or None, d["as_of"], fingerprints)
+    staged = Path(out).with_name(Path(out).name + ".sql")
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        origin = stage_sql(d["url"], d["sql_schema"], d["systems"] or None, staged, params["engine"]["partition_rows"])
+        return load(client, staged, out, None, d["as_of"], where=str(d["url"]), origin=origin)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
