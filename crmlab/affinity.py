@@ -78,6 +78,17 @@ class Baskets:
         return cls(indptr, it, vocab, np.asarray(b_ids))
 
     @classmethod
+    def concat(cls, parts: list["Baskets"]) -> "Baskets":
+        """Baskets with disjoint ids over the same items as one, in id order: what :meth:`from_frame`
+        makes of all their rows (baskets of the customers' parts of the events, say)."""
+        if len(parts) == 1:
+            return parts[0]
+        lens = np.concatenate([np.diff(p.indptr) for p in parts])
+        whole = cls(np.r_[0, np.cumsum(lens)].astype(np.int64), np.concatenate([p.indices for p in parts]),
+                    parts[0].items, np.concatenate([p.ids for p in parts]))
+        return whole.take(np.argsort(whole.ids, kind="stable"))
+
+    @classmethod
     def from_lists(cls, lists) -> "Baskets":
         rows = [(i, item) for i, basket in enumerate(lists) for item in basket]
         if not rows:

@@ -23,12 +23,12 @@ def _split(df: pd.DataFrame | None, n: int) -> list:
     return events_dask.split_rows(df, events_dask.part_of(df["customer_key"], n), n)
 
 
-def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, folder, segments, value, propensity, recs, products,
+def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, value, propensity, recs, products,
                     D: dict, cutoff, do_not_contact, guarded, top: int):
     """:func:`crmlab.decisions.decide_tables` of every customer, computed by parts of the customers on
     ``client``'s workers (events split as for the features, about ``partition_rows`` order lines a
-    part, or the parts in ``folder``: :class:`~crmlab.events_dask.PartitionedEvents`); equal to it."""
-    parts = events_dask.PartitionedEvents(client, ev, partition_rows, folder)
+    part, or the parts already there: :func:`~crmlab.events_dask.on_cluster`); equal to it."""
+    parts = events_dask.on_cluster(client, ev, partition_rows)
     n = parts.n
     segment_part = events_dask.part_of(segments["customer_key"], n)
     inputs = list(zip(events_dask.split_rows(segments, segment_part, n), _split(value, n), _split(propensity, n),

@@ -61,10 +61,10 @@ def keyed_contacts(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
 ROW = "_row"
 
 
-def read_parts(folder) -> pd.DataFrame:
-    """A table written as a folder of Parquet parts, whole: rows numbered :data:`ROW` (events split by
-    customer) put back in that order, the number dropped."""
-    parts = sorted(Path(folder).glob("*.parquet"))
+def read_parts(folder, first: int | None = None) -> pd.DataFrame:
+    """A table written as a folder of Parquet parts, whole (or its ``first`` parts): rows numbered
+    :data:`ROW` (events split by customer) put back in that order, the number dropped."""
+    parts = sorted(Path(folder).glob("*.parquet"))[:first]
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     if ROW in df:
         df = df.iloc[np.argsort(df[ROW].to_numpy(), kind="stable")].drop(columns=ROW).reset_index(drop=True)
@@ -257,6 +257,46 @@ class CustomerEvents:
     def last_date(self) -> pd.Timestamp:
         """The last order date: scores made "now" use the day after it as cut-off."""
         return self.orders["order_date"].max()
+
+    def features(self, builder, cutoff) -> pd.DataFrame:
+        """``builder.transform(self, cutoff)`` (by parts of the customers where the events are parts)."""
+        return builder.transform(self, cutoff)
+
+    def map_lines(self, fn, *args) -> list:
+        """``[fn(lines, *args)]`` for the order lines of disjoint sets of customers (here one: all of them;
+        where the events are parts, one per part that has lines, computed where the part lies)."""
+        return [fn(self.lines, *args)]
+
+    def lines_sample(self, customers: int) -> tuple[pd.DataFrame, float]:
+        """Order lines of a random set of at least ``customers`` customers (here all), and the share of
+        customers they are (a report's evaluation on a sample where the events are parts)."""
+        return self.lines, 1.0
+
+    def empty(self) -> "CustomerEvents":
+        """These events without rows (the same tables and columns)."""
+        return CustomerEvents(self.orders.iloc[:0], self.lines.iloc[:0],
+                              None if self.contacts is None else self.contacts.iloc[:0], self.profile.iloc[:0])
+
+    def departments(self, before=None) -> list:
+        """The departments of the lines (dated before ``before``), sorted."""
+        ln = self.lines if before is None else self.lines[self.lines["order_date"] < pd.Timestamp(before)]
+        return sorted(ln["department"].dropna().unique())
+
+    def department_buyers(self, before) -> pd.Series:
+        """How many customers bought from each department before ``before`` (index: department, sorted)."""
+        ln = self.lines[self.lines["order_date"] < pd.Timestamp(before)]
+        return ln.groupby("department")["customer_key"].nunique()
+
+    def bought(self, customers: pd.Index, start, end, departments) -> pd.DataFrame:
+        """Per customer of ``customers`` (distinct keys, in that order) and department (columns, as
+        given): whether they bought from it in ``[start, end)``."""
+        ln = self.lines[(self.lines["order_date"] >= start) & (self.lines["order_date"] < end)]
+        who = pd.Index(customers).get_indexer(ln["customer_key"])
+        what = pd.Index(departments).get_indexer(ln["department"])
+        out = np.zeros((len(customers), len(departments)), dtype=bool)
+        ok = (who >= 0) & (what >= 0)
+        out[who[ok], what[ok]] = True
+        return pd.DataFrame(out, index=customers, columns=list(departments))
 
     def transactions(self) -> pd.DataFrame:
         """One row per order: ``customer_key``, ``order_date``, ``value``, ``channel`` (the input of value models)."""

@@ -21,7 +21,8 @@ import pandas as pd
 
 from . import engine
 from .errors import CrmlabError
-from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, profile_of, ref_code_hits, window_hits,
+from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, profile_of, read_parts, ref_code_hits,
+                     window_hits,
                      with_responses, with_window_end)
 
 
@@ -82,11 +83,14 @@ class PartitionedEvents:
         else:
             self.parts = [self.client.submit(read_part, str(self.folder), p, pure=False) for p in range(self.n)]
 
-    def map(self, fn, *args, what: str | None = None) -> list:
-        """``fn(part_events, *args)`` on every part, on the workers; the results in part order. A worker
-        lost on the way costs one more try on parts scattered anew (:func:`crmlab.engine.retry_lost`)."""
+    def map(self, fn, *args, what: str | None = None, each: list | None = None) -> list:
+        """``fn(part_events, [each[i],] *args)`` on every part ``i``, on the workers; the results in part
+        order. A worker lost on the way costs one more try on parts scattered anew (:func:`crmlab.engine.retry_lost`)."""
+        first = [] if each is None else [each]
+
         def run():
-            return self.client.gather(self.client.map(fn, self.parts, *[[a] * self.n for a in args], pure=False))
+            return self.client.gather(self.client.map(fn, self.parts, *first, *[[a] * self.n for a in args],
+                                                      pure=False))
 
         return engine.retry_lost(run, f"{what or getattr(fn, '__name__', 'a function')} on {self.n} parts of the "
                                       "events", again=self.scatter)
@@ -100,13 +104,100 @@ class PartitionedEvents:
         return pd.concat(got).sort_index(kind="stable") if len(got) > 1 else got[0]
 
 
-def features_on(client, ev: CustomerEvents, partition_rows: int, folder=None):
+def on_cluster(client, ev: CustomerEvents, partition_rows: int) -> PartitionedEvents:
+    """``ev`` by parts of the customers on ``client``'s workers: the parts already there for
+    :class:`PartedEvents`, else ``ev`` split and sent (:class:`PartitionedEvents`)."""
+    return ev.parts if isinstance(ev, PartedEvents) else PartitionedEvents(client, ev, partition_rows)
+
+
+def features_on(client, ev: CustomerEvents, partition_rows: int):
     """``features(builder, cutoff)``: ``builder.transform(ev, cutoff)`` here when ``client`` is None, else
-    by the parts of ``ev`` on the cluster (:class:`PartitionedEvents`, split once for all cut-offs, or
-    read by the workers from ``folder``)."""
+    by the parts of ``ev`` on the cluster (:func:`on_cluster`, split once for all cut-offs)."""
     if client is None:
         return lambda builder, cutoff: builder.transform(ev, cutoff)
-    return PartitionedEvents(client, ev, partition_rows, folder).features
+    return on_cluster(client, ev, partition_rows).features
+
+
+def _on_lines(ev: CustomerEvents, fn, *args):
+    return fn(ev.lines, *args) if len(ev.lines) else None
+
+
+def _departments(ev: CustomerEvents, before) -> list:
+    return ev.departments(before)
+
+
+def _buyers(ev: CustomerEvents, before) -> pd.Series:
+    return ev.department_buyers(before)
+
+
+def _bought(ev: CustomerEvents, customers: pd.Index, start, end, departments) -> pd.DataFrame:
+    return ev.bought(customers, start, end, departments)
+
+
+class PartedEvents(CustomerEvents):
+    """The run's events as the workers built them (:func:`build`): orders, contacts and the profile read
+    whole into this process, the order lines left on the workers as parts (:attr:`parts`, read there).
+    What the stages ask of the lines (departments, buyers per department, who bought what in a
+    window) is computed by parts, equal to the whole; code that reads :attr:`lines` itself reads them
+    whole here on first use (reports of small runs, the local fallbacks)."""
+
+    def __init__(self, client, folder):
+        folder = Path(folder)
+        self.folder = folder
+        contacts = folder / "events_contacts"
+        super().__init__(read_parts(folder / "events_orders"), None,
+                         read_parts(contacts) if contacts.is_dir() else None,
+                         read_parts(folder / "events_profile").set_index("customer_key"))
+        self.parts = PartitionedEvents(client, self, 0, folder)
+
+    @property
+    def lines(self) -> pd.DataFrame:
+        if self._lines is None:
+            self._lines = read_parts(self.folder / "events_lines")
+        return self._lines
+
+    @lines.setter
+    def lines(self, value) -> None:
+        self._lines = value
+
+    def __repr__(self) -> str:
+        return f"PartedEvents({len(self.orders):,} orders, lines in {self.parts.n} parts at {self.folder})"
+
+    def features(self, builder, cutoff) -> pd.DataFrame:
+        return self.parts.features(builder, cutoff)
+
+    def map_lines(self, fn, *args) -> list:
+        got = self.parts.map(_on_lines, fn, *args, what=getattr(fn, "__name__", None))
+        return [g for g in got if g is not None]
+
+    def lines_sample(self, customers: int) -> tuple[pd.DataFrame, float]:
+        """The lines of the first parts (customers are spread over the parts by a hash of their key)."""
+        n, total = self.parts.n, len(self.profile)
+        k = n if total <= customers else min(n, math.ceil(n * customers / total))
+        return read_parts(self.folder / "events_lines", k), k / n
+
+    def empty(self) -> CustomerEvents:
+        import pyarrow.parquet as pq
+
+        first = sorted((self.folder / "events_lines").glob("*.parquet"))[0]
+        lines = pq.read_schema(first).empty_table().to_pandas().drop(columns=ROW)
+        return CustomerEvents(self.orders.iloc[:0], lines, None if self.contacts is None else self.contacts.iloc[:0],
+                              self.profile.iloc[:0])
+
+    def departments(self, before=None) -> list:
+        return sorted(set().union(*self.parts.map(_departments, before, what="departments")))
+
+    def department_buyers(self, before) -> pd.Series:
+        got = pd.concat(self.parts.map(_buyers, before, what="buyers per department"))
+        return got.groupby(level=0).sum().rename_axis("department").rename("customer_key")
+
+    def bought(self, customers: pd.Index, start, end, departments) -> pd.DataFrame:
+        part = part_of(customers, self.parts.n)
+        pieces = split_rows(pd.Series(np.arange(len(customers)), index=customers), part, self.parts.n)
+        got = self.parts.map(_bought, start, end, departments, each=[c.index for c in pieces],
+                             what="purchases by department")
+        out = pd.concat(got)
+        return out.iloc[np.argsort(np.concatenate([c.to_numpy() for c in pieces]), kind="stable")]
 
 
 def read_part(folder: str, p: int) -> CustomerEvents:

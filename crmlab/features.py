@@ -46,12 +46,12 @@ class FeatureBuilder(Params):
         if o.empty:
             raise CrmlabError(f"no orders before the cut-off {cutoff:%Y-%m-%d}: nothing to build features from")
         self.channels_ = sorted(o["channel"].dropna().unique().tolist())
-        self.departments_ = sorted(ev.lines.loc[ev.lines["order_date"] < cutoff, "department"].dropna().unique())
+        self.departments_ = ev.departments(cutoff)
         c = ev.contacts
         self.media_ = ([] if c is None else
                        sorted(c.loc[c["contact_date"] < cutoff, "medium"].dropna().unique().tolist()))
         self.categorical_ = ["first_channel", "top_department"]
-        self.feature_names_ = list(self.transform(ev, cutoff).columns)
+        self.feature_names_ = list(self.transform(ev.empty(), cutoff).columns)   # the columns, not the rows
         return self
 
     def transform(self, ev: CustomerEvents, cutoff) -> pd.DataFrame:
@@ -180,7 +180,7 @@ def labels(ev: CustomerEvents, customers: pd.Index, cutoff, horizon_days: int, d
     o = ev.orders[(ev.orders["order_date"] >= cutoff) & (ev.orders["order_date"] < end)]
     y = pd.DataFrame(index=customers)
     y["attrition"] = ~member_of(customers, o["customer_key"])
-    ln = ev.lines[(ev.lines["order_date"] >= cutoff) & (ev.lines["order_date"] < end)]
+    bought = ev.bought(customers, cutoff, end, list(departments))
     for d in departments:
-        y[f"buy_{_slug(d)}"] = member_of(customers, ln.loc[ln["department"] == d, "customer_key"])
+        y[f"buy_{_slug(d)}"] = bought[d].to_numpy()
     return y.astype(np.int8)

@@ -177,7 +177,7 @@ def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None):
     """
     starts = responses.groupby("campaign_id")["contact_date"].min().sort_values()
     builder = builder or FeatureBuilder().fit(ev, starts.iloc[0])
-    features = features or (lambda b, cutoff: b.transform(ev, cutoff))
+    features = features or ev.features
     parts = []
     for camp, start in starts.items():
         c = responses[responses["campaign_id"] == camp]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, engine, events, reuse, reviewer, runs, sources_dask, threads
+from . import config, engine, events, events_dask, reuse, reviewer, runs, sources_dask, threads
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .labels import inline_markdown
@@ -170,17 +170,18 @@ class StageContext:
             self.write_events(ev)
             return ev
 
+        client = engine.client(self.params["engine"])
+        orders = self.artifact_path("events_orders")
+        if orders.is_dir() and client is not None:      # built by the workers: the lines stay there
+            for name in events.ARTIFACTS[1:]:
+                self._read(name)
+            return events_dask.PartedEvents(client, orders.parent)
+
         def table(name):
             if name == "events_contacts" and not self.artifact_path(name).exists():
                 return None                         # the inputs have no contacts (10_identity wrote none)
             return self.read_artifact(name)
         return events.CustomerEvents.from_artifacts(table)
-
-    def event_parts(self) -> Path | None:
-        """The artifacts folder when the run's events are parts split by customer (written by the
-        workers: :func:`crmlab.events_dask.build`), else None."""
-        path = self.artifact_path("events_orders")
-        return path.parent if path.is_dir() else None
 
     def write_events(self, ev: events.CustomerEvents) -> None:
         """Write the run's events, one artifact per table (see :data:`crmlab.events.ARTIFACTS`)."""

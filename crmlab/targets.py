@@ -52,21 +52,16 @@ def _rows(n: int, P: dict) -> str:
 def purchase_departments(ev, P: dict, before) -> list[str]:
     """The departments with purchase targets: from params, else the most bought before ``before``."""
     if P["departments"]:
-        known = set(ev.lines["department"].dropna())
+        known = set(ev.departments())
         unknown = [d for d in P["departments"] if d not in known]
         if unknown:
             raise CrmlabError(f"propensity.departments: unknown department(s) {unknown}; known: {sorted(known)}")
         return list(P["departments"])
-    ln = ev.lines[ev.lines["order_date"] < before]
-    return ln.groupby("department")["customer_key"].nunique().nlargest(P["top_departments"]).index.tolist()
+    return ev.department_buyers(before).nlargest(P["top_departments"]).index.tolist()
 
 
 def _training_builder(ev, cut: dict):
     return FeatureBuilder().fit(ev, cut["train"])
-
-
-def _local_features(ev):
-    return lambda fb, cutoff: fb.transform(ev, cutoff)
 
 
 def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tuple[dict, "FeatureBuilder", dict]:
@@ -80,7 +75,7 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
     cut-offs). ``features(builder, cutoff)``: how features are computed (default ``builder.transform(ev,
     cutoff)``; :meth:`crmlab.events_dask.PartitionedEvents.features` on a Dask cluster, the same frames).
     """
-    features = features or _local_features(ev)
+    features = features or ev.features
     cut = cutoffs(ev.last_date, P["horizon_days"])
     depts = purchase_departments(ev, P, cut["valid"])
     fb_train = _training_builder(ev, cut)
@@ -181,8 +176,8 @@ def refit_as(result: TargetResult, ev, cut: dict, P: dict, kind: str, seed: int 
     """The holdout model of ``result`` fitted again as another model ``kind`` (same features and labels)."""
     if result.name == "response":
         raise CrmlabError("refit_as covers customer-level targets (attrition, buy_*), not campaign response")
-    X_tr = _training_builder(ev, cut).transform(ev, cut["train"])
+    X_tr = ev.features(_training_builder(ev, cut), cut["train"])
     depts = [result.name[4:]] if result.name.startswith("buy_") else []
     y = labels(ev, X_tr.index, cut["train"], P["horizon_days"],
-               [d for d in ev.lines["department"].dropna().unique() if _slug(d) in depts])
+               [d for d in ev.departments() if _slug(d) in depts])
     return _model({**P, "model": kind}, seed).fit(X_tr[result.holdout_X.columns], y[result.name])

@@ -263,7 +263,7 @@ def test_decisions_by_parts_equal_the_whole(cluster, world):
     cutoff = ev.last_date - pd.Timedelta(days=30)
     args = (segments, value_t, propensity, recs, products, D, cutoff, set(keys[::50]), set(items[:4]), 3)
     want = decisions.decide_tables(ev, *args)
-    got = decisions_dask.decide_by_parts(cluster.client, len(ev.lines) // 9 + 1, ev, None, *args)
+    got = decisions_dask.decide_by_parts(cluster.client, len(ev.lines) // 9 + 1, ev, *args)
     assert len(want[0]) == n and len(want[1]) > 2 * n and len(want[2]) > 100
     assert want[0]["contact"].any() and want[0]["control"].any() and want[0]["preferred_medium"].nunique() > 1
     for w, g in zip(want, got):
@@ -564,6 +564,50 @@ def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world,
             pd.testing.assert_frame_equal(mine.artifacts()[name], df, check_exact=True, obj=f"{name} part {p}")
 
 
+class _NoLines(events_dask.PartedEvents):
+    """Parted events that fail when anything reads the order lines whole."""
+
+    @property
+    def lines(self):
+        raise AssertionError("the order lines were read whole into this process")
+
+    @lines.setter
+    def lines(self, value):
+        pass
+
+
+def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, parted_world, tmp_path):
+    """Departments, buyers per department, purchases in a window (customers in a shuffled order),
+    feature builders, the propensity targets fitted and evaluated (labels and features by parts) and
+    the uplift inputs: equal to the local events', without the order lines ever read whole here."""
+    from crmlab import sources_dask
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    km = _key_map(src, parted_world)
+    want = CustomerEvents.from_sources(src, km)
+    events_dask.build(cluster.client, src.part_files(), km, 4, tmp_path / "ev")
+    got = _NoLines(cluster.client, tmp_path / "ev")
+    P = config.load(CI)["propensity"]
+    cut = targets.cutoffs(want.last_date, P["horizon_days"])
+    assert got.departments() == want.departments() and got.departments(cut["train"]) == want.departments(cut["train"])
+    pd.testing.assert_series_equal(got.department_buyers(cut["valid"]), want.department_buyers(cut["valid"]))
+    who = want.profile.index[np.random.default_rng(0).permutation(len(want.profile))][:2500]
+    depts = want.departments()[:4]
+    pd.testing.assert_frame_equal(got.bought(who, cut["train"], cut["valid"], depts),
+                                  want.bought(who, cut["train"], cut["valid"], depts))
+    assert FeatureBuilder().fit(got, cut["train"]).feature_names_ == FeatureBuilder().fit(want, cut["train"]).feature_names_
+    mine, fb_mine, _ = targets.fit_targets(got, P, seed=1, progress=lambda s: None,
+                                           features=events_dask.features_on(cluster.client, got, 0))
+    local, fb_local, _ = targets.fit_targets(want, P, seed=1, progress=lambda s: None)
+    assert list(mine) == list(local) and len(mine) >= 3
+    for t in local:
+        pd.testing.assert_frame_equal(mine[t].holdout_X, local[t].holdout_X, check_exact=True, obj=t)
+        np.testing.assert_array_equal(mine[t].holdout_y, local[t].holdout_y)
+        np.testing.assert_array_equal(mine[t].holdout_p, local[t].holdout_p)
+    X_m = measure.campaign_features(got, want.contacts, features=events_dask.features_on(cluster.client, got, 0))[0]
+    pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
+
+
 def test_events_name_records_missing_from_the_key_map(cluster, parted_world, tmp_path):
     """Orders of records the key map lacks: the local error, count and first records."""
     from crmlab import sources_dask
@@ -582,8 +626,6 @@ def test_events_name_records_missing_from_the_key_map(cluster, parted_world, tmp
 def _sql_world(world: Path, engine, schema=None, duplicate: bool = False) -> None:
     """``world``'s tables in a database; in every customer table the first 800 records lack e-mail and
     birth date (a whole part of NULLs), with a duplicate order id planted far from its twin on request."""
-    import sqlalchemy  # noqa: F401  (to_sql needs it)
-
     for f in world.glob("*.parquet"):
         df = pd.read_parquet(f)
         if f.stem.startswith("customers_"):

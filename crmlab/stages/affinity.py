@@ -9,11 +9,16 @@ from .. import affinity, affinity_dask, engine
 from ..errors import CrmlabError
 
 
+#: Customers whose lines the report's evaluation reads at least, where the events are parts.
+EVAL_SAMPLE = 200_000
+
+
 @dataclass
 class AffinityResult:
     """What stage 20 decided, for its report: order baskets of products and at ``level``, rules at
     ``level`` (with guards), the recommender and its recommendations; ``names``: product names (None
-    when rules are on a rolled-up level)."""
+    when rules are on a rolled-up level); ``lines``: the order lines the report's evaluation reads,
+    those of ``lines_share`` of the customers (a sample where the events are parts on a Dask cluster)."""
 
     products: pd.DataFrame
     lines: pd.DataFrame
@@ -25,6 +30,7 @@ class AffinityResult:
     rules: pd.DataFrame
     recommender: affinity.ItemRecommender
     recommendations: pd.DataFrame
+    lines_share: float = 1.0
 
 
 def run_affinity(ctx) -> AffinityResult:
@@ -34,10 +40,13 @@ def run_affinity(ctx) -> AffinityResult:
     P = ctx.params["affinity"]
     products = ctx.sources()["products"]
     names = products.set_index("product_id")["product_name"]
-    lines = ctx.events().lines
+    ev = ctx.events()
+
+    def baskets_of(by):                     # by parts of the customers where the lines are parts: the same
+        return affinity.Baskets.concat(ev.map_lines(affinity.Baskets.from_frame, by, "product_id", products["product_id"]))
     sensitive = affinity.sensitive_items(products, P["sensitive_categories"])
     level = {"product": "product_id", "category": "category", "department": "department"}[P["level"]]
-    product_baskets = baskets = affinity.Baskets.from_frame(lines, "order_id", "product_id", items=products["product_id"])
+    product_baskets = baskets = baskets_of("order_id")
     if level != "product_id":
         baskets = baskets.roll_up(products.set_index("product_id")[level])
         names = None
@@ -46,7 +55,7 @@ def run_affinity(ctx) -> AffinityResult:
         client, b, support, max_len, partition_baskets=rows))          # Dask: by parts, the same itemsets
     rules = affinity.mine_rules(baskets, P, sensitive if level == "product_id" else (), names, itemsets=mine)
     ctx.write_artifact("affinity_rules", rules.drop(columns=["representativity"]))
-    customer_baskets = affinity.Baskets.from_frame(lines, "customer_key", "product_id", items=products["product_id"])
+    customer_baskets = baskets_of("customer_key")
     recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"], neighbours=P["neighbours"])
     if client is None:
         recs = recommender.fit(customer_baskets).recommend(customer_baskets, exclude_items=sensitive)
@@ -58,4 +67,6 @@ def run_affinity(ctx) -> AffinityResult:
     if recs["product_id"].isin(sensitive).any():            # the guard is the contract: never publish one
         raise CrmlabError("a sensitive product was recommended: the recommender ignored its exclusions")
     ctx.write_artifact("customer_recommendations", recs)
-    return AffinityResult(products, lines, sensitive, level, product_baskets, baskets, names, rules, recommender, recs)
+    lines, share = ev.lines_sample(EVAL_SAMPLE)
+    return AffinityResult(products, lines, sensitive, level, product_baskets, baskets, names, rules, recommender, recs,
+                          share)

@@ -59,5 +59,4 @@ def uplift_inputs(ctx, r: MeasureResult):
     customers on the cluster (the same frames)."""
     E = ctx.params["engine"]
     return measure.campaign_features(r.events, r.responses,
-                                     features=events_dask.features_on(engine.client(E), r.events, E["partition_rows"],
-                                                                       ctx.event_parts()))
+                                     features=events_dask.features_on(engine.client(E), r.events, E["partition_rows"]))

@@ -37,8 +37,7 @@ def run_propensity(ctx) -> PropensityResult:
     ``customer_propensity`` and, after a refit, the models."""
     P, E = ctx.params["propensity"], ctx.params["engine"]
     ev = ctx.events()
-    # Dask: by parts of the customers (read by the workers where 10_identity wrote them so), the same frames
-    features = events_dask.features_on(engine.client(E), ev, E["partition_rows"], ctx.event_parts())
+    features = events_dask.features_on(engine.client(E), ev, E["partition_rows"])   # Dask: by parts, same frames
     cut = targets.cutoffs(ev.last_date, P["horizon_days"])
     results, check, n_check = None, None, 0
     if P["models"] is None:

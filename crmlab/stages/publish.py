@@ -49,7 +49,6 @@ def run_publish(ctx) -> PublishResult:
         scores, offers, recent = decisions.decide_tables(ev, *inputs)
     else:                                           # by parts of the customers on the cluster: the same tables
         scores, offers, recent = decisions_dask.decide_by_parts(client, ctx.params["engine"]["partition_rows"], ev,
-                                                                ctx.event_parts(),
                                                                 *inputs)
     leak = int(scores["next_best_offer"].isin(guarded).sum())
     if leak:

@@ -41,8 +41,7 @@ def run_segments(ctx) -> SegmentsResult:
     value = ctx.read_artifact("customer_value")
     risk = ctx.read_artifact("customer_propensity")
     E = ctx.params["engine"]
-    features = events_dask.features_on(engine.client(E), ev, E["partition_rows"], ctx.event_parts())
-    X_all = features(FeatureBuilder().fit(ev, cutoff), cutoff)
+    X_all = events_dask.features_on(engine.client(E), ev, E["partition_rows"])(FeatureBuilder().fit(ev, cutoff), cutoff)
     grid = segments.value_risk_grid(value, risk, value_quantiles=S["value_quantiles"], risk_quantiles=S["risk_quantiles"])
     X = X_all[segments.select_features(X_all.columns, S["features"])]
     if S["model"] is None:
