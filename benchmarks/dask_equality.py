@@ -68,10 +68,19 @@ def main() -> None:
         finally:
             if a.postgres:
                 _drop_schemas(a.postgres, [f"crmlab_eq_{m}{s}" for m in ("local", "dask") for s in ("", "_identity")])
-        secs = {m: {s["name"]: s.get("seconds") for s in json.loads((r / "manifest.json").read_text())["stages"]}
-                for m, r in runs.items()}
-        lines.append(f"{'stage':16s} {'local s':>8s} {'dask s':>8s}")
-        lines += [f"{s:16s} {secs['local'].get(s, 0):8.1f} {secs['dask'].get(s, 0):8.1f}" for s in ["load_sources", *STAGES]]
+        st = {m: {s["name"]: s for s in json.loads((r / "manifest.json").read_text())["stages"]} for m, r in runs.items()}
+
+        def of(mode, stage, key, scale=1.0):
+            got = st[mode].get(stage, {})
+            got = got.get("dask", {}).get(key) if key in ("workers_peak_mb", "spilled_bytes") else got.get(key)
+            return float("nan") if got is None else got / scale
+
+        lines.append(f"{'stage':16s} {'local s':>8s} {'dask s':>8s} {'local MB':>9s} {'dask MB':>8s} {'workers MB':>10s} "
+                     f"{'spilled MB':>10s}   (MB: peak memory of the stage's process, of the busiest worker)")
+        lines += [f"{s:16s} {of('local', s, 'seconds'):8.1f} {of('dask', s, 'seconds'):8.1f} "
+                  f"{of('local', s, 'peak_rss_mb'):9,.0f} {of('dask', s, 'peak_rss_mb'):8,.0f} "
+                  f"{of('dask', s, 'workers_peak_mb'):10,.0f} {of('dask', s, 'spilled_bytes', 2**20):10,.0f}"
+                  for s in ["load_sources", *STAGES]]
         src = {m: Sources.read_artifacts(r / "artifacts" / "sources") for m, r in runs.items()}
         lines += [f"sources {n}: {len(src['dask'][n]):,} rows, equal bit for bit: {src['dask'][n].equals(src['local'][n])}"
                   for n in src["local"].tables]

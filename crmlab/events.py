@@ -233,6 +233,9 @@ class CustomerEvents:
     contacts: pd.DataFrame | None
     profile: pd.DataFrame
 
+    #: The events' parts on a Dask cluster where they were built there (:class:`crmlab.events_dask.PartedEvents`).
+    parts = None
+
     @classmethod
     def from_sources(cls, src, key_map: pd.DataFrame | None = None) -> "CustomerEvents":
         """Key every order, line and contact of validated sources ``src`` with ``key_map``."""
@@ -314,4 +317,4 @@ class CustomerEvents:
     def from_artifacts(cls, read) -> "CustomerEvents":
         """Rebuild from :meth:`artifacts` through ``read(name) -> DataFrame | None``."""
         orders, lines, contacts, profile = (read(name) for name in ARTIFACTS)
-        return cls(orders, lines, contacts, profile if "customer_key" not in profile else profile.set_index("customer_key"))
+        return cls(orders, lines, contacts, profile.set_index("customer_key"))

@@ -7,8 +7,11 @@ table), each table in its input order, and keeps the parts on the workers. Per-c
 the same rows in the same order as on the whole table, so the features are the local ones bit for bit,
 in the local row order once the parts are put back together by customer key.
 
-The events are also still held by the stage's process (the sources are not read by the workers yet):
-on one machine Dask mode holds them twice. ``dask`` is imported inside the functions.
+Where the sources were read by the workers, the events are built there too (:func:`build`: the key
+map joined to the source records, lines to their orders, responses to the contacts, in hash buckets,
+then cut by customer) and written as parts; the stages get :class:`PartedEvents`, whose order lines
+stay on the workers. Otherwise the stage's process splits its events and sends the parts. ``dask`` is
+imported by the caller (the client is given).
 """
 from __future__ import annotations
 
@@ -21,9 +24,8 @@ import pandas as pd
 
 from . import engine
 from .errors import CrmlabError
-from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, profile_of, read_parts, ref_code_hits,
-                     window_hits,
-                     with_responses, with_window_end)
+from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, keyed_lines, profile_of, read_parts,
+                     ref_code_hits, window_hits, with_responses, with_window_end)
 
 
 def part_of(keys, n: int) -> np.ndarray:
@@ -107,7 +109,7 @@ class PartitionedEvents:
 def on_cluster(client, ev: CustomerEvents, partition_rows: int) -> PartitionedEvents:
     """``ev`` by parts of the customers on ``client``'s workers: the parts already there for
     :class:`PartedEvents`, else ``ev`` split and sent (:class:`PartitionedEvents`)."""
-    return ev.parts if isinstance(ev, PartedEvents) else PartitionedEvents(client, ev, partition_rows)
+    return ev.parts if ev.parts is not None else PartitionedEvents(client, ev, partition_rows)
 
 
 def features_on(client, ev: CustomerEvents, partition_rows: int):
@@ -224,22 +226,14 @@ def parts_for(rows: int, partition_rows: int) -> int:
 _SOURCE = ["source_system", "source_id"]
 
 
-def _numbered(path: str, offset: int, columns: list | None = None) -> pd.DataFrame:
-    df = pd.read_parquet(path, columns=columns)
-    return df.assign(**{ROW: np.arange(offset, offset + len(df), dtype=np.int64)})
-
-
 def _by_columns(df: pd.DataFrame, cols: list, n: int) -> list[pd.DataFrame]:
     return split_rows(df, hash_buckets(df, cols, n), n)
 
 
-def _read_split(path: str, offset: int, cols: list, n: int, department=None) -> list[pd.DataFrame]:
-    """A sources part, its rows numbered from ``offset``, cut into ``n`` buckets by a hash of ``cols``;
-    order lines get their product's department and value first (:func:`crmlab.events.keyed_lines`)."""
-    df = _numbered(path, offset)
-    if department is not None:
-        df = df.assign(department=df["product_id"].map(department).to_numpy(),
-                       value=(df["quantity"] * df["unit_price"]).to_numpy())
+def _read_split(path: str, offset: int, cols: list, n: int) -> list[pd.DataFrame]:
+    """A sources part, its rows numbered from ``offset``, cut into ``n`` buckets by a hash of ``cols``."""
+    df = pd.read_parquet(path)
+    df[ROW] = np.arange(offset, offset + len(df), dtype=np.int64)
     return _by_columns(df, cols, n)
 
 
@@ -291,15 +285,15 @@ def _missing(got: dict) -> tuple:
     return got["missing"], got["shown"]
 
 
-def _valued(n: int, n_orders: int, codes: int, *pieces) -> tuple[list, list, list | None]:
-    """One bucket of order ids: the orders' ``value`` from their lines, the lines keyed with their
-    order's customer and date; both cut by customer part (``n`` parts), and the orders quoting a
-    reference code cut into ``codes`` buckets by its hash (None without codes)."""
+def _valued(n: int, n_orders: int, codes: int, department, *pieces) -> tuple[list, list, list | None]:
+    """One bucket of order ids: the lines keyed with their order's customer and date
+    (:func:`~crmlab.events.keyed_lines`), the orders' ``value`` summed from them; both cut by customer
+    part (``n`` parts), and the orders quoting a reference code cut into ``codes`` buckets by its hash
+    (None without codes)."""
     orders = pd.concat(pieces[:n_orders], ignore_index=True)
-    lines = _in_order(pieces[n_orders:])
+    lines = keyed_lines(_in_order(pieces[n_orders:]), department, orders)
     v = lines["value"].groupby(lines["order_id"]).sum()
     orders = orders.assign(value=orders["order_id"].map(v).fillna(0.0).to_numpy())
-    lines = lines.merge(orders[["order_id", "customer_key", "order_date"]], on="order_id")
     quoting = _by_code(orders, codes, ["order_id", "customer_key", "order_date", "value", "ref_code", ROW]) if codes else None
     return _by_customer(orders, n), _by_customer(lines, n), quoting
 
@@ -387,7 +381,7 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
     missing from the key map raise the local error. Returns the rows written per artifact."""
     out = Path(out)
     offsets = {t: _offsets(ps) for t, ps in parts.items()}
-    b = max(1, min(64, max(len(ps) for ps in parts.values())))
+    b = max(1, min(64, max(n, *(len(ps) for ps in parts.values()))))     # buckets of each join
     products = pd.concat([pd.read_parquet(p, columns=["product_id", "department"]) for p in parts["products"]])
     contacts = "contacts" in parts and "campaigns" in parts
     codes = b if contacts and "ref_code" in _columns(parts["contacts"][0]) and "ref_code" in _columns(
@@ -419,9 +413,10 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
 
     def run():
         orders = [client.submit(_orders_by_id, g, b) for g in keyed("orders", "orders")]
-        lines = [client.submit(_read_split, str(p), off, ["order_id"], b, held["dept"], pure=False)
+        lines = [client.submit(_read_split, str(p), off, ["order_id"], b, pure=False)
                  for p, off in zip(parts["order_lines"], offsets["order_lines"])]
-        valued = [client.submit(_valued, n, len(orders), codes, *piece(orders, i), *piece(lines, i)) for i in range(b)]
+        valued = [client.submit(_valued, n, len(orders), codes, held["dept"], *piece(orders, i), *piece(lines, i))
+                  for i in range(b)]
         cuts = [piece(valued, 0), piece(valued, 1)]
         c_cut, hit_cut, used_cut = [], [], []
         if contacts:

@@ -34,14 +34,34 @@ def _pack(e: SourceError) -> tuple:
     return (e.table, e.column, e.problem, e.rows, e.path, e.n_bad)
 
 
-def _facts(path: str, table: str, kind: str) -> dict:
-    """Pass 1 on a worker: rows, columns and the id columns' :func:`crmlab.sources.id_facts` of a part."""
+def _facts(path: str, table: str, kind: str, folder: str | None) -> dict:
+    """Pass 1 on a worker: rows and the id columns' :func:`crmlab.sources.id_facts` of a part (of a
+    Parquet part only its metadata and id columns are read); a part of ``folder`` that cannot be read
+    is said as the local load says it of the folder."""
+    wanted = [c.name for c in S.SCHEMAS[kind]["columns"] if c.kind == "id"]
     try:
-        df = S._read_file(Path(path))
+        df, rows = _id_columns(path, wanted)
     except S.SourcesInvalid as exc:
-        return {"rows": 0, "columns": [], "ids": {}, "errors": [_pack(e) for e in exc.errors]}
-    ids = {c.name: S.id_facts(df[c.name]) for c in S.SCHEMAS[kind]["columns"] if c.kind == "id" and c.name in df}
-    return {"rows": len(df), "columns": list(df.columns), "ids": ids, "errors": []}
+        if folder is not None:
+            why = exc.errors[0].problem.replace("cannot be read: ", "a part cannot be read: ", 1)
+            return {"rows": 0, "ids": {}, "errors": [(table, None, why, None, folder, None)]}
+        return {"rows": 0, "ids": {}, "errors": [_pack(e) for e in exc.errors]}
+    return {"rows": rows, "ids": {c: S.id_facts(df[c]) for c in wanted if c in df}, "errors": []}
+
+
+def _id_columns(path: str, wanted: list) -> tuple[pd.DataFrame, int]:
+    """A part's ``wanted`` columns (those it has) and its rows: of a Parquet part from its metadata and
+    those columns; anything else (or a part that cannot be read so) read as the local load reads it."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        try:
+            meta = pq.ParquetFile(path)
+            have = [c for c in wanted if c in meta.schema_arrow.names]
+            return pd.read_parquet(path, columns=have), meta.metadata.num_rows
+        except (OSError, ValueError):
+            pass                                        # the local load's message, below
+    df = S._read_file(Path(path))
+    return df, len(df)
 
 
 def _typed(path: str, table: str, kind: str, where: str, offset: int, ids: dict, as_of, out: str, keep: list) -> dict:
@@ -168,15 +188,16 @@ def load(client, folder, out, systems: list[str] | None = None, as_of=None,
     tables = {n: _Table(n, files[n], (origin or {}).get(n)) for n in order}
 
     # pass 1: rows and id facts per part
-    facts = {n: client.gather([client.submit(_facts, str(p), n, t.kind, pure=False) for p in t.parts])
+    facts = {n: client.gather([client.submit(_facts, str(p), n, t.kind, str(t.path) if t.path.is_dir() else None,
+                                             pure=False) for p in t.parts])
              for n, t in tables.items()}
     rows, offsets, ids = {}, {}, {}
     for n, t in tables.items():
         counts = [f["rows"] for f in facts[n]]
         rows[n] = sum(counts)
         offsets[n] = np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist()
-        for f in facts[n]:
-            errors += [SourceError(*e) for e in f["errors"]]
+        said = [SourceError(*e) for f in facts[n] for e in f["errors"]]
+        errors += said[:1] if t.path.is_dir() else said     # the local load stops at a folder's first bad part
         id_cols = {c for f in facts[n] for c in f["ids"]}
         ids[n] = {c: S.id_numeric([f["ids"][c] for f in facts[n] if c in f["ids"]]) for c in id_cols}
     if errors:                                          # a part that cannot be read, a table missing

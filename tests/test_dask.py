@@ -510,6 +510,24 @@ def test_cross_part_keys_found_by_buckets(cluster, parted_world, tmp_path):
         assert (g.column, g.path, g.n_bad, str(g)) == (e.column, e.path, e.n_bad, str(e))
 
 
+def test_a_part_that_cannot_be_read_is_said_as_locally(cluster, parted_world, tmp_path):
+    """Two parts of the order lines are not Parquet: the local message (the folder, its first bad part),
+    though the workers read only the parts' metadata and id columns first."""
+    from crmlab import sources_dask
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(parted_world, bad)
+    lines = sorted((bad / "order_lines").glob("*.parquet"))
+    for k in (2, 4):
+        lines[k].write_bytes(b"not parquet at all" * 10)
+    with pytest.raises(sources.SourcesInvalid) as local:
+        sources.load(bad, as_of=AS_OF)
+    with pytest.raises(sources.SourcesInvalid) as by_parts:
+        sources_dask.load(cluster.client, bad, tmp_path / "out", as_of=AS_OF)
+    assert str(by_parts.value) == str(local.value) and "a part cannot be read" in str(local.value)
+
+
 # --- #18: the events built by the workers from the sources' parts
 def _key_map(src, world) -> pd.DataFrame:
     """The planted customers as the key map (records of one person in several systems share a key)."""

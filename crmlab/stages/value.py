@@ -42,7 +42,7 @@ def run_value(ctx) -> ValueResult:
     client = engine.client(ctx.params["engine"])
     if client is not None:
         rfm, model, spend, table, said = engine.retry_lost(lambda: value_dask.fit_value(
-            client, tx, P, observation_end, ctx.params["engine"]["partition_rows"]), "customer value")
+            client, tx, P, observation_end, ctx.params["engine"]["partition_rows"], ev.parts), "customer value")
     else:
         rfm = rfm_at(tx, P, observation_end)
         with warnings.catch_warnings(record=True) as caught:
