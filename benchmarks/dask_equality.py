@@ -37,10 +37,12 @@ def main() -> None:
     ap.add_argument("--partition-rows", type=int, default=1_000_000)
     ap.add_argument("--postgres", help="publish to this PostgreSQL server (a schema per run) instead of SQLite")
     ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--modes", default="local,dask",
+                    help="the runs to make: local,dask (compared) or one of them (timings and memory only)")
     ap.add_argument("--out")
     a = ap.parse_args()
     lines = [f"# python benchmarks/dask_equality.py --customers {a.customers} --workers {a.workers} "
-             f"--partition-rows {a.partition_rows}" + (f" --postgres ... --writers {a.writers}" if a.postgres else ""),
+             f"--partition-rows {a.partition_rows} --modes {a.modes}" + (f" --postgres ... --writers {a.writers}" if a.postgres else ""),
              f"# {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; stages {', '.join(STAGES)} of "
              "params/default.yaml; local mode, then engine.kind: dask on a LocalCluster started for the run"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +58,8 @@ def main() -> None:
         try:
             for mode, extra in (("local", []), ("dask", ["engine.kind=dask", f"engine.workers={a.workers}",
                                                           f"engine.partition_rows={a.partition_rows}"])):
+                if mode not in a.modes.split(","):
+                    continue
                 if a.postgres:
                     schemas[mode] = _schema(a.postgres, f"crmlab_eq_{mode}")
                     extra = extra + [f"publish.url={schemas[mode]}", f"publish.identity_schema=crmlab_eq_{mode}_identity",
@@ -64,14 +68,14 @@ def main() -> None:
                 runs[mode] = pipeline.run(ROOT / "params" / "default.yaml", base + extra, quiet=True)
                 lines.append(f"# {mode}: {time.perf_counter() - t0:.0f} s")
                 print(lines[-1], flush=True)
-            published = _published(runs, schemas)
+            published = _published(runs, schemas) if len(runs) == 2 else []
         finally:
             if a.postgres:
                 _drop_schemas(a.postgres, [f"crmlab_eq_{m}{s}" for m in ("local", "dask") for s in ("", "_identity")])
         st = {m: {s["name"]: s for s in json.loads((r / "manifest.json").read_text())["stages"]} for m, r in runs.items()}
 
         def of(mode, stage, key, scale=1.0):
-            got = st[mode].get(stage, {})
+            got = st.get(mode, {}).get(stage, {})
             got = got.get("dask", {}).get(key) if key in ("workers_peak_mb", "spilled_bytes") else got.get(key)
             return float("nan") if got is None else got / scale
 
@@ -81,10 +85,12 @@ def main() -> None:
                   f"{of('local', s, 'peak_rss_mb'):9,.0f} {of('dask', s, 'peak_rss_mb'):8,.0f} "
                   f"{of('dask', s, 'workers_peak_mb'):10,.0f} {of('dask', s, 'spilled_bytes', 2**20):10,.0f}"
                   for s in ["load_sources", *STAGES]]
+        if len(runs) < 2:
+            runs = {}                                          # one mode: nothing to compare
         src = {m: Sources.read_artifacts(r / "artifacts" / "sources") for m, r in runs.items()}
         lines += [f"sources {n}: {len(src['dask'][n]):,} rows, equal bit for bit: {src['dask'][n].equals(src['local'][n])}"
-                  for n in src["local"].tables]
-        for name in TABLES:
+                  for n in (src["local"].tables if src else [])]
+        for name in TABLES if runs else []:
             want = pd.read_parquet(runs["local"] / "artifacts" / f"{name}.parquet")
             got = pd.read_parquet(runs["dask"] / "artifacts" / f"{name}.parquet")
             lines.append(f"{name}: {len(got):,} rows, equal bit for bit: {got.equals(want)}")

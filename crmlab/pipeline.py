@@ -489,11 +489,14 @@ def _running_cell(notebook: Path) -> str | None:
 
 class StageMonitor(threading.Thread):
     """While a stage runs: samples its kernel's peak memory every ``sample_s`` and, every
-    ``heartbeat_s``, says which cell is running and for how long (long stages are never silent)."""
+    ``heartbeat_s``, says which cell is running and for how long (long stages are never silent).
+    ``exclude``: child processes that are not the stage's (the Dask workers of a LocalCluster)."""
 
-    def __init__(self, name: str, notebook: Path, say, sample_s: float = 1.0, heartbeat_s: float = 60.0):
+    def __init__(self, name: str, notebook: Path, say, sample_s: float = 1.0, heartbeat_s: float = 60.0,
+                 exclude: set | None = None):
         super().__init__(daemon=True)
         self.name_, self.notebook, self.say = name, notebook, say
+        self.exclude = exclude or set()
         self.sample_s, self.heartbeat_s = sample_s, heartbeat_s
         self.peak_mb: float | None = None
         self._done = threading.Event()
@@ -502,7 +505,7 @@ class StageMonitor(threading.Thread):
     def run(self) -> None:
         last = self._t0
         while not self._done.wait(self.sample_s):
-            for pid in _children(os.getpid()):
+            for pid in set(_children(os.getpid())) - self.exclude:
                 mb = _peak_rss_mb(pid)
                 if mb is not None and (self.peak_mb is None or mb > self.peak_mb):
                     self.peak_mb = mb
@@ -821,7 +824,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             if why:
                 say(f"      not reused: {'; '.join(why)}")
             error = None
-            monitor = StageMonitor(name, out_nb, say)
+            monitor = StageMonitor(name, out_nb, say, exclude=None if cluster is None else cluster.pids())
             monitor.start()
             os.environ["CRMLAB_STAGE"] = name                 # the kernel records what it reads (crmlab.reuse)
             km = kernels.take(name)

@@ -277,18 +277,28 @@ def read_raw(folder: str | Path | None = None, url: str | None = None, schema: s
         import sqlalchemy as sa
         engine = sa.create_engine(url)
         try:
-            names = sa.inspect(engine).get_table_names(schema=schema)
-            wanted = [n for n in names if n in SCHEMAS or n.startswith("customers_")]
-            for n in wanted:
+            for n in sql_tables(engine, schema):
                 with engine.connect() as conn:
                     tables[n] = pd.read_sql_table(n, conn, schema=schema)
-                origin[n] = f"{engine.url.render_as_string(hide_password=True)} table {n}"
+                origin[n] = sql_origin(engine, n)
         finally:
             engine.dispose()
     else:
         for name, p in input_files(folder).items():
             tables[name], origin[name] = _read_file(p), str(p)
     return only_systems(tables, systems, url or folder), origin
+
+
+def sql_tables(engine, schema: str | None) -> list[str]:
+    """The input tables a database holds (SQLAlchemy ``engine``), as :func:`read_raw` reads them."""
+    import sqlalchemy as sa
+
+    return [n for n in sa.inspect(engine).get_table_names(schema=schema) if n in SCHEMAS or n.startswith("customers_")]
+
+
+def sql_origin(engine, name: str) -> str:
+    """How a database table is named as a table's origin (the URL without its password)."""
+    return f"{engine.url.render_as_string(hide_password=True)} table {name}"
 
 
 def only_systems(tables: dict, systems: list[str] | None, where) -> dict:

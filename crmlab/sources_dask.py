@@ -311,10 +311,8 @@ def stage_sql(url: str, schema: str | None, systems: list[str] | None, out, chun
 
     out = Path(out)
     engine = sa.create_engine(url)
-    shown = engine.url.render_as_string(hide_password=True)
     try:
-        names = sa.inspect(engine).get_table_names(schema=schema)
-        wanted = S.only_systems({n: n for n in names if n in S.SCHEMAS or n.startswith("customers_")}, systems, url)
+        wanted = S.only_systems({n: S.sql_origin(engine, n) for n in S.sql_tables(engine, schema)}, systems, url)
         for n in wanted:
             (out / n).mkdir(parents=True, exist_ok=True)
             k = 0
@@ -328,7 +326,7 @@ def stage_sql(url: str, schema: str | None, systems: list[str] | None, out, chun
                 pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).to_parquet(out / n / "part-00000.parquet")
     finally:
         engine.dispose()
-    return {n: f"{shown} table {n}" for n in wanted}
+    return wanted
 
 
 def load_params(client, params: dict, out, fingerprints: dict[str, str] | None = None) -> S.Sources | None:
