@@ -81,6 +81,8 @@ class Baskets:
     def concat(cls, parts: list["Baskets"]) -> "Baskets":
         """Baskets with disjoint ids over the same items as one, in id order: what :meth:`from_frame`
         makes of all their rows (baskets of the customers' parts of the events, say)."""
+        if not parts:
+            raise CrmlabError("baskets: no baskets (empty input)")
         if len(parts) == 1:
             return parts[0]
         lens = np.concatenate([np.diff(p.indptr) for p in parts])

@@ -115,9 +115,7 @@ def on_cluster(client, ev: CustomerEvents, partition_rows: int) -> PartitionedEv
 def features_on(client, ev: CustomerEvents, partition_rows: int):
     """``features(builder, cutoff)``: ``builder.transform(ev, cutoff)`` here when ``client`` is None, else
     by the parts of ``ev`` on the cluster (:func:`on_cluster`, split once for all cut-offs)."""
-    if client is None:
-        return lambda builder, cutoff: builder.transform(ev, cutoff)
-    return on_cluster(client, ev, partition_rows).features
+    return ev.features if client is None else on_cluster(client, ev, partition_rows).features
 
 
 def _on_lines(ev: CustomerEvents, fn, *args):

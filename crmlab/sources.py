@@ -207,14 +207,20 @@ def _parts(path: Path) -> list[Path]:
     return sorted(path.glob("*.parquet"))
 
 
+def read_part(part: Path, folder: Path) -> pd.DataFrame:
+    """One Parquet part of the partitioned table ``folder``; one that cannot be read is a problem of the
+    folder's table."""
+    try:
+        return pd.read_parquet(part)
+    except (OSError, ValueError) as exc:
+        raise SourcesInvalid([SourceError(folder.name, None, f"a part cannot be read: {str(exc).splitlines()[0]}",
+                                          path=str(folder))]) from None
+
+
 def _read_file(path: Path) -> pd.DataFrame:
     table = path.name.split(".")[0]
     if path.is_dir():                              # partitioned: its parts in name order, one table
-        try:
-            return pd.concat([pd.read_parquet(p) for p in _parts(path)], ignore_index=True)
-        except (OSError, ValueError) as exc:
-            raise SourcesInvalid([SourceError(table, None, f"a part cannot be read: {str(exc).splitlines()[0]}",
-                                              path=str(path))]) from None
+        return pd.concat([read_part(p, path) for p in _parts(path)], ignore_index=True)
     if path.stat().st_size == 0:
         raise SourcesInvalid([SourceError(table, None, "the file is empty (0 bytes): expected a header row and "
                                           "data", path=str(path))])

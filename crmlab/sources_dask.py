@@ -40,18 +40,16 @@ def _facts(path: str, table: str, kind: str, folder: str | None) -> dict:
     is said as the local load says it of the folder."""
     wanted = [c.name for c in S.SCHEMAS[kind]["columns"] if c.kind == "id"]
     try:
-        df, rows = _id_columns(path, wanted)
+        df, rows = _id_columns(path, wanted, folder)
     except S.SourcesInvalid as exc:
-        if folder is not None:
-            why = exc.errors[0].problem.replace("cannot be read: ", "a part cannot be read: ", 1)
-            return {"rows": 0, "ids": {}, "errors": [(table, None, why, None, folder, None)]}
         return {"rows": 0, "ids": {}, "errors": [_pack(e) for e in exc.errors]}
     return {"rows": rows, "ids": {c: S.id_facts(df[c]) for c in wanted if c in df}, "errors": []}
 
 
-def _id_columns(path: str, wanted: list) -> tuple[pd.DataFrame, int]:
+def _id_columns(path: str, wanted: list, folder: str | None) -> tuple[pd.DataFrame, int]:
     """A part's ``wanted`` columns (those it has) and its rows: of a Parquet part from its metadata and
-    those columns; anything else (or a part that cannot be read so) read as the local load reads it."""
+    those columns; anything else (or a part that cannot be read so) read as the local load reads it
+    (a part of ``folder`` as a part of that table)."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
         try:
@@ -60,7 +58,7 @@ def _id_columns(path: str, wanted: list) -> tuple[pd.DataFrame, int]:
             return pd.read_parquet(path, columns=have), meta.metadata.num_rows
         except (OSError, ValueError):
             pass                                        # the local load's message, below
-    df = S._read_file(Path(path))
+    df = S.read_part(Path(path), Path(folder)) if folder is not None else S._read_file(Path(path))
     return df, len(df)
 
 
