@@ -265,6 +265,11 @@ class CustomerEvents:
         """``builder.transform(self, cutoff)`` (by parts of the customers where the events are parts)."""
         return builder.transform(self, cutoff)
 
+    def feature_rows(self, builder, cutoff) -> pd.DataFrame:
+        """The features at ``cutoff`` where they are computed: here the frame itself (where the events are
+        parts: left on the workers, :class:`crmlab.feature_rows.FeatureRows`)."""
+        return builder.transform(self, cutoff)
+
     def map_lines(self, fn, *args) -> list:
         """``[fn(lines, *args)]`` for the order lines of disjoint sets of customers (here one: all of them;
         where the events are parts, one per part that has lines, computed where the part lies)."""

@@ -24,6 +24,7 @@ import pandas as pd
 
 from . import engine
 from .errors import CrmlabError
+from .feature_rows import FeatureRows
 from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, keyed_lines, profile_of, read_parts,
                      ref_code_hits, window_hits, with_responses, with_window_end)
 
@@ -97,13 +98,21 @@ class PartitionedEvents:
         return engine.retry_lost(run, f"{what or getattr(fn, '__name__', 'a function')} on {self.n} parts of the "
                                       "events", again=self.scatter)
 
+    def frame(self, builder, cutoff, p: int):
+        """``builder.transform`` of part ``p`` at ``cutoff`` (None: no order before it), a future."""
+        return self.client.submit(_transform, self.parts[p], builder, cutoff, pure=False)
+
+    def feature_rows(self, builder, cutoff) -> FeatureRows | pd.DataFrame:
+        """``builder.transform(ev, cutoff)`` of the whole events computed by parts and left on the
+        workers (:class:`~crmlab.feature_rows.FeatureRows`); where no part has an order before the
+        cut-off, what the whole events say (a frame, or their error)."""
+        rows = FeatureRows.compute(self, builder, cutoff)
+        return builder.transform(self.events, cutoff) if rows is None else rows
+
     def features(self, builder, cutoff) -> pd.DataFrame:
         """``builder.transform(ev, cutoff)`` of the whole events, computed by parts: equal to it."""
-        what = f"features at {pd.Timestamp(cutoff):%Y-%m-%d}"
-        got = [f for f in self.map(_transform, builder, cutoff, what=what) if f is not None]
-        if not got:                                       # no order before the cut-off: what the whole says
-            return builder.transform(self.events, cutoff)
-        return pd.concat(got).sort_index(kind="stable") if len(got) > 1 else got[0]
+        rows = self.feature_rows(builder, cutoff)
+        return rows if isinstance(rows, pd.DataFrame) else rows.fetch()
 
 
 def on_cluster(client, ev: CustomerEvents, partition_rows: int) -> PartitionedEvents:
@@ -116,6 +125,12 @@ def features_on(client, ev: CustomerEvents, partition_rows: int):
     """``features(builder, cutoff)``: ``builder.transform(ev, cutoff)`` here when ``client`` is None, else
     by the parts of ``ev`` on the cluster (:func:`on_cluster`, split once for all cut-offs)."""
     return ev.features if client is None else on_cluster(client, ev, partition_rows).features
+
+
+def rows_on(client, ev: CustomerEvents, partition_rows: int):
+    """``rows(builder, cutoff)``: as :func:`features_on`, but on a cluster the rows stay on the workers
+    (:class:`~crmlab.feature_rows.FeatureRows`) for code that fetches samples and applies models by parts."""
+    return ev.feature_rows if client is None else on_cluster(client, ev, partition_rows).feature_rows
 
 
 def _on_lines(ev: CustomerEvents, fn, *args):
@@ -165,6 +180,9 @@ class PartedEvents(CustomerEvents):
 
     def features(self, builder, cutoff) -> pd.DataFrame:
         return self.parts.features(builder, cutoff)
+
+    def feature_rows(self, builder, cutoff):
+        return self.parts.feature_rows(builder, cutoff)
 
     def map_lines(self, fn, *args) -> list:
         got = self.parts.map(_on_lines, fn, *args, what=getattr(fn, "__name__", None))

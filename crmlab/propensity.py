@@ -111,6 +111,18 @@ def _one_blas_thread():
 
 # ----------------------------------------------------------------------------- the estimator
 
+def fit_sample(y, max_fit_rows: int | None, random_state: int):
+    """The rows a model with ``max_fit_rows`` fits on, from its labels ``y`` alone: a stratified random
+    sample (sorted positions), or ``slice(None)`` (all) when there are no more rows than that. Where the
+    features lie elsewhere (on Dask workers), only these rows need to be fetched."""
+    if max_fit_rows is None or len(y) <= max_fit_rows:
+        return slice(None)
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(y)), train_size=int(max_fit_rows), stratify=y, random_state=random_state)
+    return np.sort(keep)
+
+
 class PropensityModel(Params):
     """A calibrated binary classifier over a customer feature table.
 
@@ -223,13 +235,8 @@ class PropensityModel(Params):
             if too_many:
                 raise CrmlabError(f"categorical column(s) with more than 254 values cannot go into the tree model: "
                                   f"{', '.join(too_many)}")
-        if self.max_fit_rows is not None and len(X) > self.max_fit_rows:
-            from sklearn.model_selection import train_test_split
-
-            keep, _ = train_test_split(np.arange(len(X)), train_size=int(self.max_fit_rows), stratify=y,
-                                       random_state=self.random_state)
-            keep = np.sort(keep)
-            X, y = X.iloc[keep], y[keep]
+        keep = fit_sample(y, self.max_fit_rows, self.random_state)
+        X, y = X.iloc[keep], y[keep]
         self.fit_rows_ = len(X)
         Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
         pipe = self._pipeline()
@@ -308,9 +315,10 @@ class PropensityModel(Params):
         """
         self._check_fitted()
         y = np.asarray(y).astype(int)
+        rows = slice(None)                      # X may be rows kept elsewhere (FeatureRows): fetched here
         if max_rows is not None and len(X) > max_rows:
             rows = np.sort(np.random.default_rng(self.random_state).choice(len(X), max_rows, replace=False))
-            X, y = X.iloc[rows], y[rows]
+        X, y = X.iloc[rows], y[rows]
         Xo = _as_object(X[self.numeric_ + self.categorical_], self.categorical_)
         if scoring in _METRICS:
             with _one_blas_thread():

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import feature_rows
 from .errors import CrmlabError
 from .features import FeatureBuilder, _slug, labels
 from .progress import bar
-from .propensity import CompiledModel, PropensityModel
+from .propensity import CompiledModel, PropensityModel, fit_sample
 from .propensity_report import evaluate
 
 
@@ -23,7 +24,7 @@ class TargetResult:
 
     name: str
     holdout_model: PropensityModel
-    holdout_X: pd.DataFrame
+    holdout_X: "pd.DataFrame | feature_rows.FeatureRows"
     holdout_y: np.ndarray
     holdout_p: np.ndarray
     metrics: dict
@@ -41,6 +42,19 @@ def cutoffs(last_date, horizon_days: int) -> dict:
 def _model(P: dict, seed: int) -> PropensityModel:
     return PropensityModel(kind=P["model"], calibration=P["calibration"], cv=P["cv"], max_iter=P["max_iter"],
                            random_state=seed, max_fit_rows=P["fit_rows"], calibration_holdout=P["calibration_holdout"])
+
+
+def _fit(P: dict, seed: int, X, y) -> PropensityModel:
+    """``_model(P, seed)`` fitted on ``X``, ``y``, on the stratified sample it would draw itself
+    (:func:`~crmlab.propensity.fit_sample`): drawn from the labels first, so that only those rows of ``X``
+    are fetched where they lie on Dask workers."""
+    y = np.asarray(y)
+    keep = fit_sample(y, P["fit_rows"], seed)
+    return _model(P, seed).fit(X.iloc[keep], y[keep])
+
+
+def _positive(X: pd.DataFrame, model: PropensityModel) -> np.ndarray:
+    return model.predict_proba(X)[:, 1]
 
 
 def _rows(n: int, P: dict) -> str:
@@ -72,10 +86,11 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
     last ``horizon_days`` of data. The model kept for scoring is then refitted at the validation
     cut-off. Campaign response is fitted on treated contacts (features at each campaign's start)
     and evaluated on the latest campaign. Returns (results by target, the scoring feature builder,
-    cut-offs). ``features(builder, cutoff)``: how features are computed (default ``builder.transform(ev,
-    cutoff)``; :meth:`crmlab.events_dask.PartitionedEvents.features` on a Dask cluster, the same frames).
+    cut-offs). ``features(builder, cutoff)``: how features are computed (default ``ev.feature_rows``,
+    ``builder.transform(ev, cutoff)`` here; on a Dask cluster :func:`crmlab.events_dask.rows_on`, the same
+    rows left on the workers: models are then fitted on fetched samples and evaluated where the rows lie).
     """
-    features = features or ev.features
+    features = features or ev.feature_rows
     cut = cutoffs(ev.last_date, P["horizon_days"])
     depts = purchase_departments(ev, P, cut["valid"])
     fb_train = _training_builder(ev, cut)
@@ -89,9 +104,9 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
     for t in bar(targets, "propensity models", unit="target"):
         progress(f"{t}: fitting on {_rows(len(X_tr), P)} customers at {cut['train']:%Y-%m-%d}, "
                  f"validating on {len(X_va):,} at {cut['valid']:%Y-%m-%d}")
-        m = _model(P, seed).fit(X_tr, y_tr[t])
-        p = m.predict_proba(X_va)[:, 1]
-        final = _model(P, seed).fit(X_fin, y_va[t])
+        m = _fit(P, seed, X_tr, y_tr[t])
+        p = feature_rows.apply(X_va, _positive, m)
+        final = _fit(P, seed, X_fin, y_va[t])
         meta = {"target": t, "cutoff": f"{cut['valid']:%Y-%m-%d}", "horizon_days": P["horizon_days"]}
         out[t] = TargetResult(t, m, X_va, y_va[t].to_numpy(), p, evaluate(y_va[t], p), final, final.compile(t, meta))
     if P["response"] and ev.contacts is not None:
@@ -110,9 +125,9 @@ def _response_frame(ev, fb, campaigns, features) -> tuple[pd.DataFrame, np.ndarr
         keys = grp.drop_duplicates("customer_key").set_index("customer_key")
         pos = X.index.get_indexer(keys.index)               # hash lookup (isin on str keys walks a list)
         keys = keys[pos >= 0]
-        Xs.append(X.iloc[pos[pos >= 0]].reset_index())
+        Xs.append(feature_rows.take(X, pos[pos >= 0]))
         ys.append(keys["responded"].to_numpy().astype(int))
-    return pd.concat(Xs, ignore_index=True).set_index("customer_key"), np.concatenate(ys)
+    return feature_rows.concat(Xs), np.concatenate(ys)
 
 
 def _fit_response(ev, P, seed, fb_train, fb_final, progress, features):
@@ -128,20 +143,24 @@ def _fit_response(ev, P, seed, fb_train, fb_final, progress, features):
         return None
     progress(f"response: fitting on {_rows(len(X_tr), P)} treated contacts of {', '.join(first)}, "
              f"validating on {len(X_va):,} of {last[0]}")
-    m = _model(P, seed).fit(X_tr, y_tr)
-    p = m.predict_proba(X_va)[:, 1]
+    m = _fit(P, seed, X_tr, y_tr)
+    p = feature_rows.apply(X_va, _positive, m)
     X_all, y_all = _response_frame(ev, fb_final, list(order.index), features)
-    final = _model(P, seed).fit(X_all, y_all)
+    final = _fit(P, seed, X_all, y_all)
     meta = {"target": "response", "campaigns": list(order.index)}
     return TargetResult("response", m, X_va, y_va, p, evaluate(y_va, p), final, final.compile("response", meta))
 
 
-def score_customers(models: dict, X: pd.DataFrame) -> pd.DataFrame:
-    """The ``customer_propensity`` table: one probability column per model, and the models' version."""
-    out = pd.DataFrame(index=X.index)
+def _probabilities(X: pd.DataFrame, models: dict) -> np.ndarray:
+    return np.column_stack([cm.predict_proba(X) for cm in models.values()])
+
+
+def score_customers(models: dict, X) -> pd.DataFrame:
+    """The ``customer_propensity`` table: one probability column per model, and the models' version.
+    ``X``: the features, a frame or rows left on Dask workers (scored there by the compiled kernels)."""
     names = {"attrition": "attrition_risk", "response": "response_propensity"}
-    for t, cm in models.items():
-        out[names.get(t, t.replace("buy_", "propensity_"))] = cm.predict_proba(X)
+    out = pd.DataFrame(feature_rows.apply(X, _probabilities, models), index=X.index,
+                       columns=[names.get(t, t.replace("buy_", "propensity_")) for t in models])
     version = hashlib.sha256(",".join(f"{t}:{cm.version}" for t, cm in sorted(models.items())).encode())
     out["model_version"] = version.hexdigest()[:12]
     return out.reset_index()
@@ -176,8 +195,8 @@ def refit_as(result: TargetResult, ev, cut: dict, P: dict, kind: str, seed: int 
     """The holdout model of ``result`` fitted again as another model ``kind`` (same features and labels)."""
     if result.name == "response":
         raise CrmlabError("refit_as covers customer-level targets (attrition, buy_*), not campaign response")
-    X_tr = ev.features(_training_builder(ev, cut), cut["train"])
+    X_tr = ev.feature_rows(_training_builder(ev, cut), cut["train"])     # the holdout model's columns
     depts = [result.name[4:]] if result.name.startswith("buy_") else []
     y = labels(ev, X_tr.index, cut["train"], P["horizon_days"],
                [d for d in ev.departments() if _slug(d) in depts])
-    return _model({**P, "model": kind}, seed).fit(X_tr[result.holdout_X.columns], y[result.name])
+    return _fit({**P, "model": kind}, seed, X_tr, y[result.name])

@@ -14,6 +14,7 @@ from crmlab import affinity, config, datasets, decisions, engine, identity, meas
 from crmlab.kernels import baskets as K
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
+from crmlab.feature_rows import FeatureRows
 from crmlab.features import FeatureBuilder
 from crmlab.stages.value import rfm_at
 
@@ -106,6 +107,33 @@ def test_features_by_customer_parts_equal_the_whole(cluster, world):
         got = parts.features(fb, c)
         pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert "response_rate" in want and want["contacts"].sum() > 0            # contact features covered
+
+
+def test_feature_rows_left_on_the_workers_read_as_the_frame(cluster, world):
+    """Features kept on the workers (FeatureRows): rows by position (shuffled, repeated, none), rows of
+    two cut-offs one after the other, functions applied where the rows lie: what the frame gives."""
+    ev = CustomerEvents.from_sources(sources.load(world))
+    parts = events_dask.PartitionedEvents(cluster.client, ev, partition_rows=len(ev.lines) // 5 + 1)
+    cut = targets.cutoffs(ev.last_date, 90)
+    fb = FeatureBuilder().fit(ev, cut["train"])
+    want_tr, want_sc = fb.transform(ev, cut["train"]), fb.transform(ev, cut["score"])
+    tr, sc = parts.feature_rows(fb, cut["train"]), parts.feature_rows(fb, cut["score"])
+    assert isinstance(tr, FeatureRows) and len(tr) == len(want_tr) < len(sc) == len(want_sc)
+    pd.testing.assert_index_equal(tr.index, want_tr.index)
+    pd.testing.assert_index_equal(tr.columns, want_tr.columns)
+    pos = np.random.default_rng(3).integers(0, len(want_sc), 700)        # unsorted, with repeats
+    pd.testing.assert_frame_equal(sc.iloc[pos], want_sc.iloc[pos], check_exact=True)
+    pd.testing.assert_frame_equal(sc.iloc[pos[:0]], want_sc.iloc[:0], check_exact=True)
+    both = FeatureRows.concat([tr.rows(pos[pos < len(tr)]), sc.rows(slice(None, None, -3))])
+    want = pd.concat([want_tr.iloc[pos[pos < len(tr)]], want_sc.iloc[::-3]])
+    pd.testing.assert_frame_equal(both.iloc[:], want, check_exact=True)
+    pd.testing.assert_index_equal(both.index, want.index)
+
+    def spend(X, k):
+        return np.column_stack([X["spend"].to_numpy() * k, X["orders"].to_numpy()])
+
+    np.testing.assert_array_equal(both.apply(spend, 2.0), spend(want, 2.0))
+    np.testing.assert_array_equal(sc.rows(pos[:0]).apply(spend, 2.0), spend(want_sc.iloc[:0], 2.0))
 
 
 def test_a_lost_worker_costs_a_recomputation_and_twice_a_clear_error(world, monkeypatch):
@@ -594,7 +622,7 @@ class _NoLines(events_dask.PartedEvents):
         pass
 
 
-def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, parted_world, tmp_path):
+def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, parted_world, tmp_path, monkeypatch):
     """Departments, buyers per department, purchases in a window (customers in a shuffled order),
     feature builders, the propensity targets fitted and evaluated (labels and features by parts) and
     the uplift inputs: equal to the local events', without the order lines ever read whole here."""
@@ -614,14 +642,23 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
     pd.testing.assert_frame_equal(got.bought(who, cut["train"], cut["valid"], depts),
                                   want.bought(who, cut["train"], cut["valid"], depts))
     assert FeatureBuilder().fit(got, cut["train"]).feature_names_ == FeatureBuilder().fit(want, cut["train"]).feature_names_
+    P = {**P, "fit_rows": 1000}                       # models fitted on samples: only those rows come here
+    fetched = []
+    fetch = FeatureRows.fetch
+    monkeypatch.setattr(FeatureRows, "fetch", lambda self: fetched.append(len(self)) or fetch(self))
     mine, fb_mine, _ = targets.fit_targets(got, P, seed=1, progress=lambda s: None,
-                                           features=events_dask.features_on(cluster.client, got, 0))
+                                           features=events_dask.rows_on(cluster.client, got, 0))
+    assert fetched and max(fetched) <= P["fit_rows"], fetched
     local, fb_local, _ = targets.fit_targets(want, P, seed=1, progress=lambda s: None)
     assert list(mine) == list(local) and len(mine) >= 3
+    assert len(local["attrition"].holdout_X) > P["fit_rows"] and mine["attrition"].model.fit_rows_ == P["fit_rows"]
     for t in local:
-        pd.testing.assert_frame_equal(mine[t].holdout_X, local[t].holdout_X, check_exact=True, obj=t)
+        assert isinstance(mine[t].holdout_X, FeatureRows)
+        pd.testing.assert_frame_equal(mine[t].holdout_X.iloc[:], local[t].holdout_X, check_exact=True, obj=t)
+        assert mine[t].compiled.version == local[t].compiled.version, t
         np.testing.assert_array_equal(mine[t].holdout_y, local[t].holdout_y)
-        np.testing.assert_array_equal(mine[t].holdout_p, local[t].holdout_p)
+        # scikit-learn on the parts' rows: BLAS sums a block's last rows in another order (last bit)
+        np.testing.assert_allclose(mine[t].holdout_p, local[t].holdout_p, rtol=1e-12, atol=0)
     X_m = measure.campaign_features(got, want.contacts, features=events_dask.features_on(cluster.client, got, 0))[0]
     pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
 

@@ -9,6 +9,7 @@ import pandas as pd
 from .. import engine, events_dask, targets
 from ..errors import CrmlabError
 from ..events import CustomerEvents
+from ..feature_rows import FeatureRows
 
 #: customers on which the compiled models are checked against scikit-learn before scoring
 CHECK_ROWS = 20_000
@@ -25,7 +26,7 @@ class PropensityResult:
     results: dict | None
     builder: object
     models: dict
-    features_now: pd.DataFrame
+    features_now: "pd.DataFrame | FeatureRows"
     scores: pd.DataFrame
     check: dict | None = None
     checked_rows: int = 0
@@ -37,7 +38,7 @@ def run_propensity(ctx) -> PropensityResult:
     ``customer_propensity`` and, after a refit, the models."""
     P, E = ctx.params["propensity"], ctx.params["engine"]
     ev = ctx.events()
-    features = events_dask.features_on(engine.client(E), ev, E["partition_rows"])   # Dask: by parts, same frames
+    features = events_dask.rows_on(engine.client(E), ev, E["partition_rows"])   # Dask: left on the workers
     cut = targets.cutoffs(ev.last_date, P["horizon_days"])
     results, check, n_check = None, None, 0
     if P["models"] is None:
@@ -47,7 +48,8 @@ def run_propensity(ctx) -> PropensityResult:
         models, builder = targets.load_models(P["models"])
     X_now = features(builder, cut["score"])
     if results is not None:
-        rows = X_now.sample(min(len(X_now), CHECK_ROWS), random_state=ctx.params["seed"])
+        at = np.random.default_rng(ctx.params["seed"]).choice(len(X_now), min(len(X_now), CHECK_ROWS), replace=False)
+        rows = X_now.iloc[np.sort(at)]
         check = {t: float(np.max(np.abs(r.model.predict_proba(rows)[:, 1] - models[t].predict_proba(rows))))
                  for t, r in results.items()}
         n_check = len(rows)
