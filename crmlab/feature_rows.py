@@ -21,12 +21,16 @@ def _index(frame: pd.DataFrame | None):
     return None if frame is None else (frame.index, frame.columns)
 
 
-def _take(frame: pd.DataFrame, at: np.ndarray) -> pd.DataFrame:
-    return frame.iloc[at]
+def _rows(frame: pd.DataFrame, at: np.ndarray, columns) -> pd.DataFrame:
+    return frame.iloc[at] if columns is None else frame.iloc[at][columns]
 
 
-def _apply(frame: pd.DataFrame, at: np.ndarray, fn, args: tuple):
-    return fn(frame.iloc[at], *args)
+def _apply(frame: pd.DataFrame, at: np.ndarray, columns, fn, args: tuple, *values):
+    return fn(_rows(frame, at, columns), *args, *values)
+
+
+def _same(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows
 
 
 class _ILoc:
@@ -41,12 +45,14 @@ class FeatureRows:
     """Rows of feature frames held by the workers of ``client``: row ``i`` is row ``at[i]`` of frame
     ``of[i]`` (``frames``: futures; ``recipes``: per frame, ``(partitioned events, builder, cutoff,
     part)``, to compute it again after a worker holding it was lost). Read like a DataFrame by
-    position: ``len``, ``index``, ``columns``, ``iloc[positions]`` (the rows fetched, a DataFrame)."""
+    position: ``len``, ``index``, ``columns``, ``iloc[positions]`` (the rows fetched, a DataFrame),
+    ``X[list of columns]`` (those columns, still on the workers)."""
 
     def __init__(self, client, frames: list, recipes: list, of: np.ndarray, at: np.ndarray, index: pd.Index,
-                 columns: pd.Index):
+                 columns: pd.Index, selected: bool = False):
         self.client, self.frames, self.recipes = client, frames, recipes
         self.of, self.at, self.index, self.columns = of, at, index, columns
+        self.selected = selected                # a subset of the frames' columns (selected on the workers)
 
     @classmethod
     def compute(cls, parts, builder, cutoff) -> "FeatureRows | None":
@@ -91,27 +97,42 @@ class FeatureRows:
     def rows(self, positions) -> "FeatureRows":
         """The rows at ``positions`` (an integer array or a slice), left where they are."""
         return FeatureRows(self.client, self.frames, self.recipes, self.of[positions], self.at[positions],
-                           self.index[positions], self.columns)
+                           self.index[positions], self.columns, self.selected)
+
+    def __getitem__(self, columns: list) -> "FeatureRows":
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise KeyError(f"not among the feature columns: {missing}")
+        return FeatureRows(self.client, self.frames, self.recipes, self.of, self.at, self.index, pd.Index(columns),
+                           True)
 
     @staticmethod
     def concat(rows: list["FeatureRows"]) -> "FeatureRows":
         """The rows of every entry of ``rows``, one after the other (as ``pd.concat``)."""
+        if any(not r.columns.equals(rows[0].columns) for r in rows):
+            raise ValueError("FeatureRows.concat: the rows have different columns")
         start = np.cumsum([0] + [len(r.frames) for r in rows])
         return FeatureRows(rows[0].client, [f for r in rows for f in r.frames], [c for r in rows for c in r.recipes],
                            np.concatenate([r.of + s for r, s in zip(rows, start)]),
                            np.concatenate([r.at for r in rows]),
-                           rows[0].index.append([r.index for r in rows[1:]]), rows[0].columns)
+                           rows[0].index.append([r.index for r in rows[1:]]), rows[0].columns,
+                           any(r.selected for r in rows))
 
-    def _by_frame(self, task, *args) -> tuple[list, np.ndarray]:
-        """``task(frame, its rows' positions in it, *args)`` on the workers for each frame with rows;
-        the results in frame order and the row positions they cover, in that order."""
+    def _by_frame(self, fn, args: tuple, values: tuple = ()) -> tuple[list, np.ndarray]:
+        """``fn(rows of one frame, *args, *their entries of each of values)`` on the workers for each frame
+        with rows; the results in frame order and the row positions they cover, in that order."""
         order = np.argsort(self.of, kind="stable")
         bounds = np.searchsorted(self.of[order], np.arange(len(self.frames) + 1))
         used = [f for f in range(len(self.frames)) if bounds[f + 1] > bounds[f]] or [0]
+        columns = list(self.columns) if self.selected else None
 
         def run():
-            return self.client.gather([self.client.submit(task, self.frames[f], self.at[order[bounds[f]:bounds[f + 1]]],
-                                                          *args, pure=False) for f in used])
+            tasks = []
+            for f in used:
+                mine = order[bounds[f]:bounds[f + 1]]
+                tasks.append(self.client.submit(_apply, self.frames[f], self.at[mine], columns, fn, args,
+                                                *[np.asarray(v)[mine] for v in values], pure=False))
+            return self.client.gather(tasks)
 
         def again():
             seen = {id(r[0]): r[0] for r in self.recipes}
@@ -123,7 +144,7 @@ class FeatureRows:
 
     def fetch(self) -> pd.DataFrame:
         """These rows as a DataFrame, in their order (indexed by customer key)."""
-        got, order = self._by_frame(_take)
+        got, order = self._by_frame(_same, ())
         df = pd.concat(got) if len(got) > 1 else got[0]
         back = np.empty(len(order), np.int64)
         back[order] = np.arange(len(order))
@@ -132,13 +153,18 @@ class FeatureRows:
     def apply(self, fn, *args) -> np.ndarray:
         """``fn(rows, *args)`` (an array with one entry or row per row) computed where the rows lie;
         the results in row order."""
-        got, order = self._by_frame(_apply, fn, args)
+        got, order = self._by_frame(fn, args)
         if not len(self):
             return got[0]
         out = np.concatenate(got)
         back = np.empty_like(out)
         back[order] = out
         return back
+
+    def map_frames(self, fn, *values) -> list:
+        """``[fn(rows, *their entries of each of values)]`` for the rows in each frame, computed where
+        they lie (partial sums and counts, say, to be combined by the caller)."""
+        return self._by_frame(fn, (), values)[0]
 
 
 def _frames(recipes: list) -> list:

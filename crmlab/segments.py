@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import feature_rows
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .kernels.segments import nearest_center
@@ -22,6 +23,16 @@ from .progress import bar
 from .labels import label
 
 BANDS = ("low", "medium", "high")
+
+
+def _nearest(X: pd.DataFrame, seg: "Segmenter") -> np.ndarray:
+    lab, _ = nearest_center(seg._validate(X, fitting=False), seg.fill_, seg.log_cols_, seg.centre_, seg.scale_,
+                            seg.centers_, seg.weights_, seg.bias_)
+    return lab
+
+
+def _reference(X: pd.DataFrame, seg: "Segmenter") -> np.ndarray:
+    return seg._assign(seg.transform(X), seg.centers_, seg.weights_, seg.bias_)
 
 
 # ----------------------------------------------------------------------------- value x risk grid
@@ -205,12 +216,14 @@ class Segmenter(Params):
             raise CrmlabError(f"segment criterion must be 'silhouette' (or 'bic' with gmm), got {self.criterion!r}")
         reset(self)                                   # a refit learns everything anew (selection_ too)
         self.features_ = list(X.columns)
-        A = self._validate(X, fitting=True)
+        self._validate(X.iloc[:0] if hasattr(X, "iloc") else X, fitting=True)     # the columns
         ks = list(range(int(self.k_range[0]), int(self.k_range[1]) + 1)) if self.k == "auto" else [int(self.k)]
-        if min(ks) < 2 or len(A) < 10 * max(ks):
-            raise CrmlabError(f"need k >= 2 and at least 10 customers per segment: {len(A):,} rows for k up to {max(ks)}")
+        if min(ks) < 2 or len(X) < 10 * max(ks):
+            raise CrmlabError(f"need k >= 2 and at least 10 customers per segment: {len(X):,} rows for k up to {max(ks)}")
         rng = np.random.default_rng(self.random_state)
-        A = A[self._sample(len(A), rng, self.max_fit_rows)]
+        # the rows fitted on (X may be rows left on Dask workers: only these are fetched); every row is
+        # checked for infinite values when assigned (predict)
+        A = self._validate(X.iloc[self._sample(len(X), rng, self.max_fit_rows)], fitting=True)
         self._learn_preparation(A)
         Z = self._prepare(A)
         if self.k == "auto":
@@ -237,12 +250,15 @@ class Segmenter(Params):
             raise CrmlabError("Segmenter is not fitted: call fit(features) first or load a saved one")
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Segment of each row, by the compiled kernel (no refit)."""
+        """Segment of each row, by the compiled kernel (no refit); where the rows lie for rows left on
+        Dask workers (:class:`~crmlab.feature_rows.FeatureRows`)."""
         self._check_fitted()
-        A = self._validate(X, fitting=False)
-        lab, _ = nearest_center(A, self.fill_, self.log_cols_, self.centre_, self.scale_, self.centers_,
-                                self.weights_, self.bias_)
-        return lab
+        return feature_rows.apply(X, _nearest, self)
+
+    def reference_predict(self, X: pd.DataFrame) -> np.ndarray:
+        """:meth:`predict` by NumPy (the reference the compiled kernel is checked against)."""
+        self._check_fitted()
+        return feature_rows.apply(X, _reference, self)
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         """The standardised features (the space segments live in)."""
@@ -350,27 +366,45 @@ def name_segments(seg: Segmenter, names: list[dict], min_score: float = 0.25) ->
 def profile(features: pd.DataFrame, labels: np.ndarray, names: list[str], value: pd.Series | None = None,
             risk: pd.Series | None = None, seg: Segmenter | None = None) -> pd.DataFrame:
     """One row per segment: size, share, value share, mean value and risk, preferred channel,
-    distinctive traits and the mean of each feature."""
-    f = features.copy()
-    f["segment_id"] = labels
-    g = f.groupby("segment_id")
-    t = pd.DataFrame({"segment": [names[i] for i in g.size().index], "customers": g.size()})
-    t["share"] = t["customers"] / len(f)
+    distinctive traits and the mean of each feature. ``features``: a frame, or rows left on Dask
+    workers (:class:`~crmlab.feature_rows.FeatureRows`: the means from sums and counts made there)."""
+    labels = np.asarray(labels)
+    sizes = pd.Series(labels).groupby(labels).size().rename_axis("segment_id")
+    t = pd.DataFrame({"segment": [names[i] for i in sizes.index], "customers": sizes})
+    t["share"] = t["customers"] / len(labels)
     if value is not None:
-        v = value.reindex(f.index)
+        v = value.reindex(features.index)
         t["value_share"] = v.groupby(labels).sum() / v.sum()
         t["mean_value"] = v.groupby(labels).mean()
     if risk is not None:
-        t["mean_attrition_risk"] = risk.reindex(f.index).groupby(labels).mean()
-    ch = [c for c in f.columns if c.startswith("share_channel_")]
+        t["mean_attrition_risk"] = risk.reindex(features.index).groupby(labels).mean()
+    empty = features.iloc[:0]
+    means = segment_means(features, labels, [c for c in empty.columns if pd.api.types.is_numeric_dtype(empty[c])])
+    ch = [c for c in empty.columns if c.startswith("share_channel_")]
     if ch:
-        t["preferred_channel"] = g[ch].mean().idxmax(axis=1).str.removeprefix("share_channel_")
+        t["preferred_channel"] = means[ch].idxmax(axis=1).str.removeprefix("share_channel_")
     if seg is not None:
         tr = traits(seg)
         t["traits"] = [", ".join(f"{'high' if z > 0 else 'low'} {label(n).lower()} ({z:+.1f} sd)" for n, z in tr[i])
                        for i in t.index]
-    num = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
-    return t.join(g[num].mean().add_prefix("mean_"))
+    return t.join(means.add_prefix("mean_"))
+
+
+def _sums(rows: pd.DataFrame, labels: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    g = rows.groupby(labels)
+    return g.sum(), g.count()
+
+
+def segment_means(features, labels: np.ndarray, columns: list) -> pd.DataFrame:
+    """Mean of each of ``columns`` per segment (missing values skipped), indexed by segment_id. On
+    rows left on Dask workers: from the sums and counts of each frame's rows, added here (equal to the
+    frame's means to the last bits: the additions come in another order)."""
+    if isinstance(features, pd.DataFrame):
+        return features[columns].groupby(labels).mean().rename_axis("segment_id")
+    got = features[columns].map_frames(_sums, labels)
+    total = pd.concat([s for s, _ in got]).groupby(level=0).sum()
+    count = pd.concat([c for _, c in got]).groupby(level=0).sum()
+    return (total / count.where(count > 0)).rename_axis("segment_id")
 
 
 def plot_profiles(seg: Segmenter, names: list[str], sizes=None):

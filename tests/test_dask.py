@@ -136,6 +136,38 @@ def test_feature_rows_left_on_the_workers_read_as_the_frame(cluster, world):
     np.testing.assert_array_equal(sc.rows(pos[:0]).apply(spend, 2.0), spend(want_sc.iloc[:0], 2.0))
 
 
+def test_segments_from_features_left_on_the_workers(cluster, world, monkeypatch):
+    """The segmenter fitted on rows left on the workers (only its sample fetched): the frame's fit, k
+    chosen alike, every customer assigned alike there; profiles from sums made there equal to 1e-12."""
+    from crmlab import segments
+
+    ev = CustomerEvents.from_sources(sources.load(world))
+    parts = events_dask.PartitionedEvents(cluster.client, ev, partition_rows=len(ev.lines) // 5 + 1)
+    cut = targets.cutoffs(ev.last_date, 90)["score"]
+    fb = FeatureBuilder().fit(ev, cut)
+    want_all, got_all = fb.transform(ev, cut), parts.feature_rows(fb, cut)
+    cols = segments.select_features(want_all.columns, config.load(CI)["segments"]["features"])
+    fetched = []
+    fetch = FeatureRows.fetch
+    monkeypatch.setattr(FeatureRows, "fetch", lambda self: fetched.append(len(self)) or fetch(self))
+    kw = dict(k="auto", k_range=(3, 5), bootstraps=2, max_fit_rows=1500, select_rows=600, random_state=4)
+    got = segments.Segmenter(**kw).fit(got_all[cols])
+    want = segments.Segmenter(**kw).fit(want_all[cols])
+    assert len(want_all) > 1500 and max(fetched) <= 1500, fetched
+    assert got.k_ == want.k_
+    pd.testing.assert_frame_equal(got.selection_, want.selection_)
+    for a in segments.Segmenter._ARRAYS:
+        np.testing.assert_array_equal(getattr(got, a), getattr(want, a), err_msg=a)
+    np.testing.assert_array_equal(got.labels_, want.labels_)
+    np.testing.assert_array_equal(got.reference_predict(got_all[cols]), want.labels_)
+    names = [f"s{i}" for i in range(want.k_)]
+    risk = pd.Series(np.linspace(0, 1, len(want_all)), index=want_all.index[::-1])
+    p_got = segments.profile(got_all, got.labels_, names, risk=risk, seg=got)
+    p_want = segments.profile(want_all, want.labels_, names, risk=risk, seg=want)
+    pd.testing.assert_frame_equal(p_got, p_want, check_exact=False, rtol=1e-12, atol=0)
+    assert p_want["mean_recency_days"].notna().all() and "preferred_channel" in p_want
+
+
 def test_a_lost_worker_costs_a_recomputation_and_twice_a_clear_error(world, monkeypatch):
     """A worker holding parts of the events dies (killed, out of memory): the parts are scattered anew and
     the features come out equal; lost twice, the stage stops with its name and what it was computing."""

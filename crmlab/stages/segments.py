@@ -9,6 +9,7 @@ import pandas as pd
 from .. import engine, events_dask, segments, targets
 from ..errors import CrmlabError
 from ..events import CustomerEvents
+from ..feature_rows import FeatureRows
 from ..features import FeatureBuilder
 
 
@@ -20,8 +21,8 @@ class SegmentsResult:
     cutoff: pd.Timestamp
     value: pd.DataFrame
     risk: pd.DataFrame
-    features_all: pd.DataFrame
-    features: pd.DataFrame
+    features_all: "pd.DataFrame | FeatureRows"
+    features: "pd.DataFrame | FeatureRows"
     grid: pd.DataFrame
     segmenter: segments.Segmenter
     names: list
@@ -41,7 +42,8 @@ def run_segments(ctx) -> SegmentsResult:
     value = ctx.read_artifact("customer_value")
     risk = ctx.read_artifact("customer_propensity")
     E = ctx.params["engine"]
-    X_all = events_dask.features_on(engine.client(E), ev, E["partition_rows"])(FeatureBuilder().fit(ev, cutoff), cutoff)
+    # Dask: the features stay on the workers; the segmenter fetches its sample and assigns them there
+    X_all = events_dask.rows_on(engine.client(E), ev, E["partition_rows"])(FeatureBuilder().fit(ev, cutoff), cutoff)
     grid = segments.value_risk_grid(value, risk, value_quantiles=S["value_quantiles"], risk_quantiles=S["risk_quantiles"])
     X = X_all[segments.select_features(X_all.columns, S["features"])]
     if S["model"] is None:
@@ -53,8 +55,8 @@ def run_segments(ctx) -> SegmentsResult:
     else:
         seg = segments.Segmenter.load(S["model"])
         names = seg.names_ or segments.name_segments(seg, S["names"])
-    labels = seg.predict(X)
-    if not np.array_equal(labels, segments.Segmenter._assign(seg.transform(X), seg.centers_, seg.weights_, seg.bias_)):
+    labels = seg.labels_ if S["model"] is None else seg.predict(X)
+    if not np.array_equal(labels, seg.reference_predict(X)):
         raise CrmlabError("segments: the compiled assignment differs from the NumPy reference; nothing written")
     prof = segments.profile(X_all, labels, names, value.set_index("customer_key")[f"clv_{ctx.params['value']['clv_months']}m"],
                             risk.set_index("customer_key")["attrition_risk"], seg)
