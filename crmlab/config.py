@@ -151,6 +151,7 @@ DEFAULTS: dict[str, Any] = {
         "window_days": None,              # response window; null: each campaign's window_days
         "segment": "age_band",            # age_band | segment (from 50_segments) | value_band | risk_band
         "uplift_holdout": 0.3,            # share of customers held out to evaluate the uplift model
+        "uplift_rows": 200000,            # the uplift model learns from the contacts of a random sample of customers with about this many contacts (null: all)
     },
     "report": {
         "html": True,
@@ -195,6 +196,7 @@ _RANGES: dict[str, tuple] = {
     "propensity.max_iter": (1, None, True, True), "propensity.top_departments": (0, None, True, True),
     "propensity.importance_repeats": (0, None, True, True), "propensity.importance_rows": (100, None, True, True),
     "propensity.fit_rows": (1000, None, True, True),
+    "measure.uplift_rows": (1000, None, True, True),
     "segments.k_min": (2, None, True, True), "segments.k_max": (2, None, True, True),
     "segments.k": (1, None, True, True), "segments.min_stability": (0, 1, True, True),
     "segments.bootstraps": (1, None, True, True), "segments.select_rows": (100, None, True, True),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .encoding import member_of
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .events import RESPONSE_COLUMNS, attribute_responses, keyed_contacts  # noqa: F401 - the measurement API
@@ -167,17 +168,21 @@ def qini_coefficient(curve: pd.DataFrame) -> float:
     return float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(x)))
 
 
-def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None):
+def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None, customers=None):
     """Per contact, the customer's features at the campaign's start (strictly before it).
 
     Returns ``(X, treated, y, meta)`` aligned on contacts: X indexed by contact_id, treated
     (bool), y (responded, 0/1) and meta (contact_id, customer_key, campaign_id, group).
     ``features(builder, cutoff)``: computes ``builder.transform(ev, cutoff)`` (e.g. by parts of the
-    customers on a Dask cluster: :func:`crmlab.events_dask.features_on`).
+    customers on a Dask cluster, left there: :func:`crmlab.events_dask.rows_on`; only the contacted
+    customers' rows are fetched). ``customers``: the contacts of these customers only (a sample, see
+    :func:`customer_sample`); campaign starts are those of all contacts.
     """
     starts = responses.groupby("campaign_id")["contact_date"].min().sort_values()
     builder = builder or FeatureBuilder().fit(ev, starts.iloc[0])
     features = features or ev.features
+    if customers is not None:
+        responses = responses[member_of(responses["customer_key"], customers)]
     parts = []
     for camp, start in starts.items():
         c = responses[responses["campaign_id"] == camp]
@@ -185,14 +190,26 @@ def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None):
             F = features(builder, start)
         except CrmlabError:
             continue
-        parts.append(c[["contact_id", "customer_key", "campaign_id", "group", "responded"]].merge(
-            F, left_on="customer_key", right_index=True, how="inner"))
+        pos = F.index.get_indexer(c["customer_key"])          # contacted customers with an order before
+        rows = F.iloc[pos[pos >= 0]]
+        c = c.loc[pos >= 0, ["contact_id", "customer_key", "campaign_id", "group", "responded"]]
+        parts.append(pd.concat([c.reset_index(drop=True), rows.reset_index(drop=True)], axis=1))
     if not parts:
         raise CrmlabError("no contacted customer has any order before their campaign: nothing to model uplift on")
     d = pd.concat(parts, ignore_index=True)
     meta = d[["contact_id", "customer_key", "campaign_id", "group"]]
     X = d[builder.feature_names_].set_index(d["contact_id"])
     return X, (d["group"] == "treatment").to_numpy(), d["responded"].astype(int).to_numpy(), meta
+
+
+def customer_sample(keys, rows: int | None, seed: int = 0) -> pd.Index | None:
+    """A random sample of the customers among ``keys`` (one entry per contact, say) whose entries number
+    about ``rows``; None (all) when there are no more entries than that."""
+    if rows is None or len(keys) <= rows:
+        return None
+    who = pd.Index(pd.unique(np.asarray(keys, dtype=object))).sort_values()
+    n = max(1, int(round(len(who) * rows / len(keys))))
+    return who[np.sort(np.random.default_rng(seed).choice(len(who), n, replace=False))]
 
 
 def evaluate_uplift(X: pd.DataFrame, treated, y, customers, holdout: float = 0.3, seed: int = 0, **model):

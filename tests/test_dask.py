@@ -12,6 +12,7 @@ import pytest
 
 from crmlab import affinity, config, datasets, decisions, engine, identity, measure, sources, targets, value
 from crmlab.kernels import baskets as K
+from crmlab.encoding import member_of
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
 from crmlab.feature_rows import FeatureRows
@@ -330,7 +331,7 @@ def test_decisions_by_parts_equal_the_whole(cluster, world):
         pd.testing.assert_frame_equal(g, w, check_exact=True)
 
 
-def test_campaign_features_by_parts_equal_the_whole(cluster, world):
+def test_campaign_features_by_parts_equal_the_whole(cluster, world, monkeypatch):
     """Stage 70's uplift inputs: each contact's features at its campaign's start, computed by parts of the
     customers, equal the whole's (campaigns before any order are skipped in both)."""
     ev = CustomerEvents.from_sources(sources.load(world))
@@ -340,6 +341,18 @@ def test_campaign_features_by_parts_equal_the_whole(cluster, world):
     pd.testing.assert_frame_equal(got[0], want[0], check_exact=True)
     assert np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
     pd.testing.assert_frame_equal(got[3], want[3])
+    # a sample of the customers (measure.uplift_rows): only their rows come here from the workers
+    who = measure.customer_sample(ev.contacts["customer_key"], len(ev.contacts) // 3, seed=2)
+    assert measure.customer_sample(ev.contacts["customer_key"], len(ev.contacts)) is None
+    assert 0.25 < member_of(ev.contacts["customer_key"], who).mean() < 0.42
+    want = measure.campaign_features(ev, ev.contacts, customers=who)
+    fetched = []
+    fetch = FeatureRows.fetch
+    monkeypatch.setattr(FeatureRows, "fetch", lambda self: fetched.append(len(self)) or fetch(self))
+    got = measure.campaign_features(ev, ev.contacts, customers=who, features=events_dask.rows_on(cluster.client, ev, 5000))
+    assert set(want[3]["customer_key"]) <= set(who) and 0 < sum(fetched) == len(want[0]) < len(ev.contacts) // 2
+    for g, w in zip(got, want):
+        (pd.testing.assert_frame_equal if isinstance(w, pd.DataFrame) else np.testing.assert_array_equal)(g, w)
 
 
 def test_a_run_joins_a_running_scheduler_and_leaves_it_running():

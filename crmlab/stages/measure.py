@@ -54,9 +54,14 @@ def run_measure(ctx) -> MeasureResult:
 
 
 def uplift_inputs(ctx, r: MeasureResult):
-    """:func:`crmlab.measure.campaign_features` of the stage's responses (the uplift model's inputs);
-    with ``engine.kind: dask`` the features at each campaign's start are computed by parts of the
-    customers on the cluster (the same frames)."""
-    E = ctx.params["engine"]
-    return measure.campaign_features(r.events, r.responses,
-                                     features=events_dask.features_on(engine.client(E), r.events, E["partition_rows"]))
+    """:func:`crmlab.measure.campaign_features` of the stage's responses (the uplift model's inputs) and
+    the share of the contacted customers they cover: those of a random sample of customers where there
+    are more than ``measure.uplift_rows`` contacts. With ``engine.kind: dask`` the features at each
+    campaign's start are computed by parts of the customers and only the sample's rows are fetched."""
+    E, M = ctx.params["engine"], ctx.params["measure"]
+    keys = r.responses["customer_key"]
+    who = measure.customer_sample(keys, M["uplift_rows"], ctx.params["seed"])
+    share = 1.0 if who is None else len(who) / keys.nunique()
+    return (*measure.campaign_features(r.events, r.responses, customers=who,
+                                       features=events_dask.rows_on(engine.client(E), r.events, E["partition_rows"])),
+            share)
