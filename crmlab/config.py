@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "quality": {
         "examples": 5,                    # offending rows shown per finding
         "top_values": 10,
+        "sample_records": 200000,         # Dask mode: the report profiles a random sample of about this many customer records (with their orders, lines, contacts)
     },
     "identity": {
         "threshold": 0.9,                 # match probability at which two records are one customer
@@ -179,6 +180,7 @@ _PATH_KEYS = {("runs_dir",), ("notebooks_dir",), ("data", "dir"), ("propensity",
 #: Allowed values of numeric parameters: (low, high, low inclusive, high inclusive); None = open.
 _RANGES: dict[str, tuple] = {
     "quality.examples": (0, None, True, True), "quality.top_values": (1, None, True, True),
+    "quality.sample_records": (1000, None, True, True),
     "identity.threshold": (0, 1, False, False), "identity.max_block": (2, None, True, True),
     "identity.max_cluster": (2, None, True, True), "identity.u_sample": (1, None, True, True),
     "identity.review_pairs": (0, None, True, True),

@@ -183,6 +183,17 @@ class StageContext:
             return self.read_artifact(name)
         return events.CustomerEvents.from_artifacts(table)
 
+    def report_sources(self) -> tuple[Sources, float]:
+        """The run's inputs for a report and the share of the customer records they hold: all of them
+        here; in Dask mode, where the workers hold the inputs as parts, a sample of about
+        ``quality.sample_records`` records with their orders, lines and contacts
+        (:func:`crmlab.sources_dask.record_sample`; row counts stay the whole tables')."""
+        src = self.sources()
+        client = engine.client(self.params["engine"])
+        if client is None:
+            return src, 1.0
+        return sources_dask.record_sample(client, src, self.params["quality"]["sample_records"])
+
     def write_events(self, ev: events.CustomerEvents) -> None:
         """Write the run's events, one artifact per table (see :data:`crmlab.events.ARTIFACTS`)."""
         for name, df in ev.artifacts().items():

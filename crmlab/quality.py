@@ -14,16 +14,18 @@ PERSON_FIELDS = ("first_name", "last_name", "dob", "email", "phone", "address", 
 
 
 def overview(src: Sources) -> pd.DataFrame:
-    """One row per input table: rows, columns, share of empty cells, where it was read from."""
+    """One row per input table: rows, columns, share of empty cells, where it was read from (rows: the
+    whole table's where ``src`` is a sample, :meth:`crmlab.pipeline.StageContext.report_sources`)."""
     rows = []
     for name, df in src.tables.items():
         if name == "customers":
             for system, part in df.groupby("source_system", sort=True):
                 raw = part[[c for c in part.columns if not c.endswith("_std") and c != "postcode_area"]]
-                rows.append((f"customers_{system}", len(part), raw.shape[1] - 1,
+                rows.append((f"customers_{system}", src.counts.get(f"customers_{system}", len(part)), raw.shape[1] - 1,
                              float(raw.isna().to_numpy().mean()), src.origin.get(f"customers_{system}", "")))
         else:
-            rows.append((name, len(df), df.shape[1], float(df.isna().to_numpy().mean()), src.origin.get(name, "")))
+            rows.append((name, src.counts.get(name, len(df)), df.shape[1], float(df.isna().to_numpy().mean()),
+                         src.origin.get(name, "")))
     return pd.DataFrame(rows, columns=["table", "rows", "columns", "empty_cells", "source"])
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import sources as S
+from .encoding import member_of
 from .errors import SourceError
 from .events_dask import hash_buckets, split_rows
 
@@ -349,3 +350,47 @@ def load_params(client, params: dict, out, fingerprints: dict[str, str] | None =
         return load(client, staged, out, None, d["as_of"], where=str(d["url"]), origin=origin)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- a sample for reports
+
+#: buckets of the record hash that draws a sample (its resolution: one in a million)
+_SAMPLE_BUCKETS = 1_000_003
+
+
+def _records_in(path: str, share: float) -> pd.DataFrame:
+    """The rows of a part whose customer record (source_system, source_id) is in the sample."""
+    df = pd.read_parquet(path)
+    return df[hash_buckets(df, ["source_system", "source_id"], _SAMPLE_BUCKETS) < share * _SAMPLE_BUCKETS]
+
+
+def _lines_of(path: str, orders: pd.Index) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    return df[member_of(df["order_id"], orders)]
+
+
+def record_sample(client, src: S.Sources, records: int) -> tuple[S.Sources, float]:
+    """``src`` (read from Parquet parts) on about ``records`` customer records drawn by a hash of
+    (source_system, source_id), with their orders, those orders' lines and their contacts, read and
+    filtered by ``client``'s workers; products and campaigns whole. Row counts
+    (:meth:`~crmlab.sources.Sources.row_counts`) stay the whole tables'. Returns the sample and the
+    share of the records drawn (``src`` itself and 1.0 when it has no more records)."""
+    parts = src.part_files()
+    total = src.row_counts()["customers"]
+    if parts is None or total <= records:
+        return src, 1.0
+    share = records / total
+
+    def drawn(name):
+        got = client.gather([client.submit(_records_in, str(p), share, pure=False) for p in parts[name]])
+        return pd.concat(got, ignore_index=True)
+
+    tables = {n: drawn(n) if n in ("customers", "orders", "contacts") else None for n in src.tables}
+    ids = client.scatter(pd.Index(tables["orders"]["order_id"]), broadcast=True)
+    tables["order_lines"] = pd.concat(client.gather([client.submit(_lines_of, str(p), ids, pure=False)
+                                                     for p in parts["order_lines"]]), ignore_index=True)
+    for n, v in tables.items():
+        if v is None:
+            tables[n] = src[n]
+    counts = {**src.counts, **src.row_counts()}
+    return S.Sources(tables, src.systems, src.origin, src.fingerprints, src.set_aside, counts), share

@@ -708,6 +708,34 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
     pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
 
 
+def test_a_sample_of_records_for_reports_brings_their_orders_lines_and_contacts(cluster, parted_world, tmp_path):
+    """The data-quality report in Dask mode reads a sample: about the records asked for, every order and
+    contact of those records and every line of those orders (no more), the whole tables' row counts."""
+    from crmlab import quality, sources_dask
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    whole = {n: src[n] for n in src.tables}
+    got, share = sources_dask.record_sample(cluster.client, src, 1000)
+    n = len(whole["customers"])
+    assert share == 1000 / n and 0.7 * 1000 < len(got.customers) < 1.3 * 1000
+    rec = pd.MultiIndex.from_frame(got.customers[["source_system", "source_id"]].astype("string"))
+
+    def of_records(df):
+        return df[pd.MultiIndex.from_frame(df[["source_system", "source_id"]].astype("string")).isin(rec)]
+
+    for name in ("orders", "contacts"):
+        pd.testing.assert_frame_equal(got[name], of_records(whole[name]).reset_index(drop=True), obj=name)
+    lines = whole["order_lines"]
+    pd.testing.assert_frame_equal(got["order_lines"], lines[lines["order_id"].isin(got["orders"]["order_id"])]
+                                  .reset_index(drop=True))
+    assert got.customers.merge(whole["customers"]).shape == got.customers.shape        # rows as they were
+    pd.testing.assert_frame_equal(got["products"], whole["products"])
+    assert got.row_counts() == src.row_counts() and got.row_counts()["order_lines"] == len(lines)
+    ov = quality.overview(got).set_index("table")["rows"]
+    assert ov["orders"] == len(whole["orders"]) and ov.filter(like="customers_").sum() == n
+    assert sources_dask.record_sample(cluster.client, src, n) == (src, 1.0)
+
+
 def test_events_name_records_missing_from_the_key_map(cluster, parted_world, tmp_path):
     """Orders of records the key map lacks: the local error, count and first records."""
     from crmlab import sources_dask

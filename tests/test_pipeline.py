@@ -138,8 +138,8 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     bit; the identity report plots a sample of the pairs and says so."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
     run = pipeline.run(CI, [f"runs_dir={tmp_path}",
-                            "stages=[10_identity, 20_affinity, 30_value, 40_propensity, 50_segments, 60_publish, "
-                            "70_measure]",
+                            "stages=[00_data_quality, 10_identity, 20_affinity, 30_value, 40_propensity, 50_segments, "
+                            "60_publish, 70_measure]", "quality.sample_records=3000",
                             "engine.kind=dask", "engine.workers=2", "engine.partition_rows=5000"], quiet=True)
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "ok" and m["engine"]["kind"] == "dask" and m["engine"]["workers"] == 2
@@ -148,6 +148,7 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     value = next(s for s in m["stages"] if s["name"] == "30_value")
     assert value["dask"]["workers_peak_mb"] > 50 and value["dask"]["spilled_bytes"] >= 0
     assert "Dask mode: the candidate pairs stay on the workers" in (run / "reports" / "10_identity.html").read_text()
+    assert "Dask mode: the profiles in this report are of a random" in (run / "reports" / "00_data_quality.html").read_text()
     for name in ("customer_key_map", "affinity_rules", "customer_recommendations", "customer_value",
                  "customer_propensity", "customer_segments", "segment_profiles", "campaign_lift", "contact_responses"):
         got = pd.read_parquet(run / "artifacts" / f"{name}.parquet")
