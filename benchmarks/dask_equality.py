@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from crmlab import pipeline, publish, synth
@@ -93,11 +94,30 @@ def main() -> None:
         for name in TABLES if runs else []:
             want = pd.read_parquet(runs["local"] / "artifacts" / f"{name}.parquet")
             got = pd.read_parquet(runs["dask"] / "artifacts" / f"{name}.parquet")
-            lines.append(f"{name}: {len(got):,} rows, equal bit for bit: {got.equals(want)}")
+            lines.append(f"{name}: {len(got):,} rows, {_same(got, want)}")
         lines += published
     print("\n".join(lines[3:]), flush=True)
     if a.out:
         Path(a.out).write_text("\n".join(lines) + "\n")
+
+
+def _same(got: pd.DataFrame, want: pd.DataFrame) -> str:
+    """'equal bit for bit', else how close (the largest relative difference of the float columns, the
+    rest bit for bit), else 'NOT EQUAL'. Means made from per-part sums (segment profiles) may differ in
+    the last bits: their additions come in another order."""
+    if got.equals(want):
+        return "equal bit for bit"
+    try:
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=0)
+    except AssertionError:
+        return "NOT EQUAL"
+    rel = 0.0
+    for c in want.columns:
+        if pd.api.types.is_float_dtype(want[c]):
+            a, b = got[c].to_numpy(np.float64), want[c].to_numpy(np.float64)
+            ok = ~np.isnan(b) & (b != 0)
+            rel = max(rel, float(np.max(np.abs(a[ok] - b[ok]) / np.abs(b[ok]), initial=0.0)))
+    return f"equal to {rel:.1e} relative (float columns; the rest bit for bit)"
 
 
 def _schema(server: str, name: str) -> str:
@@ -130,12 +150,12 @@ def _published(runs: dict, schemas: dict) -> list[str]:
     for name, spec in publish.CONTRACT.items():
         got, want = (publish.read_parquet(where[m]["dir"], name).drop(columns="scored_at", errors="ignore")
                      for m in ("dask", "local"))
-        line = f"published {name}: {len(got):,} rows, Parquet equal: {got.equals(want)}"
+        line = f"published {name}: {len(got):,} rows, Parquet {_same(got, want)}"
         if schemas:
             key = list(spec["key"])
             got, want = (publish.read_table(schemas[m], name).drop(columns="scored_at", errors="ignore")
                          .sort_values(key, ignore_index=True) for m in ("dask", "local"))
-            line += f", PostgreSQL equal: {got.equals(want)}"
+            line += f", PostgreSQL {_same(got, want)}"
         out.append(line)
     return out
 
