@@ -26,7 +26,7 @@ from crmlab import pipeline, publish, synth
 from crmlab.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["10_identity", "20_affinity", "30_value", "40_propensity", "50_segments", "60_publish", "70_measure"]
+STAGES = ["00_data_quality", "10_identity", "20_affinity", "30_value", "40_propensity", "50_segments", "60_publish", "70_measure"]
 TABLES = ["customer_key_map", "affinity_rules", "customer_recommendations", "customer_value", "customer_propensity",
           "customer_segments", "segment_profiles"]
 
