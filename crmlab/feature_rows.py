@@ -17,7 +17,7 @@ import pandas as pd
 from . import engine
 
 
-def _index(frame: pd.DataFrame | None):
+def _keys_and_columns(frame: pd.DataFrame | None):
     return None if frame is None else (frame.index, frame.columns)
 
 
@@ -64,7 +64,7 @@ class FeatureRows:
         what = f"features at {pd.Timestamp(cutoff):%Y-%m-%d}"
 
         def run():
-            return parts.client.gather(parts.client.map(_index, frames))
+            return parts.client.gather(parts.client.map(_keys_and_columns, frames))
 
         def again():
             parts.scatter()

@@ -152,7 +152,7 @@ def _fit_response(ev, P, seed, fb_train, fb_final, progress, features):
 
 
 def _probabilities(X: pd.DataFrame, models: dict) -> np.ndarray:
-    return np.column_stack([cm.predict_proba(X) for cm in models.values()])
+    return np.column_stack([cm.predict_proba(X) for cm in models.values()]) if models else np.empty((len(X), 0))
 
 
 def score_customers(models: dict, X) -> pd.DataFrame:
