@@ -121,15 +121,11 @@ def on_cluster(client, ev: CustomerEvents, partition_rows: int) -> PartitionedEv
     return ev.parts if ev.parts is not None else PartitionedEvents(client, ev, partition_rows)
 
 
-def features_on(client, ev: CustomerEvents, partition_rows: int):
-    """``features(builder, cutoff)``: ``builder.transform(ev, cutoff)`` here when ``client`` is None, else
-    by the parts of ``ev`` on the cluster (:func:`on_cluster`, split once for all cut-offs)."""
-    return ev.features if client is None else on_cluster(client, ev, partition_rows).features
-
-
 def rows_on(client, ev: CustomerEvents, partition_rows: int):
-    """``rows(builder, cutoff)``: as :func:`features_on`, but on a cluster the rows stay on the workers
-    (:class:`~crmlab.feature_rows.FeatureRows`) for code that fetches samples and applies models by parts."""
+    """``rows(builder, cutoff)``: ``builder.transform(ev, cutoff)`` here when ``client`` is None, else
+    computed by the parts of ``ev`` on the cluster (:func:`on_cluster`, split once for all cut-offs) and
+    left there (:class:`~crmlab.feature_rows.FeatureRows`), for code that fetches samples and applies
+    models where the rows lie."""
     return ev.feature_rows if client is None else on_cluster(client, ev, partition_rows).feature_rows
 
 

@@ -336,7 +336,7 @@ def test_campaign_features_by_parts_equal_the_whole(cluster, world, monkeypatch)
     customers, equal the whole's (campaigns before any order are skipped in both)."""
     ev = CustomerEvents.from_sources(sources.load(world))
     want = measure.campaign_features(ev, ev.contacts)
-    got = measure.campaign_features(ev, ev.contacts, features=events_dask.features_on(cluster.client, ev, len(ev.lines) // 5))
+    got = measure.campaign_features(ev, ev.contacts, features=events_dask.rows_on(cluster.client, ev, len(ev.lines) // 5))
     assert len(want[0]) > 500 and want[1].any() and want[2].any()
     pd.testing.assert_frame_equal(got[0], want[0], check_exact=True)
     assert np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
@@ -704,7 +704,7 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
         np.testing.assert_array_equal(mine[t].holdout_y, local[t].holdout_y)
         # scikit-learn on the parts' rows: BLAS sums a block's last rows in another order (last bit)
         np.testing.assert_allclose(mine[t].holdout_p, local[t].holdout_p, rtol=1e-12, atol=0)
-    X_m = measure.campaign_features(got, want.contacts, features=events_dask.features_on(cluster.client, got, 0))[0]
+    X_m = measure.campaign_features(got, want.contacts, features=events_dask.rows_on(cluster.client, got, 0))[0]
     pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
 
 
