@@ -268,7 +268,7 @@ class CustomerEvents:
     def feature_rows(self, builder, cutoff) -> pd.DataFrame:
         """The features at ``cutoff`` where they are computed: here the frame itself (where the events are
         parts: left on the workers, :class:`crmlab.feature_rows.FeatureRows`)."""
-        return builder.transform(self, cutoff)
+        return self.features(builder, cutoff)
 
     def map_lines(self, fn, *args) -> list:
         """``[fn(lines, *args)]`` for the order lines of disjoint sets of customers (here one: all of them;

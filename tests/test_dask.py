@@ -186,6 +186,14 @@ def test_a_lost_worker_costs_a_recomputation_and_twice_a_clear_error(world, monk
         except Exception:                                              # noqa: BLE001 - its connection drops
             pass
         pd.testing.assert_frame_equal(parts.features(fb, cut), fb.transform(ev, cut), check_exact=True)
+        # feature rows left on the workers: a worker holding some dies before they are read
+        rows = parts.feature_rows(fb, cut)
+        victim = next(iter(own.client.who_has(rows.frames[0]).values()))[0]
+        try:
+            own.client.run(os._exit, 1, workers=[victim])
+        except Exception:                                              # noqa: BLE001 - its connection drops
+            pass
+        pd.testing.assert_frame_equal(rows.iloc[::-1], fb.transform(ev, cut).iloc[::-1], check_exact=True)
     finally:
         own.close()
 
