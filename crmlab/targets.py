@@ -109,6 +109,7 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
         final = _fit(P, seed, X_fin, y_va[t])
         meta = {"target": t, "cutoff": f"{cut['valid']:%Y-%m-%d}", "horizon_days": P["horizon_days"]}
         out[t] = TargetResult(t, m, X_va, y_va[t].to_numpy(), p, evaluate(y_va[t], p), final, final.compile(t, meta))
+    del X_tr, X_fin                 # on Dask workers: their frames go before the response model's come
     if P["response"] and ev.contacts is not None:
         r = _fit_response(ev, P, seed, fb_train, fb_final, progress, features)
         if r is not None:
