@@ -67,8 +67,7 @@ class FeatureRows:
             return parts.client.gather(parts.client.map(_keys_and_columns, frames))
 
         def again():
-            parts.scatter()
-            frames[:] = _frames(recipes)
+            frames[:] = _recomputed(recipes)
 
         got = engine.retry_lost(run, f"{what} on {parts.n} parts of the events", again=again)
         kept = [i for i, g in enumerate(got) if g is not None]
@@ -135,10 +134,7 @@ class FeatureRows:
             return self.client.gather(tasks)
 
         def again():
-            seen = {id(r[0]): r[0] for r in self.recipes}
-            for parts in seen.values():
-                parts.scatter()
-            self.frames = _frames(self.recipes)
+            self.frames = _recomputed(self.recipes)
 
         return engine.retry_lost(run, f"{len(self):,} rows of features", again=again), order
 
@@ -168,8 +164,16 @@ class FeatureRows:
 
 
 def _frames(recipes: list) -> list:
-    """The frames of ``recipes`` computed anew (futures)."""
+    """The frames of ``recipes`` computed (futures)."""
     return [parts.frame(builder, cutoff, p) for parts, builder, cutoff, p in recipes]
+
+
+def _recomputed(recipes: list) -> list:
+    """The frames of ``recipes`` computed anew after a worker was lost: their events' parts sent (or
+    read) again first."""
+    for parts in {id(r[0]): r[0] for r in recipes}.values():
+        parts.scatter()
+    return _frames(recipes)
 
 
 def take(X, positions):

@@ -385,12 +385,11 @@ def record_sample(client, src: S.Sources, records: int) -> tuple[S.Sources, floa
         got = client.gather([client.submit(_records_in, str(p), share, pure=False) for p in parts[name]])
         return pd.concat(got, ignore_index=True)
 
-    tables = {n: drawn(n) if n in ("customers", "orders", "contacts") else None for n in src.tables}
-    ids = client.scatter(pd.Index(tables["orders"]["order_id"]), broadcast=True)
-    tables["order_lines"] = pd.concat(client.gather([client.submit(_lines_of, str(p), ids, pure=False)
-                                                     for p in parts["order_lines"]]), ignore_index=True)
-    for n, v in tables.items():
-        if v is None:
-            tables[n] = src[n]
+    orders = drawn("orders")
+    ids = client.scatter(pd.Index(orders["order_id"]), broadcast=True)
+    lines = pd.concat(client.gather([client.submit(_lines_of, str(p), ids, pure=False) for p in parts["order_lines"]]),
+                      ignore_index=True)
+    got = {"orders": orders, "order_lines": lines}
+    tables = {n: got[n] if n in got else drawn(n) if n in ("customers", "contacts") else src[n] for n in src.tables}
     counts = {**src.counts, **src.row_counts()}
     return S.Sources(tables, src.systems, src.origin, src.fingerprints, src.set_aside, counts), share
