@@ -70,7 +70,7 @@ def _mine_counts(client, b: Baskets, mc: int, max_len: int, partition_baskets: i
     groups = groups or 2 * max(1, len(client.scheduler_info().get("workers", {})))
 
     def run():
-        parts = client.scatter(pieces)
+        parts = engine.scatter(client, pieces)
         got = client.gather(client.map(_item_counts, parts, [b.n_items] * n, pure=False))
         counts = np.sum([g[0] for g in got], axis=0)
         longest = max(g[1] for g in got)
@@ -131,7 +131,7 @@ def recommend(client, recommender, b: Baskets, exclude_items=(), partition_baske
     n = len(pieces)
 
     def run():
-        parts = client.scatter(pieces)
+        parts = engine.scatter(client, pieces)
         got = client.gather(client.map(_recommend, parts, [recommender] * n, [list(exclude_items)] * n, pure=False))
         return pd.concat(got, ignore_index=True) if n > 1 else got[0]
 

@@ -37,7 +37,7 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
     sent = {}
 
     def send():
-        sent["inputs"], sent["fixed"] = client.scatter(inputs), client.scatter([fixed])[0]
+        sent["inputs"], sent["fixed"] = engine.scatter(client, inputs), engine.scatter(client, [fixed])[0]
 
     def again():
         parts.scatter()

@@ -131,6 +131,15 @@ def _lost_errors() -> tuple:
                   distributed.scheduler.KilledWorker, CommClosedError})
 
 
+def scatter(client, data, broadcast: bool = False):
+    """``client.scatter(data)`` under fresh keys. Dask names scattered data by a hash of its content, so
+    data equal to data released a moment before (the same parts sent by two steps in a row, or again
+    after a lost worker) got the released key back; the release travels on another channel and could
+    reach the scheduler after the new data, which it then forgot: tasks on it were cancelled ("lost
+    dependencies") or waited forever (dask/distributed#8576; a CI run hung on it)."""
+    return client.scatter(data, broadcast=broadcast, hash=False)
+
+
 def retry_lost(fn, what: str, again=None):
     """``fn()``, and once more (after ``again()``, e.g. scattering the data anew) when a worker was lost
     on the way; lost twice, an :class:`EngineError` naming the stage and ``what``. The data come from

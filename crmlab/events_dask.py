@@ -82,7 +82,7 @@ class PartitionedEvents:
         """Send the parts to the workers, or have them read the parts (again, after a worker holding
         some was lost)."""
         if self.folder is None:
-            self.parts = self.client.scatter(split(self.events, self.n))
+            self.parts = engine.scatter(self.client, split(self.events, self.n))
         else:
             self.parts = [self.client.submit(read_part, str(self.folder), p, pure=False) for p in range(self.n)]
 
@@ -402,11 +402,11 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
 
     def send():
         km = None if key_map is None else key_map[["source_system", "source_id", "customer_key"]]
-        held["km"] = [None] * b if km is None else client.scatter(_by_columns(km, _SOURCE, b))
-        held["dept"] = client.scatter([products.set_index("product_id")["department"]])[0]
+        held["km"] = [None] * b if km is None else engine.scatter(client, _by_columns(km, _SOURCE, b))
+        held["dept"] = engine.scatter(client, [products.set_index("product_id")["department"]])[0]
         if contacts:
             camp = pd.concat([pd.read_parquet(p, columns=["campaign_id", "window_days"]) for p in parts["campaigns"]])
-            held["camp"] = client.scatter([camp])[0]
+            held["camp"] = engine.scatter(client, [camp])[0]
 
     def piece(futures, i):
         return [client.submit(getitem, f, i) for f in futures]

@@ -306,7 +306,7 @@ class DaskRecordMatcher(RecordMatcher):
         raw = [df.columns.get_loc(c) for c in df.columns if c in set(cols) | set(KEY_INPUTS)]
         step = max(1, self._partition_rows)
         client = self._client
-        futures = [client.submit(_keyed_chunk, client.scatter(df.iloc[a:a + step, raw]), a, cols, pure=False)
+        futures = [client.submit(_keyed_chunk, engine.scatter(client, df.iloc[a:a + step, raw]), a, cols, pure=False)
                    for a in range(0, len(df), step)]       # one chunk's copy here at a time
         self._dask_chunks = (fingerprint, futures)
         return futures
@@ -390,7 +390,7 @@ class DaskRecordMatcher(RecordMatcher):
         rules = [list(r) for r in (self.blocking or DEFAULT_BLOCKING)]
         compared = {c for comp in self._comps() for c in comp.needs()}
         extra = {self.source_col} if self.mode != "link_and_dedupe" else set()
-        plain = client.scatter(self._plain(), broadcast=True)
+        plain = engine.scatter(client, self._plain(), broadcast=True)
         futures, oversized = [], []
         for r, rule in enumerate(rules):          # submitted rule by rule: Dask runs them in this order
             cols = sorted(compared | extra | {c for earlier in rules[:r + 1] for c in earlier}) + ["_row"]
@@ -441,7 +441,7 @@ class DaskRecordMatcher(RecordMatcher):
 
         def blocks():
             chunks = self._chunks(df, self._print(df))
-            plain = client.scatter(self._plain(), broadcast=True)
+            plain = engine.scatter(client, self._plain(), broadcast=True)
             parts = [client.submit(_part_blocks, plain, cols, *pieces, pure=False)
                      for pieces in self._shuffle(chunks, cols, self._parts_count(len(df)), cols + ["_row"])]
             return parts, client.gather([client.submit(_block_meta, p, pure=False) for p in parts])
@@ -506,7 +506,7 @@ class DaskRecordMatcher(RecordMatcher):
         """(blocking statistics, futures of each part's :func:`_part_scores`)."""
         client = self._client
         parts, stats = self._parts(records)
-        scorer = client.scatter(self._plain(), broadcast=True)
+        scorer = engine.scatter(client, self._plain(), broadcast=True)
         return stats, [client.submit(_part_scores, f, scorer, first_new, pure=False) for _, f in parts]
 
     def _lost(self):                               # the parts died with their worker: make them anew
@@ -576,7 +576,7 @@ class DaskRecordMatcher(RecordMatcher):
         def run():
             parts, stats = self._parts(records)
             share = min(1.0, n / max(int(stats["pairs"].iloc[-1]), 1))
-            scorer = client.scatter(self._plain(), broadcast=True)
+            scorer = engine.scatter(client, self._plain(), broadcast=True)
             return stats, client.gather([client.submit(_part_sample, f, scorer, share, seed + i, pure=False)
                                          for i, (_, f) in enumerate(parts)])
 

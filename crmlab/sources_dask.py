@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import engine
 from . import sources as S
 from .encoding import member_of
 from .errors import SourceError
@@ -386,7 +387,7 @@ def record_sample(client, src: S.Sources, records: int) -> tuple[S.Sources, floa
         return pd.concat(got, ignore_index=True)
 
     orders = drawn("orders")
-    ids = client.scatter(pd.Index(orders["order_id"]), broadcast=True)
+    ids = engine.scatter(client, pd.Index(orders["order_id"]), broadcast=True)
     lines = pd.concat(client.gather([client.submit(_lines_of, str(p), ids, pure=False) for p in parts["order_lines"]]),
                       ignore_index=True)
     got = {"orders": orders, "order_lines": lines}

@@ -21,7 +21,7 @@ import warnings
 
 import pandas as pd
 
-from . import events_dask, value
+from . import engine, events_dask, value
 from .errors import CrmlabError
 
 def _transactions(ev) -> pd.DataFrame:
@@ -44,7 +44,7 @@ def partitioned(client, transactions: pd.DataFrame, partition_rows: int, parts=N
         return dd.from_delayed(futures, meta=transactions.iloc[:0], verify_meta=False)
     n = max(1, math.ceil(len(transactions) / partition_rows))
     parts = events_dask.split_rows(transactions, events_dask.part_of(transactions["customer_key"], n), n)
-    return dd.from_delayed(client.scatter(parts), meta=transactions.iloc[:0], verify_meta=False)
+    return dd.from_delayed(engine.scatter(client, parts), meta=transactions.iloc[:0], verify_meta=False)
 
 
 def _rfm_part(part: pd.DataFrame, observation_end, time_unit: float, covariates: bool, meta) -> pd.DataFrame:
