@@ -4,17 +4,25 @@ Every decision about a customer reads that customer's rows only (their segment, 
 recommendations, orders, contacts and profile row), except the media's overall response rates, which
 are computed once over all contacts and given to every part. The events are split by customer
 (:class:`crmlab.events_dask.PartitionedEvents`), the score tables by the same hash of the key, and
-each part builds its ``customer_scores``, ``customer_offers`` and ``recent_contacts`` rows on a worker;
-put back together they are the local tables in the local row order. ``dask`` is imported inside the
-functions (by :mod:`crmlab.events_dask`).
+each part builds its ``customer_scores``, ``customer_offers`` and ``recent_contacts`` rows on a worker.
+The scores come back here in the local row order. Offers and recent contacts (several rows a
+customer) stay on the workers (:class:`~crmlab.table_parts.TableParts`): regrouped by ranges of the
+customer key and sorted there, so that their parts, laid end to end, are the local tables row for row.
+``dask`` is imported inside the functions (by :mod:`crmlab.events_dask`).
 """
 from __future__ import annotations
+
+from operator import getitem
 
 import numpy as np
 import pandas as pd
 
 from . import decisions, engine, events_dask
 from .events import CustomerEvents
+from .table_parts import TableParts
+
+#: the local tables' row orders (stable sorts): offers by customer, recent contacts by customer and date
+OFFER_ORDER, RECENT_ORDER = ["customer_key"], ["customer_key", "contact_date"]
 
 
 def _split(df: pd.DataFrame | None, n: int) -> list:
@@ -27,13 +35,16 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
                     D: dict, cutoff, do_not_contact, guarded, top: int):
     """:func:`crmlab.decisions.decide_tables` of every customer, computed by parts of the customers on
     ``client``'s workers (events split as for the features, about ``partition_rows`` order lines a
-    part, or the parts already there: :func:`~crmlab.events_dask.on_cluster`); equal to it."""
+    part, or the parts already there: :func:`~crmlab.events_dask.on_cluster`): the scores as a frame,
+    offers and recent contacts as :class:`~crmlab.table_parts.TableParts`; equal to it, row for row."""
     parts = events_dask.on_cluster(client, ev, partition_rows)
     n = parts.n
     segment_part = events_dask.part_of(segments["customer_key"], n)
     inputs = list(zip(events_dask.split_rows(segments, segment_part, n), _split(value, n), _split(propensity, n),
                       _split(recs, n)))
     fixed = (products, D, cutoff, do_not_contact, guarded, top, decisions.medium_rates(ev.contacts, cutoff))
+    keys = np.sort(segments["customer_key"].to_numpy(dtype=object))
+    bounds = keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]] if len(keys) else keys[:0]
     sent = {}
 
     def send():
@@ -44,20 +55,38 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
         send()
 
     def run():
-        futures = [client.submit(_decide_part, p, i, sent["fixed"], pure=False)
+        decided = [client.submit(_decide_part, p, i, sent["fixed"], bounds, pure=False)
                    for p, i in zip(parts.parts, sent["inputs"])]
-        return client.gather(futures)
+        scores = client.gather([client.submit(getitem, d, 0, pure=False) for d in decided])
+        offers, recent = (TableParts(client, [client.submit(_key_range, OFFER_ORDER if t == 1 else RECENT_ORDER,
+                                                            *[client.submit(_piece, d, t, r, pure=False) for d in decided],
+                                                            pure=False) for r in range(n)])
+                          for t in (1, 2))
+        return scores, offers, recent
 
     send()
-    got = engine.retry_lost(run, f"decisions on {n} parts of the customers", again=again)
+    scores, offers, recent = engine.retry_lost(run, f"decisions on {n} parts of the customers", again=again)
     order = np.argsort(segment_part, kind="stable")        # the parts' segment rows laid end to end
-    scores = pd.concat([g[0] for g in got], ignore_index=True)
-    scores = scores.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
-    offers = pd.concat([g[1] for g in got], ignore_index=True).sort_values("customer_key", kind="stable")
-    recent = pd.concat([g[2] for g in got], ignore_index=True).sort_values(["customer_key", "contact_date"],
-                                                                          kind="stable")
-    return scores, offers.reset_index(drop=True), recent.reset_index(drop=True)
+    scores = pd.concat(scores, ignore_index=True)
+    return scores.iloc[np.argsort(order, kind="stable")].reset_index(drop=True), offers, recent
 
 
-def _decide_part(ev, inputs, fixed):
-    return decisions.decide_tables(ev, *inputs, *fixed)
+def _decide_part(ev, inputs, fixed, bounds):
+    """One part's (scores, offers by key range, recent contacts by key range)."""
+    scores, offers, recent = decisions.decide_tables(ev, *inputs, *fixed)
+    return scores, _by_range(offers, bounds), _by_range(recent, bounds)
+
+
+def _by_range(df: pd.DataFrame, bounds: np.ndarray) -> list[pd.DataFrame]:
+    at = np.searchsorted(bounds, df["customer_key"].to_numpy(dtype=object), side="right")
+    return events_dask.split_rows(df, at, len(bounds) + 1)
+
+
+def _piece(decided, table: int, r: int) -> pd.DataFrame:
+    return decided[table][r]
+
+
+def _key_range(order: list, *pieces) -> pd.DataFrame:
+    """One range of the customer keys: every part's rows there, in the local order (a stable sort of
+    the parts' rows in part order, as the local table is sorted)."""
+    return pd.concat(pieces, ignore_index=True).sort_values(order, kind="stable", ignore_index=True)

@@ -32,6 +32,7 @@ import pandas as pd
 from .config import mask_url
 from .errors import CrmlabError
 from .labels import label, money_label
+from .table_parts import TableParts
 
 SCHEMA_VERSION = 2                # 2: customer_offers, recent_contacts, decision_policy added
 CATALOG = "crmlab_versions"
@@ -319,23 +320,28 @@ def _target(eng, name: str, df: pd.DataFrame) -> str:
     return f"{_qt(eng, name)} ({', '.join(_q(eng, c) for c in df.columns)})"
 
 
-def _arrow_blocks(df: pd.DataFrame) -> list | None:
-    """``df`` as Arrow tables of :data:`COPY_BLOCK` rows, timestamps as the text :func:`_to_sql_frame`
-    writes; None when Arrow cannot type a column (mixed Python objects)."""
+def _arrow_blocks(df: pd.DataFrame):
+    """``df`` as Arrow tables of :data:`COPY_BLOCK` rows, made one at a time as they are read,
+    timestamps as the text :func:`_to_sql_frame` writes; None when Arrow cannot type a column (mixed
+    Python objects)."""
+    import pyarrow as pa
+
+    try:
+        schema = pa.Schema.from_pandas(df, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    return (_timestamps_as_text(pa.Table.from_pandas(df.iloc[a:a + COPY_BLOCK], schema=schema, preserve_index=False))
+            for a in range(0, max(len(df), 1), COPY_BLOCK))
+
+
+def _timestamps_as_text(t):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    out = []
-    try:
-        for a in range(0, max(len(df), 1), COPY_BLOCK):
-            t = pa.Table.from_pandas(df.iloc[a:a + COPY_BLOCK], preserve_index=False)
-            for i, f in enumerate(t.schema):
-                if pa.types.is_timestamp(f.type):
-                    t = t.set_column(i, f.name, pc.strftime(t.column(i), "%Y-%m-%dT%H:%M:%S"))
-            out.append(t)
-    except (pa.ArrowException, TypeError, ValueError):
-        return None
-    return out
+    for i, f in enumerate(t.schema):
+        if pa.types.is_timestamp(f.type):
+            t = t.set_column(i, f.name, pc.strftime(t.column(i), "%Y-%m-%dT%H:%M:%S"))
+    return t
 
 
 def _copy(cur, name_cols: str, df: pd.DataFrame) -> None:
@@ -370,11 +376,19 @@ def _create(conn, name: str, df: pd.DataFrame) -> tuple[str | None, str]:
     return schema, bare
 
 
-def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
+def _insert(conn, eng, name: str, df) -> None:
     """Create ``name`` with the column types of :func:`_to_sql_frame`, then fill it in bulk on the same
     connection (inside the publish transaction): ``executemany`` on SQLite, ``COPY`` on PostgreSQL
-    (psycopg), pandas' ``to_sql`` elsewhere. Missing values become NULL."""
-    schema, bare = _create(conn, name, df)
+    (psycopg), pandas' ``to_sql`` elsewhere. Missing values become NULL. A :class:`TableParts` is
+    written one part at a time."""
+    parted = isinstance(df, TableParts)
+    _create(conn, name, df.meta if parted else df)
+    for frame in df.frames() if parted else [df]:
+        _fill(conn, eng, name, frame)
+
+
+def _fill(conn, eng, name: str, df: pd.DataFrame) -> None:
+    """Append the rows of ``df`` to the existing table ``name`` (see :func:`_insert`)."""
     target = _target(eng, name, df)
     if _copies(eng):
         with conn.connection.driver_connection.cursor() as cur:
@@ -388,6 +402,7 @@ def _insert(conn, eng, name: str, df: pd.DataFrame) -> None:
         cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(cols))})", zip(*values))
         cur.close()
     else:
+        schema, bare = _split(name)
         df.to_sql(bare, conn, schema=schema, index=False, if_exists="append", chunksize=50_000)
 
 
@@ -450,16 +465,17 @@ def _replace_views(conn, eng, tables, version: int) -> None:
         conn.execute(sa.text(f"CREATE VIEW {_qt(eng, t)} {body}"))
 
 
-def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 5, note: str = "",
+def publish(tables: dict, url: str, folder=None, keep: int = 5, note: str = "",
             progress=None, identity: IdentityTables | None = None, writers: int = 1,
             _fail_after: str | None = None) -> int:
-    """Publish ``tables`` as a new version; returns the version number.
+    """Publish ``tables`` (name -> DataFrame, or :class:`~crmlab.table_parts.TableParts` whose rows stay
+    on Dask workers and are written a part at a time) as a new version; returns the version number.
 
     Every table is checked against the contract first (all problems reported together, nothing
     written). ``customer_scores`` gets ``score_version`` and ``scored_at`` here. ``keep`` versions
     stay in the database (older ones are dropped); ``folder`` (optional) receives the Parquet copy.
     ``identity``: person tables published with the version, apart (:class:`IdentityTables`).
-    ``writers`` > 1 on PostgreSQL: the tables are written in row ranges by that many connections at
+    ``writers`` > 1 on PostgreSQL: the tables are written in row ranges (or parts) by that many connections at
     once (:func:`_write_parallel`), then switched to in one transaction; on SQLite (one writer) and
     other databases everything is written in the switching transaction.
     ``_fail_after`` (tests) raises after writing that table.
@@ -483,10 +499,9 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
             with conn.begin():
                 version = int(conn.execute(sa.text(f"SELECT COALESCE(MAX(version), 0) + 1 FROM {CATALOG}")).scalar())
         now = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).floor("s")
-        tables = {n: neutralise_formulas(n, df) for n, df in tables.items()}
-        if "customer_scores" in tables:
-            tables["customer_scores"] = tables["customer_scores"].assign(score_version=np.int64(version), scored_at=now)
-        problems = {n: check_contract(n, df) for n, df in tables.items()}
+        tables = {n: df.transform(_prepare, n, version, now) if isinstance(df, TableParts) else _prepare(df, n, version, now)
+                  for n, df in tables.items()}
+        problems = {n: _problems(n, df) for n, df in tables.items()}
         problems = {n: p for n, p in problems.items() if p}
         if problems:
             raise PublishError("nothing published: the tables break the schema contract:\n"
@@ -547,6 +562,28 @@ def publish(tables: dict[str, pd.DataFrame], url: str, folder=None, keep: int = 
         if guard is not None:
             guard.close()
         eng.dispose()
+
+
+def _prepare(df: pd.DataFrame, name: str, version: int, now) -> pd.DataFrame:
+    """Table ``name`` as published: formulas defused; ``customer_scores`` stamped with the version."""
+    df = neutralise_formulas(name, df)
+    if name == "customer_scores":
+        df = df.assign(score_version=np.int64(version), scored_at=now)
+    return df
+
+
+def _problems(name: str, df) -> list[str]:
+    """:func:`check_contract` of a table, or of every part of a :class:`TableParts` (each problem once;
+    a key unique in every part may still repeat across parts: the unique index refuses it)."""
+    if not isinstance(df, TableParts):
+        return check_contract(name, df)
+    if df.n == 0:
+        return check_contract(name, df.meta)
+    return list(dict.fromkeys(p for part in df.map(_part_problems, name) for p in part))
+
+
+def _part_problems(df: pd.DataFrame, name: str) -> list[str]:
+    return check_contract(name, df)
 
 
 def _catalog_insert(conn, version: int, status: str, now, names, counts: dict, note: str) -> None:
@@ -611,9 +648,13 @@ def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_aft
 
     with eng.begin() as conn:
         for name, df in tables.items():
-            _create(conn, _phys(name, version), df)
+            _create(conn, _phys(name, version), df.meta if isinstance(df, TableParts) else df)
     jobs, ranges = [], {}
     for name, df in tables.items():
+        if isinstance(df, TableParts):                  # a part a job, fetched by the writer that copies it
+            ranges[name] = df.n
+            jobs += [(name, i, None) for i in range(df.n)]
+            continue
         ranges[name] = k = max(1, min(writers, len(df) // PARALLEL_MIN_ROWS))
         bounds = np.linspace(0, len(df), k + 1).astype(np.int64)
         jobs += [(name, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -623,9 +664,10 @@ def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_aft
         df = tables[name]
         if a == 0:
             say(f"writing {name} ({len(df):,} rows) as version {version}"
-                + (f" in {ranges[name]} ranges at once" if ranges[name] > 1 else ""))
+                + (f" in {ranges[name]} {'parts' if b is None else 'ranges'}, {writers} at once" if ranges[name] > 1 else ""))
+        rows = df.frame(a) if b is None else df.iloc[a:b]
         with eng.begin() as conn, conn.connection.driver_connection.cursor() as cur:
-            _copy(cur, _target(eng, _phys(name, version), df), df.iloc[a:b])
+            _copy(cur, _target(eng, _phys(name, version), rows), rows)
         if fail_after == name:
             raise RuntimeError(f"simulated failure after writing {name}")
 
@@ -841,7 +883,10 @@ def _stage_parquet(tables, folder, version: int, counts: dict) -> Path:
     tmp.mkdir(mode=0o700)
     try:
         for name, df in tables.items():
-            df.to_parquet(tmp / f"{name}.parquet", index=False)
+            if isinstance(df, TableParts):
+                _parquet_by_parts(df, tmp / f"{name}.parquet")
+            else:
+                df.to_parquet(tmp / f"{name}.parquet", index=False)
             if pq.ParquetFile(tmp / f"{name}.parquet").metadata.num_rows != counts[name]:
                 raise PublishError(f"the Parquet copy of {name} did not read back with {counts[name]:,} rows")
         final = root / f"v{version:06d}"
@@ -852,6 +897,25 @@ def _stage_parquet(tables, folder, version: int, counts: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _arrow_schema(df: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Schema.from_pandas(df, preserve_index=False)
+
+
+def _parquet_by_parts(parts: TableParts, path: Path) -> None:
+    """One Parquet file of the parts, a row group (or more) a part, fetched one at a time; the schema
+    is the parts' schemas unified (a column missing in one part and text in another is text)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas = parts.map(_arrow_schema) or [_arrow_schema(parts.meta)]
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    with pq.ParquetWriter(path, schema) as writer:
+        for frame in parts.frames():
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
 def _write_current(root: Path, version: int) -> None:

@@ -14,7 +14,8 @@ from ..errors import CrmlabError
 class PublishResult:
     """What stage 60 decided and published, for its report: the scores, the rules with their
     customer counts, drift against the version current before (None on a first publication), the
-    published version and the tables."""
+    published version and the tables (in Dask mode, offers and recent contacts are
+    :class:`~crmlab.table_parts.TableParts` left on the workers)."""
 
     url: str
     cutoff: pd.Timestamp
@@ -46,10 +47,19 @@ def run_publish(ctx) -> PublishResult:
               products, D, cutoff, dnc, guarded, PUB["offers"])
     client = engine.client(ctx.params["engine"])
     if client is None:
-        scores, offers, recent = decisions.decide_tables(ev, *inputs)
-    else:                                           # by parts of the customers on the cluster: the same tables
-        scores, offers, recent = decisions_dask.decide_by_parts(client, ctx.params["engine"]["partition_rows"], ev,
-                                                                *inputs)
+        return _decide_and_publish(ctx, url, key_map, cutoff, guarded, products,
+                                   decisions.decide_tables(ev, *inputs))
+    # by parts of the customers on the cluster: the same tables, offers and recent contacts left on the
+    # workers and published from there a part at a time; a worker lost on the way costs one more try
+    return engine.retry_lost(lambda: _decide_and_publish(
+        ctx, url, key_map, cutoff, guarded, products,
+        decisions_dask.decide_by_parts(client, ctx.params["engine"]["partition_rows"], ev, *inputs)),
+        "the decisions and their publication")
+
+
+def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -> PublishResult:
+    D, PUB = ctx.params["decisions"], ctx.params["publish"]
+    scores, offers, recent = decided
     leak = int(scores["next_best_offer"].isin(guarded).sum())
     if leak:
         raise CrmlabError(f"{leak} next best offers are guarded products: nothing published")

@@ -1,0 +1,78 @@
+"""A table whose rows stay on the Dask workers, one frame a part: what stage 60 publishes in Dask mode
+without gathering it into the stage's process.
+
+:func:`crmlab.publish.publish` takes a :class:`TableParts` where it takes a DataFrame: it checks and
+prepares the parts where they lie (:meth:`TableParts.map`, :meth:`TableParts.transform`) and writes
+them one part at a time (:meth:`TableParts.frames`), so the publishing process holds one part, or one
+per writer, never the table. The parts together are the table's rows, in part order.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from . import engine
+
+
+def _rows(frame: pd.DataFrame) -> int:
+    return len(frame)
+
+
+def _empty(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[:0]
+
+
+class TableParts:
+    """The rows of one table as frames on ``client``'s workers (``parts``: futures, in order)."""
+
+    def __init__(self, client, parts: list):
+        self.client, self.parts = client, list(parts)
+        self.rows = self.map(_rows)
+        self._meta = None
+
+    def __len__(self) -> int:
+        return int(sum(self.rows))
+
+    @property
+    def n(self) -> int:
+        return len(self.parts)
+
+    @property
+    def meta(self) -> pd.DataFrame:
+        """No rows, the parts' columns and dtypes (the first part's)."""
+        if self._meta is None:
+            self._meta = self.client.submit(_empty, self.parts[0], pure=False).result() if self.parts else pd.DataFrame()
+        return self._meta
+
+    @property
+    def columns(self) -> pd.Index:
+        return self.meta.columns
+
+    def map(self, fn, *args) -> list:
+        """``fn(part, *args)`` for every part, on the workers; the results in part order."""
+        return self.client.gather([self.client.submit(fn, p, *args, pure=False) for p in self.parts])
+
+    def transform(self, fn, *args) -> "TableParts":
+        """The table of ``fn(part, *args)`` (a frame) for every part, left on the workers."""
+        return TableParts(self.client, [self.client.submit(fn, p, *args, pure=False) for p in self.parts])
+
+    def astype(self, dtypes) -> "TableParts":
+        """As :meth:`pandas.DataFrame.astype`, on every part."""
+        return self.transform(pd.DataFrame.astype, dtypes)
+
+    def frame(self, i: int) -> pd.DataFrame:
+        """Part ``i``, fetched."""
+        return self.parts[i].result()
+
+    def frames(self):
+        """The parts fetched one at a time, in order."""
+        for i in range(self.n):
+            yield self.frame(i)
+
+    def compute(self) -> pd.DataFrame:
+        """The whole table in this process (small tables, tests)."""
+        return pd.concat(list(self.frames()), ignore_index=True) if self.parts else self.meta
+
+    @classmethod
+    def scatter(cls, client, frames: list) -> "TableParts":
+        """Frames of this process sent to the workers as parts (tests, small tables)."""
+        return cls(client, engine.scatter(client, frames))
