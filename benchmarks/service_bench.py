@@ -207,7 +207,8 @@ def identify_world(tmp: Path, customers: int, urls: list[str], schema: str) -> t
     for url in urls:
         t = time.perf_counter()
         publish.publish({"customer_key_map": km.astype({"source_id": str}), "customer_scores": scores}, url,
-                        identity=identity_index.identity_tables(rec, km, m, schema=schema, role=None))
+                        identity=identity_index.identity_tables(identity_index.index_rows(rec, km, m), km, m,
+                                                                schema=schema, role=None))
         lines.append(f"# identify: identity index published to {url.split(':')[0]} in {time.perf_counter() - t:.1f} s")
     hold = pd.read_parquet(world / "truth" / "identify_holdout.parquet")
     fields = list(identity_index.PERSON_FIELDS)

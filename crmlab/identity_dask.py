@@ -35,14 +35,16 @@ import operator
 import numpy as np
 import pandas as pd
 
-from . import engine
+from . import engine, identity_index
 from .errors import CrmlabError
+from .events_dask import hash_buckets, split_rows
 from .identity import (DEFAULT_BLOCKING, KEY_INPUTS, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
                        add_keys, best_probability, blocking_row, column_stats, largest_table, merge_column_stats,
                        top_blocks)
 from .identity import key_map as identity_key_map
 from .kernels import graph
 from .kernels.strings import text_hash
+from .table_parts import TableParts
 
 #: chunks merged by one task when value counts and forests are reduced
 FAN_IN = 8
@@ -582,3 +584,33 @@ class DaskRecordMatcher(RecordMatcher):
 
         stats, got = engine.retry_lost(run, f"a sample of {n:,} candidate pairs", self._lost)
         return _in_order(len(records), got, stats)
+
+
+# ----------------------------------------------------------------------------- the identity index by parts
+
+_SOURCE = ["source_system", "source_id"]
+
+
+def index_rows_by_parts(client, files: list, key_map: pd.DataFrame, matcher: RecordMatcher) -> TableParts:
+    """:func:`crmlab.identity_index.index_rows` of the customer records in the Parquet ``files`` (the
+    run's sources parts), left on ``client``'s workers: each file read and keyed there, its rows
+    regrouped with the key map's by a hash of (source_system, source_id) and joined there. The same rows
+    as the local index, in another order (the database keeps none)."""
+    n = max(1, len(files))
+    km = key_map[[*_SOURCE, "customer_key"]]
+    km_parts = engine.scatter(client, split_rows(km, hash_buckets(km, _SOURCE, n), n))
+    plain = engine.scatter(client, matcher, broadcast=True)
+    keyed = [client.submit(_keyed_file, str(f), plain, n, pure=False) for f in files]
+    return TableParts(client, [client.submit(_index_bucket, km_parts[b], plain,
+                                             *[client.submit(operator.getitem, k, b, pure=False) for k in keyed], pure=False)
+                               for b in range(n)])
+
+
+def _keyed_file(path: str, matcher: RecordMatcher, n: int) -> list[pd.DataFrame]:
+    """One file's records with the blocking keys, split by bucket of their source."""
+    df = identity_index.keyed_records(pd.read_parquet(path), matcher)
+    return split_rows(df, hash_buckets(df, _SOURCE, n), n)
+
+
+def _index_bucket(km: pd.DataFrame, matcher: RecordMatcher, *pieces) -> pd.DataFrame:
+    return identity_index.with_customer_keys(pd.concat(pieces, ignore_index=True), km, matcher)

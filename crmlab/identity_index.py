@@ -33,6 +33,7 @@ from .direct import DirectConnections
 from .publish import IdentityTables, PublishError, _qt, _split, engine, identity_name
 from .sources import PERSON_FIELDS, PROVISIONAL_SYSTEM, PROVISIONAL_TABLE
 from .standardise import standardise_person
+from .table_parts import TableParts
 
 INDEX, MODEL = "identity_index", "identity_model"
 
@@ -41,28 +42,48 @@ def model_id(model: dict) -> str:
     return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def identity_tables(records: pd.DataFrame, key_map: pd.DataFrame, matcher: identity.RecordMatcher,
+def index_rows(records: pd.DataFrame, key_map: pd.DataFrame, matcher: identity.RecordMatcher) -> pd.DataFrame:
+    """The identity index's rows of ``records`` (standardised customer records, ``Sources.customers``):
+    each record's source, ``matcher``'s blocking keys and its customer key from ``key_map`` (missing
+    where ``key_map`` has no row), in record order."""
+    return with_customer_keys(keyed_records(records, matcher), key_map, matcher)
+
+
+def keyed_records(records: pd.DataFrame, matcher: identity.RecordMatcher) -> pd.DataFrame:
+    """Each record's source and ``matcher``'s blocking keys, as text (the first step of :func:`index_rows`)."""
+    cols = matcher.index_columns()
+    keyed = identity.add_keys(records.reset_index(drop=True), keys=cols)
+    return keyed[["source_system", "source_id", *cols]].astype({"source_id": "string", "source_system": "string",
+                                                                 **dict.fromkeys(cols, "string")})
+
+
+def with_customer_keys(keyed: pd.DataFrame, key_map: pd.DataFrame, matcher: identity.RecordMatcher) -> pd.DataFrame:
+    """:func:`keyed_records`' rows with their customer key from ``key_map`` and the model's id (the
+    second step of :func:`index_rows`)."""
+    idx = keyed.merge(key_map[["source_system", "source_id", "customer_key"]].astype(
+        {"source_id": "string", "source_system": "string"}), on=["source_system", "source_id"], how="left")
+    idx["model_id"] = model_id(matcher.to_dict())
+    return idx
+
+
+def _unkeyed(idx: pd.DataFrame) -> int:
+    return int(idx["customer_key"].isna().sum())
+
+
+def identity_tables(index, key_map: pd.DataFrame, matcher: identity.RecordMatcher,
                     schema: str = "crmlab_identity", role: str | None = "crmlab_identity_reader") -> IdentityTables:
     """The identity index and model of one run, ready for :func:`crmlab.publish.publish`.
 
-    ``records``: the run's standardised customer records (``Sources.customers``); ``key_map``: its
+    ``index``: :func:`index_rows` of the run's records (a frame, or a
+    :class:`~crmlab.table_parts.TableParts` of them left on Dask workers); ``key_map``: the run's
     customer key map. Provisional persons the run took in are settled (deleted) at publication."""
     model = matcher.to_dict()
-    mid = model_id(model)
-    cols = matcher.index_columns()
-    keyed = identity.add_keys(records.reset_index(drop=True))
-    idx = keyed[["source_system", "source_id", *cols]].astype({"source_id": "string", "source_system": "string"})
-    idx = idx.merge(key_map[["source_system", "source_id", "customer_key"]].astype(
-        {"source_id": "string", "source_system": "string"}), on=["source_system", "source_id"], how="left")
-    if idx["customer_key"].isna().any():
-        raise PublishError(f"{int(idx['customer_key'].isna().sum())} records have no customer key: the identity "
-                           "index and the key map disagree")
-    idx["model_id"] = mid
-    for c in cols:
-        idx[c] = idx[c].astype("string")
+    missing = sum(index.map(_unkeyed)) if isinstance(index, TableParts) else _unkeyed(index)
+    if missing:
+        raise PublishError(f"{missing} records have no customer key: the identity index and the key map disagree")
     took = key_map.loc[key_map["source_system"] == PROVISIONAL_SYSTEM, "source_id"].astype(str).tolist()
     return IdentityTables(
-        tables={INDEX: idx, MODEL: pd.DataFrame({"model_id": [mid], "model": [json.dumps(model)]})},
+        tables={INDEX: index, MODEL: pd.DataFrame({"model_id": [model_id(model)], "model": [json.dumps(model)]})},
         indexes={INDEX: [tuple(r) for r in matcher.blocking_rules_] + [("customer_key",)]},
         schema=schema, role=role, settle=(PROVISIONAL_TABLE, "provisional_key", took))
 

@@ -401,6 +401,30 @@ def test_tables_left_on_the_workers_publish_as_their_frames(cluster, tmp_path, r
     assert publish.current_version(url) == v2 and publish.history(url)["version"].max() == v2
 
 
+def test_identity_index_made_by_the_workers_holds_the_local_rows(cluster, tmp_path):
+    """The identity index of records in three Parquet parts, keyed and joined to the key map on the
+    workers (regrouped by a hash of the source): the local index's rows; a record missing from the key
+    map stops the publication as locally."""
+    from crmlab import identity_index
+    from crmlab.publish import PublishError
+
+    records = datasets.read_febrl4(SAMPLE.parent / "febrl")[0]
+    matcher = datasets.febrl_matcher().fit(records)
+    km = matcher.predict(records)
+    files = [tmp_path / f"part-{i}.parquet" for i in range(3)]
+    for f, at in zip(files, np.array_split(np.arange(len(records)), 3)):
+        records.iloc[at].to_parquet(f)
+    want = identity_index.index_rows(records, km, matcher)
+    got = identity_dask.index_rows_by_parts(cluster.client, files, km, matcher)
+    assert got.n == 3 and len(got) == len(want) > 1000 and want["customer_key"].notna().all()
+    src = ["source_system", "source_id"]
+    pd.testing.assert_frame_equal(got.compute().sort_values(src, ignore_index=True), want.sort_values(src, ignore_index=True),
+                                  check_exact=True)
+    with pytest.raises(PublishError, match="^1 records have no customer key"):
+        identity_index.identity_tables(identity_dask.index_rows_by_parts(cluster.client, files, km.iloc[1:], matcher),
+                                       km, matcher)
+
+
 def test_campaign_features_by_parts_equal_the_whole(cluster, world, monkeypatch):
     """Stage 70's uplift inputs: each contact's features at its campaign's start, computed by parts of the
     customers, equal the whole's (campaigns before any order are skipped in both)."""

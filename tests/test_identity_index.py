@@ -31,8 +31,8 @@ def published(request, fitted, tmp_path):
         schema = f"{main_schema}_id"
         request.addfinalizer(lambda: _drop(url, schema))
     publish.publish({"customer_key_map": km.astype({"source_id": str})}, url,
-                    identity=identity_index.identity_tables(rec, km, m, schema=schema or "crmlab_identity",
-                                                            role="crmlab_t_identity_reader"))
+                    identity=identity_index.identity_tables(identity_index.index_rows(rec, km, m), km, m,
+                                                            schema=schema or "crmlab_identity", role="crmlab_t_identity_reader"))
     return url, schema or "crmlab_identity", km
 
 

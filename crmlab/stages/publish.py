@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import affinity, decisions, decisions_dask, engine, identity, identity_index, online_store, publish, targets
+from .. import (affinity, decisions, decisions_dask, engine, identity, identity_dask, identity_index, online_store,
+               publish, targets)
 from ..errors import CrmlabError
 
 
@@ -79,8 +80,11 @@ def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -
     ident = None
     if PUB["identity"]:                             # the identity index, apart from the touchpoint tables
         matcher = identity.RecordMatcher.from_dict(json.loads(ctx.read_artifact("identity_model")["model"].iloc[0]))
-        ident = identity_index.identity_tables(ctx.sources().customers, key_map, matcher, PUB["identity_schema"],
-                                               PUB["identity_role"])
+        src, client = ctx.sources(), engine.client(ctx.params["engine"])
+        files = None if client is None else (src.part_files() or {}).get("customers")
+        index = (identity_index.index_rows(src.customers, key_map, matcher) if files is None else
+                 identity_dask.index_rows_by_parts(client, files, key_map, matcher))   # by the workers, left there
+        ident = identity_index.identity_tables(index, key_map, matcher, PUB["identity_schema"], PUB["identity_role"])
     version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print,
                               writers=PUB["writers"],
                               identity=ident)
