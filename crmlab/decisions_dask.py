@@ -40,15 +40,15 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
     parts = events_dask.on_cluster(client, ev, partition_rows)
     n = parts.n
     segment_part = events_dask.part_of(segments["customer_key"], n)
-    inputs = list(zip(events_dask.split_rows(segments, segment_part, n), _split(value, n), _split(propensity, n),
-                      _split(recs, n)))
     fixed = (products, D, cutoff, do_not_contact, guarded, top, decisions.medium_rates(ev.contacts, cutoff))
     keys = np.sort(segments["customer_key"].to_numpy(dtype=object))
     bounds = keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]] if len(keys) else keys[:0]
     sent = {}
 
-    def send():
-        sent["inputs"], sent["fixed"] = engine.scatter(client, inputs), engine.scatter(client, [fixed])[0]
+    def send():                                     # split here, not kept: a retry splits them anew
+        inputs = zip(events_dask.split_rows(segments, segment_part, n), _split(value, n), _split(propensity, n),
+                     _split(recs, n))
+        sent["inputs"], sent["fixed"] = engine.scatter(client, list(inputs)), engine.scatter(client, [fixed])[0]
 
     def again():
         parts.scatter()

@@ -187,7 +187,7 @@ def neutralise_formulas(name: str, df: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in TEXT_FIELDS.get(name, ()) if c in df.columns]
     if not cols:
         return df
-    df = df.copy()
+    df = df.copy(deep=False)                       # copy-on-write: a column changed here is copied, not the table
     for c in cols:
         s = df[c]
         hit = s.notna() & s.astype("string").str.startswith(_FORMULA_START).fillna(False)
@@ -308,7 +308,7 @@ def _to_sql_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-#: rows per block of CSV made for COPY (bounds the text held at once)
+#: rows per block of CSV made for COPY, or of values inserted on SQLite (bounds what is held at once)
 COPY_BLOCK = 200_000
 
 
@@ -394,16 +394,16 @@ def _fill(conn, eng, name: str, df: pd.DataFrame) -> None:
         with conn.connection.driver_connection.cursor() as cur:
             _copy(cur, target, df)
         return
-    df = _to_sql_frame(df)
-    if eng.dialect.name == "sqlite":
-        cols = list(df.columns)
-        values = [df[c].astype(object).where(df[c].notna(), None).tolist() for c in cols]
+    if eng.dialect.name == "sqlite":               # in blocks: the rows as Python values, a block at a time
         cur = conn.connection.driver_connection.cursor()
-        cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(cols))})", zip(*values))
+        for a in range(0, len(df), COPY_BLOCK):
+            block = _to_sql_frame(df.iloc[a:a + COPY_BLOCK])
+            values = [block[c].astype(object).where(block[c].notna(), None).tolist() for c in block.columns]
+            cur.executemany(f"INSERT INTO {target} VALUES ({', '.join('?' * len(values))})", zip(*values))
         cur.close()
     else:
         schema, bare = _split(name)
-        df.to_sql(bare, conn, schema=schema, index=False, if_exists="append", chunksize=50_000)
+        _to_sql_frame(df).to_sql(bare, conn, schema=schema, index=False, if_exists="append", chunksize=50_000)
 
 
 def _switch_views(conn, eng, tables, version: int) -> None:
@@ -837,8 +837,9 @@ def restore(url: str, version: int, folder=None) -> int:
     return version
 
 
-def read_table(url: str, name: str, version: int | None = None) -> pd.DataFrame:
-    """A published table as touchpoints see it (the current version, or a kept one)."""
+def read_table(url: str, name: str, version: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """A published table as touchpoints see it (the current version, or a kept one); ``columns``: only
+    those of them that the table has (e.g. the scores that drift compares, not a copy of the table)."""
     import sqlalchemy as sa
 
     if name not in CONTRACT:
@@ -847,9 +848,14 @@ def read_table(url: str, name: str, version: int | None = None) -> pd.DataFrame:
     try:
         rel = _phys(name, version) if version else name
         with eng.connect() as conn:
-            if not sa.inspect(conn).has_table(rel) and rel not in sa.inspect(conn).get_view_names():
+            insp = sa.inspect(conn)
+            if not insp.has_table(rel) and rel not in insp.get_view_names():
                 raise PublishError(f"{_safe(url)} has no published '{rel}'")
-            return _contract_types(name, pd.read_sql(sa.text(f"SELECT * FROM {_q(eng, rel)}"), conn))
+            what = "*"
+            if columns is not None:
+                have = {c["name"] for c in insp.get_columns(rel)}
+                what = ", ".join(_q(eng, c) for c in columns if c in have) or "*"
+            return _contract_types(name, pd.read_sql(sa.text(f"SELECT {what} FROM {_q(eng, rel)}"), conn))
     finally:
         eng.dispose()
 
@@ -1109,11 +1115,16 @@ def plot_drift(previous: pd.DataFrame, scores: pd.DataFrame,
     return fig
 
 
+def drift_columns(scores: pd.DataFrame) -> list[str]:
+    """The score columns :func:`drift` compares: the numeric ones, flags and ids left out."""
+    return [c for c in scores.columns if c not in ("score_version", "segment_id")
+            and pd.api.types.is_numeric_dtype(scores[c]) and not pd.api.types.is_bool_dtype(scores[c])]
+
+
 def drift(old: pd.DataFrame, new: pd.DataFrame, warn_psi: float = 0.2) -> pd.DataFrame:
-    """Per numeric score column: mean before / after, PSI and a warning flag (PSI > ``warn_psi``)."""
-    skip = {"score_version", "segment_id"}
-    cols = [c for c in new.columns if c in old and c not in skip and pd.api.types.is_numeric_dtype(new[c])
-            and not pd.api.types.is_bool_dtype(new[c])]
+    """Per numeric score column (:func:`drift_columns`): mean before / after, PSI and a warning flag
+    (PSI > ``warn_psi``)."""
+    cols = [c for c in drift_columns(new) if c in old]
     rows = [(c, float(old[c].mean()), float(new[c].mean()), psi(old[c], new[c])) for c in cols]
     t = pd.DataFrame(rows, columns=["column", "mean_previous", "mean_now", "psi"]).set_index("column")
     t["warning"] = np.where(t["psi"] > warn_psi, "shifted (PSI > %.2g)" % warn_psi, "")

@@ -14,9 +14,9 @@ from ..errors import CrmlabError
 @dataclass
 class PublishResult:
     """What stage 60 decided and published, for its report: the scores, the rules with their
-    customer counts, drift against the version current before (None on a first publication), the
-    published version and the tables (in Dask mode, offers and recent contacts are
-    :class:`~crmlab.table_parts.TableParts` left on the workers)."""
+    customer counts, the numeric scores of the version current before and their drift (None on a
+    first publication), the published version and the tables (in Dask mode, offers and recent
+    contacts are :class:`~crmlab.table_parts.TableParts` left on the workers)."""
 
     url: str
     cutoff: pd.Timestamp
@@ -67,7 +67,8 @@ def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -
     rules = pd.DataFrame(D["rules"]).set_index("name")
     rules["customers"] = scores["rule"].value_counts().reindex(rules.index).fillna(0).astype(int)
     previous_version = publish.current_version(url)
-    previous = publish.read_table(url, "customer_scores") if previous_version else None
+    previous = (publish.read_table(url, "customer_scores", columns=publish.drift_columns(scores))
+                if previous_version else None)           # the scores drift compares, not the whole table
     drift = publish.drift(previous, scores, PUB["drift_psi"]) if previous is not None else None
     tables = {"customer_scores": scores,
               "customer_key_map": key_map.astype({"source_id": str, "source_system": str, "customer_key": str}),
