@@ -42,7 +42,8 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
     segment_part = events_dask.part_of(segments["customer_key"], n)
     fixed = (products, D, cutoff, do_not_contact, guarded, top, decisions.medium_rates(ev.contacts, cutoff))
     keys = np.sort(segments["customer_key"].to_numpy(dtype=object))
-    bounds = keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]] if len(keys) else keys[:0]
+    # n ranges of about equal numbers of customers (n - 1 bounds, whatever the number of keys)
+    bounds = keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]] if len(keys) else np.full(n - 1, "", object)
     sent = {}
 
     def send():                                     # split here, not kept: a retry splits them anew
@@ -58,11 +59,7 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
         decided = [client.submit(_decide_part, p, i, sent["fixed"], bounds, pure=False)
                    for p, i in zip(parts.parts, sent["inputs"])]
         scores = client.gather([client.submit(getitem, d, 0, pure=False) for d in decided])
-        offers, recent = (TableParts(client, [client.submit(_key_range, OFFER_ORDER if t == 1 else RECENT_ORDER,
-                                                            *[client.submit(_piece, d, t, r, pure=False) for d in decided],
-                                                            pure=False) for r in range(n)])
-                          for t in (1, 2))
-        return scores, offers, recent
+        return scores, _regrouped(client, decided, 1, OFFER_ORDER), _regrouped(client, decided, 2, RECENT_ORDER)
 
     send()
     scores, offers, recent = engine.retry_lost(run, f"decisions on {n} parts of the customers", again=again)
@@ -80,6 +77,13 @@ def _decide_part(ev, inputs, fixed, bounds):
 def _by_range(df: pd.DataFrame, bounds: np.ndarray) -> list[pd.DataFrame]:
     at = np.searchsorted(bounds, df["customer_key"].to_numpy(dtype=object), side="right")
     return events_dask.split_rows(df, at, len(bounds) + 1)
+
+
+def _regrouped(client, decided: list, table: int, order: list) -> TableParts:
+    """Table ``table`` of every part's decisions, regrouped on the workers by range of the key."""
+    return TableParts(client, [client.submit(_key_range, order, *[client.submit(_piece, d, table, r, pure=False)
+                                                                   for d in decided], pure=False)
+                               for r in range(len(decided))])
 
 
 def _piece(decided, table: int, r: int) -> pd.DataFrame:

@@ -475,9 +475,9 @@ def publish(tables: dict, url: str, folder=None, keep: int = 5, note: str = "",
     written). ``customer_scores`` gets ``score_version`` and ``scored_at`` here. ``keep`` versions
     stay in the database (older ones are dropped); ``folder`` (optional) receives the Parquet copy.
     ``identity``: person tables published with the version, apart (:class:`IdentityTables`).
-    ``writers`` > 1 on PostgreSQL: the tables are written in row ranges (or parts) by that many connections at
-    once (:func:`_write_parallel`), then switched to in one transaction; on SQLite (one writer) and
-    other databases everything is written in the switching transaction.
+    ``writers`` > 1 on PostgreSQL: the tables are written in row ranges (or parts) by that many
+    connections at once (:func:`_write_parallel`), then switched to in one transaction; on SQLite (one
+    writer) and other databases everything is written in the switching transaction.
     ``_fail_after`` (tests) raises after writing that table.
     """
     import sqlalchemy as sa
@@ -499,8 +499,8 @@ def publish(tables: dict, url: str, folder=None, keep: int = 5, note: str = "",
             with conn.begin():
                 version = int(conn.execute(sa.text(f"SELECT COALESCE(MAX(version), 0) + 1 FROM {CATALOG}")).scalar())
         now = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).floor("s")
-        tables = {n: df.transform(_prepare, n, version, now) if isinstance(df, TableParts) else _prepare(df, n, version, now)
-                  for n, df in tables.items()}
+        tables = {n: (df.transform(_prepare, n, version, now) if isinstance(df, TableParts) else
+                      _prepare(df, n, version, now)) for n, df in tables.items()}
         problems = {n: _problems(n, df) for n, df in tables.items()}
         problems = {n: p for n, p in problems.items() if p}
         if problems:
