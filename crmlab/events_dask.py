@@ -235,10 +235,12 @@ def parts_for(rows: int, partition_rows: int) -> int:
 
 # ----------------------------------------------------------------------------- events built on the workers
 
-_SOURCE = ["source_system", "source_id"]
+#: the columns that name a source record
+SOURCE_KEY = ["source_system", "source_id"]
 
 
-def _by_columns(df: pd.DataFrame, cols: list, n: int) -> list[pd.DataFrame]:
+def by_columns(df: pd.DataFrame, cols: list, n: int) -> list[pd.DataFrame]:
+    """``df``'s rows in ``n`` buckets by a hash of ``cols`` (:func:`hash_buckets`): equal keys meet."""
     return split_rows(df, hash_buckets(df, cols, n), n)
 
 
@@ -246,7 +248,7 @@ def _read_split(path: str, offset: int, cols: list, n: int) -> list[pd.DataFrame
     """A sources part, its rows numbered from ``offset``, cut into ``n`` buckets by a hash of ``cols``."""
     df = pd.read_parquet(path)
     df[ROW] = np.arange(offset, offset + len(df), dtype=np.int64)
-    return _by_columns(df, cols, n)
+    return by_columns(df, cols, n)
 
 
 def _in_order(pieces) -> pd.DataFrame:
@@ -265,9 +267,9 @@ def _keyed(key_map: pd.DataFrame | None, *pieces) -> dict:
                 "missing": 0, "shown": None}
     km = key_map.astype({"source_id": "string"})
     key = pd.DataFrame({"source_system": df["source_system"].to_numpy(), "source_id": sid.to_numpy()}).merge(
-        km, on=_SOURCE, how="left")["customer_key"]
+        km, on=SOURCE_KEY, how="left")["customer_key"]
     missing = key.isna().to_numpy()
-    shown = df.loc[missing, [ROW, *_SOURCE]].head(3).assign(source_id=sid[missing].head(3)) if missing.any() else None
+    shown = df.loc[missing, [ROW, *SOURCE_KEY]].head(3).assign(source_id=sid[missing].head(3)) if missing.any() else None
     return {"df": df.assign(customer_key=key.to_numpy())[~missing].reset_index(drop=True),
             "missing": int(missing.sum()), "shown": shown}
 
@@ -280,7 +282,7 @@ def _frame(got: dict, campaigns=None) -> pd.DataFrame:
 def _orders_by_id(got: dict, n: int) -> list[pd.DataFrame]:
     """Keyed orders (the events' columns but their value) cut into ``n`` buckets by a hash of the order id."""
     df = got["df"]
-    return _by_columns(df[[c for c in ORDER_COLUMNS if c != "value" and c in df] + [ROW]], ["order_id"], n)
+    return by_columns(df[[c for c in ORDER_COLUMNS if c != "value" and c in df] + [ROW]], ["order_id"], n)
 
 
 def _by_customer(df: pd.DataFrame, n: int) -> list[pd.DataFrame]:
@@ -290,7 +292,7 @@ def _by_customer(df: pd.DataFrame, n: int) -> list[pd.DataFrame]:
 def _by_code(df: pd.DataFrame, n: int, columns: list | None = None) -> list[pd.DataFrame]:
     """Rows quoting a reference code, cut into ``n`` buckets by a hash of the code."""
     df = df[df["ref_code"].notna()]
-    return _by_columns(df if columns is None else df[columns], ["ref_code"], n)
+    return by_columns(df if columns is None else df[columns], ["ref_code"], n)
 
 
 def _missing(got: dict) -> tuple:
@@ -402,7 +404,7 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
 
     def send():
         km = None if key_map is None else key_map[["source_system", "source_id", "customer_key"]]
-        held["km"] = [None] * b if km is None else engine.scatter(client, _by_columns(km, _SOURCE, b))
+        held["km"] = [None] * b if km is None else engine.scatter(client, by_columns(km, SOURCE_KEY, b))
         held["dept"] = engine.scatter(client, [products.set_index("product_id")["department"]])[0]
         if contacts:
             camp = pd.concat([pd.read_parquet(p, columns=["campaign_id", "window_days"]) for p in parts["campaigns"]])
@@ -412,7 +414,7 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
         return [client.submit(getitem, f, i) for f in futures]
 
     def keyed(table, what):
-        splits = [client.submit(_read_split, str(p), off, _SOURCE, b, pure=False)
+        splits = [client.submit(_read_split, str(p), off, SOURCE_KEY, b, pure=False)
                   for p, off in zip(parts[table], offsets[table])]
         got = [client.submit(_keyed, held["km"][i], *piece(splits, i), pure=False) for i in range(b)]
         said = client.gather([client.submit(_missing, g) for g in got])
@@ -420,7 +422,7 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
         if bad:
             shown = pd.concat([s[1] for s in said if s[1] is not None]).sort_values(ROW).head(3)
             raise CrmlabError(f"{bad:,} {what} reference source records missing from the customer key map, "
-                              f"e.g. {shown[_SOURCE].to_dict('records')}")
+                              f"e.g. {shown[SOURCE_KEY].to_dict('records')}")
         return got
 
     def run():

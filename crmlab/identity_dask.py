@@ -37,7 +37,7 @@ import pandas as pd
 
 from . import engine, identity_index
 from .errors import CrmlabError
-from .events_dask import hash_buckets, split_rows
+from .events_dask import SOURCE_KEY, by_columns
 from .identity import (DEFAULT_BLOCKING, KEY_INPUTS, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
                        add_keys, best_probability, blocking_row, column_stats, largest_table, merge_column_stats,
                        top_blocks)
@@ -588,8 +588,6 @@ class DaskRecordMatcher(RecordMatcher):
 
 # ----------------------------------------------------------------------------- the identity index by parts
 
-_SOURCE = ["source_system", "source_id"]
-
 
 def index_rows_by_parts(client, files: list, key_map: pd.DataFrame, matcher: RecordMatcher) -> TableParts:
     """:func:`crmlab.identity_index.index_rows` of the customer records in the Parquet ``files`` (the
@@ -597,8 +595,7 @@ def index_rows_by_parts(client, files: list, key_map: pd.DataFrame, matcher: Rec
     regrouped with the key map's by a hash of (source_system, source_id) and joined there. The same rows
     as the local index, in another order (the database keeps none)."""
     n = max(1, len(files))
-    km = key_map[[*_SOURCE, "customer_key"]]
-    km_parts = engine.scatter(client, split_rows(km, hash_buckets(km, _SOURCE, n), n))
+    km_parts = engine.scatter(client, by_columns(key_map[[*SOURCE_KEY, "customer_key"]], SOURCE_KEY, n))
     plain = engine.scatter(client, matcher, broadcast=True)
     keyed = [client.submit(_keyed_file, str(f), plain, n, pure=False) for f in files]
     return TableParts(client, [client.submit(_index_bucket, km_parts[b], plain,
@@ -608,8 +605,7 @@ def index_rows_by_parts(client, files: list, key_map: pd.DataFrame, matcher: Rec
 
 def _keyed_file(path: str, matcher: RecordMatcher, n: int) -> list[pd.DataFrame]:
     """One file's records with the blocking keys, split by bucket of their source."""
-    df = identity_index.keyed_records(pd.read_parquet(path), matcher)
-    return split_rows(df, hash_buckets(df, _SOURCE, n), n)
+    return by_columns(identity_index.keyed_records(pd.read_parquet(path), matcher), SOURCE_KEY, n)
 
 
 def _index_bucket(km: pd.DataFrame, matcher: RecordMatcher, *pieces) -> pd.DataFrame:

@@ -22,7 +22,8 @@ def _empty(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 class TableParts:
-    """The rows of one table as frames on ``client``'s workers (``parts``: futures, in order)."""
+    """The rows of one table as frames on ``client``'s workers (``parts``: futures, in order). Made, it
+    waits for the parts (their row counts are known), so a lost worker shows where it was made."""
 
     def __init__(self, client, parts: list):
         self.client, self.parts = client, list(parts)
