@@ -121,6 +121,14 @@ def postgres_schema(postgres_server):
         yield got
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that may install the browser first (apt-get, up to 3 x 900 s) get longer than the suite's
+    15-minute limit for a hung test (pyproject: ``timeout``)."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(3600))
+
+
 @pytest.fixture(scope="session")
 def browser() -> str:
     """A headless Chromium for report tests: the one on this machine, else Debian's chromium-headless-shell
