@@ -59,6 +59,7 @@ def run_publish(ctx) -> PublishResult:
 
 
 def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -> PublishResult:
+    """Check the decided (scores, offers, recent contacts) and publish them with the run's other tables."""
     D, PUB = ctx.params["decisions"], ctx.params["publish"]
     scores, offers, recent = decided
     leak = int(scores["next_best_offer"].isin(guarded).sum())
