@@ -327,7 +327,7 @@ def _arrow_blocks(df: pd.DataFrame):
     import pyarrow as pa
 
     try:
-        schema = pa.Schema.from_pandas(df, preserve_index=False)
+        schema = _arrow_schema(df)
     except (pa.ArrowException, TypeError, ValueError):
         return None
     return (_timestamps_as_text(pa.Table.from_pandas(df.iloc[a:a + COPY_BLOCK], schema=schema, preserve_index=False))
@@ -663,8 +663,8 @@ def _write_parallel(eng, tables: dict, version: int, writers: int, say, fail_aft
         name, a, b = job
         df = tables[name]
         if a == 0:
-            say(f"writing {name} ({len(df):,} rows) as version {version}"
-                + (f" in {ranges[name]} {'parts' if b is None else 'ranges'}, {writers} at once" if ranges[name] > 1 else ""))
+            pieces = f" in {ranges[name]} {'parts' if b is None else 'ranges'}, {writers} at once"
+            say(f"writing {name} ({len(df):,} rows) as version {version}" + (pieces if ranges[name] > 1 else ""))
         rows = df.frame(a) if b is None else df.iloc[a:b]
         with eng.begin() as conn, conn.connection.driver_connection.cursor() as cur:
             _copy(cur, _target(eng, _phys(name, version), rows), rows)

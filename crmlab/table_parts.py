@@ -44,10 +44,6 @@ class TableParts:
             self._meta = self.client.submit(_empty, self.parts[0], pure=False).result() if self.parts else pd.DataFrame()
         return self._meta
 
-    @property
-    def columns(self) -> pd.Index:
-        return self.meta.columns
-
     def map(self, fn, *args) -> list:
         """``fn(part, *args)`` for every part, on the workers; the results in part order."""
         return self.client.gather([self.client.submit(fn, p, *args, pure=False) for p in self.parts])
