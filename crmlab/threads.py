@@ -47,6 +47,15 @@ def limit(threads: int | None) -> int:
     import numba
     from threadpoolctl import threadpool_limits
 
+    # Numba reads NUMBA_NUM_THREADS again before every compilation and fails ("Cannot set
+    # NUMBA_NUM_THREADS to a different value once the threads have been launched") when it differs from
+    # the size its pool started at: a Dask worker that imported Numba before its nanny set this
+    # variable could not compile a kernel missing from the cache. Read it now, so that a pool not yet
+    # started starts at n; a pool already started keeps its size, and the variable says that size.
+    try:
+        numba.config.reload_config()
+    except RuntimeError:
+        os.environ["NUMBA_NUM_THREADS"] = str(numba.config.NUMBA_NUM_THREADS)
     # Numba first: starting its OpenMP threading layer sets OpenMP's thread count to
     # NUMBA_NUM_THREADS, which would undo a limit applied before it (seen as 2 threads after limit(1))
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -64,6 +65,29 @@ def test_kernel_sees_the_thread_setting(threads_run):
     assert got["pools"]["numba"] == 1
     assert got["pools"] and all(n == 1 for n in got["pools"].values()), got["pools"]
     assert json.loads((threads_run / "manifest.json").read_text())["threads"] == 1
+
+
+@pytest.mark.parametrize("pool", ["not started", "started"])
+def test_a_kernel_compiles_after_the_thread_variable_changed(pool):
+    """A Dask worker imports Numba before its nanny sets NUMBA_NUM_THREADS to 1; the worker's limit(1)
+    must leave Numba able to compile a kernel missing from the cache (before, every compilation failed:
+    "Cannot set NUMBA_NUM_THREADS to a different value once the threads have been launched"), with one
+    thread whether or not its pool had started."""
+    code = textwrap.dedent(f"""
+        import os
+        os.environ["NUMBA_NUM_THREADS"] = "2"
+        import numba
+        if {pool == "started"}:
+            numba.set_num_threads(2)
+        os.environ["NUMBA_NUM_THREADS"] = "1"
+        from crmlab import threads
+        threads.limit(1)
+        f = numba.njit(lambda x: x + 1)
+        print(f(1), numba.get_num_threads())
+    """)
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.split() == ["2", "1"]
 
 
 def test_threads_resolved_to_the_available_cores(monkeypatch):
