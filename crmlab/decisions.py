@@ -63,11 +63,27 @@ def _answered(contacts: pd.DataFrame, cutoff) -> tuple[pd.DataFrame, pd.Series]:
 def medium_rates(contacts: pd.DataFrame | None, cutoff) -> dict:
     """Per medium, the share of contacts before ``cutoff`` answered before it (over all customers): the
     rate :func:`preferred_medium` shrinks each customer's own towards (computed once when by parts)."""
+    return rates_of([medium_counts(contacts, cutoff)])
+
+
+def medium_counts(contacts: pd.DataFrame | None, cutoff) -> dict:
+    """Per medium, (contacts before ``cutoff``, of them answered before it): what :func:`medium_rates`
+    divides; they add up over parts of the customers (:func:`rates_of`)."""
     if contacts is None or not len(contacts):
         return {}
     c, answered = _answered(contacts, cutoff)
-    return {m: float(answered[(c["medium"] == m).to_numpy()].mean()) for m in MEDIUM_CONSENT
-            if (c["medium"] == m).any()}
+    at = {m: (c["medium"] == m).to_numpy() for m in MEDIUM_CONSENT}
+    return {m: (int(a.sum()), int(answered[a].sum())) for m, a in at.items() if a.any()}
+
+
+def rates_of(counts: list[dict]) -> dict:
+    """:func:`medium_rates` from the :func:`medium_counts` of parts of the customers."""
+    total = {}
+    for part in counts:
+        for m, (n, answered) in part.items():
+            had = total.get(m, (0, 0))
+            total[m] = (had[0] + n, had[1] + answered)
+    return {m: total[m][1] / total[m][0] for m in MEDIUM_CONSENT if m in total}
 
 
 def preferred_medium(profile: pd.DataFrame, contacts: pd.DataFrame | None, cutoff, prior: float = 5.0,
@@ -305,13 +321,25 @@ def decide_now(row: dict, offer_rows: list[dict], contacts_in_window: int, polic
 def summary(decided: pd.DataFrame) -> pd.DataFrame:
     """Customers per treatment: contacted, in the control group (held back from a contact that would
     otherwise have happened), and not contacted for another reason, by reason."""
+    return summed([treatment_counts(decided)])
+
+
+def treatment_counts(decided: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summary`'s counts before they are ordered: they add up over parts of the customers."""
     t = decided.groupby("treatment").agg(customers=("contact", "size"), contacted=("contact", "sum"),
                                          in_control_group=("control", "sum"))
     other = decided.dropna(subset=["contact_reason"])
     other = other[other["contact_reason"] != CONTROL]
     reasons = other.groupby(["treatment", "contact_reason"]).size().unstack(fill_value=0)
     reasons.columns = [f"not contacted: {c}" for c in reasons.columns]
-    return t.join(reasons).fillna(0).astype(int).sort_values("customers", ascending=False)
+    return t.join(reasons)
+
+
+def summed(counts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The :func:`summary` of the customers of several parts from their :func:`treatment_counts`."""
+    t = pd.concat(counts).fillna(0).groupby(level=0).sum().astype(int)
+    fixed = ["customers", "contacted", "in_control_group"]
+    return t[fixed + sorted(set(t.columns) - set(fixed))].sort_values("customers", ascending=False, kind="stable")
 
 
 def read_do_not_contact(path, key_map: pd.DataFrame | None) -> set:

@@ -2,87 +2,95 @@
 
 Every decision about a customer reads that customer's rows only (their segment, value, propensities,
 recommendations, orders, contacts and profile row), except the media's overall response rates, which
-are computed once over all contacts and given to every part. The events are split by customer
+are added up from every part's counts and given to every part. The events are split by customer
 (:class:`crmlab.events_dask.PartitionedEvents`), the score tables by the same hash of the key, and
 each part builds its ``customer_scores``, ``customer_offers`` and ``recent_contacts`` rows on a worker.
-The scores come back here in the local row order. Offers and recent contacts (several rows a
-customer) stay on the workers (:class:`~crmlab.table_parts.TableParts`): regrouped by ranges of the
-customer key and sorted there, so that their parts, laid end to end, are the local tables row for row.
+The three tables stay on the workers (:class:`~crmlab.table_parts.TableParts`), regrouped there by
+ranges (the scores by the segments' row numbers, offers and recent contacts by the customer key) and
+sorted, so that their parts, laid end to end, are the local tables row for row.
 ``dask`` is imported inside the functions (by :mod:`crmlab.events_dask`).
 """
 from __future__ import annotations
-
-from operator import getitem
 
 import numpy as np
 import pandas as pd
 
 from . import decisions, engine, events_dask
-from .events import CustomerEvents
+from .events import ROW, CustomerEvents
 from .table_parts import TableParts
 
-#: the local tables' row orders (stable sorts): offers by customer, recent contacts by customer and date
-OFFER_ORDER, RECENT_ORDER = ["customer_key"], ["customer_key", "contact_date"]
-
-
-def _split(df: pd.DataFrame | None, n: int) -> list:
-    if df is None:
-        return [None] * n
-    return events_dask.split_rows(df, events_dask.part_of(df["customer_key"], n), n)
+#: the local tables' row orders (stable sorts): scores as the segments (:data:`ROW`, their row number),
+#: offers by customer, recent contacts by customer and date
+SCORE_ORDER, OFFER_ORDER, RECENT_ORDER = [ROW], ["customer_key"], ["customer_key", "contact_date"]
 
 
 def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, value, propensity, recs, products,
-                    D: dict, cutoff, do_not_contact, guarded, top: int):
+                    D: dict, cutoff, do_not_contact, guarded, top: int) -> tuple[TableParts, TableParts, TableParts]:
     """:func:`crmlab.decisions.decide_tables` of every customer, computed by parts of the customers on
     ``client``'s workers (events split as for the features, about ``partition_rows`` order lines a
-    part, or the parts already there: :func:`~crmlab.events_dask.on_cluster`): the scores as a frame,
-    offers and recent contacts as :class:`~crmlab.table_parts.TableParts`; equal to it, row for row."""
+    part, or the parts already there: :func:`~crmlab.events_dask.on_cluster`) and left there as
+    :class:`~crmlab.table_parts.TableParts` whose parts, laid end to end, are its tables row for row.
+    ``segments``, ``value``, ``propensity`` and ``recs``: frames, or the paths of Parquet artifacts
+    that the workers read themselves (:func:`~crmlab.events_dask.customer_parts`)."""
     parts = events_dask.on_cluster(client, ev, partition_rows)
     n = parts.n
-    segment_part = events_dask.part_of(segments["customer_key"], n)
-    fixed = (products, D, cutoff, do_not_contact, guarded, top, decisions.medium_rates(ev.contacts, cutoff))
-    keys = np.sort(segments["customer_key"].to_numpy(dtype=object))
-    # n ranges of about equal numbers of customers (n - 1 bounds, whatever the number of keys)
-    bounds = keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]] if len(keys) else np.full(n - 1, "", object)
+    rates = decisions.rates_of(parts.map(_medium_counts, cutoff, what="contacts and answers by medium"))
+    fixed = (products, D, cutoff, do_not_contact, guarded, top, rates)
     sent = {}
 
-    def send():                                     # split here, not kept: a retry splits them anew
-        inputs = zip(events_dask.split_rows(segments, segment_part, n), _split(value, n), _split(propensity, n),
-                     _split(recs, n))
-        sent["inputs"], sent["fixed"] = engine.scatter(client, list(inputs)), engine.scatter(client, [fixed])[0]
+    def send():                                     # split here or read there, not kept: a retry does it anew
+        inputs = [events_dask.customer_parts(client, t, n) for t in (segments, value, propensity, recs)]
+        sent["inputs"], sent["fixed"] = list(zip(*inputs)), engine.scatter(client, [fixed])[0]
+        sizes = client.gather([client.submit(_key_sample, i[0], pure=False) for i in sent["inputs"]])
+        sent["rows"] = _bounds(np.arange(sum(k for k, _ in sizes)), n)             # segments' rows a part
+        sent["keys"] = _bounds(np.sort(np.concatenate([s for _, s in sizes])), n)
 
     def again():
         parts.scatter()
         send()
 
     def run():
-        decided = [client.submit(_decide_part, p, i, sent["fixed"], bounds, pure=False)
+        decided = [client.submit(_decide_part, p, i, sent["fixed"], sent["rows"], sent["keys"], pure=False)
                    for p, i in zip(parts.parts, sent["inputs"])]
-        scores = client.gather([client.submit(getitem, d, 0, pure=False) for d in decided])
-        return scores, _regrouped(client, decided, 1, OFFER_ORDER), _regrouped(client, decided, 2, RECENT_ORDER)
+        return tuple(_regrouped(client, decided, t, order) for t, order in
+                     enumerate((SCORE_ORDER, OFFER_ORDER, RECENT_ORDER)))
 
     send()
-    scores, offers, recent = engine.retry_lost(run, f"decisions on {n} parts of the customers", again=again)
-    order = np.argsort(segment_part, kind="stable")        # the parts' segment rows laid end to end
-    scores = pd.concat(scores, ignore_index=True)
-    return scores.iloc[np.argsort(order, kind="stable")].reset_index(drop=True), offers, recent
+    return engine.retry_lost(run, f"decisions on {n} parts of the customers", again=again)
 
 
-def _decide_part(ev, inputs, fixed, bounds):
-    """One part's (scores, offers by key range, recent contacts by key range)."""
+def _medium_counts(ev: CustomerEvents, cutoff) -> dict:
+    return decisions.medium_counts(ev.contacts, cutoff)
+
+
+def _key_sample(segments: pd.DataFrame, every: int = 1000) -> tuple[int, np.ndarray]:
+    """A part's number of segment rows and every ``every``-th of its keys, sorted."""
+    return len(segments), np.sort(segments["customer_key"].to_numpy(dtype=object))[::every]
+
+
+def _bounds(values: np.ndarray, n: int) -> np.ndarray:
+    """``n - 1`` bounds cutting sorted ``values`` into ``n`` ranges of about equal size."""
+    if not len(values):
+        return np.full(n - 1, "", object)
+    return values[np.linspace(0, len(values), n + 1).astype(np.int64)[1:-1]]
+
+
+def _decide_part(ev, inputs, fixed, rows, keys):
+    """One part's (scores by range of row numbers, offers and recent contacts by range of the key)."""
     scores, offers, recent = decisions.decide_tables(ev, *inputs, *fixed)
-    return scores, _by_range(offers, bounds), _by_range(recent, bounds)
+    scores[ROW] = inputs[0].index.to_numpy()               # one score row per segment row, in order
+    return _by_range(scores, rows, ROW), _by_range(offers, keys), _by_range(recent, keys)
 
 
-def _by_range(df: pd.DataFrame, bounds: np.ndarray) -> list[pd.DataFrame]:
-    at = np.searchsorted(bounds, df["customer_key"].to_numpy(dtype=object), side="right")
+def _by_range(df: pd.DataFrame, bounds: np.ndarray, column: str = "customer_key") -> list[pd.DataFrame]:
+    at = np.searchsorted(bounds, df[column].to_numpy(dtype=bounds.dtype), side="right")
     return events_dask.split_rows(df, at, len(bounds) + 1)
 
 
 def _regrouped(client, decided: list, table: int, order: list) -> TableParts:
-    """Table ``table`` of every part's decisions, regrouped on the workers by range of the key."""
-    return TableParts(client, [client.submit(_key_range, order, *[client.submit(_piece, d, table, r, pure=False)
-                                                                   for d in decided], pure=False)
+    """Table ``table`` of every part's decisions, regrouped on the workers by range."""
+    return TableParts(client, [client.submit(_in_range, order, *[client.submit(_piece, d, table, r, pure=False)
+                                                                  for d in decided], pure=False)
                                for r in range(len(decided))])
 
 
@@ -90,7 +98,8 @@ def _piece(decided, table: int, r: int) -> pd.DataFrame:
     return decided[table][r]
 
 
-def _key_range(order: list, *pieces) -> pd.DataFrame:
-    """One range of the customer keys: every part's rows there, in the local order (a stable sort of
-    the parts' rows in part order, as the local table is sorted)."""
-    return pd.concat(pieces, ignore_index=True).sort_values(order, kind="stable", ignore_index=True)
+def _in_range(order: list, *pieces) -> pd.DataFrame:
+    """One range: every part's rows there, in the local order (a stable sort of the parts' rows in part
+    order, as the local table is sorted); the row numbers dropped."""
+    df = pd.concat(pieces, ignore_index=True).sort_values(order, kind="stable", ignore_index=True)
+    return df.drop(columns=ROW) if ROW in df else df

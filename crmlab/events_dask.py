@@ -145,31 +145,47 @@ def _bought(ev: CustomerEvents, customers: pd.Index, start, end, departments) ->
     return ev.bought(customers, start, end, departments)
 
 
+def _read_on_first_use(name: str, index: str | None = None) -> property:
+    """A table of :class:`PartedEvents` read whole from its parts when first asked for (None where the
+    run has no such table), or as set."""
+    attr = f"_{name}"
+
+    def get(self):
+        if attr not in self.__dict__:
+            folder = self.folder / name
+            df = read_parts(folder) if folder.is_dir() else None
+            self.__dict__[attr] = df.set_index(index) if index and df is not None else df
+        return self.__dict__[attr]
+
+    def put(self, value) -> None:
+        self.__dict__[attr] = value
+
+    return property(get, put)
+
+
+def _last_date(ev: CustomerEvents):
+    return ev.orders["order_date"].max()
+
+
 class PartedEvents(CustomerEvents):
-    """The run's events as the workers built them (:func:`build`): orders, contacts and the profile read
-    whole into this process, the order lines left on the workers as parts (:attr:`parts`, read there).
-    What the stages ask of the lines (departments, buyers per department, who bought what in a
-    window) is computed by parts, equal to the whole; code that reads :attr:`lines` itself reads them
-    whole here on first use (reports of small runs, the local fallbacks)."""
+    """The run's events as the workers built them (:func:`build`), left there as parts (:attr:`parts`,
+    read there). What the stages ask of them (the last order date, departments, buyers per department,
+    who bought what in a window, features) is computed by parts, equal to the whole; code that reads a
+    table itself (:attr:`orders`, :attr:`lines`, :attr:`contacts`, :attr:`profile`) reads it whole here
+    on first use."""
+
+    orders = _read_on_first_use("events_orders")
+    lines = _read_on_first_use("events_lines")
+    contacts = _read_on_first_use("events_contacts")
+    profile = _read_on_first_use("events_profile", index="customer_key")
 
     def __init__(self, client, folder):
-        folder = Path(folder)
-        self.folder = folder
-        contacts = folder / "events_contacts"
-        super().__init__(read_parts(folder / "events_orders"), None,
-                         read_parts(contacts) if contacts.is_dir() else None,
-                         read_parts(folder / "events_profile").set_index("customer_key"))
+        self.folder = Path(folder)
         self.parts = PartitionedEvents(client, self, 0, folder)
 
     @property
-    def lines(self) -> pd.DataFrame:
-        if self._lines is None:
-            self._lines = read_parts(self.folder / "events_lines")
-        return self._lines
-
-    @lines.setter
-    def lines(self, value) -> None:
-        self._lines = value
+    def last_date(self) -> pd.Timestamp:
+        return pd.Series(self.parts.map(_last_date, what="the last order date")).max()
 
     def __repr__(self) -> str:
         return f"PartedEvents({len(self.orders):,} orders, lines in {self.parts.n} parts at {self.folder})"
@@ -191,12 +207,18 @@ class PartedEvents(CustomerEvents):
         return read_parts(self.folder / "events_lines", k), k / n
 
     def empty(self) -> CustomerEvents:
+        """No rows, the tables' columns and types (from the first parts' schemas: nothing read)."""
         import pyarrow.parquet as pq
 
-        first = sorted((self.folder / "events_lines").glob("*.parquet"))[0]
-        lines = pq.read_schema(first).empty_table().to_pandas().drop(columns=ROW)
-        return CustomerEvents(self.orders.iloc[:0], lines, None if self.contacts is None else self.contacts.iloc[:0],
-                              self.profile.iloc[:0])
+        def table(name):
+            folder = self.folder / name
+            if not folder.is_dir():
+                return None
+            df = pq.read_schema(sorted(folder.glob("*.parquet"))[0]).empty_table().to_pandas()
+            return df.drop(columns=ROW) if ROW in df else df
+
+        return CustomerEvents(table("events_orders"), table("events_lines"), table("events_contacts"),
+                              table("events_profile").set_index("customer_key"))
 
     def departments(self, before=None) -> list:
         return sorted(set().union(*self.parts.map(_departments, before, what="departments")))
@@ -231,6 +253,49 @@ def read_part(folder: str, p: int) -> CustomerEvents:
 def parts_for(rows: int, partition_rows: int) -> int:
     """How many customer parts events of ``rows`` order lines (or orders, the more) are cut into."""
     return max(1, math.ceil(rows / partition_rows))
+
+
+def customer_parts(client, table, n: int) -> list:
+    """A table of customer rows (a ``customer_key`` column) cut into the ``n`` parts of :func:`part_of` on
+    ``client``'s workers: futures of frames, each part's rows in table order and labelled with their
+    row number in the whole, as :func:`split_rows` cuts the whole. ``table``: a frame here (sent), the
+    path of a Parquet file or folder of parts (read there a row group a task, never here), or None
+    (``n`` Nones)."""
+    if table is None:
+        return [None] * n
+    if isinstance(table, pd.DataFrame):
+        if not table.index.equals(pd.RangeIndex(len(table))):
+            table = table.reset_index(drop=True)
+        return engine.scatter(client, split_rows(table, part_of(table["customer_key"], n), n))
+    import pyarrow.parquet as pq
+
+    path = Path(table)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    groups, offset = [], 0
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            groups.append(client.submit(_group_by_customer, str(f), g, offset, n, pure=False))
+            offset += meta.row_group(g).num_rows
+    if not groups:                                  # no rows at all: the empty table, n times
+        groups = [client.submit(_group_by_customer, str(files[0]), None, 0, n, pure=False)]
+    return [client.submit(_concat, *[client.submit(getitem, g, i, pure=False) for g in groups], pure=False)
+            for i in range(n)]
+
+
+def _group_by_customer(path: str, group: int | None, offset: int, n: int) -> list[pd.DataFrame]:
+    """Row group ``group`` of a Parquet file (None: the whole, empty, file), its rows numbered from
+    ``offset``, cut into the ``n`` customer parts."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    df = (f.read() if group is None else f.read_row_group(group)).to_pandas()
+    df.index = pd.RangeIndex(offset, offset + len(df))
+    return split_rows(df, part_of(df["customer_key"], n), n)
+
+
+def _concat(*pieces) -> pd.DataFrame:
+    return pd.concat(pieces) if len(pieces) > 1 else pieces[0]
 
 
 # ----------------------------------------------------------------------------- events built on the workers

@@ -142,6 +142,12 @@ class StageContext:
 
     def read_artifact(self, name: str) -> pd.DataFrame:
         """An artifact of an earlier stage; a clear error naming that stage when it is not there."""
+        path = self.artifact_file(name)
+        return events.read_parts(path) if path.is_dir() else pd.read_parquet(path)
+
+    def artifact_file(self, name: str) -> Path:
+        """Where :meth:`read_artifact` reads (a Parquet file, or a folder of parts), for code that has it
+        read elsewhere (Dask workers); the same error when it is not there."""
         path = self.artifact_path(name)
         if not path.exists():
             writer = ARTIFACT_STAGES.get(name, "the stage that writes it")
@@ -151,16 +157,17 @@ class StageContext:
             else:
                 how = f"run {writer} before this stage (add it to 'stages' in {self.params['params_file']})"
             raise CrmlabError(f"artifact '{name}' not found in {path.parent}: it is written by {writer}; {how}")
-        return events.read_parts(path) if path.is_dir() else pd.read_parquet(path)
+        return path
 
-    def optional_artifact(self, name: str) -> pd.DataFrame | None:
+    def optional_artifact(self, name: str, file: bool = False) -> pd.DataFrame | Path | None:
         """An artifact whose stage the parameter file may leave out ('stages'): None when it is left out,
-        else as :meth:`read_artifact` (a missing artifact of a listed stage is an error, not a fallback)."""
+        else as :meth:`read_artifact` (a missing artifact of a listed stage is an error, not a fallback);
+        ``file``: as :meth:`artifact_file`."""
         writer = ARTIFACT_STAGES.get(name)
         if writer is not None and writer not in self.params["stages"]:
             self._read(name)
             return None
-        return self.read_artifact(name)
+        return self.artifact_file(name) if file else self.read_artifact(name)
 
     def events(self) -> events.CustomerEvents:
         """The run's keyed events (:mod:`crmlab.events`): written by 10_identity with its key map; when

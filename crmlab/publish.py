@@ -31,7 +31,6 @@ import pandas as pd
 
 from .config import mask_url
 from .errors import CrmlabError
-from .labels import label, money_label
 from .table_parts import TableParts
 
 SCHEMA_VERSION = 2                # 2: customer_offers, recent_contacts, decision_policy added
@@ -839,7 +838,7 @@ def restore(url: str, version: int, folder=None) -> int:
 
 def read_table(url: str, name: str, version: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """A published table as touchpoints see it (the current version, or a kept one); ``columns``: only
-    those of them that the table has (e.g. the scores that drift compares, not a copy of the table)."""
+    those of them that the table has."""
     import sqlalchemy as sa
 
     if name not in CONTRACT:
@@ -856,6 +855,36 @@ def read_table(url: str, name: str, version: int | None = None, columns: list[st
                 have = {c["name"] for c in insp.get_columns(rel)}
                 what = ", ".join(_q(eng, c) for c in columns if c in have) or "*"
             return _contract_types(name, pd.read_sql(sa.text(f"SELECT {what} FROM {_q(eng, rel)}"), conn))
+    finally:
+        eng.dispose()
+
+
+def table_columns(url: str, name: str, version: int | None = None) -> list[str]:
+    """The columns of a published table (the current version, or a kept one), nothing read."""
+    import sqlalchemy as sa
+
+    eng = engine(url, create=False)
+    try:
+        rel = _phys(name, version) if version else name
+        return [c["name"] for c in sa.inspect(eng).get_columns(rel)]
+    finally:
+        eng.dispose()
+
+
+def read_column(url: str, name: str, column: str, rows: int = 1_000_000) -> np.ndarray:
+    """One numeric column of a published table's current version as float64 (missing: NaN), read
+    ``rows`` at a time: the column, not a table of Python values, is what this process holds."""
+    import sqlalchemy as sa
+
+    eng = engine(url, create=False)
+    try:
+        with eng.connect() as conn:
+            got = conn.execution_options(stream_results=True).execute(
+                sa.text(f"SELECT {_q(eng, column)} FROM {_q(eng, name)}"))
+            out = []
+            while chunk := got.fetchmany(rows):
+                out.append(np.array([r[0] for r in chunk], dtype=float))
+            return np.concatenate(out) if out else np.zeros(0)
     finally:
         eng.dispose()
 
@@ -1062,20 +1091,6 @@ def lookup(url: str, source_system: str, source_id: str) -> dict | None:
 
 # ----------------------------------------------------------------------------- drift
 
-def psi(old: pd.Series, new: pd.Series, bins: int = 10) -> float:
-    """Population stability index of a numeric score between two versions (deciles of the old)."""
-    old, new = old.dropna().to_numpy(float), new.dropna().to_numpy(float)
-    if len(old) == 0 or len(new) == 0:
-        return float("nan")
-    edges = np.unique(np.quantile(old, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 2:
-        return 0.0
-    edges[0], edges[-1] = -np.inf, np.inf
-    a = np.histogram(old, edges)[0] / len(old) + 1e-6
-    b = np.histogram(new, edges)[0] / len(new) + 1e-6
-    return float(np.sum((b - a) * np.log(b / a)))
-
-
 def lookup_check(url: str, key_map: pd.DataFrame, n: int, random_state: int = 0):
     """What a touchpoint sees: the published scores of every source record of the customer known to
     most systems (one row per record, all the same customer), and ``n`` random lookups timed.
@@ -1092,40 +1107,3 @@ def lookup_check(url: str, key_map: pd.DataFrame, n: int, random_state: int = 0)
     if shown["customer_key"].nunique() != 1:
         raise CrmlabError(f"the records of customer {multi} look up {shown['customer_key'].nunique()} different customers")
     return shown, len(ids), hits, per_ms
-
-
-def plot_drift(previous: pd.DataFrame, scores: pd.DataFrame,
-               columns=("value", "attrition_risk", "p_alive", "response_propensity")):
-    """Histograms of the main scores, previous published version against the new one (to the 99th percentile)."""
-    import matplotlib.pyplot as plt
-
-    cols = [c for c in columns if c in scores and c in previous]
-    ncols = min(len(cols), 2)
-    nrows = -(-len(cols) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(10, 2.9 * nrows), squeeze=False)
-    for ax in axes.ravel()[len(cols):]:
-        ax.set_visible(False)
-    for ax, c in zip(axes.ravel(), cols):
-        lo, hi = np.nanpercentile(pd.concat([previous[c], scores[c]]).astype(float), [0, 99])
-        ax.hist([previous[c].dropna(), scores[c].dropna()], bins=30, range=(lo, hi), label=["previous", "new"], density=True)
-        ax.set(title=label(c), xlabel=money_label("value") if c == "value" else "probability", ylabel="density")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Scores: previous published version against this one (top 1% clipped)")
-    fig.tight_layout()
-    return fig
-
-
-def drift_columns(scores: pd.DataFrame) -> list[str]:
-    """The score columns :func:`drift` compares: the numeric ones, flags and ids left out."""
-    return [c for c in scores.columns if c not in ("score_version", "segment_id")
-            and pd.api.types.is_numeric_dtype(scores[c]) and not pd.api.types.is_bool_dtype(scores[c])]
-
-
-def drift(old: pd.DataFrame, new: pd.DataFrame, warn_psi: float = 0.2) -> pd.DataFrame:
-    """Per numeric score column (:func:`drift_columns`): mean before / after, PSI and a warning flag
-    (PSI > ``warn_psi``)."""
-    cols = [c for c in drift_columns(new) if c in old]
-    rows = [(c, float(old[c].mean()), float(new[c].mean()), psi(old[c], new[c])) for c in cols]
-    t = pd.DataFrame(rows, columns=["column", "mean_previous", "mean_now", "psi"]).set_index("column")
-    t["warning"] = np.where(t["psi"] > warn_psi, "shifted (PSI > %.2g)" % warn_psi, "")
-    return t

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crmlab import affinity, config, datasets, decisions, engine, identity, measure, sources, targets, value
+from crmlab import (affinity, config, datasets, decisions, engine, identity, measure, score_figures, sources, targets,
+                    value)
 from crmlab.kernels import baskets as K
 from crmlab.encoding import member_of
 from crmlab.errors import CrmlabError
@@ -324,11 +325,14 @@ def test_recommender_by_parts_equals_local(cluster, world):
     pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
-def test_decisions_by_parts_equal_the_whole(cluster, world):
+@pytest.mark.parametrize("inputs", ["frames", "files"])
+def test_decisions_by_parts_equal_the_whole(cluster, world, tmp_path, monkeypatch, inputs):
     """Scores, offers and recent contacts decided on nine parts of the customers equal the whole's, row
     order included: the media's overall response rates come from all contacts (parts hold customers
     never contacted by some medium), channel ties and the control draw are per customer, the
-    do-not-contact list and the guarded products apply in every part."""
+    do-not-contact list and the guarded products apply in every part. The score tables are frames sent
+    from here, or Parquet files (several row groups; recommendations as a folder of parts) that the
+    workers read. The report's figures counted on the parts are the whole's."""
     ev = CustomerEvents.from_sources(sources.load(world))
     c = ev.contacts
     mailed = c.loc[c["medium"] == "mail", "customer_key"].unique()[:3]        # most parts: no mail contact
@@ -355,15 +359,41 @@ def test_decisions_by_parts_equal_the_whole(cluster, world):
     cutoff = ev.last_date - pd.Timedelta(days=30)
     args = (segments, value_t, propensity, recs, products, D, cutoff, set(keys[::50]), set(items[:4]), 3)
     want = decisions.decide_tables(ev, *args)
-    got = decisions_dask.decide_by_parts(cluster.client, len(ev.lines) // 9 + 1, ev, *args)
+    sent = args
+    if inputs == "files":
+        (tmp_path / "recs").mkdir()
+        for i, half in enumerate((recs.iloc[:len(recs) // 2], recs.iloc[len(recs) // 2:])):
+            half.to_parquet(tmp_path / "recs" / f"part-{i:05d}.parquet", index=False, row_group_size=700)
+        for name, df in (("segments", segments), ("value", value_t), ("propensity", propensity)):
+            df.to_parquet(tmp_path / f"{name}.parquet", index=False, row_group_size=500)
+        sent = (tmp_path / "segments.parquet", tmp_path / "value.parquet", tmp_path / "propensity.parquet",
+                tmp_path / "recs", *args[4:])
+    got = decisions_dask.decide_by_parts(cluster.client, len(ev.lines) // 9 + 1, ev, *sent)
     assert len(want[0]) == n and len(want[1]) > 2 * n and len(want[2]) > 100
     assert want[0]["contact"].any() and want[0]["control"].any() and want[0]["preferred_medium"].nunique() > 1
-    pd.testing.assert_frame_equal(got[0], want[0], check_exact=True)
-    for w, g in zip(want[1:], got[1:]):                 # left on the workers, in ranges of the key
+    for w, g in zip(want, got):                         # left on the workers, in ranges of rows or keys
         assert isinstance(g, TableParts) and g.n == 9 and len(g) == len(w)
+        pd.testing.assert_frame_equal(g.compute(), w, check_exact=True)
+    for g in got[1:]:
         last = [f["customer_key"].iloc[-1] for f in g.frames() if len(f)]
         assert last == sorted(last) and len(last) > 5
-        pd.testing.assert_frame_equal(g.compute(), w, check_exact=True)
+    assert min(got[0].rows) > 0
+    monkeypatch.setattr(score_figures, "SAMPLE", 100)
+    scores, guarded = want[0].assign(value=want[0]["value"] * 2.0), args[-2]
+    previous = score_figures.PreviousScores.of(want[0])
+    whole = score_figures.ScoreFigures.compute(scores, guarded, previous)
+    parts = score_figures.ScoreFigures.compute(got[0].transform(lambda d: d.assign(value=d["value"] * 2.0)),
+                                               guarded, previous)
+    pd.testing.assert_frame_equal(parts.treatments, whole.treatments)
+    pd.testing.assert_frame_equal(parts.treatments, decisions.summary(scores))
+    for c in score_figures.COUNTED:
+        pd.testing.assert_series_equal(parts.counts[c], whole.counts[c])
+    assert parts.counts["preferred_medium"].sum() == n and parts.with_offer == whole.with_offer > n // 2
+    assert parts.customers == n and parts.guarded_offers == whole.guarded_offers == 0
+    pd.testing.assert_frame_equal(parts.sample, whole.sample)
+    assert n // 200 < len(parts.sample) < n // 10
+    pd.testing.assert_frame_equal(parts.drift(previous), whole.drift(previous), rtol=1e-12)
+    assert parts.drift(previous).loc["value", "psi"] > 0.2 > parts.drift(previous).loc["p_alive", "psi"]
 
 
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

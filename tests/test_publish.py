@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from crmlab import publish
+from crmlab import publish, score_figures
 from crmlab.publish import PublishError
 
 
@@ -166,9 +166,52 @@ def test_drift_flags_a_shifted_score():
     rng = np.random.default_rng(0)
     old = pd.DataFrame({"a": rng.normal(size=5000), "b": rng.normal(size=5000)})
     new = pd.DataFrame({"a": rng.normal(size=5000), "b": rng.normal(1.0, 1, size=5000)})
-    d = publish.drift(old, new)
+    d = _drift(old, new)
     assert d.loc["a", "psi"] < 0.05 and d.loc["b", "psi"] > 0.2
     assert d.loc["b", "warning"] and not d.loc["a", "warning"]
+    assert d.loc["b", "psi"] == pytest.approx(score_figures.psi(old["b"], new["b"]), rel=1e-12)
+    assert d.loc["b", "mean_now"] == pytest.approx(new["b"].mean(), rel=1e-12)
+
+
+def test_psi_of_constant_or_missing_scores():
+    same = pd.Series([3.0] * 50)
+    assert score_figures.psi(same, pd.Series(np.linspace(0, 9, 50))) == 0.0       # one bin: nothing to shift
+    assert np.isnan(score_figures.psi(pd.Series([np.nan] * 5), same))
+    assert np.isnan(score_figures.psi(same, pd.Series([], dtype=float)))
+
+
+def test_previous_version_is_read_a_column_at_a_time(target, monkeypatch):
+    """What drift reads of the published version, a column at a time, is what the table in memory gives:
+    means, deciles and counts in them, the row count, the plotted sample; nothing before a first
+    publication."""
+    url, folder = target
+    monkeypatch.setattr(score_figures, "SAMPLE", 300)                   # every 7th row plotted
+    assert score_figures.PreviousScores.read(url, ["value"]) is None
+    t = tables(1)
+    s = t["customer_scores"]
+    s["value"] = np.random.default_rng(1).gamma(2.0, 30.0, len(s))
+    s.loc[::7, "p_alive"] = np.nan
+    publish.publish(t, url, folder)
+    cols = score_figures.drift_columns(s)
+    got = score_figures.PreviousScores.read(url, [*cols, "not_published"])
+    want = score_figures.PreviousScores.of(s, version=1)
+    assert got.version == 1 and got.rows == len(s) and list(got.means) == cols
+    for c in cols:
+        np.testing.assert_array_equal(got.edges[c], want.edges[c])
+        np.testing.assert_array_equal(got.counts[c], want.counts[c])
+        assert got.means[c] == pytest.approx(want.means[c], rel=1e-12, nan_ok=True)
+    pd.testing.assert_frame_equal(got.sample, want.sample)
+    assert len(got.sample) == 288 and list(got.sample.columns) == ["value", "p_alive", "attrition_risk",
+                                                                   "response_propensity"]
+    assert publish.table_columns(url, "customer_scores")[:2] == ["customer_key", "segment_id"]
+
+
+def _drift(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Drift of a score table against another, as stage 60 computes it (figures of the new scores)."""
+    new = new.assign(customer_key=[f"K{i}" for i in range(len(new))], next_best_offer=None, treatment="t",
+                     contact=False, control=False, contact_reason=None)
+    previous = score_figures.PreviousScores.of(old)
+    return score_figures.ScoreFigures.compute(new, (), previous).drift(previous)
 
 
 def test_documented_contract_is_the_checked_one():
@@ -252,7 +295,7 @@ def test_read_table_returns_contract_types_and_republishes(target, tmp_path):
             "customer_key_map": publish.read_table(url, "customer_key_map")}
     assert publish.publish(copy, publish.default_url(tmp_path / "copy")) == 1    # the contract still holds
     # the columns drift compares, not the table (a column the version lacks is left out)
-    cols = publish.drift_columns(back)
+    cols = score_figures.drift_columns(back)
     assert "value" in cols and "contact" not in cols and "segment_id" not in cols and "score_version" not in cols
     some = publish.read_table(url, "customer_scores", columns=[*cols, "no_such_score"])
     pd.testing.assert_frame_equal(some, back[cols])
@@ -330,9 +373,9 @@ def test_drift_plot_shows_each_score_present_in_both():
     rng = np.random.default_rng(0)
     old = pd.DataFrame({"value": rng.gamma(2, 10, 500), "attrition_risk": rng.random(500)})
     new = old.assign(value=old["value"] * 1.5, p_alive=rng.random(500))
-    fig = publish.plot_drift(old, new)
+    fig = score_figures.plot_drift(old, new)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["Customer value", "Attrition risk"]   # p_alive: new only
-    assert publish.drift(old, new).loc["value", "psi"] > publish.drift(old, new).loc["attrition_risk", "psi"]
+    assert _drift(old, new).loc["value", "psi"] > _drift(old, new).loc["attrition_risk", "psi"]
 
 
 def _identity(tag: int, schema: str, settle=()):

@@ -7,24 +7,26 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .. import (affinity, decisions, decisions_dask, engine, identity, identity_dask, identity_index, online_store,
-               publish, targets)
+               publish, score_figures, targets)
 from ..errors import CrmlabError
+from ..score_figures import PreviousScores, ScoreFigures
+from ..table_parts import TableParts
 
 
 @dataclass
 class PublishResult:
-    """What stage 60 decided and published, for its report: the scores, the rules with their
-    customer counts, the numeric scores of the version current before and their drift (None on a
-    first publication), the published version and the tables (in Dask mode, offers and recent
-    contacts are :class:`~crmlab.table_parts.TableParts` left on the workers)."""
+    """What stage 60 decided and published, for its report: the figures of the scores
+    (:class:`~crmlab.score_figures.ScoreFigures`), the rules with their customer counts, the version
+    current before as drift compares it (:class:`~crmlab.score_figures.PreviousScores`) and the drift
+    (None on a first publication), the published version and the tables (in Dask mode the scores,
+    offers and recent contacts are :class:`~crmlab.table_parts.TableParts` left on the workers)."""
 
     url: str
     cutoff: pd.Timestamp
-    scores: pd.DataFrame
+    figures: ScoreFigures
     rules: pd.DataFrame
     guarded: set
-    previous_version: int | None
-    previous: pd.DataFrame | None
+    previous: PreviousScores | None
     drift: pd.DataFrame | None
     version: int
     tables: dict
@@ -33,8 +35,8 @@ class PublishResult:
 def run_publish(ctx) -> PublishResult:
     """Score and decide every customer, then publish ``customer_scores``, ``customer_key_map``,
     ``affinity_rules``, ``segment_profiles`` and what decisions at the moment of contact read
-    (``customer_offers``, ``recent_contacts``, ``decision_policy``; plus the identity index apart) as a new version (atomically; the previous stays
-    restorable) and record it in ``artifacts/published.json``."""
+    (``customer_offers``, ``recent_contacts``, ``decision_policy``; plus the identity index apart) as a
+    new version (atomically; the previous stays restorable) and record it in ``artifacts/published.json``."""
     D, PUB = ctx.params["decisions"], ctx.params["publish"]
     url = PUB["url"] or publish.default_url(PUB["dir"])
     products = ctx.sources()["products"]
@@ -43,18 +45,22 @@ def run_publish(ctx) -> PublishResult:
     cutoff = targets.cutoffs(ev.last_date, ctx.params["propensity"]["horizon_days"])["score"]
     dnc = decisions.read_do_not_contact(D["do_not_contact"], key_map) if D["do_not_contact"] else set()
     guarded = affinity.sensitive_items(products, ctx.params["affinity"]["sensitive_categories"])
-    inputs = (ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
-              ctx.optional_artifact("customer_propensity"), ctx.optional_artifact("customer_recommendations"),
-              products, D, cutoff, dnc, guarded, PUB["offers"])
     client = engine.client(ctx.params["engine"])
+    fixed = (products, D, cutoff, dnc, guarded, PUB["offers"])
     if client is None:
+        inputs = (ctx.read_artifact("customer_segments"), ctx.read_artifact("customer_value"),
+                  ctx.optional_artifact("customer_propensity"), ctx.optional_artifact("customer_recommendations"))
         return _decide_and_publish(ctx, url, key_map, cutoff, guarded, products,
-                                   decisions.decide_tables(ev, *inputs))
-    # by parts of the customers on the cluster: the same tables, offers and recent contacts left on the
-    # workers and published from there a part at a time; a worker lost on the way costs one more try
+                                   decisions.decide_tables(ev, *inputs, *fixed))
+    # by parts of the customers on the cluster, which read the score tables themselves: the same tables,
+    # left on the workers and published from there a part at a time; a worker lost on the way costs one
+    # more try
+    files = (ctx.artifact_file("customer_segments"), ctx.artifact_file("customer_value"),
+             ctx.optional_artifact("customer_propensity", file=True),
+             ctx.optional_artifact("customer_recommendations", file=True))
     return engine.retry_lost(lambda: _decide_and_publish(
         ctx, url, key_map, cutoff, guarded, products,
-        decisions_dask.decide_by_parts(client, ctx.params["engine"]["partition_rows"], ev, *inputs)),
+        decisions_dask.decide_by_parts(client, ctx.params["engine"]["partition_rows"], ev, *files, *fixed)),
         "the decisions and their publication")
 
 
@@ -62,15 +68,14 @@ def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -
     """Check the decided (scores, offers, recent contacts) and publish them with the run's other tables."""
     D, PUB = ctx.params["decisions"], ctx.params["publish"]
     scores, offers, recent = decided
-    leak = int(scores["next_best_offer"].isin(guarded).sum())
-    if leak:
-        raise CrmlabError(f"{leak} next best offers are guarded products: nothing published")
+    columns = score_figures.drift_columns(scores.meta if isinstance(scores, TableParts) else scores)
+    previous = PreviousScores.read(url, columns)         # the scores drift compares, a column at a time
+    figures = ScoreFigures.compute(scores, guarded, previous)
+    if figures.guarded_offers:
+        raise CrmlabError(f"{figures.guarded_offers} next best offers are guarded products: nothing published")
     rules = pd.DataFrame(D["rules"]).set_index("name")
-    rules["customers"] = scores["rule"].value_counts().reindex(rules.index).fillna(0).astype(int)
-    previous_version = publish.current_version(url)
-    previous = (publish.read_table(url, "customer_scores", columns=publish.drift_columns(scores))
-                if previous_version else None)           # the scores drift compares, not the whole table
-    drift = publish.drift(previous, scores, PUB["drift_psi"]) if previous is not None else None
+    rules["customers"] = figures.counts["rule"].reindex(rules.index).fillna(0).astype(int)
+    drift = figures.drift(previous, PUB["drift_psi"]) if previous is not None else None
     tables = {"customer_scores": scores,
               "customer_key_map": key_map.astype({"source_id": str, "source_system": str, "customer_key": str}),
               "affinity_rules": ctx.read_artifact("affinity_rules"),
@@ -94,4 +99,4 @@ def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -
         online_store.sync(url, PUB["redis"], PUB["redis_prefix"], progress=print)
     (ctx.run_dir / "artifacts" / "published.json").write_text(
         pd.Series({"version": version, "url": publish._safe(url), "dir": PUB["dir"]}).to_json())
-    return PublishResult(url, cutoff, scores, rules, guarded, previous_version, previous, drift, version, tables)
+    return PublishResult(url, cutoff, figures, rules, guarded, previous, drift, version, tables)
