@@ -31,7 +31,7 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
     part, or the parts already there: :func:`~crmlab.events_dask.on_cluster`) and left there as
     :class:`~crmlab.table_parts.TableParts` whose parts, laid end to end, are its tables row for row.
     ``segments``, ``value``, ``propensity`` and ``recs``: frames, or the paths of Parquet artifacts
-    that the workers read themselves (:func:`~crmlab.events_dask.customer_parts`)."""
+    that the workers read themselves (:func:`~crmlab.events_dask.parts_on_workers`)."""
     parts = events_dask.on_cluster(client, ev, partition_rows)
     n = parts.n
     rates = decisions.rates_of(parts.map(_medium_counts, cutoff, what="contacts and answers by medium"))
@@ -39,7 +39,7 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
     sent = {}
 
     def send():                                     # split here or read there, not kept: a retry does it anew
-        inputs = [events_dask.customer_parts(client, t, n) for t in (segments, value, propensity, recs)]
+        inputs = [events_dask.parts_on_workers(client, t, n) for t in (segments, value, propensity, recs)]
         sent["inputs"], sent["fixed"] = list(zip(*inputs)), engine.scatter(client, [fixed])[0]
         sizes = client.gather([client.submit(_key_sample, i[0], pure=False) for i in sent["inputs"]])
         sent["rows"] = _bounds(np.arange(sum(k for k, _ in sizes)), n)             # segments' rows a part

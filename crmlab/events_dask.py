@@ -188,7 +188,7 @@ class PartedEvents(CustomerEvents):
         return pd.Series(self.parts.map(_last_date, what="the last order date")).max()
 
     def __repr__(self) -> str:
-        return f"PartedEvents({len(self.orders):,} orders, lines in {self.parts.n} parts at {self.folder})"
+        return f"PartedEvents(in {self.parts.n} parts at {self.folder})"     # nothing read
 
     def features(self, builder, cutoff) -> pd.DataFrame:
         return self.parts.features(builder, cutoff)
@@ -255,18 +255,18 @@ def parts_for(rows: int, partition_rows: int) -> int:
     return max(1, math.ceil(rows / partition_rows))
 
 
-def customer_parts(client, table, n: int) -> list:
-    """A table of customer rows (a ``customer_key`` column) cut into the ``n`` parts of :func:`part_of` on
-    ``client``'s workers: futures of frames, each part's rows in table order and labelled with their
-    row number in the whole, as :func:`split_rows` cuts the whole. ``table``: a frame here (sent), the
-    path of a Parquet file or folder of parts (read there a row group a task, never here), or None
-    (``n`` Nones)."""
+def parts_on_workers(client, table, n: int, by: list | None = None) -> list:
+    """A table cut into ``n`` parts on ``client``'s workers: by customer (:func:`part_of` of its
+    ``customer_key``) or, with ``by``, by a hash of those columns (:func:`hash_buckets`). Futures of
+    frames, each part's rows in table order and labelled with their row number in the whole, as
+    :func:`split_rows` cuts the whole. ``table``: a frame here (sent), the path of a Parquet file or
+    folder of parts (read there a row group a task, never here), or None (``n`` Nones)."""
     if table is None:
         return [None] * n
     if isinstance(table, pd.DataFrame):
         if not table.index.equals(pd.RangeIndex(len(table))):
             table = table.reset_index(drop=True)
-        return engine.scatter(client, split_rows(table, part_of(table["customer_key"], n), n))
+        return engine.scatter(client, split_rows(table, _parts(table, n, by), n))
     import pyarrow.parquet as pq
 
     path = Path(table)
@@ -275,23 +275,27 @@ def customer_parts(client, table, n: int) -> list:
     for f in files:
         meta = pq.ParquetFile(f).metadata
         for g in range(meta.num_row_groups):
-            groups.append(client.submit(_group_by_customer, str(f), g, offset, n, pure=False))
+            groups.append(client.submit(_cut_group, str(f), g, offset, n, by, pure=False))
             offset += meta.row_group(g).num_rows
     if not groups:                                  # no rows at all: the empty table, n times
-        groups = [client.submit(_group_by_customer, str(files[0]), None, 0, n, pure=False)]
+        groups = [client.submit(_cut_group, str(files[0]), None, 0, n, by, pure=False)]
     return [client.submit(_concat, *[client.submit(getitem, g, i, pure=False) for g in groups], pure=False)
             for i in range(n)]
 
 
-def _group_by_customer(path: str, group: int | None, offset: int, n: int) -> list[pd.DataFrame]:
+def _parts(df: pd.DataFrame, n: int, by: list | None) -> np.ndarray:
+    return part_of(df["customer_key"], n) if by is None else hash_buckets(df, by, n)
+
+
+def _cut_group(path: str, group: int | None, offset: int, n: int, by: list | None) -> list[pd.DataFrame]:
     """Row group ``group`` of a Parquet file (None: the whole, empty, file), its rows numbered from
-    ``offset``, cut into the ``n`` customer parts."""
+    ``offset``, cut into ``n`` parts (:func:`parts_on_workers`)."""
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(path)
     df = (f.read() if group is None else f.read_row_group(group)).to_pandas()
     df.index = pd.RangeIndex(offset, offset + len(df))
-    return split_rows(df, part_of(df["customer_key"], n), n)
+    return split_rows(df, _parts(df, n, by), n)
 
 
 def _concat(*pieces) -> pd.DataFrame:

@@ -37,7 +37,7 @@ import pandas as pd
 
 from . import engine, identity_index
 from .errors import CrmlabError
-from .events_dask import SOURCE_KEY, by_columns
+from .events_dask import SOURCE_KEY, by_columns, parts_on_workers
 from .identity import (DEFAULT_BLOCKING, KEY_INPUTS, UNION, PairScores, RecordMatcher, _fingerprint, _patterns,
                        add_keys, best_probability, blocking_row, column_stats, largest_table, merge_column_stats,
                        top_blocks)
@@ -589,13 +589,14 @@ class DaskRecordMatcher(RecordMatcher):
 # ----------------------------------------------------------------------------- the identity index by parts
 
 
-def index_rows_by_parts(client, files: list, key_map: pd.DataFrame, matcher: RecordMatcher) -> TableParts:
+def index_rows_by_parts(client, files: list, key_map, matcher: RecordMatcher) -> TableParts:
     """:func:`crmlab.identity_index.index_rows` of the customer records in the Parquet ``files`` (the
     run's sources parts), left on ``client``'s workers: each file read and keyed there, its rows
     regrouped with the key map's by a hash of (source_system, source_id) and joined there. The same rows
-    as the local index, in another order (the database keeps none)."""
+    as the local index, in another order (the database keeps none). ``key_map``: a frame, or the path
+    of its artifact, read and cut by the workers."""
     n = max(1, len(files))
-    km_parts = engine.scatter(client, by_columns(key_map[[*SOURCE_KEY, "customer_key"]], SOURCE_KEY, n))
+    km_parts = parts_on_workers(client, key_map, n, by=SOURCE_KEY)
     plain = engine.scatter(client, matcher, broadcast=True)
     keyed = [client.submit(_keyed_file, str(f), plain, n, pure=False) for f in files]
     return TableParts(client, [client.submit(_index_bucket, km_parts[b], plain,
@@ -609,4 +610,5 @@ def _keyed_file(path: str, matcher: RecordMatcher, n: int) -> list[pd.DataFrame]
 
 
 def _index_bucket(km: pd.DataFrame, matcher: RecordMatcher, *pieces) -> pd.DataFrame:
-    return identity_index.with_customer_keys(pd.concat(pieces, ignore_index=True), km, matcher)
+    return identity_index.with_customer_keys(pd.concat(pieces, ignore_index=True), km[[*SOURCE_KEY, "customer_key"]],
+                                             matcher)

@@ -445,11 +445,13 @@ def test_identity_index_made_by_the_workers_holds_the_local_rows(cluster, tmp_pa
     for f, at in zip(files, np.array_split(np.arange(len(records)), 3)):
         records.iloc[at].to_parquet(f)
     want = identity_index.index_rows(records, km, matcher)
-    got = identity_dask.index_rows_by_parts(cluster.client, files, km, matcher)
-    assert got.n == 3 and len(got) == len(want) > 1000 and want["customer_key"].notna().all()
+    km.to_parquet(tmp_path / "key_map.parquet", index=False, row_group_size=700)     # the artifact, read there
     src = ["source_system", "source_id"]
-    pd.testing.assert_frame_equal(got.compute().sort_values(src, ignore_index=True), want.sort_values(src, ignore_index=True),
-                                  check_exact=True)
+    for key_map in (km, tmp_path / "key_map.parquet"):
+        got = identity_dask.index_rows_by_parts(cluster.client, files, key_map, matcher)
+        assert got.n == 3 and len(got) == len(want) > 1000 and want["customer_key"].notna().all()
+        pd.testing.assert_frame_equal(got.compute().sort_values(src, ignore_index=True),
+                                      want.sort_values(src, ignore_index=True), check_exact=True)
     with pytest.raises(PublishError, match="^1 records have no customer key"):
         identity_index.identity_tables(identity_dask.index_rows_by_parts(cluster.client, files, km.iloc[1:], matcher),
                                        km, matcher)
@@ -802,6 +804,12 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
     want = CustomerEvents.from_sources(src, km)
     events_dask.build(cluster.client, src.part_files(), km, 4, tmp_path / "ev")
     got = _NoLines(cluster.client, tmp_path / "ev")
+    # the last order date and the tables' columns without reading a table here
+    assert got.last_date == want.last_date and "PartedEvents(in 4 parts" in repr(got)
+    empty = got.empty()
+    for name in ("orders", "lines", "contacts", "profile"):
+        pd.testing.assert_frame_equal(getattr(empty, name), getattr(want, name).iloc[:0], check_index_type=False, obj=name)
+    assert not [k for k in got.__dict__ if k.startswith("_events_")]
     P = config.load(CI)["propensity"]
     cut = targets.cutoffs(want.last_date, P["horizon_days"])
     assert got.departments() == want.departments() and got.departments(cut["train"]) == want.departments(cut["train"])

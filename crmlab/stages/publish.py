@@ -89,8 +89,9 @@ def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -
         matcher = identity.RecordMatcher.from_dict(json.loads(ctx.read_artifact("identity_model")["model"].iloc[0]))
         src, client = ctx.sources(), engine.client(ctx.params["engine"])
         files = None if client is None else (src.part_files() or {}).get("customers")
+        # in Dask mode made by the workers from the sources' parts and the key map's artifact, left there
         index = (identity_index.index_rows(src.customers, key_map, matcher) if files is None else
-                 identity_dask.index_rows_by_parts(client, files, key_map, matcher))   # by the workers, left there
+                 identity_dask.index_rows_by_parts(client, files, ctx.artifact_file("customer_key_map"), matcher))
         ident = identity_index.identity_tables(index, key_map, matcher, PUB["identity_schema"], PUB["identity_role"])
     version = publish.publish(tables, url, PUB["dir"], keep=PUB["keep"], note=f"run {ctx.run_dir.name}", progress=print,
                               writers=PUB["writers"],
