@@ -42,7 +42,8 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
         inputs = [events_dask.parts_on_workers(client, t, n) for t in (segments, value, propensity, recs)]
         sent["inputs"], sent["fixed"] = list(zip(*inputs)), engine.scatter(client, [fixed])[0]
         sizes = client.gather([client.submit(_key_sample, i[0], pure=False) for i in sent["inputs"]])
-        sent["rows"] = _bounds(np.arange(sum(k for k, _ in sizes)), n)             # segments' rows a part
+        rows = sum(k for k, _ in sizes)                                              # segment rows in all
+        sent["rows"] = np.linspace(0, rows, n + 1).astype(np.int64)[1:-1]
         sent["keys"] = _bounds(np.sort(np.concatenate([s for _, s in sizes])), n)
 
     def again():
@@ -68,11 +69,11 @@ def _key_sample(segments: pd.DataFrame, every: int = 1000) -> tuple[int, np.ndar
     return len(segments), np.sort(segments["customer_key"].to_numpy(dtype=object))[::every]
 
 
-def _bounds(values: np.ndarray, n: int) -> np.ndarray:
-    """``n - 1`` bounds cutting sorted ``values`` into ``n`` ranges of about equal size."""
-    if not len(values):
+def _bounds(keys: np.ndarray, n: int) -> np.ndarray:
+    """``n - 1`` bounds cutting sorted ``keys`` into ``n`` ranges of about equal size."""
+    if not len(keys):
         return np.full(n - 1, "", object)
-    return values[np.linspace(0, len(values), n + 1).astype(np.int64)[1:-1]]
+    return keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]]
 
 
 def _decide_part(ev, inputs, fixed, rows, keys):

@@ -88,10 +88,10 @@ class PartitionedEvents:
 
     def map(self, fn, *args, what: str | None = None, each: list | None = None) -> list:
         """``fn(part_events, [each[i],] *args)`` on every part ``i``, on the workers; the results in part
-        order. A worker lost on the way costs one more try on parts scattered anew (:func:`crmlab.engine.retry_lost`)."""
-        first = [] if each is None else [each]
-
+        order. A worker lost on the way costs one more try on parts scattered anew (:func:`crmlab.engine.retry_lost`).
+        ``each`` is sent as data, not inside the task graph (a million keys would weigh it down)."""
         def run():
+            first = [] if each is None else [engine.scatter(self.client, list(each))]
             return self.client.gather(self.client.map(fn, self.parts, *first, *[[a] * self.n for a in args],
                                                       pure=False))
 

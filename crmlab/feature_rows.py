@@ -128,9 +128,9 @@ class FeatureRows:
         def run():
             tasks = []
             for f in used:
-                mine = order[bounds[f]:bounds[f + 1]]
-                tasks.append(self.client.submit(_apply, self.frames[f], self.at[mine], columns, fn, args,
-                                                *[np.asarray(v)[mine] for v in values], pure=False))
+                mine = order[bounds[f]:bounds[f + 1]]           # sent as data, not inside the task graph
+                at, *vals = engine.scatter(self.client, [self.at[mine], *[np.asarray(v)[mine] for v in values]])
+                tasks.append(self.client.submit(_apply, self.frames[f], at, columns, fn, args, *vals, pure=False))
             return self.client.gather(tasks)
 
         def again():
