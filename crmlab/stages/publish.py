@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .. import (affinity, decisions, decisions_dask, engine, identity, identity_dask, identity_index, online_store,
-               publish, score_figures, targets)
+               publish, targets)
 from ..errors import CrmlabError
-from ..score_figures import PreviousScores, ScoreFigures
+from ..score_figures import PreviousScores, ScoreFigures, drift_columns
 from ..table_parts import TableParts
 
 
@@ -68,7 +68,7 @@ def _decide_and_publish(ctx, url, key_map, cutoff, guarded, products, decided) -
     """Check the decided (scores, offers, recent contacts) and publish them with the run's other tables."""
     D, PUB = ctx.params["decisions"], ctx.params["publish"]
     scores, offers, recent = decided
-    columns = score_figures.drift_columns(scores.meta if isinstance(scores, TableParts) else scores)
+    columns = drift_columns(scores.meta if isinstance(scores, TableParts) else scores)
     previous = PreviousScores.read(url, columns)         # the scores drift compares, a column at a time
     figures = ScoreFigures.compute(scores, guarded, previous)
     if figures.guarded_offers:
