@@ -473,7 +473,7 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
 
     def send():
         km = None if key_map is None else key_map[["source_system", "source_id", "customer_key"]]
-        held["km"] = [None] * b if km is None else engine.scatter(client, by_columns(km, SOURCE_KEY, b))
+        held["km"] = parts_on_workers(client, km, b, by=SOURCE_KEY)
         held["dept"] = engine.scatter(client, [products.set_index("product_id")["department"]])[0]
         if contacts:
             camp = pd.concat([pd.read_parquet(p, columns=["campaign_id", "window_days"]) for p in parts["campaigns"]])

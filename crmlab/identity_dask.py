@@ -610,5 +610,4 @@ def _keyed_file(path: str, matcher: RecordMatcher, n: int) -> list[pd.DataFrame]
 
 
 def _index_bucket(km: pd.DataFrame, matcher: RecordMatcher, *pieces) -> pd.DataFrame:
-    return identity_index.with_customer_keys(pd.concat(pieces, ignore_index=True), km[[*SOURCE_KEY, "customer_key"]],
-                                             matcher)
+    return identity_index.with_customer_keys(pd.concat(pieces, ignore_index=True), km, matcher)

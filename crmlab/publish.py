@@ -836,9 +836,8 @@ def restore(url: str, version: int, folder=None) -> int:
     return version
 
 
-def read_table(url: str, name: str, version: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """A published table as touchpoints see it (the current version, or a kept one); ``columns``: only
-    those of them that the table has."""
+def read_table(url: str, name: str, version: int | None = None) -> pd.DataFrame:
+    """A published table as touchpoints see it (the current version, or a kept one)."""
     import sqlalchemy as sa
 
     if name not in CONTRACT:
@@ -850,11 +849,7 @@ def read_table(url: str, name: str, version: int | None = None, columns: list[st
             insp = sa.inspect(conn)
             if not insp.has_table(rel) and rel not in insp.get_view_names():
                 raise PublishError(f"{_safe(url)} has no published '{rel}'")
-            what = "*"
-            if columns is not None:
-                have = {c["name"] for c in insp.get_columns(rel)}
-                what = ", ".join(_q(eng, c) for c in columns if c in have) or "*"
-            return _contract_types(name, pd.read_sql(sa.text(f"SELECT {what} FROM {_q(eng, rel)}"), conn))
+            return _contract_types(name, pd.read_sql(sa.text(f"SELECT * FROM {_q(eng, rel)}"), conn))
     finally:
         eng.dispose()
 

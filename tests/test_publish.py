@@ -294,11 +294,11 @@ def test_read_table_returns_contract_types_and_republishes(target, tmp_path):
     copy = {"customer_scores": back.drop(columns=["score_version", "scored_at"]),
             "customer_key_map": publish.read_table(url, "customer_key_map")}
     assert publish.publish(copy, publish.default_url(tmp_path / "copy")) == 1    # the contract still holds
-    # the columns drift compares, not the table (a column the version lacks is left out)
+    # the columns drift compares, read one at a time: the table's values (missing ones as NaN)
     cols = score_figures.drift_columns(back)
     assert "value" in cols and "contact" not in cols and "segment_id" not in cols and "score_version" not in cols
-    some = publish.read_table(url, "customer_scores", columns=[*cols, "no_such_score"])
-    pd.testing.assert_frame_equal(some, back[cols])
+    for c in cols:
+        np.testing.assert_array_equal(publish.read_column(url, "customer_scores", c), back[c].to_numpy(float), err_msg=c)
 
 
 def test_spreadsheet_formulas_are_defused_and_html_escaped(target, tmp_path):
