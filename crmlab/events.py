@@ -270,6 +270,16 @@ class CustomerEvents:
         parts: left on the workers, :class:`crmlab.feature_rows.FeatureRows`)."""
         return self.features(builder, cutoff)
 
+    def order_pieces(self, columns: list[str]):
+        """(row numbers, ``columns``) of the orders in pieces (here one: the table; where the events are
+        parts, a part at a time read from its file): a scan of every order in bounded memory."""
+        yield np.arange(len(self.orders)), self.orders[columns]
+
+    def map_parts(self, fn, *args, what: str | None = None) -> list:
+        """``[fn(events, *args)]`` for disjoint sets of customers (here one: these events; where the events
+        are parts, one per part, computed where the part lies; ``what``: its name in errors)."""
+        return [fn(self, *args)]
+
     def map_lines(self, fn, *args) -> list:
         """``[fn(lines, *args)]`` for the order lines of disjoint sets of customers (here one: all of them;
         where the events are parts, one per part that has lines, computed where the part lies)."""

@@ -196,6 +196,14 @@ class PartedEvents(CustomerEvents):
     def feature_rows(self, builder, cutoff):
         return self.parts.feature_rows(builder, cutoff)
 
+    def order_pieces(self, columns: list[str]):
+        for path in sorted((self.folder / "events_orders").glob("*.parquet")):
+            df = pd.read_parquet(path, columns=[ROW] + columns)
+            yield df[ROW].to_numpy(), df[columns]
+
+    def map_parts(self, fn, *args, what: str | None = None) -> list:
+        return self.parts.map(fn, *args, what=what)
+
     def map_lines(self, fn, *args) -> list:
         got = self.parts.map(_on_lines, fn, *args, what=getattr(fn, "__name__", None))
         return [g for g in got if g is not None]

@@ -138,6 +138,19 @@ class Sources:
             return None
         return {n: _parts(p) if p.is_dir() else [p] for n, p in self.tables._paths.items()}
 
+    def pieces(self, name: str, columns: list[str]):
+        """Table ``name``'s ``columns`` in table order, a file at a time when it is read from files and not
+        held yet (a report that scans a large table in bounded memory); else the table, in one piece."""
+        tables = self.tables
+        if isinstance(tables, _LazyTables) and name not in tables._frames:
+            import pyarrow.parquet as pq
+
+            path = tables._paths[name]
+            for part in (_parts(path) if path.is_dir() else [path]):
+                yield pq.read_table(part, columns=columns).to_pandas()
+        else:
+            yield self.tables[name][columns]
+
     def row_counts(self) -> dict[str, int]:
         return {k: int(self.counts[k]) if k in self.counts else int(len(self.tables[k])) for k in self.tables}
 

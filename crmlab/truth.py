@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import measure, targets, value
 from .encoding import member_of
-from .events import customer_keys
+from .events import CustomerEvents, customer_keys
 from .sources import load
 
 
@@ -28,22 +28,67 @@ def _read_truth(world_dir: Path, name: str) -> pd.DataFrame | None:
     return None
 
 
-def true_customer_transactions(world_dir, src=None, events=None) -> pd.DataFrame:
+#: true customers a check against the planted truth fits on: a seeded random sample beyond this many
+#: (the orders are then scanned in pieces and only the sample's are kept: bounded memory at any size)
+TRUE_CUSTOMERS = 200_000
+
+
+def true_customer_transactions(world_dir, src=None, events=None, customers=None) -> pd.DataFrame:
     """Transactions of a synthetic world keyed by the true customer (for checks against planted truth).
 
     ``src``: the run's validated :class:`~crmlab.sources.Sources` of that world (else read and
     validated again from ``world_dir``, which costs as much as the run's own loading step);
     ``events``: the run's :class:`~crmlab.events.CustomerEvents` of the same sources, whose order
-    values are then reused (only the orders' source records are read, not the order lines)."""
+    values are then reused (else built from ``src``); the orders' source records are read a file at a
+    time, the events' orders a part at a time; ``customers``: the true customers to keep (None: all).
+    Rows in the orders' order, labelled with their row numbers."""
     rt = _read_truth(Path(world_dir), "record_truth").rename(columns={"customer_id": "customer_key"})
+    if customers is not None:
+        rt = rt[member_of(rt["customer_key"], customers)]
     src = src if src is not None else load(world_dir)
-    if events is None:
-        return value.transactions(src, rt)
-    orders = src["orders"]
-    if len(orders) != len(events.orders) or not (orders["order_id"].to_numpy() == events.orders["order_id"].to_numpy()).all():
+    events = events if events is not None else CustomerEvents.from_sources(src)      # orders with their values
+    rows, owner, ids, n = [], [], [], 0
+    for piece in src.pieces("orders", ["order_id", "source_system", "source_id"]):
+        if customers is None:
+            key, at = customer_keys(piece, rt, "orders"), np.arange(len(piece))
+        else:
+            key = _owners(piece, rt)
+            at = np.flatnonzero(key >= 0)
+            key = key[at]
+        rows.append(at + n)
+        owner.append(key)
+        ids.append(piece["order_id"].to_numpy()[at])
+        n += len(piece)
+    rows, owner, ids = np.concatenate(rows), np.concatenate(owner), np.concatenate(ids)
+    got, total = [], 0
+    for r, df in events.order_pieces(["order_id", "order_date", "value", "channel"]):
+        total += len(df)
+        pos = np.searchsorted(rows, r)
+        hit = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == r)
+        got.append(df[hit].assign(customer_key=owner[pos[hit]], _row=r[hit], _id=ids[pos[hit]]))
+    tx = pd.concat(got).sort_values("_row", kind="stable")
+    if total != n or not (tx["order_id"].to_numpy() == tx["_id"].to_numpy()).all():
         raise ValueError("events and sources describe different orders")
-    return events.orders[["order_date", "value", "channel"]].assign(
-        customer_key=customer_keys(orders, rt, "orders"))[["customer_key", "order_date", "value", "channel"]]
+    return tx.set_index(pd.Index(tx["_row"].to_numpy()))[["customer_key", "order_date", "value", "channel"]]
+
+
+def _owners(records: pd.DataFrame, rt: pd.DataFrame) -> np.ndarray:
+    """The true customer of each of ``records`` (source_system, source_id) in ``rt``; -1 where not there."""
+    left = pd.DataFrame({"source_system": records["source_system"].to_numpy(),
+                         "source_id": records["source_id"].astype("string").to_numpy()})
+    right = rt[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"})
+    return left.merge(right, on=["source_system", "source_id"], how="left")["customer_key"].fillna(-1).to_numpy(np.int64)
+
+
+def true_customers(world_dir, most: int | None = TRUE_CUSTOMERS, seed: int = 0) -> tuple[np.ndarray | None, int]:
+    """(the true customers a check fits on: None for all of them, else a seeded random sample of
+    ``most``; how many the world has)."""
+    ct = _read_truth(Path(world_dir), "customer_truth")
+    ids = ct["customer_id"].to_numpy() if ct is not None else \
+        _read_truth(Path(world_dir), "record_truth")["customer_id"].unique()
+    if most is None or len(ids) <= most:
+        return None, len(ids)
+    return np.sort(np.random.default_rng(seed).choice(ids, most, replace=False)), len(ids)
 
 
 def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
@@ -76,7 +121,7 @@ def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
 
 
 def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int,
-                               src=None, events=None) -> pd.Series | None:
+                               src=None, events=None, keys=None) -> pd.Series | None:
     """P(no order in ``[cutoff, cutoff + horizon)``) under the true process, per customer_key.
 
     Uses each true customer's own purchase rate and dropout probability and their purchases before
@@ -84,15 +129,18 @@ def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon
     (1 - p) e^(-lambda (T - t_x)) / ((1 - p) e^(-lambda (T - t_x)) + p); then
     P(attrition) = 1 - P(alive) (1 - e^(-lambda h)). The best any model of the history can do
     (campaign-driven orders aside). None when the world has no truth files. ``src``, ``events``:
-    see :func:`true_customer_transactions`.
+    see :func:`true_customer_transactions`; ``keys``: the customer keys asked for (None: all; else
+    only their true customers' orders are kept).
     """
     world_dir = Path(world_dir)
     ct = _read_truth(world_dir, "customer_truth")
+    if keys is not None:
+        key_map = key_map[member_of(key_map["customer_key"], pd.Index(keys))]
     owner = true_customer_of(world_dir, key_map)
     if ct is None or owner is None:
         return None
     cutoff = pd.Timestamp(cutoff)
-    tx = true_customer_transactions(world_dir, src, events)
+    tx = true_customer_transactions(world_dir, src, events, None if keys is None else owner.unique())
     tx = tx[tx["order_date"] < cutoff]
     g = tx.groupby("customer_key")["order_date"]
     first, last, n = g.min(), g.max(), g.size()
@@ -140,19 +188,24 @@ def planted_rule_ranks(world_dir, rules: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def btyd_check(world_dir, src, observation_end, events=None) -> pd.DataFrame | None:
+def btyd_check(world_dir, src, observation_end, events=None, most: int | None = TRUE_CUSTOMERS,
+               seed: int = 0) -> pd.DataFrame | None:
     """BG/NBD fitted on the true customers' transactions (weeks) against the planted parameters:
-    estimate, interval and whether the truth lies inside it. ``src``: the run's sources or a function
-    returning them."""
+    estimate, interval and whether the truth lies inside it; on a seeded random sample of ``most`` true
+    customers when the world has more (``attrs``: ``customers`` fitted, ``of`` the world's). ``src``: the
+    run's sources or a function returning them."""
     path = Path(world_dir) / "truth" / "truth.json"
     if not path.exists():
         return None
     meta = json.loads(path.read_text())
     src = src() if callable(src) else src                 # a function: the sources are read only with truth
-    rfm = value.rfm_summary(true_customer_transactions(world_dir, src, events), observation_end=observation_end)
+    keep, total = true_customers(world_dir, most, seed)
+    tx = true_customer_transactions(world_dir, src, events, keep)
+    rfm = value.rfm_summary(tx, observation_end=observation_end)
     fit = value.BetaGeo().fit(rfm)
     check = fit.summary_.assign(truth=[meta["btyd"][k] for k in fit.summary_.index])
     check["inside 95% CI"] = (check["ci_low"] <= check["truth"]) & (check["truth"] <= check["ci_high"])
+    check.attrs.update(customers=len(rfm), of=total)
     return check
 
 
@@ -186,13 +239,13 @@ def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: di
     ``src``: the run's sources, or a function returning them (called only when there is truth)."""
     if key_map is None or not (Path(world_dir) / "truth").is_dir():
         return None
-    oracle = true_attrition_probability(world_dir, key_map, cut["valid"], P["horizon_days"],
-                                        src() if callable(src) else src, ev)
-    if oracle is None:
-        return None
     rows = np.arange(len(result.holdout_y))
     if len(rows) > CHECK_ROWS:                      # an evaluation on 100,000 customers is exact enough
         rows = np.sort(np.random.default_rng(seed).choice(rows, CHECK_ROWS, replace=False))
+    oracle = true_attrition_probability(world_dir, key_map, cut["valid"], P["horizon_days"],
+                                        src() if callable(src) else src, ev, keys=result.holdout_X.index[rows])
+    if oracle is None:
+        return None
     X = result.holdout_X.iloc[rows]
     y = pd.Series(result.holdout_y[rows], index=X.index)
     other = "hgb" if P["model"] == "logistic" else "logistic"

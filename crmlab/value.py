@@ -729,6 +729,33 @@ def add_first(rfm: pd.DataFrame, transactions: pd.DataFrame, column: str, custom
     return rfm.join(first.set_index(customer_col)[column].rename(f"first_{column}"))
 
 
+def pattern_counts(rfm: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Distinct rows of ``columns`` of an RFM table with their customer counts (``customers``); counts
+    of disjoint sets of customers add up with :func:`sum_patterns`. A purchase model fitted on them
+    (``sample_weight=customers``) equals the fit on the customers' rows."""
+    _rfm_arrays(rfm)                                     # the checks a fit on the rows makes
+    return rfm.groupby(columns, sort=False, dropna=False).size().rename("customers").reset_index()
+
+
+def sum_patterns(counts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """:func:`pattern_counts` of disjoint sets of customers added up (patterns in value order)."""
+    got = pd.concat(counts, ignore_index=True)
+    return got.groupby(columns, sort=True, dropna=False)["customers"].sum().reset_index()
+
+
+def pattern_columns(covariates: list[str] | None = None) -> list[str]:
+    """The columns a purchase model with ``covariates`` reads: its customers' patterns."""
+    return ["frequency", "recency", "T"] + list(covariates or [])
+
+
+def fit_patterns(name: str, covariates: list[str] | None, counts: pd.DataFrame):
+    """``make_model(name, covariates)`` fitted on :func:`sum_patterns` counts of
+    :func:`pattern_columns` (its warnings raised as usual)."""
+    if counts.empty:
+        raise CrmlabError("rfm_summary: no transactions on or before the calibration end")
+    return make_model(name, covariates).fit(counts[pattern_columns(covariates)], sample_weight=counts["customers"])
+
+
 def make_model(name: str, covariates: list[str] | None = None):
     """A purchase model by its parameter-file name: bgnbd, mbgnbd or pareto."""
     if name == "bgnbd":

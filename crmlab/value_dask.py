@@ -22,18 +22,31 @@ import warnings
 import pandas as pd
 
 from . import engine, events_dask, value
-from .errors import CrmlabError
 
 def _transactions(ev) -> pd.DataFrame:
     return ev.transactions()
 
 
-def partitioned(client, transactions: pd.DataFrame, partition_rows: int, parts=None):
+def _head(ev, n: int) -> pd.DataFrame:
+    return ev.transactions().head(n)
+
+
+def sample(parts, n: int = 1000) -> pd.DataFrame:
+    """Up to ``n`` transactions of the first part of ``parts`` that has any (its columns and types)."""
+    for p in parts.parts:
+        got = parts.client.submit(_head, p, n, pure=False).result()
+        if len(got):
+            return got
+    return got
+
+
+def partitioned(client, transactions: pd.DataFrame | None, partition_rows: int, parts=None, meta=None):
     """``transactions`` sent to the workers of ``client`` (scattered, not inside the task graph) as a Dask
     DataFrame of ~``partition_rows`` rows per partition, every customer's rows in one partition and in
     their input order (so per-customer day sums add in the local order). With ``parts`` (the events'
     :class:`~crmlab.events_dask.PartitionedEvents` already on the workers) each partition is a part's
-    transactions, taken where it lies: nothing is sent.
+    transactions, taken where it lies: nothing is sent (``transactions`` may then be None, ``meta``:
+    their columns).
 
     The table is in this process already, so it is split by customer here (one pass, no shuffle across
     the workers: that took 7.2 of 13 s at 1M customers)."""
@@ -41,7 +54,7 @@ def partitioned(client, transactions: pd.DataFrame, partition_rows: int, parts=N
 
     if parts is not None:
         futures = [client.submit(_transactions, p, pure=False) for p in parts.parts]
-        return dd.from_delayed(futures, meta=transactions.iloc[:0], verify_meta=False)
+        return dd.from_delayed(futures, meta=meta if meta is not None else transactions.iloc[:0], verify_meta=False)
     n = max(1, math.ceil(len(transactions) / partition_rows))
     parts = events_dask.split_rows(transactions, events_dask.part_of(transactions["customer_key"], n), n)
     return dd.from_delayed(engine.scatter(client, parts), meta=transactions.iloc[:0], verify_meta=False)
@@ -62,16 +75,10 @@ def rfm_summary(ddf, sample: pd.DataFrame, observation_end, time_unit: float = 7
     return ddf.map_partitions(_rfm_part, observation_end, time_unit, covariates, meta, meta=meta)
 
 
-def _pattern_counts(part: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    value._rfm_arrays(part)                      # the local checks, per partition
-    return part.groupby(cols, sort=False, dropna=False).size().rename("customers").reset_index()
-
-
 def patterns(rfm, columns: list[str]) -> pd.DataFrame:
     """Distinct rows of ``columns`` of a Dask RFM table with their customer counts (``customers``)."""
-    meta = _pattern_counts(rfm._meta, columns)
-    got = rfm.map_partitions(_pattern_counts, columns, meta=meta).compute()
-    return got.groupby(columns, sort=True, dropna=False)["customers"].sum().reset_index()
+    meta = value.pattern_counts(rfm._meta, columns)
+    return value.sum_patterns([rfm.map_partitions(value.pattern_counts, columns, meta=meta).compute()], columns)
 
 
 def _scores_part(rfm: pd.DataFrame, model, spend, months, discount_rate, margin, time_unit, meta) -> pd.DataFrame:
@@ -80,23 +87,21 @@ def _scores_part(rfm: pd.DataFrame, model, spend, months, discount_rate, margin,
     return value.customer_scores(model, spend, rfm, months, discount_rate, margin, time_unit)
 
 
-def fit_value(client, transactions: pd.DataFrame, P: dict, observation_end, partition_rows: int, parts=None):
+def fit_value(client, transactions: pd.DataFrame | None, P: dict, observation_end, partition_rows: int, parts=None):
     """Stage 30 on the cluster of ``client``: (RFM table, purchase model, Gamma-Gamma, ``customer_value``,
     the model fit's warnings), equal to the local stage's. ``P``: the ``value`` parameters; ``parts``:
-    the events' parts on the workers, whose transactions are read there (:func:`partitioned`)."""
+    the events' parts on the workers, whose transactions are read there (:func:`partitioned`; then
+    ``transactions`` may be None: nothing is read here)."""
     import dask
 
     covariates = bool(P["covariates"])
     with dask.config.set({"scheduler": client, "dataframe.convert-string": False}):   # the local dtypes
-        ddf = partitioned(client, transactions, partition_rows, parts)
-        rfm = rfm_summary(ddf, transactions.head(1000), observation_end, P["time_unit_days"], covariates).persist()
-        cols = ["frequency", "recency", "T"] + list(P["covariates"] or [])
-        counts = patterns(rfm, cols)
-        if counts.empty:
-            raise CrmlabError("rfm_summary: no transactions on or before the calibration end")
+        head = transactions.head(1000) if transactions is not None else sample(parts)
+        ddf = partitioned(client, transactions, partition_rows, parts, head.iloc[:0])
+        rfm = rfm_summary(ddf, head, observation_end, P["time_unit_days"], covariates).persist()
+        counts = patterns(rfm, value.pattern_columns(P["covariates"]))
         with warnings.catch_warnings(record=True) as caught:
-            model = value.make_model(P["model"], P["covariates"]).fit(counts[cols],
-                                                                      sample_weight=counts["customers"])
+            model = value.fit_patterns(P["model"], P["covariates"], counts)
         spend = value.GammaGamma().fit(rfm[["frequency", "monetary_value"]][
             (rfm["frequency"] > 0) & (rfm["monetary_value"] > 0)].compute())
         months = P["clv_months"]

@@ -19,48 +19,106 @@ class HoldoutReport:
     by_frequency: pd.DataFrame
 
 
+#: the sums over customers, per predictor, from which :class:`HoldoutReport`'s table follows
+_SUMS = ["customers", "predicted", "predicted_sq", "actual", "actual_sq", "product", "abs_error", "sq_error"]
+
+
+@dataclass
+class HoldoutCounts:
+    """Sums over customers from which a :class:`HoldoutReport` follows (:meth:`report`); counted on
+    disjoint sets of customers (parts, on Dask workers) and added with ``+``: the whole's."""
+
+    sums: pd.DataFrame           # index: predictor; columns: _SUMS
+    by_frequency: pd.DataFrame   # index: calibration frequency, capped; customers and sums of actual, model, naive
+    max_frequency: int
+
+    def __add__(self, other: "HoldoutCounts") -> "HoldoutCounts":
+        by = self.by_frequency.add(other.by_frequency, fill_value=0).sort_index()
+        return HoldoutCounts(self.sums + other.sums, by, self.max_frequency)
+
+    def report(self) -> HoldoutReport:
+        s = self.sums
+        n = s["customers"]
+        corr = (n * s["product"] - s["predicted"] * s["actual"]) / np.sqrt(
+            (n * s["predicted_sq"] - s["predicted"] ** 2) * (n * s["actual_sq"] - s["actual"] ** 2))
+        table = pd.DataFrame({"predicted_total": s["predicted"], "actual_total": s["actual"],
+                              "aggregate_error": s["predicted"] / s["actual"] - 1, "correlation": corr,
+                              "mae": s["abs_error"] / n, "rmse": np.sqrt(s["sq_error"] / n)})
+        table.index.name = "predictor"
+        b = self.by_frequency
+        by = b[["actual", "model", "naive"]].div(b["customers"], axis=0).assign(customers=b["customers"].astype("int64"))
+        m = self.max_frequency
+        by.index = [str(int(i)) if i < m else f"{m}+" for i in by.index]
+        by.index.name = "calibration frequency"
+        return HoldoutReport(table, by)
+
+
+def holdout_counts(model, rfm: pd.DataFrame, max_frequency: int = 7) -> HoldoutCounts:
+    """The sums behind :func:`holdout_report` for the customers of ``rfm`` (an RFM table with a holdout
+    period): add those of disjoint sets of customers to get the whole's."""
+    if "frequency_holdout" not in rfm:
+        raise CrmlabError("holdout_report needs an RFM table with a holdout period (calibration_end)")
+    actual = rfm["frequency_holdout"].to_numpy(np.float64)
+    t = float(rfm["duration_holdout"].iloc[0]) if len(rfm) else 0.0
+    pred = model.expected_purchases(rfm, t) if len(rfm) else np.zeros(0)
+    naive = rfm["frequency"].to_numpy() / np.maximum(rfm["T"].to_numpy(), 1e-9) * t
+    sums = pd.DataFrame([(len(actual), p.sum(), (p * p).sum(), actual.sum(), (actual * actual).sum(), (p * actual).sum(),
+                          np.abs(p - actual).sum(), ((p - actual) ** 2).sum()) for p in (pred, naive)],
+                        index=pd.Index(["model", "naive: past rate continues"], name="predictor"), columns=_SUMS)
+    f = np.minimum(rfm["frequency"].to_numpy(), max_frequency)
+    byf = pd.DataFrame({"frequency": f, "actual": actual, "model": pred, "naive": naive}).groupby("frequency")
+    by = byf.sum().assign(customers=byf.size())
+    return HoldoutCounts(sums, by, max_frequency)
+
+
 def holdout_report(model, rfm: pd.DataFrame, max_frequency: int = 7) -> HoldoutReport:
     """Predicted vs actual holdout purchases: aggregate error, per-customer correlation and MAE, for
     the model and the naive baseline (frequency / T, extrapolated); and the mean by calibration frequency."""
-    if "frequency_holdout" not in rfm:
-        raise CrmlabError("holdout_report needs an RFM table with a holdout period (calibration_end)")
-    t = float(rfm["duration_holdout"].iloc[0])
-    actual = rfm["frequency_holdout"].to_numpy(np.float64)
-    pred = model.expected_purchases(rfm, t)
-    naive = rfm["frequency"].to_numpy() / np.maximum(rfm["T"].to_numpy(), 1e-9) * t
-    rows = []
-    for name, p in (("model", pred), ("naive: past rate continues", naive)):
-        rows.append((name, p.sum(), actual.sum(), p.sum() / actual.sum() - 1, np.corrcoef(p, actual)[0, 1],
-                     np.mean(np.abs(p - actual)), np.sqrt(np.mean((p - actual) ** 2))))
-    table = pd.DataFrame(rows, columns=["predictor", "predicted_total", "actual_total", "aggregate_error",
-                                        "correlation", "mae", "rmse"]).set_index("predictor")
-    f = np.minimum(rfm["frequency"].to_numpy(), max_frequency)
-    byf = pd.DataFrame({"frequency": f, "actual": actual, "model": pred, "naive": naive}).groupby("frequency")
-    by = byf.mean()
-    by["customers"] = byf.size()
-    by.index = [str(i) if i < max_frequency else f"{max_frequency}+" for i in by.index]
-    by.index.name = "calibration frequency"
-    return HoldoutReport(table, by)
+    return holdout_counts(model, rfm, max_frequency).report()
 
 
-def tracking(model, rfm: pd.DataFrame, transactions: pd.DataFrame, customer_col: str = "customer_key",
-             date_col: str = "order_date", time_unit: float = 7.0, freq: str = "W-SUN") -> pd.DataFrame:
-    """Actual vs expected repeat purchases per period (incremental and cumulative), all customers of ``rfm``."""
+@dataclass
+class TrackingCounts:
+    """What :func:`tracking` plots, counted on disjoint sets of customers and added with ``+``: repeat
+    purchase days per period (``repeat``, by the period's label), customers per first purchase day
+    (``cohorts``) and the last purchase day (``end``)."""
+
+    repeat: pd.Series
+    cohorts: pd.Series
+    end: pd.Timestamp
+    freq: str
+
+    def __add__(self, other: "TrackingCounts") -> "TrackingCounts":
+        end = max((e for e in (self.end, other.end) if not pd.isna(e)), default=pd.NaT)
+        return TrackingCounts(self.repeat.add(other.repeat, fill_value=0), self.cohorts.add(other.cohorts, fill_value=0),
+                              end, self.freq)
+
+
+def tracking_counts(rfm: pd.DataFrame, transactions: pd.DataFrame, customer_col: str = "customer_key",
+                    date_col: str = "order_date", freq: str = "W-SUN") -> TrackingCounts:
+    """The counts behind :func:`tracking` for the customers of ``rfm`` (their ``first_purchase``) and
+    their ``transactions`` (at any date)."""
     first = rfm["first_purchase"]
     d = transactions[[customer_col, date_col]].copy()
     d[date_col] = pd.to_datetime(d[date_col]).dt.normalize()
     d = d.drop_duplicates().merge(first.rename("first").reset_index(), on=customer_col)
     rep = d[d[date_col] > d["first"]]
-    end = d[date_col].max()
-    periods = pd.date_range(first.min(), end, freq=freq)
-    actual = rep.groupby(pd.Grouper(key=date_col, freq=freq)).size().reindex(periods, fill_value=0)
-    cohorts = first.value_counts()
+    repeat = rep.groupby(pd.Grouper(key=date_col, freq=freq)).size()
+    return TrackingCounts(repeat, first.value_counts(), d[date_col].max(), freq)
+
+
+def tracking(model, counts: TrackingCounts, time_unit: float = 7.0) -> pd.DataFrame:
+    """Actual vs expected repeat purchases per period (incremental and cumulative), all customers of
+    ``counts`` (:func:`tracking_counts`, added over parts)."""
+    cohorts = counts.cohorts.sort_index()
+    periods = pd.date_range(cohorts.index.min(), counts.end, freq=counts.freq)
+    actual = counts.repeat.reindex(periods, fill_value=0)
     elapsed = ((periods.to_numpy()[:, None] - cohorts.index.to_numpy()[None, :]) / np.timedelta64(1, "D"))
     elapsed = np.maximum(elapsed, 0) / time_unit
     grid = np.unique(elapsed)
     e_grid = model.expected_purchases_new(grid)
-    e = np.interp(elapsed, grid, e_grid) @ cohorts.to_numpy()
-    out = pd.DataFrame({"actual_cumulative": actual.cumsum().to_numpy(), "expected_cumulative": e},
+    e = np.interp(elapsed, grid, e_grid) @ cohorts.to_numpy(np.float64)
+    out = pd.DataFrame({"actual_cumulative": actual.cumsum().to_numpy(np.int64), "expected_cumulative": e},
                        index=periods)
     out["actual"] = out["actual_cumulative"].diff().fillna(out["actual_cumulative"])
     out["expected"] = out["expected_cumulative"].diff().fillna(out["expected_cumulative"])

@@ -840,6 +840,70 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
     pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
 
 
+class _NoOrders(events_dask.PartedEvents):
+    """Parted events that fail when anything reads the orders (or the lines) whole."""
+
+    @property
+    def orders(self):
+        raise AssertionError("the orders were read whole into this process")
+
+    @orders.setter
+    def orders(self, value):
+        pass
+
+    lines = _NoLines.lines
+
+
+def test_value_stage_and_its_report_by_parts_never_read_the_orders_here(cluster, parted_world, tmp_path):
+    """Stage 30 on events left as parts: the fit, the table and the report's holdout check and weekly
+    tracking come from the parts (patterns and sums), equal to the local stage's, and the orders are
+    never read whole into the stage's process."""
+    from crmlab import sources_dask
+    from crmlab.stages.value import ValueResult, holdout_check
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    km = _key_map(src, parted_world)
+    want = CustomerEvents.from_sources(src, km)
+    events_dask.build(cluster.client, src.part_files(), km, 4, tmp_path / "ev")
+    got = _NoOrders(cluster.client, tmp_path / "ev")
+    P = {**config.load(CI)["value"], "model": "mbgnbd", "covariates": ["first_channel"], "holdout_days": 120}
+    end = got.last_date
+    tx = want.transactions()
+    rfm = rfm_at(tx, P, end)
+    m = value.make_model(P["model"], P["covariates"]).fit(rfm)
+    rfm2, m2, gg2, table, _ = value_dask.fit_value(cluster.client, None, P, end, 0, got.parts)
+    assert m2.params_ == m.params_ and m2.loglik_ == m.loglik_
+    pd.testing.assert_frame_equal(rfm2, rfm, check_exact=True)
+    assert sum(got.map_parts(len_orders)) == len(tx)
+
+    mine = holdout_check(ValueResult(got, 0, end, None, None, None, None), P)
+    local = holdout_check(ValueResult(want, len(tx), end, rfm, m, None, None), P)
+    assert mine.model.params_ == local.model.params_ and mine.customers == local.customers
+    pd.testing.assert_frame_equal(mine.report.table, local.report.table, rtol=1e-12)
+    pd.testing.assert_frame_equal(mine.report.by_frequency, local.report.by_frequency, rtol=1e-12)
+    from crmlab import value_report
+    pd.testing.assert_frame_equal(value_report.tracking(mine.model, mine.tracking),
+                                  value_report.tracking(local.model, local.tracking), rtol=1e-12)
+    # the model of the check is the fit on the calibration customers' rows (to the last digits)
+    rfm_cal = rfm_at(tx, P, end, local.calibration_end)
+    on_rows = value.make_model(P["model"], P["covariates"]).fit(rfm_cal)
+    assert local.customers == len(rfm_cal)
+    for k, v in on_rows.params_.items():
+        assert local.model.params_[k] == pytest.approx(v, rel=1e-9), k
+    pd.testing.assert_frame_equal(local.report.table, value_report.holdout_report(on_rows, rfm_cal).table, rtol=1e-7)
+    # the truth check: a sample's orders found by scanning the sources' and the events' files a piece at a time
+    from crmlab import truth
+    fresh = sources.Sources.read_artifacts(tmp_path / "src")
+    keep, _ = truth.true_customers(parted_world, most=500)
+    pd.testing.assert_frame_equal(truth.true_customer_transactions(parted_world, fresh, got, keep),
+                                  truth.true_customer_transactions(parted_world, src, want, keep), check_exact=True)
+    assert not fresh.tables._frames            # no source table read whole
+
+
+def len_orders(ev) -> int:
+    return len(ev.orders)
+
+
 def test_a_sample_of_records_for_reports_brings_their_orders_lines_and_contacts(cluster, parted_world, tmp_path):
     """The data-quality report in Dask mode reads a sample: about the records asked for, every order and
     contact of those records and every line of those orders (no more), the whole tables' row counts."""

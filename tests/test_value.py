@@ -70,6 +70,64 @@ def test_predictions_match_reference_formulas(cdnow):
     assert rep.table.loc["model", "mae"] < rep.table.loc["naive: past rate continues", "mae"]
 
 
+def _holdout_ref(model, rfm, max_frequency=7):
+    """holdout_report's table and means by frequency, from per-customer arrays (the plain formulas)."""
+    t = float(rfm["duration_holdout"].iloc[0])
+    a = rfm["frequency_holdout"].to_numpy(np.float64)
+    p = model.expected_purchases(rfm, t)
+    naive_p = rfm["frequency"].to_numpy() / np.maximum(rfm["T"].to_numpy(), 1e-9) * t
+    rows = {name: [q.sum(), a.sum(), q.sum() / a.sum() - 1, np.corrcoef(q, a)[0, 1], np.mean(np.abs(q - a)),
+                   np.sqrt(np.mean((q - a) ** 2))] for name, q in (("model", p), ("naive: past rate continues", naive_p))}
+    f = np.minimum(rfm["frequency"].to_numpy(), max_frequency)
+    by = pd.DataFrame({"f": f, "actual": a, "model": p, "naive": naive_p}).groupby("f").mean()
+    return pd.DataFrame(rows, index=["predicted_total", "actual_total", "aggregate_error", "correlation", "mae",
+                                     "rmse"]).T, by, np.bincount(f.astype(int))
+
+
+def _tracking_ref(model, rfm, tx, time_unit=7.0):
+    """Weekly repeat purchases of the customers of ``rfm``, actual (counted day by day) and expected
+    (each customer's expected purchases since their first one, summed): the plain loops."""
+    first = rfm["first_purchase"]
+    days = tx.assign(d=tx["order_date"].dt.normalize())[["customer_key", "d"]].drop_duplicates()
+    days = days[days["customer_key"].isin(first.index)]
+    end = days["d"].max()
+    periods = pd.date_range(first.min(), end, freq="W-SUN")
+    rep = days[days["d"] > days["customer_key"].map(first)]["d"]
+    actual = np.array([(rep <= p).sum() for p in periods])
+    t = np.maximum((periods.to_numpy()[:, None] - first.to_numpy()[None, :]) / np.timedelta64(1, "D"), 0) / time_unit
+    expected = np.array([model.expected_purchases_new(row).sum() for row in t])
+    return periods, actual, expected
+
+
+def test_holdout_and_tracking_counted_by_parts_equal_the_plain_formulas(cdnow):
+    """The holdout table, the means by frequency and the weekly tracking, counted on three disjoint sets
+    of customers and added (as Dask workers count them), equal the whole's and the per-customer formulas."""
+    raw = datasets.read_cdnow(ROOT / "data" / "cdnow" / "CDNOW_sample.txt")
+    m = value.BetaGeo().fit(cdnow)
+    part = pd.Series(np.arange(len(cdnow)) % 3, index=cdnow.index)
+    pieces = [cdnow[part.to_numpy() == i] for i in range(3)]
+    counts = [value_report.holdout_counts(m, p) for p in pieces]
+    whole = value_report.holdout_report(m, cdnow)
+    added = (counts[0] + counts[1] + counts[2]).report()
+    pd.testing.assert_frame_equal(added.table, whole.table, rtol=1e-12)
+    pd.testing.assert_frame_equal(added.by_frequency, whole.by_frequency, rtol=1e-12)
+    table, by, n = _holdout_ref(m, cdnow)
+    np.testing.assert_allclose(whole.table.to_numpy(), table.loc[whole.table.index].to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(whole.by_frequency[["actual", "model", "naive"]].to_numpy(), by.to_numpy(), rtol=1e-10)
+    assert whole.by_frequency["customers"].tolist() == n.tolist() and whole.by_frequency.index[-1] == "7+"
+    # a part without customers adds nothing
+    none = value_report.holdout_counts(m, cdnow.iloc[:0])
+    pd.testing.assert_frame_equal((none + counts[0] + counts[1] + counts[2]).report().table, whole.table, rtol=1e-12)
+
+    by_part = [value_report.tracking_counts(p, raw[raw["customer_key"].isin(p.index)]) for p in pieces]
+    track = value_report.tracking(m, by_part[0] + by_part[1] + by_part[2])
+    pd.testing.assert_frame_equal(track, value_report.tracking(m, value_report.tracking_counts(cdnow, raw)), rtol=1e-12)
+    periods, actual, expected = _tracking_ref(m, cdnow, raw)
+    assert track.index.equals(periods)
+    np.testing.assert_array_equal(track["actual_cumulative"].to_numpy(), actual)
+    np.testing.assert_allclose(track["expected_cumulative"].to_numpy(), expected, rtol=1e-9)
+
+
 def test_p_alive_at_future_date_monte_carlo():
     """P(alive at T+t) against simulation of the same posterior process."""
     m = value.BetaGeo()
@@ -96,8 +154,18 @@ def test_recovers_planted_truth_of_the_synthetic_world():
     pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, load(sample)), tx)   # the run's sources reused
     src = load(sample)
     ev = CustomerEvents.from_sources(src)                       # the run's order values reused
-    pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, src, ev).reset_index(drop=True),
-                                  tx.reset_index(drop=True))
+    pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, src, ev), tx)
+    # a sample of the true customers: their orders, found by scanning the orders in pieces
+    keep, total = truth.true_customers(sample, most=100, seed=3)
+    assert len(keep) == 100 and total == tx["customer_key"].nunique()
+    assert truth.true_customers(sample, most=None) == (None, total)
+    pd.testing.assert_frame_equal(truth.true_customer_transactions(sample, src, ev, keep),
+                                  tx[tx["customer_key"].isin(keep)])
+    check = truth.btyd_check(sample, src, meta["spec"]["end"], ev, most=400)
+    assert check.attrs == {"customers": 400, "of": total}
+    rfm_400 = value.rfm_summary(tx[tx["customer_key"].isin(truth.true_customers(sample, 400)[0])],
+                                observation_end=meta["spec"]["end"])
+    assert check["estimate"].to_dict() == value.BetaGeo().fit(rfm_400).summary_["estimate"].to_dict()
     rfm = value.rfm_summary(tx, observation_end=meta["spec"]["end"])
     bg = value.BetaGeo().fit(rfm)
     for k in ("r", "alpha", "a", "b"):
