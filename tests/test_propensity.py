@@ -170,6 +170,9 @@ def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
     auc_true = propensity_report.evaluate(y[both], oracle[both])["roc_auc"]
     assert len(both) > 0.9 * len(y)
     assert r.metrics["roc_auc"] < auc_true < 0.97
+    some = y.index[::7]                  # asked for some keys: only their true customers' orders are read
+    pd.testing.assert_series_equal(truth.true_attrition_probability(world, key_map, cut["valid"], P["horizon_days"],
+                                                                    keys=some), oracle[oracle.index.isin(some)])
 
 
 # --- reliability findings (#14): bad targets and frames
