@@ -270,6 +270,11 @@ class CustomerEvents:
         parts: left on the workers, :class:`crmlab.feature_rows.FeatureRows`)."""
         return self.features(builder, cutoff)
 
+    @property
+    def has_contacts(self) -> bool:
+        """Whether the inputs had contacts (asked without reading them where the events are parts)."""
+        return self.contacts is not None
+
     def order_pieces(self, columns: list[str]):
         """(row numbers, ``columns``) of the orders in pieces (here one: the table; where the events are
         parts, a part at a time read from its file): a scan of every order in bounded memory."""
@@ -315,6 +320,12 @@ class CustomerEvents:
         ok = (who >= 0) & (what >= 0)
         out[who[ok], what[ok]] = True
         return pd.DataFrame(out, index=customers, columns=list(departments))
+
+    def ordered(self, customers: pd.Index, start, end) -> pd.Series:
+        """Per customer of ``customers`` (distinct keys, in that order): whether they ordered in ``[start, end)``."""
+        o = self.orders
+        o = o[(o["order_date"] >= start) & (o["order_date"] < end)]
+        return pd.Series(pd.Index(o["customer_key"].unique()).get_indexer(customers) >= 0, index=customers)
 
     def transactions(self) -> pd.DataFrame:
         """One row per order: ``customer_key``, ``order_date``, ``value``, ``channel`` (the input of value models)."""

@@ -145,6 +145,10 @@ def _bought(ev: CustomerEvents, customers: pd.Index, start, end, departments) ->
     return ev.bought(customers, start, end, departments)
 
 
+def _ordered(ev: CustomerEvents, customers: pd.Index, start, end) -> pd.Series:
+    return ev.ordered(customers, start, end)
+
+
 def _read_on_first_use(name: str, index: str | None = None) -> property:
     """A table of :class:`PartedEvents` read whole from its parts when first asked for (None where the
     run has no such table), or as set."""
@@ -196,6 +200,10 @@ class PartedEvents(CustomerEvents):
     def feature_rows(self, builder, cutoff):
         return self.parts.feature_rows(builder, cutoff)
 
+    @property
+    def has_contacts(self) -> bool:
+        return (self.folder / "events_contacts").is_dir()
+
     def order_pieces(self, columns: list[str]):
         for path in sorted((self.folder / "events_orders").glob("*.parquet")):
             df = pd.read_parquet(path, columns=[ROW] + columns)
@@ -236,11 +244,16 @@ class PartedEvents(CustomerEvents):
         return got.groupby(level=0).sum().rename_axis("department").rename("customer_key")
 
     def bought(self, customers: pd.Index, start, end, departments) -> pd.DataFrame:
+        return self._per_customer(_bought, customers, start, end, departments, what="purchases by department")
+
+    def ordered(self, customers: pd.Index, start, end) -> pd.Series:
+        return self._per_customer(_ordered, customers, start, end, what="orders in a window")
+
+    def _per_customer(self, fn, customers: pd.Index, *args, what: str):
+        """``fn(part, its customers, *args)`` on the part of each customer, rows back in ``customers``' order."""
         part = part_of(customers, self.parts.n)
         pieces = split_rows(pd.Series(np.arange(len(customers)), index=customers), part, self.parts.n)
-        got = self.parts.map(_bought, start, end, departments, each=[c.index for c in pieces],
-                             what="purchases by department")
-        out = pd.concat(got)
+        out = pd.concat(self.parts.map(fn, *args, each=[c.index for c in pieces], what=what))
         return out.iloc[np.argsort(np.concatenate([c.to_numpy() for c in pieces]), kind="stable")]
 
 

@@ -11,7 +11,6 @@ import re
 import numpy as np
 import pandas as pd
 
-from .encoding import member_of
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .events import CustomerEvents
@@ -21,6 +20,14 @@ DAY = pd.Timedelta(days=1)
 
 def _slug(s) -> str:
     return re.sub(r"[^0-9a-z]+", "_", str(s).lower()).strip("_")
+
+
+def _vocabulary(ev: CustomerEvents, cutoff) -> tuple[bool, set, set]:
+    """(any order before ``cutoff``, the orders' channels and the contacts' media before it) of ``ev``."""
+    o = ev.orders[ev.orders["order_date"] < cutoff]
+    c = ev.contacts
+    media = set() if c is None else set(c.loc[c["contact_date"] < cutoff, "medium"].dropna().unique().tolist())
+    return len(o) > 0, set(o["channel"].dropna().unique().tolist()), media
 
 
 class FeatureBuilder(Params):
@@ -42,14 +49,12 @@ class FeatureBuilder(Params):
     def fit(self, ev: CustomerEvents, cutoff) -> "FeatureBuilder":
         reset(self)
         cutoff = pd.Timestamp(cutoff)
-        o = ev.orders[ev.orders["order_date"] < cutoff]
-        if o.empty:
+        got = ev.map_parts(_vocabulary, cutoff, what="the features' channels and media")
+        if not any(g[0] for g in got):
             raise CrmlabError(f"no orders before the cut-off {cutoff:%Y-%m-%d}: nothing to build features from")
-        self.channels_ = sorted(o["channel"].dropna().unique().tolist())
+        self.channels_ = sorted(set().union(*(g[1] for g in got)))
         self.departments_ = ev.departments(cutoff)
-        c = ev.contacts
-        self.media_ = ([] if c is None else
-                       sorted(c.loc[c["contact_date"] < cutoff, "medium"].dropna().unique().tolist()))
+        self.media_ = sorted(set().union(*(g[2] for g in got)))
         self.categorical_ = ["first_channel", "top_department"]
         self.feature_names_ = list(self.transform(ev.empty(), cutoff).columns)   # the columns, not the rows
         return self
@@ -177,9 +182,8 @@ def labels(ev: CustomerEvents, customers: pd.Index, cutoff, horizon_days: int, d
     if end > ev.last_date + DAY:
         raise CrmlabError(f"the label window {cutoff:%Y-%m-%d} .. {end:%Y-%m-%d} runs past the last order "
                           f"({ev.last_date:%Y-%m-%d}): choose an earlier cut-off or a shorter horizon")
-    o = ev.orders[(ev.orders["order_date"] >= cutoff) & (ev.orders["order_date"] < end)]
     y = pd.DataFrame(index=customers)
-    y["attrition"] = ~member_of(customers, o["customer_key"])
+    y["attrition"] = ~ev.ordered(customers, cutoff, end).to_numpy()
     bought = ev.bought(customers, cutoff, end, list(departments))
     for d in departments:
         y[f"buy_{_slug(d)}"] = bought[d].to_numpy()

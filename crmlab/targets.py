@@ -110,15 +110,35 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
         meta = {"target": t, "cutoff": f"{cut['valid']:%Y-%m-%d}", "horizon_days": P["horizon_days"]}
         out[t] = TargetResult(t, m, X_va, y_va[t].to_numpy(), p, evaluate(y_va[t], p), final, final.compile(t, meta))
     del X_tr, X_fin                 # on Dask workers: their frames go before the response model's come
-    if P["response"] and ev.contacts is not None:
+    if P["response"] and ev.has_contacts:
         r = _fit_response(ev, P, seed, fb_train, fb_final, progress, features)
         if r is not None:
             out["response"] = r
     return out, fb_final, cut
 
 
-def _response_frame(ev, fb, campaigns, features) -> tuple[pd.DataFrame, np.ndarray]:
-    c = ev.contacts[(ev.contacts["group"] == "treatment") & ev.contacts["campaign_id"].isin(campaigns)]
+def _treated(ev, columns: list[str]) -> pd.DataFrame:
+    c = ev.contacts
+    return c.loc[c["group"] == "treatment", columns]
+
+
+def _campaign_starts(ev) -> pd.Series:
+    return ev.contacts.groupby("campaign_id")["contact_date"].min()
+
+
+def treated_contacts(ev) -> tuple[pd.DataFrame, pd.Series]:
+    """(every treated contact's campaign, date, customer and response, in the contacts' order; each
+    campaign's first contact date, earliest first): by parts where the events are parts, so that only
+    these columns of the treated contacts come to this process."""
+    cols = ["campaign_id", "contact_date", "customer_key", "responded"]
+    got = ev.map_parts(_treated, cols, what="treated contacts")
+    treated = got[0] if len(got) == 1 else pd.concat(got).sort_index(kind="stable")   # parts: rows by row number
+    starts = pd.concat(ev.map_parts(_campaign_starts, what="campaign starts"))
+    return treated, starts.groupby(level=0).min().sort_values()
+
+
+def _response_frame(treated, fb, campaigns, features) -> tuple[pd.DataFrame, np.ndarray]:
+    c = treated[treated["campaign_id"].isin(campaigns)]
     Xs, ys = [], []
     for camp, grp in c.groupby("campaign_id", sort=False):
         start = grp["contact_date"].min()
@@ -132,13 +152,13 @@ def _response_frame(ev, fb, campaigns, features) -> tuple[pd.DataFrame, np.ndarr
 
 
 def _fit_response(ev, P, seed, fb_train, fb_final, progress, features):
-    order = (ev.contacts.groupby("campaign_id")["contact_date"].min().sort_values())
+    treated, order = treated_contacts(ev)
     if len(order) < 2:
         progress("response: fewer than two campaigns, no honest holdout: skipped")
         return None
     first, last = list(order.index[:-1]), [order.index[-1]]
-    X_tr, y_tr = _response_frame(ev, fb_train, first, features)
-    X_va, y_va = _response_frame(ev, fb_train, last, features)
+    X_tr, y_tr = _response_frame(treated, fb_train, first, features)
+    X_va, y_va = _response_frame(treated, fb_train, last, features)
     if len(set(y_tr)) < 2 or len(set(y_va)) < 2:
         progress("response: a campaign without both responders and non-responders: skipped")
         return None
@@ -146,7 +166,7 @@ def _fit_response(ev, P, seed, fb_train, fb_final, progress, features):
              f"validating on {len(X_va):,} of {last[0]}")
     m = _fit(P, seed, X_tr, y_tr)
     p = feature_rows.apply(X_va, _positive, m)
-    X_all, y_all = _response_frame(ev, fb_final, list(order.index), features)
+    X_all, y_all = _response_frame(treated, fb_final, list(order.index), features)
     final = _fit(P, seed, X_all, y_all)
     meta = {"target": "response", "campaigns": list(order.index)}
     return TargetResult("response", m, X_va, y_va, p, evaluate(y_va, p), final, final.compile("response", meta))

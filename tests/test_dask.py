@@ -781,29 +781,30 @@ def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world,
             pd.testing.assert_frame_equal(mine.artifacts()[name], df, check_exact=True, obj=f"{name} part {p}")
 
 
-class _NoLines(events_dask.PartedEvents):
-    """Parted events that fail when anything reads the order lines whole."""
+def _never_whole(name: str) -> property:
+    def get(self):
+        raise AssertionError(f"the {name} were read whole into this process")
+    return property(get, lambda self, value: None)
 
-    @property
-    def lines(self):
-        raise AssertionError("the order lines were read whole into this process")
 
-    @lines.setter
-    def lines(self, value):
-        pass
+class _NothingWhole(events_dask.PartedEvents):
+    """Parted events that fail when anything reads the orders, lines or contacts whole."""
+
+    orders, lines, contacts = _never_whole("orders"), _never_whole("order lines"), _never_whole("contacts")
 
 
 def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, parted_world, tmp_path, monkeypatch):
     """Departments, buyers per department, purchases in a window (customers in a shuffled order),
-    feature builders, the propensity targets fitted and evaluated (labels and features by parts) and
-    the uplift inputs: equal to the local events', without the order lines ever read whole here."""
+    feature builders, the propensity targets fitted and evaluated (labels, features and the treated
+    contacts by parts) and the uplift inputs: equal to the local events', without the orders, the order
+    lines or the contacts ever read whole here."""
     from crmlab import sources_dask
 
     src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
     km = _key_map(src, parted_world)
     want = CustomerEvents.from_sources(src, km)
     events_dask.build(cluster.client, src.part_files(), km, 4, tmp_path / "ev")
-    got = _NoLines(cluster.client, tmp_path / "ev")
+    got = _NothingWhole(cluster.client, tmp_path / "ev")
     # the last order date and the tables' columns without reading a table here
     assert got.last_date == want.last_date and "PartedEvents(in 4 parts" in repr(got)
     empty = got.empty()
@@ -840,20 +841,6 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
     pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
 
 
-class _NoOrders(events_dask.PartedEvents):
-    """Parted events that fail when anything reads the orders (or the lines) whole."""
-
-    @property
-    def orders(self):
-        raise AssertionError("the orders were read whole into this process")
-
-    @orders.setter
-    def orders(self, value):
-        pass
-
-    lines = _NoLines.lines
-
-
 def test_value_stage_and_its_report_by_parts_never_read_the_orders_here(cluster, parted_world, tmp_path):
     """Stage 30 on events left as parts: the fit, the table and the report's holdout check and weekly
     tracking come from the parts (patterns and sums), equal to the local stage's, and the orders are
@@ -865,7 +852,7 @@ def test_value_stage_and_its_report_by_parts_never_read_the_orders_here(cluster,
     km = _key_map(src, parted_world)
     want = CustomerEvents.from_sources(src, km)
     events_dask.build(cluster.client, src.part_files(), km, 4, tmp_path / "ev")
-    got = _NoOrders(cluster.client, tmp_path / "ev")
+    got = _NothingWhole(cluster.client, tmp_path / "ev")
     P = {**config.load(CI)["value"], "model": "mbgnbd", "covariates": ["first_channel"], "holdout_days": 120}
     end = got.last_date
     tx = want.transactions()
