@@ -20,12 +20,39 @@ from .events import CustomerEvents, customer_keys
 from .sources import load
 
 
-def _read_truth(world_dir: Path, name: str) -> pd.DataFrame | None:
+def _read_truth(world_dir: Path, name: str, where: tuple[str, object] | None = None) -> pd.DataFrame | None:
+    """Truth table ``name`` of a world (None where it has none); ``where``: (column, values), only the rows
+    whose column holds one of the values (read filtered from Parquet: a sample's rows of a large world)."""
     for ext in ("parquet", "csv"):
         p = Path(world_dir) / "truth" / f"{name}.{ext}"
-        if p.exists():
-            return pd.read_parquet(p) if ext == "parquet" else pd.read_csv(p, dtype={"source_id": str})
+        if not p.exists():
+            continue
+        if ext == "csv":
+            df = pd.read_csv(p, dtype={"source_id": str})
+            return df if where is None else df[member_of(df[where[0]].astype(str), pd.Index(where[1]).astype(str))]
+        return _read_parquet_where(p, where)
     return None
+
+
+def _read_parquet_where(path, where: tuple[str, object] | None, columns: list[str] | None = None) -> pd.DataFrame:
+    if where is None:
+        return pd.read_parquet(path, columns=columns)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    col, values = where
+    kind = pq.read_schema(path).field(col).type
+    values = pd.unique(np.asarray(values))
+    values = [str(v) for v in values] if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) else values.tolist()
+    return pd.read_parquet(path, columns=columns, filters=[(col, "in", values)])
+
+
+def _key_rows(key_map, keys=None) -> pd.DataFrame:
+    """The key map's records (a frame, or its Parquet file read filtered) of ``keys`` (None: all)."""
+    cols = ["source_system", "source_id", "customer_key"]
+    if isinstance(key_map, (str, Path)):
+        return _read_parquet_where(key_map, None if keys is None else ("customer_key", keys), cols)
+    return key_map[cols] if keys is None else key_map.loc[member_of(key_map["customer_key"], pd.Index(keys)), cols]
 
 
 #: true customers a check against the planted truth fits on: a seeded random sample beyond this many
@@ -42,9 +69,8 @@ def true_customer_transactions(world_dir, src=None, events=None, customers=None)
     values are then reused (else built from ``src``); the orders' source records are read a file at a
     time, the events' orders a part at a time; ``customers``: the true customers to keep (None: all).
     Rows in the orders' order, labelled with their row numbers."""
-    rt = _read_truth(Path(world_dir), "record_truth").rename(columns={"customer_id": "customer_key"})
-    if customers is not None:
-        rt = rt[member_of(rt["customer_key"], customers)]
+    rt = _read_truth(Path(world_dir), "record_truth", None if customers is None else ("customer_id", customers))
+    rt = rt.rename(columns={"customer_id": "customer_key"})
     src = src if src is not None else load(world_dir)
     events = events if events is not None else CustomerEvents.from_sources(src)      # orders with their values
     rows, owner, ids, n = [], [], [], 0
@@ -109,8 +135,9 @@ def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
 
 
 def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
-    """customer_key -> the true customer most of its source records belong to (None without truth)."""
-    rt = _read_truth(Path(world_dir), "record_truth")
+    """customer_key -> the true customer most of its source records belong to (None without truth); only
+    the truth of ``key_map``'s records is read."""
+    rt = _read_truth(Path(world_dir), "record_truth", ("source_id", key_map["source_id"]))
     if rt is None:
         return None
     m = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"}).merge(
@@ -120,7 +147,7 @@ def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
     return top.set_index("customer_key")["customer_id"]
 
 
-def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon_days: int,
+def true_attrition_probability(world_dir, key_map, cutoff, horizon_days: int,
                                src=None, events=None, keys=None) -> pd.Series | None:
     """P(no order in ``[cutoff, cutoff + horizon)``) under the true process, per customer_key.
 
@@ -129,15 +156,17 @@ def true_attrition_probability(world_dir, key_map: pd.DataFrame, cutoff, horizon
     (1 - p) e^(-lambda (T - t_x)) / ((1 - p) e^(-lambda (T - t_x)) + p); then
     P(attrition) = 1 - P(alive) (1 - e^(-lambda h)). The best any model of the history can do
     (campaign-driven orders aside). None when the world has no truth files. ``src``, ``events``:
-    see :func:`true_customer_transactions`; ``keys``: the customer keys asked for (None: all; else
-    only their true customers' orders are kept).
+    see :func:`true_customer_transactions`; ``key_map``: a frame or its Parquet file; ``keys``: the
+    customer keys asked for (None: all; else only their records, truth and orders are read).
     """
     world_dir = Path(world_dir)
-    ct = _read_truth(world_dir, "customer_truth")
-    if keys is not None:
-        key_map = key_map[member_of(key_map["customer_key"], pd.Index(keys))]
-    owner = true_customer_of(world_dir, key_map)
-    if ct is None or owner is None:
+    if not (world_dir / "truth").is_dir():
+        return None
+    owner = true_customer_of(world_dir, _key_rows(key_map, keys))
+    if owner is None:
+        return None
+    ct = _read_truth(world_dir, "customer_truth", None if keys is None else ("customer_id", owner.unique()))
+    if ct is None:
         return None
     cutoff = pd.Timestamp(cutoff)
     tx = true_customer_transactions(world_dir, src, events, None if keys is None else owner.unique())
@@ -230,13 +259,13 @@ def uplift_check(world_dir, key_map: pd.DataFrame | None, responses: pd.DataFram
 CHECK_ROWS = 100_000
 
 
-def attrition_check(world_dir, key_map: pd.DataFrame | None, result, ev, cut: dict, P: dict, seed: int = 0,
-                    src=None) -> dict | None:
+def attrition_check(world_dir, key_map, result, ev, cut: dict, P: dict, seed: int = 0, src=None) -> dict | None:
     """The attrition holdout scored three ways: this run's model, the other model kind refitted on the
     same features, and the true process (:func:`true_attrition_probability`, the best any model can
     do), on at most ``CHECK_ROWS`` holdout customers (a seeded random sample). Returns
-    ``{name: (y, p)}`` for :func:`crmlab.propensity_report.plot_evaluation`, or None.
-    ``src``: the run's sources, or a function returning them (called only when there is truth)."""
+    ``{name: (y, p)}`` for :func:`crmlab.propensity_report.plot_evaluation`, or None. ``key_map``: a
+    frame, its Parquet file (only the sample's records are read) or None; ``src``: the run's sources,
+    or a function returning them (called only when there is truth)."""
     if key_map is None or not (Path(world_dir) / "truth").is_dir():
         return None
     rows = np.arange(len(result.holdout_y))

@@ -157,7 +157,7 @@ def test_stage_fits_evaluates_scores_and_reloads(events, world, tmp_path):
     pd.testing.assert_frame_equal(again, scores)
 
 
-def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
+def test_attrition_model_is_beaten_only_by_the_true_process(events, world, tmp_path):
 
     P = {**config.DEFAULTS["propensity"], "cv": 3, "departments": [], "top_departments": 0, "response": False}
     results, _, cut = targets.fit_targets(events, P, progress=lambda *_: None)
@@ -170,9 +170,11 @@ def test_attrition_model_is_beaten_only_by_the_true_process(events, world):
     auc_true = propensity_report.evaluate(y[both], oracle[both])["roc_auc"]
     assert len(both) > 0.9 * len(y)
     assert r.metrics["roc_auc"] < auc_true < 0.97
-    some = y.index[::7]                  # asked for some keys: only their true customers' orders are read
-    pd.testing.assert_series_equal(truth.true_attrition_probability(world, key_map, cut["valid"], P["horizon_days"],
-                                                                    keys=some), oracle[oracle.index.isin(some)])
+    some = y.index[::7]         # asked for some keys: only their records, truth and orders are read (Parquet filters)
+    key_map.to_parquet(tmp_path / "key_map.parquet", index=False)
+    for km in (key_map, tmp_path / "key_map.parquet"):
+        pd.testing.assert_series_equal(truth.true_attrition_probability(world, km, cut["valid"], P["horizon_days"],
+                                                                        keys=some), oracle[oracle.index.isin(some)])
 
 
 # --- reliability findings (#14): bad targets and frames
