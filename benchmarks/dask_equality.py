@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from crmlab import pipeline, publish, synth
+from crmlab.events import read_parts
 from crmlab.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,8 @@ def main() -> None:
                   for n in (src["local"].tables if src else [])]
         for name in TABLES if runs else []:
             want = pd.read_parquet(runs["local"] / "artifacts" / f"{name}.parquet")
-            got = pd.read_parquet(runs["dask"] / "artifacts" / f"{name}.parquet")
+            parts = runs["dask"] / "artifacts" / name          # written by the workers as parts, or one file
+            got = read_parts(parts) if parts.is_dir() else pd.read_parquet(parts.with_suffix(".parquet"))
             lines.append(f"{name}: {len(got):,} rows, {_same(got, want)}")
         lines += published
     print("\n".join(lines[3:]), flush=True)

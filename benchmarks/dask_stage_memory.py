@@ -6,7 +6,9 @@ worker hold as the world grows (#18: "what breaks first").
 
 ``--again 60_publish``: after the chain, 60_publish runs twice more from the same artifacts (a fresh
 cluster each time), so its figures are also those of a publication that reads a previous version.
-The world and runs are kept in ``--keep`` when given, else in a temporary folder.
+The world and runs are kept in ``--keep`` when given, else in a temporary folder. ``--resume STAGE
+--keep DIR``: no new world and no first chain; the chain runs once from STAGE on the world and the
+latest runs kept in DIR (a change measured against the same world and earlier stages' artifacts).
 """
 from __future__ import annotations
 
@@ -35,11 +37,13 @@ def main() -> None:
     ap.add_argument("--to", default="60_publish", help="the last stage of the chain")
     ap.add_argument("--again", help="run the chain from this stage twice more on the same artifacts")
     ap.add_argument("--keep", help="folder for the world and the runs (kept)")
+    ap.add_argument("--resume", help="with --keep: run the chain once from this stage on the kept world and runs")
     ap.add_argument("--out")
     a = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [f"# python benchmarks/dask_stage_memory.py --customers {a.customers} --workers {a.workers} "
-             f"--partition-rows {a.partition_rows} --to {a.to}" + (f" --again {a.again}" if a.again else ""),
+             f"--partition-rows {a.partition_rows} --to {a.to}" + (f" --again {a.again}" if a.again else "")
+             + (f" --resume {a.resume}" if a.resume else ""),
              f"# {dt.date.today()}, commit {commit}, {platform.machine()}, {os.cpu_count()} CPUs; engine.kind: dask on a "
              "LocalCluster started for each run; SQLite publish target; MB: peak memory of the stage's process, "
              "of the busiest worker (since the cluster started)"]
@@ -51,14 +55,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.keep or tmp)
         world = root / "world"
-        t0 = time.perf_counter()
-        synth.generate(synth.WorldSpec(customers=a.customers, seed=42), world, fmt="parquet", partitioned=True)
-        say(f"# world of {a.customers:,} customers generated in {time.perf_counter() - t0:.0f} s")
+        if a.resume:
+            if not (a.keep and (world / "truth").is_dir()):
+                ap.error("--resume needs --keep with a world and runs made by an earlier run of this benchmark")
+        else:
+            t0 = time.perf_counter()
+            synth.generate(synth.WorldSpec(customers=a.customers, seed=42), world, fmt="parquet", partitioned=True)
+            say(f"# world of {a.customers:,} customers generated in {time.perf_counter() - t0:.0f} s")
         stages = STAGES[:STAGES.index(a.to) + 1]
         base = [f"data.dir={world}", f"runs_dir={root / 'runs'}", f"stages=[{', '.join(stages)}]", "report.html=false",
                 "report.reviewer_html=false", "engine.kind=dask", f"engine.workers={a.workers}",
                 f"engine.partition_rows={a.partition_rows}"]
-        for attempt, start in enumerate([None] + [a.again] * (2 if a.again else 0)):
+        starts = [a.resume] if a.resume else [None] + [a.again] * (2 if a.again else 0)
+        for attempt, start in enumerate(starts):
             t0 = time.perf_counter()
             run = pipeline.run(ROOT / "params" / "default.yaml", base, quiet=True, from_stage=start)
             say(f"# run {attempt + 1}" + (f" (from {start})" if start else " (the chain)") + f": {time.perf_counter() - t0:.0f} s")

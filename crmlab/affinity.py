@@ -598,6 +598,33 @@ class ItemRecommender(Params):
                              "item": self.items_.to_numpy()[items[valid]], "score": scores[valid]})
 
 
+def published_recommendations(recs: pd.DataFrame, names: pd.Series, sensitive=()) -> pd.DataFrame:
+    """The ``customer_recommendations`` table from :meth:`ItemRecommender.recommend`'s rows (of all
+    customers or of a part of them): keyed columns and the product names; a sensitive product among them
+    is an error (the guard is the contract: never publish one)."""
+    recs = recs.rename(columns={"customer": "customer_key", "item": "product_id"})
+    recs["product_name"] = recs["product_id"].map(names)
+    if recs["product_id"].isin(list(sensitive)).any():
+        raise CrmlabError("a sensitive product was recommended: the recommender ignored its exclusions")
+    return recs
+
+
+def recommendation_counts(recs: pd.DataFrame, sensitive=()) -> dict:
+    """What the report says of a ``customer_recommendations`` table (or of a part of its customers, added
+    up with :func:`add_recommendation_counts`): customers, rows, sensitive products, rows per product name."""
+    return {"customers": recs["customer_key"].nunique(), "rows": len(recs),
+            "sensitive": int(recs["product_id"].isin(list(sensitive)).sum()), "names": recs["product_name"].value_counts()}
+
+
+def add_recommendation_counts(counts: list[dict]) -> dict:
+    """:func:`recommendation_counts` of disjoint sets of customers added up (names by count, most first)."""
+    if len(counts) == 1:
+        return counts[0]
+    names = pd.concat([c["names"] for c in counts]).groupby(level=0).sum().sort_values(ascending=False, kind="stable")
+    return {"customers": sum(c["customers"] for c in counts), "rows": sum(c["rows"] for c in counts),
+            "sensitive": sum(c["sensitive"] for c in counts), "names": names}
+
+
 def evaluate_recommendations(recs: pd.DataFrame, bought_before: pd.DataFrame, bought_after: pd.DataFrame,
                              k: int) -> dict:
     """Hit rate@k, precision@k and recall@k on items customers bought for the first time after the cutoff.

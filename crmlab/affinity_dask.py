@@ -23,6 +23,7 @@ from . import engine
 from .affinity import Baskets, Itemsets, _as_baskets, _min_count
 from .errors import CrmlabError
 from .kernels import baskets as K
+from .table_parts import TableParts
 
 
 def _parts(b: Baskets, partition_baskets: int) -> list[Baskets]:
@@ -124,15 +125,22 @@ def _recommend(part: Baskets, recommender, exclude_items) -> pd.DataFrame:
     return recommender.recommend(part, exclude_items=exclude_items)
 
 
-def recommend(client, recommender, b: Baskets, exclude_items=(), partition_baskets: int = 1_000_000) -> pd.DataFrame:
+def recommend_parts(client, recommender, b: Baskets, exclude_items=(), partition_baskets: int = 1_000_000,
+                    finish=None, *args) -> TableParts:
     """``recommender.recommend(b, exclude_items)`` by parts of the customers' baskets on the cluster (each
-    customer's list is its own): the same table, in the same order."""
+    customer's list is its own), then ``finish(rows, *args)`` where given, left there: the parts laid
+    end to end are the local table."""
     pieces = _parts(b, partition_baskets)
     n = len(pieces)
 
     def run():
         parts = engine.scatter(client, pieces)
-        got = client.gather(client.map(_recommend, parts, [recommender] * n, [list(exclude_items)] * n, pure=False))
-        return pd.concat(got, ignore_index=True) if n > 1 else got[0]
+        got = TableParts(client, client.map(_recommend, parts, [recommender] * n, [list(exclude_items)] * n, pure=False))
+        return got if finish is None else got.transform(finish, *args)
 
     return engine.retry_lost(run, f"recommendations for {b.n_baskets:,} customers on {n} parts")
+
+
+def recommend(client, recommender, b: Baskets, exclude_items=(), partition_baskets: int = 1_000_000) -> pd.DataFrame:
+    """:func:`recommend_parts` gathered: the local table, in the same order."""
+    return recommend_parts(client, recommender, b, exclude_items, partition_baskets).compute()

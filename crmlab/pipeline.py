@@ -18,6 +18,7 @@ import html
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ from . import config, engine, events, events_dask, reuse, reviewer, runs, source
 from . import errors as errors_mod
 from .errors import ConfigError, CrmlabError, StageError
 from .labels import inline_markdown
+from .table_parts import TableParts
 from .sources import (PROVISIONAL_SYSTEM, TOUCHPOINT_CONTACTS, Sources, SourcesInvalid, fingerprint, input_files,
                       load_params, read_provisional_persons, read_touchpoint_contacts, touchpoint_digest,
                       touchpoints_url)
@@ -131,14 +133,31 @@ class StageContext:
     def _own_path(self, name: str) -> Path:
         return _artifact_at(self.run_dir / "artifacts", name)
 
-    def write_artifact(self, name: str, df: pd.DataFrame) -> Path:
-        """Write a Parquet artifact atomically (a reader never sees half a file)."""
-        path = self._own_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+    def write_artifact(self, name: str, df: "pd.DataFrame | TableParts") -> Path:
+        """Write a Parquet artifact atomically (a reader never sees half a file): a frame as one file, a
+        table left on Dask workers (:class:`~crmlab.table_parts.TableParts`) as a folder of parts, each
+        written by the worker holding it."""
+        parts = self.run_dir / "artifacts" / name                   # names may hold a sub-folder
+        file = parts.with_name(f"{parts.name}.parquet")
+        parts.parent.mkdir(parents=True, exist_ok=True)
+        tmp = parts.with_name(f"{parts.name}.{uuid.uuid4().hex[:8]}.tmp")
+        if parts.is_dir() and not _parts_only(parts):
+            raise CrmlabError(f"artifact '{name}': {parts} is a folder of other files, not of this artifact's parts")
+        if isinstance(df, TableParts):
+            tmp.mkdir()
+            df.write(tmp)
+            old = parts.with_name(f"{parts.name}.{uuid.uuid4().hex[:8]}.old")
+            if parts.is_dir():
+                os.replace(parts, old)
+            os.replace(tmp, parts)
+            shutil.rmtree(old, ignore_errors=True)
+            file.unlink(missing_ok=True)                 # an earlier file of this run: no longer read
+            return parts
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        return path
+        os.replace(tmp, file)
+        if parts.is_dir():
+            shutil.rmtree(parts)
+        return file
 
     def read_artifact(self, name: str) -> pd.DataFrame:
         """An artifact of an earlier stage; a clear error naming that stage when it is not there."""
@@ -224,6 +243,11 @@ class StageContext:
         src = load_params(self.params)
         src.write(folders[-1])
         return src
+
+
+def _parts_only(folder: Path) -> bool:
+    """Whether ``folder`` holds only an artifact's parts (``part-*.parquet``)."""
+    return all(p.is_file() and p.name.startswith("part-") and p.suffix == ".parquet" for p in folder.iterdir())
 
 
 def _artifact_at(folder: Path, name: str) -> Path:

@@ -325,6 +325,47 @@ def test_recommender_by_parts_equals_local(cluster, world):
     pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
+def test_recommendations_left_on_the_workers_are_written_as_a_folder_of_parts(cluster, world, tmp_path):
+    """Stage 20 in Dask mode: the lists made, named and checked by parts stay on the workers and are
+    written by them as the artifact's parts (atomically, replacing an earlier folder or file): read back,
+    the local table; the report's counts added up over the parts are the whole's. A sensitive product
+    that reached a part is the stage's error."""
+    from crmlab import pipeline
+
+    ev = CustomerEvents.from_sources(sources.load(world))
+    b = affinity.Baskets.from_frame(ev.lines, "customer_key", "product_id")
+    names = pd.Series([f"name of {i}" for i in b.items], index=b.items)
+    banned = set(b.items[:5])
+    rec = affinity.ItemRecommender(k=5).fit(b)
+    want = affinity.published_recommendations(rec.recommend(b, exclude_items=banned), names, banned)
+    got = affinity_dask.recommend_parts(cluster.client, rec, b, banned, 300, affinity.published_recommendations, names,
+                                        banned)
+    assert isinstance(got, TableParts) and got.n > 3
+    params = tmp_path / "p.yaml"
+    params.write_text(f"run_name: t\nruns_dir: {tmp_path / 'runs'}\ndata:\n  dir: {world}\n")
+    ctx = pipeline.StageContext.open(str(params), str(tmp_path / "runs" / "r1"))
+    ctx.write_artifact("customer_recommendations", want.head(7))              # an earlier file, then folders
+    for _ in range(2):
+        path = ctx.write_artifact("customer_recommendations", got)
+        assert path.is_dir() and len(list(path.glob("part-*.parquet"))) == got.n
+        assert sorted(p.name for p in path.parent.iterdir()) == ["customer_recommendations"]   # nothing left over
+        pd.testing.assert_frame_equal(ctx.read_artifact("customer_recommendations"), want, check_exact=True)
+    counts = affinity.add_recommendation_counts(got.map(affinity.recommendation_counts, banned))
+    whole = affinity.recommendation_counts(want, banned)
+    assert {k: counts[k] for k in ("customers", "rows", "sensitive")} == {k: whole[k] for k in ("customers", "rows", "sensitive")}
+    pd.testing.assert_series_equal(counts["names"].sort_index(), whole["names"].sort_index(), check_names=False)
+    assert counts["names"].is_monotonic_decreasing
+    path = ctx.write_artifact("customer_recommendations", want)                # a frame replaces the folder
+    assert path.is_file() and not (path.parent / "customer_recommendations").exists()
+    (path.parent / "notes").mkdir()                                            # a folder that is not parts
+    (path.parent / "notes" / "read.me").write_text("kept")
+    with pytest.raises(CrmlabError, match="folder of other files"):
+        ctx.write_artifact("notes", got)
+    assert (path.parent / "notes" / "read.me").read_text() == "kept"
+    with pytest.raises(CrmlabError, match="a sensitive product was recommended"):
+        affinity_dask.recommend_parts(cluster.client, rec, b, (), 300, affinity.published_recommendations, names, banned)
+
+
 @pytest.mark.parametrize("inputs", ["frames", "files"])
 def test_decisions_by_parts_equal_the_whole(cluster, world, tmp_path, monkeypatch, inputs):
     """Scores, offers and recent contacts decided on nine parts of the customers equal the whole's, row

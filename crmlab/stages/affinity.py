@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .. import affinity, affinity_dask, engine
-from ..errors import CrmlabError
+from ..table_parts import TableParts
 
 
 #: Customers whose lines the report's evaluation reads at least, where the events are parts.
@@ -16,9 +16,11 @@ EVAL_SAMPLE = 200_000
 @dataclass
 class AffinityResult:
     """What stage 20 decided, for its report: order baskets of products and at ``level``, rules at
-    ``level`` (with guards), the recommender and its recommendations; ``names``: product names (None
-    when rules are on a rolled-up level); ``lines``: the order lines the report's evaluation reads,
-    those of ``lines_share`` of the customers (a sample where the events are parts on a Dask cluster)."""
+    ``level`` (with guards), the recommender and its recommendations (a frame; in Dask mode a
+    :class:`~crmlab.table_parts.TableParts` left on the workers) with their ``counts``
+    (:func:`crmlab.affinity.recommendation_counts`); ``names``: product names (None when rules are on a
+    rolled-up level); ``lines``: the order lines the report's evaluation reads, those of ``lines_share``
+    of the customers (a sample where the events are parts on a Dask cluster)."""
 
     products: pd.DataFrame
     lines: pd.DataFrame
@@ -29,7 +31,8 @@ class AffinityResult:
     names: pd.Series | None
     rules: pd.DataFrame
     recommender: affinity.ItemRecommender
-    recommendations: pd.DataFrame
+    recommendations: "pd.DataFrame | TableParts"
+    counts: dict
     lines_share: float = 1.0
 
 
@@ -57,16 +60,17 @@ def run_affinity(ctx) -> AffinityResult:
     ctx.write_artifact("affinity_rules", rules.drop(columns=["representativity"]))
     customer_baskets = baskets_of("customer_key")
     recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"], neighbours=P["neighbours"])
+    product_names = products.set_index("product_id")["product_name"]
     if client is None:
         recs = recommender.fit(customer_baskets).recommend(customer_baskets, exclude_items=sensitive)
-    else:                                                             # co-occurrences and lists by parts
+        recs = affinity.published_recommendations(recs, product_names, sensitive)
+        counts = affinity.recommendation_counts(recs, sensitive)
+    else:              # co-occurrences and lists by parts; the lists stay there and are written as parts
         recommender.fit(customer_baskets, pair_counts=lambda b, mc: affinity_dask.pair_counts(client, b, mc, rows))
-        recs = affinity_dask.recommend(client, recommender, customer_baskets, sensitive, rows)
-    recs = recs.rename(columns={"customer": "customer_key", "item": "product_id"})
-    recs["product_name"] = recs["product_id"].map(products.set_index("product_id")["product_name"])
-    if recs["product_id"].isin(sensitive).any():            # the guard is the contract: never publish one
-        raise CrmlabError("a sensitive product was recommended: the recommender ignored its exclusions")
+        recs = affinity_dask.recommend_parts(client, recommender, customer_baskets, sensitive, rows,
+                                             affinity.published_recommendations, product_names, sensitive)
+        counts = affinity.add_recommendation_counts(recs.map(affinity.recommendation_counts, sensitive))
     ctx.write_artifact("customer_recommendations", recs)
     lines, share = ev.lines_sample(EVAL_SAMPLE)
     return AffinityResult(products, lines, sensitive, level, product_baskets, baskets, names, rules, recommender, recs,
-                          share)
+                          counts, share)
