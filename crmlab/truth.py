@@ -134,10 +134,10 @@ def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
     return got.to_numpy()
 
 
-def true_customer_of(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
-    """customer_key -> the true customer most of its source records belong to (None without truth); only
-    the truth of ``key_map``'s records is read."""
-    rt = _read_truth(Path(world_dir), "record_truth", ("source_id", key_map["source_id"]))
+def true_customer_of(world_dir, key_map: pd.DataFrame, sample: bool = False) -> pd.Series | None:
+    """customer_key -> the true customer most of its source records belong to (None without truth);
+    ``sample``: ``key_map`` holds a sample's records, so only their truth is read (Parquet filters)."""
+    rt = _read_truth(Path(world_dir), "record_truth", ("source_id", key_map["source_id"]) if sample else None)
     if rt is None:
         return None
     m = key_map[["source_system", "source_id", "customer_key"]].astype({"source_id": "string"}).merge(
@@ -162,7 +162,7 @@ def true_attrition_probability(world_dir, key_map, cutoff, horizon_days: int,
     world_dir = Path(world_dir)
     if not (world_dir / "truth").is_dir():
         return None
-    owner = true_customer_of(world_dir, _key_rows(key_map, keys))
+    owner = true_customer_of(world_dir, _key_rows(key_map, keys), sample=keys is not None)
     if owner is None:
         return None
     ct = _read_truth(world_dir, "customer_truth", None if keys is None else ("customer_id", owner.unique()))
