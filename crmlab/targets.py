@@ -117,23 +117,18 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
     return out, fb_final, cut
 
 
-def _treated(ev, columns: list[str]) -> pd.DataFrame:
+def _treated(ev, columns: list[str]) -> tuple[pd.DataFrame, pd.Series]:
     c = ev.contacts
-    return c.loc[c["group"] == "treatment", columns]
-
-
-def _campaign_starts(ev) -> pd.Series:
-    return ev.contacts.groupby("campaign_id")["contact_date"].min()
+    return c.loc[c["group"] == "treatment", columns], c.groupby("campaign_id")["contact_date"].min()
 
 
 def treated_contacts(ev) -> tuple[pd.DataFrame, pd.Series]:
     """(every treated contact's campaign, date, customer and response, in the contacts' order; each
     campaign's first contact date, earliest first): by parts where the events are parts, so that only
     these columns of the treated contacts come to this process."""
-    cols = ["campaign_id", "contact_date", "customer_key", "responded"]
-    got = ev.map_parts(_treated, cols, what="treated contacts")
-    treated = got[0] if len(got) == 1 else pd.concat(got).sort_index(kind="stable")   # parts: rows by row number
-    starts = pd.concat(ev.map_parts(_campaign_starts, what="campaign starts"))
+    got = ev.map_parts(_treated, ["campaign_id", "contact_date", "customer_key", "responded"], what="treated contacts")
+    treated = got[0][0] if len(got) == 1 else pd.concat([g[0] for g in got]).sort_index(kind="stable")  # by row number
+    starts = pd.concat([g[1] for g in got])
     return treated, starts.groupby(level=0).min().sort_values()
 
 
