@@ -133,9 +133,19 @@ class Baskets:
         missing = ~self.items.isin(mapping.index)
         if missing.any():
             raise CrmlabError(f"roll_up: {int(missing.sum())} items have no mapping, e.g. {list(self.items[missing][:3])}")
-        b = np.repeat(np.arange(self.n_baskets), np.diff(self.indptr))
-        df = pd.DataFrame({"b": b, "item": mapping.reindex(self.items).to_numpy()[self.indices]})
-        return Baskets.from_frame(df, "b", "item")._padded(self.n_baskets, self.ids)
+        code, coarse = pd.factorize(mapping.reindex(self.items), sort=True)     # item -> coarse code (-1: none)
+        line = code[self.indices]                                            # codes, not a frame of labels
+        if (line < 0).any():
+            bad = self.items[np.unique(self.indices[line < 0])[:3]]
+            raise CrmlabError(f"roll_up: items in baskets map to a missing value, e.g. {list(bad)}")
+        used = np.unique(line)                     # the vocabulary: what the baskets hold, sorted
+        if not len(used):
+            raise CrmlabError("baskets: no baskets (empty input)")
+        line = np.searchsorted(used, line)
+        b = np.repeat(np.arange(self.n_baskets, dtype=np.int64), np.diff(self.indptr))
+        key = np.unique(b * len(used) + line)
+        indptr = np.r_[0, np.cumsum(np.bincount(key // len(used), minlength=self.n_baskets))].astype(np.int64)
+        return Baskets(indptr, (key % len(used)).astype(np.int32), pd.Index(coarse[used]), self.ids)
 
 
 def _as_baskets(data) -> Baskets:

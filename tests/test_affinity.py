@@ -295,3 +295,32 @@ def test_baskets_of_disjoint_parts_concatenate_to_the_whole(ids):
     np.testing.assert_array_equal(got.indptr, whole.indptr)
     np.testing.assert_array_equal(got.indices, whole.indices)
     assert got.items.equals(whole.items) and sizes.max() == 300
+
+
+def test_roll_up_by_codes_equals_the_baskets_of_the_coarse_labels():
+    """Baskets rolled up to categories (long, skewed baskets; an empty basket; a category only an unused
+    item has; unmapped items outside the baskets) equal the baskets built from the (basket, category)
+    rows, the plain way: same vocabulary, baskets, ids; empty baskets kept."""
+    rng = np.random.default_rng(5)
+    n, m = 3000, 400
+    sizes = np.minimum(rng.zipf(1.6, n), 150)
+    sizes[17] = 0
+    rows = pd.DataFrame({"basket": np.repeat(np.arange(n), sizes),
+                         "item": [f"p{i:03d}" for i in rng.integers(0, m - 1, sizes.sum())]})
+    b = Baskets.from_frame(rows, "basket", "item", items=[f"p{i:03d}" for i in range(m)])._padded(n, np.arange(n))
+    assert b.n_baskets == n and b.indptr[18] == b.indptr[17]
+    cats = pd.Series([f"c{i % 37:02d}" for i in range(m)], index=b.items)
+    cats.iloc[-1] = "only_unused"                      # p399 is never bought
+    got = b.roll_up(cats)
+    pairs = pd.DataFrame({"b": np.repeat(np.arange(b.n_baskets), np.diff(b.indptr)),
+                          "cat": cats.to_numpy()[b.indices]})
+    want = Baskets.from_frame(pairs, "b", "cat")._padded(b.n_baskets, b.ids)
+    assert list(got.items) == list(want.items) and "only_unused" not in set(got.items)
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert got.indptr[18] == got.indptr[17]                             # basket 17 stays, empty
+    nan = cats.copy()
+    nan.iloc[int(b.indices[0])] = None
+    with pytest.raises(CrmlabError, match="map to a missing value"):
+        b.roll_up(nan)
