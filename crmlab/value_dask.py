@@ -31,7 +31,7 @@ def _head(ev, n: int) -> pd.DataFrame:
     return ev.transactions().head(n)
 
 
-def sample(parts, n: int = 1000) -> pd.DataFrame:
+def head_of(parts, n: int = 1000) -> pd.DataFrame:
     """Up to ``n`` transactions of the first part of ``parts`` that has any (its columns and types)."""
     for p in parts.parts:
         got = parts.client.submit(_head, p, n, pure=False).result()
@@ -96,7 +96,7 @@ def fit_value(client, transactions: pd.DataFrame | None, P: dict, observation_en
 
     covariates = bool(P["covariates"])
     with dask.config.set({"scheduler": client, "dataframe.convert-string": False}):   # the local dtypes
-        head = transactions.head(1000) if transactions is not None else sample(parts)
+        head = transactions.head(1000) if transactions is not None else head_of(parts)
         ddf = partitioned(client, transactions, partition_rows, parts, head.iloc[:0])
         rfm = rfm_summary(ddf, head, observation_end, P["time_unit_days"], covariates).persist()
         counts = patterns(rfm, value.pattern_columns(P["covariates"]))
