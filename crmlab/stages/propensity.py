@@ -17,13 +17,12 @@ CHECK_ROWS = 20_000
 
 @dataclass
 class PropensityResult:
-    """What stage 40 fitted and scored, for its report. ``customers``: how many have orders;
-    ``results``: per target the holdout model, its evaluation and the refitted model (None when scoring
-    with saved models); ``check``: max |compiled - scikit-learn| per target on ``checked_rows``
-    customers (None without a refit)."""
+    """What stage 40 fitted and scored, for its report. ``results``: per target the holdout model,
+    its evaluation and the refitted model (None when scoring with saved models); ``check``: max
+    |compiled - scikit-learn| per target on ``checked_rows`` customers (None without a refit).
+    ``scores``: a row per customer with an order (the scoring cut-off is the day after the last one)."""
 
     events: CustomerEvents
-    customers: int
     cutoffs: dict
     results: dict | None
     builder: object
@@ -62,9 +61,4 @@ def run_propensity(ctx) -> PropensityResult:
     ctx.write_artifact("customer_propensity", scores)
     if results is not None:
         targets.save_models(models, builder, ctx.run_dir / "artifacts" / "models")
-    customers = sum(ev.map_parts(_customers, what="customers with orders"))
-    return PropensityResult(ev, customers, cut, results, builder, models, X_now, scores, check, n_check)
-
-
-def _customers(ev: CustomerEvents) -> int:
-    return ev.orders["customer_key"].nunique()
+    return PropensityResult(ev, cut, results, builder, models, X_now, scores, check, n_check)
