@@ -12,10 +12,12 @@ sorted, so that their parts, laid end to end, are the local tables row for row.
 """
 from __future__ import annotations
 
+from operator import getitem
+
 import numpy as np
 import pandas as pd
 
-from . import decisions, engine, events_dask
+from . import decisions, engine, events_dask, table_parts
 from .events import ROW, CustomerEvents
 from .table_parts import TableParts
 
@@ -53,8 +55,8 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
     def run():
         decided = [client.submit(_decide_part, p, i, sent["fixed"], sent["rows"], sent["keys"], pure=False)
                    for p, i in zip(parts.parts, sent["inputs"])]
-        return tuple(_regrouped(client, decided, t, order) for t, order in
-                     enumerate((SCORE_ORDER, OFFER_ORDER, RECENT_ORDER)))
+        return tuple(table_parts.regroup(client, [client.submit(getitem, d, t, pure=False) for d in decided], order)
+                     for t, order in enumerate((SCORE_ORDER, OFFER_ORDER, RECENT_ORDER)))
 
     send()
     return engine.retry_lost(run, f"decisions on {n} parts of the customers", again=again)
@@ -80,27 +82,5 @@ def _decide_part(ev, inputs, fixed, rows, keys):
     """One part's (scores by range of row numbers, offers and recent contacts by range of the key)."""
     scores, offers, recent = decisions.decide_tables(ev, *inputs, *fixed)
     scores[ROW] = inputs[0].index.to_numpy()               # one score row per segment row, in order
-    return _by_range(scores, rows, ROW), _by_range(offers, keys), _by_range(recent, keys)
-
-
-def _by_range(df: pd.DataFrame, bounds: np.ndarray, column: str = "customer_key") -> list[pd.DataFrame]:
-    at = np.searchsorted(bounds, df[column].to_numpy(dtype=bounds.dtype), side="right")
-    return events_dask.split_rows(df, at, len(bounds) + 1)
-
-
-def _regrouped(client, decided: list, table: int, order: list) -> TableParts:
-    """Table ``table`` of every part's decisions, regrouped on the workers by range."""
-    return TableParts(client, [client.submit(_in_range, order, *[client.submit(_piece, d, table, r, pure=False)
-                                                                  for d in decided], pure=False)
-                               for r in range(len(decided))])
-
-
-def _piece(decided, table: int, r: int) -> pd.DataFrame:
-    return decided[table][r]
-
-
-def _in_range(order: list, *pieces) -> pd.DataFrame:
-    """One range: every part's rows there, in the local order (a stable sort of the parts' rows in part
-    order, as the local table is sorted); the row numbers dropped."""
-    df = pd.concat(pieces, ignore_index=True).sort_values(order, kind="stable", ignore_index=True)
-    return df.drop(columns=ROW) if ROW in df else df
+    return (table_parts.by_range(scores, rows, ROW), table_parts.by_range(offers, keys),
+            table_parts.by_range(recent, keys))

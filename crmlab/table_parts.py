@@ -8,11 +8,15 @@ per writer, never the table. The parts together are the table's rows, in part or
 """
 from __future__ import annotations
 
+from operator import getitem
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import engine
+from .events import ROW
+from .events_dask import split_rows
 
 
 def _rows(frame: pd.DataFrame) -> int:
@@ -86,3 +90,24 @@ class TableParts:
     def scatter(cls, client, frames: list) -> "TableParts":
         """Frames of this process sent to the workers as parts (tests, small tables)."""
         return cls(client, engine.scatter(client, frames))
+
+
+def by_range(df: pd.DataFrame, bounds: np.ndarray, column: str = "customer_key") -> list[pd.DataFrame]:
+    """``df``'s rows by the range of sorted ``bounds`` their ``column`` falls in (``len(bounds) + 1``
+    ranges), each range's rows in ``df``'s order: what :func:`regroup` puts together."""
+    at = np.searchsorted(bounds, df[column].to_numpy(dtype=bounds.dtype), side="right")
+    return split_rows(df, at, len(bounds) + 1)
+
+
+def regroup(client, split: list, order: list) -> TableParts:
+    """One table from frames cut into as many ranges as there are of them, on ``client``'s workers
+    (``split``: futures of :func:`by_range`'s lists, one per part): range ``r`` gets every part's rows of ``r``, sorted stably
+    by ``order`` (ties keep the parts' order), so that the ranges laid end to end are the rows of every
+    part in the local order; the row numbers (:data:`~crmlab.events.ROW`) dropped."""
+    return TableParts(client, [client.submit(_in_range, order, *[client.submit(getitem, s, r, pure=False) for s in split],
+                                             pure=False) for r in range(len(split))])
+
+
+def _in_range(order: list, *pieces) -> pd.DataFrame:
+    df = pd.concat(pieces, ignore_index=True).sort_values(order, kind="stable", ignore_index=True)
+    return df.drop(columns=ROW) if ROW in df else df
