@@ -71,6 +71,13 @@ def read_parts(folder, first: int | None = None) -> pd.DataFrame:
     return df
 
 
+def read_table(table) -> pd.DataFrame | None:
+    """A table given as a frame, the path of a Parquet file or of a folder of parts (:func:`read_parts`), or None."""
+    if table is None or isinstance(table, pd.DataFrame):
+        return table
+    return read_parts(table) if Path(table).is_dir() else pd.read_parquet(table)
+
+
 #: Columns :func:`attribute_responses` adds to contacts.
 RESPONSE_COLUMNS = ("response_order_id", "response_date", "response_value", "attribution", "responded")
 
@@ -280,10 +287,12 @@ class CustomerEvents:
         parts, a part at a time read from its file): a scan of every order in bounded memory."""
         yield np.arange(len(self.orders)), self.orders[columns]
 
-    def map_parts(self, fn, *args, what: str | None = None) -> list:
-        """``[fn(events, *args)]`` for disjoint sets of customers (here one: these events; where the events
-        are parts, one per part, computed where the part lies; ``what``: its name in errors)."""
-        return [fn(self, *args)]
+    def map_parts(self, fn, *args, what: str | None = None, tables: tuple = ()) -> list:
+        """``[fn(events, *tables, *args)]`` for disjoint sets of customers (here one: these events; where the
+        events are parts, one per part, computed where the part lies; ``what``: its name in errors).
+        ``tables``: tables with a ``customer_key`` (frames, paths of Parquet files or folders, or None),
+        each given as its rows of those customers (here whole; where the events are parts, cut there)."""
+        return [fn(self, *[read_table(t) for t in tables], *args)]
 
     def map_lines(self, fn, *args) -> list:
         """``[fn(lines, *args)]`` for the order lines of disjoint sets of customers (here one: all of them;

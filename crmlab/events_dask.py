@@ -86,13 +86,15 @@ class PartitionedEvents:
         else:
             self.parts = [self.client.submit(read_part, str(self.folder), p, pure=False) for p in range(self.n)]
 
-    def map(self, fn, *args, what: str | None = None, each: list | None = None) -> list:
-        """``fn(part_events, [each[i],] *args)`` on every part ``i``, on the workers; the results in part
-        order. A worker lost on the way costs one more try on parts scattered anew (:func:`crmlab.engine.retry_lost`).
-        ``each`` is sent as data, not inside the task graph (a million keys would weigh it down)."""
+    def map(self, fn, *args, what: str | None = None, each: list | None = None, tables: tuple = ()) -> list:
+        """``fn(part_events, [each[i],] *tables' parts, *args)`` on every part ``i``, on the workers; the
+        results in part order. A worker lost on the way costs one more try on parts scattered anew
+        (:func:`crmlab.engine.retry_lost`). ``each`` is sent as data, not inside the task graph (a million
+        keys would weigh it down); ``tables`` are cut by customer there (:func:`parts_on_workers`)."""
         def run():
             first = [] if each is None else [engine.scatter(self.client, list(each))]
-            return self.client.gather(self.client.map(fn, self.parts, *first, *[[a] * self.n for a in args],
+            cut = [parts_on_workers(self.client, t, self.n) for t in tables]
+            return self.client.gather(self.client.map(fn, self.parts, *first, *cut, *[[a] * self.n for a in args],
                                                       pure=False))
 
         return engine.retry_lost(run, f"{what or getattr(fn, '__name__', 'a function')} on {self.n} parts of the "
@@ -209,8 +211,8 @@ class PartedEvents(CustomerEvents):
             df = pd.read_parquet(path, columns=[ROW] + columns)
             yield df[ROW].to_numpy(), df[columns]
 
-    def map_parts(self, fn, *args, what: str | None = None) -> list:
-        return self.parts.map(fn, *args, what=what)
+    def map_parts(self, fn, *args, what: str | None = None, tables: tuple = ()) -> list:
+        return self.parts.map(fn, *args, what=what, tables=tables)
 
     def map_lines(self, fn, *args) -> list:
         got = self.parts.map(_on_lines, fn, *args, what=getattr(fn, "__name__", None))
