@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .encoding import member_of
 from .errors import CrmlabError
 from .estimator import Params, reset
 from .events import RESPONSE_COLUMNS, attribute_responses, keyed_contacts  # noqa: F401 - the measurement API
@@ -61,15 +60,48 @@ def lift_table(responses: pd.DataFrame, by: list[str] | None = None) -> pd.DataF
     control) with a 95% Newcombe interval, revenue per contact per group and its increment with a
     95% Welch interval, ``incremental_responders`` (rate x treated contacts), ``mde`` (the smallest
     true increment detectable with 80% power at this size), ``significant`` and a plain-language
-    ``verdict``.
+    ``verdict``. The same as :func:`lift_of` the :func:`lift_counts` of the contacts.
     """
+    return lift_of(lift_counts(responses, by))
+
+
+def lift_counts(responses: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """What a lift table is made of, per campaign (and ``by`` columns) and group (index level ``_t``:
+    treated): contacts ``n``, responders ``k``, the mean and variance of the response value (``rev``,
+    ``rev_var``; no response is 0). Counts of disjoint sets of contacts add up (:func:`add_lift_counts`)."""
     keys = ["campaign_id"] + list(by or [])
-    r = responses.assign(_t=(responses["group"] == "treatment"))
-    if r["_t"].all() or (~r["_t"]).all():
+    r = responses.assign(_t=(responses["group"] == "treatment").to_numpy())
+    return r.groupby(keys + ["_t"], observed=True).agg(
+        n=("responded", "size"), k=("responded", "sum"), rev=("response_value", "mean"),
+        rev_var=("response_value", "var"))
+
+
+def add_lift_counts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The :func:`lift_counts` of disjoint sets of contacts (parts of the customers) as those of all of
+    them: contacts and responders summed, means and variances pooled (Chan, Golub and LeVeque's
+    formulas). A group seen in one part keeps that part's figures as they are; a pooled mean or
+    variance may differ from one computed on all the rows in the last digits."""
+    c = pd.concat([p for p in parts if len(p)] or parts[:1])
+    levels = list(range(c.index.nlevels))
+    g = c.groupby(level=levels, observed=True)
+    out = g[["n", "k"]].sum()
+    n = out["n"].to_numpy(float)
+    mean = (c["rev"] * c["n"]).groupby(level=levels, observed=True).sum().to_numpy() / n
+    dev = c["rev"].to_numpy() - pd.Series(mean, index=out.index).reindex(c.index).to_numpy()
+    m2 = (c["rev_var"].fillna(0.0) * (c["n"] - 1) + c["n"] * dev ** 2).groupby(level=levels, observed=True).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(n > 1, m2.to_numpy() / (n - 1), np.nan)
+    one = g.size().to_numpy() == 1                              # in one part: its own figures
+    out["rev"] = np.where(one, g["rev"].first().reindex(out.index).to_numpy(), mean)
+    out["rev_var"] = np.where(one, g["rev_var"].first().reindex(out.index).to_numpy(), var)
+    return out
+
+
+def lift_of(counts: pd.DataFrame) -> pd.DataFrame:
+    """The lift table (:func:`lift_table`) of :func:`lift_counts`."""
+    if set(counts.index.get_level_values("_t")) != {True, False}:
         raise CrmlabError("lift needs both a treatment and a control group; a control share of 0 measures nothing")
-    g = r.groupby(keys + ["_t"], observed=True).agg(
-        n=("responded", "size"), k=("responded", "sum"),
-        rev=("response_value", "mean"), rev_var=("response_value", "var")).unstack("_t")
+    g = counts.unstack("_t")
     out = pd.DataFrame(index=g.index)
     for side, flag in (("treated", True), ("control", False)):
         out[f"contacts_{side}"] = g[("n", flag)].fillna(0).astype(int)
@@ -168,21 +200,20 @@ def qini_coefficient(curve: pd.DataFrame) -> float:
     return float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(x)))
 
 
-def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None, customers=None):
+def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None, starts: pd.Series | None = None):
     """Per contact, the customer's features at the campaign's start (strictly before it).
 
     Returns ``(X, treated, y, meta)`` aligned on contacts: X indexed by contact_id, treated
     (bool), y (responded, 0/1) and meta (contact_id, customer_key, campaign_id, group).
     ``features(builder, cutoff)``: computes ``builder.transform(ev, cutoff)`` (e.g. by parts of the
     customers on a Dask cluster, left there: :func:`crmlab.events_dask.rows_on`; only the contacted
-    customers' rows are fetched). ``customers``: the contacts of these customers only (a sample, see
-    :func:`customer_sample`); campaign starts are those of all contacts.
+    customers' rows are fetched). ``starts``: each campaign's start (:func:`campaign_starts`), where
+    ``responses`` are some of the contacts (a sample of the customers, :func:`in_sample`); else those
+    of ``responses``.
     """
-    starts = responses.groupby("campaign_id")["contact_date"].min().sort_values()
+    starts = (campaign_starts(responses) if starts is None else starts).sort_values()
     builder = builder or FeatureBuilder().fit(ev, starts.iloc[0])
     features = features or ev.features
-    if customers is not None:
-        responses = responses[member_of(responses["customer_key"], customers)]
     parts = []
     for camp, start in starts.items():
         c = responses[responses["campaign_id"] == camp]
@@ -202,14 +233,24 @@ def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None, 
     return X, (d["group"] == "treatment").to_numpy(), d["responded"].astype(int).to_numpy(), meta
 
 
-def customer_sample(keys, rows: int | None, seed: int = 0) -> pd.Index | None:
-    """A random sample of the customers among ``keys`` (one entry per contact, say) whose entries number
-    about ``rows``; None (all) when there are no more entries than that."""
-    if rows is None or len(keys) <= rows:
-        return None
-    who = pd.Index(pd.unique(np.asarray(keys, dtype=object))).sort_values()
-    n = max(1, int(round(len(who) * rows / len(keys))))
-    return who[np.sort(np.random.default_rng(seed).choice(len(who), n, replace=False))]
+def campaign_starts(responses: pd.DataFrame) -> pd.Series:
+    """Each campaign's first contact date (the minima of disjoint sets of contacts' starts give all of theirs)."""
+    return responses.groupby("campaign_id")["contact_date"].min()
+
+
+def sample_share(contacts: int, rows: int | None) -> float:
+    """The share of the customers whose contacts number about ``rows`` of ``contacts`` (1: all)."""
+    return 1.0 if rows is None or contacts <= rows else rows / contacts
+
+
+def in_sample(keys, share: float, seed: int = 0) -> np.ndarray:
+    """Whether each customer key is in a random sample of about ``share`` of the customers: a seeded hash
+    of the key against ``share``, so each part of the customers draws its own customers of the one sample."""
+    keys = np.asarray(keys, dtype=object)
+    if share >= 1:
+        return np.ones(len(keys), bool)
+    h = pd.util.hash_array(keys, hash_key=f"{seed % 10 ** 16:016d}", categorize=False)
+    return h < np.uint64(share * 2.0 ** 64)
 
 
 def evaluate_uplift(X: pd.DataFrame, treated, y, customers, holdout: float = 0.3, seed: int = 0, **model):

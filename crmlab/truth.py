@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import measure, targets, value
+from . import targets, value
 from .encoding import member_of
 from .events import CustomerEvents, customer_keys
 from .sources import load
@@ -238,21 +238,19 @@ def btyd_check(world_dir, src, observation_end, events=None, most: int | None = 
     return check
 
 
-def uplift_check(world_dir, key_map: pd.DataFrame | None, responses: pd.DataFrame):
-    """Measured increments per campaign and true life stage against the planted ones.
+def uplift_check(world_dir, by_life_stage: pd.DataFrame):
+    """Measured increments per campaign and true life stage (``by_life_stage``: the lift table by
+    :func:`true_life_stage`) against the planted ones.
 
-    Returns (table with ``inside_ci``, the lift table by life stage, the campaigns planted with no
-    effect), or None without truth files or key map.
+    Returns (table with ``inside_ci``, the campaigns planted with no effect), or None without truth files.
     """
-    life = true_life_stage(world_dir, key_map) if key_map is not None else None
     truth = true_uplift(world_dir)
-    if life is None or truth is None:
+    if truth is None:
         return None
-    t = measure.lift_table(measure.add_segment(responses, life, "life_stage"), ["life_stage"])
-    j = t.merge(truth[["campaign_id", "life_stage", "true_incremental_rate"]], on=["campaign_id", "life_stage"])
+    j = by_life_stage.merge(truth[["campaign_id", "life_stage", "true_incremental_rate"]], on=["campaign_id", "life_stage"])
     j["inside_ci"] = (j["ci_low"] <= j["true_incremental_rate"]) & (j["true_incremental_rate"] <= j["ci_high"])
     null = truth.groupby("campaign_id")["uplift_if_alive"].apply(lambda s: (s == 0).all())
-    return j, t, list(null.index[null])
+    return j, list(null.index[null])
 
 
 #: holdout customers the attrition check scores (a random sample beyond this many)

@@ -13,7 +13,6 @@ import pytest
 from crmlab import (affinity, config, datasets, decisions, engine, identity, measure, score_figures, sources, targets,
                     value)
 from crmlab.kernels import baskets as K
-from crmlab.encoding import member_of
 from crmlab.errors import CrmlabError
 from crmlab.events import CustomerEvents
 from crmlab.feature_rows import FeatureRows
@@ -508,16 +507,20 @@ def test_campaign_features_by_parts_equal_the_whole(cluster, world, monkeypatch)
     pd.testing.assert_frame_equal(got[0], want[0], check_exact=True)
     assert np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
     pd.testing.assert_frame_equal(got[3], want[3])
-    # a sample of the customers (measure.uplift_rows): only their rows come here from the workers
-    who = measure.customer_sample(ev.contacts["customer_key"], len(ev.contacts) // 3, seed=2)
-    assert measure.customer_sample(ev.contacts["customer_key"], len(ev.contacts)) is None
-    assert 0.25 < member_of(ev.contacts["customer_key"], who).mean() < 0.42
-    want = measure.campaign_features(ev, ev.contacts, customers=who)
+    # a sample of the customers (measure.uplift_rows): only their rows come here from the workers; the
+    # campaigns' starts are those of all contacts
+    keys = ev.contacts["customer_key"]
+    share = measure.sample_share(len(keys), len(keys) // 3)
+    assert measure.sample_share(len(keys), len(keys)) == 1 and measure.in_sample(keys, 1.0).all()
+    picked = measure.in_sample(keys, share, seed=2)
+    assert 0.25 < picked.mean() < 0.42 and not np.array_equal(picked, measure.in_sample(keys, share, seed=3))
+    sample, starts = ev.contacts[picked], measure.campaign_starts(ev.contacts)
+    want = measure.campaign_features(ev, sample, starts=starts)
     fetched = []
     fetch = FeatureRows.fetch
     monkeypatch.setattr(FeatureRows, "fetch", lambda self: fetched.append(len(self)) or fetch(self))
-    got = measure.campaign_features(ev, ev.contacts, customers=who, features=events_dask.rows_on(cluster.client, ev, 5000))
-    assert set(want[3]["customer_key"]) <= set(who) and 0 < sum(fetched) == len(want[0]) < len(ev.contacts) // 2
+    got = measure.campaign_features(ev, sample, starts=starts, features=events_dask.rows_on(cluster.client, ev, 5000))
+    assert set(want[3]["customer_key"]) <= set(keys[picked]) and 0 < sum(fetched) == len(want[0]) < len(ev.contacts) // 2
     for g, w in zip(got, want):
         (pd.testing.assert_frame_equal if isinstance(w, pd.DataFrame) else np.testing.assert_array_equal)(g, w)
 
@@ -926,6 +929,56 @@ def test_value_stage_and_its_report_by_parts_never_read_the_orders_here(cluster,
     pd.testing.assert_frame_equal(truth.true_customer_transactions(parted_world, fresh, got, keep),
                                   truth.true_customer_transactions(parted_world, src, want, keep), check_exact=True)
     assert not fresh.tables._frames            # no source table read whole
+
+
+def test_measure_stage_by_parts_never_reads_the_contacts_here(cluster, parted_world, tmp_path):
+    """Stage 70 on events left as parts: lift from counts added over the parts equals the local lift
+    (contacts, responders, rates, intervals and verdicts exactly, pooled revenue figures to 1e-12), for
+    the age band and for segments read by the workers from a Parquet file; contact_responses, written
+    by the workers, is the local table row for row; the uplift sample, campaign starts and attribution
+    counts are the local ones; the contacts are never read whole here. With measure.window_days the
+    responses are attributed anew over the whole, as locally."""
+    from crmlab import sources_dask
+    from crmlab.stages import measure as stage
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    km = _key_map(src, parted_world)
+    want = CustomerEvents.from_sources(src, km)
+    events_dask.build(cluster.client, src.part_files(), km, 4, tmp_path / "ev")
+    got = _NothingWhole(cluster.client, tmp_path / "ev")
+    keys = want.profile.index
+    rng = np.random.default_rng(5)
+    seg = pd.DataFrame({"customer_key": keys, "segment": rng.integers(0, 6, len(keys))}).sample(frac=0.9, random_state=1)
+    seg.to_parquet(tmp_path / "seg.parquet", index=False, row_group_size=400)       # 10% of customers: "unknown"
+    M = {**config.load(CI)["measure"], "uplift_rows": len(want.contacts) // 3}
+    for name, local_seg, their_seg in (("age_band", None, None), ("segment", seg, tmp_path / "seg.parquet")):
+        mine, rows = stage.measure_events(got, {**M, "segment": name}, 3, their_seg)
+        local, local_rows = stage.measure_events(want, {**M, "segment": name}, 3, local_seg)
+        assert isinstance(rows, TableParts) and rows.n == 4 and len(local_rows) == len(want.contacts) > 1000
+        pd.testing.assert_frame_equal(pd.concat(list(rows.frames()), ignore_index=True), local_rows, check_exact=True)
+        lift_m, lift_l = stage.lift_artifact(mine), stage.lift_artifact(local)
+        assert len(lift_l) > 6 and "unknown" in set(lift_l["segment"]) or name == "age_band"
+        exact = [c for c in lift_l if not c.startswith("revenue") and "revenue" not in c]
+        pd.testing.assert_frame_equal(lift_m[exact], lift_l[exact], check_exact=True)
+        pd.testing.assert_frame_equal(lift_m, lift_l, rtol=1e-12, atol=0)
+        assert (mine.contacts, mine.responded, mine.share) == (local.contacts, local.responded, local.share)
+        assert 0.2 < local.share < 0.5 and len(local.sample) < len(want.contacts) / 2
+        pd.testing.assert_frame_equal(mine.sample, local.sample, check_exact=True)
+        pd.testing.assert_series_equal(mine.starts, local.starts)
+        pd.testing.assert_series_equal(mine.by_attribution, local.by_attribution)
+    # another segmentation (the truth check's life stage) counted by parts, the table cut by customer there
+    by = [measure.lift_of(measure.add_lift_counts(e.map_parts(stage._lift_by, "segment", tables=(t,))))
+          for e, t in ((got, tmp_path / "seg.parquet"), (want, seg))]
+    pd.testing.assert_frame_equal(by[0], by[1], rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(by[1], measure.lift_table(measure.add_segment(
+        want.contacts, seg.set_index("customer_key")["segment"], "segment"), ["segment"]), check_exact=True)
+    # responses attributed anew with another window: over the whole contacts and orders, as locally
+    parted = events_dask.PartedEvents(cluster.client, tmp_path / "ev")
+    W = {**M, "window_days": 9, "segment": "age_band"}
+    (mine, rows), (local, local_rows) = (stage.measure_events(e, W, 3) for e in (parted, want))
+    pd.testing.assert_frame_equal(rows, local_rows, check_exact=True)
+    pd.testing.assert_frame_equal(stage.lift_artifact(mine), stage.lift_artifact(local), check_exact=True)
+    assert local.responded < stage.measure_events(want, {**W, "window_days": None}, 3)[0].responded
 
 
 def len_orders(ev) -> int:

@@ -35,6 +35,48 @@ def test_planted_increments_inside_their_intervals(truth_responses):
     assert overall["verdict"].str.len().gt(0).all()
 
 
+def test_lift_counts_of_parts_added_equal_the_whole_and_plain_moments():
+    """Lift counts of disjoint sets of customers, added, give the whole's lift table: counts exactly,
+    pooled revenue means and variances to 1e-12 of the group's plain mean and variance (NumPy), with
+    heavy-tailed revenues, groups of one contact, groups held by one part and an empty part."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    camp = rng.choice(["A", "B", "C", "D"], n, p=[0.6, 0.3, 0.0999, 0.0001])          # D: a handful of contacts
+    responded = rng.random(n) < 0.12
+    value = np.where(responded, rng.lognormal(3, 2.5, n), 0.0)                         # skewed, up to ~1e6
+    r = pd.DataFrame({"customer_key": rng.integers(0, 9000, n).astype(str), "campaign_id": camp,
+                      "group": np.where(rng.random(n) < 0.9, "treatment", "control"), "responded": responded,
+                      "response_value": value, "seg": rng.choice(["x", "y", "z"], n, p=[0.7, 0.2999, 0.0001])})
+    part = pd.util.hash_array(r["customer_key"].to_numpy(object)) % np.uint64(5)
+    pieces = [r[part == p] for p in range(5)] + [r.iloc[:0]]
+    for by in (None, ["seg"]):
+        whole = measure.lift_counts(r, by)
+        added = measure.add_lift_counts([measure.lift_counts(p, by) for p in pieces])
+        pd.testing.assert_frame_equal(added[["n", "k"]], whole[["n", "k"]], check_exact=True)
+        pd.testing.assert_frame_equal(added, whole, rtol=1e-12, atol=0)
+        r_t = r.assign(_t=r["group"] == "treatment")
+        for key, g in r_t.groupby(["campaign_id", *(by or []), "_t"]):
+            v = g["response_value"].to_numpy()
+            assert added.loc[key, "rev"] == pytest.approx(v.mean(), rel=1e-12)
+            if len(v) > 1:
+                assert added.loc[key, "rev_var"] == pytest.approx(v.var(ddof=1), rel=1e-12)
+            else:
+                assert np.isnan(added.loc[key, "rev_var"])
+        assert (whole["n"] == 1).any() or by is None
+        pd.testing.assert_frame_equal(measure.lift_of(added), measure.lift_table(r, by), rtol=1e-12, atol=0)
+        pd.testing.assert_frame_equal(measure.add_lift_counts([whole]), whole, check_exact=True)   # one part: itself
+
+
+def test_customer_sample_is_drawn_by_key_whatever_the_parts():
+    keys = pd.Series([f"k{i}" for i in range(50_000)]).repeat(3).to_numpy(object)
+    picked = measure.in_sample(keys, 0.2, seed=4)
+    assert abs(picked.mean() - 0.2) < 0.01
+    assert (pd.Series(picked).groupby(keys).nunique() == 1).all()          # a customer's contacts: all or none
+    np.testing.assert_array_equal(np.concatenate([measure.in_sample(keys[a:b], 0.2, seed=4) for a, b in
+                                                  ((0, 10), (10, 70_000), (70_000, len(keys)))]), picked)
+    assert measure.sample_share(1000, 250) == 0.25 and measure.sample_share(1000, None) == 1.0
+
+
 def test_intervals_match_textbook_values():
     lo, hi = measure.wilson(81, 263)                 # Newcombe (1998) example: 0.2553 .. 0.3662
     assert abs(lo - 0.2553) < 5e-4 and abs(hi - 0.3662) < 5e-4

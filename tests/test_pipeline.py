@@ -134,8 +134,9 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
     """engine.kind: dask starts a LocalCluster of two worker processes for the run and records its
     dashboard; the workers read, check and write the inputs; stages 10-70 compute on it (candidate
     pairs by parts, itemsets by parts, value by partitions, features on events split by customer,
-    decisions by parts of the customers) and write and publish the tables of the local run, bit for
-    bit; the identity report plots a sample of the pairs and says so."""
+    decisions by parts of the customers, lift from counts added over the parts) and write and publish
+    the tables of the local run, bit for bit (the lift table's revenue figures, pooled from the parts'
+    means and variances, to 1e-12); the identity report plots a sample of the pairs and says so."""
     pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'crmlab[dask]'")
     run = pipeline.run(CI, [f"runs_dir={tmp_path}",
                             "stages=[00_data_quality, 10_identity, 20_affinity, 30_value, 40_propensity, 50_segments, "
@@ -155,7 +156,9 @@ def test_dask_engine_runs_the_stages_on_a_local_cluster_with_the_local_tables(ci
         got = events.read_parts(parts) if parts.is_dir() else pd.read_parquet(parts.with_suffix(".parquet"))
         want = pd.read_parquet(ci_run / "artifacts" / f"{name}.parquet")
         assert len(got) > 5, name
-        pd.testing.assert_frame_equal(got, want, check_exact=True, obj=name)
+        pooled = [c for c in want if "revenue" in c] if name == "campaign_lift" else []   # means of per-part moments
+        pd.testing.assert_frame_equal(got.drop(columns=pooled), want.drop(columns=pooled), check_exact=True, obj=name)
+        pd.testing.assert_frame_equal(got, want, rtol=1e-12, atol=0, obj=name)
     assert (run / "artifacts" / "sources" / "customers").is_dir()          # read and written by the workers
     for name in events.ARTIFACTS:                              # built by the workers, as parts by customer
         assert len(list((run / "artifacts" / name).glob("part-*.parquet"))) > 1, name
