@@ -29,7 +29,7 @@ from crmlab.sources import Sources
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["00_data_quality", "10_identity", "20_affinity", "30_value", "40_propensity", "50_segments", "60_publish", "70_measure"]
 TABLES = ["customer_key_map", "affinity_rules", "customer_recommendations", "customer_value", "customer_propensity",
-          "customer_segments", "segment_profiles"]
+          "customer_segments", "segment_profiles", "campaign_lift", "contact_responses"]
 
 
 def main() -> None:
@@ -105,8 +105,8 @@ def main() -> None:
 
 def _same(got: pd.DataFrame, want: pd.DataFrame) -> str:
     """'equal bit for bit', else how close (the largest relative difference of the float columns, the
-    rest bit for bit), else 'NOT EQUAL'. Means made from per-part sums (segment profiles) may differ in
-    the last bits: their additions come in another order."""
+    rest bit for bit), else 'NOT EQUAL'. Means made from per-part sums (segment profiles, the lift
+    table's revenue figures) may differ in the last bits: their additions come in another order."""
     if got.equals(want):
         return "equal bit for bit"
     try:
