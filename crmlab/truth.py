@@ -183,13 +183,35 @@ def true_attrition_probability(world_dir, key_map, cutoff, horizon_days: int,
     return owner.map(p_attr).dropna()
 
 
-def true_life_stage(world_dir, key_map: pd.DataFrame) -> pd.Series | None:
-    """customer_key -> true life stage (None without truth files)."""
-    ct = _read_truth(Path(world_dir), "customer_truth")
-    owner = true_customer_of(world_dir, key_map)
+def true_life_stage(world_dir, key_map, most: int | None = None, seed: int = 0) -> tuple[pd.Series | None, int]:
+    """(customer_key -> true life stage, None without truth files; how many customer keys the key map
+    has). ``key_map``: a frame or its Parquet file; ``most``: at most this many keys, a seeded random
+    sample of them (only their records and truth are read)."""
+    if not (Path(world_dir) / "truth").is_dir():
+        return None, 0
+    keys, total = key_sample(key_map, most, seed)
+    owner = true_customer_of(world_dir, _key_rows(key_map, keys), sample=keys is not None)
+    ct = _read_truth(Path(world_dir), "customer_truth", None if keys is None or owner is None else ("customer_id", owner.unique()))
     if ct is None or owner is None:
-        return None
-    return owner.map(ct.set_index("customer_id")["life_stage"]).dropna()
+        return None, total
+    return owner.map(ct.set_index("customer_id")["life_stage"]).dropna(), total
+
+
+def key_sample(key_map, most: int | None, seed: int = 0) -> tuple[pd.Index | None, int]:
+    """(a seeded random sample of ``most`` of the key map's customer keys, None for all of them; how many
+    there are). ``key_map``: a frame or its Parquet file (then only its key column is read, as Arrow)."""
+    if isinstance(key_map, (str, Path)):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        keys = pc.unique(pq.read_table(key_map, columns=["customer_key"]).column(0))
+    else:
+        keys = pd.unique(key_map["customer_key"])
+    if most is None or len(keys) <= most:
+        return None, len(keys)
+    pick = np.sort(np.random.default_rng(seed).choice(len(keys), most, replace=False))
+    got = keys.take(pick).to_pandas() if hasattr(keys, "to_pandas") else keys[pick]
+    return pd.Index(got, dtype=object), len(keys)
 
 
 def true_uplift(world_dir) -> pd.DataFrame | None:
@@ -283,11 +305,15 @@ def attrition_check(world_dir, key_map, result, ev, cut: dict, P: dict, seed: in
     return both
 
 
-def uplift_summary(check: pd.DataFrame, null_campaigns: list, lift: pd.DataFrame) -> str:
-    """One sentence for reviewers: planted increments inside their intervals, and whether each campaign
-    planted with no effect was (wrongly) declared significant."""
+def uplift_summary(check: pd.DataFrame, null_campaigns: list, lift: pd.DataFrame,
+                   customers: tuple[int, int] | None = None) -> str:
+    """For reviewers: planted increments inside their intervals, and whether each campaign planted with
+    no effect was (wrongly) declared significant; ``customers``: (sampled, of all) where the increments
+    were measured on the contacts of a random sample of the customers."""
     sig = lift.set_index("campaign_id")["significant"]
     verdicts = ", ".join(f"{c} ({'declared significant: WRONG' if sig.get(c) else 'not significant: right'})"
                          for c in null_campaigns) or "none"
-    return (f"**{int(check['inside_ci'].sum())} of {len(check)}** planted increments inside their 95% intervals. "
-            f"Campaigns planted with no effect: {verdicts}.")
+    sample = ("" if customers is None else f" (measured on the contacts of a random sample of {customers[0]:,} of the "
+              f"{customers[1]:,} customers: intervals wider than on all of them)")
+    return (f"**{int(check['inside_ci'].sum())} of {len(check)}** planted increments inside their 95% intervals{sample}. "
+            f"Campaigns planted with no effect (judged on all contacts): {verdicts}.")

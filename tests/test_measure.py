@@ -77,6 +77,27 @@ def test_customer_sample_is_drawn_by_key_whatever_the_parts():
     assert measure.sample_share(1000, 250) == 0.25 and measure.sample_share(1000, None) == 1.0
 
 
+def test_true_life_stage_of_a_sample_of_keys_is_the_whole_restricted(tmp_path):
+    """The uplift check's truth on a seeded sample of customer keys (a large world): the key map as a
+    frame or as its Parquet file (only its key column read whole) gives the same sample, and each
+    sampled key the life stage it has in the whole."""
+    from crmlab import truth
+
+    rt = pd.read_csv(SAMPLE / "truth" / "record_truth.csv", dtype={"source_id": str})
+    km = rt.assign(customer_key=rt["source_system"] + ":" + rt["source_id"])[["source_system", "source_id", "customer_key"]]
+    km.to_parquet(tmp_path / "key_map.parquet", index=False)
+    whole, n = truth.true_life_stage(SAMPLE, km)
+    assert n == len(km) and len(whole) == n and set(whole) == {"family", "senior", "young"}
+    samples = [truth.key_sample(k, 300, seed=4)[0] for k in (km, tmp_path / "key_map.parquet")]
+    assert len(samples[0]) == 300 and samples[0].equals(samples[1]) and not samples[0].equals(truth.key_sample(km, 300, 5)[0])
+    assert truth.key_sample(km, n, seed=4) == (None, n)
+    for k in (km, tmp_path / "key_map.parquet"):
+        some, total = truth.true_life_stage(SAMPLE, k, most=300, seed=4)
+        assert total == n and len(some) == 300 and set(some.index) == set(samples[0])
+        pd.testing.assert_series_equal(some.sort_index(), whole[whole.index.isin(some.index)].sort_index())
+    assert truth.true_life_stage(tmp_path, km) == (None, 0)                     # no truth files: real data
+
+
 def test_intervals_match_textbook_values():
     lo, hi = measure.wilson(81, 263)                 # Newcombe (1998) example: 0.2553 .. 0.3662
     assert abs(lo - 0.2553) < 5e-4 and abs(hi - 0.3662) < 5e-4

@@ -119,7 +119,10 @@ def _segment_counts(contacts: pd.DataFrame, segments: pd.Series, name: str) -> p
 
 
 def _lift_by(ev: CustomerEvents, segments: pd.DataFrame, name: str) -> pd.DataFrame:
-    return _segment_counts(ev.contacts, segments.set_index("customer_key")[name], name)
+    """Lift counts by ``segments``' column ``name``, of the contacts of the customers it names."""
+    seg = segments.set_index("customer_key")[name]
+    c = ev.contacts
+    return _segment_counts(c[c["customer_key"].isin(seg.index).to_numpy()], seg, name)
 
 
 def uplift_inputs(ctx, r: MeasureResult):
@@ -135,15 +138,20 @@ def uplift_inputs(ctx, r: MeasureResult):
 
 def uplift_truth(ctx, r: MeasureResult):
     """The measured increments per campaign and true life stage against the planted ones
-    (:func:`crmlab.truth.uplift_check`; the lift by life stage counted by parts): (table, lift table by
-    life stage, campaigns planted with no effect), or None outside synthetic worlds or without a key map."""
+    (:func:`crmlab.truth.uplift_check`; the lift by life stage counted by parts, on the contacts of a
+    random sample of ``truth.TRUE_CUSTOMERS`` customer keys where there are more): (table, lift table by
+    life stage, campaigns planted with no effect, (customers sampled, of all) or None), or None outside
+    synthetic worlds or without a key map."""
     world = ctx.params["data"]["dir"]
-    key_map = ctx.optional_artifact("customer_key_map")
-    life = truth.true_life_stage(world, key_map) if key_map is not None else None
+    key_map = ctx.optional_artifact("customer_key_map", file=True)
+    if key_map is None:
+        return None
+    life, total = truth.true_life_stage(world, key_map, truth.TRUE_CUSTOMERS, ctx.params["seed"])
     if life is None:
         return None
     stages = life.rename("life_stage").rename_axis("customer_key").reset_index()
     t = measure.lift_of(measure.add_lift_counts(r.measured.map_parts(_lift_by, "life_stage", tables=(stages,),
                                                                      what="lift by true life stage")))
     got = truth.uplift_check(world, t)
-    return None if got is None else (got[0], t, got[1])
+    sampled = (truth.TRUE_CUSTOMERS, total) if total > truth.TRUE_CUSTOMERS else None
+    return None if got is None else (got[0], t, got[1], sampled)
