@@ -100,12 +100,14 @@ def by_range(df: pd.DataFrame, bounds: np.ndarray, column: str = "customer_key")
 
 
 def regroup(client, split: list, order: list) -> TableParts:
-    """One table from frames cut into as many ranges as there are of them, on ``client``'s workers
-    (``split``: futures of :func:`by_range`'s lists, one per part): range ``r`` gets every part's rows of ``r``, sorted stably
-    by ``order`` (ties keep the parts' order), so that the ranges laid end to end are the rows of every
-    part in the local order; the row numbers (:data:`~crmlab.events.ROW`) dropped."""
-    return TableParts(client, [client.submit(_in_range, order, *[client.submit(getitem, s, r, pure=False) for s in split],
-                                             pure=False) for r in range(len(split))])
+    """One table from frames cut into as many ranges as there are frames, on ``client``'s workers
+    (``split``: futures of :func:`by_range`'s lists, one per part): range ``r`` gets every part's rows
+    of ``r``, sorted stably by ``order`` (ties keep the parts' order), so that the ranges laid end to
+    end are the rows of every part in the local order; the row numbers (:data:`~crmlab.events.ROW`)
+    dropped."""
+    def piece(r):
+        return [client.submit(getitem, s, r, pure=False) for s in split]
+    return TableParts(client, [client.submit(_in_range, order, *piece(r), pure=False) for r in range(len(split))])
 
 
 def _in_range(order: list, *pieces) -> pd.DataFrame:

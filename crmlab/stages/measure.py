@@ -35,12 +35,20 @@ class MeasureResult:
     lift: pd.DataFrame
     segment_by: str
     by_segment: pd.DataFrame
-    contacts: int
-    responded: int
     by_attribution: pd.Series
     starts: pd.Series
     sample: pd.DataFrame
     share: float
+
+    @property
+    def contacts(self) -> int:
+        """Contacts measured (treated and control)."""
+        return int(self.lift["contacts_treated"].sum() + self.lift["contacts_control"].sum())
+
+    @property
+    def responded(self) -> int:
+        """Contacts answered (treated and control)."""
+        return int(self.lift["responders_treated"].sum() + self.lift["responders_control"].sum())
 
 
 def run_measure(ctx) -> MeasureResult:
@@ -65,8 +73,8 @@ def measure_events(ev: CustomerEvents, M: dict, seed: int, segments=None, campai
     the ``customer_segments`` table (a frame or the path of its artifact; None for ``age_band``)."""
     counted = ev
     if M["window_days"] is not None:                # attributed anew over every contact and order, here
-        counted = replace(ev.empty(), contacts=measure.attribute_responses(ev.contacts, ev.orders, window_days=M["window_days"]),
-                          profile=ev.profile)
+        responses = measure.attribute_responses(ev.contacts, ev.orders, window_days=M["window_days"])
+        counted = replace(ev.empty(), contacts=responses, profile=ev.profile)
     got = counted.map_parts(_contact_counts, what="contacts per campaign")
     starts = pd.concat([g[0] for g in got]).groupby(level=0).min()
     contacts = sum(g[1] for g in got)
@@ -81,8 +89,7 @@ def measure_events(ev: CustomerEvents, M: dict, seed: int, segments=None, campai
     lift = measure.lift_of(measure.add_lift_counts([s["lift"] for s in summaries]))
     by_seg = measure.lift_of(measure.add_lift_counts([s["by_segment"] for s in summaries]))
     sampled = sum(s["sampled"] for s in summaries) / max(1, sum(s["customers"] for s in summaries))
-    r = MeasureResult(ev, counted, campaigns, lift, M["segment"], by_seg, contacts,
-                      int(lift["responders_treated"].sum() + lift["responders_control"].sum()),
+    r = MeasureResult(ev, counted, campaigns, lift, M["segment"], by_seg,
                       pd.concat([s["attribution"] for s in summaries]).groupby(level=0).sum(), starts,
                       pd.concat([s["sample"] for s in summaries]).sort_index(kind="stable"),
                       1.0 if share >= 1 else sampled)
