@@ -109,6 +109,11 @@ def attribute_responses(contacts: pd.DataFrame, orders: pd.DataFrame, window_day
     return with_responses(c, pd.concat([quoted, rest], ignore_index=True))
 
 
+def campaign_starts(contacts: pd.DataFrame) -> pd.Series:
+    """Each campaign's first contact date (the minima of disjoint sets of contacts' starts give all of theirs)."""
+    return contacts.groupby("campaign_id")["contact_date"].min()
+
+
 def with_window_end(contacts: pd.DataFrame, window_days: int | None = None) -> pd.DataFrame:
     """Contacts without earlier response columns, with the end of their response window (``_end``)."""
     c = contacts.drop(columns=[k for k in RESPONSE_COLUMNS if k in contacts]).reset_index(drop=True)

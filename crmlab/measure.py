@@ -12,7 +12,7 @@ import pandas as pd
 
 from .errors import CrmlabError
 from .estimator import Params, reset
-from .events import RESPONSE_COLUMNS, attribute_responses, keyed_contacts  # noqa: F401 - the measurement API
+from .events import RESPONSE_COLUMNS, attribute_responses, campaign_starts, keyed_contacts  # noqa: F401 - the measurement API
 from .features import FeatureBuilder
 from .labels import currency
 from .propensity import PropensityModel
@@ -231,11 +231,6 @@ def campaign_features(ev, responses: pd.DataFrame, builder=None, features=None, 
     meta = d[["contact_id", "customer_key", "campaign_id", "group"]]
     X = d[builder.feature_names_].set_index(d["contact_id"])
     return X, (d["group"] == "treatment").to_numpy(), d["responded"].astype(int).to_numpy(), meta
-
-
-def campaign_starts(responses: pd.DataFrame) -> pd.Series:
-    """Each campaign's first contact date (the minima of disjoint sets of contacts' starts give all of theirs)."""
-    return responses.groupby("campaign_id")["contact_date"].min()
 
 
 def sample_share(contacts: int, rows: int | None) -> float:

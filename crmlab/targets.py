@@ -12,6 +12,7 @@ import pandas as pd
 
 from . import feature_rows
 from .errors import CrmlabError
+from .events import campaign_starts
 from .features import FeatureBuilder, _slug, labels
 from .progress import bar
 from .propensity import CompiledModel, PropensityModel, fit_sample
@@ -119,7 +120,7 @@ def fit_targets(ev, P: dict, seed: int = 0, progress=print, features=None) -> tu
 
 def _treated(ev, columns: list[str]) -> tuple[pd.DataFrame, pd.Series]:
     c = ev.contacts
-    return c.loc[c["group"] == "treatment", columns], c.groupby("campaign_id")["contact_date"].min()
+    return c.loc[c["group"] == "treatment", columns], campaign_starts(c)
 
 
 def treated_contacts(ev) -> tuple[pd.DataFrame, pd.Series]:
