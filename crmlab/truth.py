@@ -160,14 +160,10 @@ def true_attrition_probability(world_dir, key_map, cutoff, horizon_days: int,
     customer keys asked for (None: all; else only their records, truth and orders are read).
     """
     world_dir = Path(world_dir)
-    if not (world_dir / "truth").is_dir():
+    got = _keyed_truth(world_dir, key_map, keys)
+    if got is None:
         return None
-    owner = true_customer_of(world_dir, _key_rows(key_map, keys), sample=keys is not None)
-    if owner is None:
-        return None
-    ct = _read_truth(world_dir, "customer_truth", None if keys is None else ("customer_id", owner.unique()))
-    if ct is None:
-        return None
+    owner, ct = got
     cutoff = pd.Timestamp(cutoff)
     tx = true_customer_transactions(world_dir, src, events, None if keys is None else owner.unique())
     tx = tx[tx["order_date"] < cutoff]
@@ -190,11 +186,23 @@ def true_life_stage(world_dir, key_map, most: int | None = None, seed: int = 0) 
     if not (Path(world_dir) / "truth").is_dir():
         return None, 0
     keys, total = key_sample(key_map, most, seed)
-    owner = true_customer_of(world_dir, _key_rows(key_map, keys), sample=keys is not None)
-    ct = _read_truth(Path(world_dir), "customer_truth", None if keys is None or owner is None else ("customer_id", owner.unique()))
-    if ct is None or owner is None:
+    got = _keyed_truth(world_dir, key_map, keys)
+    if got is None:
         return None, total
+    owner, ct = got
     return owner.map(ct.set_index("customer_id")["life_stage"]).dropna(), total
+
+
+def _keyed_truth(world_dir, key_map, keys=None) -> tuple[pd.Series, pd.DataFrame] | None:
+    """(customer_key -> its true customer, those customers' truth) for ``keys`` (None: all; else only
+    their records and truth are read), or None without truth files."""
+    if not (Path(world_dir) / "truth").is_dir():
+        return None
+    owner = true_customer_of(world_dir, _key_rows(key_map, keys), sample=keys is not None)
+    if owner is None:
+        return None
+    ct = _read_truth(Path(world_dir), "customer_truth", None if keys is None else ("customer_id", owner.unique()))
+    return None if ct is None else (owner, ct)
 
 
 def key_sample(key_map, most: int | None, seed: int = 0) -> tuple[pd.Index | None, int]:
