@@ -631,7 +631,7 @@ class RecordMatcher(Params):
     def explain(self, records: pd.DataFrame, pairs: PairScores, index: int) -> pd.DataFrame:
         """Waterfall of one pair's match weight: prior, then each comparison's level and contribution."""
         i, j = 0, 1                                 # the pair's two records only: keys are per record
-        df = add_keys(records.iloc[[pairs.left[index], pairs.right[index]]].reset_index(drop=True))
+        df = add_keys(records.take([pairs.left[index], pairs.right[index]]).reset_index(drop=True))
         bf = self._weights(df, pairs.levels[[index]], np.array([i]), np.array([j]))[0]
         rows = [("prior (match rate among all pairs)", "", "", "", np.log2(self.lambda_ / (1 - self.lambda_)))]
         for k, c in enumerate(self.comparisons_):

@@ -23,14 +23,16 @@ from it is fitted here on reduced tables:
   labels, each record's strongest candidate probability and the links of oversized clusters (for
   the guard) come here.
 
-The record table itself is still this process's input (until the sources are read by the workers).
-``dask`` is imported inside the functions.
+The records themselves can stay in Parquet parts (:class:`PartedRecords`: the run's sources): the
+chunks are then the parts, read by the workers, and this process holds only the columns that name
+a record (source system, source id), in table order. ``dask`` is imported inside the functions.
 """
 from __future__ import annotations
 
 import copy
 import math
 import operator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,78 @@ FAN_IN = 8
 
 #: blocks each part keeps named for :meth:`DaskRecordMatcher.largest_blocks`, per rule
 LARGEST = 10
+
+
+# ----------------------------------------------------------------------------- records in Parquet parts
+
+#: the columns that name a record, held by :class:`PartedRecords` in this process
+NAME_COLUMNS = ["source_system", "source_id"]
+
+
+class PartedRecords:
+    """Customer records whose rows stay in Parquet ``files`` (in table order; the run's sources):
+    the columns that name a record (:data:`NAME_COLUMNS`) are held here, the rest is read by the
+    workers (:class:`DaskRecordMatcher`) or, for a few rows, by :meth:`take`. Answers what the stage
+    and its report ask of a record table: ``len``, ``column in``, a name column, ``take(rows)``."""
+
+    def __init__(self, files: list):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.files = [Path(f) for f in files]
+        if not self.files:
+            raise CrmlabError("record matching needs a non-empty table of records (no Parquet parts given)")
+        names = [pq.read_table(f, columns=NAME_COLUMNS) for f in self.files]
+        self.offsets = np.r_[0, np.cumsum([t.num_rows for t in names])].astype(np.int64)
+        self.keys = pa.concat_tables(names).to_pandas()         # one copy: the parts' Arrow buffers
+        self.columns = [c for c in pq.read_schema(self.files[0]).names if not c.startswith("__index_level_")]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, column) -> bool:
+        return column in self.columns
+
+    def __getitem__(self, column):
+        """A name column (or a list of them) in table order; the others are read by :meth:`take`."""
+        cols = [column] if isinstance(column, str) else list(column)
+        if not set(cols) <= set(NAME_COLUMNS):
+            raise KeyError(f"{column}: PartedRecords holds only {NAME_COLUMNS}; read other columns with take(rows)")
+        return self.keys[column]
+
+    def empty(self) -> pd.DataFrame:
+        """No rows, every column with its type."""
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(self.files[0]).empty_table().to_pandas()[self.columns]
+
+    def take(self, rows) -> pd.DataFrame:
+        """Records at positions ``rows`` (in that order), every column, read from their parts only."""
+        import pyarrow.parquet as pq
+
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"record rows must lie in 0..{len(self) - 1}")
+        part = np.searchsorted(self.offsets, rows, side="right") - 1
+        got = [pq.read_table(self.files[k]).take(rows[part == k] - self.offsets[k]).to_pandas()[self.columns]
+               for k in np.unique(part)]
+        table = pd.concat(got, ignore_index=True) if got else self.empty()
+        at = np.argsort(np.argsort(part, kind="stable"), kind="stable")      # back to the order of ``rows``
+        return table.iloc[at].reset_index(drop=True)
+
+    def fingerprint(self) -> tuple:
+        """The parts as they are on disk (path, size, modification time) and the rows they hold."""
+        return ("parts", len(self), *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files))
+
+
+def _keyed_part(path: str, start: int, read: list[str], cols: list[str]) -> pd.DataFrame:
+    """:func:`_keyed_chunk` of a Parquet part holding records ``start``.. (``read``: its columns to read)."""
+    return _keyed_chunk(pd.read_parquet(path, columns=read), start, cols)
+
+
+def _rows_of(chunk: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """A keyed chunk's records at table positions ``rows`` (sorted, all inside the chunk)."""
+    return chunk.iloc[rows - int(chunk["_row"].iat[0])] if len(chunk) else chunk
 
 
 # ----------------------------------------------------------------------------- tasks on the records
@@ -107,6 +181,27 @@ def _fresh(matcher: RecordMatcher) -> RecordMatcher:
 
 
 # ----------------------------------------------------------------------------- tasks on the parts
+
+def _true_hits(rules: list, oversized: list, mode: str, source_col: str, *pieces) -> np.ndarray:
+    """The true pairs (records of one planted customer, ``_truth``) among a part's records, which hold
+    whole planted customers: per blocking rule how many it makes (both records in one block that is
+    not oversized: ``oversized``, the rule's keys; the pair kept by the mode), how many any rule
+    makes, and how many there are."""
+    piece = _joined(pieces)
+    tl, tr, _ = graph.block_pairs(pd.factorize(piece["_truth"])[0], max_block=len(piece) + 1)
+    keep = np.ones(len(tl), bool)
+    if mode != "link_and_dedupe":
+        src = pd.factorize(piece[source_col])[0]
+        keep = (src[tl] != src[tr]) if mode == "link" else (src[tl] == src[tr])
+    m, found, out = RecordMatcher(), np.zeros(len(tl), bool), []
+    for rule, keys in zip(rules, oversized):
+        codes = m._rule_codes(piece, rule)
+        codes[_in_keys(piece, rule, keys)] = -1
+        hit = keep & (codes[tl] >= 0) & (codes[tl] == codes[tr])
+        found |= hit
+        out.append(int(hit.sum()))
+    return np.array([*out, int(found.sum()), len(tl)], dtype=np.int64)
+
 
 def _part_keys(cols: list[str], max_block: int, *pieces) -> dict:
     """A blocking rule's part, joined from its pieces: its records, their block codes, the keys of its
@@ -299,22 +394,41 @@ class DaskRecordMatcher(RecordMatcher):
 
     # -- the records, keyed, on the workers
     def _chunks(self, df: pd.DataFrame, fingerprint: tuple) -> list:
-        """Futures of the keyed chunks of ``df`` (made once per record table and kept until dropped)."""
+        """Futures of the keyed chunks of ``df`` (made once per record table and kept until dropped):
+        slices sent from here, or the Parquet parts of :class:`PartedRecords` read by the workers."""
         cached = getattr(self, "_dask_chunks", None)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
         needed, _ = self._needed()
-        cols = sorted({*needed, *([self.source_col] if self.source_col in df else [])})
-        raw = [df.columns.get_loc(c) for c in df.columns if c in set(cols) | set(KEY_INPUTS)]
-        step = max(1, self._partition_rows)
+        parted = self._parted_of(df)
+        have = parted.columns if parted is not None else list(df.columns)
+        cols = sorted({*needed, *([self.source_col] if self.source_col in have else [])})
         client = self._client
-        futures = [client.submit(_keyed_chunk, engine.scatter(client, df.iloc[a:a + step, raw]), a, cols, pure=False)
-                   for a in range(0, len(df), step)]       # one chunk's copy here at a time
+        if parted is not None:
+            read = [c for c in have if c in set(cols) | set(KEY_INPUTS)]
+            futures = [client.submit(_keyed_part, str(f), int(a), read, cols, pure=False)
+                       for f, a in zip(parted.files, parted.offsets[:-1])]
+        else:
+            raw = [df.columns.get_loc(c) for c in df.columns if c in set(cols) | set(KEY_INPUTS)]
+            step = max(1, self._partition_rows)
+            futures = [client.submit(_keyed_chunk, engine.scatter(client, df.iloc[a:a + step, raw]), a, cols,
+                                     pure=False) for a in range(0, len(df), step)]     # one chunk's copy here at a time
         self._dask_chunks = (fingerprint, futures)
         return futures
 
-    def _print(self, df: pd.DataFrame) -> tuple:
-        """:func:`~crmlab.identity._fingerprint` of ``df``, hashed once while the same table is at hand."""
+    def _parted_of(self, records) -> PartedRecords | None:
+        """The :class:`PartedRecords` that ``records`` are (or whose name columns they are), else None."""
+        parted = getattr(self, "_parted", None)
+        if isinstance(records, PartedRecords):
+            return records
+        return parted if parted is not None and records is parted.keys else None
+
+    def _print(self, df) -> tuple:
+        """:func:`~crmlab.identity._fingerprint` of ``df``, hashed once while the same table is at hand
+        (:meth:`PartedRecords.fingerprint` for records in parts)."""
+        parted = self._parted_of(df)
+        if parted is not None:
+            return parted.fingerprint()
         memo = getattr(self, "_print_memo", None)
         if memo is None or memo[0] is not df:
             self._print_memo = memo = (df, _fingerprint(df))
@@ -323,11 +437,18 @@ class DaskRecordMatcher(RecordMatcher):
     def _drop_chunks(self):
         self._dask_chunks = self._print_memo = None
 
-    def _prepare(self, records: pd.DataFrame):
-        """The records' checks, made on the keyed chunks; arenas only for what the samples need."""
-        if not isinstance(records, pd.DataFrame) or len(records) == 0:
+    def _prepare(self, records):
+        """The records' checks, made on the keyed chunks; arenas only for what the samples need.
+        ``records``: a DataFrame, or :class:`PartedRecords` (checked on the name columns held here)."""
+        if isinstance(records, PartedRecords):
+            self._parted = records
+            df, empty = records.keys, records.empty()
+        elif not isinstance(records, pd.DataFrame) or len(records) == 0:
             raise CrmlabError("record matching needs a non-empty DataFrame of records")
-        df = records if records.index.equals(pd.RangeIndex(len(records))) else records.reset_index(drop=True)
+        else:
+            self._parted = None
+            df = records if records.index.equals(pd.RangeIndex(len(records))) else records.reset_index(drop=True)
+            empty = df.iloc[:0]
         needed, _ = self._needed()
         client = self._client
 
@@ -336,7 +457,7 @@ class DaskRecordMatcher(RecordMatcher):
             return client.gather([client.submit(column_stats, c, needed, pure=False) for c in chunks])
 
         stats = engine.retry_lost(run, f"the keys of {len(df):,} records", self._drop_chunks)
-        self._check_records(df, add_keys(df.iloc[:0]).columns, merge_column_stats(stats))
+        self._check_records(df, add_keys(empty).columns, merge_column_stats(stats))
         self._codes_memo = {}
         return df, {"_records": df}, self._comps()
 
@@ -366,16 +487,33 @@ class DaskRecordMatcher(RecordMatcher):
         df = arenas["_records"]
         rows = np.unique(np.r_[left, right])
         compared = {c for comp in self._comps() for c in comp.needs()}
-        at = [df.columns.get_loc(c) for c in df.columns if c in compared | set(KEY_INPUTS)]
-        if "_all" in arenas or 4 * len(rows) >= len(df):
-            if "_all" not in arenas:
-                arenas["_all"] = RecordMatcher._arenas(self, add_keys(df.iloc[:, at], compared), self._comps())
-            return super()._levels(arenas["_all"], comps, left, right)
-        sub = add_keys(df.iloc[rows, at].reset_index(drop=True), compared)
+        if self._parted_of(df) is not None:          # the sample's rows, keyed, from the workers' chunks
+            sub = self._keyed_rows(df, rows)
+        else:
+            at = [df.columns.get_loc(c) for c in df.columns if c in compared | set(KEY_INPUTS)]
+            if "_all" in arenas or 4 * len(rows) >= len(df):
+                if "_all" not in arenas:
+                    arenas["_all"] = RecordMatcher._arenas(self, add_keys(df.iloc[:, at], compared), self._comps())
+                return super()._levels(arenas["_all"], comps, left, right)
+            sub = add_keys(df.iloc[rows, at].reset_index(drop=True), compared)
         local = super()._levels(RecordMatcher._arenas(self, sub, comps), comps, np.searchsorted(rows, left),
                                 np.searchsorted(rows, right))
         self._codes_memo = {k: v for k, v in self._codes_memo.items() if k[0] != id(sub)}
         return local
+
+    def _keyed_rows(self, df, rows: np.ndarray) -> pd.DataFrame:
+        """The keyed records at the sorted table positions ``rows`` of :class:`PartedRecords`' name
+        columns ``df``, gathered from the chunks (one per part)."""
+        client = self._client
+        cut = np.searchsorted(rows, self._parted_of(df).offsets)
+
+        def run():
+            chunks = self._chunks(df, self._print(df))
+            return client.gather([client.submit(_rows_of, c, rows[cut[i]:cut[i + 1]], pure=False)
+                                  for i, c in enumerate(chunks)])
+
+        got = engine.retry_lost(run, f"{len(rows):,} sampled records", self._drop_chunks)
+        return pd.concat(got, ignore_index=True).drop(columns="_row")
 
     # -- shuffles of the chunks by a rule's key
     def _shuffle(self, chunks: list, rule: list[str], n_parts: int, cols: list[str]) -> list[list]:
@@ -401,6 +539,7 @@ class DaskRecordMatcher(RecordMatcher):
             oversized.append(client.submit(_oversized, *keyed, pure=False))
             futures += [(r, client.submit(_part_pairs, k, plain, r, rules, n_levels, oversized[:r], pure=False))
                         for k in keyed]
+        self._dask_oversized = oversized          # per rule: its oversized keys (small), for pairs_completeness
         return rules, futures
 
     def _gather_parts(self, n: int, rules, futures):
@@ -512,8 +651,44 @@ class DaskRecordMatcher(RecordMatcher):
         return stats, [client.submit(_part_scores, f, scorer, first_new, pure=False) for _, f in parts]
 
     def _lost(self):                               # the parts died with their worker: make them anew
-        self._dask_parts = None
+        self._dask_parts = self._dask_oversized = None
         self._drop_chunks()
+
+    def pairs_completeness(self, records, truth: np.ndarray) -> list[float]:
+        """Per blocking rule and for their union (last): the share of true pairs (records of one
+        planted customer, ``truth`` in record order) that the blocking makes, as
+        :func:`crmlab.matching_report.blocking_report` counts them locally; the records are shuffled
+        by their true customer on the workers, so every true pair lies in one part."""
+        self._check_fitted()
+        client = self._client
+        truth = np.asarray(truth)
+        rules = [list(r) for r in (self.blocking or DEFAULT_BLOCKING)]
+        cols = sorted({c for r in rules for c in r} | ({self.source_col} if self.mode != "link_and_dedupe" else set()))
+
+        def run():
+            self._parts(records)                    # the fit's blocking of these records: its oversized keys
+            df = records.keys if isinstance(records, PartedRecords) else records.reset_index(drop=True)
+            chunks = self._chunks(df, self._print(df))
+            bounds = self._bounds(df)
+            tagged = [client.submit(lambda c, t: c.assign(_truth=t), ch, truth[a:b], pure=False)
+                      for ch, a, b in zip(chunks, bounds[:-1], bounds[1:])]
+            return client.gather([client.submit(_true_hits, rules, self._dask_oversized, self.mode, self.source_col,
+                                                *pieces, pure=False)
+                                  for pieces in self._shuffle(tagged, ["_truth"], self._parts_count(len(df)),
+                                                              cols + ["_row", "_truth"])])
+
+        try:
+            got = np.sum(engine.retry_lost(run, "the true pairs' blocks", self._lost), axis=0)
+        finally:
+            self._drop_chunks()
+        return [float(h) / max(int(got[-1]), 1) for h in got[:-1]]
+
+    def _bounds(self, df) -> np.ndarray:
+        """First row of each chunk of ``df`` (:meth:`_chunks`), and the row count last."""
+        parted = self._parted_of(df)
+        if parted is not None:
+            return parted.offsets
+        return np.r_[np.arange(0, len(df), max(1, self._partition_rows)), len(df)].astype(np.int64)
 
     def score_pairs(self, records: pd.DataFrame) -> PairScores:
         """The links (pairs at or above the threshold) with levels, weights and probabilities, the

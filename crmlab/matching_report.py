@@ -101,7 +101,7 @@ def review_sample(records: pd.DataFrame, pairs: PairScores, threshold: float, n:
     near = np.argpartition(gap, n - 1)[:n] if 0 < n < len(gap) else np.arange(len(gap))[:max(n, 0)]
     order = near[np.argsort(gap[near], kind="stable")]
     cols = ["source_system", *[c for c in columns if c in records]]
-    left, right = records.iloc[pairs.left[order]][cols], records.iloc[pairs.right[order]][cols]
+    left, right = records.take(pairs.left[order])[cols], records.take(pairs.right[order])[cols]
     rows = []
     for k, q in enumerate(order):
         row = {"probability": pairs.probability[q], "weight": pairs.weight[q]}
@@ -131,6 +131,9 @@ def blocking_report(matcher: RecordMatcher, records: pd.DataFrame, truth: np.nda
     matcher._check_fitted()
     if truth is None:
         return matcher.blocking_
+    on_workers = getattr(matcher, "pairs_completeness", None)      # Dask: the records stay on the workers
+    if on_workers is not None:
+        return matcher.blocking_.assign(pairs_completeness=on_workers(records, truth))
     df = matcher._keyed(records)
     if matcher.mode != "link_and_dedupe":                   # pairs filtered by source: count them again
         return matcher.candidate_pairs(df, truth)[2]

@@ -20,17 +20,19 @@ from .events import CustomerEvents, customer_keys
 from .sources import load
 
 
-def _read_truth(world_dir: Path, name: str, where: tuple[str, object] | None = None) -> pd.DataFrame | None:
+def _read_truth(world_dir: Path, name: str, where: tuple[str, object] | None = None,
+                columns: list[str] | None = None) -> pd.DataFrame | None:
     """Truth table ``name`` of a world (None where it has none); ``where``: (column, values), only the rows
-    whose column holds one of the values (read filtered from Parquet: a sample's rows of a large world)."""
+    whose column holds one of the values (read filtered from Parquet: a sample's rows of a large world);
+    ``columns``: only those (None: all)."""
     for ext in ("parquet", "csv"):
         p = Path(world_dir) / "truth" / f"{name}.{ext}"
         if not p.exists():
             continue
         if ext == "csv":
-            df = pd.read_csv(p, dtype={"source_id": str})
+            df = pd.read_csv(p, dtype={"source_id": str}, usecols=columns)
             return df if where is None else df[member_of(df[where[0]].astype(str), pd.Index(where[1]).astype(str))]
-        return _read_parquet_where(p, where)
+        return _read_parquet_where(p, where, columns)
     return None
 
 
@@ -121,7 +123,7 @@ def record_truth(world_dir, records: pd.DataFrame) -> np.ndarray | None:
     """The planted customer of each of ``records`` (source_system, source_id), in row order; None
     when ``world_dir`` has no truth files (real data). A record the world did not plant (a person a
     touchpoint identified) is a person of its own (a negative id)."""
-    rt = _read_truth(Path(world_dir), "record_truth")
+    rt = _read_truth(Path(world_dir), "record_truth", columns=["source_system", "source_id", "customer_id"])
     if rt is None:
         return None
     keys = records[["source_system", "source_id"]].astype({"source_id": "string"})

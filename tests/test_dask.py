@@ -772,6 +772,50 @@ def test_a_part_that_cannot_be_read_is_said_as_locally(cluster, parted_world, tm
 
 
 # --- #18: the events built by the workers from the sources' parts
+@pytest.mark.parametrize("mode", ["link_and_dedupe", "link"])
+def test_records_left_in_their_parts_match_as_the_whole_table(cluster, parted_world, tmp_path, monkeypatch, mode):
+    """Stage 10 in Dask mode: the records stay in the sources' parts (this process holds their names);
+    the workers read the parts, and the fit, the key map, the report's blocking table (the true pairs'
+    completeness, counted on the workers, with oversized blocks skipped) and its review rows are the
+    local ones on the table."""
+    from crmlab import matching_report, sources_dask
+    from crmlab.truth import record_truth
+
+    monkeypatch.setattr(identity, "TRAINING_PAIRS", 2000)      # rules with more pairs than taken, and fewer
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    files = src.part_files()["customers"]
+    records = sources.Sources.read_artifacts(tmp_path / "src").customers
+    parted = identity_dask.PartedRecords(files)
+    assert len(files) > 1 and len(parted) == len(records) and set(parted.columns) == set(records.columns)
+    pd.testing.assert_frame_equal(parted["source_id"].to_frame(), records[["source_id"]])
+    rows = np.array([len(records) - 1, 0, 17, 17, len(records) // 2])    # any order, repeats, across parts
+    pd.testing.assert_frame_equal(parted.take(rows), records.take(rows).reset_index(drop=True))
+    with pytest.raises(KeyError, match="take"):
+        parted["email"]
+    truth = record_truth(parted_world, parted)
+    np.testing.assert_array_equal(truth, record_truth(parted_world, records))
+
+    local = identity.RecordMatcher(mode=mode, max_block=3)
+    local.fit(records)
+    km = local.predict(records)
+    dm = identity_dask.DaskRecordMatcher.like(local).on(cluster.client, parts=3)
+    dm.fit(parted)
+    assert dm.to_dict() == local.to_dict() and dm.sessions_ == local.sessions_
+    taken = [s["pairs"] for s in local.sessions_]           # link: the sampled pairs less those within a system
+    assert (2000 in taken if mode == "link_and_dedupe" else max(taken) < 2000) and min(taken) < 2000
+    pd.testing.assert_frame_equal(dm.blocking_, local.blocking_)
+    pd.testing.assert_frame_equal(dm.predict(parted), km)
+    got = matching_report.blocking_report(dm, parted, truth)
+    want = matching_report.blocking_report(local, records, truth)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert local.blocking_["blocks_skipped"].sum() > 0 and 0 < want["pairs_completeness"].iloc[-1] < 1
+    pd.testing.assert_frame_equal(dm.largest_blocks(parted), local.largest_blocks(records))
+    pairs = local.score_pairs(records)
+    pd.testing.assert_frame_equal(matching_report.review_sample(parted, pairs, 0.9, n=8),
+                                  matching_report.review_sample(records, pairs, 0.9, n=8))
+    pd.testing.assert_frame_equal(dm.explain(parted, pairs, 3), local.explain(records, pairs, 3))
+
+
 def _key_map(src, world) -> pd.DataFrame:
     """The planted customers as the key map (records of one person in several systems share a key)."""
     from crmlab.truth import record_truth

@@ -18,6 +18,8 @@ from ..truth import record_truth
 class IdentityResult:
     """What stage 10 decided, for its report.
 
+    ``records``: in Dask mode the sources' Parquet parts (:class:`~crmlab.identity_dask.PartedRecords`:
+    the record names held, other columns read for the rows asked), else the table;
     ``truth``: the planted customer of each record (synthetic worlds), else None; ``previous``: the
     key map whose keys were kept (path), ``kept_share``: the share of records seen before that kept
     their key; ``n_new``: records matched incrementally (None for a full match); ``pairs_of``: in
@@ -25,7 +27,7 @@ class IdentityResult:
     ``events``: None where the workers built them (read them with ``ctx.events()``).
     """
 
-    records: pd.DataFrame
+    records: pd.DataFrame | identity_dask.PartedRecords
     matcher: identity.RecordMatcher
     pairs: identity.PairScores
     key_map: pd.DataFrame
@@ -67,21 +69,25 @@ def run_identity(ctx) -> IdentityResult:
     write ``customer_key_map`` and the events (:mod:`crmlab.events`) every later stage reads."""
     P = ctx.params["identity"]
     src = ctx.sources()
-    records = src.customers
+    client = engine.client(ctx.params["engine"])
+    parts = src.part_files() if client is not None else None
+    previous = previous_key_map(ctx)
+    prev_map = pd.read_parquet(previous) if previous is not None else None
+    incremental = bool(P["incremental"] and prev_map is not None)
+    # Dask: the records stay in the sources' parts, read by the workers (here only their names)
+    records = identity_dask.PartedRecords(parts["customers"]) if parts is not None and not incremental \
+        else src.customers
     truth = record_truth(ctx.params["data"]["dir"], records)
     matcher = identity.RecordMatcher(threshold=P["threshold"], mode=P["mode"], max_block=P["max_block"],
                                      max_cluster=P["max_cluster"], u_sample=P["u_sample"], random_state=ctx.params["seed"])
-    client = engine.client(ctx.params["engine"])
     if client is not None:                 # engine.kind dask: the candidate pairs on the workers, the same keys
         matcher = identity_dask.DaskRecordMatcher.like(matcher).on(client,
                                                                   partition_rows=ctx.params["engine"]["partition_rows"])
     matcher.fit(records)
     # Dask: the candidate pairs stay on the workers (the report samples them below)
     pairs = matcher.score_pairs(records) if client is None else None
-    previous = previous_key_map(ctx)
-    prev_map = pd.read_parquet(previous) if previous is not None else None
     n_new = None
-    if P["incremental"] and prev_map is not None:
+    if incremental:
         # nightly mode: records already keyed keep their keys; only new ones are matched against them
         known = records.merge(prev_map[["source_system", "source_id"]].astype({"source_id": "string"}),
                               on=["source_system", "source_id"], how="left", indicator=True)["_merge"].eq("both").to_numpy()
@@ -101,7 +107,6 @@ def run_identity(ctx) -> IdentityResult:
     ctx.write_artifact("customer_key_map", key_map)
     # the fitted matcher, for the identity index that stage 60 publishes (real-time identification)
     ctx.write_artifact("identity_model", pd.DataFrame({"model": [json.dumps(matcher.to_dict())]}))
-    parts = src.part_files() if client is not None else None
     if parts is not None:                  # the events built by the workers, as parts split by customer
         n = events_dask.parts_for(max(events_dask.table_rows(parts["order_lines"]), events_dask.table_rows(
             parts["orders"])), ctx.params["engine"]["partition_rows"])
