@@ -474,13 +474,14 @@ def _columns(path) -> list[str]:
     return pq.read_schema(path).names
 
 
-def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, out) -> dict[str, int]:
+def build(client, parts: dict[str, list], key_map: "pd.DataFrame | str | Path | None", n: int, out) -> dict[str, int]:
     """The run's events (:meth:`crmlab.events.CustomerEvents.from_sources`) built by ``client``'s workers
     from the sources' Parquet ``parts`` (table name -> part files in table order) and written to ``out``
     as ``n`` parts split by customer (:func:`part_of`): ``out/<artifact>/part-NNNNN.parquet``, each
     table's rows in the local order with their row number in the whole table (:data:`ROW`).
 
-    Nothing but the key map passes through the caller. Source records are joined to the key map in
+    Nothing but the key map passes through the caller, and not even that when it is given as its Parquet
+    file (read by the workers a row group a task). Source records are joined to the key map in
     buckets of a hash of (source_system, source_id), order lines to their orders in buckets of a hash
     of the order id (the orders' values summed there), contacts quoting a reference code to the orders
     quoting it in buckets of a hash of the code; every bucket is then cut by customer part. Records
@@ -495,7 +496,8 @@ def build(client, parts: dict[str, list], key_map: pd.DataFrame | None, n: int, 
     held = {}
 
     def send():
-        km = None if key_map is None else key_map[["source_system", "source_id", "customer_key"]]
+        km = key_map[["source_system", "source_id", "customer_key"]] if isinstance(key_map, pd.DataFrame) \
+            else None if key_map is None else str(key_map)
         held["km"] = parts_on_workers(client, km, b, by=SOURCE_KEY)
         held["dept"] = engine.scatter(client, [products.set_index("product_id")["department"]])[0]
         if contacts:

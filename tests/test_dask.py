@@ -863,6 +863,11 @@ def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world,
     got = _events_from(tmp_path / "ev")
     for name, df in want.artifacts().items():
         pd.testing.assert_frame_equal(got.artifacts()[name], df, check_exact=True, obj=name)
+    if km is not None:                          # the key map as its Parquet file, read by the workers
+        km.to_parquet(tmp_path / "km.parquet", row_group_size=1000, index=False)
+        assert events_dask.build(cluster.client, parts, tmp_path / "km.parquet", 5, tmp_path / "ev2") == written
+        for name, df in _events_from(tmp_path / "ev2").artifacts().items():
+            pd.testing.assert_frame_equal(df, got.artifacts()[name], check_exact=True, obj=name)
     for p, piece in enumerate(events_dask.split(want, 5)):        # what the workers read: the whole's parts
         mine = events_dask.read_part(str(tmp_path / "ev"), p)
         for name, df in piece.artifacts().items():

@@ -104,13 +104,13 @@ def run_identity(ctx) -> IdentityResult:
     if prev_map is not None:
         both = key_map.merge(prev_map.astype({"source_id": "string"}), on=["source_system", "source_id"])
         kept = float((both["customer_key_x"] == both["customer_key_y"]).mean()) if len(both) else float("nan")
-    ctx.write_artifact("customer_key_map", key_map)
+    key_map_file = ctx.write_artifact("customer_key_map", key_map)
     # the fitted matcher, for the identity index that stage 60 publishes (real-time identification)
     ctx.write_artifact("identity_model", pd.DataFrame({"model": [json.dumps(matcher.to_dict())]}))
     if parts is not None:                  # the events built by the workers, as parts split by customer
         n = events_dask.parts_for(max(events_dask.table_rows(parts["order_lines"]), events_dask.table_rows(
             parts["orders"])), ctx.params["engine"]["partition_rows"])
-        events_dask.build(client, parts, key_map, n, ctx.run_dir / "artifacts")
+        events_dask.build(client, parts, key_map_file, n, ctx.run_dir / "artifacts")   # read by the workers
         ev = None
     else:
         ev = CustomerEvents.from_sources(src, key_map)
