@@ -263,11 +263,11 @@ def make_customers(rng: np.random.Generator, spec: WorldSpec) -> dict:
     dept = rng.gamma(dept_alpha[life]).astype(np.float32)
     dept /= dept.sum(1, keepdims=True)
 
-    text = dict(first=first, last=last, street=street, town=town, postcode=postcode, old_street=old_street,
-                old_town=old_town, old_postcode=old_postcode, phone=phone, old_phone=old_phone, email=email,
-                old_email=old_email)
-    return dict(n=n, life=life, dob=dob, **{k: v.astype("str") for k, v in text.items()}, household=household,
-                mover=mover, acq_day=acq_day, lam=lam, p=p, nu=nu, chan=chan, media=media, dept=dept)
+    return dict(n=n, life=life, dob=dob, first=first, last=last, street=street, town=town,
+                postcode=postcode, household=household, mover=mover, old_street=old_street,
+                old_town=old_town, old_postcode=old_postcode, phone=phone, old_phone=old_phone,
+                email=email, old_email=old_email, acq_day=acq_day, lam=lam, p=p, nu=nu,
+                chan=chan, media=media, dept=dept)
 
 
 # ----------------------------------------------------------------------------- source records
