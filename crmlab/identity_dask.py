@@ -416,6 +416,14 @@ class DaskRecordMatcher(RecordMatcher):
         self._dask_chunks = (fingerprint, futures)
         return futures
 
+    @staticmethod
+    def _frame(records) -> pd.DataFrame:
+        """The frame the matcher works on: :class:`PartedRecords`' name columns, or the table with row
+        positions as its index (itself when it has them, so that its fingerprint is hashed once)."""
+        if isinstance(records, PartedRecords):
+            return records.keys
+        return records if records.index.equals(pd.RangeIndex(len(records))) else records.reset_index(drop=True)
+
     def _parted_of(self, records) -> PartedRecords | None:
         """The :class:`PartedRecords` that ``records`` are (or whose name columns they are), else None."""
         parted = getattr(self, "_parted", None)
@@ -440,15 +448,11 @@ class DaskRecordMatcher(RecordMatcher):
     def _prepare(self, records):
         """The records' checks, made on the keyed chunks; arenas only for what the samples need.
         ``records``: a DataFrame, or :class:`PartedRecords` (checked on the name columns held here)."""
-        if isinstance(records, PartedRecords):
-            self._parted = records
-            df, empty = records.keys, records.empty()
-        elif not isinstance(records, pd.DataFrame) or len(records) == 0:
+        if not isinstance(records, (pd.DataFrame, PartedRecords)) or len(records) == 0:
             raise CrmlabError("record matching needs a non-empty DataFrame of records")
-        else:
-            self._parted = None
-            df = records if records.index.equals(pd.RangeIndex(len(records))) else records.reset_index(drop=True)
-            empty = df.iloc[:0]
+        self._parted = records if isinstance(records, PartedRecords) else None
+        df = self._frame(records)
+        empty = records.empty() if self._parted is not None else df.iloc[:0]
         needed, _ = self._needed()
         client = self._client
 
@@ -667,7 +671,7 @@ class DaskRecordMatcher(RecordMatcher):
 
         def run():
             self._parts(records)                    # the fit's blocking of these records: its oversized keys
-            df = records.keys if isinstance(records, PartedRecords) else records.reset_index(drop=True)
+            df = self._frame(records)
             chunks = self._chunks(df, self._print(df))
             bounds = self._bounds(df)
             tagged = [client.submit(lambda c, t: c.assign(_truth=t), ch, truth[a:b], pure=False)
