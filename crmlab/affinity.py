@@ -78,19 +78,6 @@ class Baskets:
         return cls(indptr, it, vocab, np.asarray(b_ids))
 
     @classmethod
-    def concat(cls, parts: list["Baskets"]) -> "Baskets":
-        """Baskets with disjoint ids over the same items as one, in id order: what :meth:`from_frame`
-        makes of all their rows (baskets of the customers' parts of the events, say)."""
-        if not parts:
-            raise CrmlabError("baskets: no baskets (empty input)")
-        if len(parts) == 1:
-            return parts[0]
-        lens = np.concatenate([np.diff(p.indptr) for p in parts])
-        whole = cls(np.r_[0, np.cumsum(lens)].astype(np.int64), np.concatenate([p.indices for p in parts]),
-                    parts[0].items, np.concatenate([p.ids for p in parts]))
-        return whole.take(np.argsort(whole.ids, kind="stable"))
-
-    @classmethod
     def from_lists(cls, lists) -> "Baskets":
         rows = [(i, item) for i, basket in enumerate(lists) for item in basket]
         if not rows:
@@ -128,24 +115,49 @@ class Baskets:
         pos = np.repeat(lo - indptr[:-1], hi - lo) + np.arange(indptr[-1])
         return Baskets(indptr, self.indices[pos], self.items, None if self.ids is None else self.ids[rows])
 
+    def item_counts(self) -> np.ndarray:
+        """Baskets holding each item of the vocabulary."""
+        return K.item_counts(self.indptr, self.indices, self.n_items)
+
+    def pair_counts(self, min_count: int = 1):
+        """(item_a, item_b, baskets) of the item pairs in at least ``min_count`` baskets."""
+        return K.pair_counts(self.indptr, self.indices, self.n_items, min_count)
+
     def roll_up(self, mapping: pd.Series) -> "Baskets":
-        """Baskets over a coarser vocabulary (item -> category, say)."""
-        missing = ~self.items.isin(mapping.index)
-        if missing.any():
-            raise CrmlabError(f"roll_up: {int(missing.sum())} items have no mapping, e.g. {list(self.items[missing][:3])}")
-        code, coarse = pd.factorize(mapping.reindex(self.items), sort=True)     # item -> coarse code (-1: none)
-        line = code[self.indices]                                            # codes, not a frame of labels
+        """Baskets over a coarser vocabulary (item -> category, say): the coarse labels the baskets hold,
+        sorted."""
+        code, coarse = coarse_codes(self.items, mapping)
+        line = self.coarse_lines(code)
+        used = np.unique(line)
+        if not len(used):
+            raise CrmlabError("baskets: no baskets (empty input)")
+        return self.rolled(line, used, pd.Index(coarse[used]))
+
+    def coarse_lines(self, code: np.ndarray) -> np.ndarray:
+        """The coarse code (:func:`coarse_codes`) of every basket line."""
+        line = code[self.indices]
         if (line < 0).any():
             bad = self.items[np.unique(self.indices[line < 0])[:3]]
             raise CrmlabError(f"roll_up: items in baskets map to a missing value, e.g. {list(bad)}")
-        used = np.unique(line)                     # the vocabulary: what the baskets hold, sorted
-        if not len(used):
-            raise CrmlabError("baskets: no baskets (empty input)")
+        return line
+
+    def rolled(self, line: np.ndarray, used: np.ndarray, vocab: pd.Index) -> "Baskets":
+        """These baskets over ``vocab``, the coarse labels of the sorted codes ``used``, which hold every
+        code of ``line`` (:meth:`coarse_lines`); empty baskets and ids kept."""
         line = np.searchsorted(used, line)
         b = np.repeat(np.arange(self.n_baskets, dtype=np.int64), np.diff(self.indptr))
         key = np.unique(b * len(used) + line)
         indptr = np.r_[0, np.cumsum(np.bincount(key // len(used), minlength=self.n_baskets))].astype(np.int64)
-        return Baskets(indptr, (key % len(used)).astype(np.int32), pd.Index(coarse[used]), self.ids)
+        return Baskets(indptr, (key % len(used)).astype(np.int32), vocab, self.ids)
+
+
+def coarse_codes(items: pd.Index, mapping: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's code among the sorted coarse labels of ``mapping`` (-1: maps to a missing value) and
+    those labels; an item ``mapping`` lacks is an error."""
+    missing = ~items.isin(mapping.index)
+    if missing.any():
+        raise CrmlabError(f"roll_up: {int(missing.sum())} items have no mapping, e.g. {list(items[missing][:3])}")
+    return pd.factorize(mapping.reindex(items), sort=True)
 
 
 def _as_baskets(data) -> Baskets:
@@ -551,17 +563,15 @@ class ItemRecommender(Params):
         self.neighbours = neighbours
         self.min_co = min_co
 
-    def fit(self, customer_baskets: Baskets, pair_counts=None) -> "ItemRecommender":
-        """Learn each item's strongest neighbours. ``pair_counts(baskets, min_count) -> (a, c, n_ab)``:
-        how co-occurrences are counted (default the local kernel; :func:`crmlab.affinity_dask.pair_counts`
-        on a Dask cluster, the same counts)."""
+    def fit(self, customer_baskets: Baskets) -> "ItemRecommender":
+        """Learn each item's strongest neighbours from the customers' baskets (or
+        :class:`crmlab.affinity_dask.BasketParts`: counted by parts on a Dask cluster, the same counts)."""
         if self.similarity not in ("cosine", "lift"):
             raise CrmlabError(f"similarity must be 'cosine' or 'lift', got '{self.similarity}'")
         reset(self)
         b = customer_baskets
-        a, c, n_ab = (pair_counts(b, self.min_co) if pair_counts is not None else
-                      K.pair_counts(b.indptr, b.indices, b.n_items, self.min_co))
-        pop = K.item_counts(b.indptr, b.indices, b.n_items).astype(np.float64)
+        a, c, n_ab = b.pair_counts(self.min_co)
+        pop = b.item_counts().astype(np.float64)
         if self.similarity == "cosine":
             sim = n_ab / np.sqrt(pop[a] * pop[c])
         else:
@@ -691,9 +701,10 @@ def mine_rules(b: Baskets, p: dict, sensitive=(), names: pd.Series | None = None
 
 
 def lift_matrix(b: Baskets) -> pd.DataFrame:
-    """Pairwise lift between all items of (usually rolled-up) baskets; diagonal NaN."""
-    a, c, n_ab = K.pair_counts(b.indptr, b.indices, b.n_items, 1)
-    pop = K.item_counts(b.indptr, b.indices, b.n_items).astype(float)
+    """Pairwise lift between all items of (usually rolled-up) baskets, or of
+    :class:`crmlab.affinity_dask.BasketParts`; diagonal NaN."""
+    a, c, n_ab = b.pair_counts(1)
+    pop = b.item_counts().astype(float)
     m = np.full((b.n_items, b.n_items), np.nan)
     lift = n_ab * b.n_baskets / (pop[a] * pop[c])
     m[a, c] = lift

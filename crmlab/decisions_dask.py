@@ -46,7 +46,7 @@ def decide_by_parts(client, partition_rows: int, ev: CustomerEvents, segments, v
         sizes = client.gather([client.submit(_key_sample, i[0], pure=False) for i in sent["inputs"]])
         rows = sum(k for k, _ in sizes)                                              # segment rows in all
         sent["rows"] = np.linspace(0, rows, n + 1).astype(np.int64)[1:-1]
-        sent["keys"] = _bounds(np.sort(np.concatenate([s for _, s in sizes])), n)
+        sent["keys"] = table_parts.bounds(np.sort(np.concatenate([s for _, s in sizes])), n)
 
     def again():
         parts.scatter()
@@ -69,13 +69,6 @@ def _medium_counts(ev: CustomerEvents, cutoff) -> dict:
 def _key_sample(segments: pd.DataFrame, every: int = 1000) -> tuple[int, np.ndarray]:
     """A part's number of segment rows and every ``every``-th of its keys, sorted."""
     return len(segments), np.sort(segments["customer_key"].to_numpy(dtype=object))[::every]
-
-
-def _bounds(keys: np.ndarray, n: int) -> np.ndarray:
-    """``n - 1`` bounds cutting sorted ``keys`` into ``n`` ranges of about equal size."""
-    if not len(keys):
-        return np.full(n - 1, "", object)
-    return keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]]
 
 
 def _decide_part(ev, inputs, fixed, rows, keys):

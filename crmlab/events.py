@@ -299,11 +299,6 @@ class CustomerEvents:
         each given as its rows of those customers (here whole; where the events are parts, cut there)."""
         return [fn(self, *[read_table(t) for t in tables], *args)]
 
-    def map_lines(self, fn, *args) -> list:
-        """``[fn(lines, *args)]`` for the order lines of disjoint sets of customers (here one: all of them;
-        where the events are parts, one per part that has lines, computed where the part lies)."""
-        return [fn(self.lines, *args)]
-
     def lines_sample(self, customers: int) -> tuple[pd.DataFrame, float]:
         """Order lines of a random set of at least ``customers`` customers (here all), and the share of
         customers they are (a report's evaluation on a sample where the events are parts)."""

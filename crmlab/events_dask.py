@@ -131,10 +131,6 @@ def rows_on(client, ev: CustomerEvents, partition_rows: int):
     return ev.feature_rows if client is None else on_cluster(client, ev, partition_rows).feature_rows
 
 
-def _on_lines(ev: CustomerEvents, fn, *args):
-    return fn(ev.lines, *args) if len(ev.lines) else None
-
-
 def _departments(ev: CustomerEvents, before) -> list:
     return ev.departments(before)
 
@@ -213,10 +209,6 @@ class PartedEvents(CustomerEvents):
 
     def map_parts(self, fn, *args, what: str | None = None, tables: tuple = ()) -> list:
         return self.parts.map(fn, *args, what=what, tables=tables)
-
-    def map_lines(self, fn, *args) -> list:
-        got = self.parts.map(_on_lines, fn, *args, what=getattr(fn, "__name__", None))
-        return [g for g in got if g is not None]
 
     def lines_sample(self, customers: int) -> tuple[pd.DataFrame, float]:
         """The lines of the first parts (customers are spread over the parts by a hash of their key)."""

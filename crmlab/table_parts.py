@@ -92,6 +92,13 @@ class TableParts:
         return cls(client, engine.scatter(client, frames))
 
 
+def bounds(keys: np.ndarray, n: int) -> np.ndarray:
+    """``n - 1`` bounds cutting sorted ``keys`` into ``n`` ranges of about equal size (for :func:`by_range`)."""
+    if not len(keys):
+        return np.full(n - 1, "", object)
+    return keys[np.linspace(0, len(keys), n + 1).astype(np.int64)[1:-1]]
+
+
 def by_range(df: pd.DataFrame, bounds: np.ndarray, column: str = "customer_key") -> list[pd.DataFrame]:
     """``df``'s rows by the range of sorted ``bounds`` their ``column`` falls in (``len(bounds) + 1``
     ranges), each range's rows in ``df``'s order: what :func:`regroup` puts together."""

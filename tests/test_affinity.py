@@ -278,25 +278,6 @@ def test_deep_itemsets_come_out_in_item_order_whatever_the_split():
     assert sets == sorted(sets, key=lambda s: (len(s), s))
 
 
-@pytest.mark.parametrize("ids", ["int", "str"])
-def test_baskets_of_disjoint_parts_concatenate_to_the_whole(ids):
-    """Long, skewed baskets whose rows are cut into parts by a hash of their owner (as the events'
-    parts are), each made into baskets and concatenated: the whole's baskets, ids in the same order."""
-    rng = np.random.default_rng(4)
-    sizes = np.minimum(rng.zipf(1.6, 3000), 300)
-    basket = np.repeat(rng.permutation(10**6)[:3000], sizes)
-    rows = pd.DataFrame({"b": basket if ids == "int" else pd.Series(basket).map("o{:07d}".format).to_numpy(),
-                         "item": rng.integers(0, 400, len(basket))}).sample(frac=1, random_state=1)
-    items = np.arange(410)
-    whole = Baskets.from_frame(rows, "b", "item", items=items)
-    part = pd.util.hash_array(rows["b"].to_numpy()) % 5
-    got = Baskets.concat([Baskets.from_frame(rows[part == p], "b", "item", items=items) for p in range(5)])
-    np.testing.assert_array_equal(got.ids, whole.ids)
-    np.testing.assert_array_equal(got.indptr, whole.indptr)
-    np.testing.assert_array_equal(got.indices, whole.indices)
-    assert got.items.equals(whole.items) and sizes.max() == 300
-
-
 def test_roll_up_by_codes_equals_the_baskets_of_the_coarse_labels():
     """Baskets rolled up to categories (long, skewed baskets; an empty basket; a category only an unused
     item has; unmapped items outside the baskets) equal the baskets built from the (basket, category)

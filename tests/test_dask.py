@@ -315,8 +315,7 @@ def test_recommender_by_parts_equals_local(cluster, world):
     banned = set(b.items[:5])
     local = affinity.ItemRecommender(k=5)
     want = local.fit(b).recommend(b, exclude_items=banned)
-    rec = affinity.ItemRecommender(k=5).fit(
-        b, pair_counts=lambda bb, mc: affinity_dask.pair_counts(cluster.client, bb, mc, partition_baskets=300))
+    rec = affinity.ItemRecommender(k=5).fit(affinity_dask.BasketParts.scatter(cluster.client, b, 300))
     for a in ("nbr_ptr_", "nbr_idx_", "nbr_sim_", "popularity_"):
         assert np.array_equal(getattr(rec, a), getattr(local, a)), a
     got = affinity_dask.recommend(cluster.client, rec, b, banned, partition_baskets=300)
@@ -934,6 +933,56 @@ def test_stages_ask_the_lines_of_the_parts_and_get_the_whole_answers(cluster, pa
         np.testing.assert_allclose(mine[t].holdout_p, local[t].holdout_p, rtol=1e-12, atol=0)
     X_m = measure.campaign_features(got, want.contacts, features=events_dask.rows_on(cluster.client, got, 0))[0]
     pd.testing.assert_frame_equal(X_m, measure.campaign_features(want, want.contacts)[0], check_exact=True)
+
+
+def test_affinity_baskets_made_where_the_lines_lie_equal_the_whole(cluster, parted_world, tmp_path):
+    """Stage 20 on events left as parts: order and customer baskets made by the parts (one with no line
+    at all) give the whole's counts, itemsets (supports, order), department lifts and roll-ups, the
+    same recommender and the local recommendation table row for row (lists regrouped by ranges of the
+    customer), without the order lines ever read whole here."""
+    from crmlab import sources_dask
+
+    src = sources_dask.load(cluster.client, parted_world, tmp_path / "src", as_of=AS_OF)
+    km = _key_map(src, parted_world)
+    want = CustomerEvents.from_sources(src, km)
+    events_dask.build(cluster.client, src.part_files(), km, 5, tmp_path / "ev")
+    got = _NothingWhole(cluster.client, tmp_path / "ev")
+    products = src["products"]
+    items = products["product_id"]
+    no_lines = cluster.client.submit(lambda ev: CustomerEvents(ev.orders.iloc[:0], ev.lines.iloc[:0], None,
+                                                               ev.profile.iloc[:0]), got.parts.parts[0], pure=False)
+    parts = got.parts.parts + [no_lines]
+    orders = affinity_dask.BasketParts.of_events(cluster.client, parts, "order_id", items)
+    whole = affinity.Baskets.from_frame(want.lines, "order_id", "product_id", items)
+    assert orders.n == 5 and orders.n_baskets == whole.n_baskets and orders.items.equals(whole.items)
+    np.testing.assert_array_equal(orders.item_counts(), whole.item_counts())
+    for a, b in zip(orders.pair_counts(2), whole.pair_counts(2)):
+        np.testing.assert_array_equal(a, b)
+    its = affinity_dask.frequent_itemsets(cluster.client, orders, 0.002, 3)
+    local = affinity.frequent_itemsets(whole, min_support=0.002, max_len=3, columnar=True)
+    assert len(local) > 50 and (local.lens == 3).any()
+    for a in ("flat", "lens", "counts"):
+        assert np.array_equal(getattr(its, a), getattr(local, a)), a
+    for level in ("department", "category"):
+        mapping = products.set_index("product_id")[level]
+        rolled, plain = orders.roll_up(mapping), whole.roll_up(mapping)
+        assert rolled.items.equals(plain.items) and rolled.n_baskets == plain.n_baskets
+        pd.testing.assert_frame_equal(affinity.lift_matrix(rolled), affinity.lift_matrix(plain), check_exact=True)
+    customers = affinity_dask.BasketParts.of_events(cluster.client, parts, "customer_key", items)
+    cw = affinity.Baskets.from_frame(want.lines, "customer_key", "product_id", items)
+    rec, local = affinity.ItemRecommender(k=4).fit(customers), affinity.ItemRecommender(k=4).fit(cw)
+    for a in ("nbr_ptr_", "nbr_idx_", "nbr_sim_", "popularity_"):
+        assert np.array_equal(getattr(rec, a), getattr(local, a)), a
+    banned = set(items[:40])
+    names = products.set_index("product_id")["product_name"]
+    table = affinity_dask.recommend_parts(cluster.client, rec, customers, banned, 0, affinity.published_recommendations,
+                                          names, banned)
+    assert table.n == 5
+    expected = affinity.published_recommendations(local.recommend(cw, exclude_items=banned), names, banned)
+    assert len(expected) > 5000
+    pd.testing.assert_frame_equal(table.compute(), expected, check_exact=True)
+    with pytest.raises(CrmlabError, match="no mapping"):
+        orders.roll_up(products.set_index("product_id")["department"].iloc[1:])
 
 
 def test_value_stage_and_its_report_by_parts_never_read_the_orders_here(cluster, parted_world, tmp_path):

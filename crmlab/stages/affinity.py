@@ -15,7 +15,8 @@ EVAL_SAMPLE = 200_000
 
 @dataclass
 class AffinityResult:
-    """What stage 20 decided, for its report: order baskets of products and at ``level``, rules at
+    """What stage 20 decided, for its report: order baskets of products and at ``level`` (in Dask mode
+    :class:`~crmlab.affinity_dask.BasketParts` left on the workers), rules at
     ``level`` (with guards), the recommender and its recommendations (a frame; in Dask mode a
     :class:`~crmlab.table_parts.TableParts` left on the workers) with their ``counts``
     (:func:`crmlab.affinity.recommendation_counts`); ``names``: product names (None when rules are on a
@@ -26,8 +27,8 @@ class AffinityResult:
     lines: pd.DataFrame
     sensitive: set
     level: str
-    product_baskets: affinity.Baskets
-    baskets: affinity.Baskets
+    product_baskets: "affinity.Baskets | affinity_dask.BasketParts"
+    baskets: "affinity.Baskets | affinity_dask.BasketParts"
     names: pd.Series | None
     rules: pd.DataFrame
     recommender: affinity.ItemRecommender
@@ -44,29 +45,32 @@ def run_affinity(ctx) -> AffinityResult:
     products = ctx.sources()["products"]
     names = products.set_index("product_id")["product_name"]
     ev = ctx.events()
+    client, rows = engine.client(ctx.params["engine"]), ctx.params["engine"]["partition_rows"]
 
-    def baskets_of(by):                     # by parts of the customers where the lines are parts: the same
-        return affinity.Baskets.concat(ev.map_lines(affinity.Baskets.from_frame, by, "product_id", products["product_id"]))
+    def baskets_of(by):                # Dask: baskets by parts, made where the lines lie when they are parts
+        if client is not None and ev.parts is not None:
+            return affinity_dask.BasketParts.of_events(client, ev.parts.parts, by, products["product_id"])
+        b = affinity.Baskets.from_frame(ev.lines, by, "product_id", products["product_id"])
+        return b if client is None else affinity_dask.BasketParts.scatter(client, b, rows)
     sensitive = affinity.sensitive_items(products, P["sensitive_categories"])
     level = {"product": "product_id", "category": "category", "department": "department"}[P["level"]]
     product_baskets = baskets = baskets_of("order_id")
     if level != "product_id":
         baskets = baskets.roll_up(products.set_index("product_id")[level])
         names = None
-    client, rows = engine.client(ctx.params["engine"]), ctx.params["engine"]["partition_rows"]
     mine = None if client is None else (lambda b, support, max_len: affinity_dask.frequent_itemsets(
-        client, b, support, max_len, partition_baskets=rows))          # Dask: by parts, the same itemsets
+        client, b, support, max_len))                                  # Dask: by parts, the same itemsets
     rules = affinity.mine_rules(baskets, P, sensitive if level == "product_id" else (), names, itemsets=mine)
     ctx.write_artifact("affinity_rules", rules.drop(columns=["representativity"]))
     customer_baskets = baskets_of("customer_key")
     recommender = affinity.ItemRecommender(k=P["top_k"], similarity=P["similarity"], neighbours=P["neighbours"])
+    recommender.fit(customer_baskets)                                  # Dask: co-occurrences counted by parts
     product_names = products.set_index("product_id")["product_name"]
     if client is None:
-        recs = recommender.fit(customer_baskets).recommend(customer_baskets, exclude_items=sensitive)
+        recs = recommender.recommend(customer_baskets, exclude_items=sensitive)
         recs = affinity.published_recommendations(recs, product_names, sensitive)
         counts = affinity.recommendation_counts(recs, sensitive)
-    else:              # co-occurrences and lists by parts; the lists stay there and are written as parts
-        recommender.fit(customer_baskets, pair_counts=lambda b, mc: affinity_dask.pair_counts(client, b, mc, rows))
+    else:                                          # the lists stay on the workers and are written as parts
         recs = affinity_dask.recommend_parts(client, recommender, customer_baskets, sensitive, rows,
                                              affinity.published_recommendations, product_names, sensitive)
         counts = affinity.add_recommendation_counts(recs.map(affinity.recommendation_counts, sensitive))
