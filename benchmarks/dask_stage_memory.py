@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partition-rows", type=int, default=1_000_000)
+    ap.add_argument("--memory-limit", help="engine.memory_limit per worker, e.g. 6GB (default: an equal share of RAM)")
     ap.add_argument("--to", default="60_publish", help="the last stage of the chain")
     ap.add_argument("--again", help="run the chain from this stage twice more on the same artifacts")
     ap.add_argument("--keep", help="folder for the world and the runs (kept)")
@@ -43,6 +44,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [f"# python benchmarks/dask_stage_memory.py --customers {a.customers} --workers {a.workers} "
              f"--partition-rows {a.partition_rows} --to {a.to}" + (f" --again {a.again}" if a.again else "")
+             + (f" --memory-limit {a.memory_limit}" if a.memory_limit else "")
              + (f" --resume {a.resume}" if a.resume else ""),
              f"# {dt.date.today()}, commit {commit}, {platform.machine()}, {os.cpu_count()} CPUs; engine.kind: dask on a "
              "LocalCluster started for each run; SQLite publish target; MB: peak memory of the stage's process, "
@@ -65,7 +67,7 @@ def main() -> None:
         stages = STAGES[:STAGES.index(a.to) + 1]
         base = [f"data.dir={world}", f"runs_dir={root / 'runs'}", f"stages=[{', '.join(stages)}]", "report.html=false",
                 "report.reviewer_html=false", "engine.kind=dask", f"engine.workers={a.workers}",
-                f"engine.partition_rows={a.partition_rows}"]
+                f"engine.partition_rows={a.partition_rows}"] + ([f"engine.memory_limit={a.memory_limit}"] if a.memory_limit else [])
         starts = [a.resume] if a.resume else [None] + [a.again] * (2 if a.again else 0)
         for attempt, start in enumerate(starts):
             t0 = time.perf_counter()
