@@ -61,14 +61,24 @@ def keyed_contacts(src, key_map: pd.DataFrame | None = None) -> pd.DataFrame:
 ROW = "_row"
 
 
-def read_parts(folder, first: int | None = None) -> pd.DataFrame:
-    """A table written as a folder of Parquet parts, whole (or its ``first`` parts): rows numbered
-    :data:`ROW` (events split by customer) put back in that order, the number dropped."""
+def read_parts(folder, first: int | None = None, columns: list | None = None) -> pd.DataFrame:
+    """A table written as a folder of Parquet parts, whole (or its ``first`` parts; only those of
+    ``columns`` it has): rows numbered :data:`ROW` (events split by customer) put back in that order,
+    the number dropped."""
     parts = sorted(Path(folder).glob("*.parquet"))[:first]
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    columns = None if columns is None or not parts else present(parts[0], [*columns, ROW])
+    df = pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
     if ROW in df:
         df = df.iloc[np.argsort(df[ROW].to_numpy(), kind="stable")].drop(columns=ROW).reset_index(drop=True)
     return df
+
+
+def present(path, columns: list) -> list:
+    """Those of ``columns`` that the Parquet file at ``path`` has, in the given order (its schema read)."""
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    return [c for c in columns if c in have]
 
 
 def read_table(table) -> pd.DataFrame | None:

@@ -159,10 +159,13 @@ class StageContext:
             shutil.rmtree(parts)
         return file
 
-    def read_artifact(self, name: str) -> pd.DataFrame:
-        """An artifact of an earlier stage; a clear error naming that stage when it is not there."""
+    def read_artifact(self, name: str, columns: list | None = None) -> pd.DataFrame:
+        """An artifact of an earlier stage (only those of ``columns`` it has: a check of the table then
+        names what is missing); a clear error naming that stage when it is not there."""
         path = self.artifact_file(name)
-        return events.read_parts(path) if path.is_dir() else pd.read_parquet(path)
+        if path.is_dir():
+            return events.read_parts(path, columns=columns)
+        return pd.read_parquet(path, columns=None if columns is None else events.present(path, columns))
 
     def artifact_file(self, name: str) -> Path:
         """Where :meth:`read_artifact` reads (a Parquet file, or a folder of parts), for code that has it
@@ -178,7 +181,7 @@ class StageContext:
             raise CrmlabError(f"artifact '{name}' not found in {path.parent}: it is written by {writer}; {how}")
         return path
 
-    def optional_artifact(self, name: str, file: bool = False) -> pd.DataFrame | Path | None:
+    def optional_artifact(self, name: str, file: bool = False, columns: list | None = None) -> pd.DataFrame | Path | None:
         """An artifact whose stage the parameter file may leave out ('stages'): None when it is left out,
         else as :meth:`read_artifact` (a missing artifact of a listed stage is an error, not a fallback);
         ``file``: as :meth:`artifact_file`."""
@@ -186,7 +189,7 @@ class StageContext:
         if writer is not None and writer not in self.params["stages"]:
             self._read(name)
             return None
-        return self.artifact_file(name) if file else self.read_artifact(name)
+        return self.artifact_file(name) if file else self.read_artifact(name, columns)
 
     def events(self) -> events.CustomerEvents:
         """The run's keyed events (:mod:`crmlab.events`): written by 10_identity with its key map; when

@@ -464,7 +464,7 @@ def assignments(all_keys, features: pd.DataFrame, labels: np.ndarray, names: lis
     Customers without features (no order before the cut-off) get segment_id -1, ``PROSPECT``.
     """
     seg = pd.DataFrame({"segment_id": np.asarray(labels, dtype=np.int64)}, index=features.index)
-    out = pd.DataFrame(index=pd.Index(pd.unique(np.asarray(all_keys, dtype=object)), name="customer_key"))
+    out = pd.DataFrame(index=pd.Index(all_keys).unique().rename("customer_key"))
     out = out.join(seg)
     out["segment_id"] = out["segment_id"].fillna(-1).astype(np.int64)
     lookup = np.asarray(list(names) + [PROSPECT], dtype=object)

@@ -348,6 +348,8 @@ def test_recommendations_left_on_the_workers_are_written_as_a_folder_of_parts(cl
         assert path.is_dir() and len(list(path.glob("part-*.parquet"))) == got.n
         assert sorted(p.name for p in path.parent.iterdir()) == ["customer_recommendations"]   # nothing left over
         pd.testing.assert_frame_equal(ctx.read_artifact("customer_recommendations"), want, check_exact=True)
+        pd.testing.assert_frame_equal(ctx.read_artifact("customer_recommendations", ["product_id", "nope", "customer_key"]),
+                                      want[["product_id", "customer_key"]], check_exact=True)    # only those it has
     counts = affinity.add_recommendation_counts(got.map(affinity.recommendation_counts, banned))
     whole = affinity.recommendation_counts(want, banned)
     assert {k: counts[k] for k in ("customers", "rows", "sensitive")} == {k: whole[k] for k in ("customers", "rows", "sensitive")}
@@ -355,6 +357,7 @@ def test_recommendations_left_on_the_workers_are_written_as_a_folder_of_parts(cl
     assert counts["names"].is_monotonic_decreasing
     path = ctx.write_artifact("customer_recommendations", want)                # a frame replaces the folder
     assert path.is_file() and not (path.parent / "customer_recommendations").exists()
+    pd.testing.assert_frame_equal(ctx.read_artifact("customer_recommendations", ["score", "nope"]), want[["score"]])
     (path.parent / "notes").mkdir()                                            # a folder that is not parts
     (path.parent / "notes" / "read.me").write_text("kept")
     with pytest.raises(CrmlabError, match="folder of other files"):
