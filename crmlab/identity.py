@@ -983,11 +983,10 @@ def assign_keys(current: pd.DataFrame, previous: pd.DataFrame | None = None) -> 
         nums = pd.Series(prev["customer_key"]).str.extract(r"(\d+)$", expand=False).dropna().astype(int)
         next_no = int(nums.max()) + 1 if len(nums) else 1
     need = np.flatnonzero(~taken)
-    if len(need):                       # new keys numbered by each cluster's first (system, id): row order free
-        first = (current[["source_system", "source_id"]].astype("string").assign(_c=inv)
-                 .sort_values(["source_system", "source_id"]).drop_duplicates("_c"))
-        rank = np.empty(len(uniq), np.int64)
-        rank[first["_c"].to_numpy()] = np.arange(len(first))
-        need = need[np.argsort(rank[need], kind="stable")]
+    if len(need):                       # new keys numbered by each cluster's first (system, id) as text: row order free
+        system, sid = (pd.factorize(current[c].astype("string"), sort=True, use_na_sentinel=False)[0]
+                       for c in ("source_system", "source_id"))
+        _, first = np.unique(inv[np.lexsort((sid, system))], return_index=True)    # each cluster's first row so
+        need = need[np.argsort(first[need], kind="stable")]
     keys[need] = [f"K{next_no + i:010d}" for i in range(len(need))]
     return keys[inv]

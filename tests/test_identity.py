@@ -372,3 +372,38 @@ def test_largest_blocks_name_the_key_and_size():
         np.testing.assert_array_equal(got["skipped"].to_numpy(), want > 4)
         assert (got["pairs"] == got["records"] * (got["records"] - 1) // 2).all()
     assert big["key"].str.contains(r"\*").all()                   # person fields masked
+
+
+def _new_keys_ref(systems, ids, clusters) -> dict:
+    """Plain reference: clusters numbered K0000000001.. by their smallest (system, id) as text."""
+    first = {}
+    for s, i, c in zip(systems, ids, clusters):
+        first[c] = min(first.get(c, (str(s), str(i))), (str(s), str(i)))
+    return {c: f"K{n + 1:010d}" for n, c in enumerate(sorted(first, key=first.get))}
+
+
+@pytest.mark.parametrize("ids", ["numeric", "text"])
+def test_new_keys_numbered_by_each_clusters_first_record_as_text(ids):
+    """assign_keys: skewed clusters (one of 400 records, most of one), spanning systems, ids whose text
+    order is not their numeric order (9 < 10 as numbers, '10' < '9' as text), rows in any order; with a
+    previous key map, the clusters it covers keep their keys and the new ones are numbered after them."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    systems = rng.choice(["web", "crm", "store"], n)
+    raw = rng.permutation(20_000)[:n]
+    clusters = np.minimum(rng.zipf(1.3, n), 1500) if ids == "numeric" else rng.integers(0, 3000, n)
+    clusters[:400] = 7
+    cur = pd.DataFrame({"source_system": systems, "source_id": raw if ids == "numeric" else [f"id{v}" for v in raw],
+                        "cluster": clusters}).sample(frac=1, random_state=2)
+    got = identity.assign_keys(cur)
+    ref = _new_keys_ref(cur["source_system"], cur["source_id"], cur["cluster"])
+    assert list(got) == [ref[c] for c in cur["cluster"]]
+    prev = cur.assign(customer_key=got)[cur["cluster"] % 3 == 0].drop(columns="cluster")
+    again = identity.assign_keys(cur, prev)
+    kept = (cur["cluster"] % 3 == 0).to_numpy()
+    assert (again[kept] == got[kept]).all()
+    rest = cur[~kept]
+    last = max(int(k[1:]) for k in got[kept])
+    ref = {c: f"K{int(k[1:]) + last:010d}" for c, k in _new_keys_ref(rest["source_system"], rest["source_id"],
+                                                                      rest["cluster"]).items()}
+    assert list(again[~kept]) == [ref[c] for c in rest["cluster"]]
