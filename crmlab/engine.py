@@ -13,7 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 from asyncio import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import compile_cache, threads
 from .errors import ConfigError, CrmlabError
@@ -38,6 +38,7 @@ class Cluster:
     dashboard: str | None
     workers: int
     local: object | None = None
+    _spilled: dict = field(default_factory=dict, repr=False)      # per worker: bytes written by the last usage()
 
     def describe(self) -> dict:
         """What the manifest records."""
@@ -45,13 +46,16 @@ class Cluster:
                 "started_for_run": self.local is not None}
 
     def usage(self) -> dict:
-        """Per worker so far: peak resident memory (MB) and bytes spilled to disk, for the manifest."""
+        """For the manifest, at the end of a stage: the busiest worker's peak resident memory so far (MB)
+        and the bytes the workers wrote to disk spilling since the previous call (the stage's)."""
         try:
             got = self.client.run(_worker_usage)
         except Exception:                                   # noqa: BLE001 - a report, never a failure
             return {}
+        spilled = sum(max(0, v[1] - self._spilled.get(w, 0)) for w, v in got.items())   # a new worker starts at 0
+        self._spilled = {w: v[1] for w, v in got.items()}
         return {"workers_peak_mb": round(max((v[0] for v in got.values()), default=0.0), 1),
-                "spilled_bytes": int(sum(v[1] for v in got.values()))}
+                "spilled_bytes": int(spilled)}
 
     def pids(self) -> set:
         """The workers' process ids (empty where they cannot be asked)."""
@@ -67,10 +71,13 @@ class Cluster:
 
 
 def _worker_usage(dask_worker=None) -> tuple[float, int]:
+    """A worker's peak resident memory (MB) and the bytes it has written to disk spilling since it started
+    (Dask's cumulative ``disk-write`` metrics; its spill buffer only tells what lies on disk now)."""
     import resource
 
-    spilled = getattr(getattr(dask_worker, "data", None), "spilled_total", None)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(getattr(spilled, "disk", 0) or 0)
+    digests = getattr(dask_worker, "digests_total", None) or {}
+    spilled = sum(v for k, v in digests.items() if isinstance(k, tuple) and k[-2:] == ("disk-write", "bytes"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(spilled)
 
 
 def _distributed():

@@ -829,6 +829,8 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
                 for name, path in src.origin.items()}
             stage.update(status="ok", seconds=round(time.time() - t0, 2), finished_at=_now(),
                          artifacts={f"sources/{k}": counts[k] for k in written}, peak_rss_mb=_own_peak_mb())
+            if cluster is not None:                     # the workers read, checked and wrote the sources
+                stage["dask"] = cluster.usage()
             plan.record(stage, None if inputs is None else reuse.reads_record(params, ["data"], [], {}, inputs=inputs),
                         _outputs(run_dir / "artifacts", t0))
             say(f"      ok in {stage['seconds']:.1f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))

@@ -92,6 +92,37 @@ def test_a_scheduler_that_does_not_answer_is_a_clear_error(monkeypatch):
     assert engine.start({"kind": "local"}) is None
 
 
+def test_bytes_the_workers_spill_are_counted_per_stage():
+    """Cluster.usage() (the manifest's per-stage figures): the bytes a worker wrote to disk spilling
+    since the previous call, from Dask's cumulative metrics; what lies on disk when a stage ends is
+    often nothing (its data released), which the manifest reported as 0 spilled before."""
+    import time
+
+    from distributed import wait
+
+    own = engine.start({"kind": "dask", "workers": 1, "memory_limit": "1GB"})
+    try:
+        assert own.usage()["spilled_bytes"] == 0
+        held = [own.client.submit(np.full, 10_000_000, i, pure=False) for i in range(10)]   # 800 MB: over the 600 MB target
+        wait(held)
+
+        def on_disk():
+            return sum(w["metrics"]["spilled_bytes"]["disk"] for w in own.client.scheduler_info()["workers"].values())
+        deadline = time.time() + 30
+        while on_disk() < 100 * 2**20 and time.time() < deadline:
+            time.sleep(0.5)
+        del held                                            # the stage ends: its data released, nothing on disk
+        while on_disk() and time.time() < deadline:
+            time.sleep(0.5)
+        assert on_disk() == 0
+        u = own.usage()
+        assert u["spilled_bytes"] >= 100 * 2**20, u
+        assert own.usage()["spilled_bytes"] == 0            # since the previous call only
+        assert u["workers_peak_mb"] > 600
+    finally:
+        own.close()
+
+
 def test_data_sent_again_right_after_its_release_is_not_lost(cluster):
     """The same parts scattered, released and at once scattered again (two steps in a row on the same
     baskets, or a retry): every task on them completes with the same answer. Under Dask's content-hash
