@@ -57,13 +57,6 @@ class Cluster:
         return {"workers_peak_mb": round(max((v[0] for v in got.values()), default=0.0), 1),
                 "spilled_bytes": int(spilled)}
 
-    def pids(self) -> set:
-        """The workers' process ids (empty where they cannot be asked)."""
-        try:
-            return set(self.client.run(os.getpid).values())
-        except Exception:                                   # noqa: BLE001 - for a report, never a failure
-            return set()
-
     def close(self) -> None:
         self.client.close()
         if self.local is not None:

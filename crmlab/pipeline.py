@@ -494,14 +494,22 @@ started {esc(str(manifest['started_at']))} &middot; {manifest.get('seconds', 0):
 
 # ----------------------------------------------------------------------------- observing a stage
 
-def _children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (Linux /proc), e.g. the stage's kernel."""
+def _kernels(pid: int) -> list[int]:
+    """The Jupyter kernels among the child processes of ``pid`` (Linux /proc): the stage's, and the next
+    stage's started early; not the Dask workers of a LocalCluster the run started, nor their
+    replacements after a worker was lost."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            out += [int(c) for c in task.read_text().split()]
+            children = [int(c) for c in task.read_text().split()]
         except OSError:
-            pass
+            continue
+        for c in children:
+            try:
+                if b"ipykernel" in Path(f"/proc/{c}/cmdline").read_bytes():
+                    out.append(c)
+            except OSError:
+                pass
     return out
 
 
@@ -534,14 +542,11 @@ def _running_cell(notebook: Path) -> str | None:
 
 class StageMonitor(threading.Thread):
     """While a stage runs: samples its kernel's peak memory every ``sample_s`` and, every
-    ``heartbeat_s``, says which cell is running and for how long (long stages are never silent).
-    ``exclude``: child processes that are not the stage's (the Dask workers of a LocalCluster)."""
+    ``heartbeat_s``, says which cell is running and for how long (long stages are never silent)."""
 
-    def __init__(self, name: str, notebook: Path, say, sample_s: float = 1.0, heartbeat_s: float = 60.0,
-                 exclude: set | None = None):
+    def __init__(self, name: str, notebook: Path, say, sample_s: float = 1.0, heartbeat_s: float = 60.0):
         super().__init__(daemon=True)
         self.name_, self.notebook, self.say = name, notebook, say
-        self.exclude = exclude or set()
         self.sample_s, self.heartbeat_s = sample_s, heartbeat_s
         self.peak_mb: float | None = None
         self._done = threading.Event()
@@ -550,7 +555,7 @@ class StageMonitor(threading.Thread):
     def run(self) -> None:
         last = self._t0
         while not self._done.wait(self.sample_s):
-            for pid in set(_children(os.getpid())) - self.exclude:
+            for pid in _kernels(os.getpid()):
                 mb = _peak_rss_mb(pid)
                 if mb is not None and (self.peak_mb is None or mb > self.peak_mb):
                     self.peak_mb = mb
@@ -871,7 +876,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None, quiet: bool
             if why:
                 say(f"      not reused: {'; '.join(why)}")
             error = None
-            monitor = StageMonitor(name, out_nb, say, exclude=None if cluster is None else cluster.pids())
+            monitor = StageMonitor(name, out_nb, say)
             monitor.start()
             os.environ["CRMLAB_STAGE"] = name                 # the kernel records what it reads (crmlab.reuse)
             km = kernels.take(name)

@@ -202,3 +202,17 @@ def test_progress_bars_in_kernels_heartbeat_and_reports(tmp_path):
     out.write_text(json.dumps(nb))
     n_code = sum(c["cell_type"] == "code" for c in nb["cells"])
     assert pipeline._running_cell(out) == f"cell {n_code} of {n_code} [fitting:  50%| 2/4]"
+
+
+def test_stage_memory_is_its_kernels_not_a_dask_worker_started_during_the_stage():
+    """The stage monitor samples the run's Jupyter kernels among its child processes, never another child
+    (a Dask worker a nanny started anew after one was lost showed up as the stage's 4.9 GB peak)."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    worker = subprocess.Popen(sleep)
+    kernel = subprocess.Popen(sleep + ["-m", "ipykernel_launcher"])          # what a kernel's command line holds
+    try:
+        got = pipeline._kernels(os.getpid())
+        assert kernel.pid in got and worker.pid not in got
+    finally:
+        worker.kill()
+        kernel.kill()
