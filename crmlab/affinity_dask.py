@@ -22,11 +22,10 @@ import operator
 import numpy as np
 import pandas as pd
 
-from . import engine
+from . import engine, table_parts
 from .affinity import Baskets, Itemsets, _as_baskets, _min_count, coarse_codes
 from .errors import CrmlabError
 from .kernels import baskets as K
-from . import table_parts
 from .table_parts import TableParts
 
 

@@ -38,7 +38,7 @@ class Cluster:
     dashboard: str | None
     workers: int
     local: object | None = None
-    _spilled: dict = field(default_factory=dict, repr=False)      # per worker: bytes written by the last usage()
+    _spilled: dict = field(default_factory=dict, init=False, repr=False)   # per worker: bytes at the last usage()
 
     def describe(self) -> dict:
         """What the manifest records."""
