@@ -25,7 +25,7 @@ import pandas as pd
 from . import engine
 from .errors import CrmlabError
 from .feature_rows import FeatureRows
-from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, keyed_lines, profile_of, read_parts,
+from .events import (ARTIFACTS, ORDER_COLUMNS, ROW, CustomerEvents, keyed_lines, present, profile_of, read_parts,
                      ref_code_hits, window_hits, with_responses, with_window_end)
 
 
@@ -461,11 +461,6 @@ def table_rows(paths: list) -> int:
     return int(sum(_counts(paths)))
 
 
-def _columns(path) -> list[str]:
-    import pyarrow.parquet as pq
-    return pq.read_schema(path).names
-
-
 def build(client, parts: dict[str, list], key_map: "pd.DataFrame | str | Path | None", n: int, out) -> dict[str, int]:
     """The run's events (:meth:`crmlab.events.CustomerEvents.from_sources`) built by ``client``'s workers
     from the sources' Parquet ``parts`` (table name -> part files in table order) and written to ``out``
@@ -483,8 +478,8 @@ def build(client, parts: dict[str, list], key_map: "pd.DataFrame | str | Path | 
     b = max(1, min(64, max(n, *(len(ps) for ps in parts.values()))))     # buckets of each join
     products = pd.concat([pd.read_parquet(p, columns=["product_id", "department"]) for p in parts["products"]])
     contacts = "contacts" in parts and "campaigns" in parts
-    codes = b if contacts and "ref_code" in _columns(parts["contacts"][0]) and "ref_code" in _columns(
-        parts["orders"][0]) else 0
+    codes = b if contacts and present(parts["contacts"][0], ["ref_code"]) and present(parts["orders"][0], ["ref_code"]) \
+        else 0
     held = {}
 
     def send():

@@ -815,16 +815,21 @@ def _tf_values(values, tf: dict) -> np.ndarray:
     return np.array([0.0 if v is None else tf.get(v, 0.0) for v in values])
 
 
-def _patterns(L: np.ndarray, n_levels) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of a level matrix with their counts (levels encoded into one small integer)."""
+def _patterns(L: np.ndarray, n_levels, inverse: bool = False) -> tuple[np.ndarray, ...]:
+    """Distinct rows of a level matrix with their counts (levels encoded into one small integer), and
+    with ``inverse`` each row's index among them (``rows[index]`` is ``L``)."""
     code = np.zeros(len(L), np.int64)
     for k, n in enumerate(n_levels):
         code = code * (n + 1) + (L[:, k].astype(np.int64) + 1)
     counts = np.bincount(code) if int(np.prod([n + 1 for n in n_levels])) < 50_000_000 else None
     if counts is None:
-        uniq, counts = np.unique(code, return_counts=True)
+        uniq, index, counts = np.unique(code, return_inverse=True, return_counts=True)
     else:
         uniq = np.flatnonzero(counts)
+        if inverse:
+            lookup = np.zeros(len(counts), np.int64)
+            lookup[uniq] = np.arange(len(uniq))
+            index = lookup[code]
         counts = counts[uniq]
     rows = np.empty((len(uniq), len(n_levels)), np.int8)
     rest = uniq.copy()
@@ -832,7 +837,7 @@ def _patterns(L: np.ndarray, n_levels) -> tuple[np.ndarray, np.ndarray]:
         n = n_levels[k] + 1
         rows[:, k] = rest % n - 1
         rest //= n
-    return rows, counts
+    return (rows, counts, index.ravel()) if inverse else (rows, counts)
 
 
 def _em_m(patterns, counts, u, n_levels, max_iter, tol):

@@ -221,7 +221,10 @@ def _part_keys(cols: list[str], max_block: int, *pieces) -> dict:
 def _part_pairs(keyed: dict, matcher: RecordMatcher, rule: int, rules: list, n_levels: list[int], oversized: list):
     """One part of blocking rule ``rule`` (:func:`_part_keys`): its pairs (each kept by the first rule
     that makes it), their levels and the rule's counts; ``oversized``: the earlier rules' oversized
-    keys. The part keeps only the records of its pairs (most records are alone in a rule's block)."""
+    keys. The part keeps only the records of its pairs (most records are alone in a rule's block), and
+    of those only what scoring reads: their row and the term-frequency-adjusted columns; the pairs as
+    rows of the part (int32) and the number of their level pattern in the part's table (2 B, not a byte
+    per comparison)."""
     m = _fresh(matcher)
     piece, codes = keyed["piece"], keyed["codes"]
     if len(piece) < 2:                                      # (the kernel wants one block at least)
@@ -240,8 +243,17 @@ def _part_pairs(keyed: dict, matcher: RecordMatcher, rule: int, rules: list, n_l
     piece, left, right = _only_paired(piece, left[alone], right[alone])
     comps = m._comps()
     L = m._levels(m._arenas(piece, comps), comps, left, right) if len(left) else np.zeros((0, len(comps)), np.int8)
-    return {"piece": piece, "left": left, "right": right, "levels": L, "made": made, "skipped": skipped,
-            "patterns": _patterns(L, n_levels), "largest": keyed["largest"]}
+    piece = piece[["_row", *sorted({c.column for c in comps if c.tf})]]   # what scoring reads of the records
+    at = np.int32 if len(piece) < 2 ** 31 else np.int64                  # rows of the part: half the bytes
+    table, counts, index = _patterns(L, n_levels, inverse=True)
+    return {"piece": piece, "left": left.astype(at), "right": right.astype(at), "made": made, "skipped": skipped,
+            "patterns": (table, counts), "pattern": index.astype(np.uint16 if len(table) <= 2 ** 16 else np.int32),
+            "largest": keyed["largest"]}
+
+
+def _levels_of(part: dict, take=slice(None)) -> np.ndarray:
+    """The levels of a part's pairs (``take``: of those), from their pattern numbers."""
+    return part["patterns"][0][part["pattern"][take]]
 
 
 def _only_paired(piece: pd.DataFrame, left: np.ndarray, right: np.ndarray):
@@ -288,7 +300,7 @@ def _part_scores(part: dict, scorer: RecordMatcher, first_new: int | None = None
     """Weights and probabilities of a part's pairs (only those with a record at or past row
     ``first_new``, when given): its links at or above the threshold (global rows) and each of its
     records' strongest candidate probability."""
-    piece, left, right, L = part["piece"], part["left"], part["right"], part["levels"]
+    piece, left, right, L = part["piece"], part["left"], part["right"], _levels_of(part)
     rows = piece["_row"].to_numpy()
     if first_new is not None:
         new = rows[right] >= first_new                   # left < right within the part, as globally
@@ -305,7 +317,7 @@ def _part_sample(part: dict, scorer: RecordMatcher, share: float, seed: int) -> 
     """A share of a part's candidate pairs drawn at random, scored (global rows)."""
     rng = np.random.default_rng(seed)
     take = np.flatnonzero(rng.random(len(part["left"])) < share)
-    piece, left, right, L = part["piece"], part["left"][take], part["right"][take], part["levels"][take]
+    piece, left, right, L = part["piece"], part["left"][take], part["right"][take], _levels_of(part, take)
     rows = piece["_row"].to_numpy()
     scored = scorer._scored(piece, L, left, right)
     return {"left": rows[left], "right": rows[right], "levels": L, "weight": scored.weight,
@@ -537,6 +549,8 @@ class DaskRecordMatcher(RecordMatcher):
         plain = engine.scatter(client, self._plain(), broadcast=True)
         futures, oversized = [], []
         for r, rule in enumerate(rules):          # submitted rule by rule: Dask runs them in this order
+            if r:                                 # once the previous rule's parts hold their keys (its small
+                oversized[-1].result()            # result), so that one rule's pieces are on the workers at a time
             cols = sorted(compared | extra | {c for earlier in rules[:r + 1] for c in earlier}) + ["_row"]
             keyed = [client.submit(_part_keys, rule, self.max_block, *pieces, pure=False)
                      for pieces in self._shuffle(chunks, rule, n_parts, cols)]

@@ -27,6 +27,24 @@ def test_block_pairs_and_components_match_brute_force():
     assert graph.connected_components(300, a, b).tolist() == naive.components_ref(300, a, b)
 
 
+@pytest.mark.parametrize("n_levels", [[3, 4, 2, 5], [400] * 4], ids=["counted", "sorted"])
+def test_level_patterns_number_each_pair(n_levels):
+    """The distinct level rows with their counts, and each pair's number among them (the Dask parts
+    keep that number instead of a byte per comparison): by counting codes, or by sorting them when
+    there are too many possible patterns to count."""
+    rng = np.random.default_rng(3)
+    L = np.column_stack([rng.integers(-1, min(n, 6), 5_000) for n in n_levels]).astype(np.int8)
+    L[::7, 1] = -1                                                      # missing levels
+    rows, counts, index = identity._patterns(L, n_levels, inverse=True)
+    ref = sorted({tuple(r) for r in L.tolist()})
+    assert [tuple(r) for r in rows.tolist()] == ref                     # distinct, in code order
+    assert (rows[index] == L).all()
+    assert counts.tolist() == [int((L == r).all(axis=1).sum()) for r in rows]
+    assert np.array_equal(identity._patterns(L, n_levels)[1], counts)
+    empty = identity._patterns(L[:0], n_levels, inverse=True)
+    assert empty[0].shape == (0, len(n_levels)) and len(empty[2]) == 0
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_block_pairs_are_the_numbered_pairs(seed):
     """Training samples pairs without making them all (283M pairs at 1M customers, #15)."""
