@@ -16,6 +16,7 @@ imported by the caller (the client is given).
 from __future__ import annotations
 
 import math
+import shutil
 from operator import getitem
 from pathlib import Path
 
@@ -335,7 +336,32 @@ def _read_split(path: str, offset: int, cols: list, n: int) -> list[pd.DataFrame
     return by_columns(df, cols, n)
 
 
+def _saved(folder: str, name: str, got):
+    """``got`` (a frame, lists or tuples of frames, None) with each frame written to a pickle file in
+    ``folder`` and its path in its place: a shuffle's pieces wait on disk, written once, for the task
+    that joins them (:func:`_load`), not in the workers' memory, where Dask would spill them again
+    and again."""
+    if isinstance(got, pd.DataFrame):
+        path = f"{folder}/{name}.pkl"
+        got.to_pickle(path)
+        return path
+    if isinstance(got, (list, tuple)):
+        return type(got)(_saved(folder, f"{name}.{i}", g) for i, g in enumerate(got))
+    return got
+
+
+def _on_disk(folder: str, name: str, fn, *args):
+    """Task: ``fn(*args)``, its frames left in files (:func:`_saved`)."""
+    return _saved(folder, name, fn(*args))
+
+
+def _load(piece) -> pd.DataFrame:
+    """A piece given as a frame or as the file :func:`_saved` wrote."""
+    return pd.read_pickle(piece) if isinstance(piece, str) else piece
+
+
 def _in_order(pieces) -> pd.DataFrame:
+    pieces = [_load(p) for p in pieces]
     df = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0].reset_index(drop=True)
     return df.iloc[np.argsort(df[ROW].to_numpy(), kind="stable")].reset_index(drop=True)
 
@@ -388,7 +414,7 @@ def _valued(n: int, n_orders: int, codes: int, department, *pieces) -> tuple[lis
     (:func:`~crmlab.events.keyed_lines`), the orders' ``value`` summed from them; both cut by customer
     part (``n`` parts), and the orders quoting a reference code cut into ``codes`` buckets by its hash
     (None without codes)."""
-    orders = pd.concat(pieces[:n_orders], ignore_index=True)
+    orders = pd.concat([_load(p) for p in pieces[:n_orders]], ignore_index=True)
     lines = keyed_lines(_in_order(pieces[n_orders:]), department, orders)
     v = lines["value"].groupby(lines["order_id"]).sum()
     orders = orders.assign(value=orders["order_id"].map(v).fillna(0.0).to_numpy())
@@ -428,8 +454,8 @@ def _assemble(out: str, p: int, sizes: tuple, *pieces) -> dict:
         rows = c[ROW].to_numpy()
         c = with_window_end(c.drop(columns=ROW))
         if h_p:                                             # hits by code, made in the code buckets
-            quoted = pd.concat(h_p, ignore_index=True)
-            used = pd.concat(u_p, ignore_index=True)["order_id"]
+            quoted = pd.concat([_load(h) for h in h_p], ignore_index=True)
+            used = pd.concat([_load(u) for u in u_p], ignore_index=True)["order_id"]
             hits = pd.concat([quoted, window_hits(c, orders, quoted["contact_id"], used)], ignore_index=True)
         else:
             hits = window_hits(c, orders, [], [])
@@ -471,8 +497,10 @@ def build(client, parts: dict[str, list], key_map: "pd.DataFrame | str | Path | 
     file (read by the workers a row group a task). Source records are joined to the key map in
     buckets of a hash of (source_system, source_id), order lines to their orders in buckets of a hash
     of the order id (the orders' values summed there), contacts quoting a reference code to the orders
-    quoting it in buckets of a hash of the code; every bucket is then cut by customer part. Records
-    missing from the key map raise the local error. Returns the rows written per artifact."""
+    quoting it in buckets of a hash of the code; every bucket is then cut by customer part. The pieces
+    of the order-id, code and customer-part buckets wait in files under ``out`` (which the workers
+    write the events to, so share) until they are joined, and are deleted after. Records missing from
+    the key map raise the local error. Returns the rows written per artifact."""
     out = Path(out)
     offsets = {t: _offsets(ps) for t, ps in parts.items()}
     b = max(1, min(64, max(n, *(len(ps) for ps in parts.values()))))     # buckets of each join
@@ -507,29 +535,45 @@ def build(client, parts: dict[str, list], key_map: "pd.DataFrame | str | Path | 
         return got
 
     def run():
-        orders = [client.submit(_orders_by_id, g, b) for g in keyed("orders", "orders")]
-        lines = [client.submit(_read_split, str(p), off, ["order_id"], b, pure=False)
-                 for p, off in zip(parts["order_lines"], offsets["order_lines"])]
-        valued = [client.submit(_valued, n, len(orders), codes, held["dept"], *piece(orders, i), *piece(lines, i))
+        shutil.rmtree(spool, ignore_errors=True)
+        spool.mkdir(parents=True)
+
+        def disk(name, fn, *args):                          # the task's pieces left in files of the spool
+            return client.submit(_on_disk, str(spool), name, fn, *args, pure=False)
+
+        orders = [disk(f"o{k}", _orders_by_id, g, b) for k, g in enumerate(keyed("orders", "orders"))]
+        lines = [disk(f"l{k}", _read_split, str(p), off, ["order_id"], b)
+                 for k, (p, off) in enumerate(zip(parts["order_lines"], offsets["order_lines"]))]
+        valued = [disk(f"v{i}", _valued, n, len(orders), codes, held["dept"], *piece(orders, i), *piece(lines, i))
                   for i in range(b)]
         cuts = [piece(valued, 0), piece(valued, 1)]
         c_cut, hit_cut, used_cut = [], [], []
         if contacts:
             keyed_c = [client.submit(_frame, g, held["camp"]) for g in keyed("contacts", "contacts")]
-            c_cut = [client.submit(_by_customer, f, n) for f in keyed_c]
+            c_cut = [disk(f"c{k}", _by_customer, f, n) for k, f in enumerate(keyed_c)]
             if codes:
-                c_code = [client.submit(_by_code, f, codes) for f in keyed_c]
+                c_code = [disk(f"q{k}", _by_code, f, codes) for k, f in enumerate(keyed_c)]
                 o_code = piece(valued, 2)
-                quoted = [client.submit(_quoted, n, len(c_code), *piece(c_code, r), *piece(o_code, r))
+                quoted = [disk(f"h{r}", _quoted, n, len(c_code), *piece(c_code, r), *piece(o_code, r))
                           for r in range(codes)]
                 hit_cut, used_cut = piece(quoted, 0), piece(quoted, 1)
-        records = [client.submit(_by_customer, client.submit(_frame, g), n) for g in keyed("customers", "customer records")]
-        groups = [*cuts, c_cut, hit_cut, used_cut, records]
+        records = [disk(f"r{k}", _by_customer, client.submit(_frame, g), n)
+                   for k, g in enumerate(keyed("customers", "customer records"))]
+        # the customer parts' pieces named here: the joins read files, and a lost worker loses no piece
+        groups = client.gather([*cuts, c_cut, hit_cut, used_cut, records])
+        named = {x for g in groups for cut in g for x in cut}
+        for f in spool.iterdir():                           # the order-id and code buckets are joined
+            if str(f) not in named:
+                f.unlink()
         sizes = tuple(len(g) for g in groups)
-        done = [client.submit(_assemble, str(out), p, sizes, *[x for g in groups for x in piece(g, p)], pure=False)
+        done = [client.submit(_assemble, str(out), p, sizes, *[cut[p] for g in groups for cut in g], pure=False)
                 for p in range(n)]
         written = client.gather(done)
         return {name: sum(w.get(name, 0) for w in written) for name in ARTIFACTS if any(name in w for w in written)}
 
     send()
-    return engine.retry_lost(run, f"the events on {n} parts of the customers", again=send)
+    spool = out / ".events_pieces"         # in the run's folder, which the workers write the events to
+    try:
+        return engine.retry_lost(run, f"the events on {n} parts of the customers", again=send)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)

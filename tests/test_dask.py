@@ -895,6 +895,7 @@ def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world,
 
     written = events_dask.build(cluster.client, parts, km, 5, tmp_path / "ev")
     assert written == {k: len(v) for k, v in want.artifacts().items()}
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == sorted(written)   # the pieces' files are gone
     got = _events_from(tmp_path / "ev")
     for name, df in want.artifacts().items():
         pd.testing.assert_frame_equal(got.artifacts()[name], df, check_exact=True, obj=name)
