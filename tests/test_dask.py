@@ -910,6 +910,23 @@ def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world,
             pd.testing.assert_frame_equal(mine.artifacts()[name], df, check_exact=True, obj=f"{name} part {p}")
 
 
+def test_pieces_left_in_files_come_back_as_they_were(tmp_path):
+    """A task's pieces written to the events build's spool (frames nested in tuples and lists, None for
+    what a task lacks, empty pieces) are read back with their values, dtypes and index."""
+    df = pd.DataFrame({"customer_key": pd.array(["a", None, "c"], dtype="str"),
+                       "id": pd.array(["1", "2", None], dtype="string"),
+                       "day": pd.to_datetime(["2026-01-01", None, "2026-01-03"]).astype("datetime64[ms]"),
+                       "value": [1.5, np.nan, 3.0], events_dask.ROW: np.array([7, 3, 9])}).iloc[[2, 0]]
+    got = events_dask._on_disk(str(tmp_path), "v0", lambda: ([df, df.iloc[:0]], [df.iloc[1:]], None))
+    assert got[2] is None and all(isinstance(p, str) for p in [*got[0], *got[1]])
+    assert len(set(got[0]) | set(got[1])) == 3 and len(list(tmp_path.iterdir())) == 3
+    for path, want in zip([*got[0], *got[1]], [df, df.iloc[:0], df.iloc[1:]]):
+        pd.testing.assert_frame_equal(events_dask._load(path), want, check_exact=True)
+    assert events_dask._load(df) is df
+    pd.testing.assert_frame_equal(events_dask._in_order(got[0] + [df.iloc[1:]]),
+                                  pd.concat([df, df.iloc[1:]]).sort_values(events_dask.ROW).reset_index(drop=True))
+
+
 def _never_whole(name: str) -> property:
     def get(self):
         raise AssertionError(f"the {name} were read whole into this process")
