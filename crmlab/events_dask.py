@@ -252,18 +252,42 @@ class PartedEvents(CustomerEvents):
         return out.iloc[np.argsort(np.concatenate([c.to_numpy() for c in pieces]), kind="stable")]
 
 
-def read_part(folder: str, p: int) -> CustomerEvents:
+def _part_table(folder: str, name: str, p: int) -> pd.DataFrame | None:
+    """Table ``name`` of customer part ``p`` in ``folder`` (:func:`build`), labelled as :func:`split` labels it."""
+    path = Path(folder) / name / f"part-{p:05d}.parquet"
+    if not path.exists():
+        return None
+    df = pd.read_parquet(path)
+    if name == "events_profile":
+        return df.drop(columns=ROW).set_index("customer_key")
+    return df.set_index(pd.Index(df[ROW].to_numpy())).drop(columns=ROW)
+
+
+class EventsPart(CustomerEvents):
     """Customer part ``p`` of the events written by :func:`build` into ``folder``: each table's rows
-    labelled with their row number in the whole table, as :func:`split` cuts the whole."""
-    def table(name):
-        path = Path(folder) / name / f"part-{p:05d}.parquet"
-        if not path.exists():
-            return None
-        df = pd.read_parquet(path)
-        if name == "events_profile":
-            return df.drop(columns=ROW)
-        return df.set_index(pd.Index(df[ROW].to_numpy())).drop(columns=ROW)
-    return CustomerEvents.from_artifacts(table)
+    labelled with their row number in the whole table, as :func:`split` cuts the whole. Its order
+    lines, the largest table, are read when first asked for: stages that never ask (value,
+    decisions, measurement) do not hold them on the workers."""
+
+    def __init__(self, folder: str, p: int):
+        self.folder, self.p = folder, p
+        self.orders, self.contacts, self.profile = (_part_table(folder, name, p) for name in
+                                                    ("events_orders", "events_contacts", "events_profile"))
+
+    @property
+    def lines(self) -> pd.DataFrame:
+        if "_lines" not in self.__dict__:
+            self.__dict__["_lines"] = _part_table(self.folder, "events_lines", self.p)
+        return self.__dict__["_lines"]
+
+    @lines.setter
+    def lines(self, value) -> None:
+        self.__dict__["_lines"] = value
+
+
+def read_part(folder: str, p: int) -> CustomerEvents:
+    """Customer part ``p`` of the events written by :func:`build` into ``folder`` (:class:`EventsPart`)."""
+    return EventsPart(str(folder), p)
 
 
 def parts_for(rows: int, partition_rows: int) -> int:
