@@ -148,16 +148,13 @@ def _ordered(ev: CustomerEvents, customers: pd.Index, start, end) -> pd.Series:
     return ev.ordered(customers, start, end)
 
 
-def _read_on_first_use(name: str, index: str | None = None) -> property:
-    """A table of :class:`PartedEvents` read whole from its parts when first asked for (None where the
-    run has no such table), or as set."""
+def _read_on_first_use(name: str) -> property:
+    """A table of the events read when first asked for (the object's ``_table(name)``), or as set."""
     attr = f"_{name}"
 
     def get(self):
         if attr not in self.__dict__:
-            folder = self.folder / name
-            df = read_parts(folder) if folder.is_dir() else None
-            self.__dict__[attr] = df.set_index(index) if index and df is not None else df
+            self.__dict__[attr] = self._table(name)
         return self.__dict__[attr]
 
     def put(self, value) -> None:
@@ -180,11 +177,17 @@ class PartedEvents(CustomerEvents):
     orders = _read_on_first_use("events_orders")
     lines = _read_on_first_use("events_lines")
     contacts = _read_on_first_use("events_contacts")
-    profile = _read_on_first_use("events_profile", index="customer_key")
+    profile = _read_on_first_use("events_profile")
 
     def __init__(self, client, folder):
         self.folder = Path(folder)
         self.parts = PartitionedEvents(client, self, 0, folder)
+
+    def _table(self, name: str) -> pd.DataFrame | None:
+        """Table ``name`` read whole from its parts (None where the run has no such table)."""
+        folder = self.folder / name
+        df = read_parts(folder) if folder.is_dir() else None
+        return df.set_index("customer_key") if name == "events_profile" and df is not None else df
 
     @property
     def last_date(self) -> pd.Timestamp:
@@ -269,20 +272,15 @@ class EventsPart(CustomerEvents):
     lines, the largest table, are read when first asked for: stages that never ask (value,
     decisions, measurement) do not hold them on the workers."""
 
+    lines = _read_on_first_use("events_lines")
+
     def __init__(self, folder: str, p: int):
         self.folder, self.p = folder, p
-        self.orders, self.contacts, self.profile = (_part_table(folder, name, p) for name in
+        self.orders, self.contacts, self.profile = (self._table(name) for name in
                                                     ("events_orders", "events_contacts", "events_profile"))
 
-    @property
-    def lines(self) -> pd.DataFrame:
-        if "_lines" not in self.__dict__:
-            self.__dict__["_lines"] = _part_table(self.folder, "events_lines", self.p)
-        return self.__dict__["_lines"]
-
-    @lines.setter
-    def lines(self, value) -> None:
-        self.__dict__["_lines"] = value
+    def _table(self, name: str) -> pd.DataFrame | None:
+        return _part_table(self.folder, name, self.p)
 
 
 def read_part(folder: str, p: int) -> CustomerEvents:

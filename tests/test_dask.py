@@ -907,7 +907,7 @@ def test_events_built_by_the_workers_equal_the_local_ones(cluster, parted_world,
             pd.testing.assert_frame_equal(df, got.artifacts()[name], check_exact=True, obj=name)
     for p, piece in enumerate(events_dask.split(want, 5)):        # what the workers read: the whole's parts
         mine = events_dask.read_part(str(tmp_path / "ev"), p)
-        assert "_lines" not in vars(mine)                       # the lines are read when first asked for
+        assert "_events_lines" not in vars(mine)                # the lines are read when first asked for
         mine = pickle.loads(pickle.dumps(mine))                 # as a worker sends it to another
         for name, df in piece.artifacts().items():
             pd.testing.assert_frame_equal(mine.artifacts()[name], df, check_exact=True, obj=f"{name} part {p}")
