@@ -211,6 +211,9 @@ def test_stage_memory_is_its_kernels_not_a_dask_worker_started_during_the_stage(
     worker = subprocess.Popen(sleep)
     kernel = subprocess.Popen(sleep + ["-m", "ipykernel_launcher"])          # what a kernel's command line holds
     try:
+        until = time.monotonic() + 20                   # a child shows its own command line once it has exec'd
+        while b"ipykernel" not in Path(f"/proc/{kernel.pid}/cmdline").read_bytes() and time.monotonic() < until:
+            time.sleep(0.05)
         got = pipeline._kernels(os.getpid())
         assert kernel.pid in got and worker.pid not in got
     finally:
